@@ -1,0 +1,112 @@
+"""Every error broadcaster raises on purpose, with its data kept as attributes.
+
+    BroadcasterError
+    ├── ConfigError            the config file is wrong (.file, .key, .value)
+    ├── NetworkDataError       the static GTFS is unusable (.source, .file, .line)
+    ├── TemplateProblem        a template does not compile or render (.template, .line)
+    ├── FeedError              a fetch or parse failed; the last good state is kept (.feed)
+    │   ├── FetchError         transport: status, timeout, size cap (.status)
+    │   ├── FeedFormatError    the bytes are not a valid feed (.detail)
+    │   └── StaleFeedError     the feed's own timestamp is too old, in the future or going backwards
+    ├── StoreError             the state database cannot be used (.path)
+    └── DeliveryError          a channel could not deliver a message (.channel)
+        ├── TransientDeliveryError   try again later (.retry_after seconds, or None)
+        └── PermanentDeliveryError   retrying will not help: park and report
+
+Callers catch the narrowest type they can act on; nobody parses messages.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class BroadcasterError(Exception):
+    """Base of every error raised on purpose."""
+
+
+class ConfigError(BroadcasterError):
+    """The configuration is invalid. `key` is a dotted path such as ``feeds[1].url``."""
+
+    def __init__(self, file: Path | str, key: str, message: str, value: object = None) -> None:
+        self.file = str(file)
+        self.key = key
+        self.value = value
+        self.message = message
+        where = f"{self.file}: {key}" if key else self.file
+        super().__init__(f"{where}: {message}")
+
+
+class NetworkDataError(BroadcasterError):
+    """The operator's static GTFS cannot be read."""
+
+    def __init__(self, source: Path | str, message: str, file: str | None = None, line: int | None = None):
+        self.source = str(source)
+        self.file = file
+        self.line = line
+        where = self.source + (f"/{file}" if file else "") + (f":{line}" if line is not None else "")
+        super().__init__(f"{where}: {message}")
+
+
+class TemplateProblem(BroadcasterError):
+    """A template failed to compile or render; `line` is the template line when known."""
+
+    def __init__(self, template: str, message: str, line: int | None = None) -> None:
+        self.template = template
+        self.line = line
+        where = f"{template}:{line}" if line is not None else template
+        super().__init__(f"template {where}: {message}")
+
+
+class FeedError(BroadcasterError):
+    """A feed could not be used this time. The previous good state stays in force."""
+
+    def __init__(self, feed: str, message: str) -> None:
+        self.feed = feed
+        self.reason = message
+        super().__init__(f"feed {feed!r}: {message}")
+
+
+class FetchError(FeedError):
+    """The transport failed: connection, HTTP status, deadline or size cap."""
+
+    def __init__(self, feed: str, message: str, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(feed, message)
+
+
+class FeedFormatError(FeedError):
+    """The body is not a valid feed of the declared kind."""
+
+
+class StaleFeedError(FeedError):
+    """The feed's own timestamp is unusable: too old, in the future, or older than what we already have."""
+
+
+class StoreError(BroadcasterError):
+    """The state database cannot be opened or written."""
+
+    def __init__(self, path: Path | str, message: str) -> None:
+        self.path = str(path)
+        super().__init__(f"{path}: {message}")
+
+
+class DeliveryError(BroadcasterError):
+    """A channel failed to deliver one message."""
+
+    def __init__(self, channel: str, message: str) -> None:
+        self.channel = channel
+        self.reason = message
+        super().__init__(f"channel {channel!r}: {message}")
+
+
+class TransientDeliveryError(DeliveryError):
+    """Worth retrying; `retry_after` is the earliest sensible retry in seconds, when the peer said so."""
+
+    def __init__(self, channel: str, message: str, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(channel, message)
+
+
+class PermanentDeliveryError(DeliveryError):
+    """Retrying the same message will fail again: the outbox parks it and reports it."""

@@ -1,0 +1,1 @@
+"""Feed readers: bytes from the network or disk in, domain objects out."""
