@@ -1,0 +1,137 @@
+"""The `broadcaster` command: check, once, run, schemas.
+
+Exit status: 0 success; 1 a run-time failure (a feed, the broker, the outbox); 2 a usage or configuration
+error, reported as one line naming the file, the key and the bad value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from broadcaster import __version__
+from broadcaster.errors import BroadcasterError, ConfigError, NetworkDataError, StoreError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+DEFAULT_CONFIG = "broadcaster.toml"
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    return Path(args.config or os.environ.get("BROADCASTER_CONFIG") or DEFAULT_CONFIG)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # httpx logs every request at INFO; one line per poll is noise for an operator.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from broadcaster.checking import check_config
+
+    report = check_config(_config_path(args))
+    if args.json:
+        print(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
+    else:
+        print(report.as_text())
+    for problem in report.problems:
+        print(f"broadcaster: {problem}", file=sys.stderr)
+    return EXIT_USAGE if report.problems else EXIT_OK
+
+
+def _cmd_once(args: argparse.Namespace) -> int:
+    from broadcaster.config import load_config
+    from broadcaster.service import run_once
+
+    config = load_config(_config_path(args))
+    return asyncio.run(run_once(config))
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from broadcaster.config import load_config
+    from broadcaster.service import run_forever
+
+    config = load_config(_config_path(args))
+    return asyncio.run(run_forever(config))
+
+
+def _cmd_schemas(args: argparse.Namespace) -> int:
+    from broadcaster.contract import json_schemas
+
+    out = Path(args.directory)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, schema in json_schemas().items():
+        path = out / f"{name}.json"
+        path.write_text(json.dumps(schema, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        print(path)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="broadcaster",
+        description="Real-time transit notices: GTFS-Realtime and passenger-flow feeds to MQTT and micro-blogs.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--log-level", default=os.environ.get("BROADCASTER_LOG_LEVEL", "info"),
+                        choices=["debug", "info", "warning", "error"], help="default: info")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-c", "--config", metavar="FILE",
+                       help=f"config file (default: $BROADCASTER_CONFIG or ./{DEFAULT_CONFIG})")
+
+    p = sub.add_parser("check", help="validate the config, the network and every template; publish nothing")
+    with_config(p)
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("once", help="poll every feed once, publish, deliver the outbox, exit")
+    with_config(p)
+    p.set_defaults(func=_cmd_once)
+
+    p = sub.add_parser("run", help="poll on schedule and publish until SIGINT/SIGTERM")
+    with_config(p)
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("schemas", help="write the MQTT payloads' JSON Schemas into a folder")
+    p.add_argument("directory", help="e.g. docs/schemas/mqtt")
+    p.set_defaults(func=_cmd_schemas)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        status: int = args.func(args)
+    except (ConfigError, NetworkDataError) as exc:
+        print(f"broadcaster: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except StoreError as exc:
+        print(f"broadcaster: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except BroadcasterError as exc:
+        print(f"broadcaster: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""Decide what is said: turn state changes into notices, each with a template context per language.
+
+Pure: no I/O, no clock (`now` is passed in). Not every change is worth a notice: retained MQTT state carries
+every change anyway, while notices (micro-blog posts, the MQTT notice stream) are for what a commuter should
+hear about: alerts appearing, changing and clearing; delays that no alert explains; a station crossing into
+or out of heavy crowding.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from types import MappingProxyType
+from zoneinfo import ZoneInfo
+
+from broadcaster.model import Network, Occupancy, Severity
+from broadcaster.state import (
+    AlertChange,
+    AlertChangeKind,
+    AlertRecord,
+    Change,
+    CrowdingChange,
+    CrowdingRecord,
+    LineStatusChange,
+    LineStatusKind,
+)
+from broadcaster.vocabulary import word
+
+
+class NoticeKind(enum.StrEnum):
+    """What a notice is about; also the base name of its templates (``alert_new.zh.j2``)."""
+
+    ALERT_NEW = "alert_new"
+    ALERT_UPDATED = "alert_updated"
+    ALERT_RESOLVED = "alert_resolved"
+    LINE_STATUS = "line_status"
+    CROWDING = "crowding"
+
+
+class Priority(enum.IntEnum):
+    """Outbox order: lower drains first."""
+
+    EMERGENCY = 0
+    NORMAL = 1
+    ROUTINE = 2
+
+
+TemplateContext = Mapping[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """One thing to tell commuters, before rendering.
+
+    `id` names the subject (an alert, a line, a station); `version` names this particular statement about it,
+    so (id, version) is unique per real event and stable once committed.
+    """
+
+    id: str
+    version: str
+    kind: NoticeKind
+    priority: Priority
+    issued_at: datetime
+    line_ids: tuple[str, ...]
+    station_ids: tuple[str, ...]
+    severity: Severity
+    contexts: Mapping[str, TemplateContext]  # language -> template variables
+    alert_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ComposePolicy:
+    timezone: ZoneInfo
+    languages: tuple[str, ...] = ("zh", "en")
+    #: A station crossing this crowding level (either way) is announced; below it only MQTT state changes.
+    crowding_notice_level: Occupancy = Occupancy.CRUSHED_STANDING_ROOM_ONLY
+
+
+def is_emergency(record: AlertRecord) -> bool:
+    """Severe alerts and suspensions jump the queue and skip quiet windows."""
+    return record.alert.severity >= Severity.SEVERE or record.alert.effect == "NO_SERVICE"
+
+
+def _epoch(at: datetime) -> int:
+    return int(at.timestamp())
+
+
+def _local(at: datetime, zone: ZoneInfo) -> datetime:
+    return at.astimezone(zone)
+
+
+def _common(lang: str, now: datetime, policy: ComposePolicy) -> dict[str, object]:
+    local = _local(now, policy.timezone)
+    return {"lang": lang, "as_of": local.strftime("%H:%M"), "date": local.strftime("%Y-%m-%d")}
+
+
+def _line_names(network: Network, line_ids: Sequence[str], lang: str) -> list[str]:
+    out = []
+    for line_id in line_ids:
+        line = network.lines.get(line_id)
+        out.append(line.names.get(lang, "en") or line.short_name if line else line_id)
+    return out
+
+
+def _station_names(network: Network, station_ids: Sequence[str], lang: str) -> list[str]:
+    out = []
+    for station_id in station_ids:
+        station = network.stations.get(station_id)
+        out.append(station.names.get(lang, "en") if station else station_id)
+    return out
+
+
+def _alert_lines(record: AlertRecord, network: Network) -> tuple[str, ...]:
+    """Lines an alert touches: named ones, else those serving the stations it names."""
+    lines = record.alert.line_ids
+    if lines:
+        return lines
+    found: dict[str, None] = {}
+    for station_id in record.alert.station_ids:
+        for line_id in network.lines_at(station_id):
+            found.setdefault(line_id, None)
+    return tuple(found)
+
+
+def _until(record: AlertRecord, now: datetime, zone: ZoneInfo) -> str:
+    ends = [p.end for p in record.alert.active_periods if p.end is not None and p.end > now]
+    if not ends or len(ends) != len(record.alert.active_periods):
+        return ""
+    end = _local(min(ends), zone)
+    return end.strftime("%H:%M") if end.date() == _local(now, zone).date() else end.strftime("%m-%d %H:%M")
+
+
+def _alert_notice(change: AlertChange, network: Network, now: datetime, policy: ComposePolicy) -> Notice:
+    record = change.record
+    alert = record.alert
+    kind = {
+        AlertChangeKind.NEW: NoticeKind.ALERT_NEW,
+        AlertChangeKind.UPDATED: NoticeKind.ALERT_UPDATED,
+        AlertChangeKind.RESOLVED: NoticeKind.ALERT_RESOLVED,
+    }[change.kind]
+    line_ids = _alert_lines(record, network)
+    contexts: dict[str, TemplateContext] = {}
+    for lang in policy.languages:
+        ctx = _common(lang, now, policy)
+        ctx.update(
+            alert_id=alert.id,
+            header=alert.header.get(lang, "en"),
+            description=alert.description.get(lang, "en"),
+            url=alert.url.get(lang, "en"),
+            cause=word(alert.cause, lang),
+            effect=word(alert.effect, lang),
+            severity=word(alert.severity.name, lang),
+            emergency=is_emergency(record),
+            lines=_line_names(network, line_ids, lang),
+            stations=_station_names(network, alert.station_ids, lang),
+            until=_until(record, now, policy.timezone),
+        )
+        contexts[lang] = MappingProxyType(ctx)
+    # The version names this statement: content hash for new/updated, plus when the alert's episode began, so
+    # an identical alert that returns after being resolved is a new statement, not a duplicate key.
+    version = f"{change.kind.value}-{record.version}-{_epoch(record.first_seen)}"
+    if change.kind is AlertChangeKind.RESOLVED:
+        version = f"resolved-{record.version}-{_epoch(record.first_seen)}"
+    return Notice(
+        id=f"alert-{alert.id}",
+        version=version,
+        kind=kind,
+        priority=Priority.EMERGENCY if is_emergency(record) and kind != NoticeKind.ALERT_RESOLVED else Priority.NORMAL,
+        issued_at=now,
+        line_ids=line_ids,
+        station_ids=alert.station_ids,
+        severity=alert.severity,
+        contexts=MappingProxyType(contexts),
+        alert_id=alert.id,
+    )
+
+
+def _line_notice(change: LineStatusChange, network: Network, now: datetime, policy: ComposePolicy) -> Notice | None:
+    # A status that an alert explains is announced by that alert's notice; here only measured delays speak.
+    if change.after.alert_ids or change.before.alert_ids:
+        return None
+    if LineStatusKind.DELAYED not in (change.after.kind, change.before.kind):
+        return None
+    contexts: dict[str, TemplateContext] = {}
+    for lang in policy.languages:
+        ctx = _common(lang, now, policy)
+        ctx.update(
+            line=_line_names(network, [change.line_id], lang)[0],
+            lines=_line_names(network, [change.line_id], lang),
+            status=word(change.after.kind.value, lang),
+            status_code=change.after.kind.value,
+            delay_minutes=round(change.after.max_delay_s / 60),
+        )
+        contexts[lang] = MappingProxyType(ctx)
+    return Notice(
+        id=f"line-{change.line_id}",
+        version=f"{change.after.kind.value}-{_epoch(now)}",
+        kind=NoticeKind.LINE_STATUS,
+        priority=Priority.NORMAL,
+        issued_at=now,
+        line_ids=(change.line_id,),
+        station_ids=(),
+        severity=Severity.WARNING if change.after.kind != LineStatusKind.NORMAL else Severity.INFO,
+        contexts=MappingProxyType(contexts),
+    )
+
+
+def _crowding_notice(
+    change: CrowdingChange, network: Network, now: datetime, policy: ComposePolicy, trend: str
+) -> Notice | None:
+    if change.before is None:
+        return None  # first reading after start-up: state, not news
+    threshold = policy.crowding_notice_level.rank
+    if (change.before.rank >= threshold) == (change.record.level.rank >= threshold):
+        return None
+    record: CrowdingRecord = change.record
+    line_ids = network.lines_at(change.station_id)
+    contexts: dict[str, TemplateContext] = {}
+    for lang in policy.languages:
+        ctx = _common(lang, now, policy)
+        ctx.update(
+            station=_station_names(network, [change.station_id], lang)[0],
+            lines=_line_names(network, line_ids, lang),
+            level=word(record.level.name, lang),
+            level_code=record.level.name,
+            percentage=record.percentage,
+            crowded=record.level.rank >= threshold,
+            trend=word(trend, lang),
+        )
+        contexts[lang] = MappingProxyType(ctx)
+    return Notice(
+        id=f"crowding-{change.station_id}",
+        version=f"{record.level.name}-{_epoch(now)}",
+        kind=NoticeKind.CROWDING,
+        priority=Priority.NORMAL,
+        issued_at=now,
+        line_ids=line_ids,
+        station_ids=(change.station_id,),
+        severity=Severity.INFO,
+        contexts=MappingProxyType(contexts),
+    )
+
+
+def compose(
+    changes: Sequence[Change], *, network: Network, now: datetime, policy: ComposePolicy,
+    trend_window: timedelta = timedelta(minutes=15),
+) -> list[Notice]:
+    """The notices these changes deserve, emergencies first, in a stable order.
+
+    Args:
+        changes: from `state.apply_snapshot`.
+        network: names for lines and stations.
+        now: the tick's time; becomes the notices' `issued_at` and "as of" stamp.
+        policy: languages, timezone, what crowding is worth a notice.
+    """
+    notices: list[Notice] = []
+    for change in changes:
+        notice: Notice | None
+        if isinstance(change, AlertChange):
+            notice = _alert_notice(change, network, now, policy)
+        elif isinstance(change, LineStatusChange):
+            notice = _line_notice(change, network, now, policy)
+        else:
+            trend = "rising" if change.record.trend > 0 else "falling"
+            notice = _crowding_notice(change, network, now, policy, trend)
+        if notice is not None:
+            notices.append(notice)
+    return sorted(notices, key=lambda n: (n.priority, n.id))

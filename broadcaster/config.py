@@ -1,0 +1,295 @@
+"""The operator's TOML configuration: schema, defaults, and errors that name the file, key and value.
+
+Relative paths in the file are resolved against the file's own folder, so a config can be run from anywhere.
+Secrets never live in the file: it names environment variables or secret files that hold them.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from datetime import time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from broadcaster.errors import ConfigError
+
+#: The config format's version. Bump it (and document the change in docs/configuration.md) on any change that
+#: makes an old file invalid or mean something else.
+CONFIG_VERSION = 1
+
+FeedContent = Literal["alerts", "trip-updates", "vehicle-positions"]
+FEED_CONTENTS: tuple[FeedContent, ...] = ("alerts", "trip-updates", "vehicle-positions")
+
+
+class Secret:
+    """A secret value whose repr and str are masked, so it never reaches a log line or a traceback."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors: a typo ("pol_seconds") must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+class SecretRef(_Section):
+    """Where a secret comes from: an environment variable or a file (systemd credentials, Docker secrets)."""
+
+    env: str | None = None
+    file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretRef:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of 'env' or 'file'")
+        return self
+
+    def load(self) -> Secret | None:
+        """The secret's value, or None when the variable is unset. A named file that is missing is an error."""
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            return Secret(value) if value is not None else None
+        assert self.file is not None
+        return Secret(self.file.read_text(encoding="utf-8").rstrip("\r\n"))
+
+
+class NetworkConfig(_Section):
+    gtfs: Path
+    default_language: str = "zh"
+    languages: tuple[str, ...] = ("zh", "en")
+
+
+class FeedConfig(_Section):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    kind: Literal["gtfs-rt", "passenger-flow"]
+    url: str
+    contains: tuple[FeedContent, ...] = FEED_CONTENTS
+    poll_seconds: PositiveSeconds = 30
+    timeout_seconds: PositiveSeconds = 10
+    max_bytes: Annotated[int, Field(gt=0)] = 16 * 1024 * 1024
+    max_age_seconds: PositiveSeconds = 300
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        scheme = urlsplit(url).scheme
+        if scheme not in ("http", "https", "file"):
+            raise ValueError("must start with http://, https:// or file://")
+        return url
+
+
+class ServiceHours(_Section):
+    start: time = time(5, 0)
+    end: time = time(23, 30)
+
+    def contains(self, at: time) -> bool:
+        """True inside service hours; a window like 05:00-01:00 runs past midnight."""
+        if self.start <= self.end:
+            return self.start <= at < self.end
+        return at >= self.start or at < self.end
+
+
+class StateConfig(_Section):
+    directory: Path = Path("state")
+    resolve_after_missing: Annotated[int, Field(ge=1)] = 3
+    crowding_min_dwell_seconds: Annotated[float, Field(ge=0)] = 120
+    crowding_hysteresis_percent: Annotated[int, Field(ge=0, le=100)] = 5
+    crowding_trend_window_seconds: PositiveSeconds = 900
+    delay_threshold_seconds: PositiveSeconds = 300
+    severe_delay_threshold_seconds: PositiveSeconds = 900
+
+
+class MqttConfig(_Section):
+    url: str = "mqtt://127.0.0.1:1883"
+    topic_prefix: Annotated[str, Field(pattern=r"^[^#+\s]+$")] = "metro"
+    client_id: Annotated[str, Field(min_length=1, max_length=64)] = "broadcaster"
+    username: SecretRef | None = None
+    password: SecretRef | None = None
+    tls_ca_file: Path | None = None
+    keepalive_seconds: Annotated[int, Field(ge=5, le=3600)] = 30
+    retained_ttl_seconds: Annotated[int, Field(ge=60)] = 1800
+    max_payload_bytes: Annotated[int, Field(ge=1024, le=268_435_455)] = 256 * 1024
+    publish_window: Annotated[int, Field(ge=1, le=1000)] = 32
+    publish_timeout_seconds: PositiveSeconds = 10
+    reconnect_max_seconds: PositiveSeconds = 30
+
+    @field_validator("url")
+    @classmethod
+    def _mqtt_scheme(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError("must start with mqtt:// or mqtts://")
+        if not parts.hostname:
+            raise ValueError("names no host")
+        if parts.username or parts.password:
+            raise ValueError("must not carry credentials; use [mqtt.username] and [mqtt.password]")
+        return url
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
+
+
+class TemplatesConfig(_Section):
+    #: A folder of operator templates; a template found there replaces the built-in one of the same name.
+    directory: Path | None = None
+
+
+class Config(_Section):
+    config_version: Literal[1] = 1
+    timezone: str = "Asia/Shanghai"
+    service_hours: ServiceHours = ServiceHours()
+    network: NetworkConfig
+    feeds: Annotated[tuple[FeedConfig, ...], Field(min_length=1)]
+    state: StateConfig = StateConfig()
+    mqtt: MqttConfig = MqttConfig()
+    templates: TemplatesConfig = TemplatesConfig()
+    #: The file this was read from; set by `load_config`, not by the operator.
+    source: Path = Field(default=Path("<memory>"), exclude=True)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("is not an IANA time zone name such as 'Asia/Shanghai'") from None
+        return name
+
+    @model_validator(mode="after")
+    def _unique_feed_names(self) -> Config:
+        seen: set[str] = set()
+        for feed in self.feeds:
+            if feed.name in seen:
+                raise ValueError(f"feed name {feed.name!r} is used twice")
+            seen.add(feed.name)
+        return self
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def database_path(self) -> Path:
+        return self.state.directory / "broadcaster.db"
+
+
+def _key_path(location: tuple[int | str, ...]) -> str:
+    """pydantic's ('feeds', 1, 'url') -> 'feeds[1].url'."""
+    out = ""
+    for part in location:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out
+
+
+def _lookup(data: Any, location: tuple[int | str, ...]) -> Any:
+    for part in location:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def _first_error(path: Path, data: dict[str, Any], exc: ValidationError) -> ConfigError:
+    error = exc.errors(include_url=False)[0]
+    # Drop pydantic's internal step names (e.g. 'function-after[...]') from the location.
+    location = tuple(p for p in error["loc"] if isinstance(p, int) or "[" not in p)
+    key = _key_path(location)
+    if error["type"] == "extra_forbidden":
+        return ConfigError(path, key, "unknown key (check the spelling; see config/example.toml)", None)
+    if error["type"] == "missing":
+        return ConfigError(path, key, "is required but missing")
+    value = _lookup(data, location)
+    message = error["msg"].removeprefix("Value error, ")
+    return ConfigError(path, key, f"{value!r}: {message}" if value is not None else message, value)
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    def resolve(p: Path) -> Path:
+        return p if p.is_absolute() else (base / p).resolve()
+
+    def resolve_url(url: str) -> str:
+        # file:// URLs may be relative to the config file ("file:samples/alerts.pb" or "file://samples/...").
+        parts = urlsplit(url)
+        if parts.scheme != "file":
+            return url
+        raw = (parts.netloc + parts.path) if parts.netloc not in ("", "localhost") else parts.path
+        return resolve(Path(raw)).as_uri()
+
+    feeds = tuple(f.model_copy(update={"url": resolve_url(f.url)}) for f in config.feeds)
+    templates = config.templates
+    if templates.directory is not None:
+        templates = templates.model_copy(update={"directory": resolve(templates.directory)})
+    mqtt = config.mqtt
+    if mqtt.tls_ca_file is not None:
+        mqtt = mqtt.model_copy(update={"tls_ca_file": resolve(mqtt.tls_ca_file)})
+    return config.model_copy(
+        update={
+            "network": config.network.model_copy(update={"gtfs": resolve(config.network.gtfs)}),
+            "state": config.state.model_copy(update={"directory": resolve(config.state.directory)}),
+            "feeds": feeds,
+            "templates": templates,
+            "mqtt": mqtt,
+        }
+    )
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a config file.
+
+    Raises:
+        ConfigError: naming the file, the dotted key (``feeds[0].url``) and the bad value.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(path, "", "is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "", f"TOML syntax error: {exc}") from None
+    return parse_config(data, path)
+
+
+def parse_config(data: dict[str, Any], path: Path) -> Config:
+    """Validate already-parsed TOML data read from `path` (used for errors and relative paths)."""
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise _first_error(path, data, exc) from None
+    config = _resolve_paths(config, path.parent)
+    return config.model_copy(update={"source": path.resolve()})

@@ -1,0 +1,221 @@
+"""The MQTT contract v1 for station displays and commuters' apps: topic names and payload models.
+
+This is a public interface. The pydantic models below are the source of the JSON Schemas in
+`docs/schemas/mqtt/` (regenerate with `broadcaster schemas docs/schemas/mqtt`; a test fails when they drift).
+Payloads are *built* as plain dicts in `payloads.py` for speed; tests check every builder against these models.
+
+Rules for changing it: adding an optional field is a minor change (same `/1` schema id, documented in
+docs/mqtt.md's changelog); removing or renaming a field or changing its meaning is a new major version with
+new topics (`{prefix}/v2/...`) published alongside v1 for a deprecation period.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+from urllib.parse import quote
+
+from pydantic import BaseModel, ConfigDict, Field
+
+CONTRACT_VERSION = "v1"
+
+SCHEMA_LINE_STATUS = "broadcaster.mqtt.line-status/1"
+SCHEMA_ALERT = "broadcaster.mqtt.alert/1"
+SCHEMA_CROWDING = "broadcaster.mqtt.station-crowding/1"
+SCHEMA_DISPLAY = "broadcaster.mqtt.station-display/1"
+SCHEMA_NOTICE = "broadcaster.mqtt.notice/1"
+SCHEMA_STATUS = "broadcaster.mqtt.broadcaster-status/1"
+
+
+def topic_segment(identifier: str) -> str:
+    """A GTFS id as one topic level: '/', '+', '#', '%', spaces and non-ASCII are percent-encoded."""
+    return quote(identifier, safe="-_.~!$&'()*,;=:@")
+
+
+class Topics:
+    """Topic names under `{prefix}/v1/`."""
+
+    def __init__(self, prefix: str) -> None:
+        self.base = f"{prefix.rstrip('/')}/{CONTRACT_VERSION}"
+
+    def line_status(self, line_id: str) -> str:
+        return f"{self.base}/lines/{topic_segment(line_id)}/status"
+
+    def line_alert(self, line_id: str, alert_id: str) -> str:
+        return f"{self.base}/lines/{topic_segment(line_id)}/alerts/{topic_segment(alert_id)}"
+
+    def station_crowding(self, station_id: str) -> str:
+        return f"{self.base}/stations/{topic_segment(station_id)}/crowding"
+
+    def station_display(self, station_id: str) -> str:
+        return f"{self.base}/stations/{topic_segment(station_id)}/display"
+
+    @property
+    def notices(self) -> str:
+        return f"{self.base}/notices"
+
+    @property
+    def status(self) -> str:
+        return f"{self.base}/broadcaster/status"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Payload models (the contract). `extra="forbid"` so a builder that adds an undocumented field fails the tests.
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+Texts = dict[str, str]  # language subtag -> text, e.g. {"zh": "...", "en": "..."}
+
+LineStatusCode = Literal["normal", "delayed", "partly_suspended", "suspended"]
+OccupancyName = Literal[
+    "EMPTY", "MANY_SEATS_AVAILABLE", "FEW_SEATS_AVAILABLE", "STANDING_ROOM_ONLY", "CRUSHED_STANDING_ROOM_ONLY",
+    "FULL", "NOT_ACCEPTING_PASSENGERS", "NO_DATA_AVAILABLE", "NOT_BOARDABLE",
+]
+Trend = Literal["rising", "falling", "steady"]
+
+
+class Envelope(_Model):
+    seq: int = Field(description="Increases with every message the broadcaster publishes; deduplicate on it.")
+    issued_at: str = Field(description="RFC 3339 UTC time this message was built.")
+    valid_until: str | None = Field(description="RFC 3339 UTC; after it, treat the content as unknown.")
+
+
+class LineRef(_Model):
+    id: str
+    short_name: str
+    names: Texts
+    color: str | None = Field(description="RRGGBB without '#', from routes.txt")
+
+
+class StationRef(_Model):
+    id: str
+    names: Texts
+
+
+class DirectionOccupancy(_Model):
+    direction_id: int | None
+    level: OccupancyName
+    vehicles: int
+
+
+class LineStatusPayload(Envelope):
+    schema_: Literal["broadcaster.mqtt.line-status/1"] = Field(alias="schema")
+    line: LineRef
+    status: LineStatusCode
+    status_text: Texts
+    reason: Texts = Field(description="Why, in each language: the main alert's header or the delay; {} if normal")
+    alert_ids: list[str]
+    max_delay_s: int
+    occupancy: list[DirectionOccupancy]
+    as_of: str | None = Field(description="The newest feed timestamp behind this state")
+
+
+class ActivePeriodModel(_Model):
+    start: str | None
+    end: str | None
+
+
+class AlertPayload(Envelope):
+    schema_: Literal["broadcaster.mqtt.alert/1"] = Field(alias="schema")
+    alert_id: str
+    version: str = Field(description="Content hash of the alert; changes whenever its content does")
+    severity: Literal["UNKNOWN_SEVERITY", "INFO", "WARNING", "SEVERE"]
+    emergency: bool
+    cause: str = Field(description="GTFS-RT Alert.Cause name")
+    effect: str = Field(description="GTFS-RT Alert.Effect name")
+    effect_text: Texts
+    header: Texts
+    description: Texts
+    url: Texts
+    lines: list[str]
+    stations: list[StationRef]
+    active_periods: list[ActivePeriodModel]
+    first_seen: str
+    updated_at: str
+
+
+class PlatformCrowding(_Model):
+    line_id: str | None
+    direction_id: int | None
+    level: OccupancyName
+    percentage: int | None
+    observed_at: str
+
+
+class StationCrowdingPayload(Envelope):
+    schema_: Literal["broadcaster.mqtt.station-crowding/1"] = Field(alias="schema")
+    station: StationRef
+    level: OccupancyName
+    level_text: Texts
+    percentage: int | None
+    trend: Trend
+    observed_at: str
+    platforms: list[PlatformCrowding]
+
+
+class DisplayLine(_Model):
+    line: LineRef
+    status: LineStatusCode
+    status_text: Texts
+
+
+class DisplayAlert(_Model):
+    alert_id: str
+    severity: Literal["UNKNOWN_SEVERITY", "INFO", "WARNING", "SEVERE"]
+    emergency: bool
+    effect: str
+    header: Texts
+
+
+class DisplayCrowding(_Model):
+    level: OccupancyName
+    level_text: Texts
+    percentage: int | None
+    trend: Trend
+
+
+class StationDisplayPayload(Envelope):
+    schema_: Literal["broadcaster.mqtt.station-display/1"] = Field(alias="schema")
+    station: StationRef
+    lines: list[DisplayLine]
+    alerts: list[DisplayAlert] = Field(description="Alerts touching the station or its lines, emergencies first")
+    crowding: DisplayCrowding | None
+    text: dict[str, list[str]] = Field(description="Ready-made screen lines per language, most important first")
+    tts: Texts = Field(description="One announcement per language for text-to-speech")
+
+
+class NoticePayload(Envelope):
+    schema_: Literal["broadcaster.mqtt.notice/1"] = Field(alias="schema")
+    notice_id: str
+    version: str
+    kind: Literal["alert_new", "alert_updated", "alert_resolved", "line_status", "crowding"]
+    priority: Literal["emergency", "normal", "routine"]
+    alert_id: str | None
+    lines: list[str]
+    stations: list[str]
+    text: Texts
+
+
+class BroadcasterStatusPayload(_Model):
+    schema_: Literal["broadcaster.mqtt.broadcaster-status/1"] = Field(alias="schema")
+    status: Literal["online", "offline"]
+    client_id: str
+    since: str = Field(description="RFC 3339 UTC: when this status began (for offline: when the session began)")
+    version: str = Field(description="broadcaster's software version")
+
+
+PAYLOAD_MODELS: dict[str, type[BaseModel]] = {
+    "line-status": LineStatusPayload,
+    "alert": AlertPayload,
+    "station-crowding": StationCrowdingPayload,
+    "station-display": StationDisplayPayload,
+    "notice": NoticePayload,
+    "broadcaster-status": BroadcasterStatusPayload,
+}
+
+
+def json_schemas() -> dict[str, dict[str, object]]:
+    """The JSON Schema of every payload, keyed by file stem."""
+    return {name: model.model_json_schema(by_alias=True) for name, model in PAYLOAD_MODELS.items()}

@@ -1,0 +1,154 @@
+"""The durable outbox: every notice is written here, per channel, before any network call.
+
+Each row has a deterministic idempotency key `hash(notice id, version, channel, part)`, so enqueueing the same
+notice twice (a retried tick, a second instance) stores it once. The drain loop takes due rows in priority
+order, sends them, and marks them sent only after the peer acknowledged (MQTT PUBACK, HTTP 2xx). Transient
+failures are retried with capped exponential backoff and jitter; permanent ones are parked and reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from broadcaster.store import Database, from_iso, iso
+
+PENDING = "pending"
+SENT = "sent"
+PARKED = "parked"
+
+
+def idempotency_key(notice_id: str, version: str, channel: str, part: int) -> str:
+    """The outbox key, also sent to platforms that deduplicate (Mastodon's Idempotency-Key)."""
+    raw = f"{notice_id}\x1f{version}\x1f{channel}\x1f{part}".encode()
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """One message for one channel, ready to be stored: the payload is final bytes."""
+
+    notice_id: str
+    version: str
+    channel: str
+    payload: bytes
+    priority: int  # 0 = emergency, drained first
+    part: int = 0
+
+    @property
+    def key(self) -> str:
+        return idempotency_key(self.notice_id, self.version, self.channel, self.part)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    key: str
+    notice_id: str
+    version: str
+    channel: str
+    part: int
+    priority: int
+    payload: bytes
+    created_at: datetime
+    attempts: int
+    next_attempt_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Capped exponential backoff with full jitter; a peer's Retry-After wins when it asks for longer."""
+
+    base_s: float = 1.0
+    cap_s: float = 300.0
+
+    def delay(self, attempts: int, retry_after: float | None, rng: random.Random) -> float:
+        ceiling = min(self.cap_s, self.base_s * (2 ** min(attempts, 30)))
+        jittered = rng.uniform(ceiling / 2, ceiling)
+        return max(jittered, retry_after) if retry_after is not None else jittered
+
+
+class Outbox:
+    """Queries over the `outbox` table. Writes that belong to a tick take the caller's connection."""
+
+    def __init__(self, db: Database, backoff: Backoff | None = None, rng: random.Random | None = None) -> None:
+        self.db = db
+        self.backoff = backoff or Backoff()
+        self.rng = rng or random.Random()
+
+    @staticmethod
+    def enqueue(conn: sqlite3.Connection, messages: Iterable[OutgoingMessage], now: datetime) -> int:
+        """Store messages inside the caller's transaction; returns how many were new."""
+        stamp = iso(now)
+        rows = [
+            (m.key, m.notice_id, m.version, m.channel, m.part, m.priority, m.payload, stamp, stamp)
+            for m in messages
+        ]
+        before = conn.total_changes
+        conn.executemany(
+            "INSERT OR IGNORE INTO outbox (key, notice_id, version, channel, part, priority, payload,"
+            " created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        return conn.total_changes - before
+
+    def due(self, channel: str, now: datetime, limit: int = 100) -> list[OutboxEntry]:
+        """Pending entries whose retry time has come: emergencies first, then oldest first."""
+        rows = self.db.conn.execute(
+            "SELECT key, notice_id, version, channel, part, priority, payload, created_at, attempts,"
+            " next_attempt_at FROM outbox WHERE status = ? AND channel = ? AND next_attempt_at <= ?"
+            " ORDER BY priority, created_at, notice_id, part LIMIT ?",
+            (PENDING, channel, iso(now), limit),
+        ).fetchall()
+        return [
+            OutboxEntry(r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6]), from_iso(r[7]), r[8], from_iso(r[9]))
+            for r in rows
+        ]
+
+    def next_due_at(self, channel: str) -> datetime | None:
+        row = self.db.conn.execute(
+            "SELECT MIN(next_attempt_at) FROM outbox WHERE status = ? AND channel = ?", (PENDING, channel)
+        ).fetchone()
+        return from_iso(row[0]) if row and row[0] else None
+
+    def mark_sent(self, key: str, now: datetime, remote_id: str | None = None) -> None:
+        with self.db.transaction() as conn:
+            conn.execute(
+                "UPDATE outbox SET status = ?, sent_at = ?, remote_id = ?, attempts = attempts + 1, error = NULL"
+                " WHERE key = ?",
+                (SENT, iso(now), remote_id, key),
+            )
+
+    def retry_later(self, entry: OutboxEntry, now: datetime, error: str, retry_after: float | None) -> datetime:
+        """Record a transient failure; returns when the entry becomes due again."""
+        at = now + timedelta(seconds=self.backoff.delay(entry.attempts, retry_after, self.rng))
+        with self.db.transaction() as conn:
+            conn.execute(
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, error = ? WHERE key = ?",
+                (iso(at), error, entry.key),
+            )
+        return at
+
+    def park(self, key: str, error: str) -> None:
+        """A permanent failure: keep the row for the operator, never send it again on its own."""
+        with self.db.transaction() as conn:
+            conn.execute(
+                "UPDATE outbox SET status = ?, attempts = attempts + 1, error = ? WHERE key = ?", (PARKED, error, key)
+            )
+
+    def depth(self) -> dict[tuple[str, str], int]:
+        """Row counts per (channel, status)."""
+        rows = self.db.conn.execute("SELECT channel, status, COUNT(*) FROM outbox GROUP BY channel, status")
+        return {(c, s): n for c, s, n in rows}
+
+    def pending_count(self, channel: str | None = None) -> int:
+        if channel is None:
+            row = self.db.conn.execute("SELECT COUNT(*) FROM outbox WHERE status = ?", (PENDING,)).fetchone()
+        else:
+            row = self.db.conn.execute(
+                "SELECT COUNT(*) FROM outbox WHERE status = ? AND channel = ?", (PENDING, channel)
+            ).fetchone()
+        return int(row[0])

@@ -1,0 +1,114 @@
+"""The one sandboxed Jinja2 environment: compile each template once, render with strict undefined variables.
+
+Templates are operator data and may be hostile, so they run in `SandboxedEnvironment`. A template missing for
+an operator is taken from the built-in set; an operator template that fails at render time falls back to the
+built-in one, so a notice is never lost to a template mistake (the failure is logged and `check` reports it).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+
+from broadcaster.errors import TemplateProblem
+from broadcaster.resources import data_dir
+
+log = logging.getLogger(__name__)
+
+TEMPLATE_SUFFIX = ".j2"
+
+
+def builtin_templates_dir() -> Path:
+    return data_dir("templates")
+
+
+def template_name(kind: str, language: str) -> str:
+    return f"{kind}.{language}{TEMPLATE_SUFFIX}"
+
+
+_BLANK_RUNS = re.compile(r"\n{3,}")
+_TRAILING_SPACE = re.compile(r"[ \t]+\n")
+
+
+def tidy(text: str) -> str:
+    """Template output as a post: no trailing spaces, at most one blank line in a row, no outer white space."""
+    return _BLANK_RUNS.sub("\n\n", _TRAILING_SPACE.sub("\n", text)).strip()
+
+
+def _environment(loader: jinja2.BaseLoader) -> SandboxedEnvironment:
+    return SandboxedEnvironment(
+        loader=loader,
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,  # plain-text posts; payloads that need escaping are built in code
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=False,
+        auto_reload=False,
+    )
+
+
+class Renderer:
+    """Renders `{kind}.{language}.j2` templates; operator templates override built-in ones by name."""
+
+    def __init__(self, operator_dir: Path | None = None, builtin_dir: Path | None = None) -> None:
+        self.builtin_dir = builtin_dir or builtin_templates_dir()
+        self.operator_dir = operator_dir
+        builtin_loader = jinja2.FileSystemLoader(self.builtin_dir)
+        loaders: list[jinja2.BaseLoader] = [builtin_loader]
+        if operator_dir is not None:
+            loaders.insert(0, jinja2.FileSystemLoader(operator_dir))
+        self.env = _environment(jinja2.ChoiceLoader(loaders))
+        self.builtin_env = _environment(builtin_loader)
+
+    def _template(self, env: SandboxedEnvironment, name: str) -> jinja2.Template:
+        try:
+            return env.get_template(name)  # compiled once, then cached by the environment
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateProblem(exc.filename or name, exc.message or "syntax error", exc.lineno) from exc
+        except jinja2.TemplateNotFound:
+            raise TemplateProblem(name, "no such template (neither the operator's nor built-in)") from None
+
+    @staticmethod
+    def _render(template: jinja2.Template, name: str, context: Mapping[str, object]) -> str:
+        try:
+            return tidy(template.render(context))
+        except jinja2.TemplateError as exc:
+            raise TemplateProblem(template.filename or name, str(exc), _error_line(exc)) from exc
+        except (TypeError, ValueError, ArithmeticError, LookupError, RecursionError) as exc:
+            raise TemplateProblem(template.filename or name, f"{type(exc).__name__}: {exc}") from exc
+
+    def render(self, kind: str, language: str, context: Mapping[str, object]) -> str:
+        """The post text for one notice in one language.
+
+        Raises:
+            TemplateProblem: when neither the operator's template nor the built-in one can render it.
+        """
+        name = template_name(kind, language)
+        try:
+            return self._render(self._template(self.env, name), name, context)
+        except TemplateProblem as problem:
+            if self.operator_dir is None or not (self.operator_dir / name).is_file():
+                raise
+            log.error("%s; using the built-in template instead", problem)
+        return self._render(self._template(self.builtin_env, name), name, context)
+
+    def check(self, kind: str, language: str, context: Mapping[str, object]) -> str:
+        """Render strictly, without the built-in fallback: what `broadcaster check` uses."""
+        name = template_name(kind, language)
+        return self._render(self._template(self.env, name), name, context)
+
+    def known_kinds(self) -> Sequence[str]:
+        names = {p.name for p in self.builtin_dir.glob(f"*{TEMPLATE_SUFFIX}")}
+        if self.operator_dir is not None:
+            names |= {p.name for p in self.operator_dir.glob(f"*{TEMPLATE_SUFFIX}")}
+        return sorted({n.split(".", 1)[0] for n in names})
+
+
+def _error_line(exc: jinja2.TemplateError) -> int | None:
+    lineno = getattr(exc, "lineno", None)
+    return lineno if isinstance(lineno, int) else None

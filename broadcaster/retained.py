@@ -1,0 +1,132 @@
+"""Plans which retained MQTT topics to publish: what changed, what needs a refresh, and what must be cleared.
+
+Retained state is idempotent and last-writer-wins, so it is published from the committed state, not queued:
+on change, in full after every (re)connect, and again before it expires (each payload carries `valid_until` and
+an MQTT 5 message expiry, so a display never shows yesterday's crowding). Entries whose feed is not healthy are
+*not* refreshed: they expire, and displays show "information unavailable" rather than stale facts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import orjson
+
+from broadcaster.payloads import Body, RetainedItem
+from broadcaster.store import iso
+
+log = logging.getLogger(__name__)
+
+
+class SequenceClock:
+    """Message sequence numbers: strictly increasing, and still increasing across restarts.
+
+    Microseconds since the epoch, bumped by one when two messages fall in the same microsecond. A restart
+    continues above the previous run's numbers without persisting a counter (clocks do not run back by
+    more than the time a restart takes, on a machine with NTP).
+    """
+
+    def __init__(self) -> None:
+        self._last = 0
+
+    def next(self) -> int:
+        self._last = max(self._last + 1, time.time_ns() // 1000)
+        return self._last
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """One MQTT message to publish. An empty retained payload clears the topic."""
+
+    topic: str
+    payload: bytes
+    retain: bool
+    expiry_s: int | None = None
+    digest: str = ""  # content hash of a retained payload; "" for a clear
+    issued_at: datetime | None = None  # when its validity began; refreshes are counted from it
+
+
+def serialise(body: Body) -> bytes:
+    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+
+def with_envelope(body_bytes: bytes, seq: int, issued_at: datetime, valid_until: datetime | None) -> bytes:
+    """Prefix the envelope to an already serialised body, so each body is serialised once."""
+    until = orjson.dumps(iso(valid_until)) if valid_until else b"null"
+    head = b'{"issued_at":' + orjson.dumps(iso(issued_at)) + b',"seq":' + str(seq).encode() + b',"valid_until":'
+    return head + until + (b"," + body_bytes[1:] if body_bytes != b"{}" else b"}")
+
+
+@dataclass(slots=True)
+class _Published:
+    digest: str
+    at: datetime | None  # None: loaded from disk, so we do not know when it reached the broker
+
+
+class RetainedPlanner:
+    """Remembers what is on the broker and decides what to publish next."""
+
+    def __init__(self, ttl: timedelta, max_payload_bytes: int, seq: SequenceClock) -> None:
+        self.ttl = ttl
+        self.refresh_after = ttl / 2
+        self.max_payload_bytes = max_payload_bytes
+        self.seq = seq
+        self.published: dict[str, _Published] = {}
+
+    def load(self, conn: sqlite3.Connection) -> None:
+        self.published = {t: _Published(d, None) for t, d in conn.execute("SELECT topic, digest FROM retained")}
+
+    def plan(
+        self, items: Iterable[RetainedItem], now: datetime, *, fresh_sources: set[str], full: bool
+    ) -> list[Publication]:
+        """Publications for this round. `full`: everything (after a reconnect or restart)."""
+        out: list[Publication] = []
+        seen: set[str] = set()
+        valid_until = now + self.ttl
+        expiry = int(self.ttl.total_seconds())
+        for item in items:
+            seen.add(item.topic)
+            body = serialise(item.body)
+            digest = hashlib.blake2b(body, digest_size=12).hexdigest()
+            prev = self.published.get(item.topic)
+            fresh = item.source == "any" or item.source in fresh_sources
+            due = prev is not None and (prev.at is None or now - prev.at >= self.refresh_after)
+            if not (full or prev is None or prev.digest != digest or (due and fresh)):
+                continue
+            if full and not fresh and prev is not None and prev.digest == digest and prev.at is not None:
+                # After a reconnect a stale entry is re-sent only until its original expiry: never extend it.
+                remaining = int((prev.at + self.ttl - now).total_seconds())
+                if remaining <= 0:
+                    continue
+                payload = with_envelope(body, self.seq.next(), prev.at, prev.at + self.ttl)
+                out.append(Publication(item.topic, payload, True, remaining, digest, prev.at))
+                continue
+            payload = with_envelope(body, self.seq.next(), now, valid_until)
+            if len(payload) > self.max_payload_bytes:
+                log.error("not publishing %s: %d bytes exceeds max_payload_bytes %d",
+                          item.topic, len(payload), self.max_payload_bytes)
+                continue
+            out.append(Publication(item.topic, payload, True, expiry, digest, now))
+        for topic in self.published.keys() - seen:
+            out.append(Publication(topic, b"", True))
+        return out
+
+    def confirm(self, publications: Iterable[Publication], now: datetime, conn: sqlite3.Connection) -> None:
+        """Record publications the broker acknowledged (inside the caller's transaction)."""
+        upserts: list[tuple[str, str]] = []
+        deletes: list[tuple[str]] = []
+        for pub in publications:
+            if pub.payload:
+                self.published[pub.topic] = _Published(pub.digest, pub.issued_at or now)
+                upserts.append((pub.topic, pub.digest))
+            else:
+                self.published.pop(pub.topic, None)
+                deletes.append((pub.topic,))
+        conn.executemany("INSERT OR REPLACE INTO retained (topic, digest) VALUES (?, ?)", upserts)
+        conn.executemany("DELETE FROM retained WHERE topic = ?", deletes)

@@ -1,0 +1,478 @@
+"""The composition root: builds the pipeline from a config and runs it once or until stopped.
+
+Every trigger travels the same path: fetch -> state -> compose -> render -> outbox -> channels. A poll
+commits its new state, feed bookkeeping and the notices it produced in one SQLite transaction, then wakes
+the drain loops (notices) and publishes the retained topics that changed (state).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, Protocol
+
+from broadcaster import __version__
+from broadcaster.channels.base import NoticeChannel
+from broadcaster.channels.mqtt import MqttLink, MqttNoticeChannel
+from broadcaster.compose import ComposePolicy, Notice, compose
+from broadcaster.config import Config, FeedConfig
+from broadcaster.contract import Topics
+from broadcaster.errors import (
+    BroadcasterError,
+    FeedError,
+    PermanentDeliveryError,
+    StoreError,
+    TemplateProblem,
+    TransientDeliveryError,
+)
+from broadcaster.feeds.fetch import FeedFetcher
+from broadcaster.feeds.freshness import check_freshness
+from broadcaster.feeds.gtfs_rt import parse_gtfs_rt
+from broadcaster.feeds.network import load_network
+from broadcaster.feeds.passenger_flow import parse_passenger_flow
+from broadcaster.model import FeedSnapshot, Network
+from broadcaster.outbox import Outbox, OutgoingMessage
+from broadcaster.payloads import PayloadBuilder
+from broadcaster.render import Renderer
+from broadcaster.retained import RetainedPlanner, SequenceClock, serialise, with_envelope
+from broadcaster.scheduler import JobScheduler
+from broadcaster.state import NetworkState, StatePolicy, apply_snapshot
+from broadcaster.store import Database, FeedRecord, StateStore, load_feeds, save_feed
+
+log = logging.getLogger(__name__)
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+def state_policy(config: Config) -> StatePolicy:
+    s = config.state
+    return StatePolicy(
+        resolve_after_missing=s.resolve_after_missing,
+        crowding_min_dwell=timedelta(seconds=s.crowding_min_dwell_seconds),
+        crowding_hysteresis_percent=s.crowding_hysteresis_percent,
+        crowding_trend_window=timedelta(seconds=s.crowding_trend_window_seconds),
+        delay_threshold_s=int(s.delay_threshold_seconds),
+    )
+
+
+def fallback_text(notice: Notice, language: str) -> str:
+    """Last resort when no template renders: the facts, plainly, so the notice still goes out."""
+    ctx = notice.contexts.get(language, {})
+    for key in ("header", "line", "station"):
+        value = ctx.get(key)
+        if isinstance(value, str) and value:
+            return f"{value} ({ctx.get('as_of', '')})"
+    return f"{notice.kind.value} ({ctx.get('as_of', '')})"
+
+
+class InstanceLock:
+    """An exclusive lock on the state directory: two broadcasters sharing one outbox would double-send."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / "broadcaster.lock"
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = self.path.open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise StoreError(self.path.parent, f"already in use by broadcaster pid {holder}") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._file = handle
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
+@dataclass(frozen=True, slots=True)
+class PollOutcome:
+    feed: str
+    ok: bool
+    changes: int = 0
+    notices: int = 0
+    error: str | None = None
+
+
+class Broadcaster:
+    """One pipeline over one network, one database, one broker link and its notice channels."""
+
+    def __init__(
+        self,
+        config: Config,
+        network: Network,
+        renderer: Renderer,
+        db: Database,
+        fetcher: FeedFetcher,
+        link: MqttLink,
+        *,
+        clock: Clock | None = None,
+    ) -> None:
+        self.config = config
+        self.network = network
+        self.renderer = renderer
+        self.db = db
+        self.fetcher = fetcher
+        self.link = link
+        self.clock = clock or SystemClock()
+        self.policy = state_policy(config)
+        self.compose_policy = ComposePolicy(config.zone, config.network.languages)
+        self.topics = Topics(config.mqtt.topic_prefix)
+        self.seq = SequenceClock()
+        self.store = StateStore(db)
+        self.state: NetworkState = self.store.load()
+        self.feeds: dict[str, FeedRecord] = load_feeds(db.conn)
+        self.outbox = Outbox(db)
+        ttl = timedelta(seconds=config.mqtt.retained_ttl_seconds)
+        self.planner = RetainedPlanner(ttl, config.mqtt.max_payload_bytes, self.seq)
+        self.planner.load(db.conn)
+        self.builder = PayloadBuilder(network, self.topics, config.network.languages, self.policy)
+        self.channels: list[NoticeChannel] = [MqttNoticeChannel(link)]
+        self._wake = {ch.name: asyncio.Event() for ch in self.channels}
+        self._state_lock = asyncio.Lock()
+        self._publish_lock = asyncio.Lock()
+
+    # -- fetch -> state -> compose -> render -> outbox -------------------------------------------------------
+
+    def _parse(self, feed: FeedConfig, body: bytes) -> FeedSnapshot:
+        if feed.kind == "gtfs-rt":
+            return parse_gtfs_rt(
+                feed.name, body, self.network,
+                carries=frozenset(feed.contains), default_language=self.config.network.default_language,
+            )
+        return parse_passenger_flow(feed.name, body, self.network)
+
+    def _fail(self, feed: FeedConfig, record: FeedRecord, now: datetime, reason: str) -> PollOutcome:
+        failed = replace(
+            record, last_error=reason, last_error_at=now, consecutive_failures=record.consecutive_failures + 1
+        )
+        self.feeds[feed.name] = failed
+        log.warning(
+            "feed %r unusable: %s; keeping the last good state (%d failure(s) in a row)",
+            feed.name, reason, failed.consecutive_failures,
+        )
+        try:
+            with self.db.transaction() as conn:
+                save_feed(conn, failed)
+        except StoreError as exc:
+            log.error("could not record the failure of feed %r: %s", feed.name, exc)
+        return PollOutcome(feed.name, False, error=reason)
+
+    async def poll(self, feed: FeedConfig) -> PollOutcome:
+        """Fetch one feed and carry what changed through the pipeline. Never raises for bad input."""
+        record = self.feeds.get(feed.name) or FeedRecord(feed.name)
+        try:
+            result = await self.fetcher.fetch(
+                feed.name, feed.url, timeout_s=feed.timeout_seconds, max_bytes=feed.max_bytes,
+                etag=record.etag, last_modified=record.last_modified,
+            )
+            now = self.clock.now()
+            if result.body is None:
+                # Not modified: still good, as long as the content we hold is not too old.
+                if record.feed_timestamp is not None:
+                    check_freshness(feed.name, record.feed_timestamp, now=now, max_age_s=feed.max_age_seconds,
+                                    previous=None)
+                snapshot = None
+            else:
+                snapshot = self._parse(feed, result.body)
+                check_freshness(
+                    feed.name, snapshot.timestamp, now=now, max_age_s=feed.max_age_seconds,
+                    previous=record.feed_timestamp,
+                )
+        except FeedError as exc:
+            return self._fail(feed, record, self.clock.now(), exc.reason)
+        good = replace(
+            record, etag=result.etag, last_modified=result.last_modified, last_ok_at=now,
+            last_error=None, consecutive_failures=0,
+        )
+        if snapshot is None:
+            self.feeds[feed.name] = good
+            return PollOutcome(feed.name, True)
+        if snapshot.problems:
+            shown = "; ".join(snapshot.problems[:3])
+            more = f" (+{len(snapshot.problems) - 3} more)" if len(snapshot.problems) > 3 else ""
+            log.warning("feed %r: skipped %d entit(ies): %s%s", feed.name, len(snapshot.problems), shown, more)
+        good = replace(good, feed_timestamp=snapshot.timestamp)
+        async with self._state_lock:
+            transition = apply_snapshot(self.state, snapshot, network=self.network, now=now, policy=self.policy)
+            notices = compose(transition.changes, network=self.network, now=now, policy=self.compose_policy)
+            messages = [m for n in notices for m in self._messages(n)]
+            try:
+                with self.db.transaction() as conn:
+                    self.store.save(conn, transition.state)
+                    Outbox.enqueue(conn, messages, now)
+                    save_feed(conn, good)
+            except StoreError as exc:
+                # Nothing was committed: the state stays as it was and the next poll tries again.
+                log.error("feed %r: could not commit this tick: %s", feed.name, exc)
+                return PollOutcome(feed.name, False, error=str(exc))
+            self.store.committed()
+            self.state = transition.state
+            self.feeds[feed.name] = good
+        if transition.changes:
+            log.info("feed %r: %d change(s), %d notice(s)", feed.name, len(transition.changes), len(notices))
+        if messages:
+            self.wake()
+        await self.publish_retained()
+        return PollOutcome(feed.name, True, len(transition.changes), len(notices))
+
+    def render(self, notice: Notice) -> dict[str, str]:
+        """The notice's text in every configured language."""
+        texts: dict[str, str] = {}
+        for lang, context in notice.contexts.items():
+            try:
+                texts[lang] = self.renderer.render(notice.kind.value, lang, context)
+            except TemplateProblem as problem:
+                log.error("%s; sending the plain fallback text", problem)
+                texts[lang] = fallback_text(notice, lang)
+        return texts
+
+    def _messages(self, notice: Notice) -> list[OutgoingMessage]:
+        """The outbox rows for one notice: one per channel, with its final payload."""
+        texts = self.render(notice)
+        body = serialise(self.builder.notice(notice, texts))
+        valid_until = notice.issued_at + timedelta(seconds=self.config.mqtt.retained_ttl_seconds)
+        payload = with_envelope(body, self.seq.next(), notice.issued_at, valid_until)
+        return [
+            OutgoingMessage(notice.id, notice.version, channel.name, payload, int(notice.priority))
+            for channel in self.channels
+        ]
+
+    # -- retained state --------------------------------------------------------------------------------------
+
+    def fresh_sources(self, now: datetime) -> set[str]:
+        """Feed kinds with at least one feed whose content is within its maximum age."""
+        fresh: set[str] = set()
+        for feed in self.config.feeds:
+            record = self.feeds.get(feed.name)
+            if record is None or record.feed_timestamp is None or not record.healthy:
+                continue
+            if (now - record.feed_timestamp).total_seconds() <= feed.max_age_seconds:
+                fresh.add(feed.kind)
+        return fresh
+
+    async def publish_retained(self, *, full: bool = False) -> int:
+        """Publish the retained topics that changed (all of them when `full`); returns how many were acked."""
+        async with self._publish_lock:
+            if not self.link.connected.is_set():
+                return 0  # the next session starts with a full publish
+            now = self.clock.now()
+            publications = self.planner.plan(
+                self.builder.retained(self.state, now), now, fresh_sources=self.fresh_sources(now), full=full
+            )
+            if not publications:
+                return 0
+            acked = await self.link.publish_many(publications)
+            try:
+                with self.db.transaction() as conn:
+                    self.planner.confirm(acked, now, conn)
+            except StoreError as exc:
+                log.error("could not record retained publications: %s", exc)
+            return len(acked)
+
+    async def on_connected(self) -> None:
+        await self.publish_retained(full=True)
+        self.wake()
+
+    # -- outbox -> channels ----------------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        for event in self._wake.values():
+            event.set()
+
+    async def drain_due(self, channel: NoticeChannel) -> int:
+        """Send every entry of `channel` that is due now; returns how many were acknowledged."""
+        sent = 0
+        while channel.ready:
+            entries = self.outbox.due(channel.name, self.clock.now(), limit=50)
+            if not entries:
+                break
+            for entry in entries:
+                try:
+                    remote_id = await channel.send(entry)
+                except TransientDeliveryError as exc:
+                    at = self.outbox.retry_later(entry, self.clock.now(), exc.reason, exc.retry_after)
+                    log.warning("%s: %s; retrying at %s", channel.name, exc.reason, at.isoformat())
+                    return sent
+                except PermanentDeliveryError as exc:
+                    self.outbox.park(entry.key, exc.reason)
+                    log.error("%s: parked notice %s/%s: %s", channel.name, entry.notice_id, entry.version, exc.reason)
+                    continue
+                self.outbox.mark_sent(entry.key, self.clock.now(), remote_id)
+                sent += 1
+        return sent
+
+    async def drain_loop(self, channel: NoticeChannel, stop: asyncio.Event) -> None:
+        """Deliver `channel`'s outbox until `stop`; wakes on new notices, on reconnects and when retries are due."""
+        wake = self._wake[channel.name]
+        while not stop.is_set():
+            wake.clear()
+            try:
+                await self.drain_due(channel)
+            except BroadcasterError as exc:
+                log.error("%s: drain failed: %s", channel.name, exc)
+            next_at = self.outbox.next_due_at(channel.name)
+            timeout = 30.0
+            if next_at is not None:
+                timeout = min(timeout, max(0.05, (next_at - self.clock.now()).total_seconds()))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await _first_of(wake, stop)
+
+    def pending(self) -> int:
+        return self.outbox.pending_count()
+
+
+async def _first_of(*events: asyncio.Event) -> None:
+    tasks = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Assembly
+
+
+@contextlib.asynccontextmanager
+async def open_broadcaster(config: Config, *, clock: Clock | None = None) -> AsyncIterator[Broadcaster]:
+    """Build the pipeline: lock the state directory, open the database, load the network and templates."""
+    network = load_network(config.network.gtfs, config.network.default_language)
+    renderer = Renderer(config.templates.directory)
+    lock = InstanceLock(config.state.directory)
+    lock.acquire()
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            db = Database(config.database_path)
+            stack.callback(db.close)
+            fetcher = await stack.enter_async_context(FeedFetcher(user_agent=f"broadcaster/{__version__}"))
+            username = config.mqtt.username.load() if config.mqtt.username else None
+            password = config.mqtt.password.load() if config.mqtt.password else None
+            holder: list[Broadcaster] = []
+
+            async def on_connected() -> None:
+                await holder[0].on_connected()
+
+            link = MqttLink(
+                config.mqtt,
+                username=username.reveal() if username else None,
+                password=password.reveal() if password else None,
+                on_connected=on_connected,
+            )
+            broadcaster = Broadcaster(config, network, renderer, db, fetcher, link, clock=clock)
+            holder.append(broadcaster)
+            yield broadcaster
+    finally:
+        lock.release()
+
+
+async def run_once(config: Config, *, connect_timeout: float = 10.0, drain_timeout: float = 30.0) -> int:
+    """Poll every feed once, publish, deliver the outbox, and return an exit status (0 = all good)."""
+    failures: list[str] = []
+    async with open_broadcaster(config) as b:
+        link_stop = asyncio.Event()
+        link_task = asyncio.create_task(b.link.run(link_stop))
+        try:
+            outcomes = await asyncio.gather(*(b.poll(feed) for feed in config.feeds))
+            failures += [f"feed {o.feed!r}: {o.error}" for o in outcomes if not o.ok]
+            try:
+                async with asyncio.timeout(connect_timeout):
+                    await b.link.connected.wait()
+            except TimeoutError:
+                failures.append(f"MQTT broker {config.mqtt.url} unreachable: {b.link.last_error or 'timed out'}")
+            else:
+                await b.publish_retained()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(drain_timeout):
+                        for channel in b.channels:
+                            await b.drain_due(channel)
+                left = b.pending()
+                if left:
+                    failures.append(f"{left} notice(s) still queued in the outbox")
+        finally:
+            link_stop.set()
+            try:
+                async with asyncio.timeout(5):
+                    await link_task
+            except TimeoutError:
+                link_task.cancel()
+    for line in failures:
+        log.error("%s", line)
+    return 1 if failures else 0
+
+
+async def run_forever(config: Config, *, stop: asyncio.Event | None = None, grace: float = 10.0) -> int:
+    """Run until SIGINT/SIGTERM (or `stop`): poll on schedule, publish, drain; then say offline and exit 0."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    async with open_broadcaster(config) as b:
+        scheduler = JobScheduler()
+        for feed in config.feeds:
+            scheduler.every(f"poll:{feed.name}", feed.poll_seconds, _poll_job(b, feed))
+        link_stop = asyncio.Event()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(b.link.run(link_stop))
+            drains = [tg.create_task(b.drain_loop(ch, stop)) for ch in b.channels]
+            scheduler.start()
+            log.info("broadcaster running: %d feed(s), MQTT %s", len(config.feeds), config.mqtt.url)
+            await stop.wait()
+            log.info("stopping: finishing in-flight sends")
+            scheduler.shutdown()
+            await asyncio.wait(drains, timeout=grace)
+            link_stop.set()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(sig)
+    return 0
+
+
+def _poll_job(b: Broadcaster, feed: FeedConfig) -> _PollJob:
+    return _PollJob(b, feed)
+
+
+class _PollJob:
+    """A poll as a scheduler job; catches everything so one bad tick never kills the schedule."""
+
+    def __init__(self, b: Broadcaster, feed: FeedConfig) -> None:
+        self.b = b
+        self.feed = feed
+
+    async def __call__(self) -> None:
+        try:
+            await self.b.poll(self.feed)
+        except Exception:
+            log.exception("poll of feed %r failed unexpectedly", self.feed.name)
+
+
+def summarise(outcomes: Sequence[PollOutcome]) -> str:
+    return ", ".join(f"{o.feed}: {'ok' if o.ok else o.error}" for o in outcomes)

@@ -1,0 +1,326 @@
+"""The SQLite database that holds the committed state, feed bookkeeping and the outbox, and its transactions.
+
+One file, so that a tick commits its new state and the notices it produced in one transaction: after a crash
+either both are there or neither is, and a restart neither forgets nor re-announces anything.
+
+The database runs in WAL mode with `synchronous=FULL`; start-up refuses to run otherwise, because a committed
+notice must survive a power cut.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import orjson
+
+from broadcaster.errors import StoreError
+from broadcaster.model import (
+    ActivePeriod,
+    Alert,
+    CrowdingReading,
+    InformedEntity,
+    LineDelay,
+    LineOccupancy,
+    LocalizedText,
+    Occupancy,
+    Severity,
+)
+from broadcaster.state import AlertRecord, CrowdingRecord, LineStatus, LineStatusKind, NetworkState
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS state (
+    kind TEXT NOT NULL, key TEXT NOT NULL, body BLOB NOT NULL, PRIMARY KEY (kind, key)
+);
+CREATE TABLE IF NOT EXISTS feeds (
+    name TEXT PRIMARY KEY,
+    etag TEXT, last_modified TEXT,
+    feed_timestamp TEXT, last_ok_at TEXT,
+    last_error TEXT, last_error_at TEXT,
+    consecutive_failures INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    key TEXT PRIMARY KEY,
+    notice_id TEXT NOT NULL, version TEXT NOT NULL, channel TEXT NOT NULL, part INTEGER NOT NULL,
+    priority INTEGER NOT NULL, payload BLOB NOT NULL, created_at TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TEXT NOT NULL, remote_id TEXT, sent_at TEXT, error TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, channel, priority, next_attempt_at);
+CREATE TABLE IF NOT EXISTS retained (topic TEXT PRIMARY KEY, digest TEXT NOT NULL);
+"""
+
+
+def iso(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat()
+
+
+def from_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+class Database:
+    """One SQLite connection, used from the event loop thread only (statements are short)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per tick.
+            self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=FULL")
+            self.conn.execute("PRAGMA busy_timeout=5000")
+            self._require_durability()
+            self.conn.executescript(_SCHEMA)
+            self._check_schema_version()
+        except sqlite3.Error as exc:
+            raise StoreError(path, f"cannot open the state database: {exc}") from exc
+
+    def _require_durability(self) -> None:
+        mode = self.conn.execute("PRAGMA journal_mode").fetchone()[0]
+        sync = self.conn.execute("PRAGMA synchronous").fetchone()[0]
+        if str(mode).lower() != "wal" or int(sync) != 2:
+            raise StoreError(self.path, f"needs journal_mode=WAL and synchronous=FULL, got {mode}/{sync}")
+
+    def _check_schema_version(self) -> None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None:
+            self.conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) != SCHEMA_VERSION:
+            raise StoreError(self.path, f"schema version {row[0]} is not {SCHEMA_VERSION}; no migration known")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception (which propagates)."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(self.path, f"cannot start a transaction: {exc}") from exc
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        try:
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self.conn.execute("ROLLBACK")
+            raise StoreError(self.path, f"commit failed: {exc}") from exc
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Feed bookkeeping
+
+
+@dataclass(frozen=True, slots=True)
+class FeedRecord:
+    """What we remember about a feed between fetches and restarts."""
+
+    name: str
+    etag: str | None = None
+    last_modified: str | None = None
+    feed_timestamp: datetime | None = None
+    last_ok_at: datetime | None = None
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+    consecutive_failures: int = 0
+
+    @property
+    def healthy(self) -> bool:
+        return self.last_ok_at is not None and self.consecutive_failures == 0
+
+
+def load_feeds(conn: sqlite3.Connection) -> dict[str, FeedRecord]:
+    out: dict[str, FeedRecord] = {}
+    for row in conn.execute("SELECT * FROM feeds"):
+        name, etag, last_modified, ts, ok_at, err, err_at, failures = row
+        out[name] = FeedRecord(
+            name, etag, last_modified,
+            from_iso(ts) if ts else None, from_iso(ok_at) if ok_at else None,
+            err, from_iso(err_at) if err_at else None, failures,
+        )
+    return out
+
+
+def save_feed(conn: sqlite3.Connection, feed: FeedRecord) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO feeds VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            feed.name, feed.etag, feed.last_modified,
+            iso(feed.feed_timestamp) if feed.feed_timestamp else None,
+            iso(feed.last_ok_at) if feed.last_ok_at else None,
+            feed.last_error, iso(feed.last_error_at) if feed.last_error_at else None,
+            feed.consecutive_failures,
+        ),
+    )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# State codec: explicit JSON, so the file stays readable and survives refactors of the classes.
+
+
+def _text(t: LocalizedText) -> dict[str, str]:
+    return t.as_dict()
+
+
+def _untext(d: Mapping[str, str]) -> LocalizedText:
+    return LocalizedText(MappingProxyType(dict(d)))
+
+
+def _opt_iso(at: datetime | None) -> str | None:
+    return iso(at) if at else None
+
+
+def _opt_dt(text: str | None) -> datetime | None:
+    return from_iso(text) if text else None
+
+
+def encode_alert_record(r: AlertRecord) -> dict[str, Any]:
+    a = r.alert
+    return {
+        "alert": {
+            "id": a.id, "cause": a.cause, "effect": a.effect, "severity": int(a.severity),
+            "header": _text(a.header), "description": _text(a.description), "url": _text(a.url),
+            "informed": [[e.line_id, e.station_id, e.direction_id, e.trip_id] for e in a.informed],
+            "periods": [[_opt_iso(p.start), _opt_iso(p.end)] for p in a.active_periods],
+        },
+        "version": r.version, "feed": r.feed, "first_seen": iso(r.first_seen),
+        "updated_at": iso(r.updated_at), "missing": r.missing,
+    }
+
+
+def decode_alert_record(d: Mapping[str, Any]) -> AlertRecord:
+    a = d["alert"]
+    alert = Alert(
+        id=a["id"], cause=a["cause"], effect=a["effect"], severity=Severity(a["severity"]),
+        header=_untext(a["header"]), description=_untext(a["description"]), url=_untext(a["url"]),
+        informed=tuple(InformedEntity(*e) for e in a["informed"]),
+        active_periods=tuple(ActivePeriod(_opt_dt(s), _opt_dt(e)) for s, e in a["periods"]),
+    )
+    return AlertRecord(
+        alert, d["version"], d["feed"], from_iso(d["first_seen"]), from_iso(d["updated_at"]), d["missing"]
+    )
+
+
+def _encode_reading(r: CrowdingReading) -> list[Any]:
+    return [r.station_id, int(r.level), iso(r.observed_at), r.percentage, r.line_id, r.direction_id]
+
+
+def _decode_reading(v: list[Any]) -> CrowdingReading:
+    return CrowdingReading(v[0], Occupancy(v[1]), from_iso(v[2]), v[3], v[4], v[5])
+
+
+def encode_crowding_record(r: CrowdingRecord) -> dict[str, Any]:
+    return {
+        "station_id": r.station_id, "level": int(r.level), "percentage": r.percentage,
+        "observed_at": iso(r.observed_at), "changed_at": iso(r.changed_at), "trend": r.trend,
+        "change_percentage": r.change_percentage,
+        "candidate": int(r.candidate) if r.candidate is not None else None,
+        "candidate_since": _opt_iso(r.candidate_since),
+        "platforms": [_encode_reading(p) for p in r.platforms], "feed": r.feed,
+    }
+
+
+def decode_crowding_record(d: Mapping[str, Any]) -> CrowdingRecord:
+    return CrowdingRecord(
+        d["station_id"], Occupancy(d["level"]), d["percentage"], from_iso(d["observed_at"]),
+        from_iso(d["changed_at"]), d["trend"], d["change_percentage"],
+        Occupancy(d["candidate"]) if d["candidate"] is not None else None, _opt_dt(d["candidate_since"]),
+        tuple(_decode_reading(p) for p in d["platforms"]), d["feed"],
+    )
+
+
+def _encode_delays(ds: tuple[LineDelay, ...]) -> list[Any]:
+    return [[d.line_id, d.direction_id, d.trips, d.median_delay_s, d.max_delay_s, d.cancelled_trips] for d in ds]
+
+
+def _encode_occupancy(os_: tuple[LineOccupancy, ...]) -> list[Any]:
+    return [[o.line_id, o.direction_id, int(o.level), o.vehicles] for o in os_]
+
+
+def _encode_line(s: LineStatus) -> dict[str, Any]:
+    return {"kind": s.kind.value, "alert_ids": list(s.alert_ids), "max_delay_s": s.max_delay_s, "cause": s.cause}
+
+
+def _dumps(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+class StateStore:
+    """Loads the committed `NetworkState` and writes only the entries that changed since the last save."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._persisted: dict[tuple[str, str], bytes] = {}
+        self._pending: dict[tuple[str, str], bytes] = {}
+
+    def load(self) -> NetworkState:
+        alerts: dict[str, AlertRecord] = {}
+        crowding: dict[str, CrowdingRecord] = {}
+        delays: dict[str, tuple[LineDelay, ...]] = {}
+        occupancy: dict[str, tuple[LineOccupancy, ...]] = {}
+        lines: dict[str, LineStatus] = {}
+        as_of: datetime | None = None
+        for kind, key, body in self.db.conn.execute("SELECT kind, key, body FROM state"):
+            self._persisted[(kind, key)] = bytes(body)
+            d = orjson.loads(body)
+            if kind == "alert":
+                alerts[key] = decode_alert_record(d)
+            elif kind == "crowding":
+                crowding[key] = decode_crowding_record(d)
+            elif kind == "delays":
+                delays[key] = tuple(LineDelay(*v) for v in d)
+            elif kind == "occupancy":
+                occupancy[key] = tuple(LineOccupancy(v[0], v[1], Occupancy(v[2]), v[3]) for v in d)
+            elif kind == "line":
+                lines[key] = LineStatus(LineStatusKind(d["kind"]), tuple(d["alert_ids"]), d["max_delay_s"], d["cause"])
+            elif kind == "meta" and key == "as_of":
+                as_of = from_iso(d)
+        return NetworkState(
+            MappingProxyType(alerts), MappingProxyType(crowding), MappingProxyType(delays),
+            MappingProxyType(occupancy), MappingProxyType(lines), as_of,
+        )
+
+    def _entries(self, state: NetworkState) -> dict[tuple[str, str], bytes]:
+        out: dict[tuple[str, str], bytes] = {}
+        for k, a in state.alerts.items():
+            out[("alert", k)] = _dumps(encode_alert_record(a))
+        for k, c in state.crowding.items():
+            out[("crowding", k)] = _dumps(encode_crowding_record(c))
+        for k, d in state.delays.items():
+            out[("delays", k)] = _dumps(_encode_delays(d))
+        for k, o in state.occupancy.items():
+            out[("occupancy", k)] = _dumps(_encode_occupancy(o))
+        for k, s in state.lines.items():
+            out[("line", k)] = _dumps(_encode_line(s))
+        if state.as_of:
+            out[("meta", "as_of")] = _dumps(iso(state.as_of))
+        return out
+
+    def save(self, conn: sqlite3.Connection, state: NetworkState) -> None:
+        """Write the difference to the last saved state, inside the caller's transaction.
+
+        The in-memory copy of what is on disk is updated only by `committed()`, after the commit succeeded.
+        """
+        entries = self._entries(state)
+        upserts = [(k[0], k[1], v) for k, v in entries.items() if self._persisted.get(k) != v]
+        deletes = [k for k in self._persisted if k not in entries]
+        conn.executemany("INSERT OR REPLACE INTO state (kind, key, body) VALUES (?, ?, ?)", upserts)
+        conn.executemany("DELETE FROM state WHERE kind = ? AND key = ?", deletes)
+        self._pending = entries
+
+    def committed(self) -> None:
+        self._persisted = self._pending
