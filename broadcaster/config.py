@@ -184,14 +184,15 @@ class Config(_Section):
             raise ValueError("is not an IANA time zone name such as 'Asia/Shanghai'") from None
         return name
 
-    @model_validator(mode="after")
-    def _unique_feed_names(self) -> Config:
+    @field_validator("feeds")
+    @classmethod
+    def _unique_feed_names(cls, feeds: tuple[FeedConfig, ...]) -> tuple[FeedConfig, ...]:
         seen: set[str] = set()
-        for feed in self.feeds:
+        for feed in feeds:
             if feed.name in seen:
                 raise ValueError(f"feed name {feed.name!r} is used twice")
             seen.add(feed.name)
-        return self
+        return feeds
 
     @property
     def zone(self) -> ZoneInfo:

@@ -1,0 +1,138 @@
+"""Config validation and `broadcaster check`: clear errors naming file, key and value; exit status 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from broadcaster.cli import main
+from broadcaster.config import Secret, SecretRef, load_config
+from broadcaster.errors import ConfigError
+from broadcaster.resources import data_dir
+
+EXAMPLE = data_dir("config") / "example.toml"
+
+
+def write_config(tmp_path: Path, body: str, top: str = "") -> Path:
+    """A config in tmp_path that points at the shipped example network; `top` goes before any table."""
+    network = (data_dir("config") / "network").as_posix()
+    path = tmp_path / "broadcaster.toml"
+    text = top + f'\n[network]\ngtfs = "{network}"\n\n' + body
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+FEED = """
+[[feeds]]
+name = "ops"
+kind = "gtfs-rt"
+url = "https://feeds.example.org/rt.pb"
+"""
+
+
+def test_example_config_loads_and_resolves_relative_paths() -> None:
+    config = load_config(EXAMPLE)
+    assert config.network.gtfs == (EXAMPLE.parent / "network").resolve()
+    assert config.feeds[0].url == (EXAMPLE.parent / "samples" / "gtfs-rt.pb").resolve().as_uri()
+    assert config.state.directory.is_absolute()
+    assert config.source == EXAMPLE.resolve()
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "fragment"),
+    [
+        (FEED.replace('name = "ops"', 'name = "ops"\npol_seconds = 5'), "feeds[0].pol_seconds", "unknown key"),
+        (FEED.replace("https://feeds.example.org/rt.pb", "ftp://x/rt.pb"), "feeds[0].url", "'ftp://x/rt.pb'"),
+        (FEED.replace('"gtfs-rt"', '"gtfs"'), "feeds[0].kind", "'gtfs'"),
+        (FEED + "\n[mqtt]\nurl = \"mqtt://user:pw@host\"\n", "mqtt.url", "credentials"),
+        ('timezone = "Mars/Olympus"\n' + FEED, "timezone", "'Mars/Olympus'"),
+        (FEED + FEED, "feeds", "used twice"),
+        ("", "feeds", "required"),
+        (FEED.replace('kind = "gtfs-rt"', 'kind = "gtfs-rt"\npoll_seconds = -1'), "feeds[0].poll_seconds", "-1"),
+    ],
+)
+def test_bad_config_names_file_key_and_value(tmp_path: Path, body: str, key: str, fragment: str) -> None:
+    # Top-level keys must come before the first table, so they travel in front of the body.
+    top, marker, rest = body.partition("\n[[feeds]]") if body.startswith("timezone") else ("", "", body)
+    path = write_config(tmp_path, marker + rest, top)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.key == key
+    assert info.value.file == str(path)
+    assert fragment in str(info.value)
+
+
+def test_toml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[network\ngtfs = "x"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"bad\.toml: TOML syntax error: .*line 1"):
+        load_config(path)
+
+
+def test_cli_unknown_key_exits_2_and_names_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_config(tmp_path, FEED.replace('name = "ops"', 'name = "ops"\npol_seconds = 5'))
+    for command in ("check", "once", "run"):
+        assert main([command, "-c", str(path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"broadcaster: {path}: feeds[0].pol_seconds: unknown key (check the spelling; see " \
+                      "config/example.toml)"
+
+
+def test_missing_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "-c", str(tmp_path / "nope.toml")]) == 2
+    assert "nope.toml: cannot read" in capsys.readouterr().err
+
+
+def test_check_renders_every_template_of_the_example(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "-c", str(EXAMPLE)]) == 0
+    out = capsys.readouterr().out
+    for kind in ("alert_new", "alert_updated", "alert_resolved", "line_status", "crowding"):
+        assert f"--- {kind} [zh]" in out
+        assert f"--- {kind} [en]" in out
+    assert "14 sample posts rendered: OK" in out
+
+
+def test_check_reports_a_broken_operator_template_with_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "alert_new.en.j2").write_text("Line one\n{{ header }\n", encoding="utf-8")
+    (templates / "crowding.zh.j2").write_text("{{ no_such_variable }}\n", encoding="utf-8")
+    path = write_config(tmp_path, FEED + f'\n[templates]\ndirectory = "{templates.as_posix()}"\n')
+    assert main(["check", "-c", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"template {templates / 'alert_new.en.j2'}:2:" in err
+    assert "'no_such_variable' is undefined" in err
+
+
+def test_check_reports_a_missing_sample_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_config(tmp_path, FEED.replace("https://feeds.example.org/rt.pb", "file://missing.pb"))
+    assert main(["check", "-c", str(path)]) == 2
+    assert "feeds[0].url: " in capsys.readouterr().err
+
+
+def test_secrets_are_masked_and_read_from_env_or_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BC_TEST_PW", "hunter2")
+    secret = SecretRef(env="BC_TEST_PW").load()
+    assert secret is not None
+    assert secret.reveal() == "hunter2"
+    assert "hunter2" not in repr(secret) and "hunter2" not in str(secret)
+    (tmp_path / "pw").write_text("s3cret\n", encoding="utf-8")
+    from_file = SecretRef(file=tmp_path / "pw").load()
+    assert isinstance(from_file, Secret)
+    assert from_file.reveal() == "s3cret"
+    with pytest.raises(ValueError, match="exactly one"):
+        SecretRef()
+
+
+def test_python_dash_m_entry_point_runs() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "broadcaster", "check", "-c", str(EXAMPLE), "--json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert '"ok": true' in result.stdout
