@@ -83,7 +83,7 @@ class Database:
             self._require_durability()
             self.conn.executescript(_SCHEMA)
             self._check_schema_version()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StoreError(path, f"cannot open the state database: {exc}") from exc
 
     def _require_durability(self) -> None:

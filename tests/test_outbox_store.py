@@ -1,0 +1,166 @@
+"""The SQLite store and outbox: durability settings, idempotent enqueue, priority order, retries, parking."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from broadcaster.errors import StoreError
+from broadcaster.model import ActivePeriod, Alert, CrowdingReading, InformedEntity, LocalizedText, Occupancy, Severity
+from broadcaster.outbox import Backoff, Outbox, OutgoingMessage, idempotency_key
+from broadcaster.state import (
+    AlertRecord,
+    CrowdingRecord,
+    LineStatus,
+    LineStatusKind,
+    NetworkState,
+    alert_version,
+)
+from broadcaster.store import Database, StateStore
+
+T0 = datetime(2026, 11, 25, 0, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Database:
+    return Database(tmp_path / "state" / "broadcaster.db")
+
+
+def message(notice: str, priority: int = 1, channel: str = "mqtt", version: str = "v1") -> OutgoingMessage:
+    return OutgoingMessage(notice, version, channel, f"payload {notice}".encode(), priority)
+
+
+def test_database_runs_in_wal_with_full_sync(db: Database) -> None:
+    assert db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+
+
+def test_database_in_an_unwritable_place_is_a_store_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder", encoding="utf-8")
+    with pytest.raises(StoreError) as info:
+        Database(blocker / "broadcaster.db")
+    assert info.value.path == str(blocker / "broadcaster.db")
+
+
+def test_key_is_deterministic_and_distinguishes_every_part() -> None:
+    base = idempotency_key("alert-1", "new-abc", "mqtt", 0)
+    assert base == idempotency_key("alert-1", "new-abc", "mqtt", 0)
+    others = {
+        idempotency_key("alert-2", "new-abc", "mqtt", 0), idempotency_key("alert-1", "upd-abc", "mqtt", 0),
+        idempotency_key("alert-1", "new-abc", "mastodon", 0), idempotency_key("alert-1", "new-abc", "mqtt", 1),
+    }
+    assert base not in others and len(others) == 4
+
+
+def test_enqueue_is_idempotent(db: Database) -> None:
+    with db.transaction() as conn:
+        assert Outbox.enqueue(conn, [message("a"), message("b")], T0) == 2
+    with db.transaction() as conn:
+        assert Outbox.enqueue(conn, [message("a"), message("c")], T0) == 1
+    assert Outbox(db).pending_count() == 3
+
+
+def test_a_failed_transaction_leaves_nothing(db: Database) -> None:
+    with pytest.raises(RuntimeError), db.transaction() as conn:
+        Outbox.enqueue(conn, [message("a")], T0)
+        raise RuntimeError("crash between insert and commit")
+    assert Outbox(db).pending_count() == 0
+
+
+def test_due_orders_emergencies_first_then_oldest(db: Database) -> None:
+    with db.transaction() as conn:
+        Outbox.enqueue(conn, [message("routine", 2)], T0)
+        Outbox.enqueue(conn, [message("normal", 1)], T0 + timedelta(seconds=1))
+        Outbox.enqueue(conn, [message("emergency", 0)], T0 + timedelta(seconds=2))
+    due = Outbox(db).due("mqtt", T0 + timedelta(seconds=3))
+    assert [e.notice_id for e in due] == ["emergency", "normal", "routine"]
+    assert Outbox(db).due("mastodon", T0 + timedelta(seconds=3)) == []
+
+
+def test_retry_later_honours_retry_after_and_backs_off(db: Database) -> None:
+    outbox = Outbox(db, Backoff(base_s=1, cap_s=60), random.Random(7))
+    with db.transaction() as conn:
+        Outbox.enqueue(conn, [message("a")], T0)
+    entry = outbox.due("mqtt", T0)[0]
+    at = outbox.retry_later(entry, T0, "HTTP 429", retry_after=120)
+    assert at >= T0 + timedelta(seconds=120)
+    assert outbox.due("mqtt", T0 + timedelta(seconds=119)) == []
+    again = outbox.due("mqtt", at)
+    assert [e.attempts for e in again] == [1]
+    assert outbox.next_due_at("mqtt") == at
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    backoff = Backoff(base_s=1, cap_s=30)
+    rng = random.Random(1)
+    assert 0.5 <= backoff.delay(0, None, rng) <= 1
+    assert 4 <= backoff.delay(3, None, rng) <= 8
+    assert 15 <= backoff.delay(40, None, rng) <= 30
+
+
+def test_sent_and_parked_entries_are_never_due_again(db: Database) -> None:
+    outbox = Outbox(db)
+    with db.transaction() as conn:
+        Outbox.enqueue(conn, [message("sent"), message("parked")], T0)
+    by_id = {e.notice_id: e for e in outbox.due("mqtt", T0)}
+    outbox.mark_sent(by_id["sent"].key, T0, remote_id="109876")
+    outbox.park(by_id["parked"].key, "HTTP 422: text too long")
+    assert outbox.due("mqtt", T0 + timedelta(days=1)) == []
+    assert outbox.depth() == {("mqtt", "sent"): 1, ("mqtt", "parked"): 1}
+    row = db.conn.execute("SELECT remote_id FROM outbox WHERE key = ?", (by_id["sent"].key,)).fetchone()
+    assert row[0] == "109876"
+
+
+def sample_state() -> NetworkState:
+    alert = Alert(
+        "a1", "TECHNICAL_PROBLEM", "NO_SERVICE", Severity.SEVERE,
+        LocalizedText.of(zh="停运", en="No service"), LocalizedText.of(en="Details"), LocalizedText(),
+        (InformedEntity(line_id="1"), InformedEntity(station_id="S04", direction_id=1)),
+        (ActivePeriod(T0, None), ActivePeriod(None, T0 + timedelta(hours=1))),
+    )
+    record = AlertRecord(alert, alert_version(alert), "ops", T0, T0, missing=1)
+    platform = CrowdingReading("S04", Occupancy.FULL, T0, 101, "1", 0)
+    crowding = CrowdingRecord("S04", Occupancy.FULL, 101, T0, T0, 1, 101, Occupancy.FEW_SEATS_AVAILABLE, T0,
+                              (platform,), "flow")
+    return NetworkState(
+        alerts={"a1": record}, crowding={"S04": crowding},
+        lines={"1": LineStatus(LineStatusKind.SUSPENDED, ("a1",), 0, "TECHNICAL_PROBLEM")}, as_of=T0,
+    )
+
+
+def test_state_round_trips_through_the_database(tmp_path: Path) -> None:
+    path = tmp_path / "broadcaster.db"
+    db = Database(path)
+    store = StateStore(db)
+    state = sample_state()
+    with db.transaction() as conn:
+        store.save(conn, state)
+    store.committed()
+    db.close()
+    loaded = StateStore(Database(path)).load()
+    assert loaded.alerts == state.alerts
+    assert loaded.crowding == state.crowding
+    assert dict(loaded.lines) == dict(state.lines)
+    assert loaded.as_of == T0
+
+
+def test_save_writes_only_what_changed(db: Database) -> None:
+    store = StateStore(db)
+    state = sample_state()
+    with db.transaction() as conn:
+        store.save(conn, state)
+    store.committed()
+    before = db.conn.total_changes
+    with db.transaction() as conn:
+        store.save(conn, state)
+    store.committed()
+    assert db.conn.total_changes == before
+    emptier = NetworkState(alerts={}, crowding=state.crowding, lines=state.lines, as_of=T0)
+    with db.transaction() as conn:
+        store.save(conn, emptier)
+    store.committed()
+    assert db.conn.execute("SELECT COUNT(*) FROM state WHERE kind = 'alert'").fetchone()[0] == 0
