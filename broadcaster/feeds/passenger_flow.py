@@ -1,0 +1,270 @@
+"""The passenger-flow JSON format (broadcaster.passenger-flow/1) to crowding readings.
+
+The format is documented for operators in docs/feeds.md; its JSON Schema, docs/schemas/passenger-flow-v1.json,
+is generated from the models below by `passenger_flow_json_schema()`. pydantic is used at this boundary only:
+what leaves the module are `broadcaster.model` dataclasses.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Self
+
+import orjson
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
+
+from broadcaster.errors import FeedFormatError
+from broadcaster.model import CrowdingReading, FeedSnapshot, Network, Occupancy
+
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
+
+#: The schema string of version 1 as producers should write it.
+SCHEMA = "broadcaster.passenger-flow/1"
+#: Integer timestamps beyond this (the year 5138) are milliseconds sent by mistake.
+MAX_EPOCH_SECONDS = 10**11
+MAX_PERCENTAGE = 200
+
+_SCHEMA_PATTERN = re.compile(r"broadcaster\.passenger-flow/([0-9]+)(?:\.[0-9]+)?")
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+_LEVEL_NAMES = tuple(level.name for level in Occupancy)
+_TIMESTAMP_FORMS: list[dict[str, object]] = [
+    {"type": "string", "format": "date-time"},
+    {"type": "integer", "minimum": 0, "maximum": MAX_EPOCH_SECONDS},
+]
+
+
+def _check_schema(value: str) -> str:
+    match = _SCHEMA_PATTERN.fullmatch(value)
+    if match is None:
+        raise ValueError(f"expected {SCHEMA!r}, got {value!r}")
+    if match[1] != "1":
+        raise ValueError(f"major version {match[1]} is not supported; this broadcaster reads {SCHEMA!r}")
+    return value
+
+
+def _to_datetime(value: object) -> datetime:
+    if isinstance(value, str):
+        if _RFC3339.fullmatch(value) is None:
+            raise ValueError(f"{_show(value)} is not an RFC 3339 timestamp with a UTC offset")
+        try:
+            return datetime.fromisoformat(value.upper()).astimezone(UTC)
+        except ValueError:
+            raise ValueError(f"{_show(value)} is not a valid date and time") from None
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value > MAX_EPOCH_SECONDS:
+            raise ValueError(f"{value} looks like milliseconds; use epoch seconds")
+        if value < 0:
+            raise ValueError(f"{value} is before 1970")
+        return datetime.fromtimestamp(value, UTC)
+    raise ValueError(f"expected an RFC 3339 string or integer epoch seconds, got {_show(value)}")
+
+
+def _to_optional_datetime(value: object) -> datetime | None:
+    return None if value is None else _to_datetime(value)
+
+
+def _to_occupancy(value: object) -> Occupancy:
+    if not isinstance(value, str):
+        raise ValueError(f"expected an OccupancyStatus name, got {_show(value)}")
+    if value not in Occupancy.__members__:
+        raise ValueError(f"{_show(value)} is not an OccupancyStatus name")
+    return Occupancy[value]
+
+
+Timestamp = Annotated[
+    datetime,
+    BeforeValidator(_to_datetime),
+    WithJsonSchema({"anyOf": _TIMESTAMP_FORMS}),
+]
+OptionalTimestamp = Annotated[
+    datetime | None,
+    BeforeValidator(_to_optional_datetime),
+    WithJsonSchema({"anyOf": [*_TIMESTAMP_FORMS, {"type": "null"}]}),
+]
+Level = Annotated[Occupancy, BeforeValidator(_to_occupancy), WithJsonSchema({"enum": list(_LEVEL_NAMES)})]
+SchemaId = Annotated[
+    StrictStr,
+    AfterValidator(_check_schema),
+    WithJsonSchema({"type": "string", "pattern": r"^broadcaster\.passenger-flow/1(\.[0-9]+)?$"}),
+]
+
+
+class StationReading(BaseModel):
+    """One crowding observation at a station, or at one line and direction in a station."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, title="Station reading")
+
+    station_id: Annotated[StrictStr, Field(min_length=1)] = Field(
+        description="A station id from the static GTFS, or the stop id of one of its platforms."
+    )
+    level: Level = Field(description="A GTFS-Realtime VehiclePosition.OccupancyStatus name.")
+    percentage: Annotated[StrictInt, Field(ge=0, le=MAX_PERCENTAGE)] | None = Field(
+        default=None,
+        description="Load as a share of design capacity, 0-200; crush loads exceed 100.",
+    )
+    observed_at: OptionalTimestamp = Field(
+        default=None, description="When this was measured; defaults to the document's timestamp."
+    )
+    line_id: Annotated[StrictStr, Field(min_length=1)] | None = Field(
+        default=None, description="A route_id from the static GTFS when the reading is for one line only."
+    )
+    direction_id: Annotated[StrictInt, Field(ge=0, le=1)] | None = Field(
+        default=None, description="GTFS direction_id (0 or 1) of that line; needs line_id."
+    )
+
+    @model_validator(mode="after")
+    def _direction_needs_line(self) -> Self:
+        if self.direction_id is not None and self.line_id is None:
+            raise ValueError("direction_id is given without line_id")
+        return self
+
+
+class PassengerFlowDocument(BaseModel):
+    """A passenger-flow document: one complete picture of station crowding at one time."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, title="Passenger flow, version 1")
+
+    schema_id: SchemaId = Field(
+        alias="schema",
+        description=f"{SCHEMA!r}; any 1.N is read too (minor versions only add keys).",
+    )
+    timestamp: Timestamp = Field(
+        description="When this picture was produced: an RFC 3339 string with a UTC offset, or integer epoch seconds."
+    )
+    stations: list[StationReading] = Field(description="The readings; a bad one is skipped, not the document.")
+
+
+def passenger_flow_json_schema() -> dict[str, object]:
+    """The JSON Schema (draft 2020-12) of version 1, as committed in docs/schemas/passenger-flow-v1.json."""
+    schema = PassengerFlowDocument.model_json_schema(by_alias=True)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        **schema,
+    }
+
+
+def parse_passenger_flow(feed: str, body: bytes, network: Network) -> FeedSnapshot:
+    """Read one passenger-flow document into crowding readings.
+
+    Args:
+        feed: the feed's name in the config, carried into errors and the snapshot.
+        body: the JSON bytes as fetched.
+        network: station and platform ids are mapped onto its stations; line ids must be its lines.
+
+    Returns:
+        A snapshot with `crowding` filled. Records that are invalid or name unknown stations or lines are
+        left out and described, one line each, in `problems`.
+
+    Raises:
+        FeedFormatError: the document itself is unusable (not JSON, not an object, wrong or unsupported
+            schema, bad or missing timestamp, `stations` not a list); the message names the key.
+    """
+    try:
+        raw = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise FeedFormatError(feed, _not_json(body, exc)) from exc
+    if not isinstance(raw, dict):
+        raise FeedFormatError(feed, f"the document must be a JSON object, got {_show(raw)}")
+    records = raw.get("stations")
+    # The envelope is validated on its own so that one bad record does not sink the whole document.
+    envelope = {**raw, "stations": []} if isinstance(records, list) else raw
+    try:
+        document = PassengerFlowDocument.model_validate(envelope)
+    except ValidationError as exc:
+        raise FeedFormatError(feed, _describe(exc, "")) from exc
+    assert isinstance(records, list)
+
+    readings: list[CrowdingReading] = []
+    problems: list[str] = []
+    for index, record in enumerate(records):
+        where = f"stations[{index}]"
+        try:
+            reading = StationReading.model_validate(record)
+        except ValidationError as exc:
+            problems.append(_describe(exc, where))
+            continue
+        station_id = network.station_of(reading.station_id)
+        if station_id is None:
+            problems.append(f"{where}.station_id: {reading.station_id!r} is not a station or stop of the network")
+            continue
+        if reading.line_id is not None and reading.line_id not in network.lines:
+            problems.append(f"{where}.line_id: {reading.line_id!r} is not a line of the network")
+            continue
+        readings.append(
+            CrowdingReading(
+                station_id=station_id,
+                level=reading.level,
+                observed_at=reading.observed_at or document.timestamp,
+                percentage=reading.percentage,
+                line_id=reading.line_id,
+                direction_id=reading.direction_id,
+            )
+        )
+    return FeedSnapshot(feed=feed, timestamp=document.timestamp, crowding=tuple(readings), problems=tuple(problems))
+
+
+def _not_json(body: bytes, exc: orjson.JSONDecodeError) -> str:
+    head = body[:64].lstrip()
+    if not head:
+        return "empty body"
+    if head.startswith(b"<"):
+        word = re.match(rb"[^\s>]{1,20}", head)
+        return f"not JSON (starts with {(word[0] if word else head[:20]).decode('ascii', 'replace')!r})"
+    return f"not JSON: {exc}"
+
+
+def _describe(exc: ValidationError, where: str) -> str:
+    """pydantic's errors as `stations[3].level: 'BUSY' is not an OccupancyStatus name`, joined by '; '."""
+    return "; ".join(_describe_one(error, where) for error in exc.errors(include_url=False))
+
+
+def _describe_one(error: ErrorDetails, where: str) -> str:
+    path = where
+    for part in error["loc"]:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    kind = error["type"]
+    value = error["input"]
+    context = error.get("ctx", {})
+    if kind == "value_error":
+        message = str(context["error"])
+    elif kind == "missing":
+        message = "is required"
+    elif kind in ("string_type", "int_type", "list_type", "model_type", "model_attributes_type"):
+        expected = {"string_type": "a string", "int_type": "an integer", "list_type": "a list"}.get(kind, "an object")
+        message = f"expected {expected}, got {_show(value)}"
+    elif kind == "string_too_short":
+        message = "must not be empty"
+    elif kind == "greater_than_equal":
+        message = f"{_show(value)} is below {context['ge']}"
+    elif kind == "less_than_equal":
+        message = f"{_show(value)} is above {context['le']}"
+    else:
+        message = error["msg"]
+    return f"{path}: {message}" if path else message
+
+
+def _show(value: object) -> str:
+    """A value as the producer wrote it: strings quoted, the rest as JSON, both cut short."""
+    if isinstance(value, str):
+        text = repr(value)
+    else:
+        try:
+            text = orjson.dumps(value).decode()
+        except TypeError:
+            text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

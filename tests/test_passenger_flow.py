@@ -1,0 +1,231 @@
+"""The passenger-flow JSON format: good documents, skipped records, rejected envelopes, the committed schema."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+from support.tiny_network import tiny_network
+
+from broadcaster.errors import FeedFormatError
+from broadcaster.feeds.passenger_flow import (
+    PassengerFlowDocument,
+    parse_passenger_flow,
+    passenger_flow_json_schema,
+)
+from broadcaster.model import CrowdingReading, FeedSnapshot, Occupancy
+
+ROOT = Path(__file__).resolve().parent.parent
+NETWORK = tiny_network()
+SCHEMA = "broadcaster.passenger-flow/1"
+#: 2026-11-25T08:00:00+08:00
+AT = datetime(2026, 11, 25, 0, 0, tzinfo=UTC)
+GOOD = {"station_id": "S01", "level": "EMPTY"}
+
+
+def parse(document: object) -> FeedSnapshot:
+    return parse_passenger_flow("flow", orjson.dumps(document), NETWORK)
+
+
+def document(*stations: object, **envelope: object) -> dict[str, object]:
+    return {"schema": SCHEMA, "timestamp": "2026-11-25T08:00:00+08:00", "stations": list(stations), **envelope}
+
+
+def test_a_good_document() -> None:
+    snapshot = parse(
+        document(
+            {"station_id": "S01", "level": "STANDING_ROOM_ONLY", "percentage": 85},
+            {
+                "station_id": "S02-P1",
+                "level": "CRUSHED_STANDING_ROOM_ONLY",
+                "percentage": 132,
+                "line_id": "L1",
+                "direction_id": 0,
+                "observed_at": "2026-11-25T07:59:30+08:00",
+            },
+            {"station_id": "S03", "level": "NO_DATA_AVAILABLE", "observed_at": 1795564740, "percentage": None},
+        )
+    )
+    assert snapshot.feed == "flow"
+    assert snapshot.timestamp == AT
+    assert snapshot.crowding == (
+        CrowdingReading("S01", Occupancy.STANDING_ROOM_ONLY, AT, percentage=85),
+        CrowdingReading(
+            "S02",
+            Occupancy.CRUSHED_STANDING_ROOM_ONLY,
+            AT - timedelta(seconds=30),
+            percentage=132,
+            line_id="L1",
+            direction_id=0,
+        ),
+        CrowdingReading("S03", Occupancy.NO_DATA_AVAILABLE, AT - timedelta(minutes=1)),
+    )
+    assert snapshot.problems == ()
+    assert (snapshot.alerts, snapshot.delays, snapshot.occupancy) == (None, None, None)
+
+
+def test_times_are_aware_utc_in_every_accepted_form() -> None:
+    forms = [1795564800, "2026-11-25T00:00:00Z", "2026-11-25t00:00:00z", "2026-11-25 08:00:00.000+08:00"]
+    for form in forms:
+        snapshot = parse(document(GOOD, timestamp=form))
+        assert snapshot.timestamp == AT
+        assert snapshot.timestamp.tzinfo is UTC
+        assert snapshot.crowding is not None
+        assert snapshot.crowding[0].observed_at.tzinfo is UTC
+
+
+def test_platform_ids_map_to_their_station() -> None:
+    snapshot = parse(document({"station_id": "S04-P2", "level": "FULL"}, {"station_id": "S04", "level": "FULL"}))
+    assert snapshot.crowding is not None
+    assert [reading.station_id for reading in snapshot.crowding] == ["S04", "S04"]
+
+
+def test_minor_versions_and_unknown_keys_are_accepted() -> None:
+    snapshot = parse(
+        document(
+            {**GOOD, "queue_length_m": 12, "sensor": {"kind": "camera"}},
+            schema="broadcaster.passenger-flow/1.3",
+            producer="afc-gateway 4.2",
+        )
+    )
+    assert snapshot.crowding == (CrowdingReading("S01", Occupancy.EMPTY, AT),)
+    assert snapshot.problems == ()
+
+
+def test_an_empty_station_list_is_a_valid_picture() -> None:
+    snapshot = parse(document())
+    assert snapshot.crowding == ()
+    assert snapshot.problems == ()
+
+
+@pytest.mark.parametrize(
+    ("record", "problem"),
+    [
+        ({"station_id": "S01", "level": "BUSY"}, "stations[1].level: 'BUSY' is not an OccupancyStatus name"),
+        ({"station_id": "S01", "level": 3}, "stations[1].level: expected an OccupancyStatus name, got 3"),
+        ({"station_id": "S01", "level": "full"}, "stations[1].level: 'full' is not an OccupancyStatus name"),
+        ({"station_id": "S01"}, "stations[1].level: is required"),
+        ({"level": "FULL"}, "stations[1].station_id: is required"),
+        ({"station_id": 17, "level": "FULL"}, "stations[1].station_id: expected a string, got 17"),
+        ({"station_id": "", "level": "FULL"}, "stations[1].station_id: must not be empty"),
+        (
+            {"station_id": "S99", "level": "FULL"},
+            "stations[1].station_id: 'S99' is not a station or stop of the network",
+        ),
+        ({**GOOD, "percentage": 85.5}, "stations[1].percentage: expected an integer, got 85.5"),
+        ({**GOOD, "percentage": "85"}, "stations[1].percentage: expected an integer, got '85'"),
+        ({**GOOD, "percentage": True}, "stations[1].percentage: expected an integer, got true"),
+        ({**GOOD, "percentage": 201}, "stations[1].percentage: 201 is above 200"),
+        ({**GOOD, "percentage": -1}, "stations[1].percentage: -1 is below 0"),
+        ({**GOOD, "line_id": "L9"}, "stations[1].line_id: 'L9' is not a line of the network"),
+        ({**GOOD, "line_id": "L1", "direction_id": 2}, "stations[1].direction_id: 2 is above 1"),
+        ({**GOOD, "direction_id": 1}, "stations[1]: direction_id is given without line_id"),
+        (
+            {**GOOD, "observed_at": "2026-11-25T08:00:00"},
+            "stations[1].observed_at: '2026-11-25T08:00:00' is not an RFC 3339 timestamp with a UTC offset",
+        ),
+        (
+            {**GOOD, "observed_at": "2026-02-30T08:00:00Z"},
+            "stations[1].observed_at: '2026-02-30T08:00:00Z' is not a valid date and time",
+        ),
+        (
+            {**GOOD, "observed_at": 1795593600000},
+            "stations[1].observed_at: 1795593600000 looks like milliseconds; use epoch seconds",
+        ),
+        (
+            {**GOOD, "observed_at": 1795593600.5},
+            "stations[1].observed_at: expected an RFC 3339 string or integer epoch seconds, got 1795593600.5",
+        ),
+        ("S01", "stations[1]: expected an object, got 'S01'"),
+        (None, "stations[1]: expected an object, got null"),
+    ],
+)
+def test_bad_records_are_skipped_with_a_precise_problem(record: object, problem: str) -> None:
+    snapshot = parse(document(GOOD, record, {"station_id": "S02", "level": "FULL"}))
+    assert snapshot.crowding is not None
+    assert [reading.station_id for reading in snapshot.crowding] == ["S01", "S02"]
+    assert snapshot.problems == (problem,)
+
+
+def test_a_record_with_several_errors_makes_one_problem_line() -> None:
+    snapshot = parse(document({"station_id": "S01", "level": "BUSY", "percentage": 300}))
+    assert snapshot.crowding == ()
+    assert snapshot.problems == (
+        "stations[0].level: 'BUSY' is not an OccupancyStatus name; stations[0].percentage: 300 is above 200",
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"", "empty body"),
+        (b"<html><body>504 Gateway Timeout</body></html>", "not JSON (starts with '<html')"),
+        (b"[]", "the document must be a JSON object, got []"),
+        (
+            orjson.dumps(document(schema="transit.crowding/1")),
+            "schema: expected 'broadcaster.passenger-flow/1', got 'transit.crowding/1'",
+        ),
+        (
+            orjson.dumps(document(schema="broadcaster.passenger-flow/2")),
+            "schema: major version 2 is not supported; this broadcaster reads 'broadcaster.passenger-flow/1'",
+        ),
+        (orjson.dumps(document(schema=1)), "schema: expected a string, got 1"),
+        (orjson.dumps({"timestamp": 1795593600, "stations": []}), "schema: is required"),
+        (orjson.dumps({"schema": SCHEMA, "stations": []}), "timestamp: is required"),
+        (
+            orjson.dumps(document(timestamp=1795593600000)),
+            "timestamp: 1795593600000 looks like milliseconds; use epoch seconds",
+        ),
+        (
+            orjson.dumps(document(timestamp="2026-11-25 08:00")),
+            "timestamp: '2026-11-25 08:00' is not an RFC 3339 timestamp with a UTC offset",
+        ),
+        (orjson.dumps(document(timestamp=-5)), "timestamp: -5 is before 1970"),
+        (
+            orjson.dumps(document(timestamp=None)),
+            "timestamp: expected an RFC 3339 string or integer epoch seconds, got null",
+        ),
+        (orjson.dumps(document(stations={"S01": "FULL"})), 'stations: expected a list, got {"S01":"FULL"}'),
+        (orjson.dumps({"schema": SCHEMA, "timestamp": 1795593600}), "stations: is required"),
+        (
+            orjson.dumps({"schema": "x", "stations": 5}),
+            "schema: expected 'broadcaster.passenger-flow/1', got 'x'; timestamp: is required; "
+            "stations: expected a list, got 5",
+        ),
+    ],
+)
+def test_a_bad_envelope_rejects_the_document(body: bytes, reason: str) -> None:
+    with pytest.raises(FeedFormatError) as caught:
+        parse_passenger_flow("flow", body, NETWORK)
+    assert caught.value.feed == "flow"
+    assert caught.value.reason == reason
+
+
+def test_broken_json_is_rejected_with_the_decoder_message() -> None:
+    with pytest.raises(FeedFormatError) as caught:
+        parse_passenger_flow("flow", b'{"schema": ', NETWORK)
+    assert caught.value.reason.startswith("not JSON: ")
+    assert "line 1 column 12" in caught.value.reason
+
+
+def test_committed_json_schema_matches_the_models() -> None:
+    committed = json.loads((ROOT / "docs" / "schemas" / "passenger-flow-v1.json").read_text(encoding="utf-8"))
+    assert committed == passenger_flow_json_schema(), (
+        "docs/schemas/passenger-flow-v1.json is out of date; regenerate it with\n"
+        "python -c 'import json; from broadcaster.feeds.passenger_flow import passenger_flow_json_schema as s; "
+        "print(json.dumps(s(), indent=2, ensure_ascii=False))' > docs/schemas/passenger-flow-v1.json"
+    )
+
+
+def test_the_examples_in_the_operator_docs_are_valid() -> None:
+    text = (ROOT / "docs" / "feeds.md").read_text(encoding="utf-8")
+    examples = [block for block in re.findall(r"```json\n(.*?)```", text, flags=re.DOTALL) if SCHEMA in block]
+    assert examples
+    for example in examples:
+        PassengerFlowDocument.model_validate_json(example)
+        snapshot = parse_passenger_flow("docs", example.encode(), NETWORK)
+        assert snapshot.problems == ()
