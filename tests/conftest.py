@@ -1,0 +1,80 @@
+"""Shared fixtures: a real Mosquitto per session (and per test when needed), a loopback HTTP server."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any, Protocol
+
+import pytest
+from support import LoopbackHttpServer, MosquittoBroker, MosquittoNotFound
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+
+class MosquittoFactory(Protocol):
+    """Starts a broker with the given `MosquittoBroker` options; the fixture stops it after the test."""
+
+    def __call__(self, **options: Any) -> MosquittoBroker: ...
+
+
+def _start_broker(workdir: Path, **options: Any) -> MosquittoBroker:
+    try:
+        broker = MosquittoBroker(workdir, **options)
+    except MosquittoNotFound as exc:
+        # A missing broker is a broken test environment, not a reason to skip the MQTT tests.
+        pytest.fail(str(exc), pytrace=False)
+    broker.start()
+    return broker
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoBroker]:
+    """One broker for the whole session. Use unique topics (`topic_prefix`); never stop or restart it."""
+    broker = _start_broker(tmp_path_factory.mktemp("mosquitto"))
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def mosquitto_factory(tmp_path: Path) -> Iterator[MosquittoFactory]:
+    """Start brokers with custom options (``persistence=False``, ``extra_config=...``) for this test only."""
+    brokers: list[MosquittoBroker] = []
+
+    def start(**options: Any) -> MosquittoBroker:
+        broker = _start_broker(tmp_path / f"mosquitto-{len(brokers)}", **options)
+        brokers.append(broker)
+        return broker
+
+    try:
+        yield start
+    finally:
+        for broker in brokers:
+            broker.kill()
+
+
+@pytest.fixture
+def fresh_mosquitto(mosquitto_factory: MosquittoFactory) -> MosquittoBroker:
+    """A broker of this test's own, free to be stopped, killed or restarted (persistence on)."""
+    return mosquitto_factory()
+
+
+@pytest.fixture
+def topic_prefix(request: pytest.FixtureRequest) -> str:
+    """A topic prefix no other test uses, for tests sharing the session broker."""
+    name = "".join(ch if ch.isalnum() else "_" for ch in request.node.name)[:40]
+    return f"test/{name}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def http_server() -> Iterator[LoopbackHttpServer]:
+    """A loopback HTTP server of this test's own; program it with `set_route` / `push_response`."""
+    server = LoopbackHttpServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop(force=True)

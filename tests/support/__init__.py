@@ -1,0 +1,18 @@
+"""Real test infrastructure (a Mosquitto broker, a loopback HTTP server, MQTT helpers); no mocks."""
+
+from .http_server import LoopbackHttpServer, RecordedRequest
+from .mosquitto import MosquittoBroker, MosquittoNotFound, find_mosquitto, free_port
+from .mqtt_client import MessageRecorder, ReceivedMessage, collect_retained, publish
+
+__all__ = [
+    "LoopbackHttpServer",
+    "MessageRecorder",
+    "MosquittoBroker",
+    "MosquittoNotFound",
+    "ReceivedMessage",
+    "RecordedRequest",
+    "collect_retained",
+    "find_mosquitto",
+    "free_port",
+    "publish",
+]

@@ -1,0 +1,323 @@
+"""A real HTTP server on loopback: uvicorn in a thread serving programmable routes from a Starlette app."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Self
+
+import uvicorn
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Mapping
+
+    from starlette.types import Receive, Scope, Send
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as the server saw it. Header names are lower case; repeated headers are joined by ", "."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    """What the server answers on one path."""
+
+    body: bytes
+    status: int = 200
+    headers: Mapping[str, str] = field(default_factory=dict)
+    content_type: str = "application/octet-stream"
+    etag: str | None = None
+    last_modified: str | None = None
+    drip_bytes_per_s: float | None = None
+    delay_s: float = 0.0
+    chunked: bool = False
+
+
+class _PromptServer(uvicorn.Server):
+    """A uvicorn server that notices `request_exit` at once instead of polling a flag every 0.1 s."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._exit_requested: asyncio.Event | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        # Created before `started` turns true, so `request_exit` always finds them once start() returns.
+        self._loop = asyncio.get_running_loop()
+        self._exit_requested = asyncio.Event()
+        await super().startup(sockets)
+
+    async def main_loop(self) -> None:
+        assert self._exit_requested is not None
+        await self.on_tick(0)  # sets the Date/Server default headers
+        await self._exit_requested.wait()
+
+    def request_exit(self, *, force: bool) -> None:
+        """Thread-safe: begin shutdown; with `force`, do not wait for requests in flight."""
+        self.should_exit = True
+        self.force_exit = force
+        if self._loop is not None and self._exit_requested is not None:
+            self._loop.call_soon_threadsafe(self._exit_requested.set)
+
+
+class LoopbackHttpServer:
+    """Serves `set_route` responses on 127.0.0.1 and records every request in `requests`.
+
+    Unknown paths answer 404. `push_response` queues one-shot answers that are used, in order, before
+    the standing route (e.g. a 429 then a 200). Conditional requests are honoured: a matching
+    ``If-None-Match`` or a not-older ``If-Modified-Since`` gets 304. ``drip_bytes_per_s`` sends the body
+    slowly in small pieces; ``chunked`` sends it without Content-Length.
+    """
+
+    host = "127.0.0.1"
+
+    def __init__(self, *, startup_timeout_s: float = 10.0) -> None:
+        self.startup_timeout_s = startup_timeout_s
+        self._lock = threading.Lock()
+        self._routes: dict[str, RouteSpec] = {}
+        self._one_shot: dict[str, deque[RouteSpec]] = {}
+        self._requests: list[RecordedRequest] = []
+        self._socket: socket.socket | None = None
+        self._server: _PromptServer | None = None
+        self._thread: threading.Thread | None = None
+        self._port = 0
+
+    # -- programming the server ---------------------------------------------------------------------------
+
+    def set_route(
+        self,
+        path: str,
+        body: bytes,
+        status: int = 200,
+        headers: Mapping[str, str] | None = None,
+        content_type: str = "application/octet-stream",
+        etag: str | None = None,
+        last_modified: str | None = None,
+        drip_bytes_per_s: float | None = None,
+        delay_s: float = 0,
+        *,
+        chunked: bool = False,
+    ) -> None:
+        """Answer every request for `path` (query string ignored) with this response until changed."""
+        spec = RouteSpec(
+            body,
+            status,
+            dict(headers or {}),
+            content_type,
+            etag,
+            last_modified,
+            drip_bytes_per_s,
+            delay_s,
+            chunked,
+        )
+        with self._lock:
+            self._routes[path] = spec
+
+    def push_response(
+        self,
+        path: str,
+        body: bytes = b"",
+        status: int = 200,
+        headers: Mapping[str, str] | None = None,
+        content_type: str = "application/octet-stream",
+        delay_s: float = 0,
+    ) -> None:
+        """Queue a one-shot answer for `path`, used before the standing route (FIFO)."""
+        spec = RouteSpec(body, status, dict(headers or {}), content_type, delay_s=delay_s)
+        with self._lock:
+            self._one_shot.setdefault(path, deque()).append(spec)
+
+    def remove_route(self, path: str) -> None:
+        with self._lock:
+            self._routes.pop(path, None)
+            self._one_shot.pop(path, None)
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """A snapshot of the requests received so far, oldest first."""
+        with self._lock:
+            return list(self._requests)
+
+    def requests_for(self, path: str) -> list[RecordedRequest]:
+        return [request for request in self.requests if request.path == path]
+
+    def clear_requests(self) -> None:
+        with self._lock:
+            self._requests.clear()
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    def url(self, path: str = "/") -> str:
+        if not path.startswith("/"):
+            path = "/" + path
+        return f"http://{self.host}:{self._port}{path}"
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind a free port, start uvicorn in a daemon thread and return once it serves."""
+        if self._thread is not None:
+            raise RuntimeError("server already started")
+        # Binding the socket ourselves means the port is known before uvicorn starts and nobody can take it.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, 0))
+        self._port = sock.getsockname()[1]
+        self._socket = sock
+        config = uvicorn.Config(
+            self._app,
+            log_level="warning",
+            access_log=False,
+            # Pin the implementations: no websockets/uvloop/httptools imports, nor their deprecation warnings.
+            loop="asyncio",
+            http="h11",
+            ws="none",
+            lifespan="off",
+            interface="asgi3",
+            timeout_graceful_shutdown=1,
+        )
+        server = _PromptServer(config)
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name=f"http-server-{self._port}", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + self.startup_timeout_s
+        while not server.started:
+            if not self._thread.is_alive():
+                self._cleanup()
+                raise RuntimeError("uvicorn thread exited during startup")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"uvicorn did not start within {self.startup_timeout_s}s")
+            # uvicorn offers no startup event to wait on; poll its flag under the deadline.
+            time.sleep(0.01)
+
+    def stop(self, *, force: bool = False, timeout_s: float = 5.0) -> None:
+        """Stop uvicorn and join its thread.
+
+        By default requests in flight get uvicorn's graceful shutdown (one second), then are cancelled;
+        ``force=True`` cancels them at once (what the fixture does at teardown).
+        """
+        server, thread = self._server, self._thread
+        if server is None or thread is None:
+            return
+        server.request_exit(force=force)
+        thread.join(timeout_s)
+        if thread.is_alive():
+            server.force_exit = True
+            thread.join(timeout_s)
+        self._cleanup()
+        if thread.is_alive():
+            raise RuntimeError(f"uvicorn thread did not stop within {2 * timeout_s}s")
+
+    def _cleanup(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+        self._socket = None
+        self._server = None
+        self._thread = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop(force=True)
+
+    # -- the ASGI application --------------------------------------------------------------------------------
+
+    async def _app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # lifespan is off and ws is "none", but be explicit
+            return
+        request = Request(scope, receive)
+        body = await request.body()
+        headers: dict[str, str] = {}
+        for name, value in request.headers.items():
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        path = request.url.path
+        with self._lock:
+            self._requests.append(RecordedRequest(request.method, path, request.url.query, headers, body))
+            queued = self._one_shot.get(path)
+            spec = queued.popleft() if queued else self._routes.get(path)
+        if spec is None:
+            response: Response = Response(b"not found\n", status_code=404, media_type="text/plain")
+        else:
+            if spec.delay_s > 0:
+                await asyncio.sleep(spec.delay_s)
+            response = _respond(spec, headers)
+        await response(scope, receive, send)
+
+
+def _respond(spec: RouteSpec, request_headers: Mapping[str, str]) -> Response:
+    validators = {}
+    if spec.etag is not None:
+        validators["etag"] = spec.etag
+    if spec.last_modified is not None:
+        validators["last-modified"] = spec.last_modified
+    if _not_modified(spec, request_headers):
+        return Response(status_code=304, headers={**spec.headers, **validators})
+    headers = {**spec.headers, **validators}
+    if spec.drip_bytes_per_s is None and not spec.chunked:
+        return Response(spec.body, status_code=spec.status, headers=headers, media_type=spec.content_type)
+    if not spec.chunked:
+        headers["content-length"] = str(len(spec.body))
+    return StreamingResponse(
+        _pieces(spec.body, spec.drip_bytes_per_s),
+        status_code=spec.status,
+        headers=headers,
+        media_type=spec.content_type,
+    )
+
+
+async def _pieces(body: bytes, bytes_per_s: float | None) -> AsyncIterator[bytes]:
+    if bytes_per_s is None:
+        step = 16 * 1024
+        for start in range(0, len(body), step):
+            yield body[start : start + step]
+        return
+    # Twenty pieces a second: slow overall, yet each piece arrives long before any per-read timeout.
+    interval = 0.05
+    step = max(1, int(bytes_per_s * interval))
+    for start in range(0, len(body), step):
+        if start:
+            await asyncio.sleep(step / bytes_per_s)
+        yield body[start : start + step]
+
+
+def _not_modified(spec: RouteSpec, request_headers: Mapping[str, str]) -> bool:
+    if spec.status != 200:
+        return False
+    if_none_match = request_headers.get("if-none-match")
+    if if_none_match is not None:
+        # If-None-Match wins over If-Modified-Since (RFC 9110 13.2.2); weak comparison.
+        if spec.etag is None:
+            return False
+        wanted = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+        return "*" in wanted or spec.etag.removeprefix("W/") in wanted
+    if_modified_since = request_headers.get("if-modified-since")
+    if if_modified_since is not None and spec.last_modified is not None:
+        try:
+            return parsedate_to_datetime(spec.last_modified) <= parsedate_to_datetime(if_modified_since)
+        except (TypeError, ValueError):
+            return False
+    return False
