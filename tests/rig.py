@@ -1,0 +1,105 @@
+"""A test rig for end-to-end tests: the example network, feeds on a loopback HTTP server, a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from google.transit import gtfs_realtime_pb2 as pb
+from support import LoopbackHttpServer
+from support.gtfs_rt_builders import feed_bytes
+
+from broadcaster.config import Config, load_config
+from broadcaster.resources import data_dir
+from broadcaster.service import Broadcaster, open_broadcaster
+
+NETWORK_DIR = data_dir("config") / "network"
+
+
+def now_s() -> int:
+    return int(time.time())
+
+
+@dataclass
+class Rig:
+    """Writes a config for one test and serves its feeds."""
+
+    tmp_path: Path
+    server: LoopbackHttpServer
+    mqtt_url: str
+    prefix: str
+    extra_state: str = ""
+
+    @property
+    def config_path(self) -> Path:
+        return self.tmp_path / "broadcaster.toml"
+
+    def write_config(self, **overrides: Any) -> Path:
+        mqtt = {"url": self.mqtt_url, "topic_prefix": self.prefix, "client_id": f"bc-{self.prefix[-8:]}",
+                "publish_timeout_seconds": 3, "reconnect_max_seconds": 1}
+        mqtt.update(overrides.pop("mqtt", {}))
+        state = {"directory": str(self.tmp_path / "state"), "resolve_after_missing": 2,
+                 "crowding_min_dwell_seconds": 0}
+        state.update(overrides.pop("state", {}))
+        feeds = [
+            {"name": "ops", "kind": "gtfs-rt", "url": self.server.url("/rt.pb"), "timeout_seconds": 2,
+             "max_bytes": 100_000, "max_age_seconds": 300},
+            {"name": "flow", "kind": "passenger-flow", "url": self.server.url("/flow.json"), "timeout_seconds": 2,
+             "max_bytes": 100_000, "max_age_seconds": 300},
+        ]
+        lines = [f'[network]\ngtfs = "{NETWORK_DIR.as_posix()}"\n']
+        for feed in feeds:
+            lines.append("[[feeds]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in feed.items()))
+        lines.append("[state]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in state.items()))
+        lines.append("[mqtt]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in mqtt.items()))
+        self.config_path.write_text("\n".join(lines), encoding="utf-8")
+        return self.config_path
+
+    def config(self, **overrides: Any) -> Config:
+        return load_config(self.write_config(**overrides))
+
+    def serve_rt(self, *entities: pb.FeedEntity, timestamp: int | None = None) -> None:
+        self.server.set_route("/rt.pb", feed_bytes(*entities, timestamp=timestamp or now_s()))
+
+    def serve_flow(self, levels: Mapping[str, str], timestamp: int | None = None) -> None:
+        doc = {
+            "schema": "broadcaster.passenger-flow/1",
+            "timestamp": timestamp or now_s(),
+            "stations": [{"station_id": s, "level": level} for s, level in levels.items()],
+        }
+        self.server.set_route("/flow.json", orjson.dumps(doc), content_type="application/json")
+
+    def topic(self, rest: str) -> str:
+        return f"{self.prefix}/v1/{rest}"
+
+
+@contextlib.asynccontextmanager
+async def running(config: Config, *, connect_timeout: float = 10.0) -> AsyncIterator[Broadcaster]:
+    """A broadcaster in this event loop: connected to the broker, its drain loops running."""
+    async with open_broadcaster(config) as b:
+        stop = asyncio.Event()
+        link_task = asyncio.create_task(b.link.run(stop))
+        drains = [asyncio.create_task(b.drain_loop(ch, stop)) for ch in b.channels]
+        try:
+            async with asyncio.timeout(connect_timeout):
+                await b.link.connected.wait()
+            yield b
+        finally:
+            stop.set()
+            async with asyncio.timeout(10):
+                await asyncio.gather(link_task, *drains)
+
+
+async def poll_all(b: Broadcaster) -> list[bool]:
+    return [(await b.poll(feed)).ok for feed in b.config.feeds]
+
+
+def payloads(messages: Sequence[Any]) -> list[dict[str, Any]]:
+    return [orjson.loads(m.payload) for m in messages if m.payload]

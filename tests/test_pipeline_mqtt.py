@@ -1,0 +1,204 @@
+"""End to end on real parts: feeds on a loopback HTTP server -> broadcaster -> a real Mosquitto -> subscribers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from rig import Rig, now_s, payloads, poll_all, running
+from support import LoopbackHttpServer, MessageRecorder, MosquittoBroker, collect_retained
+from support.gtfs_rt_builders import alert_entity, selector
+
+from broadcaster.errors import StoreError
+from broadcaster.service import open_broadcaster
+
+SUSPENDED_L2 = {"zh": "2号线因设备故障暂停运营", "en": "Line 2 suspended: equipment fault"}
+
+
+def line2_alert(header: dict[str, str] | None = None) -> object:
+    return alert_entity(
+        "A-L2", header=header or SUSPENDED_L2, informed=[selector(route_id="2")],
+        cause="TECHNICAL_PROBLEM", effect="NO_SERVICE", severity="SEVERE",
+    )
+
+
+@pytest.fixture
+def rig(tmp_path: Path, http_server: LoopbackHttpServer, mosquitto: MosquittoBroker, topic_prefix: str) -> Rig:
+    r = Rig(tmp_path, http_server, mosquitto.url, topic_prefix)
+    r.serve_rt()
+    r.serve_flow({"S04": "FEW_SEATS_AVAILABLE"})
+    return r
+
+
+async def test_feed_change_updates_retained_topics_and_announces(rig: Rig) -> None:
+    async with (
+        running(rig.config()) as b,
+        MessageRecorder(rig.mqtt_url, rig.topic("notices")) as notices,
+    ):
+        assert await poll_all(b) == [True, True]
+        retained = await collect_retained(rig.mqtt_url, rig.topic("#"))
+        assert orjson.loads(retained[rig.topic("lines/2/status")])["status"] == "normal"
+
+        rig.serve_rt(line2_alert())
+        assert await poll_all(b) == [True, True]
+        retained = await collect_retained(rig.mqtt_url, rig.topic("#"))
+        status = orjson.loads(retained[rig.topic("lines/2/status")])
+        assert status["status"] == "suspended"
+        assert status["reason"] == SUSPENDED_L2
+        alert = orjson.loads(retained[rig.topic("lines/2/alerts/A-L2")])
+        assert alert["emergency"] is True
+        assert alert["header"] == SUSPENDED_L2
+        display = orjson.loads(retained[rig.topic("stations/S04/display")])  # interchange of lines 1 and 2
+        assert display["alerts"][0]["alert_id"] == "A-L2"
+        assert display["text"]["zh"][0] == SUSPENDED_L2["zh"]
+        got = payloads(await notices.wait_for_count(1))
+        assert [(n["kind"], n["priority"]) for n in got] == [("alert_new", "emergency")]
+        assert "2号线" in got[0]["text"]["zh"]
+        assert "Line 2" in got[0]["text"]["en"]
+
+        rig.serve_rt(line2_alert({"zh": "2号线停运，预计10:30恢复", "en": "Line 2 suspended until 10:30"}))
+        await poll_all(b)
+        got = payloads(await notices.wait_for_count(2))
+        assert got[1]["kind"] == "alert_updated"
+        retained = await collect_retained(rig.mqtt_url, rig.topic("lines/2/alerts/+"))
+        assert orjson.loads(retained[rig.topic("lines/2/alerts/A-L2")])["version"] != alert["version"]
+
+
+async def test_resolved_alert_clears_its_topic(rig: Rig) -> None:
+    rig.serve_rt(line2_alert())
+    async with (
+        running(rig.config()) as b,
+        MessageRecorder(rig.mqtt_url, rig.topic("notices")) as notices,
+    ):
+        await poll_all(b)
+        assert rig.topic("lines/2/alerts/A-L2") in await collect_retained(rig.mqtt_url, rig.topic("lines/#"))
+        rig.serve_rt()
+        await poll_all(b)  # missing once: not yet resolved (resolve_after_missing = 2)
+        assert rig.topic("lines/2/alerts/A-L2") in await collect_retained(rig.mqtt_url, rig.topic("lines/#"))
+        await poll_all(b)
+        retained = await collect_retained(rig.mqtt_url, rig.topic("lines/#"))
+        assert rig.topic("lines/2/alerts/A-L2") not in retained
+        assert orjson.loads(retained[rig.topic("lines/2/status")])["status"] == "normal"
+        kinds = [n["kind"] for n in payloads(await notices.wait_for_count(2))]
+        assert kinds == ["alert_new", "alert_resolved"]
+
+
+async def test_late_subscriber_receives_the_whole_state_with_expiry(rig: Rig) -> None:
+    async with running(rig.config()) as b:
+        await poll_all(b)
+        async with MessageRecorder(rig.mqtt_url, rig.topic("#")) as late:
+            # 3 line statuses + 18 displays + 1 crowding + the broadcaster status
+            got = await late.settle(quiet=0.5, timeout=10)
+    topics = {m.topic for m in got}
+    assert {rig.topic(f"lines/{n}/status") for n in ("1", "2", "3")} <= topics
+    assert len([t for t in topics if t.endswith("/display")]) == 18
+    assert rig.topic("stations/S04/crowding") in topics
+    assert rig.topic("broadcaster/status") in topics
+    state = [m for m in got if m.topic.endswith("/status") and "/lines/" in m.topic]
+    assert all(m.retain and m.qos == 1 for m in state)
+    assert all(m.message_expiry_interval is not None and 0 < m.message_expiry_interval <= 1800 for m in state)
+    for m in state:
+        payload = orjson.loads(m.payload)
+        assert {"schema", "seq", "issued_at", "valid_until"} <= payload.keys()
+
+
+async def test_broker_restart_is_followed_by_the_full_state(
+    tmp_path: Path, http_server: LoopbackHttpServer, fresh_mosquitto: MosquittoBroker, topic_prefix: str
+) -> None:
+    rig = Rig(tmp_path, http_server, fresh_mosquitto.url, topic_prefix)
+    rig.serve_rt(line2_alert())
+    rig.serve_flow({"S04": "FULL"})
+    async with running(rig.config()) as b:
+        await poll_all(b)
+        before = await collect_retained(rig.mqtt_url, rig.topic("#"))
+        fresh_mosquitto.kill()  # SIGKILL: the broker loses every retained message since its last save
+        fresh_mosquitto.start()
+        assert await collect_retained(rig.mqtt_url, rig.topic("#"), settle=0.2) == {} or b.link.sessions >= 2
+        async with asyncio.timeout(15):
+            while b.link.sessions < 2:
+                await asyncio.sleep(0.05)  # polling a counter, bounded by the timeout above
+        async with MessageRecorder(rig.mqtt_url, rig.topic("#")) as after:
+            await after.wait_for(lambda ms: {m.topic for m in ms} >= set(before), timeout=15)
+    assert orjson.loads(before[rig.topic("lines/2/status")])["status"] == "suspended"
+
+
+BAD_BODIES: dict[str, Callable[[Rig], None]] = {
+    "random bytes": lambda r: r.server.set_route("/rt.pb", bytes(range(256)) * 4),
+    "html error page": lambda r: r.server.set_route("/rt.pb", b"<html><body>502 Bad Gateway</body></html>",
+                                                    content_type="text/html"),
+    "empty body": lambda r: r.server.set_route("/rt.pb", b""),
+    "http 503": lambda r: r.server.set_route("/rt.pb", b"busy", status=503),
+    "oversize": lambda r: r.server.set_route("/rt.pb", b"\x0a" * 200_000),
+    "slow drip": lambda r: r.server.set_route("/rt.pb", b"\x0a" * 2000, drip_bytes_per_s=200),
+    "stale timestamp": lambda r: r.serve_rt(timestamp=now_s() - 3600),
+    "future timestamp": lambda r: r.serve_rt(timestamp=now_s() + 3600),
+    "milliseconds timestamp": lambda r: r.serve_rt(timestamp=now_s() * 1000),
+}
+
+
+@pytest.fixture(params=sorted(BAD_BODIES))
+def bad_feed(request: pytest.FixtureRequest) -> Iterator[tuple[str, Callable[[Rig], None]]]:
+    yield request.param, BAD_BODIES[request.param]
+
+
+async def test_bad_feed_publishes_nothing_and_keeps_the_last_state(
+    rig: Rig, bad_feed: tuple[str, Callable[[Rig], None]], caplog: pytest.LogCaptureFixture
+) -> None:
+    name, make_bad = bad_feed
+    rig.serve_rt(line2_alert())
+    async with running(rig.config()) as b:
+        await poll_all(b)
+        state_before = b.state
+        async with MessageRecorder(rig.mqtt_url, rig.topic("#")) as recorder:
+            await recorder.settle(quiet=0.3)  # the retained replay
+            replayed = len(recorder.messages)
+            make_bad(rig)
+            outcome = await b.poll(b.config.feeds[0])
+            assert not outcome.ok, name
+            assert len(await recorder.settle(quiet=0.5)) == replayed, f"{name}: something was published"
+        assert b.state is state_before
+        assert b.feeds["ops"].consecutive_failures == 1
+        assert not b.feeds["ops"].healthy
+    lines = [r.getMessage() for r in caplog.records if "unusable" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "keeping the last good state" in lines[0]
+
+
+async def test_truncated_feed_does_not_resolve_at_once(rig: Rig) -> None:
+    other = alert_entity("A-L1", header={"en": "Line 1 lift out of order"}, informed=[selector(route_id="1")])
+    rig.serve_rt(line2_alert(), other)
+    async with running(rig.config(state={"resolve_after_missing": 3})) as b:
+        await poll_all(b)
+        full = rig.server.requests_for("/rt.pb")
+        assert full
+        # The same feed cut after its first entity still parses: it only lacks A-L1.
+        rig.serve_rt(line2_alert())
+        async with MessageRecorder(rig.mqtt_url, rig.topic("notices")) as notices:
+            for _ in range(2):
+                assert (await b.poll(b.config.feeds[0])).ok
+            assert await notices.settle(quiet=0.4) == []
+        assert "A-L1" in b.state.alerts
+
+
+async def test_restart_reannounces_nothing(rig: Rig) -> None:
+    rig.serve_rt(line2_alert())
+    config = rig.config()
+    async with MessageRecorder(rig.mqtt_url, rig.topic("notices")) as notices:
+        async with running(config) as b:
+            await poll_all(b)
+            await notices.wait_for_count(1)
+        async with running(config) as b:
+            await poll_all(b)
+            await poll_all(b)
+        assert len(await notices.settle(quiet=0.5)) == 1
+
+
+async def test_a_second_instance_on_the_same_state_refuses_to_start(rig: Rig) -> None:
+    config = rig.config()
+    async with open_broadcaster(config):
+        with pytest.raises(StoreError, match="already in use by broadcaster pid"):
+            async with open_broadcaster(config):
+                pass
