@@ -120,7 +120,8 @@ def test_secrets_are_masked_and_read_from_env_or_file(tmp_path: Path, monkeypatc
     secret = SecretRef(env="BC_TEST_PW").load()
     assert secret is not None
     assert secret.reveal() == "hunter2"
-    assert "hunter2" not in repr(secret) and "hunter2" not in str(secret)
+    assert "hunter2" not in repr(secret)
+    assert "hunter2" not in str(secret)
     (tmp_path / "pw").write_text("s3cret\n", encoding="utf-8")
     from_file = SecretRef(file=tmp_path / "pw").load()
     assert isinstance(from_file, Secret)

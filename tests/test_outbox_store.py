@@ -53,7 +53,8 @@ def test_key_is_deterministic_and_distinguishes_every_part() -> None:
         idempotency_key("alert-2", "new-abc", "mqtt", 0), idempotency_key("alert-1", "upd-abc", "mqtt", 0),
         idempotency_key("alert-1", "new-abc", "mastodon", 0), idempotency_key("alert-1", "new-abc", "mqtt", 1),
     }
-    assert base not in others and len(others) == 4
+    assert base not in others
+    assert len(others) == 4
 
 
 def test_enqueue_is_idempotent(db: Database) -> None:
@@ -65,9 +66,13 @@ def test_enqueue_is_idempotent(db: Database) -> None:
 
 
 def test_a_failed_transaction_leaves_nothing(db: Database) -> None:
-    with pytest.raises(RuntimeError), db.transaction() as conn:
-        Outbox.enqueue(conn, [message("a")], T0)
-        raise RuntimeError("crash between insert and commit")
+    def crash_before_commit() -> None:
+        with db.transaction() as conn:
+            Outbox.enqueue(conn, [message("a")], T0)
+            raise RuntimeError("crash between insert and commit")
+
+    with pytest.raises(RuntimeError):
+        crash_before_commit()
     assert Outbox(db).pending_count() == 0
 
 

@@ -62,6 +62,7 @@ class MqttLink:
         self._client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
         self.sessions = 0  # how many times we have connected, for status and tests
+        self._session_started = asyncio.Condition()
         self.last_error: str | None = None
         self._started = datetime.now(UTC)
 
@@ -132,9 +133,11 @@ class MqttLink:
         )
         # Subscribing to our own status topic gives a message iterator that raises when the link drops.
         await client.subscribe(self.topics.status, qos=1)
-        self.sessions += 1
         self.last_error = None
         self.connected.set()
+        async with self._session_started:
+            self.sessions += 1
+            self._session_started.notify_all()
         log.info("MQTT connected to %s as %s", self.config.url, self.config.client_id)
         if self._on_connected is not None:
             await self._on_connected()
@@ -157,6 +160,11 @@ class MqttLink:
                 retain=True,
                 timeout=self.config.publish_timeout_seconds,
             )
+
+    async def wait_for_session(self, number: int) -> None:
+        """Wait until the `number`-th session has been established (1 = the first connection)."""
+        async with self._session_started:
+            await self._session_started.wait_for(lambda: self.sessions >= number)
 
     @staticmethod
     async def _watch(client: aiomqtt.Client) -> None:
