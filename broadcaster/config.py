@@ -130,6 +130,8 @@ class MqttConfig(_Section):
     max_payload_bytes: Annotated[int, Field(ge=1024, le=268_435_455)] = 256 * 1024
     publish_window: Annotated[int, Field(ge=1, le=1000)] = 32
     publish_timeout_seconds: PositiveSeconds = 10
+    #: How long `broadcaster once` waits for the broker before it gives up with exit status 1.
+    connect_timeout_seconds: PositiveSeconds = 10
     reconnect_max_seconds: PositiveSeconds = 30
 
     @field_validator("url")

@@ -13,7 +13,7 @@ import fcntl
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -393,7 +393,7 @@ async def open_broadcaster(config: Config, *, clock: Clock | None = None) -> Asy
         lock.release()
 
 
-async def run_once(config: Config, *, connect_timeout: float = 10.0, drain_timeout: float = 30.0) -> int:
+async def run_once(config: Config, *, drain_timeout: float = 30.0) -> int:
     """Poll every feed once, publish, deliver the outbox, and return an exit status (0 = all good)."""
     failures: list[str] = []
     async with open_broadcaster(config) as b:
@@ -403,7 +403,7 @@ async def run_once(config: Config, *, connect_timeout: float = 10.0, drain_timeo
             outcomes = await asyncio.gather(*(b.poll(feed) for feed in config.feeds))
             failures += [f"feed {o.feed!r}: {o.error}" for o in outcomes if not o.ok]
             try:
-                async with asyncio.timeout(connect_timeout):
+                async with asyncio.timeout(config.mqtt.connect_timeout_seconds):
                     await b.link.connected.wait()
             except TimeoutError:
                 failures.append(f"MQTT broker {config.mqtt.url} unreachable: {b.link.last_error or 'timed out'}")
@@ -456,22 +456,17 @@ async def run_forever(config: Config, *, stop: asyncio.Event | None = None, grac
     return 0
 
 
-def _poll_job(b: Broadcaster, feed: FeedConfig) -> _PollJob:
-    return _PollJob(b, feed)
+def _poll_job(b: Broadcaster, feed: FeedConfig) -> Callable[[], Awaitable[None]]:
+    """A poll as a scheduler job: a coroutine function (APScheduler only awaits those), catching everything so
+    one bad tick never kills the schedule."""
 
-
-class _PollJob:
-    """A poll as a scheduler job; catches everything so one bad tick never kills the schedule."""
-
-    def __init__(self, b: Broadcaster, feed: FeedConfig) -> None:
-        self.b = b
-        self.feed = feed
-
-    async def __call__(self) -> None:
+    async def poll() -> None:
         try:
-            await self.b.poll(self.feed)
+            await b.poll(feed)
         except Exception:
-            log.exception("poll of feed %r failed unexpectedly", self.feed.name)
+            log.exception("poll of feed %r failed unexpectedly", feed.name)
+
+    return poll
 
 
 def summarise(outcomes: Sequence[PollOutcome]) -> str:

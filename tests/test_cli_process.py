@@ -1,0 +1,139 @@
+"""The `broadcaster` command as an operator runs it: real processes, a real broker, loopback feeds."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import orjson
+import pytest
+from rig import Rig
+from support import LoopbackHttpServer, MessageRecorder, MosquittoBroker, collect_retained, free_port
+from support.gtfs_rt_builders import alert_entity, selector
+
+from broadcaster.resources import data_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def broadcaster(*args: str) -> list[str]:
+    return [sys.executable, "-m", "broadcaster", *args]
+
+
+@pytest.fixture
+def rig(tmp_path: Path, http_server: LoopbackHttpServer, mosquitto: MosquittoBroker, topic_prefix: str) -> Rig:
+    r = Rig(tmp_path, http_server, mosquitto.url, topic_prefix)
+    r.serve_rt(alert_entity("A-1", header={"zh": "1号线限速", "en": "Line 1 running slowly"},
+                            informed=[selector(route_id="1")], effect="SIGNIFICANT_DELAYS"))
+    r.serve_flow({"S04": "STANDING_ROOM_ONLY"})
+    return r
+
+
+async def run_command(*args: str, timeout: float = 60) -> tuple[int, str]:  # noqa: ASYNC109
+    process = await asyncio.create_subprocess_exec(
+        *broadcaster(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    async with asyncio.timeout(timeout):
+        out, _ = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode()
+
+
+async def test_once_publishes_the_documented_topics_and_exits_0(rig: Rig) -> None:
+    path = rig.write_config()
+    async with MessageRecorder(rig.mqtt_url, rig.topic("notices")) as notices:
+        status, output = await run_command("once", "-c", str(path))
+        assert status == 0, output
+        assert len(await notices.wait_for_count(1)) == 1
+    retained = await collect_retained(rig.mqtt_url, rig.topic("#"))
+    assert orjson.loads(retained[rig.topic("lines/1/status")])["status"] == "delayed"
+    assert rig.topic("lines/1/alerts/A-1") in retained
+    assert rig.topic("stations/S04/crowding") in retained
+    assert rig.topic("stations/S04/display") in retained
+    # A clean exit says goodbye itself: the status topic reads offline, not the stale online.
+    assert orjson.loads(retained[rig.topic("broadcaster/status")])["status"] == "offline"
+
+
+async def test_once_twice_announces_once(rig: Rig) -> None:
+    path = rig.write_config()
+    async with MessageRecorder(rig.mqtt_url, rig.topic("notices")) as notices:
+        for _ in range(2):
+            status, output = await run_command("once", "-c", str(path))
+            assert status == 0, output
+        assert len(await notices.settle(quiet=0.5)) == 1
+
+
+async def test_once_exits_1_with_a_clear_message_when_the_broker_is_down(rig: Rig) -> None:
+    path = rig.write_config(mqtt={"url": f"mqtt://127.0.0.1:{free_port()}", "connect_timeout_seconds": 1.5})
+    status, output = await run_command("once", "-c", str(path))
+    assert status == 1
+    assert "unreachable" in output
+    assert "MQTT broker mqtt://127.0.0.1:" in output
+
+
+async def test_once_exits_1_naming_the_feed_that_failed(rig: Rig) -> None:
+    rig.server.set_route("/rt.pb", b"<html>oops</html>", status=500)
+    status, output = await run_command("once", "-c", str(rig.write_config()))
+    assert status == 1
+    assert "feed 'ops'" in output
+    assert "HTTP 500" in output
+
+
+async def test_run_stops_cleanly_on_sigterm_and_says_offline(rig: Rig) -> None:
+    path = rig.write_config()
+    async with MessageRecorder(rig.mqtt_url, rig.topic("#")) as recorder:
+        process = await asyncio.create_subprocess_exec(
+            *broadcaster("run", "-c", str(path)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        try:
+            await recorder.wait_for(lambda ms: any(m.topic.endswith("/lines/1/alerts/A-1") for m in ms), timeout=20)
+            process.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(20):
+                _, err = await process.communicate()
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        assert process.returncode == 0, err.decode()
+        status = await recorder.wait_for(
+            lambda ms: any(b'"offline"' in m.payload for m in ms if m.topic.endswith("broadcaster/status"))
+        )
+    states = [orjson.loads(m.payload)["status"] for m in status if m.topic.endswith("broadcaster/status")]
+    assert states[-1] == "offline"
+
+
+async def test_sigkilled_broadcaster_reads_offline_through_its_last_will(rig: Rig) -> None:
+    path = rig.write_config()
+    process = await asyncio.create_subprocess_exec(
+        *broadcaster("run", "-c", str(path)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        async with MessageRecorder(rig.mqtt_url, rig.topic("broadcaster/status")) as recorder:
+            await recorder.wait_for(lambda ms: any(b'"online"' in m.payload for m in ms), timeout=20)
+            os.kill(process.pid, signal.SIGKILL)
+            await recorder.wait_for(lambda ms: b'"offline"' in ms[-1].payload, timeout=10)
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+
+
+def test_wheel_ships_templates_and_example_config(tmp_path: Path) -> None:
+    """A non-editable install must find the templates and the example: they travel inside the wheel."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    wheel = next(tmp_path.glob("broadcaster-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {f"broadcaster/_data/templates/{p.name}" for p in data_dir("templates").glob("*.j2")}
+    expected |= {"broadcaster/_data/config/example.toml", "broadcaster/_data/config/network/stops.txt",
+                 "broadcaster/_data/config/samples/gtfs-rt.pb"}
+    assert expected <= names
+    assert not any("/state/" in n or n.endswith(".db") for n in names)
