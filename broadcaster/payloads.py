@@ -191,7 +191,8 @@ class PayloadBuilder:
             status = state.line_status(line_id).kind.value
             lines.append({"line": line_ref(line, langs), "status": status, "status_text": words(status, langs)})
             for lang in langs:
-                status_rows[lang].append(f"{line.names.get(lang, 'en') or line.short_name}: {word(status, lang)}")
+                colon = "：" if lang == "zh" else ": "
+                status_rows[lang].append(f"{line.names.get(lang, 'en') or line.short_name}{colon}{word(status, lang)}")
         crowding: Body | None = None
         record = state.crowding.get(station.id)
         if record is not None:

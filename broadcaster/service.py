@@ -211,7 +211,14 @@ class Broadcaster:
             last_error=None, consecutive_failures=0,
         )
         if snapshot is None:
+            # Not modified: nothing to diff, but the feed is healthy and its retained topics may be due a refresh.
             self.feeds[feed.name] = good
+            try:
+                with self.db.transaction() as conn:
+                    save_feed(conn, good)
+            except StoreError as exc:
+                log.error("feed %r: could not record the fetch: %s", feed.name, exc)
+            await self.publish_retained()
             return PollOutcome(feed.name, True)
         if snapshot.problems:
             shown = "; ".join(snapshot.problems[:3])

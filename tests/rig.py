@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,23 @@ from support.gtfs_rt_builders import feed_bytes
 
 from broadcaster.config import Config, load_config
 from broadcaster.resources import data_dir
-from broadcaster.service import Broadcaster, open_broadcaster
+from broadcaster.service import Broadcaster, Clock, open_broadcaster
 
 NETWORK_DIR = data_dir("config") / "network"
 
 
 def now_s() -> int:
     return int(time.time())
+
+
+class SteppedClock:
+    """Real time plus an offset the test moves forward: 'twenty minutes later' without waiting."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta()
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.offset
 
 
 @dataclass
@@ -65,8 +76,8 @@ class Rig:
     def config(self, **overrides: Any) -> Config:
         return load_config(self.write_config(**overrides))
 
-    def serve_rt(self, *entities: pb.FeedEntity, timestamp: int | None = None) -> None:
-        self.server.set_route("/rt.pb", feed_bytes(*entities, timestamp=timestamp or now_s()))
+    def serve_rt(self, *entities: pb.FeedEntity, timestamp: int | None = None, etag: str | None = None) -> None:
+        self.server.set_route("/rt.pb", feed_bytes(*entities, timestamp=timestamp or now_s()), etag=etag)
 
     def serve_flow(self, levels: Mapping[str, str], timestamp: int | None = None) -> None:
         doc = {
@@ -81,9 +92,11 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def running(config: Config, *, connect_timeout: float = 10.0) -> AsyncIterator[Broadcaster]:
+async def running(
+    config: Config, *, connect_timeout: float = 10.0, clock: Clock | None = None
+) -> AsyncIterator[Broadcaster]:
     """A broadcaster in this event loop: connected to the broker, its drain loops running."""
-    async with open_broadcaster(config) as b:
+    async with open_broadcaster(config, clock=clock) as b:
         stop = asyncio.Event()
         link_task = asyncio.create_task(b.link.run(stop))
         drains = [asyncio.create_task(b.drain_loop(ch, stop)) for ch in b.channels]

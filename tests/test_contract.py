@@ -104,6 +104,7 @@ def test_display_puts_alerts_first_and_lists_every_line_of_an_interchange() -> N
     assert s04["crowding"]["level"] == "FULL"
     assert s04["text"]["en"][0] == "Signal fault, trains running slowly"
     assert "Line 2: Delays" in s04["text"]["en"]
+    assert "2号线：列车延误" in s04["text"]["zh"]
 
 
 def test_notice_and_status_payloads_match_their_models() -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import orjson
 import pytest
 from google.transit import gtfs_realtime_pb2 as pb
-from rig import Rig, now_s, payloads, poll_all, running
+from rig import Rig, SteppedClock, now_s, payloads, poll_all, running
 from support import LoopbackHttpServer, MessageRecorder, MosquittoBroker, collect_retained
 from support.gtfs_rt_builders import alert_entity, selector
 
@@ -122,6 +123,26 @@ async def test_broker_restart_is_followed_by_the_full_state(
         async with MessageRecorder(rig.mqtt_url, rig.topic("#")) as after:
             await after.wait_for(lambda ms: {m.topic for m in ms} >= set(before), timeout=15)
     assert orjson.loads(before[rig.topic("lines/2/status")])["status"] == "suspended"
+
+
+async def test_unchanged_feed_still_refreshes_retained_state_before_it_expires(rig: Rig) -> None:
+    rig.serve_rt(etag='"v1"')  # unchanged from now on: every later poll gets a 304
+    clock = SteppedClock()
+    config = rig.config(mqtt={"retained_ttl_seconds": 600})
+    feeds = tuple(f.model_copy(update={"max_age_seconds": 3600}) for f in config.feeds)
+    async with running(config.model_copy(update={"feeds": feeds}), clock=clock) as b:
+        await poll_all(b)
+        async with MessageRecorder(rig.mqtt_url, rig.topic("lines/+/status")) as recorder:
+            replay = len(await recorder.settle(quiet=0.3))
+            await b.poll(b.config.feeds[0])
+            assert len(await recorder.settle(quiet=0.3)) == replay  # nothing is due yet
+            clock.offset = timedelta(seconds=301)  # past half of the 600 s validity
+            await b.poll(b.config.feeds[0])
+            assert rig.server.requests_for("/rt.pb")[-1].header("if-none-match") == '"v1"'
+            got = await recorder.wait_for_count(replay + 3)
+    refreshed = got[replay:]
+    assert {m.topic for m in refreshed} == {rig.topic(f"lines/{n}/status") for n in ("1", "2", "3")}
+    assert all(m.message_expiry_interval == 600 for m in refreshed)
 
 
 BAD_BODIES: dict[str, Callable[[Rig], None]] = {

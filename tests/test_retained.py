@@ -1,0 +1,117 @@
+"""Retained-state planning: publish what changed, refresh only what is fresh, clear what is gone."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+
+from broadcaster.payloads import RetainedItem
+from broadcaster.retained import Publication, RetainedPlanner, SequenceClock
+from broadcaster.store import Database
+
+T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+TTL = timedelta(minutes=30)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Database:
+    return Database(tmp_path / "broadcaster.db")
+
+
+def items(alert: bool = True, level: str = "FULL") -> list[RetainedItem]:
+    out = [
+        RetainedItem("m/v1/lines/1/status", {"status": "normal"}, "gtfs-rt"),
+        RetainedItem("m/v1/stations/S1/crowding", {"level": level}, "passenger-flow"),
+        RetainedItem("m/v1/stations/S1/display", {"lines": []}, "any"),
+    ]
+    if alert:
+        out.append(RetainedItem("m/v1/lines/1/alerts/A", {"alert_id": "A"}, "gtfs-rt"))
+    return out
+
+
+def publish(planner: RetainedPlanner, db: Database, its: list[RetainedItem], now: datetime, *,
+            fresh: set[str] | None = None, full: bool = False) -> list[Publication]:
+    pubs = planner.plan(its, now, fresh_sources={"gtfs-rt", "passenger-flow"} if fresh is None else fresh,
+                        full=full)
+    with db.transaction() as conn:
+        planner.confirm(pubs, now, conn)
+    return pubs
+
+
+def topics(pubs: list[Publication]) -> set[str]:
+    return {p.topic for p in pubs}
+
+
+def test_first_round_publishes_everything_then_nothing_until_a_change(db: Database) -> None:
+    planner = RetainedPlanner(TTL, 10_000, SequenceClock())
+    assert len(publish(planner, db, items(), T0)) == 4
+    assert publish(planner, db, items(), T0 + timedelta(seconds=30)) == []
+    changed = publish(planner, db, items(level="EMPTY"), T0 + timedelta(seconds=60))
+    assert topics(changed) == {"m/v1/stations/S1/crowding"}
+    body = orjson.loads(changed[0].payload)
+    assert body["level"] == "EMPTY"
+    assert body["valid_until"] == (T0 + timedelta(seconds=60) + TTL).isoformat()
+    assert changed[0].expiry_s == 1800
+
+
+def test_resolved_alert_gets_an_empty_retained_payload_once(db: Database) -> None:
+    planner = RetainedPlanner(TTL, 10_000, SequenceClock())
+    publish(planner, db, items(), T0)
+    clears = publish(planner, db, items(alert=False), T0 + timedelta(seconds=1))
+    assert [(p.topic, p.payload, p.retain) for p in clears] == [("m/v1/lines/1/alerts/A", b"", True)]
+    assert publish(planner, db, items(alert=False), T0 + timedelta(seconds=2)) == []
+
+
+def test_refresh_at_half_ttl_only_for_fresh_sources(db: Database) -> None:
+    planner = RetainedPlanner(TTL, 10_000, SequenceClock())
+    publish(planner, db, items(), T0)
+    later = T0 + TTL / 2
+    refreshed = publish(planner, db, items(), later, fresh={"gtfs-rt"})
+    # The crowding feed is stale: its topic is left to expire; line, alert and display are refreshed.
+    assert topics(refreshed) == {"m/v1/lines/1/status", "m/v1/lines/1/alerts/A", "m/v1/stations/S1/display"}
+
+
+def test_full_republish_after_reconnect_never_extends_stale_entries(db: Database) -> None:
+    planner = RetainedPlanner(TTL, 10_000, SequenceClock())
+    publish(planner, db, items(), T0)
+    reconnect = T0 + timedelta(minutes=20)
+    pubs = {p.topic: p for p in publish(planner, db, items(), reconnect, fresh={"gtfs-rt"}, full=True)}
+    assert set(pubs) == {t.topic for t in items()}
+    stale = pubs["m/v1/stations/S1/crowding"]
+    assert stale.expiry_s == 600  # what was left of its 30 minutes
+    assert orjson.loads(stale.payload)["valid_until"] == (T0 + TTL).isoformat()
+    assert pubs["m/v1/lines/1/status"].expiry_s == 1800
+    # Past its expiry, a stale entry is not re-sent at all.
+    pubs = {p.topic: p for p in publish(planner, db, items(), T0 + timedelta(minutes=31), fresh={"gtfs-rt"},
+                                       full=True)}
+    assert "m/v1/stations/S1/crowding" not in pubs
+
+
+def test_oversize_payload_is_not_published(db: Database, caplog: pytest.LogCaptureFixture) -> None:
+    planner = RetainedPlanner(TTL, 200, SequenceClock())
+    big = [RetainedItem("m/v1/stations/S1/display", {"text": "x" * 500}, "any")]
+    assert publish(planner, db, big, T0) == []
+    assert "exceeds max_payload_bytes 200" in caplog.text
+
+
+def test_what_is_on_the_broker_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    db = Database(path)
+    publish(RetainedPlanner(TTL, 10_000, SequenceClock()), db, items(), T0)
+    db.close()
+    db = Database(path)
+    planner = RetainedPlanner(TTL, 10_000, SequenceClock())
+    planner.load(db.conn)
+    # After a restart, an alert resolved while we were down is still cleared.
+    pubs = publish(planner, db, items(alert=False), T0 + timedelta(minutes=1), full=True)
+    assert ("m/v1/lines/1/alerts/A", b"") in {(p.topic, p.payload) for p in pubs}
+
+
+def test_sequence_numbers_strictly_increase() -> None:
+    clock = SequenceClock()
+    numbers = [clock.next() for _ in range(10_000)]
+    assert all(b > a for a, b in zip(numbers, numbers[1:], strict=False))
+    assert SequenceClock().next() >= numbers[0]
