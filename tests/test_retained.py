@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -113,5 +114,5 @@ def test_what_is_on_the_broker_survives_a_restart(tmp_path: Path) -> None:
 def test_sequence_numbers_strictly_increase() -> None:
     clock = SequenceClock()
     numbers = [clock.next() for _ in range(10_000)]
-    assert all(b > a for a, b in zip(numbers, numbers[1:], strict=False))
+    assert all(b > a for a, b in itertools.pairwise(numbers))
     assert SequenceClock().next() >= numbers[0]
