@@ -14,9 +14,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from broadcaster import __version__
 from broadcaster.errors import BroadcasterError, ConfigError, NetworkDataError, StoreError
+
+if TYPE_CHECKING:
+    from broadcaster.config import Config
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -53,20 +57,27 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return EXIT_USAGE if report.problems else EXIT_OK
 
 
+def _load(args: argparse.Namespace) -> Config:
+    """The config, with command-line overrides applied and validated like the file's own values."""
+    from broadcaster.config import load_config, with_mqtt_url
+
+    path = _config_path(args)
+    config = load_config(path)
+    if args.mqtt_url:
+        config = with_mqtt_url(config, args.mqtt_url)
+    return config
+
+
 def _cmd_once(args: argparse.Namespace) -> int:
-    from broadcaster.config import load_config
     from broadcaster.service import run_once
 
-    config = load_config(_config_path(args))
-    return asyncio.run(run_once(config))
+    return asyncio.run(run_once(_load(args)))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from broadcaster.config import load_config
     from broadcaster.service import run_forever
 
-    config = load_config(_config_path(args))
-    return asyncio.run(run_forever(config))
+    return asyncio.run(run_forever(_load(args)))
 
 
 def _cmd_schemas(args: argparse.Namespace) -> int:
@@ -100,12 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=_cmd_check)
 
+    def with_broker(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--mqtt-url", metavar="URL", help="use this broker instead of the config's mqtt.url")
+
     p = sub.add_parser("once", help="poll every feed once, publish, deliver the outbox, exit")
     with_config(p)
+    with_broker(p)
     p.set_defaults(func=_cmd_once)
 
     p = sub.add_parser("run", help="poll on schedule and publish until SIGINT/SIGTERM")
     with_config(p)
+    with_broker(p)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("schemas", help="write the MQTT payloads' JSON Schemas into a folder")

@@ -269,6 +269,16 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     )
 
 
+def with_mqtt_url(config: Config, url: str) -> Config:
+    """`config` with another broker URL, validated as if it stood in the file (errors name `--mqtt-url`)."""
+    try:
+        mqtt = MqttConfig.model_validate({**config.mqtt.model_dump(), "url": url})
+    except ValidationError as exc:
+        message = exc.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")
+        raise ConfigError(config.source, "--mqtt-url", f"{url!r}: {message}", url) from None
+    return config.model_copy(update={"mqtt": mqtt})
+
+
 def load_config(path: Path) -> Config:
     """Read and validate a config file.
 
