@@ -6,7 +6,7 @@
     ├── TemplateProblem        a template does not compile or render (.template, .line)
     ├── FeedError              a fetch or parse failed; the last good state is kept (.feed)
     │   ├── FetchError         transport: status, timeout, size cap (.status)
-    │   ├── FeedFormatError    the bytes are not a valid feed (.detail)
+    │   ├── FeedFormatError    the bytes are not a valid feed (.reason)
     │   └── StaleFeedError     the feed's own timestamp is too old, in the future or going backwards
     ├── StoreError             the state database cannot be used (.path)
     └── DeliveryError          a channel could not deliver a message (.channel)

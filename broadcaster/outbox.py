@@ -114,6 +114,15 @@ class Outbox:
         ).fetchone()
         return from_iso(row[0]) if row and row[0] else None
 
+    def make_due(self, channel: str, now: datetime) -> int:
+        """Make every pending entry of `channel` due now: its link is back, backing off no longer helps."""
+        with self.db.transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE outbox SET next_attempt_at = ? WHERE status = ? AND channel = ? AND next_attempt_at > ?",
+                (iso(now), PENDING, channel, iso(now)),
+            )
+        return cursor.rowcount
+
     def mark_sent(self, key: str, now: datetime, remote_id: str | None = None) -> None:
         with self.db.transaction() as conn:
             conn.execute(

@@ -303,7 +303,12 @@ class Broadcaster:
             return len(acked)
 
     async def on_connected(self) -> None:
+        """A new broker session: the broker may have lost retained state, and queued notices can go now."""
         await self.publish_retained(full=True)
+        try:
+            self.outbox.make_due(MqttNoticeChannel.name, self.clock.now())
+        except StoreError as exc:
+            log.error("could not reschedule queued notices: %s", exc)
         self.wake()
 
     # -- outbox -> channels ----------------------------------------------------------------------------------

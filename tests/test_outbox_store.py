@@ -169,3 +169,15 @@ def test_save_writes_only_what_changed(db: Database) -> None:
         store.save(conn, emptier)
     store.committed()
     assert db.conn.execute("SELECT COUNT(*) FROM state WHERE kind = 'alert'").fetchone()[0] == 0
+
+
+def test_make_due_brings_backed_off_entries_forward(db: Database) -> None:
+    outbox = Outbox(db)
+    with db.transaction() as conn:
+        Outbox.enqueue(conn, [message("a"), message("b", channel="mastodon")], T0)
+    for entry in outbox.due("mqtt", T0) + outbox.due("mastodon", T0):
+        outbox.retry_later(entry, T0, "not connected", retry_after=600)
+    assert outbox.due("mqtt", T0 + timedelta(seconds=1)) == []
+    assert outbox.make_due("mqtt", T0 + timedelta(seconds=1)) == 1
+    assert [e.notice_id for e in outbox.due("mqtt", T0 + timedelta(seconds=1))] == ["a"]
+    assert outbox.due("mastodon", T0 + timedelta(seconds=1)) == []  # other channels keep their backoff

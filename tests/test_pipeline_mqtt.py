@@ -222,3 +222,23 @@ async def test_a_second_instance_on_the_same_state_refuses_to_start(rig: Rig) ->
         with pytest.raises(StoreError, match="already in use by broadcaster pid"):
             async with open_broadcaster(config):
                 pass
+
+
+async def test_notice_issued_while_the_broker_is_down_is_delivered_when_it_returns(
+    tmp_path: Path, http_server: LoopbackHttpServer, fresh_mosquitto: MosquittoBroker, topic_prefix: str
+) -> None:
+    rig = Rig(tmp_path, http_server, fresh_mosquitto.url, topic_prefix)
+    rig.serve_rt()
+    rig.serve_flow({"S04": "FEW_SEATS_AVAILABLE"})
+    async with running(rig.config()) as b:
+        await poll_all(b)
+        fresh_mosquitto.stop()
+        rig.serve_rt(line2_alert())
+        assert (await b.poll(b.config.feeds[0])).ok  # committed to the outbox although nothing can be sent
+        assert b.pending() == 1
+        fresh_mosquitto.start()
+        async with MessageRecorder(rig.mqtt_url, rig.topic("notices")) as notices:
+            got = payloads(await notices.wait_for_count(1, timeout=15))
+        assert [n["notice_id"] for n in got] == ["alert-A-L2"]
+        retained = await collect_retained(rig.mqtt_url, rig.topic("lines/2/#"))
+        assert orjson.loads(retained[rig.topic("lines/2/status")])["status"] == "suspended"
