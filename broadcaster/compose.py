@@ -9,13 +9,13 @@ or out of heavy crowding.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import MappingProxyType
 from zoneinfo import ZoneInfo
 
-from broadcaster.model import Network, Occupancy, Severity
+from broadcaster.model import Alert, Network, Occupancy, Severity
 from broadcaster.state import (
     AlertChange,
     AlertChangeKind,
@@ -91,9 +91,17 @@ def _local(at: datetime, zone: ZoneInfo) -> datetime:
     return at.astimezone(zone)
 
 
-def _common(lang: str, now: datetime, policy: ComposePolicy) -> dict[str, object]:
-    local = _local(now, policy.timezone)
-    return {"lang": lang, "as_of": local.strftime("%H:%M"), "date": local.strftime("%Y-%m-%d")}
+def _contexts(
+    policy: ComposePolicy, now: datetime, variables: Callable[[str], dict[str, object]]
+) -> Mapping[str, TemplateContext]:
+    """Each language's template variables: the common ones (`lang`, `as_of`, `date`) plus `variables(lang)`."""
+    out: dict[str, TemplateContext] = {}
+    for lang in policy.languages:
+        local = _local(now, policy.timezone)
+        ctx: dict[str, object] = {"lang": lang, "as_of": local.strftime("%H:%M"), "date": local.strftime("%Y-%m-%d")}
+        ctx.update(variables(lang))
+        out[lang] = MappingProxyType(ctx)
+    return MappingProxyType(out)
 
 
 def _line_names(network: Network, line_ids: Sequence[str], lang: str) -> list[str]:
@@ -112,13 +120,12 @@ def _station_names(network: Network, station_ids: Sequence[str], lang: str) -> l
     return out
 
 
-def _alert_lines(record: AlertRecord, network: Network) -> tuple[str, ...]:
-    """Lines an alert touches: named ones, else those serving the stations it names."""
-    lines = record.alert.line_ids
-    if lines:
-        return lines
+def alert_lines(alert: Alert, network: Network) -> tuple[str, ...]:
+    """Lines an alert touches: the ones it names, else those serving the stations it names."""
+    if alert.line_ids:
+        return alert.line_ids
     found: dict[str, None] = {}
-    for station_id in record.alert.station_ids:
+    for station_id in alert.station_ids:
         for line_id in network.lines_at(station_id):
             found.setdefault(line_id, None)
     return tuple(found)
@@ -140,24 +147,20 @@ def _alert_notice(change: AlertChange, network: Network, now: datetime, policy: 
         AlertChangeKind.UPDATED: NoticeKind.ALERT_UPDATED,
         AlertChangeKind.RESOLVED: NoticeKind.ALERT_RESOLVED,
     }[change.kind]
-    line_ids = _alert_lines(record, network)
-    contexts: dict[str, TemplateContext] = {}
-    for lang in policy.languages:
-        ctx = _common(lang, now, policy)
-        ctx.update(
-            alert_id=alert.id,
-            header=alert.header.get(lang, "en"),
-            description=alert.description.get(lang, "en"),
-            url=alert.url.get(lang, "en"),
-            cause=word(alert.cause, lang),
-            effect=word(alert.effect, lang),
-            severity=word(alert.severity.name, lang),
-            emergency=is_emergency(record),
-            lines=_line_names(network, line_ids, lang),
-            stations=_station_names(network, alert.station_ids, lang),
-            until=_until(record, now, policy.timezone),
-        )
-        contexts[lang] = MappingProxyType(ctx)
+    line_ids = alert_lines(alert, network)
+    contexts = _contexts(policy, now, lambda lang: {
+        "alert_id": alert.id,
+        "header": alert.header.get(lang, "en"),
+        "description": alert.description.get(lang, "en"),
+        "url": alert.url.get(lang, "en"),
+        "cause": word(alert.cause, lang),
+        "effect": word(alert.effect, lang),
+        "severity": word(alert.severity.name, lang),
+        "emergency": is_emergency(record),
+        "lines": _line_names(network, line_ids, lang),
+        "stations": _station_names(network, alert.station_ids, lang),
+        "until": _until(record, now, policy.timezone),
+    })
     # The version names this statement: content hash for new/updated, plus when the alert's episode began, so
     # an identical alert that returns after being resolved is a new statement, not a duplicate key.
     version = f"{change.kind.value}-{record.version}-{_epoch(record.first_seen)}"
@@ -172,7 +175,7 @@ def _alert_notice(change: AlertChange, network: Network, now: datetime, policy: 
         line_ids=line_ids,
         station_ids=alert.station_ids,
         severity=alert.severity,
-        contexts=MappingProxyType(contexts),
+        contexts=contexts,
         alert_id=alert.id,
     )
 
@@ -183,17 +186,13 @@ def _line_notice(change: LineStatusChange, network: Network, now: datetime, poli
         return None
     if LineStatusKind.DELAYED not in (change.after.kind, change.before.kind):
         return None
-    contexts: dict[str, TemplateContext] = {}
-    for lang in policy.languages:
-        ctx = _common(lang, now, policy)
-        ctx.update(
-            line=_line_names(network, [change.line_id], lang)[0],
-            lines=_line_names(network, [change.line_id], lang),
-            status=word(change.after.kind.value, lang),
-            status_code=change.after.kind.value,
-            delay_minutes=round(change.after.max_delay_s / 60),
-        )
-        contexts[lang] = MappingProxyType(ctx)
+    contexts = _contexts(policy, now, lambda lang: {
+        "line": _line_names(network, [change.line_id], lang)[0],
+        "lines": _line_names(network, [change.line_id], lang),
+        "status": word(change.after.kind.value, lang),
+        "status_code": change.after.kind.value,
+        "delay_minutes": round(change.after.max_delay_s / 60),
+    })
     return Notice(
         id=f"line-{change.line_id}",
         version=f"{change.after.kind.value}-{_epoch(now)}",
@@ -203,7 +202,7 @@ def _line_notice(change: LineStatusChange, network: Network, now: datetime, poli
         line_ids=(change.line_id,),
         station_ids=(),
         severity=Severity.WARNING if change.after.kind != LineStatusKind.NORMAL else Severity.INFO,
-        contexts=MappingProxyType(contexts),
+        contexts=contexts,
     )
 
 
@@ -217,19 +216,15 @@ def _crowding_notice(
         return None
     record: CrowdingRecord = change.record
     line_ids = network.lines_at(change.station_id)
-    contexts: dict[str, TemplateContext] = {}
-    for lang in policy.languages:
-        ctx = _common(lang, now, policy)
-        ctx.update(
-            station=_station_names(network, [change.station_id], lang)[0],
-            lines=_line_names(network, line_ids, lang),
-            level=word(record.level.name, lang),
-            level_code=record.level.name,
-            percentage=record.percentage,
-            crowded=record.level.rank >= threshold,
-            trend=word(trend, lang),
-        )
-        contexts[lang] = MappingProxyType(ctx)
+    contexts = _contexts(policy, now, lambda lang: {
+        "station": _station_names(network, [change.station_id], lang)[0],
+        "lines": _line_names(network, line_ids, lang),
+        "level": word(record.level.name, lang),
+        "level_code": record.level.name,
+        "percentage": record.percentage,
+        "crowded": record.level.rank >= threshold,
+        "trend": word(trend, lang),
+    })
     return Notice(
         id=f"crowding-{change.station_id}",
         version=f"{record.level.name}-{_epoch(now)}",
@@ -239,7 +234,7 @@ def _crowding_notice(
         line_ids=line_ids,
         station_ids=(change.station_id,),
         severity=Severity.INFO,
-        contexts=MappingProxyType(contexts),
+        contexts=contexts,
     )
 
 

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from broadcaster import __version__
-from broadcaster.compose import Notice, Priority, is_emergency
+from broadcaster.compose import Notice, Priority, alert_lines, is_emergency
 from broadcaster.contract import (
     SCHEMA_ALERT,
     SCHEMA_CROWDING,
@@ -76,7 +76,7 @@ class PayloadBuilder:
             yield RetainedItem(self.topics.line_status(line_id), self.line_status(state, line, as_of), "gtfs-rt")
         for record in state.alerts.values():
             body = self.alert(record, now)
-            for line_id in self._alert_lines(record):
+            for line_id in alert_lines(record.alert, self.network):
                 yield RetainedItem(self.topics.line_alert(line_id, record.alert.id), body, "gtfs-rt")
         for station_id, crowding in state.crowding.items():
             if station_id in self.network.stations:
@@ -90,16 +90,6 @@ class PayloadBuilder:
                 self.display(state, station, station_alerts.get(station_id, []), now),
                 "any",
             )
-
-    def _alert_lines(self, record: AlertRecord) -> tuple[str, ...]:
-        lines = record.alert.line_ids
-        if lines:
-            return lines
-        found: dict[str, None] = {}
-        for station_id in record.alert.station_ids:
-            for line_id in self._lines_at.get(station_id, ()):
-                found.setdefault(line_id, None)
-        return tuple(found)
 
     def _alerts_by_station(self, state: NetworkState) -> dict[str, list[AlertRecord]]:
         """Alerts touching each station: naming it, or naming a whole line that serves it."""
@@ -154,7 +144,7 @@ class PayloadBuilder:
             "header": texts(a.header, self.languages),
             "description": texts(a.description, self.languages),
             "url": texts(a.url, self.languages),
-            "lines": list(self._alert_lines(record)),
+            "lines": list(alert_lines(record.alert, self.network)),
             "stations": [station_ref(self.network.stations.get(s), s, self.languages) for s in a.station_ids],
             "active_periods": [
                 {"start": iso(p.start) if p.start else None, "end": iso(p.end) if p.end else None}
