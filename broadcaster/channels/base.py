@@ -1,10 +1,58 @@
-"""The one protocol every notice channel implements."""
+"""The one protocol every notice channel implements, and the post payload the outbox stores for it."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
+import orjson
+
 from broadcaster.outbox import OutboxEntry
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadRefs:
+    """Where a post goes in a thread: the remote ids (as the channel stored them) of the thread's first post
+    and of the post this one answers. Both None for a post that starts a thread."""
+
+    root: str | None = None
+    parent: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Post:
+    """What a micro-blog channel posts for one outbox entry (the entry's payload, decoded).
+
+    `text` is final: already fitted to the platform's length rule. `part`/`parts` number a thread that a long
+    notice was split into. `reply_to_notice` names the notice whose first post this one answers (an update or
+    all-clear of an alert), or None. `emergency` asks for prominence (Mastodon content warning).
+    """
+
+    notice_id: str
+    kind: str
+    text: str
+    language: str
+    part: int = 0
+    parts: int = 1
+    reply_to_notice: str | None = None
+    emergency: bool = False
+    spoiler_text: str | None = None
+    visibility: str | None = None
+
+    def to_payload(self) -> bytes:
+        return orjson.dumps({
+            "notice_id": self.notice_id, "kind": self.kind, "text": self.text, "language": self.language,
+            "part": self.part, "parts": self.parts, "reply_to_notice": self.reply_to_notice,
+            "emergency": self.emergency, "spoiler_text": self.spoiler_text, "visibility": self.visibility,
+        })
+
+    @classmethod
+    def from_payload(cls, payload: bytes) -> Post:
+        d = orjson.loads(payload)
+        return cls(
+            d["notice_id"], d["kind"], d["text"], d["language"], d["part"], d["parts"], d["reply_to_notice"],
+            d["emergency"], d["spoiler_text"], d["visibility"],
+        )
 
 
 class NoticeChannel(Protocol):
@@ -12,7 +60,7 @@ class NoticeChannel(Protocol):
 
     `send` returns the platform's id for the post (None where there is none) only after the platform
     acknowledged it, and raises `TransientDeliveryError` (retry later, maybe with `retry_after`) or
-    `PermanentDeliveryError` (park and report).
+    `PermanentDeliveryError` (park and report). `thread` says which earlier posts this one replies to.
     """
 
     @property
@@ -23,4 +71,4 @@ class NoticeChannel(Protocol):
         """False while the channel knows it cannot deliver (e.g. disconnected): the drain loop waits."""
         ...
 
-    async def send(self, entry: OutboxEntry) -> str | None: ...
+    async def send(self, entry: OutboxEntry, thread: ThreadRefs) -> str | None: ...

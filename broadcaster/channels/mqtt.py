@@ -20,6 +20,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from broadcaster.channels.base import ThreadRefs
 from broadcaster.config import MqttConfig
 from broadcaster.contract import Topics
 from broadcaster.errors import TransientDeliveryError
@@ -224,6 +225,6 @@ class MqttNoticeChannel:
     def ready(self) -> bool:
         return self.link.connected.is_set()
 
-    async def send(self, entry: OutboxEntry) -> str | None:
+    async def send(self, entry: OutboxEntry, thread: ThreadRefs) -> str | None:
         await self.link.publish(Publication(self.link.topics.notices, entry.payload, retain=False))
         return None  # MQTT has no remote id; the PUBACK was the acknowledgement
