@@ -165,6 +165,69 @@ class TemplatesConfig(_Section):
     directory: Path | None = None
 
 
+NoticeKindName = Literal["alert_new", "alert_updated", "alert_resolved", "line_status", "crowding"]
+NOTICE_KINDS: tuple[NoticeKindName, ...] = ("alert_new", "alert_updated", "alert_resolved", "line_status", "crowding")
+ChannelName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
+
+
+class _ChannelBase(_Section):
+    """Settings every notice channel has."""
+
+    name: ChannelName
+    #: Languages posted, in order; several are joined in one post, separated by a blank line.
+    languages: tuple[str, ...] | None = None  # None: the network's default language
+    #: Which notice kinds this channel posts.
+    notices: tuple[NoticeKindName, ...] = NOTICE_KINDS
+    timeout_seconds: PositiveSeconds = 15
+
+
+class MastodonChannelConfig(_ChannelBase):
+    kind: Literal["mastodon"]
+    url: Annotated[str, Field(pattern=r"^https?://")]  # the instance, e.g. https://mastodon.example
+    token: SecretRef
+    #: Used when the instance does not say its max_characters (GET /api/v2/instance).
+    max_characters: Annotated[int, Field(ge=50)] = 500
+    #: Visibility per notice kind; kinds not named use `default_visibility`.
+    visibility: dict[NoticeKindName, Literal["public", "unlisted", "private", "direct"]] = Field(default_factory=dict)
+    default_visibility: Literal["public", "unlisted", "private", "direct"] = "public"
+    #: Content warning on emergency notices (empty: none).
+    emergency_spoiler_text: str = ""
+
+
+class BlueskyChannelConfig(_ChannelBase):
+    kind: Literal["bluesky"]
+    url: Annotated[str, Field(pattern=r"^https?://")] = "https://bsky.social"  # the account's PDS
+    identifier: str  # handle or DID
+    password: SecretRef  # an app password
+
+
+class WeiboChannelConfig(_ChannelBase):
+    kind: Literal["weibo"]
+    url: Annotated[str, Field(pattern=r"^https?://")] = "https://api.weibo.com"
+    access_token: SecretRef
+
+
+class WebhookChannelConfig(_ChannelBase):
+    kind: Literal["webhook"]
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    #: Signs each body with HMAC-SHA256 (docs/channels.md); None sends unsigned.
+    secret: SecretRef | None = None
+
+
+class AtomChannelConfig(_ChannelBase):
+    kind: Literal["atom"]
+    #: The Atom file written on every post (relative to the config file); serve it with any web server.
+    path: Path
+    title: str = "Service updates"
+    max_entries: Annotated[int, Field(ge=1, le=1000)] = 50
+
+
+ChannelConfig = Annotated[
+    MastodonChannelConfig | BlueskyChannelConfig | WeiboChannelConfig | WebhookChannelConfig | AtomChannelConfig,
+    Field(discriminator="kind"),
+]
+
+
 class Config(_Section):
     config_version: Literal[1] = 1
     timezone: str = "Asia/Shanghai"
@@ -174,6 +237,7 @@ class Config(_Section):
     state: StateConfig = StateConfig()
     mqtt: MqttConfig = MqttConfig()
     templates: TemplatesConfig = TemplatesConfig()
+    channels: tuple[ChannelConfig, ...] = ()
     #: The file this was read from; set by `load_config`, not by the operator.
     source: Path = Field(default=Path("<memory>"), exclude=True)
 
@@ -185,6 +249,17 @@ class Config(_Section):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError("is not an IANA time zone name such as 'Asia/Shanghai'") from None
         return name
+
+    @field_validator("channels")
+    @classmethod
+    def _unique_channel_names(cls, channels: tuple[ChannelConfig, ...]) -> tuple[ChannelConfig, ...]:
+        names = [c.name for c in channels]
+        for name in names:
+            if name == "mqtt":
+                raise ValueError("channel name 'mqtt' is taken by the MQTT notice stream")
+            if names.count(name) > 1:
+                raise ValueError(f"channel name {name!r} is used twice")
+        return channels
 
     @field_validator("feeds")
     @classmethod
@@ -203,6 +278,9 @@ class Config(_Section):
     @property
     def database_path(self) -> Path:
         return self.state.directory / "broadcaster.db"
+
+
+_CHANNEL_KINDS = frozenset({"mastodon", "bluesky", "weibo", "webhook", "atom"})
 
 
 def _key_path(location: tuple[int | str, ...]) -> str:
@@ -227,13 +305,25 @@ def _lookup(data: Any, location: tuple[int | str, ...]) -> Any:
 
 def _first_error(path: Path, data: dict[str, Any], exc: ValidationError) -> ConfigError:
     error = exc.errors(include_url=False)[0]
-    # Drop pydantic's internal step names (e.g. 'function-after[...]') from the location.
-    location = tuple(p for p in error["loc"] if isinstance(p, int) or "[" not in p)
+    # Drop pydantic's internal step names ('function-after[...]') and the channel kind it inserts after an
+    # index ('channels', 0, 'mastodon', 'token'): the operator wrote channels[0].token.
+    location: tuple[int | str, ...] = ()
+    for part in error["loc"]:
+        if isinstance(part, str) and ("[" in part or (location and isinstance(location[-1], int)
+                                                      and part in _CHANNEL_KINDS)):
+            continue
+        location += (part,)
+    if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        location += ("kind",)
     key = _key_path(location)
     if error["type"] == "extra_forbidden":
         return ConfigError(path, key, "unknown key (check the spelling; see config/example.toml)", None)
     if error["type"] == "missing":
         return ConfigError(path, key, "is required but missing")
+    if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        value = _lookup(data, location)
+        kinds = ", ".join(sorted(_CHANNEL_KINDS))
+        return ConfigError(path, key, f"{value!r}: must be one of {kinds}", value)
     value = _lookup(data, location)
     message = error["msg"].removeprefix("Value error, ")
     return ConfigError(path, key, f"{value!r}: {message}" if value is not None else message, value)
@@ -255,6 +345,10 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     templates = config.templates
     if templates.directory is not None:
         templates = templates.model_copy(update={"directory": resolve(templates.directory)})
+    channels = tuple(
+        c.model_copy(update={"path": resolve(c.path)}) if isinstance(c, AtomChannelConfig) else c
+        for c in config.channels
+    )
     mqtt = config.mqtt
     if mqtt.tls_ca_file is not None:
         mqtt = mqtt.model_copy(update={"tls_ca_file": resolve(mqtt.tls_ca_file)})
@@ -265,6 +359,7 @@ def _resolve_paths(config: Config, base: Path) -> Config:
             "feeds": feeds,
             "templates": templates,
             "mqtt": mqtt,
+            "channels": channels,
         }
     )
 

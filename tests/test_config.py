@@ -51,6 +51,12 @@ def test_example_config_loads_and_resolves_relative_paths() -> None:
         ('timezone = "Mars/Olympus"\n' + FEED, "timezone", "'Mars/Olympus'"),
         (FEED + FEED, "feeds", "used twice"),
         ("", "feeds", "required"),
+        (FEED + '\n[[channels]]\nname = "m"\nkind = "mastodn"\nurl = "https://m.example"\n',
+         "channels[0].kind", "'mastodn': must be one of atom, bluesky, mastodon, webhook, weibo"),
+        (FEED + '\n[[channels]]\nname = "m"\nkind = "mastodon"\nurl = "https://m.example"\ntoken = "abc"\n',
+         "channels[0].token", "'abc'"),
+        (FEED + '\n[[channels]]\nname = "mqtt"\nkind = "webhook"\nurl = "https://h.example"\n',
+         "channels", "taken by the MQTT notice stream"),
         (FEED.replace('kind = "gtfs-rt"', 'kind = "gtfs-rt"\npoll_seconds = -1'), "feeds[0].poll_seconds", "-1"),
     ],
 )
