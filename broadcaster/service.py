@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from broadcaster import __version__
-from broadcaster.channels.base import NoticeChannel
+from broadcaster.channels.base import NoticeChannel, ThreadRefs
 from broadcaster.channels.mqtt import MqttLink, MqttNoticeChannel
 from broadcaster.compose import ComposePolicy, Notice, compose
 from broadcaster.config import Config, FeedConfig
@@ -326,7 +326,7 @@ class Broadcaster:
                 break
             for entry in entries:
                 try:
-                    remote_id = await channel.send(entry)
+                    remote_id = await channel.send(entry, ThreadRefs())
                 except TransientDeliveryError as exc:
                     at = self.outbox.retry_later(entry, self.clock.now(), exc.reason, exc.retry_after)
                     log.warning("%s: %s; retrying at %s", channel.name, exc.reason, at.isoformat())
