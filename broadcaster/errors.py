@@ -10,7 +10,7 @@
     │   └── StaleFeedError     the feed's own timestamp is too old, in the future or going backwards
     ├── StoreError             the state database cannot be used (.path)
     └── DeliveryError          a channel could not deliver a message (.channel)
-        ├── TransientDeliveryError   try again later (.retry_after seconds, or None)
+        ├── TransientDeliveryError   try again later (.retry_after seconds or None, .maybe_delivered)
         └── PermanentDeliveryError   retrying will not help: park and report
 
 Callers catch the narrowest type they can act on; nobody parses messages.
@@ -101,10 +101,17 @@ class DeliveryError(BroadcasterError):
 
 
 class TransientDeliveryError(DeliveryError):
-    """Worth retrying; `retry_after` is the earliest sensible retry in seconds, when the peer said so."""
+    """Worth retrying; `retry_after` is the earliest sensible retry in seconds, when the peer said so.
 
-    def __init__(self, channel: str, message: str, retry_after: float | None = None) -> None:
+    `maybe_delivered` is True when the attempt may have reached the platform (a timeout, a connection that
+    broke after sending, a 500): sending again could duplicate the post unless the platform deduplicates.
+    """
+
+    def __init__(
+        self, channel: str, message: str, retry_after: float | None = None, *, maybe_delivered: bool = False
+    ) -> None:
         self.retry_after = retry_after
+        self.maybe_delivered = maybe_delivered
         super().__init__(channel, message)
 
 

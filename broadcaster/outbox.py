@@ -14,12 +14,24 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from broadcaster.store import Database, from_iso, iso
 
 PENDING = "pending"
 SENT = "sent"
 PARKED = "parked"
+
+
+_ENTRY_COLUMNS = (
+    "key, notice_id, version, channel, part, priority, payload, created_at, attempts, next_attempt_at, uncertain"
+)
+
+
+def _entry(r: Any) -> OutboxEntry:  # a sqlite3 row of _ENTRY_COLUMNS
+    return OutboxEntry(
+        r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6]), from_iso(r[7]), r[8], from_iso(r[9]), bool(r[10])
+    )
 
 
 def idempotency_key(notice_id: str, version: str, channel: str, part: int) -> str:
@@ -38,6 +50,7 @@ class OutgoingMessage:
     payload: bytes
     priority: int  # 0 = emergency, drained first
     part: int = 0
+    starts_thread: bool = True
 
     @property
     def key(self) -> str:
@@ -56,6 +69,7 @@ class OutboxEntry:
     created_at: datetime
     attempts: int
     next_attempt_at: datetime
+    uncertain: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,13 +98,14 @@ class Outbox:
         """Store messages inside the caller's transaction; returns how many were new."""
         stamp = iso(now)
         rows = [
-            (m.key, m.notice_id, m.version, m.channel, m.part, m.priority, m.payload, stamp, stamp)
+            (m.key, m.notice_id, m.version, m.channel, m.part, m.priority, m.payload, stamp, stamp,
+             int(m.starts_thread))
             for m in messages
         ]
         before = conn.total_changes
         conn.executemany(
             "INSERT OR IGNORE INTO outbox (key, notice_id, version, channel, part, priority, payload,"
-            " created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " created_at, next_attempt_at, starts_thread) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
         return conn.total_changes - before
@@ -98,15 +113,28 @@ class Outbox:
     def due(self, channel: str, now: datetime, limit: int = 100) -> list[OutboxEntry]:
         """Pending entries whose retry time has come: emergencies first, then oldest first."""
         rows = self.db.conn.execute(
-            "SELECT key, notice_id, version, channel, part, priority, payload, created_at, attempts,"
-            " next_attempt_at FROM outbox WHERE status = ? AND channel = ? AND next_attempt_at <= ?"
-            " ORDER BY priority, created_at, notice_id, part LIMIT ?",
+            f"SELECT {_ENTRY_COLUMNS} FROM outbox WHERE status = ? AND channel = ? AND next_attempt_at <= ?"
+            " ORDER BY priority, created_at, notice_id, version, part LIMIT ?",
             (PENDING, channel, iso(now), limit),
         ).fetchall()
-        return [
-            OutboxEntry(r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6]), from_iso(r[7]), r[8], from_iso(r[9]))
-            for r in rows
-        ]
+        return [_entry(r) for r in rows]
+
+    def status_of(self, notice_id: str, version: str, channel: str, part: int) -> tuple[str, str | None] | None:
+        """(status, remote id) of one part of one notice on one channel, or None if it was never queued."""
+        row = self.db.conn.execute(
+            "SELECT status, remote_id FROM outbox WHERE key = ?", (idempotency_key(notice_id, version, channel, part),)
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def thread_root(self, notice_id: str, channel: str, before: datetime) -> tuple[str, str | None] | None:
+        """(status, remote id) of the latest post about `notice_id` on `channel` that opened a thread, created
+        no later than `before`; None when there is none (the reply then starts a thread of its own)."""
+        row = self.db.conn.execute(
+            "SELECT status, remote_id FROM outbox WHERE channel = ? AND notice_id = ? AND starts_thread = 1"
+            " AND part = 0 AND created_at <= ? ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            (channel, notice_id, iso(before)),
+        ).fetchone()
+        return (row[0], row[1]) if row else None
 
     def next_due_at(self, channel: str) -> datetime | None:
         row = self.db.conn.execute(
@@ -131,13 +159,20 @@ class Outbox:
                 (SENT, iso(now), remote_id, key),
             )
 
-    def retry_later(self, entry: OutboxEntry, now: datetime, error: str, retry_after: float | None) -> datetime:
-        """Record a transient failure; returns when the entry becomes due again."""
+    def retry_later(
+        self, entry: OutboxEntry, now: datetime, error: str, retry_after: float | None, *, uncertain: bool = False
+    ) -> datetime:
+        """Record a transient failure; returns when the entry becomes due again.
+
+        `uncertain`: the attempt may have reached the platform (it timed out, or the connection broke after the
+        request was sent), which the channel must keep in mind before sending again.
+        """
         at = now + timedelta(seconds=self.backoff.delay(entry.attempts, retry_after, self.rng))
         with self.db.transaction() as conn:
             conn.execute(
-                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, error = ? WHERE key = ?",
-                (iso(at), error, entry.key),
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, error = ?,"
+                " uncertain = MAX(uncertain, ?) WHERE key = ?",
+                (iso(at), error, int(uncertain), entry.key),
             )
         return at
 

@@ -53,8 +53,14 @@ CREATE TABLE IF NOT EXISTS outbox (
     notice_id TEXT NOT NULL, version TEXT NOT NULL, channel TEXT NOT NULL, part INTEGER NOT NULL,
     priority INTEGER NOT NULL, payload BLOB NOT NULL, created_at TEXT NOT NULL,
     status TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at TEXT NOT NULL, remote_id TEXT, sent_at TEXT, error TEXT
+    next_attempt_at TEXT NOT NULL, remote_id TEXT, sent_at TEXT, error TEXT,
+    -- 1 when the post opens a thread that later notices about the same subject reply to
+    starts_thread INTEGER NOT NULL DEFAULT 1,
+    -- 1 once an attempt may have reached the platform (timeout, reset after sending, 5xx): a retry could
+    -- duplicate unless the platform deduplicates
+    uncertain INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS outbox_thread ON outbox (channel, notice_id, starts_thread, part);
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, channel, priority, next_attempt_at);
 CREATE TABLE IF NOT EXISTS retained (topic TEXT PRIMARY KEY, digest TEXT NOT NULL);
 """

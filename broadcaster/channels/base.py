@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import orjson
 
 from broadcaster.outbox import OutboxEntry
+
+if TYPE_CHECKING:
+    from broadcaster.render.length import PlatformProfile
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,3 +75,13 @@ class NoticeChannel(Protocol):
         ...
 
     async def send(self, entry: OutboxEntry, thread: ThreadRefs) -> str | None: ...
+
+
+class PostingChannel(NoticeChannel, Protocol):
+    """A channel that posts rendered text: it has a length rule (or None) and may need to ask the platform
+    something at start-up (Mastodon's limit)."""
+
+    @property
+    def profile(self) -> PlatformProfile | None: ...
+
+    async def start(self) -> None: ...

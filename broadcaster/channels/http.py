@@ -1,0 +1,177 @@
+"""The HTTP client shared by the micro-blog and webhook channels (the channels' only httpx import).
+
+It owns one `httpx.AsyncClient` (one connection pool, one TLS context), puts an overall deadline on every
+request (httpx timeouts are per network operation, so a server that drips its answer would never time out
+otherwise), and turns transport failures and HTTP statuses into the two delivery errors:
+
+- `TransientDeliveryError`: 408, 425, 429, 5xx, timeouts and broken connections. `retry_after` comes from
+  `Retry-After` (seconds or an HTTP date), Mastodon's `X-RateLimit-Reset` (ISO 8601) or Bluesky's
+  `ratelimit-reset` (epoch seconds). `maybe_delivered` is set when the request may have been processed.
+- `PermanentDeliveryError`: any other 4xx; retrying the same request will fail again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Self
+
+import httpx
+import orjson
+
+from broadcaster import __version__
+from broadcaster.errors import PermanentDeliveryError, TransientDeliveryError
+
+log = logging.getLogger(__name__)
+
+#: Statuses worth retrying: the server was busy, limited us, or failed on its side.
+RETRYABLE = frozenset({408, 425, 429, 500, 502, 503, 504, 507, 509, 522, 524})
+
+
+@dataclass(frozen=True, slots=True)
+class HttpReply:
+    status: int
+    headers: Mapping[str, str]  # lower-case names
+    body: bytes
+
+    def json(self) -> Any:
+        """The body as JSON, or None when it is not JSON."""
+        try:
+            return orjson.loads(self.body)
+        except orjson.JSONDecodeError:
+            return None
+
+    def snippet(self, limit: int = 200) -> str:
+        """The start of the body on one line, for error messages."""
+        return " ".join(self.body[:limit].decode("utf-8", "replace").split())
+
+
+def retry_after_seconds(headers: Mapping[str, str], now: datetime) -> float | None:
+    """How long the server asked us to wait, from whichever rate-limit header it sent; None if none."""
+    value = headers.get("retry-after")
+    if value:
+        value = value.strip()
+        if value.isdigit():
+            return float(value)
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            when = None
+        if when is not None:
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+            return max(0.0, (when - now).total_seconds())
+    reset = headers.get("x-ratelimit-reset")  # Mastodon: ISO 8601
+    if reset:
+        try:
+            when = datetime.fromisoformat(reset.strip().replace("Z", "+00:00"))
+        except ValueError:
+            when = None
+        if when is not None:
+            return max(0.0, (when - now).total_seconds())
+    reset = headers.get("ratelimit-reset")  # Bluesky: epoch seconds
+    if reset:
+        try:
+            return max(0.0, float(reset) - now.timestamp())
+        except ValueError:
+            return None
+    return None
+
+
+def check_status(channel: str, reply: HttpReply, now: datetime) -> None:
+    """Raise the delivery error a non-2xx reply means."""
+    if 200 <= reply.status < 300:
+        return
+    reason = f"HTTP {reply.status}: {reply.snippet()}" if reply.body else f"HTTP {reply.status}"
+    if reply.status in RETRYABLE:
+        # A 5xx may come after the server did the work; a 429 or 503 means it did not.
+        maybe = reply.status >= 500 and reply.status not in (503, 509)
+        raise TransientDeliveryError(
+            channel, reason, retry_after=retry_after_seconds(reply.headers, now), maybe_delivered=maybe
+        )
+    raise PermanentDeliveryError(channel, reason)
+
+
+class HttpChannelClient:
+    """One pooled HTTP client for every HTTP channel; use as `async with`."""
+
+    def __init__(
+        self, clock: Callable[[], datetime] | None = None, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self._transport = transport  # tests of the status table only; real runs use the network
+        self._client: httpx.AsyncClient | None = None
+
+    async def __aenter__(self) -> Self:
+        self._client = httpx.AsyncClient(
+            headers={"User-Agent": f"broadcaster/{__version__}"},
+            timeout=httpx.Timeout(30.0),
+            limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
+            follow_redirects=False,  # a POST that redirects is a misconfigured URL, not something to follow
+            transport=self._transport,
+        )
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def request(
+        self,
+        channel: str,
+        method: str,
+        url: str,
+        *,
+        deadline_s: float,
+        json: Any = None,
+        data: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> HttpReply:
+        """Send one request and read the whole answer within `deadline_s`.
+
+        Raises:
+            TransientDeliveryError: no answer in time, or the connection failed (with `maybe_delivered` when the
+                request may already have been received).
+        """
+        if self._client is None:
+            raise RuntimeError("HttpChannelClient used outside 'async with'")
+        body = orjson.dumps(json) if json is not None else content
+        all_headers = dict(headers or {})
+        if json is not None:
+            all_headers["Content-Type"] = "application/json"
+        try:
+            async with asyncio.timeout(deadline_s):
+                response = await self._client.request(
+                    method, url, content=body, data=data, headers=all_headers, params=params
+                )
+                raw = await response.aread()
+        except TimeoutError:
+            raise TransientDeliveryError(
+                channel, f"no complete answer from {_host(url)} within {deadline_s:g} s", maybe_delivered=True
+            ) from None
+        except httpx.ConnectError as exc:
+            raise TransientDeliveryError(channel, f"cannot connect to {_host(url)}: {_reason(exc)}") from exc
+        except httpx.TransportError as exc:
+            # The request may have been sent before the connection broke.
+            raise TransientDeliveryError(
+                channel, f"connection to {_host(url)} failed: {_reason(exc)}", maybe_delivered=True
+            ) from exc
+        return HttpReply(response.status_code, {k.lower(): v for k, v in response.headers.items()}, raw)
+
+
+def _host(url: str) -> str:
+    return httpx.URL(url).host or url
+
+
+def _reason(exc: httpx.TransportError) -> str:
+    return str(exc) or type(exc).__name__
