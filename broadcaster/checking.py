@@ -19,6 +19,7 @@ from broadcaster.errors import TemplateProblem
 from broadcaster.feeds.network import load_network
 from broadcaster.model import ActivePeriod, Alert, InformedEntity, LocalizedText, Network, Occupancy, Severity
 from broadcaster.render import Renderer
+from broadcaster.render.posts import DETAIL_LEVELS, FULL
 from broadcaster.state import (
     AlertChange,
     AlertChangeKind,
@@ -122,8 +123,13 @@ def check_config(path: Path, now: datetime | None = None) -> CheckReport:
     renderer = Renderer(config.templates.directory)
     for notice in sample_notices(config, network, now or datetime.now(UTC)):
         for lang, context in notice.contexts.items():
-            try:
-                report.rendered.append((notice.kind.value, lang, renderer.check(notice.kind.value, lang, context)))
-            except TemplateProblem as problem:
-                report.problems.append(str(problem))
+            # Every detail level a channel's length rule may ask for must render; the report shows the full one.
+            for detail in DETAIL_LEVELS:
+                try:
+                    text = renderer.check(notice.kind.value, lang, {**context, "detail": detail})
+                except TemplateProblem as problem:
+                    report.problems.append(f"{problem} (detail={detail})")
+                    break
+                if detail == FULL:
+                    report.rendered.append((notice.kind.value, lang, text))
     return report

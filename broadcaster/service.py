@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from broadcaster import __version__
-from broadcaster.channels.base import NoticeChannel, ThreadRefs
+from broadcaster.channels.base import NoticeChannel, Post, PostingChannel, ThreadRefs
+from broadcaster.channels.factory import build_channel
+from broadcaster.channels.http import HttpChannelClient
 from broadcaster.channels.mqtt import MqttLink, MqttNoticeChannel
 from broadcaster.compose import ComposePolicy, Notice, compose
-from broadcaster.config import Config, FeedConfig
+from broadcaster.config import ChannelConfig, Config, FeedConfig
 from broadcaster.contract import Topics
 from broadcaster.errors import (
     BroadcasterError,
@@ -39,9 +41,10 @@ from broadcaster.feeds.gtfs_rt import parse_gtfs_rt
 from broadcaster.feeds.network import load_network
 from broadcaster.feeds.passenger_flow import parse_passenger_flow
 from broadcaster.model import FeedSnapshot, Network
-from broadcaster.outbox import Outbox, OutgoingMessage
+from broadcaster.outbox import PENDING, SENT, Outbox, OutboxEntry, OutgoingMessage
 from broadcaster.payloads import PayloadBuilder
 from broadcaster.render import Renderer
+from broadcaster.render.posts import FULL, posts_for
 from broadcaster.retained import RetainedPlanner, SequenceClock, serialise, with_envelope
 from broadcaster.scheduler import JobScheduler
 from broadcaster.state import NetworkState, StatePolicy, apply_snapshot
@@ -131,6 +134,7 @@ class Broadcaster:
         fetcher: FeedFetcher,
         link: MqttLink,
         *,
+        posting: Sequence[PostingChannel] = (),
         clock: Clock | None = None,
     ) -> None:
         self.config = config
@@ -152,7 +156,10 @@ class Broadcaster:
         self.planner = RetainedPlanner(ttl, config.mqtt.max_payload_bytes, self.seq)
         self.planner.load(db.conn)
         self.builder = PayloadBuilder(network, self.topics, config.network.languages, self.policy)
-        self.channels: list[NoticeChannel] = [MqttNoticeChannel(link)]
+        self.posting: list[tuple[PostingChannel, ChannelConfig]] = list(
+            zip(posting or (), config.channels, strict=True)
+        )
+        self.channels: list[NoticeChannel] = [MqttNoticeChannel(link), *(c for c, _ in self.posting)]
         self._wake = {ch.name: asyncio.Event() for ch in self.channels}
         self._state_lock = asyncio.Lock()
         self._publish_lock = asyncio.Lock()
@@ -248,27 +255,37 @@ class Broadcaster:
         await self.publish_retained()
         return PollOutcome(feed.name, True, len(transition.changes), len(notices))
 
-    def render(self, notice: Notice) -> dict[str, str]:
-        """The notice's text in every configured language."""
-        texts: dict[str, str] = {}
-        for lang, context in notice.contexts.items():
-            try:
-                texts[lang] = self.renderer.render(notice.kind.value, lang, context)
-            except TemplateProblem as problem:
-                log.error("%s; sending the plain fallback text", problem)
-                texts[lang] = fallback_text(notice, lang)
-        return texts
+    def render_text(self, notice: Notice, language: str, detail: int = FULL) -> str:
+        """The notice's text in one language at one detail level, falling back rather than failing."""
+        context = {**notice.contexts[language], "detail": detail}
+        try:
+            return self.renderer.render(notice.kind.value, language, context)
+        except TemplateProblem as problem:
+            log.error("%s; sending the plain fallback text", problem)
+            return fallback_text(notice, language)
 
     def _messages(self, notice: Notice) -> list[OutgoingMessage]:
-        """The outbox rows for one notice: one per channel, with its final payload."""
-        texts = self.render(notice)
+        """The outbox rows for one notice: the MQTT notice, and each posting channel's post(s)."""
+        rendered: dict[tuple[str, int], str] = {}
+
+        def render(language: str, detail: int) -> str:
+            if (language, detail) not in rendered:
+                rendered[(language, detail)] = self.render_text(notice, language, detail)
+            return rendered[(language, detail)]
+
+        texts = {lang: render(lang, FULL) for lang in notice.contexts}
         body = serialise(self.builder.notice(notice, texts))
         valid_until = notice.issued_at + timedelta(seconds=self.config.mqtt.retained_ttl_seconds)
         payload = with_envelope(body, self.seq.next(), notice.issued_at, valid_until)
-        return [
-            OutgoingMessage(notice.id, notice.version, channel.name, payload, int(notice.priority))
-            for channel in self.channels
-        ]
+        messages = [OutgoingMessage(notice.id, notice.version, MqttNoticeChannel.name, payload, int(notice.priority))]
+        for channel, channel_config in self.posting:
+            posts = posts_for(notice, channel_config, channel.profile, render, self.config.network.default_language)
+            messages += [
+                OutgoingMessage(notice.id, notice.version, channel.name, post.to_payload(), int(notice.priority),
+                                part=post.part, starts_thread=post.reply_to_notice is None and post.part == 0)
+                for post in posts
+            ]
+        return messages
 
     # -- retained state --------------------------------------------------------------------------------------
 
@@ -317,26 +334,59 @@ class Broadcaster:
         for event in self._wake.values():
             event.set()
 
+    def thread_of(self, channel: NoticeChannel, entry: OutboxEntry) -> ThreadRefs | None:
+        """Where `entry` goes in a thread on `channel`, or None while a post it answers is still queued.
+
+        A part after the first answers the previous part; an update or all-clear answers the first post about
+        the same subject. When that post was parked (or never made on this channel), this one stands alone.
+        """
+        if channel.name == MqttNoticeChannel.name:
+            return ThreadRefs()
+        post = Post.from_payload(entry.payload)
+        root: str | None = None
+        if post.reply_to_notice is not None:
+            found = self.outbox.thread_root(post.reply_to_notice, channel.name, before=entry.created_at)
+            if found is not None and found[0] == PENDING:
+                return None
+            if found is not None and found[0] == SENT:
+                root = found[1]
+        if post.part == 0:
+            return ThreadRefs(root, root)
+        previous = self.outbox.status_of(entry.notice_id, entry.version, channel.name, post.part - 1)
+        if previous is not None and previous[0] == PENDING:
+            return None
+        parent = previous[1] if previous is not None and previous[0] == SENT else None
+        if root is None:
+            first = self.outbox.status_of(entry.notice_id, entry.version, channel.name, 0)
+            root = first[1] if first is not None and first[0] == SENT else parent
+        return ThreadRefs(root or parent, parent)
+
     async def drain_due(self, channel: NoticeChannel) -> int:
-        """Send every entry of `channel` that is due now; returns how many were acknowledged."""
+        """Send every entry of `channel` that is due now, one at a time; returns how many were acknowledged."""
         sent = 0
         while channel.ready:
-            entries = self.outbox.due(channel.name, self.clock.now(), limit=50)
-            if not entries:
-                break
-            for entry in entries:
+            progress = False
+            for entry in self.outbox.due(channel.name, self.clock.now(), limit=50):
+                thread = self.thread_of(channel, entry)
+                if thread is None:
+                    continue  # its parent goes first
+                progress = True
                 try:
-                    remote_id = await channel.send(entry, ThreadRefs())
+                    remote_id = await channel.send(entry, thread)
                 except TransientDeliveryError as exc:
-                    at = self.outbox.retry_later(entry, self.clock.now(), exc.reason, exc.retry_after)
-                    log.warning("%s: %s; retrying at %s", channel.name, exc.reason, at.isoformat())
-                    return sent
+                    at = self.outbox.retry_later(entry, self.clock.now(), exc.reason, exc.retry_after,
+                                                 uncertain=exc.maybe_delivered)
+                    log.warning("%s: %s; retrying at %s", channel.name, exc.reason, at.isoformat(timespec="seconds"))
+                    return sent  # the channel is struggling: later entries wait their turn
                 except PermanentDeliveryError as exc:
                     self.outbox.park(entry.key, exc.reason)
-                    log.error("%s: parked notice %s/%s: %s", channel.name, entry.notice_id, entry.version, exc.reason)
+                    log.error("%s: parked notice %s/%s part %d: %s",
+                              channel.name, entry.notice_id, entry.version, entry.part, exc.reason)
                     continue
                 self.outbox.mark_sent(entry.key, self.clock.now(), remote_id)
                 sent += 1
+            if not progress:
+                break
         return sent
 
     async def drain_loop(self, channel: NoticeChannel, stop: asyncio.Event) -> None:
@@ -398,11 +448,30 @@ async def open_broadcaster(config: Config, *, clock: Clock | None = None) -> Asy
                 password=password.reveal() if password else None,
                 on_connected=on_connected,
             )
-            broadcaster = Broadcaster(config, network, renderer, db, fetcher, link, clock=clock)
+            the_clock = clock or SystemClock()
+            http = await stack.enter_async_context(HttpChannelClient(the_clock.now))
+            posting = [build_channel(config, i, http, the_clock.now) for i in range(len(config.channels))]
+            await _start_channels(posting)
+            broadcaster = Broadcaster(
+                config, network, renderer, db, fetcher, link, posting=posting, clock=the_clock
+            )
             holder.append(broadcaster)
             yield broadcaster
     finally:
         lock.release()
+
+
+async def _start_channels(channels: Sequence[PostingChannel], timeout: float = 20.0) -> None:
+    """Let each channel ask its platform what it needs (Mastodon's limit), all at once, without blocking start-up
+    for longer than `timeout`: a channel that cannot be reached keeps its configured defaults."""
+    async def start(channel: PostingChannel) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await channel.start()
+        except (TimeoutError, BroadcasterError) as exc:
+            log.warning("%s: start-up check failed: %s", channel.name, exc)
+
+    await asyncio.gather(*(start(c) for c in channels))
 
 
 async def run_once(config: Config, *, drain_timeout: float = 30.0) -> int:

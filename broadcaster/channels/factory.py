@@ -1,0 +1,59 @@
+"""Builds the configured notice channels, reading their secrets from the environment or secret files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from broadcaster.channels.atom import AtomChannel
+from broadcaster.channels.base import PostingChannel
+from broadcaster.channels.bluesky import BlueskyChannel
+from broadcaster.channels.http import HttpChannelClient
+from broadcaster.channels.mastodon import MastodonChannel
+from broadcaster.channels.webhook import WebhookChannel
+from broadcaster.channels.weibo import WeiboChannel
+from broadcaster.config import (
+    AtomChannelConfig,
+    BlueskyChannelConfig,
+    ChannelConfig,
+    Config,
+    MastodonChannelConfig,
+    Secret,
+    SecretRef,
+    WebhookChannelConfig,
+    WeiboChannelConfig,
+)
+from broadcaster.errors import ConfigError
+
+
+def _secret(config: Config, index: int, key: str, ref: SecretRef) -> Secret:
+    try:
+        secret = ref.load()
+    except OSError as exc:
+        raise ConfigError(config.source, f"channels[{index}].{key}", f"cannot read {ref.file}: {exc.strerror}") from None
+    if secret is None:
+        raise ConfigError(config.source, f"channels[{index}].{key}", f"environment variable {ref.env} is not set")
+    return secret
+
+
+def build_channel(
+    config: Config, index: int, http: HttpChannelClient, clock: Callable[[], datetime]
+) -> PostingChannel:
+    """The channel for `config.channels[index]`.
+
+    Raises:
+        ConfigError: a secret it needs is missing.
+    """
+    c: ChannelConfig = config.channels[index]
+    if isinstance(c, MastodonChannelConfig):
+        return MastodonChannel(c, http, _secret(config, index, "token", c.token), clock)
+    if isinstance(c, BlueskyChannelConfig):
+        return BlueskyChannel(c, http, _secret(config, index, "password", c.password), clock)
+    if isinstance(c, WeiboChannelConfig):
+        return WeiboChannel(c, http, _secret(config, index, "access_token", c.access_token), clock)
+    if isinstance(c, WebhookChannelConfig):
+        secret = _secret(config, index, "secret", c.secret) if c.secret is not None else None
+        return WebhookChannel(c, http, secret, clock)
+    if isinstance(c, AtomChannelConfig):
+        return AtomChannel(c, clock=clock)
+    raise AssertionError(f"unknown channel config {type(c).__name__}")

@@ -1,0 +1,75 @@
+"""Webhook: a signed JSON POST per notice part, for systems of the operator's own (see docs/channels.md).
+
+Headers: `Idempotency-Key` (the outbox key: the same on every retry, so a receiver can deduplicate),
+`X-Broadcaster-Timestamp` (Unix seconds) and, when a secret is configured,
+`X-Broadcaster-Signature: sha256=<hex HMAC-SHA256 of "{timestamp}.{body}">`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable
+from datetime import datetime
+
+import orjson
+
+from broadcaster.channels.base import Post, ThreadRefs
+from broadcaster.channels.http import HttpChannelClient, check_status
+from broadcaster.config import Secret, WebhookChannelConfig
+from broadcaster.outbox import OutboxEntry
+from broadcaster.store import iso
+
+SCHEMA = "broadcaster.webhook/1"
+
+
+def signature(secret: str, timestamp: str, body: bytes) -> str:
+    """The signature header's value: a receiver computes the same and compares in constant time."""
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+class WebhookChannel:
+    profile = None  # no length rule: the receiver gets the full text
+
+    def __init__(
+        self, config: WebhookChannelConfig, http: HttpChannelClient, secret: Secret | None,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.config = config
+        self.http = http
+        self._secret = secret
+        self.clock = clock
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    async def start(self) -> None:
+        """Nothing to learn up front."""
+
+    def body(self, entry: OutboxEntry, thread: ThreadRefs) -> bytes:
+        post = Post.from_payload(entry.payload)
+        return orjson.dumps({
+            "schema": SCHEMA, "key": entry.key, "notice_id": post.notice_id, "version": entry.version,
+            "kind": post.kind, "part": post.part, "parts": post.parts, "language": post.language,
+            "text": post.text, "emergency": post.emergency, "reply_to_notice": post.reply_to_notice,
+            "issued_at": iso(entry.created_at),
+        })
+
+    async def send(self, entry: OutboxEntry, thread: ThreadRefs) -> str | None:
+        body = self.body(entry, thread)
+        now = self.clock()
+        timestamp = str(int(now.timestamp()))
+        headers = {"Content-Type": "application/json", "Idempotency-Key": entry.key,
+                   "X-Broadcaster-Timestamp": timestamp}
+        if self._secret is not None:
+            headers["X-Broadcaster-Signature"] = signature(self._secret.reveal(), timestamp, body)
+        reply = await self.http.request(self.name, "POST", self.config.url, content=body, headers=headers,
+                                        deadline_s=self.config.timeout_seconds)
+        check_status(self.name, reply, now)
+        return entry.key
