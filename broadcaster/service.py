@@ -461,12 +461,16 @@ async def open_broadcaster(config: Config, *, clock: Clock | None = None) -> Asy
         lock.release()
 
 
-async def _start_channels(channels: Sequence[PostingChannel], timeout: float = 20.0) -> None:
-    """Let each channel ask its platform what it needs (Mastodon's limit), all at once, without blocking start-up
-    for longer than `timeout`: a channel that cannot be reached keeps its configured defaults."""
+CHANNEL_START_SECONDS = 20.0
+
+
+async def _start_channels(channels: Sequence[PostingChannel]) -> None:
+    """Let each channel ask its platform what it needs (Mastodon's limit), all at once, without holding start-up
+    longer than CHANNEL_START_SECONDS: a channel that cannot be reached keeps its configured defaults."""
+
     async def start(channel: PostingChannel) -> None:
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(CHANNEL_START_SECONDS):
                 await channel.start()
         except (TimeoutError, BroadcasterError) as exc:
             log.warning("%s: start-up check failed: %s", channel.name, exc)

@@ -30,7 +30,8 @@ def _secret(config: Config, index: int, key: str, ref: SecretRef) -> Secret:
     try:
         secret = ref.load()
     except OSError as exc:
-        raise ConfigError(config.source, f"channels[{index}].{key}", f"cannot read {ref.file}: {exc.strerror}") from None
+        raise ConfigError(config.source, f"channels[{index}].{key}", f"cannot read {ref.file}: {exc.strerror}") \
+            from None
     if secret is None:
         raise ConfigError(config.source, f"channels[{index}].{key}", f"environment variable {ref.env} is not set")
     return secret
