@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 from support import LoopbackHttpServer, MosquittoBroker, MosquittoNotFound
+from support.microblog_fixture import MicroblogServer, serve_microblog
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -78,3 +79,9 @@ def http_server() -> Iterator[LoopbackHttpServer]:
         yield server
     finally:
         server.stop(force=True)
+
+
+@pytest.fixture
+def microblog() -> Iterator[MicroblogServer]:
+    """Mastodon, Bluesky, Weibo and webhook endpoints on a free loopback port (`support.microblog_server`)."""
+    yield from serve_microblog()
