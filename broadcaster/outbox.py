@@ -151,6 +151,12 @@ class Outbox:
             )
         return cursor.rowcount
 
+    def begin_attempt(self, key: str) -> None:
+        """Record, durably, that an attempt is about to leave: if we crash before its outcome is known, the next
+        run treats the entry as possibly delivered and checks before posting again."""
+        with self.db.transaction() as conn:
+            conn.execute("UPDATE outbox SET uncertain = 1 WHERE key = ?", (key,))
+
     def mark_sent(self, key: str, now: datetime, remote_id: str | None = None) -> None:
         with self.db.transaction() as conn:
             conn.execute(
@@ -170,9 +176,11 @@ class Outbox:
         at = now + timedelta(seconds=self.backoff.delay(entry.attempts, retry_after, self.rng))
         with self.db.transaction() as conn:
             conn.execute(
-                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, error = ?,"
-                " uncertain = MAX(uncertain, ?) WHERE key = ?",
-                (iso(at), error, int(uncertain), entry.key),
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, error = ?, uncertain = ?"
+                " WHERE key = ?",
+                # Uncertain once any attempt may have landed; this attempt's in-flight mark is cleared when its
+                # failure shows it did not.
+                (iso(at), error, int(entry.uncertain or uncertain), entry.key),
             )
         return at
 

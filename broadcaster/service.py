@@ -161,6 +161,7 @@ class Broadcaster:
         )
         self.channels: list[NoticeChannel] = [MqttNoticeChannel(link), *(c for c, _ in self.posting)]
         self._wake = {ch.name: asyncio.Event() for ch in self.channels}
+        self._drain_locks = {ch.name: asyncio.Lock() for ch in self.channels}
         self._state_lock = asyncio.Lock()
         self._publish_lock = asyncio.Lock()
 
@@ -362,7 +363,15 @@ class Broadcaster:
         return ThreadRefs(root or parent, parent)
 
     async def drain_due(self, channel: NoticeChannel) -> int:
-        """Send every entry of `channel` that is due now, one at a time; returns how many were acknowledged."""
+        """Send every entry of `channel` that is due now, one at a time; returns how many were acknowledged.
+
+        Callers may overlap (the drain loop, `once`, a reconnect): the channel's lock keeps one attempt in
+        flight per channel, so no key is ever sent twice at the same time.
+        """
+        async with self._drain_locks[channel.name]:
+            return await self._drain_due(channel)
+
+    async def _drain_due(self, channel: NoticeChannel) -> int:
         sent = 0
         while channel.ready:
             progress = False
@@ -371,6 +380,10 @@ class Broadcaster:
                 if thread is None:
                     continue  # its parent goes first
                 progress = True
+                if channel.name != MqttNoticeChannel.name:
+                    # Posts are visible and few: pay one fsync so a crash mid-request is known after restart.
+                    # (MQTT consumers deduplicate on notice_id and version instead.)
+                    self.outbox.begin_attempt(entry.key)
                 try:
                     remote_id = await channel.send(entry, thread)
                 except TransientDeliveryError as exc:

@@ -38,6 +38,17 @@ class SteppedClock:
         return datetime.now(UTC) + self.offset
 
 
+def toml_value(value: Any) -> str:
+    """A Python value as TOML (strings, numbers, booleans, lists and inline tables)."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value, ensure_ascii=False)
+
+
 @dataclass
 class Rig:
     """Writes a config for one test and serves its feeds."""
@@ -70,6 +81,8 @@ class Rig:
             lines.append("[[feeds]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in feed.items()))
         lines.append("[state]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in state.items()))
         lines.append("[mqtt]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in mqtt.items()))
+        for channel in overrides.pop("channels", []):
+            lines.append("[[channels]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in channel.items()))
         self.config_path.write_text("\n".join(lines), encoding="utf-8")
         return self.config_path
 

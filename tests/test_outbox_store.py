@@ -181,3 +181,21 @@ def test_make_due_brings_backed_off_entries_forward(db: Database) -> None:
     assert outbox.make_due("mqtt", T0 + timedelta(seconds=1)) == 1
     assert [e.notice_id for e in outbox.due("mqtt", T0 + timedelta(seconds=1))] == ["a"]
     assert outbox.due("mastodon", T0 + timedelta(seconds=1)) == []  # other channels keep their backoff
+
+
+def test_in_flight_mark_survives_a_crash_and_a_clear_failure_removes_it(db: Database) -> None:
+    outbox = Outbox(db)
+    with db.transaction() as conn:
+        Outbox.enqueue(conn, [message("a", channel="mastodon")], T0)
+    entry = outbox.due("mastodon", T0)[0]
+    assert not entry.uncertain
+    outbox.begin_attempt(entry.key)
+    # A crash now: the next run sees the attempt may have landed.
+    assert Outbox(db).due("mastodon", T0)[0].uncertain
+    # The attempt failed in a way that proves it did not land (connection refused): not uncertain.
+    outbox.retry_later(entry, T0, "refused", retry_after=0, uncertain=False)
+    assert not outbox.due("mastodon", T0 + timedelta(minutes=10))[0].uncertain
+    again = outbox.due("mastodon", T0 + timedelta(minutes=10))[0]
+    outbox.begin_attempt(again.key)
+    outbox.retry_later(again, T0, "timeout", retry_after=0, uncertain=True)
+    assert outbox.due("mastodon", T0 + timedelta(hours=1))[0].uncertain
