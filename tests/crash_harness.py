@@ -108,6 +108,7 @@ def crash_loop(
     iterations: int, seed: int, alerts_per_iteration: int = 4,
 ) -> CrashReport:
     rng = random.Random(seed)
+    workdir.mkdir(parents=True, exist_ok=True)
     rig = Rig(workdir, http, broker.url, f"crash/{seed}")
     serve_alerts(rig, alerts_per_iteration)
     rig.serve_flow({"S04": "FEW_SEATS_AVAILABLE"})
