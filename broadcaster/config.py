@@ -170,6 +170,13 @@ NOTICE_KINDS: tuple[NoticeKindName, ...] = ("alert_new", "alert_updated", "alert
 ChannelName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
 
 
+class BudgetLimit(_Section):
+    """At most `posts` posts in any `seconds`-long window."""
+
+    posts: Annotated[int, Field(ge=1)]
+    seconds: PositiveSeconds
+
+
 class _ChannelBase(_Section):
     """Settings every notice channel has."""
 
@@ -179,6 +186,8 @@ class _ChannelBase(_Section):
     #: Which notice kinds this channel posts.
     notices: tuple[NoticeKindName, ...] = NOTICE_KINDS
     timeout_seconds: PositiveSeconds = 15
+    #: The account's posting budget; None: the platform's published limits (docs/channels.md).
+    budget: tuple[BudgetLimit, ...] | None = None
 
 
 class MastodonChannelConfig(_ChannelBase):
@@ -205,6 +214,9 @@ class WeiboChannelConfig(_ChannelBase):
     kind: Literal["weibo"]
     url: Annotated[str, Field(pattern=r"^https?://")] = "https://api.weibo.com"
     access_token: SecretRef
+    #: A link on the app's registered safe domain: statuses/share refuses a status without one (error 10017),
+    #: so it ends every post, and the length rule leaves room for it.
+    link: Annotated[str, Field(pattern=r"^https?://\S+$")] | None = None
 
 
 class WebhookChannelConfig(_ChannelBase):

@@ -21,6 +21,7 @@ from broadcaster.store import Database, from_iso, iso
 PENDING = "pending"
 SENT = "sent"
 PARKED = "parked"
+MERGED = "merged"  # said as part of another (merged) post, whose notice id is in remote_id
 
 
 _ENTRY_COLUMNS = (
@@ -148,6 +149,35 @@ class Outbox:
             cursor = conn.execute(
                 "UPDATE outbox SET next_attempt_at = ? WHERE status = ? AND channel = ? AND next_attempt_at > ?",
                 (iso(now), PENDING, channel, iso(now)),
+            )
+        return cursor.rowcount
+
+    def sent_times(self, channel: str, since: datetime) -> list[datetime]:
+        """When each post of `channel` made after `since` was acknowledged (for posting budgets)."""
+        rows = self.db.conn.execute(
+            "SELECT sent_at FROM outbox WHERE channel = ? AND status = ? AND sent_at > ?", (channel, SENT, iso(since))
+        )
+        return [from_iso(r[0]) for r in rows]
+
+    def replace_with_merged(
+        self, entries: Iterable[OutboxEntry], merged: Iterable[OutgoingMessage], now: datetime
+    ) -> None:
+        """In one transaction: queue the merged post(s) and retire the entries they stand for."""
+        merged = list(merged)
+        with self.db.transaction() as conn:
+            self.enqueue(conn, merged, now)
+            conn.executemany(
+                "UPDATE outbox SET status = ?, remote_id = ? WHERE key = ? AND status = ?",
+                [(MERGED, merged[0].notice_id, e.key, PENDING) for e in entries],
+            )
+
+    def hold(self, channel: str, until: datetime, *, below_priority: int = 0) -> int:
+        """Move the due time of `channel`'s pending entries (all but priority <= `below_priority`) to `until`."""
+        with self.db.transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE outbox SET next_attempt_at = ? WHERE channel = ? AND status = ? AND priority > ?"
+                " AND next_attempt_at < ?",
+                (iso(until), channel, PENDING, below_priority, iso(until)),
             )
         return cursor.rowcount
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from broadcaster import __version__
+from broadcaster.budget import allowance, budget_for, merge, mergeable
 from broadcaster.channels.base import NoticeChannel, Post, PostingChannel, ThreadRefs
 from broadcaster.channels.factory import build_channel
 from broadcaster.channels.http import HttpChannelClient
@@ -162,6 +163,7 @@ class Broadcaster:
         self.channels: list[NoticeChannel] = [MqttNoticeChannel(link), *(c for c, _ in self.posting)]
         self._wake = {ch.name: asyncio.Event() for ch in self.channels}
         self._drain_locks = {ch.name: asyncio.Lock() for ch in self.channels}
+        self.budgets = {c.name: budget_for(c) for c in config.channels}
         self._state_lock = asyncio.Lock()
         self._publish_lock = asyncio.Lock()
 
@@ -371,7 +373,39 @@ class Broadcaster:
         async with self._drain_locks[channel.name]:
             return await self._drain_due(channel)
 
+    def _apply_budget(self, channel: NoticeChannel) -> None:
+        """Keep `channel` within its account's posting budget: merge a backlog that would overrun it, and hold
+        non-emergency posts while the budget is spent. Emergencies are never merged or held."""
+        limits = self.budgets.get(channel.name)
+        if not limits:
+            return
+        now = self.clock.now()
+        longest = max(timedelta(seconds=limit.seconds) for limit in limits)
+        room = allowance(limits, self.outbox.sent_times(channel.name, now - longest), now)
+        due = self.outbox.due(channel.name, now, limit=1000)
+        emergencies = sum(1 for e in due if e.priority == 0)
+        candidates = [e for e in due if mergeable(e)]
+        others = len(due) - emergencies
+        if others > room.posts - emergencies and len(candidates) >= 2:
+            posting = next((c for c, _ in self.posting if c.name == channel.name), None)
+            posts = merge(candidates, posting.profile if posting else None)
+            priority = min(e.priority for e in candidates)
+            self.outbox.replace_with_merged(
+                candidates,
+                [OutgoingMessage(p.notice_id, "v1", channel.name, p.to_payload(), priority, part=p.part)
+                 for p in posts],
+                now,
+            )
+            log.warning("%s: %d queued posts exceed the posting budget (%d left); merged into %d",
+                        channel.name, len(candidates), room.posts, len(posts))
+        if room.posts <= 0 and room.next_slot_at is not None:
+            held = self.outbox.hold(channel.name, room.next_slot_at)
+            if held:
+                log.warning("%s: posting budget spent; %d post(s) wait until %s (emergencies still go)",
+                            channel.name, held, room.next_slot_at.isoformat(timespec="seconds"))
+
     async def _drain_due(self, channel: NoticeChannel) -> int:
+        self._apply_budget(channel)
         sent = 0
         while channel.ready:
             progress = False

@@ -299,3 +299,18 @@ def test_config_with_a_missing_secret_is_a_config_error(
     path = rig.write_config(channels=channels(server))
     assert main(["once", "-c", str(path)]) == 2
 
+
+
+async def test_weibo_posts_carry_the_safe_domain_link_and_still_fit(rig: Rig, server: MicroblogServer) -> None:
+    server.weibo_safe_domain = "metro.example"  # like the real API: a status without such a link is refused
+    tables = channels(server)
+    tables[2]["link"] = "https://metro.example/notices"
+    rig.serve_rt(alert({"zh": "2号线" + LONG_ZH * 2, "en": "x"}))
+    async with running(rig.config(channels=tables)) as b:
+        await poll_all(b)
+        await until(lambda: b.outbox.pending_count("weibo") == 0, b)
+        assert ("weibo", "parked") not in b.outbox.depth()
+    statuses = server.weibo_statuses()
+    assert len(statuses) >= 2  # the long headline was split, and every part carries the link
+    assert all(s.text.endswith("\nhttps://metro.example/notices") for s in statuses)
+    assert all(weibo_length(s.text) <= 140 for s in statuses)

@@ -8,9 +8,9 @@ from dataclasses import replace
 
 from broadcaster.channels.base import Post
 from broadcaster.compose import Notice, NoticeKind, Priority
-from broadcaster.config import ChannelConfig, MastodonChannelConfig
+from broadcaster.config import ChannelConfig, MastodonChannelConfig, WeiboChannelConfig
 from broadcaster.render.fit import fit
-from broadcaster.render.length import MastodonProfile, PlatformProfile
+from broadcaster.render.length import MastodonProfile, PlatformProfile, WeiboProfile
 
 #: Detail levels a template sees as `detail`: everything, without the description, headline only.
 FULL, COMPACT, HEADLINE = 2, 1, 0
@@ -72,7 +72,13 @@ def posts_for(
         spoiler = (channel.emergency_spoiler_text or None) if emergency else None
         if spoiler and isinstance(profile, MastodonProfile):
             profile = replace(profile, spoiler_text=spoiler)  # the content warning shares the limit
-    texts = post_texts(notice, languages, profile, render)
+    suffix = ""
+    if isinstance(channel, WeiboChannelConfig) and channel.link:
+        # Weibo refuses a share without a link on the app's safe domain: every part ends with it.
+        suffix = "\n" + channel.link
+        if isinstance(profile, WeiboProfile):
+            profile = replace(profile, limit=profile.limit - profile.count(suffix))
+    texts = [text + suffix for text in post_texts(notice, languages, profile, render)]
     target = reply_target(notice)
     return [
         Post(notice.id, notice.kind.value, text, languages[0], part=i, parts=len(texts), reply_to_notice=target,
