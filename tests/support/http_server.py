@@ -178,7 +178,9 @@ class LoopbackHttpServer:
         if self._thread is not None:
             raise RuntimeError("server already started")
         # Binding the socket ourselves means the port is known before uvicorn starts and nobody can take it.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP explicitly: with proto 0 asyncio skips TCP_NODELAY on accepted sockets, and Nagle's
+        # algorithm then holds each response for ~40 ms.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, 0))
         self._port = sock.getsockname()[1]
