@@ -135,6 +135,8 @@ def crash_loop(
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
         report.kills += 1
+    for platform in PLATFORMS:
+        server.clear_faults(platform)
     # A final, uninterrupted run delivers what is left.
     finished = subprocess.run(
         [sys.executable, "-m", "broadcaster", "--log-level", "warning", "once", "-c", str(config)],

@@ -797,6 +797,11 @@ class MicroblogServer:
         with self._lock:
             self._faults[platform].hangs.extend(_Hang(seconds, commit) for _ in range(count))
 
+    def clear_faults(self, platform: Platform) -> None:
+        """Forget every programmed fault, hang and reset of `platform`, and bring it back up."""
+        with self._lock:
+            self._faults[platform] = _PlatformFaults()
+
     def reset_connections(self, platform: Platform, count: int = 1) -> None:
         """Close the connection of the next `count` requests (after reading them) without any response."""
         with self._lock:
