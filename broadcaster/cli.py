@@ -1,4 +1,4 @@
-"""The `broadcaster` command: check, once, run, schemas.
+"""The `broadcaster` command: check, once, run, schemas, demo.
 
 Exit status: 0 success; 1 a run-time failure (a feed, the broker, the outbox); 2 a usage or configuration
 error, reported as one line naming the file, the key and the bad value.
@@ -92,6 +92,30 @@ def _cmd_schemas(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _speed(value: str) -> float:
+    try:
+        speed = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not 0 < speed <= 3600:
+        raise argparse.ArgumentTypeError(f"{value!r}: must be above 0 and at most 3600")
+    return speed
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from broadcaster.demo.app import DemoOptions, run_demo
+
+    for noisy in ("amqtt", "transitions", "websockets"):  # the embedded broker logs every connection at INFO
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    options = DemoOptions(host=args.host, port=args.port, speed=args.speed)
+    try:
+        return asyncio.run(run_demo(options, sys.stdout, hint=not args.no_browser_hint))
+    except OSError as exc:  # a port already taken, most likely
+        print(f"broadcaster: demo: cannot listen on {args.host} ports {args.port}-{args.port + 2}: "
+              f"{exc.strerror or exc} (choose others with --port)", file=sys.stderr)
+        return EXIT_FAILURE
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="broadcaster",
@@ -123,6 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(p)
     with_broker(p)
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("demo", help="run a simulated metro city, a broker, the broadcaster and a station display")
+    p.add_argument("--port", type=int, default=8080,
+                   help="web pages on PORT, MQTT on PORT+1, MQTT over WebSocket on PORT+2 "
+                        "(0: free ports; default 8080)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for a LAN)")
+    p.add_argument("--speed", type=_speed, default=30.0, help="simulated minutes per real minute (default 30)")
+    p.add_argument("--no-browser-hint", action="store_true", help="print only the URLs, without the how-to lines")
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("schemas", help="write the MQTT payloads' JSON Schemas into a folder")
     p.add_argument("directory", help="e.g. docs/schemas/mqtt")
