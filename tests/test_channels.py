@@ -164,6 +164,8 @@ async def test_long_chinese_and_mixed_notices_fit_every_platform_exactly(rig: Ri
         assert later.reply_parent.uri == earlier.uri
     link = [f for p in posts for f in p.facets if f["features"][0]["$type"].endswith("#link")]
     assert link, "the URL in the English text carries a link facet"
+    tags = [f["features"][0]["tag"] for p in posts for f in p.facets if f["features"][0]["$type"].endswith("#tag")]
+    assert tags == ["Line2"]
     statuses = server.mastodon_statuses()
     assert all(mastodon_length(s.text, s.spoiler_text) <= 500 for s in statuses)
     assert "https://metro.example/status/2" in "".join(s.text for s in statuses)
@@ -314,3 +316,27 @@ async def test_weibo_posts_carry_the_safe_domain_link_and_still_fit(rig: Rig, se
     assert len(statuses) >= 2  # the long headline was split, and every part carries the link
     assert all(s.text.endswith("\nhttps://metro.example/notices") for s in statuses)
     assert all(weibo_length(s.text) <= 140 for s in statuses)
+
+
+async def test_mastodon_limit_is_read_from_the_instance(rig: Rig, server: MicroblogServer) -> None:
+    server.mastodon_max_characters = 120
+    rig.serve_rt(alert({"zh": "2号线" + LONG_ZH, "en": "Line 2: signal fault, trains running slowly"}))
+    async with running(rig.config(channels=channels(server))) as b:
+        await poll_all(b)
+        await until(lambda: b.outbox.pending_count("mastodon") == 0, b)
+        assert ("mastodon", "parked") not in b.outbox.depth()
+    statuses = server.mastodon_statuses()
+    assert len(statuses) >= 2  # 120 characters cannot hold it: a thread, each part within the instance's limit
+    assert all(mastodon_length(s.text, s.spoiler_text) <= 120 for s in statuses)
+    assert all(later.in_reply_to_id == earlier.id for earlier, later in itertools.pairwise(statuses))
+
+
+async def test_weibo_repeat_content_without_an_earlier_attempt_is_parked(rig: Rig, server: MicroblogServer) -> None:
+    rig.serve_rt(alert(SIGNAL))
+    async with running(rig.config(channels=channels(server))) as b:
+        server.push_fault("weibo", 400, body={"error": "repeat content!", "error_code": 20019,
+                                              "request": "/2/statuses/share.json"})
+        await poll_all(b)
+        await until(lambda: b.outbox.pending_count("weibo") == 0, b)
+        assert b.outbox.depth()[("weibo", "parked")] == 1
+    assert server.weibo_statuses() == []
