@@ -49,7 +49,7 @@ from broadcaster.render.posts import FULL, posts_for
 from broadcaster.retained import RetainedPlanner, SequenceClock, serialise, with_envelope
 from broadcaster.scheduler import JobScheduler
 from broadcaster.state import NetworkState, StatePolicy, apply_snapshot
-from broadcaster.store import Database, FeedRecord, StateStore, load_feeds, save_feed
+from broadcaster.store import Database, FeedRecord, KeyValueStore, StateStore, load_feeds, save_feed
 
 log = logging.getLogger(__name__)
 
@@ -497,7 +497,10 @@ async def open_broadcaster(config: Config, *, clock: Clock | None = None) -> Asy
             )
             the_clock = clock or SystemClock()
             http = await stack.enter_async_context(HttpChannelClient(the_clock.now))
-            posting = [build_channel(config, i, http, the_clock.now) for i in range(len(config.channels))]
+            sessions = KeyValueStore(db, "session")
+            posting = [
+                build_channel(config, i, http, the_clock.now, sessions) for i in range(len(config.channels))
+            ]
             await _start_channels(posting)
             broadcaster = Broadcaster(
                 config, network, renderer, db, fetcher, link, posting=posting, clock=the_clock

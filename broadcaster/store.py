@@ -81,6 +81,8 @@ class Database:
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            # Owner-only: the database holds post texts before they are public, and platform sessions.
+            path.touch(mode=0o600, exist_ok=True)
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per tick.
             self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self.conn.execute("PRAGMA journal_mode=WAL")
@@ -125,6 +127,26 @@ class Database:
 
     def close(self) -> None:
         self.conn.close()
+
+
+class KeyValueStore:
+    """Small values that must survive a restart (a platform session, so a crash loop does not log in again
+    and again). They may be credentials: the database file is created readable by its owner only."""
+
+    def __init__(self, db: Database, namespace: str) -> None:
+        self.db = db
+        self.prefix = f"{namespace}:"
+
+    def get(self, key: str) -> str | None:
+        row = self.db.conn.execute("SELECT value FROM meta WHERE key = ?", (self.prefix + key,)).fetchone()
+        return str(row[0]) if row else None
+
+    def put(self, key: str, value: str | None) -> None:
+        with self.db.transaction() as conn:
+            if value is None:
+                conn.execute("DELETE FROM meta WHERE key = ?", (self.prefix + key,))
+            else:
+                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (self.prefix + key, value))
 
 
 # ------------------------------------------------------------------------------------------------------------

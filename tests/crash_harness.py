@@ -143,7 +143,12 @@ def crash_loop(
         env=env, capture_output=True, text=True, timeout=120, check=False,
     )
     if finished.returncode != 0:
-        raise RuntimeError(f"final 'once' failed: {finished.stderr[-2000:]}")
+        with sqlite3.connect(db) as conn:
+            stuck = conn.execute(
+                "SELECT channel, status, COUNT(*), MIN(next_attempt_at), MAX(attempts), MAX(error) FROM outbox"
+                " WHERE status != 'sent' GROUP BY channel, status"
+            ).fetchall()
+        raise RuntimeError(f"final 'once' failed: {finished.stderr[-2000:]}; not sent: {stuck}")
     return audit(db, server, report)
 
 

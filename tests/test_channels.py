@@ -340,3 +340,18 @@ async def test_weibo_repeat_content_without_an_earlier_attempt_is_parked(rig: Ri
         await until(lambda: b.outbox.pending_count("weibo") == 0, b)
         assert b.outbox.depth()[("weibo", "parked")] == 1
     assert server.weibo_statuses() == []
+
+
+async def test_a_restart_reuses_the_bluesky_session(rig: Rig, server: MicroblogServer) -> None:
+    config = rig.config(channels=channels(server))
+    rig.serve_rt(alert(SIGNAL))
+    async with running(config) as b:
+        await poll_all(b)
+        await until(lambda: len(server.bluesky_posts()) == 1, b)
+    server.expire_bluesky_tokens()  # the saved access token has expired meanwhile: refresh, do not log in
+    rig.serve_rt(alert({"zh": "信号故障，预计晚点15分钟", "en": "Signal fault, 15 min delays"}))
+    async with running(config) as b:
+        await poll_all(b)
+        await until(lambda: len(server.bluesky_posts()) == 2, b)
+    assert server.bluesky_login_count == 1  # createSession is limited to 30 per 5 minutes per account
+    assert (config.database_path.stat().st_mode & 0o777) == 0o600  # it holds the session

@@ -27,6 +27,7 @@ from broadcaster.config import BlueskyChannelConfig, Secret
 from broadcaster.errors import PermanentDeliveryError, TransientDeliveryError
 from broadcaster.outbox import OutboxEntry
 from broadcaster.render.length import URL_PATTERN, PlatformProfile, bluesky
+from broadcaster.store import KeyValueStore
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +72,11 @@ def _ref(remote_id: str) -> dict[str, str]:
 
 class BlueskyChannel:
     def __init__(
-        self, config: BlueskyChannelConfig, http: HttpChannelClient, password: Secret, clock: Callable[[], datetime]
+        self, config: BlueskyChannelConfig, http: HttpChannelClient, password: Secret, clock: Callable[[], datetime],
+        sessions: KeyValueStore | None = None,
     ) -> None:
         self.config = config
+        self.sessions = sessions
         self.http = http
         self._password = password
         self.clock = clock
@@ -93,7 +96,11 @@ class BlueskyChannel:
         return True
 
     async def start(self) -> None:
-        """Nothing to learn up front: the session is opened on first use."""
+        """Pick up the session a previous run left, so a restart (or a crash loop) needs no new login."""
+        saved = self.sessions.get(self.name) if self.sessions else None
+        if saved:
+            session = orjson.loads(saved)
+            self._access, self._refresh, self.did = session["access"], session["refresh"], session["did"]
 
     async def _xrpc(self, method: str, nsid: str, *, token: str | None = None, json: Any = None,
                     params: dict[str, str] | None = None) -> HttpReply:
@@ -113,6 +120,9 @@ class BlueskyChannel:
         self._access, self._refresh, self.did = body.get("accessJwt"), body.get("refreshJwt"), body.get("did")
         if not (self._access and self._refresh and self.did):
             raise PermanentDeliveryError(self.name, f"session answer without tokens: {reply.snippet()}")
+        if self.sessions is not None:
+            self.sessions.put(self.name, orjson.dumps(
+                {"access": self._access, "refresh": self._refresh, "did": self.did}).decode())
 
     async def _renew(self) -> None:
         """Refresh the session; log in again only if the refresh token is no longer accepted."""

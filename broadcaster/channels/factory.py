@@ -24,6 +24,7 @@ from broadcaster.config import (
     WeiboChannelConfig,
 )
 from broadcaster.errors import ConfigError
+from broadcaster.store import KeyValueStore
 
 
 def _secret(config: Config, index: int, key: str, ref: SecretRef) -> Secret:
@@ -38,7 +39,8 @@ def _secret(config: Config, index: int, key: str, ref: SecretRef) -> Secret:
 
 
 def build_channel(
-    config: Config, index: int, http: HttpChannelClient, clock: Callable[[], datetime]
+    config: Config, index: int, http: HttpChannelClient, clock: Callable[[], datetime],
+    sessions: KeyValueStore | None = None,
 ) -> PostingChannel:
     """The channel for `config.channels[index]`.
 
@@ -49,7 +51,7 @@ def build_channel(
     if isinstance(c, MastodonChannelConfig):
         return MastodonChannel(c, http, _secret(config, index, "token", c.token), clock)
     if isinstance(c, BlueskyChannelConfig):
-        return BlueskyChannel(c, http, _secret(config, index, "password", c.password), clock)
+        return BlueskyChannel(c, http, _secret(config, index, "password", c.password), clock, sessions)
     if isinstance(c, WeiboChannelConfig):
         return WeiboChannel(c, http, _secret(config, index, "access_token", c.access_token), clock)
     if isinstance(c, WebhookChannelConfig):
