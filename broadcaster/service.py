@@ -563,6 +563,33 @@ async def run_once(config: Config, *, drain_timeout: float = 30.0) -> int:
     return 1 if failures else 0
 
 
+async def serve(
+    b: Broadcaster, stop: asyncio.Event, *, grace: float = 10.0, on_started: Callable[[], None] | None = None
+) -> None:
+    """Run an open broadcaster until `stop`: the MQTT link, one drain loop per channel, one poll job per feed.
+
+    On stop: no new polls, in-flight sends finish (for at most `grace` seconds), then the link says offline.
+    `on_started` is called once everything runs (the demo's dashboard uses it).
+    """
+    scheduler = JobScheduler()
+    for feed in b.config.feeds:
+        scheduler.every(f"poll:{feed.name}", feed.poll_seconds, _poll_job(b, feed))
+    link_stop = asyncio.Event()
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(b.link.run(link_stop))
+        drains = [tg.create_task(b.drain_loop(ch, stop)) for ch in b.channels]
+        scheduler.start()
+        log.info("broadcaster running: %d feed(s), %d channel(s), MQTT %s",
+                 len(b.config.feeds), len(b.channels), b.config.mqtt.url)
+        if on_started is not None:
+            on_started()
+        await stop.wait()
+        log.info("stopping: finishing in-flight sends")
+        scheduler.shutdown()
+        await asyncio.wait(drains, timeout=grace)
+        link_stop.set()
+
+
 async def run_forever(config: Config, *, stop: asyncio.Event | None = None, grace: float = 10.0) -> int:
     """Run until SIGINT/SIGTERM (or `stop`): poll on schedule, publish, drain; then say offline and exit 0."""
     stop = stop or asyncio.Event()
@@ -570,24 +597,13 @@ async def run_forever(config: Config, *, stop: asyncio.Event | None = None, grac
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    async with open_broadcaster(config) as b:
-        scheduler = JobScheduler()
-        for feed in config.feeds:
-            scheduler.every(f"poll:{feed.name}", feed.poll_seconds, _poll_job(b, feed))
-        link_stop = asyncio.Event()
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(b.link.run(link_stop))
-            drains = [tg.create_task(b.drain_loop(ch, stop)) for ch in b.channels]
-            scheduler.start()
-            log.info("broadcaster running: %d feed(s), MQTT %s", len(config.feeds), config.mqtt.url)
-            await stop.wait()
-            log.info("stopping: finishing in-flight sends")
-            scheduler.shutdown()
-            await asyncio.wait(drains, timeout=grace)
-            link_stop.set()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.remove_signal_handler(sig)
+    try:
+        async with open_broadcaster(config) as b:
+            await serve(b, stop, grace=grace)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
     return 0
 
 

@@ -1,8 +1,8 @@
 """The broadcaster inside the demo: the pipeline `broadcaster run` runs, which the dashboard can stop and restart.
 
-It opens the pipeline with `open_broadcaster`, keeps the MQTT link, one drain loop per channel and one poll job
-per feed, like `service.run_forever`, but leaves signals to the demo (Ctrl-C stops the whole demo, the
-dashboard's button only the broadcaster) and keeps a handle on the running `Broadcaster` for the dashboard.
+It runs `service.serve`, exactly what `broadcaster run` runs, but leaves signals to the demo (Ctrl-C stops the
+whole demo, the dashboard's button only the broadcaster) and keeps a handle on the running `Broadcaster` for the
+dashboard.
 """
 
 from __future__ import annotations
@@ -10,24 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
 
-from broadcaster.config import Config, FeedConfig
+from broadcaster.config import Config
 from broadcaster.demo.recorder import PostLog, RecordingChannel
-from broadcaster.scheduler import JobScheduler
-from broadcaster.service import Broadcaster, open_broadcaster
+from broadcaster.service import Broadcaster, open_broadcaster, serve
 
 log = logging.getLogger(__name__)
-
-
-def _poll_job(b: Broadcaster, feed: FeedConfig) -> Callable[[], Awaitable[None]]:
-    async def poll() -> None:
-        try:
-            await b.poll(feed)
-        except Exception:
-            log.exception("poll of feed %r failed unexpectedly", feed.name)
-
-    return poll
 
 
 class PipelineRunner:
@@ -40,6 +28,7 @@ class PipelineRunner:
         self.broadcaster: Broadcaster | None = None
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._ready_task: asyncio.Task[None] | None = None
 
     @property
     def running(self) -> bool:
@@ -75,20 +64,16 @@ class PipelineRunner:
     async def _run(self, stop: asyncio.Event, ready: asyncio.Event) -> None:
         async with open_broadcaster(self.config) as b:
             b.channels[:] = [RecordingChannel(channel, self.posts) for channel in b.channels]
-            scheduler = JobScheduler()
-            for feed in self.config.feeds:
-                scheduler.every(f"poll:{feed.name}", feed.poll_seconds, _poll_job(b, feed))
-            link_stop = asyncio.Event()
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(b.link.run(link_stop))
-                drains = [tg.create_task(b.drain_loop(channel, stop)) for channel in b.channels]
-                scheduler.start()
-                self.broadcaster = b
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.config.mqtt.connect_timeout_seconds):
-                        await b.link.connected.wait()
-                ready.set()
-                await stop.wait()
-                scheduler.shutdown()
-                await asyncio.wait(drains, timeout=self.grace)
-                link_stop.set()
+            self.broadcaster = b
+
+            def started() -> None:
+                # Ready once connected (or after the connect timeout: the board then shows "unavailable").
+                async def when_connected() -> None:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.config.mqtt.connect_timeout_seconds):
+                            await b.link.connected.wait()
+                    ready.set()
+
+                self._ready_task = asyncio.create_task(when_connected())
+
+            await serve(b, stop, grace=self.grace, on_started=started)
