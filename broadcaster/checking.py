@@ -6,14 +6,14 @@ template that passes here sees exactly the variables it will see in service.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
-from broadcaster.compose import ComposePolicy, Notice, compose
+from broadcaster.compose import ComposePolicy, Notice, compose, compose_correction, compose_digest
 from broadcaster.config import Config, load_config
 from broadcaster.errors import TemplateProblem
 from broadcaster.feeds.network import load_network
@@ -30,6 +30,7 @@ from broadcaster.state import (
     LineStatus,
     LineStatusChange,
     LineStatusKind,
+    NetworkState,
     alert_version,
 )
 
@@ -94,7 +95,22 @@ def sample_changes(network: Network, now: datetime) -> list[Change]:
 
 def sample_notices(config: Config, network: Network, now: datetime) -> list[Notice]:
     policy = ComposePolicy(config.zone, config.network.languages)
-    notices = compose(sample_changes(network, now), network=network, now=now, policy=policy)
+    changes = sample_changes(network, now)
+    notices = compose(changes, network=network, now=now, policy=policy)
+    state = NetworkState()
+    for change in changes:  # a state with a disruption and a crowded station, for the digest
+        if isinstance(change, AlertChange) and change.kind is AlertChangeKind.NEW:
+            state = replace(state, alerts={change.record.alert.id: change.record})
+        elif isinstance(change, LineStatusChange) and change.after.kind is LineStatusKind.DELAYED:
+            state = replace(state, lines={**state.lines, change.line_id: change.after})
+        elif isinstance(change, CrowdingChange) and change.record.level.rank >= Occupancy.STANDING_ROOM_ONLY.rank:
+            state = replace(state, crowding={change.station_id: change.record})
+    notices.append(compose_digest(state, name="digest", network=network, slot=now, policy=policy))
+    notices.append(compose_correction(
+        "alert-sample-1",
+        {"zh": "此前通告有误：1号线运营正常。", "en": "The earlier notice was wrong: Line 1 runs normally."},
+        line_ids=tuple(network.lines)[:1], network=network, now=now, policy=policy,
+    ))
     return sorted(notices, key=lambda n: n.kind.value)  # compose orders by priority; a report reads better by kind
 
 

@@ -9,9 +9,10 @@ or out of heavy crowding.
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from types import MappingProxyType
 from zoneinfo import ZoneInfo
 
@@ -25,6 +26,7 @@ from broadcaster.state import (
     CrowdingRecord,
     LineStatusChange,
     LineStatusKind,
+    NetworkState,
 )
 from broadcaster.vocabulary import word
 
@@ -37,6 +39,8 @@ class NoticeKind(enum.StrEnum):
     ALERT_RESOLVED = "alert_resolved"
     LINE_STATUS = "line_status"
     CROWDING = "crowding"
+    DIGEST = "digest"
+    CORRECTION = "correction"
 
 
 class Priority(enum.IntEnum):
@@ -71,16 +75,28 @@ class Notice:
 
 
 @dataclass(frozen=True, slots=True)
+class EmergencyRule:
+    """What counts as an emergency (the config's `[emergency]`): it jumps the queue on every channel, skips
+    quiet windows and posting budgets, and shows prominently (content warning, a display's top line)."""
+
+    min_severity: Severity = Severity.SEVERE
+    effects: frozenset[str] = frozenset({"NO_SERVICE"})
+
+
+DEFAULT_EMERGENCY = EmergencyRule()
+
+
+@dataclass(frozen=True, slots=True)
 class ComposePolicy:
     timezone: ZoneInfo
     languages: tuple[str, ...] = ("zh", "en")
     #: A station crossing this crowding level (either way) is announced; below it only MQTT state changes.
     crowding_notice_level: Occupancy = Occupancy.CRUSHED_STANDING_ROOM_ONLY
+    emergency: EmergencyRule = DEFAULT_EMERGENCY
 
 
-def is_emergency(record: AlertRecord) -> bool:
-    """Severe alerts and suspensions jump the queue and skip quiet windows."""
-    return record.alert.severity >= Severity.SEVERE or record.alert.effect == "NO_SERVICE"
+def is_emergency(record: AlertRecord, rule: EmergencyRule = DEFAULT_EMERGENCY) -> bool:
+    return record.alert.severity >= rule.min_severity or record.alert.effect in rule.effects
 
 
 def _epoch(at: datetime) -> int:
@@ -139,14 +155,17 @@ def _until(record: AlertRecord, now: datetime, zone: ZoneInfo) -> str:
     return end.strftime("%H:%M") if end.date() == _local(now, zone).date() else end.strftime("%m-%d %H:%M")
 
 
-def _alert_notice(change: AlertChange, network: Network, now: datetime, policy: ComposePolicy) -> Notice:
+def _alert_notice(
+    change: AlertChange, network: Network, now: datetime, policy: ComposePolicy, corrected: bool = False
+) -> Notice:
     record = change.record
     alert = record.alert
     kind = {
         AlertChangeKind.NEW: NoticeKind.ALERT_NEW,
-        AlertChangeKind.UPDATED: NoticeKind.ALERT_UPDATED,
+        AlertChangeKind.UPDATED: NoticeKind.CORRECTION if corrected else NoticeKind.ALERT_UPDATED,
         AlertChangeKind.RESOLVED: NoticeKind.ALERT_RESOLVED,
     }[change.kind]
+    emergency = is_emergency(record, policy.emergency)
     line_ids = alert_lines(alert, network)
     contexts = _contexts(policy, now, lambda lang: {
         "alert_id": alert.id,
@@ -156,21 +175,26 @@ def _alert_notice(change: AlertChange, network: Network, now: datetime, policy: 
         "cause": word(alert.cause, lang),
         "effect": word(alert.effect, lang),
         "severity": word(alert.severity.name, lang),
-        "emergency": is_emergency(record),
+        "emergency": emergency,
         "lines": _line_names(network, line_ids, lang),
         "stations": _station_names(network, alert.station_ids, lang),
         "until": _until(record, now, policy.timezone),
+        "text": alert.header.get(lang, "en"),  # what a correction says
     })
     # The version names this statement: content hash for new/updated, plus when the alert's episode began, so
     # an identical alert that returns after being resolved is a new statement, not a duplicate key.
     version = f"{change.kind.value}-{record.version}-{_epoch(record.first_seen)}"
     if change.kind is AlertChangeKind.RESOLVED:
         version = f"resolved-{record.version}-{_epoch(record.first_seen)}"
+    if kind is NoticeKind.CORRECTION:
+        version = f"correction-{record.version}-{_epoch(now)}"
     return Notice(
         id=f"alert-{alert.id}",
         version=version,
         kind=kind,
-        priority=Priority.EMERGENCY if is_emergency(record) and kind != NoticeKind.ALERT_RESOLVED else Priority.NORMAL,
+        # Corrections go first too: a wrong notice left standing feeds the rumours this service exists to quell.
+        priority=(Priority.EMERGENCY if (emergency and kind != NoticeKind.ALERT_RESOLVED)
+                  or kind is NoticeKind.CORRECTION else Priority.NORMAL),
         issued_at=now,
         line_ids=line_ids,
         station_ids=alert.station_ids,
@@ -240,7 +264,7 @@ def _crowding_notice(
 
 def compose(
     changes: Sequence[Change], *, network: Network, now: datetime, policy: ComposePolicy,
-    trend_window: timedelta = timedelta(minutes=15),
+    corrected: frozenset[str] = frozenset(),
 ) -> list[Notice]:
     """The notices these changes deserve, emergencies first, in a stable order.
 
@@ -248,13 +272,14 @@ def compose(
         changes: from `state.apply_snapshot`.
         network: names for lines and stations.
         now: the tick's time; becomes the notices' `issued_at` and "as of" stamp.
-        policy: languages, timezone, what crowding is worth a notice.
+        policy: languages, timezone, what crowding is worth a notice, what is an emergency.
+        corrected: ids of alerts an operator just corrected: their UPDATED change is a correction notice.
     """
     notices: list[Notice] = []
     for change in changes:
         notice: Notice | None
         if isinstance(change, AlertChange):
-            notice = _alert_notice(change, network, now, policy)
+            notice = _alert_notice(change, network, now, policy, change.record.alert.id in corrected)
         elif isinstance(change, LineStatusChange):
             notice = _line_notice(change, network, now, policy)
         else:
@@ -263,3 +288,79 @@ def compose(
         if notice is not None:
             notices.append(notice)
     return sorted(notices, key=lambda n: (n.priority, n.id))
+
+
+def compose_correction(
+    notice_id: str, texts: Mapping[str, str], *, line_ids: Sequence[str], network: Network, now: datetime,
+    policy: ComposePolicy,
+) -> Notice:
+    """An operator's correction of any earlier notice: posted as a reply under it on every channel."""
+    fallback = next(iter(texts.values()), "")
+    contexts = _contexts(policy, now, lambda lang: {
+        "text": texts.get(lang) or texts.get("en") or fallback,
+        "lines": _line_names(network, line_ids, lang),
+        "corrects": notice_id,
+    })
+    return Notice(
+        id=notice_id, version=f"correction-{_epoch(now)}", kind=NoticeKind.CORRECTION, priority=Priority.EMERGENCY,
+        issued_at=now, line_ids=tuple(line_ids), station_ids=(), severity=Severity.WARNING, contexts=contexts,
+    )
+
+
+def digest_fingerprint(state: NetworkState, top_crowded: int) -> str:
+    """What a digest says, without its time: equal fingerprints mean an "on-change" channel skips the slot."""
+    lines = sorted((line_id, s.kind.value) for line_id, s in state.lines.items())
+    crowded = _most_crowded(state, top_crowded)
+    return hashlib.sha256(repr((lines, [(r.station_id, r.level.name) for r in crowded])).encode()).hexdigest()[:16]
+
+
+def _most_crowded(state: NetworkState, top: int) -> list[CrowdingRecord]:
+    ranked = [r for r in state.crowding.values() if r.level.rank >= Occupancy.STANDING_ROOM_ONLY.rank]
+    return sorted(ranked, key=lambda r: (-r.level.rank, -(r.percentage or 0), r.station_id))[:top]
+
+
+def compose_digest(
+    state: NetworkState, *, name: str, network: Network, slot: datetime, policy: ComposePolicy, top_crowded: int = 3
+) -> Notice:
+    """The network-wide summary for one digest slot: every line's status and the most crowded stations.
+
+    Its version is the slot, so a slot posts once whatever happens, and its "as of HH:MM" differs from the
+    previous slot's, so consecutive digests are never identical (platforms refuse repeats).
+    """
+    crowded = _most_crowded(state, top_crowded)
+    disrupted = [line_id for line_id in network.lines if state.line_status(line_id).kind is not LineStatusKind.NORMAL]
+
+    def variables(lang: str) -> dict[str, object]:
+        return {
+            "lines": [
+                {"name": _line_names(network, [line_id], lang)[0], "status": word(state.line_status(line_id).kind.value,
+                 lang), "status_code": state.line_status(line_id).kind.value}
+                for line_id in network.lines
+            ],
+            "disrupted": [
+                {"name": _line_names(network, [line_id], lang)[0],
+                 "status": word(state.line_status(line_id).kind.value, lang),
+                 "reason": _reason(state, line_id, lang)}
+                for line_id in disrupted
+            ],
+            "all_normal": not disrupted,
+            "crowded": [
+                {"name": _station_names(network, [r.station_id], lang)[0], "level": word(r.level.name, lang),
+                 "percentage": r.percentage}
+                for r in crowded
+            ],
+        }
+
+    return Notice(
+        id=f"digest-{name}", version=slot.astimezone(policy.timezone).strftime("%Y-%m-%dT%H:%M"),
+        kind=NoticeKind.DIGEST, priority=Priority.ROUTINE, issued_at=slot, line_ids=tuple(disrupted),
+        station_ids=tuple(r.station_id for r in crowded), severity=Severity.INFO,
+        contexts=_contexts(policy, slot, variables),
+    )
+
+
+def _reason(state: NetworkState, line_id: str, lang: str) -> str:
+    status = state.line_status(line_id)
+    if status.alert_ids and status.alert_ids[0] in state.alerts:
+        return state.alerts[status.alert_ids[0]].alert.header.get(lang, "en")
+    return ""

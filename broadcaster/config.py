@@ -165,8 +165,24 @@ class TemplatesConfig(_Section):
     directory: Path | None = None
 
 
-NoticeKindName = Literal["alert_new", "alert_updated", "alert_resolved", "line_status", "crowding"]
-NOTICE_KINDS: tuple[NoticeKindName, ...] = ("alert_new", "alert_updated", "alert_resolved", "line_status", "crowding")
+NoticeKindName = Literal[
+    "alert_new", "alert_updated", "alert_resolved", "line_status", "crowding", "digest", "correction"
+]
+NOTICE_KINDS: tuple[NoticeKindName, ...] = (
+    "alert_new", "alert_updated", "alert_resolved", "line_status", "crowding", "digest", "correction"
+)
+
+
+class QuietWindow(_Section):
+    """Local times between which a channel posts nothing routine (emergencies still go)."""
+
+    start: time
+    end: time
+
+    def contains(self, at: time) -> bool:
+        if self.start <= self.end:
+            return self.start <= at < self.end
+        return at >= self.start or at < self.end
 ChannelName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
 
 
@@ -188,6 +204,13 @@ class _ChannelBase(_Section):
     timeout_seconds: PositiveSeconds = 15
     #: The account's posting budget; None: the platform's published limits (docs/channels.md).
     budget: tuple[BudgetLimit, ...] | None = None
+    #: Digests: "always" posts every slot (a heartbeat); "on-change" skips a slot when nothing changed.
+    digest_mode: Literal["always", "on-change"] = "on-change"
+    #: No routine posts outside service hours (digests are skipped, other notices wait for the morning);
+    #: emergencies still go.
+    quiet_outside_service_hours: bool = False
+    #: More quiet windows, local time.
+    quiet: tuple[QuietWindow, ...] = ()
 
 
 class MastodonChannelConfig(_ChannelBase):
@@ -240,6 +263,35 @@ ChannelConfig = Annotated[
 ]
 
 
+class DigestConfig(_Section):
+    """A scheduled network-wide summary."""
+
+    name: ChannelName = "digest"
+    #: Standard five-field cron, in the config's timezone; slots outside service hours are skipped.
+    cron: str = "*/15 * * * *"
+    #: Channel names; empty: every channel.
+    channels: tuple[str, ...] = ()
+    #: The template base name ({template}.{language}.j2).
+    template: Annotated[str, Field(pattern=r"^[a-z0-9_]+$")] = "digest"
+    #: How many of the most crowded stations to list.
+    top_crowded: Annotated[int, Field(ge=0, le=20)] = 3
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, cron: str) -> str:
+        from broadcaster.scheduler import validate_cron
+
+        validate_cron(cron)
+        return cron
+
+
+class EmergencyConfig(_Section):
+    """What jumps the queue and skips quiet windows, on every channel."""
+
+    min_severity: Literal["INFO", "WARNING", "SEVERE"] = "SEVERE"
+    effects: tuple[str, ...] = ("NO_SERVICE",)
+
+
 class Config(_Section):
     config_version: Literal[1] = 1
     timezone: str = "Asia/Shanghai"
@@ -250,6 +302,8 @@ class Config(_Section):
     mqtt: MqttConfig = MqttConfig()
     templates: TemplatesConfig = TemplatesConfig()
     channels: tuple[ChannelConfig, ...] = ()
+    digests: tuple[DigestConfig, ...] = ()
+    emergency: EmergencyConfig = EmergencyConfig()
     #: The file this was read from; set by `load_config`, not by the operator.
     source: Path = Field(default=Path("<memory>"), exclude=True)
 
@@ -272,6 +326,15 @@ class Config(_Section):
             if names.count(name) > 1:
                 raise ValueError(f"channel name {name!r} is used twice")
         return channels
+
+    @model_validator(mode="after")
+    def _digest_channels_exist(self) -> Config:
+        names = {c.name for c in self.channels}
+        for digest in self.digests:
+            for name in digest.channels:
+                if name not in names and name != "mqtt":
+                    raise ValueError(f"digest {digest.name!r} names channel {name!r}, which is not configured")
+        return self
 
     @field_validator("feeds")
     @classmethod

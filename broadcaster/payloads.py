@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from broadcaster import __version__
-from broadcaster.compose import Notice, Priority, alert_lines, is_emergency
+from broadcaster.compose import DEFAULT_EMERGENCY, EmergencyRule, Notice, Priority, alert_lines, is_emergency
 from broadcaster.contract import (
     SCHEMA_ALERT,
     SCHEMA_CROWDING,
@@ -59,7 +59,11 @@ def station_ref(station: Station | None, station_id: str, languages: tuple[str, 
 class PayloadBuilder:
     """Turns the state into retained items, and notices into notice payloads, for one network."""
 
-    def __init__(self, network: Network, topics: Topics, languages: tuple[str, ...], policy: StatePolicy) -> None:
+    def __init__(
+        self, network: Network, topics: Topics, languages: tuple[str, ...], policy: StatePolicy,
+        emergency: EmergencyRule = DEFAULT_EMERGENCY,
+    ) -> None:
+        self.emergency = emergency
         self.network = network
         self.topics = topics
         self.languages = languages
@@ -102,7 +106,7 @@ class PayloadBuilder:
             for station_id in touched:
                 out.setdefault(station_id, []).append(record)
         for records in out.values():
-            records.sort(key=lambda r: (not is_emergency(r), -int(r.alert.severity), r.alert.id))
+            records.sort(key=lambda r: (not is_emergency(r, self.emergency), -int(r.alert.severity), r.alert.id))
         return out
 
     def line_status(self, state: NetworkState, line: Line, as_of: str | None) -> Body:
@@ -137,7 +141,7 @@ class PayloadBuilder:
             "alert_id": a.id,
             "version": record.version,
             "severity": a.severity.name,
-            "emergency": is_emergency(record),
+            "emergency": is_emergency(record, self.emergency),
             "cause": a.cause,
             "effect": a.effect,
             "effect_text": words(a.effect, self.languages),
@@ -207,8 +211,9 @@ class PayloadBuilder:
             "lines": lines,
             "alerts": [
                 {
-                    "alert_id": r.alert.id, "severity": r.alert.severity.name, "emergency": is_emergency(r),
-                    "effect": r.alert.effect, "header": texts(r.alert.header, langs),
+                    "alert_id": r.alert.id, "severity": r.alert.severity.name,
+                    "emergency": is_emergency(r, self.emergency), "effect": r.alert.effect,
+                    "header": texts(r.alert.header, langs),
                 }
                 for r in alerts
             ],

@@ -10,14 +10,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import MappingProxyType
 from typing import IO, Protocol
+
+import orjson
 
 from broadcaster import __version__
 from broadcaster.budget import allowance, budget_for, merge, mergeable
@@ -25,8 +30,16 @@ from broadcaster.channels.base import NoticeChannel, Post, PostingChannel, Threa
 from broadcaster.channels.factory import build_channel
 from broadcaster.channels.http import HttpChannelClient
 from broadcaster.channels.mqtt import MqttLink, MqttNoticeChannel
-from broadcaster.compose import ComposePolicy, Notice, compose
-from broadcaster.config import ChannelConfig, Config, FeedConfig
+from broadcaster.compose import (
+    ComposePolicy,
+    EmergencyRule,
+    Notice,
+    compose,
+    compose_correction,
+    compose_digest,
+    digest_fingerprint,
+)
+from broadcaster.config import ChannelConfig, Config, DigestConfig, FeedConfig
 from broadcaster.contract import Topics
 from broadcaster.errors import (
     BroadcasterError,
@@ -41,15 +54,33 @@ from broadcaster.feeds.freshness import check_freshness
 from broadcaster.feeds.gtfs_rt import parse_gtfs_rt
 from broadcaster.feeds.network import load_network
 from broadcaster.feeds.passenger_flow import parse_passenger_flow
-from broadcaster.model import FeedSnapshot, Network
+from broadcaster.model import (
+    ActivePeriod,
+    Alert,
+    FeedSnapshot,
+    InformedEntity,
+    LocalizedText,
+    Network,
+    Severity,
+)
 from broadcaster.outbox import PENDING, SENT, Outbox, OutboxEntry, OutgoingMessage
 from broadcaster.payloads import PayloadBuilder
 from broadcaster.render import Renderer
 from broadcaster.render.posts import FULL, posts_for
 from broadcaster.retained import RetainedPlanner, SequenceClock, serialise, with_envelope
 from broadcaster.scheduler import JobScheduler
-from broadcaster.state import NetworkState, StatePolicy, apply_snapshot
-from broadcaster.store import Database, FeedRecord, KeyValueStore, StateStore, load_feeds, save_feed
+from broadcaster.state import NetworkState, StatePolicy, Transition, apply_snapshot
+from broadcaster.store import (
+    Database,
+    FeedRecord,
+    KeyValueStore,
+    StateStore,
+    decode_alert,
+    encode_alert,
+    iso,
+    load_feeds,
+    save_feed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +113,43 @@ def fallback_text(notice: Notice, language: str) -> str:
         if isinstance(value, str) and value:
             return f"{value} ({ctx.get('as_of', '')})"
     return f"{notice.kind.value} ({ctx.get('as_of', '')})"
+
+
+OPERATOR_FEED = "operator"
+
+
+def emergency_rule(config: Config) -> EmergencyRule:
+    return EmergencyRule(Severity[config.emergency.min_severity], frozenset(config.emergency.effects))
+
+
+def _ended(alert: Alert, now: datetime) -> bool:
+    return bool(alert.active_periods) and all(p.end is not None and p.end <= now for p in alert.active_periods)
+
+
+@dataclass(frozen=True, slots=True)
+class ManualNotice:
+    """An operator's notice (`broadcaster announce`, the admin API)."""
+
+    texts: Mapping[str, str]  # language -> text
+    line_ids: tuple[str, ...] = ()
+    station_ids: tuple[str, ...] = ()
+    severity: Severity = Severity.WARNING
+    effect: str = "OTHER_EFFECT"
+    until: datetime | None = None
+    author: str = "operator"
+
+    def as_alert(self, now: datetime) -> Alert:
+        digest = hashlib.sha256(orjson.dumps(
+            [sorted(self.texts.items()), self.line_ids, self.station_ids, iso(now)])).hexdigest()[:10]
+        informed = tuple(InformedEntity(line_id=line) for line in self.line_ids) + tuple(
+            InformedEntity(station_id=station) for station in self.station_ids
+        )
+        return Alert(
+            id=f"manual-{digest}", cause="OTHER_CAUSE", effect=self.effect, severity=self.severity,
+            header=LocalizedText(MappingProxyType(dict(self.texts))), description=LocalizedText(),
+            url=LocalizedText(), informed=informed,
+            active_periods=(ActivePeriod(now, self.until),) if self.until else (),
+        )
 
 
 class InstanceLock:
@@ -146,7 +214,7 @@ class Broadcaster:
         self.link = link
         self.clock = clock or SystemClock()
         self.policy = state_policy(config)
-        self.compose_policy = ComposePolicy(config.zone, config.network.languages)
+        self.compose_policy = ComposePolicy(config.zone, config.network.languages, emergency=emergency_rule(config))
         self.topics = Topics(config.mqtt.topic_prefix)
         self.seq = SequenceClock()
         self.store = StateStore(db)
@@ -156,7 +224,8 @@ class Broadcaster:
         ttl = timedelta(seconds=config.mqtt.retained_ttl_seconds)
         self.planner = RetainedPlanner(ttl, config.mqtt.max_payload_bytes, self.seq)
         self.planner.load(db.conn)
-        self.builder = PayloadBuilder(network, self.topics, config.network.languages, self.policy)
+        self.builder = PayloadBuilder(network, self.topics, config.network.languages, self.policy,
+                                      emergency=emergency_rule(config))
         self.posting: list[tuple[PostingChannel, ChannelConfig]] = list(
             zip(posting or (), config.channels, strict=True)
         )
@@ -164,6 +233,12 @@ class Broadcaster:
         self._wake = {ch.name: asyncio.Event() for ch in self.channels}
         self._drain_locks = {ch.name: asyncio.Lock() for ch in self.channels}
         self.budgets = {c.name: budget_for(c) for c in config.channels}
+        self.channel_configs: dict[str, ChannelConfig] = {c.name: c for c in config.channels}
+        self.operator_alerts: dict[str, Alert] = {}
+        self.corrections: dict[str, LocalizedText] = {}
+        self._load_operator()
+        marks = db.conn.execute("SELECT value FROM meta WHERE key = 'operator:digests'").fetchone()
+        self.digest_marks: dict[str, str] = orjson.loads(marks[0]) if marks else {}
         self._state_lock = asyncio.Lock()
         self._publish_lock = asyncio.Lock()
 
@@ -235,28 +310,224 @@ class Broadcaster:
             more = f" (+{len(snapshot.problems) - 3} more)" if len(snapshot.problems) > 3 else ""
             log.warning("feed %r: skipped %d entit(ies): %s%s", feed.name, len(snapshot.problems), shown, more)
         good = replace(good, feed_timestamp=snapshot.timestamp)
-        async with self._state_lock:
-            transition = apply_snapshot(self.state, snapshot, network=self.network, now=now, policy=self.policy)
-            notices = compose(transition.changes, network=self.network, now=now, policy=self.compose_policy)
-            messages = [m for n in notices for m in self._messages(n)]
-            try:
-                with self.db.transaction() as conn:
-                    self.store.save(conn, transition.state)
-                    Outbox.enqueue(conn, messages, now)
-                    save_feed(conn, good)
-            except StoreError as exc:
-                # Nothing was committed: the state stays as it was and the next poll tries again.
-                log.error("feed %r: could not commit this tick: %s", feed.name, exc)
-                return PollOutcome(feed.name, False, error=str(exc))
-            self.store.committed()
-            self.state = transition.state
-            self.feeds[feed.name] = good
+        try:
+            transition, notices = await self._advance(
+                self._with_corrections(snapshot), now, on_commit=lambda conn: save_feed(conn, good)
+            )
+        except StoreError as exc:
+            # Nothing was committed: the state stays as it was and the next poll tries again.
+            log.error("feed %r: could not commit this tick: %s", feed.name, exc)
+            return PollOutcome(feed.name, False, error=str(exc))
+        self.feeds[feed.name] = good
         if transition.changes:
             log.info("feed %r: %d change(s), %d notice(s)", feed.name, len(transition.changes), len(notices))
+        return PollOutcome(feed.name, True, len(transition.changes), len(notices))
+
+    async def _advance(
+        self,
+        snapshot: FeedSnapshot,
+        now: datetime,
+        *,
+        corrected: frozenset[str] = frozenset(),
+        extra_notices: Sequence[Notice] = (),
+        on_commit: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> tuple[Transition, list[Notice]]:
+        """The one path from a snapshot to the outbox: diff, compose, render, then commit the new state, the
+        notices and whatever `on_commit` writes in one transaction; then wake the channels and publish state.
+
+        Raises:
+            StoreError: nothing was committed.
+        """
+        async with self._state_lock:
+            transition = apply_snapshot(self.state, snapshot, network=self.network, now=now, policy=self.policy)
+            notices = compose(
+                transition.changes, network=self.network, now=now, policy=self.compose_policy, corrected=corrected
+            ) + list(extra_notices)
+            messages = [m for n in notices for m in self._messages(n)]
+            with self.db.transaction() as conn:
+                self.store.save(conn, transition.state)
+                Outbox.enqueue(conn, messages, now)
+                if on_commit is not None:
+                    on_commit(conn)
+            self.store.committed()
+            self.state = transition.state
         if messages:
             self.wake()
         await self.publish_retained()
-        return PollOutcome(feed.name, True, len(transition.changes), len(notices))
+        return transition, notices
+
+    # -- the operator's desk: manual notices, corrections, digests -------------------------------------------
+
+    def _operator_snapshot(self, now: datetime) -> FeedSnapshot:
+        return FeedSnapshot(OPERATOR_FEED, now, alerts=tuple(self.operator_alerts.values()))
+
+    def _with_corrections(self, snapshot: FeedSnapshot) -> FeedSnapshot:
+        """A feed's alerts with the operator's corrections applied, so the next poll does not undo them."""
+        if not self.corrections or not snapshot.alerts:
+            return snapshot
+        alerts = tuple(
+            replace(a, header=self.corrections[a.id]) if a.id in self.corrections else a for a in snapshot.alerts
+        )
+        return replace(snapshot, alerts=alerts)
+
+    async def announce(self, notice: ManualNotice) -> str:
+        """Publish an operator's notice through the pipeline; returns its notice id once it is committed.
+
+        It becomes an alert of the `operator` feed: retained on its lines' alert topics and station displays,
+        posted on every channel, resolved when `until` passes (or by `withdraw`).
+        """
+        now = self.clock.now()
+        alert = notice.as_alert(now)
+        alerts = {**self.operator_alerts, alert.id: alert}
+        await self._advance(
+            FeedSnapshot(OPERATOR_FEED, now, alerts=tuple(alerts.values())), now,
+            on_commit=lambda conn: self._save_operator(conn, alerts),
+        )
+        self.operator_alerts = alerts
+        self.audit("announce", notice.author, alert.id, dict(notice.texts))
+        return f"alert-{alert.id}"
+
+    async def expire_operator_notices(self) -> None:
+        """Resolve operator notices whose `until` has passed (a scheduler job)."""
+        now = self.clock.now()
+        ended = {k for k, a in self.operator_alerts.items() if not a.is_active(now) and _ended(a, now)}
+        if not ended and not any(r.feed == OPERATOR_FEED and r.alert.id not in self.operator_alerts
+                                 for r in self.state.alerts.values()):
+            return
+        alerts = {k: a for k, a in self.operator_alerts.items() if k not in ended}
+        # An alert that ended resolves at once; one withdrawn needs `resolve_after_missing` snapshots.
+        for _ in range(self.policy.resolve_after_missing):
+            await self._advance(FeedSnapshot(OPERATOR_FEED, now, alerts=tuple(alerts.values())), now,
+                                on_commit=lambda conn: self._save_operator(conn, alerts))
+            if not any(r.feed == OPERATOR_FEED and r.alert.id not in alerts for r in self.state.alerts.values()):
+                break
+        self.operator_alerts = alerts
+
+    async def correct(self, notice_id: str, texts: Mapping[str, str], *, author: str = "operator") -> str:
+        """Correct an earlier notice everywhere it went; returns the correction's version once committed.
+
+        For an active alert (from a feed or the operator) the alert itself is corrected: its retained MQTT
+        state is replaced, and the correction is posted as a reply under the alert's first post on every
+        channel; later polls keep the correction. For any other notice the correction is posted as a reply.
+        """
+        now = self.clock.now()
+        alert_id = notice_id.removeprefix("alert-")
+        header = LocalizedText(MappingProxyType(dict(texts)))
+        record = self.state.alerts.get(alert_id) if notice_id.startswith("alert-") else None
+        if record is not None:
+            corrected = replace(record.alert, header=header)
+            if record.feed == OPERATOR_FEED:
+                alerts = {**self.operator_alerts, alert_id: corrected}
+                snapshot = FeedSnapshot(OPERATOR_FEED, now, alerts=tuple(alerts.values()))
+                self.operator_alerts = alerts
+            else:
+                # Re-apply the alert's feed as we last saw it, with the correction: only this alert changes.
+                others = tuple(r.alert for r in self.state.alerts.values() if r.feed == record.feed)
+                snapshot = FeedSnapshot(record.feed, self.state.as_of or now,
+                                        alerts=tuple(corrected if a.id == alert_id else a for a in others))
+            corrections = {**self.corrections, alert_id: header}
+            _, notices = await self._advance(
+                snapshot, now, corrected=frozenset({alert_id}),
+                on_commit=lambda conn: self._save_corrections(conn, corrections),
+            )
+            self.corrections = corrections
+            version = next((n.version for n in notices if n.id == notice_id), "")
+        else:
+            line_ids = self._lines_of_notice(notice_id)
+            correction = compose_correction(notice_id, texts, line_ids=line_ids, network=self.network, now=now,
+                                            policy=self.compose_policy)
+            await self._advance(FeedSnapshot(OPERATOR_FEED, now), now, extra_notices=[correction])
+            version = correction.version
+        self.audit("correct", author, notice_id, dict(texts))
+        return version
+
+    def _lines_of_notice(self, notice_id: str) -> tuple[str, ...]:
+        row = self.db.conn.execute(
+            "SELECT payload FROM outbox WHERE notice_id = ? AND channel = ? ORDER BY created_at DESC LIMIT 1",
+            (notice_id, MqttNoticeChannel.name),
+        ).fetchone()
+        if row is None:
+            return ()
+        try:
+            return tuple(orjson.loads(bytes(row[0])).get("lines", ()))
+        except orjson.JSONDecodeError:
+            return ()
+
+    def _save_operator(self, conn: sqlite3.Connection, alerts: Mapping[str, Alert]) -> None:
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('operator:alerts', ?)",
+                     (orjson.dumps([encode_alert(a) for a in alerts.values()]).decode(),))
+
+    def _save_corrections(self, conn: sqlite3.Connection, corrections: Mapping[str, LocalizedText]) -> None:
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('operator:corrections', ?)",
+                     (orjson.dumps({k: v.as_dict() for k, v in corrections.items()}).decode(),))
+
+    def _load_operator(self) -> None:
+        kv = dict(self.db.conn.execute(
+            "SELECT key, value FROM meta WHERE key IN ('operator:alerts', 'operator:corrections')"
+        ).fetchall())
+        alerts = [decode_alert(d) for d in orjson.loads(kv.get("operator:alerts", "[]"))]
+        self.operator_alerts = {a.id: a for a in alerts}
+        self.corrections = {
+            k: LocalizedText(MappingProxyType(v)) for k, v in orjson.loads(kv.get("operator:corrections", "{}")).items()
+        }
+
+    def in_quiet(self, channel: ChannelConfig, at: datetime) -> bool:
+        local = at.astimezone(self.config.zone).time()
+        if channel.quiet_outside_service_hours and not self.config.service_hours.contains(local):
+            return True
+        return any(window.contains(local) for window in channel.quiet)
+
+    def quiet_until(self, channel: ChannelConfig, at: datetime) -> datetime:
+        """The first minute after `at` that is outside every quiet window of `channel`."""
+        probe = at.replace(second=0, microsecond=0) + timedelta(minutes=1)
+        for _ in range(24 * 60):
+            if not self.in_quiet(channel, probe):
+                return probe
+            probe += timedelta(minutes=1)
+        return probe  # quiet all day: try again tomorrow
+
+    async def digest(self, digest: DigestConfig, slot: datetime | None = None) -> list[str]:
+        """Post one digest slot on the channels it names; returns the channels it was queued for.
+
+        Skipped outside service hours; per channel, skipped in a quiet window, and for an "on-change" channel
+        when nothing changed since its last digest.
+        """
+        slot = slot or self.clock.now()
+        if not self.config.service_hours.contains(slot.astimezone(self.config.zone).time()):
+            return []
+        notice = compose_digest(self.state, name=digest.name, network=self.network, slot=slot,
+                                policy=self.compose_policy, top_crowded=digest.top_crowded)
+        fingerprint = digest_fingerprint(self.state, digest.top_crowded)
+        wanted = set(digest.channels) or {c.name for c in self.config.channels} | {MqttNoticeChannel.name}
+        targets: list[str] = []
+        for name in sorted(wanted):
+            config = next((c for c in self.config.channels if c.name == name), None)
+            if config is not None:
+                if self.in_quiet(config, slot):
+                    continue
+                if config.digest_mode == "on-change" and self.digest_marks.get(f"{digest.name}:{name}") == fingerprint:
+                    continue
+            targets.append(name)
+        if not targets:
+            return []
+        messages = [m for m in self._messages(notice) if m.channel in targets]
+        marks = {**self.digest_marks, **{f"{digest.name}:{name}": fingerprint for name in targets}}
+        async with self._state_lock:
+            with self.db.transaction() as conn:
+                Outbox.enqueue(conn, messages, slot)
+                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('operator:digests', ?)",
+                             (orjson.dumps(marks).decode(),))
+        self.digest_marks = marks
+        self.wake()
+        return targets
+
+    def audit(self, action: str, author: str, subject: str, detail: Mapping[str, object]) -> None:
+        """One line per operator action in the state directory's audit log (who, what, when), and the log."""
+        line = orjson.dumps({"at": iso(self.clock.now()), "action": action, "author": author, "subject": subject,
+                             "detail": detail})
+        with (self.config.state.directory / "audit.log").open("ab") as handle:
+            handle.write(line + b"\n")
+        log.info("operator %s by %s: %s", action, author, subject)
 
     def render_text(self, notice: Notice, language: str, detail: int = FULL) -> str:
         """The notice's text in one language at one detail level, falling back rather than failing."""
@@ -404,7 +675,15 @@ class Broadcaster:
                 log.warning("%s: posting budget spent; %d post(s) wait until %s (emergencies still go)",
                             channel.name, held, room.next_slot_at.isoformat(timespec="seconds"))
 
+    def _apply_quiet(self, channel: NoticeChannel) -> None:
+        """In a quiet window, routine and normal posts wait for its end; emergencies go."""
+        config = self.channel_configs.get(channel.name)
+        now = self.clock.now()
+        if config is not None and self.in_quiet(config, now):
+            self.outbox.hold(channel.name, self.quiet_until(config, now))
+
     async def _drain_due(self, channel: NoticeChannel) -> int:
+        self._apply_quiet(channel)
         self._apply_budget(channel)
         sent = 0
         while channel.ready:
@@ -574,6 +853,9 @@ async def serve(
     scheduler = JobScheduler()
     for feed in b.config.feeds:
         scheduler.every(f"poll:{feed.name}", feed.poll_seconds, _poll_job(b, feed))
+    for digest in b.config.digests:
+        scheduler.on_cron(f"digest:{digest.name}", digest.cron, b.config.zone, _guarded(b.digest, digest))
+    scheduler.every("operator:expire", 60, _guarded(b.expire_operator_notices), now=False)
     link_stop = asyncio.Event()
     async with asyncio.TaskGroup() as tg:
         tg.create_task(b.link.run(link_stop))
@@ -605,6 +887,18 @@ async def run_forever(config: Config, *, stop: asyncio.Event | None = None, grac
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
     return 0
+
+
+def _guarded(job: Callable[..., Awaitable[object]], *args: object) -> Callable[[], Awaitable[None]]:
+    """A scheduler job that logs instead of raising, so one bad run never stops the schedule."""
+
+    async def run() -> None:
+        try:
+            await job(*args)
+        except Exception:
+            log.exception("scheduled job %s failed", getattr(job, "__name__", job))
+
+    return run
 
 
 def _poll_job(b: Broadcaster, feed: FeedConfig) -> Callable[[], Awaitable[None]]:

@@ -216,28 +216,34 @@ def _opt_dt(text: str | None) -> datetime | None:
     return from_iso(text) if text else None
 
 
-def encode_alert_record(r: AlertRecord) -> dict[str, Any]:
-    a = r.alert
+def encode_alert(a: Alert) -> dict[str, Any]:
     return {
-        "alert": {
-            "id": a.id, "cause": a.cause, "effect": a.effect, "severity": int(a.severity),
-            "header": _text(a.header), "description": _text(a.description), "url": _text(a.url),
-            "informed": [[e.line_id, e.station_id, e.direction_id, e.trip_id] for e in a.informed],
-            "periods": [[_opt_iso(p.start), _opt_iso(p.end)] for p in a.active_periods],
-        },
+        "id": a.id, "cause": a.cause, "effect": a.effect, "severity": int(a.severity),
+        "header": _text(a.header), "description": _text(a.description), "url": _text(a.url),
+        "informed": [[e.line_id, e.station_id, e.direction_id, e.trip_id] for e in a.informed],
+        "periods": [[_opt_iso(p.start), _opt_iso(p.end)] for p in a.active_periods],
+    }
+
+
+def decode_alert(a: Mapping[str, Any]) -> Alert:
+    return Alert(
+        id=a["id"], cause=a["cause"], effect=a["effect"], severity=Severity(a["severity"]),
+        header=_untext(a["header"]), description=_untext(a["description"]), url=_untext(a["url"]),
+        informed=tuple(InformedEntity(*e) for e in a["informed"]),
+        active_periods=tuple(ActivePeriod(_opt_dt(s), _opt_dt(e)) for s, e in a["periods"]),
+    )
+
+
+def encode_alert_record(r: AlertRecord) -> dict[str, Any]:
+    return {
+        "alert": encode_alert(r.alert),
         "version": r.version, "feed": r.feed, "first_seen": iso(r.first_seen),
         "updated_at": iso(r.updated_at), "missing": r.missing,
     }
 
 
 def decode_alert_record(d: Mapping[str, Any]) -> AlertRecord:
-    a = d["alert"]
-    alert = Alert(
-        id=a["id"], cause=a["cause"], effect=a["effect"], severity=Severity(a["severity"]),
-        header=_untext(a["header"]), description=_untext(a["description"]), url=_untext(a["url"]),
-        informed=tuple(InformedEntity(*e) for e in a["informed"]),
-        active_periods=tuple(ActivePeriod(_opt_dt(s), _opt_dt(e)) for s, e in a["periods"]),
-    )
+    alert = decode_alert(d["alert"])
     return AlertRecord(
         alert, d["version"], d["feed"], from_iso(d["first_seen"]), from_iso(d["updated_at"]), d["missing"]
     )

@@ -95,10 +95,10 @@ def test_missing_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_check_renders_every_template_of_the_example(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "-c", str(EXAMPLE)]) == 0
     out = capsys.readouterr().out
-    for kind in ("alert_new", "alert_updated", "alert_resolved", "line_status", "crowding"):
+    for kind in ("alert_new", "alert_updated", "alert_resolved", "line_status", "crowding", "digest", "correction"):
         assert f"--- {kind} [zh]" in out
         assert f"--- {kind} [en]" in out
-    assert "14 sample posts rendered: OK" in out
+    assert "18 sample posts rendered: OK" in out
 
 
 def test_check_reports_a_broken_operator_template_with_file_and_line(

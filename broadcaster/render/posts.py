@@ -21,7 +21,7 @@ RenderText = Callable[[str, int], str]  # (language, detail) -> text
 
 def reply_target(notice: Notice) -> str | None:
     """The notice id whose thread this notice continues: updates and all-clears answer the first post."""
-    if notice.kind in (NoticeKind.ALERT_UPDATED, NoticeKind.ALERT_RESOLVED):
+    if notice.kind in (NoticeKind.ALERT_UPDATED, NoticeKind.ALERT_RESOLVED, NoticeKind.CORRECTION):
         return notice.id
     context = next(iter(notice.contexts.values()), {})
     if notice.kind is NoticeKind.CROWDING and context.get("crowded") is False:
