@@ -80,6 +80,61 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(run_forever(_load(args)))
 
 
+def _texts(args: argparse.Namespace) -> dict[str, str]:
+    texts = {"zh": args.text_zh or "", "en": args.text_en or ""}
+    return {k: v for k, v in texts.items() if v}
+
+
+def _until(value: str | None, config: Config) -> str | None:
+    """--until as an aware time: "HH:MM" (today, or tomorrow if past) in the operator's zone, or ISO 8601."""
+    if not value:
+        return None
+    from datetime import datetime, time, timedelta
+
+    now = datetime.now(config.zone)
+    try:
+        at = time.fromisoformat(value)
+        until = datetime.combine(now.date(), at, tzinfo=config.zone)
+        if until <= now:
+            until += timedelta(days=1)
+    except ValueError:
+        try:
+            until = datetime.fromisoformat(value)
+        except ValueError:
+            raise ConfigError("--until", "--until", f"{value!r}: give HH:MM or an ISO 8601 time") from None
+        if until.tzinfo is None:
+            until = until.replace(tzinfo=config.zone)
+    return until.isoformat()
+
+
+def _cmd_announce(args: argparse.Namespace) -> int:
+    from broadcaster.service import run_request
+
+    config = _load(args)
+    texts = _texts(args)
+    if not texts:
+        raise ConfigError("announce", "--text-zh/--text-en", "give the notice's text in at least one language")
+    body = {
+        "texts": texts, "line_ids": args.line or [], "station_ids": args.station or [],
+        "severity": args.severity.upper(), "effect": args.effect, "until": _until(args.until, config),
+        "author": args.author,
+    }
+    print(asyncio.run(run_request(config, "announce", body)))
+    return EXIT_OK
+
+
+def _cmd_correct(args: argparse.Namespace) -> int:
+    from broadcaster.service import run_request
+
+    config = _load(args)
+    texts = _texts(args)
+    if not texts:
+        raise ConfigError("correct", "--text-zh/--text-en", "give the corrected text in at least one language")
+    body = {"notice_id": args.notice_id, "texts": texts, "author": args.author}
+    print(asyncio.run(run_request(config, "correct", body)))
+    return EXIT_OK
+
+
 def _cmd_schemas(args: argparse.Namespace) -> int:
     from broadcaster.contract import json_schemas
 
@@ -156,6 +211,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=_speed, default=30.0, help="simulated minutes per real minute (default 30)")
     p.add_argument("--no-browser-hint", action="store_true", help="print only the URLs, without the how-to lines")
     p.set_defaults(func=_cmd_demo)
+
+    def with_texts(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--text-zh", metavar="TEXT", help="the text in Chinese")
+        p.add_argument("--text-en", metavar="TEXT", help="the text in English")
+        p.add_argument("--author", default=os.environ.get("USER", "operator"),
+                       help="who sends it, for the audit log (default: $USER)")
+
+    p = sub.add_parser("announce", help="send an operator's notice to every channel, now")
+    with_config(p)
+    p.add_argument("--line", action="append", metavar="LINE", help="a line it concerns (repeatable)")
+    p.add_argument("--station", action="append", metavar="STATION", help="a station it concerns (repeatable)")
+    p.add_argument("--severity", default="warning", choices=["info", "warning", "severe"],
+                   help="severe notices jump the queue and skip quiet windows (default: warning)")
+    p.add_argument("--effect", default="OTHER_EFFECT", metavar="EFFECT",
+                   help="GTFS-RT effect, e.g. NO_SERVICE or SIGNIFICANT_DELAYS (sets the line status)")
+    p.add_argument("--until", metavar="TIME", help="when it ends: HH:MM local time, or ISO 8601")
+    with_texts(p)
+    p.set_defaults(func=_cmd_announce, mqtt_url=None)
+
+    p = sub.add_parser("correct", help="correct an earlier notice everywhere it went")
+    with_config(p)
+    p.add_argument("notice_id", metavar="NOTICE_ID", help="e.g. alert-A-2-signal (from the notice stream or status)")
+    with_texts(p)
+    p.set_defaults(func=_cmd_correct, mqtt_url=None)
 
     p = sub.add_parser("schemas", help="write the MQTT payloads' JSON Schemas into a folder")
     p.add_argument("directory", help="e.g. docs/schemas/mqtt")

@@ -20,11 +20,11 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 import orjson
 
-from broadcaster import __version__
+from broadcaster import __version__, desk
 from broadcaster.budget import allowance, budget_for, merge, mergeable
 from broadcaster.channels.base import NoticeChannel, Post, PostingChannel, ThreadRefs
 from broadcaster.channels.factory import build_channel
@@ -138,6 +138,26 @@ class ManualNotice:
     until: datetime | None = None
     author: str = "operator"
 
+    @classmethod
+    def from_request(cls, body: Mapping[str, Any], network: Network) -> ManualNotice:
+        """From an operator request (command line or admin API), checked against the network."""
+        texts = {str(k): str(v) for k, v in body["texts"].items() if str(v).strip()}
+        if not texts:
+            raise ValueError("a notice needs a text in at least one language")
+        for line_id in body.get("line_ids", ()):
+            if line_id not in network.lines:
+                raise ValueError(f"unknown line {line_id!r} (known: {', '.join(network.lines)})")
+        for station_id in body.get("station_ids", ()):
+            if station_id not in network.stations:
+                raise ValueError(f"unknown station {station_id!r}")
+        until = body.get("until")
+        return cls(
+            texts=texts, line_ids=tuple(body.get("line_ids", ())), station_ids=tuple(body.get("station_ids", ())),
+            severity=Severity[str(body.get("severity", "WARNING")).upper()],
+            effect=str(body.get("effect", "OTHER_EFFECT")), until=datetime.fromisoformat(until) if until else None,
+            author=str(body.get("author", "operator")),
+        )
+
     def as_alert(self, now: datetime) -> Alert:
         digest = hashlib.sha256(orjson.dumps(
             [sorted(self.texts.items()), self.line_ids, self.station_ids, iso(now)])).hexdigest()[:10]
@@ -174,6 +194,15 @@ class InstanceLock:
         handle.write(str(os.getpid()))
         handle.flush()
         self._file = handle
+
+    def held_by_another(self) -> bool:
+        """Whether a running broadcaster holds this directory (checked without keeping the lock)."""
+        try:
+            self.acquire()
+        except StoreError:
+            return True
+        self.release()
+        return False
 
     def release(self) -> None:
         if self._file is not None:
@@ -440,6 +469,27 @@ class Broadcaster:
             version = correction.version
         self.audit("correct", author, notice_id, dict(texts))
         return version
+
+    async def process_requests(self) -> int:
+        """Carry out the operator requests queued in the database (`broadcaster announce` / `correct`)."""
+        done = 0
+        for request in desk.pending(self.db):
+            try:
+                if request.action == "announce":
+                    result = await self.announce(ManualNotice.from_request(request.body, self.network))
+                elif request.action == "correct":
+                    body = request.body
+                    result = await self.correct(str(body["notice_id"]), dict(body["texts"]),
+                                                author=str(body.get("author", "operator")))
+                else:
+                    raise ValueError(f"unknown request {request.action!r}")
+            except (BroadcasterError, ValueError, KeyError, TypeError) as exc:
+                log.error("operator request %d (%s) failed: %s", request.id, request.action, exc)
+                desk.finish(self.db, request.id, error=str(exc))
+                continue
+            desk.finish(self.db, request.id, result=result)
+            done += 1
+        return done
 
     def _lines_of_notice(self, notice_id: str) -> tuple[str, ...]:
         row = self.db.conn.execute(
@@ -807,39 +857,79 @@ async def _start_channels(channels: Sequence[PostingChannel]) -> None:
     await asyncio.gather(*(start(c) for c in channels))
 
 
+async def _deliver(b: Broadcaster, failures: list[str], drain_timeout: float) -> None:
+    """Wait for the broker, publish the retained state, and drain every channel (bounded)."""
+    try:
+        async with asyncio.timeout(b.config.mqtt.connect_timeout_seconds):
+            await b.link.connected.wait()
+    except TimeoutError:
+        failures.append(f"MQTT broker {b.config.mqtt.url} unreachable: {b.link.last_error or 'timed out'}")
+        return
+    await b.publish_retained()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(drain_timeout):
+            for channel in b.channels:
+                await b.drain_due(channel)
+    left = b.pending()
+    if left:
+        failures.append(f"{left} notice(s) still queued in the outbox")
+
+
+@contextlib.asynccontextmanager
+async def _linked(b: Broadcaster) -> AsyncIterator[None]:
+    """The broker link for a one-shot command: up while the block runs, then a clean goodbye."""
+    link_stop = asyncio.Event()
+    link_task = asyncio.create_task(b.link.run(link_stop))
+    try:
+        yield
+    finally:
+        link_stop.set()
+        try:
+            async with asyncio.timeout(5):
+                await link_task
+        except TimeoutError:
+            link_task.cancel()
+
+
 async def run_once(config: Config, *, drain_timeout: float = 30.0) -> int:
     """Poll every feed once, publish, deliver the outbox, and return an exit status (0 = all good)."""
     failures: list[str] = []
-    async with open_broadcaster(config) as b:
-        link_stop = asyncio.Event()
-        link_task = asyncio.create_task(b.link.run(link_stop))
-        try:
-            outcomes = await asyncio.gather(*(b.poll(feed) for feed in config.feeds))
-            failures += [f"feed {o.feed!r}: {o.error}" for o in outcomes if not o.ok]
-            try:
-                async with asyncio.timeout(config.mqtt.connect_timeout_seconds):
-                    await b.link.connected.wait()
-            except TimeoutError:
-                failures.append(f"MQTT broker {config.mqtt.url} unreachable: {b.link.last_error or 'timed out'}")
-            else:
-                await b.publish_retained()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(drain_timeout):
-                        for channel in b.channels:
-                            await b.drain_due(channel)
-                left = b.pending()
-                if left:
-                    failures.append(f"{left} notice(s) still queued in the outbox")
-        finally:
-            link_stop.set()
-            try:
-                async with asyncio.timeout(5):
-                    await link_task
-            except TimeoutError:
-                link_task.cancel()
+    async with open_broadcaster(config) as b, _linked(b):
+        outcomes = await asyncio.gather(*(b.poll(feed) for feed in config.feeds))
+        failures += [f"feed {o.feed!r}: {o.error}" for o in outcomes if not o.ok]
+        await b.process_requests()
+        await _deliver(b, failures, drain_timeout)
     for line in failures:
         log.error("%s", line)
     return 1 if failures else 0
+
+
+async def run_request(config: Config, action: str, body: Mapping[str, Any], *, wait_seconds: float = 30.0) -> str:
+    """Carry out one operator request and return its result (a notice id, a correction's version).
+
+    The request is queued in the database first. If a broadcaster is running on this state directory it
+    carries the request out; otherwise this process does, and delivers the outbox before returning.
+
+    Raises:
+        desk.RequestFailed: it failed, or the running broadcaster did not take it within `wait_seconds`.
+    """
+    db = Database(config.database_path)
+    try:
+        request_id = desk.submit(db, action, body)
+        if InstanceLock(config.state.directory).held_by_another():
+            return await desk.wait_for(db, request_id, wait_seconds)
+    finally:
+        db.close()
+    failures: list[str] = []
+    async with open_broadcaster(config) as b, _linked(b):
+        await b.process_requests()
+        await _deliver(b, failures, wait_seconds)
+        row = b.db.conn.execute("SELECT status, result, error FROM requests WHERE id = ?", (request_id,)).fetchone()
+    for line in failures:
+        log.warning("%s (it stays queued and goes out with the next run)", line)
+    if row[0] != desk.DONE:
+        raise desk.RequestFailed(str(row[2]))
+    return str(row[1])
 
 
 async def serve(
@@ -856,6 +946,7 @@ async def serve(
     for digest in b.config.digests:
         scheduler.on_cron(f"digest:{digest.name}", digest.cron, b.config.zone, _guarded(b.digest, digest))
     scheduler.every("operator:expire", 60, _guarded(b.expire_operator_notices), now=False)
+    scheduler.every("operator:requests", 1, _guarded(b.process_requests))
     link_stop = asyncio.Event()
     async with asyncio.TaskGroup() as tg:
         tg.create_task(b.link.run(link_stop))

@@ -137,3 +137,56 @@ def test_wheel_ships_templates_and_example_config(tmp_path: Path) -> None:
                  "broadcaster/_data/config/samples/gtfs-rt.pb"}
     assert expected <= names
     assert not any("/state/" in n or n.endswith(".db") for n in names)
+
+
+async def test_announce_and_correct_without_a_running_broadcaster(rig: Rig) -> None:
+    path = rig.write_config()
+    async with MessageRecorder(rig.mqtt_url, rig.topic("notices")) as notices:
+        status, output = await run_command(
+            "announce", "-c", str(path), "--line", "2", "--severity", "severe", "--effect", "NO_SERVICE",
+            "--text-zh", "2号线因故暂停运营", "--text-en", "Line 2 suspended", "--until", "23:59",
+        )
+        assert status == 0, output
+        notice_id = output.strip().splitlines()[-1]
+        assert notice_id.startswith("alert-manual-")
+        got = [orjson.loads(m.payload) for m in await notices.wait_for_count(1)]
+        assert got[0]["priority"] == "emergency"
+        status, output = await run_command(
+            "correct", "-c", str(path), notice_id, "--text-zh", "2号线列车晚点，并未停运"
+        )
+        assert status == 0, output
+        got = [orjson.loads(m.payload) for m in await notices.wait_for_count(2)]
+        assert got[1]["kind"] == "correction"
+        assert got[1]["notice_id"] == notice_id
+    retained = await collect_retained(rig.mqtt_url, rig.topic("lines/2/#"))
+    assert orjson.loads(retained[rig.topic("lines/2/status")])["status"] == "suspended"
+    alert = orjson.loads(retained[rig.topic(f"lines/2/alerts/{notice_id.removeprefix('alert-')}")])
+    assert alert["header"]["zh"] == "2号线列车晚点，并未停运"
+
+
+async def test_announce_goes_through_the_running_broadcaster(rig: Rig) -> None:
+    path = rig.write_config()
+    async with MessageRecorder(rig.mqtt_url, rig.topic("#")) as recorder:
+        process = await asyncio.create_subprocess_exec(
+            *broadcaster("run", "-c", str(path)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            await recorder.wait_for(lambda ms: any(b'"online"' in m.payload for m in ms), timeout=20)
+            status, output = await run_command(
+                "announce", "-c", str(path), "--station", "S04", "--text-en", "Exit B closed", "--text-zh", "B口关闭",
+            )
+            assert status == 0, output
+            notice_id = output.strip().splitlines()[-1]
+            await recorder.wait_for(
+                lambda ms: any(m.topic.endswith("/notices") and notice_id.encode() in m.payload for m in ms)
+            )
+        finally:
+            process.terminate()
+            await process.wait()
+    assert process.returncode == 0
+
+
+async def test_announce_with_an_unknown_line_fails_clearly(rig: Rig) -> None:
+    status, output = await run_command("announce", "-c", str(rig.write_config()), "--line", "99", "--text-en", "x")
+    assert status == 1
+    assert "unknown line '99'" in output
