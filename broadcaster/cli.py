@@ -135,6 +135,22 @@ def _cmd_correct(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    from broadcaster.status import status_report
+
+    report = status_report(_load(args))
+    print(json.dumps(report.as_dict(), ensure_ascii=False, indent=2) if args.json else report.as_text())
+    return EXIT_OK
+
+
+def _cmd_preview(args: argparse.Namespace) -> int:
+    from broadcaster.preview import as_json, preview, render_for_people
+
+    report = asyncio.run(preview(_load(args)))
+    print(as_json(report) if args.json else render_for_people(report))
+    return EXIT_OK
+
+
 def _cmd_schemas(args: argparse.Namespace) -> int:
     from broadcaster.contract import json_schemas
 
@@ -235,6 +251,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("notice_id", metavar="NOTICE_ID", help="e.g. alert-A-2-signal (from the notice stream or status)")
     with_texts(p)
     p.set_defaults(func=_cmd_correct, mqtt_url=None)
+
+    p = sub.add_parser("status", help="feed health, outbox depth per channel, parked and latest posts")
+    with_config(p)
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.set_defaults(func=_cmd_status, mqtt_url=None)
+
+    p = sub.add_parser("preview", help="fetch every feed once and show what would be posted; publish nothing")
+    with_config(p)
+    p.add_argument("--json", action="store_true", help="machine-readable report with every payload")
+    p.set_defaults(func=_cmd_preview, mqtt_url=None)
 
     p = sub.add_parser("schemas", help="write the MQTT payloads' JSON Schemas into a folder")
     p.add_argument("directory", help="e.g. docs/schemas/mqtt")

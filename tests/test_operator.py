@@ -176,3 +176,46 @@ async def test_a_correction_of_a_digest_replies_under_it(rig: Rig, server: Micro
     assert correction.in_reply_to_id == digest.id
     assert "快报有误" in correction.text
 
+
+
+async def test_preview_shows_every_post_with_its_count_and_publishes_nothing(
+    rig: Rig, server: MicroblogServer
+) -> None:
+    from support import MessageRecorder
+
+    from broadcaster.preview import preview, render_for_people
+
+    rig.serve_rt(alert({"zh": "2号线" + "信号故障，列车限速运行，" * 20, "en": "Line 2: signal fault"}))
+    config = rig.config(channels=tables(server))
+    async with MessageRecorder(rig.mqtt_url, rig.topic("#")) as recorder:
+        report = await preview(config)
+        assert await recorder.settle(quiet=0.3) == []
+    assert server.requests() == []  # not even the Mastodon instance was asked
+    assert not config.database_path.exists()  # nothing queued, nothing committed
+    assert report.feeds == {"ops": "ok", "flow": "ok"}
+    weibo = [p for p in report.posts if p.channel == "weibo"]
+    assert len(weibo) >= 2  # the long Chinese text is a thread on Weibo
+    assert all(p.count is not None and p.limit == 140 and p.count <= 140 for p in weibo)
+    assert {p.channel for p in report.posts} == {"mqtt", "mastodon", "bluesky", "weibo", "webhook"}
+    assert rig.topic("lines/2/status") in report.mqtt
+    text = render_for_people(report)
+    assert "/ 140" in text
+    assert "[zh]" in text  # escaped, not taken for markup
+
+
+async def test_status_reports_feeds_outbox_and_latest_posts(rig: Rig, server: MicroblogServer) -> None:
+    from broadcaster.status import status_report
+
+    rig.serve_rt(alert(SIGNAL))
+    config = rig.config(channels=tables(server))
+    server.expire_weibo_token()
+    async with running(config) as b:
+        await poll_all(b)
+        await until(lambda: b.pending() == 0, b)
+    report = status_report(config)
+    assert [(f.name, f.healthy) for f in report.feeds] == [("ops", True), ("flow", True)]
+    assert report.outbox["mastodon"] == {"sent": 1}
+    assert report.outbox["weibo"] == {"parked": 1}
+    assert "renew the access token" in (report.parked[0].error or "")
+    assert {p.channel for p in report.latest} >= {"mqtt", "mastodon", "bluesky", "webhook"}
+    assert "信号故障" in report.as_text()

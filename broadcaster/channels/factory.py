@@ -24,6 +24,7 @@ from broadcaster.config import (
     WeiboChannelConfig,
 )
 from broadcaster.errors import ConfigError
+from broadcaster.render.length import PlatformProfile, bluesky, mastodon, weibo
 from broadcaster.store import KeyValueStore
 
 
@@ -36,6 +37,17 @@ def _secret(config: Config, index: int, key: str, ref: SecretRef) -> Secret:
     if secret is None:
         raise ConfigError(config.source, f"channels[{index}].{key}", f"environment variable {ref.env} is not set")
     return secret
+
+
+def default_profile(c: ChannelConfig) -> PlatformProfile | None:
+    """The channel's length rule as configured, without asking the platform (for `preview`)."""
+    if isinstance(c, MastodonChannelConfig):
+        return mastodon(c.max_characters)
+    if isinstance(c, BlueskyChannelConfig):
+        return bluesky()
+    if isinstance(c, WeiboChannelConfig):
+        return weibo()
+    return None
 
 
 def build_channel(

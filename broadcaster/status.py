@@ -1,0 +1,108 @@
+"""`broadcaster status`: feed health, outbox depth per channel, parked posts and the latest posts, read from the
+state database (safe while a broadcaster runs: SQLite in WAL mode lets readers in)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from broadcaster.config import Config
+from broadcaster.store import Database, from_iso, load_feeds
+
+
+@dataclass
+class FeedLine:
+    name: str
+    healthy: bool
+    last_ok_at: str | None
+    feed_age_s: float | None
+    consecutive_failures: int
+    last_error: str | None
+
+
+@dataclass
+class PostLine:
+    channel: str
+    notice_id: str
+    part: int
+    at: str | None
+    text: str
+    error: str | None = None
+
+
+@dataclass
+class StatusReport:
+    feeds: list[FeedLine] = field(default_factory=list)
+    outbox: dict[str, dict[str, int]] = field(default_factory=dict)  # channel -> status -> count
+    parked: list[PostLine] = field(default_factory=list)
+    latest: list[PostLine] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def as_text(self) -> str:
+        out = ["feeds:"]
+        for f in self.feeds:
+            age = f"{f.feed_age_s:.0f} s old" if f.feed_age_s is not None else "no data yet"
+            state = "ok" if f.healthy else f"FAILING x{f.consecutive_failures}: {f.last_error}"
+            out.append(f"  {f.name:<20} {state:<40} content {age}")
+        out.append("outbox (pending / sent / parked / merged):")
+        for channel, counts in sorted(self.outbox.items()):
+            out.append(f"  {channel:<20} " + " / ".join(str(counts.get(s, 0)) for s in ("pending", "sent", "parked",
+                                                                                         "merged")))
+        if self.parked:
+            out.append("parked posts (need an operator):")
+            out += [f"  {p.channel:<12} {p.notice_id} part {p.part}: {p.error}" for p in self.parked]
+        out.append("latest posts:")
+        out += [f"  {p.at or '':<26} {p.channel:<12} {p.notice_id}: {p.text}" for p in self.latest]
+        return "\n".join(out)
+
+
+def _excerpt(channel: str, payload: bytes, limit: int = 60) -> str:
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return ""
+    text = data.get("text", "")
+    if isinstance(text, dict):  # the MQTT notice carries every language
+        text = next(iter(text.values()), "")
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def status_report(config: Config, *, now: datetime | None = None, latest: int = 10) -> StatusReport:
+    """What an operator needs to know at a glance, from the committed state."""
+    now = now or datetime.now(UTC)
+    db = Database(config.database_path)
+    try:
+        report = StatusReport()
+        feeds = load_feeds(db.conn)
+        for feed in config.feeds:
+            record = feeds.get(feed.name)
+            report.feeds.append(FeedLine(
+                feed.name, bool(record and record.healthy),
+                record.last_ok_at.isoformat() if record and record.last_ok_at else None,
+                (now - record.feed_timestamp).total_seconds() if record and record.feed_timestamp else None,
+                record.consecutive_failures if record else 0, record.last_error if record else None,
+            ))
+        for channel, status, count in db.conn.execute(
+            "SELECT channel, status, COUNT(*) FROM outbox GROUP BY channel, status"
+        ):
+            report.outbox.setdefault(channel, {})[status] = count
+        for channel, notice_id, part, payload, error in db.conn.execute(
+            "SELECT channel, notice_id, part, payload, error FROM outbox WHERE status = 'parked'"
+            " ORDER BY created_at DESC LIMIT 20"
+        ):
+            report.parked.append(PostLine(channel, notice_id, part, None, _excerpt(channel, payload), error))
+        for channel, notice_id, part, payload, sent_at in db.conn.execute(
+            "SELECT channel, notice_id, part, payload, sent_at FROM outbox WHERE status = 'sent'"
+            " ORDER BY sent_at DESC LIMIT ?", (latest,)
+        ):
+            report.latest.append(PostLine(channel, notice_id, part, from_iso(sent_at).isoformat(timespec="seconds"),
+                                          _excerpt(channel, payload)))
+        return report
+    finally:
+        db.close()
