@@ -130,7 +130,8 @@ def _cmd_correct(args: argparse.Namespace) -> int:
     texts = _texts(args)
     if not texts:
         raise ConfigError("correct", "--text-zh/--text-en", "give the corrected text in at least one language")
-    body = {"notice_id": args.notice_id, "texts": texts, "author": args.author}
+    body = {"notice_id": args.notice_id, "texts": texts, "author": args.author,
+            "delete_originals": args.delete_originals}
     print(asyncio.run(run_request(config, "correct", body)))
     return EXIT_OK
 
@@ -249,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("correct", help="correct an earlier notice everywhere it went")
     with_config(p)
     p.add_argument("notice_id", metavar="NOTICE_ID", help="e.g. alert-A-2-signal (from the notice stream or status)")
+    p.add_argument("--delete-originals", action="store_true",
+                   help="also delete the original posts where the platform allows it (Mastodon, Bluesky; webhooks"
+                        " get a delete event), after the correction is posted")
     with_texts(p)
     p.set_defaults(func=_cmd_correct, mqtt_url=None)
 

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -26,10 +27,11 @@ import orjson
 
 from broadcaster import __version__, desk
 from broadcaster.budget import allowance, budget_for, merge, mergeable
-from broadcaster.channels.base import NoticeChannel, Post, PostingChannel, ThreadRefs
+from broadcaster.channels.base import DELETE_KIND, DeletingChannel, NoticeChannel, Post, PostingChannel, ThreadRefs
 from broadcaster.channels.factory import build_channel
 from broadcaster.channels.http import HttpChannelClient
 from broadcaster.channels.mqtt import MqttLink, MqttNoticeChannel
+from broadcaster.channels.webhook import WebhookChannel
 from broadcaster.compose import (
     ComposePolicy,
     EmergencyRule,
@@ -54,6 +56,7 @@ from broadcaster.feeds.freshness import check_freshness
 from broadcaster.feeds.gtfs_rt import parse_gtfs_rt
 from broadcaster.feeds.network import load_network
 from broadcaster.feeds.passenger_flow import parse_passenger_flow
+from broadcaster.metrics import Health, Metrics, read_health, reason_label
 from broadcaster.model import (
     ActivePeriod,
     Alert,
@@ -270,6 +273,8 @@ class Broadcaster:
         self.digest_marks: dict[str, str] = orjson.loads(marks[0]) if marks else {}
         self._state_lock = asyncio.Lock()
         self._publish_lock = asyncio.Lock()
+        self.metrics = Metrics(self.health, feeds=[f.name for f in config.feeds],
+                               channels=[c.name for c in self.channels])
 
     # -- fetch -> state -> compose -> render -> outbox -------------------------------------------------------
 
@@ -300,6 +305,7 @@ class Broadcaster:
     async def poll(self, feed: FeedConfig) -> PollOutcome:
         """Fetch one feed and carry what changed through the pipeline. Never raises for bad input."""
         record = self.feeds.get(feed.name) or FeedRecord(feed.name)
+        started = time.perf_counter()
         try:
             result = await self.fetcher.fetch(
                 feed.name, feed.url, timeout_s=feed.timeout_seconds, max_bytes=feed.max_bytes,
@@ -319,7 +325,9 @@ class Broadcaster:
                     previous=record.feed_timestamp,
                 )
         except FeedError as exc:
+            self.metrics.fetch(feed.name, time.perf_counter() - started, ok=False, reason=reason_label(exc))
             return self._fail(feed, record, self.clock.now(), exc.reason)
+        self.metrics.fetch(feed.name, time.perf_counter() - started, ok=True)
         good = replace(
             record, etag=result.etag, last_modified=result.last_modified, last_ok_at=now,
             last_error=None, consecutive_failures=0,
@@ -359,6 +367,7 @@ class Broadcaster:
         *,
         corrected: frozenset[str] = frozenset(),
         extra_notices: Sequence[Notice] = (),
+        extra_messages: Sequence[OutgoingMessage] = (),
         on_commit: Callable[[sqlite3.Connection], None] | None = None,
     ) -> tuple[Transition, list[Notice]]:
         """The one path from a snapshot to the outbox: diff, compose, render, then commit the new state, the
@@ -372,7 +381,7 @@ class Broadcaster:
             notices = compose(
                 transition.changes, network=self.network, now=now, policy=self.compose_policy, corrected=corrected
             ) + list(extra_notices)
-            messages = [m for n in notices for m in self._messages(n)]
+            messages = [m for n in notices for m in self._messages(n)] + list(extra_messages)
             with self.db.transaction() as conn:
                 self.store.save(conn, transition.state)
                 Outbox.enqueue(conn, messages, now)
@@ -380,6 +389,8 @@ class Broadcaster:
                     on_commit(conn)
             self.store.committed()
             self.state = transition.state
+        self.metrics.changes(snapshot.feed, transition.changes)
+        self.metrics.note_origins(notices, snapshot.timestamp if snapshot.feed != OPERATOR_FEED else None)
         if messages:
             self.wake()
         await self.publish_retained()
@@ -432,7 +443,18 @@ class Broadcaster:
                 break
         self.operator_alerts = alerts
 
-    async def correct(self, notice_id: str, texts: Mapping[str, str], *, author: str = "operator") -> str:
+    def _deletions(self, notice_id: str, now: datetime) -> list[OutgoingMessage]:
+        """One "delete" entry per posting channel, drained after the correction (same priority, later version)."""
+        post = Post(notice_id, DELETE_KIND, "", self.config.network.default_language)
+        return [
+            OutgoingMessage(notice_id, f"delete-{int(now.timestamp())}", c.name, post.to_payload(), 0,
+                            starts_thread=False)
+            for c in self.config.channels
+        ]
+
+    async def correct(
+        self, notice_id: str, texts: Mapping[str, str], *, author: str = "operator", delete_originals: bool = False
+    ) -> str:
         """Correct an earlier notice everywhere it went; returns the correction's version once committed.
 
         For an active alert (from a feed or the operator) the alert itself is corrected: its retained MQTT
@@ -442,6 +464,7 @@ class Broadcaster:
         now = self.clock.now()
         alert_id = notice_id.removeprefix("alert-")
         header = LocalizedText(MappingProxyType(dict(texts)))
+        deletions = self._deletions(notice_id, now) if delete_originals else []
         record = self.state.alerts.get(alert_id) if notice_id.startswith("alert-") else None
         if record is not None:
             corrected = replace(record.alert, header=header)
@@ -456,7 +479,7 @@ class Broadcaster:
                                         alerts=tuple(corrected if a.id == alert_id else a for a in others))
             corrections = {**self.corrections, alert_id: header}
             _, notices = await self._advance(
-                snapshot, now, corrected=frozenset({alert_id}),
+                snapshot, now, corrected=frozenset({alert_id}), extra_messages=deletions,
                 on_commit=lambda conn: self._save_corrections(conn, corrections),
             )
             self.corrections = corrections
@@ -465,9 +488,10 @@ class Broadcaster:
             line_ids = self._lines_of_notice(notice_id)
             correction = compose_correction(notice_id, texts, line_ids=line_ids, network=self.network, now=now,
                                             policy=self.compose_policy)
-            await self._advance(FeedSnapshot(OPERATOR_FEED, now), now, extra_notices=[correction])
+            await self._advance(FeedSnapshot(OPERATOR_FEED, now), now, extra_notices=[correction],
+                                extra_messages=deletions)
             version = correction.version
-        self.audit("correct", author, notice_id, dict(texts))
+        self.audit("correct", author, notice_id, {**texts, "delete_originals": delete_originals})
         return version
 
     async def process_requests(self) -> int:
@@ -480,7 +504,8 @@ class Broadcaster:
                 elif request.action == "correct":
                     body = request.body
                     result = await self.correct(str(body["notice_id"]), dict(body["texts"]),
-                                                author=str(body.get("author", "operator")))
+                                                author=str(body.get("author", "operator")),
+                                                delete_originals=bool(body.get("delete_originals", False)))
                 else:
                     raise ValueError(f"unknown request {request.action!r}")
             except (BroadcasterError, ValueError, KeyError, TypeError) as exc:
@@ -636,6 +661,7 @@ class Broadcaster:
             if not publications:
                 return 0
             acked = await self.link.publish_many(publications)
+            self.metrics.retained(len(acked), len(publications) - len(acked))
             try:
                 with self.db.transaction() as conn:
                     self.planner.confirm(acked, now, conn)
@@ -717,6 +743,7 @@ class Broadcaster:
                  for p in posts],
                 now,
             )
+            self.metrics.merged(channel.name, candidates, [(p.notice_id, "v1") for p in posts])
             log.warning("%s: %d queued posts exceed the posting budget (%d left); merged into %d",
                         channel.name, len(candidates), room.posts, len(posts))
         if room.posts <= 0 and room.next_slot_at is not None:
@@ -748,22 +775,44 @@ class Broadcaster:
                     # (MQTT consumers deduplicate on notice_id and version instead.)
                     self.outbox.begin_attempt(entry.key)
                 try:
-                    remote_id = await channel.send(entry, thread)
+                    remote_id = await self._send(channel, entry, thread)
                 except TransientDeliveryError as exc:
+                    self.metrics.post(channel.name, "retry")
                     at = self.outbox.retry_later(entry, self.clock.now(), exc.reason, exc.retry_after,
                                                  uncertain=exc.maybe_delivered)
                     log.warning("%s: %s; retrying at %s", channel.name, exc.reason, at.isoformat(timespec="seconds"))
                     return sent  # the channel is struggling: later entries wait their turn
                 except PermanentDeliveryError as exc:
+                    self.metrics.post(channel.name, "parked")
                     self.outbox.park(entry.key, exc.reason)
                     log.error("%s: parked notice %s/%s part %d: %s",
                               channel.name, entry.notice_id, entry.version, entry.part, exc.reason)
                     continue
-                self.outbox.mark_sent(entry.key, self.clock.now(), remote_id)
+                acked_at = self.clock.now()
+                self.outbox.mark_sent(entry.key, acked_at, remote_id)
+                self.metrics.sent(channel.name, entry, acked_at)
                 sent += 1
             if not progress:
                 break
         return sent
+
+    async def _send(self, channel: NoticeChannel, entry: OutboxEntry, thread: ThreadRefs) -> str | None:
+        """Send one entry; an entry of kind "delete" takes down the posts of its notice instead."""
+        if channel.name == MqttNoticeChannel.name or Post.from_payload(entry.payload).kind != DELETE_KIND:
+            return await channel.send(entry, thread)
+        if not isinstance(channel, DeletingChannel):
+            if isinstance(channel, WebhookChannel):
+                return await channel.send(entry, thread)  # the receiver gets a "delete" event and acts on it
+            raise PermanentDeliveryError(channel.name, "this platform's posts cannot be deleted by broadcaster;"
+                                                       " delete them by hand")
+        rows = self.db.conn.execute(
+            "SELECT remote_id FROM outbox WHERE channel = ? AND notice_id = ? AND status = ? AND remote_id IS NOT NULL"
+            " AND version NOT LIKE 'correction-%' AND version NOT LIKE 'delete-%'",
+            (channel.name, entry.notice_id, SENT),
+        ).fetchall()
+        for (remote_id,) in rows:
+            await channel.delete(remote_id)
+        return None
 
     async def drain_loop(self, channel: NoticeChannel, stop: asyncio.Event) -> None:
         """Deliver `channel`'s outbox until `stop`; wakes on new notices, on reconnects and when retries are due."""
@@ -784,6 +833,11 @@ class Broadcaster:
 
     def pending(self) -> int:
         return self.outbox.pending_count()
+
+    def health(self) -> Health:
+        """Feeds, the broker link and the outbox now (the admin API's health and status, the metrics' gauges)."""
+        return read_health(self.config.feeds, self.feeds, [c.name for c in self.channels], self.db.conn,
+                           self.link.connected.is_set(), self.clock.now())
 
 
 async def _first_of(*events: asyncio.Event) -> None:
@@ -938,8 +992,18 @@ async def serve(
     """Run an open broadcaster until `stop`: the MQTT link, one drain loop per channel, one poll job per feed.
 
     On stop: no new polls, in-flight sends finish (for at most `grace` seconds), then the link says offline.
-    `on_started` is called once everything runs (the demo's dashboard uses it).
+    `on_started` is called once everything runs (the demo's dashboard uses it). With an `[admin]` section the
+    admin API serves too; it stops taking requests first.
+
+    Raises:
+        ConfigError: an admin token cannot be read, or the admin API's address cannot be listened on.
     """
+    admin = None
+    if b.config.admin is not None:
+        from broadcaster.admin import AdminServer  # starlette and uvicorn load only when the API is configured
+
+        admin = AdminServer(b, b.config.admin)
+        admin.bind()
     scheduler = JobScheduler()
     for feed in b.config.feeds:
         scheduler.every(f"poll:{feed.name}", feed.poll_seconds, _poll_job(b, feed))
@@ -951,6 +1015,8 @@ async def serve(
     async with asyncio.TaskGroup() as tg:
         tg.create_task(b.link.run(link_stop))
         drains = [tg.create_task(b.drain_loop(ch, stop)) for ch in b.channels]
+        if admin is not None:
+            await admin.wait_started(tg.create_task(admin.serve()))
         scheduler.start()
         log.info("broadcaster running: %d feed(s), %d channel(s), MQTT %s",
                  len(b.config.feeds), len(b.channels), b.config.mqtt.url)
@@ -958,6 +1024,8 @@ async def serve(
             on_started()
         await stop.wait()
         log.info("stopping: finishing in-flight sends")
+        if admin is not None:
+            admin.shutdown()
         scheduler.shutdown()
         await asyncio.wait(drains, timeout=grace)
         link_stop.set()

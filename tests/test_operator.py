@@ -219,3 +219,23 @@ async def test_status_reports_feeds_outbox_and_latest_posts(rig: Rig, server: Mi
     assert "renew the access token" in (report.parked[0].error or "")
     assert {p.channel for p in report.latest} >= {"mqtt", "mastodon", "bluesky", "webhook"}
     assert "信号故障" in report.as_text()
+
+
+async def test_a_correction_can_take_the_originals_down(rig: Rig, server: MicroblogServer) -> None:
+    rig.serve_rt(alert({"zh": "2号线全线停运", "en": "Line 2 suspended"}, effect="NO_SERVICE", severity="SEVERE"))
+    async with running(rig.config(channels=tables(server))) as b:
+        await poll_all(b)
+        await until(lambda: b.pending() == 0, b)
+        originals = server.mastodon_statuses()[0], server.bluesky_posts()[0]
+        await b.correct("alert-A-L2", {"zh": "2号线运营正常，此前通告有误", "en": "Line 2 runs normally"},
+                        delete_originals=True)
+        await until(lambda: b.pending() == 0, b)
+        depth = b.outbox.depth()
+    mastodon_gone, bluesky_gone = server.deleted()
+    assert [s.id for s in mastodon_gone] == [originals[0].id]
+    assert [p.uri for p in bluesky_gone] == [originals[1].uri]
+    # The corrections stay up (they answered the deleted posts first); Weibo cannot delete: reported.
+    assert "【更正】" in server.mastodon_statuses()[0].text
+    assert depth[("weibo", "parked")] == 1
+    deliveries = [d.json() for d in server.webhook_deliveries("ops")]
+    assert [d["kind"] for d in deliveries] == ["alert_new", "correction", "delete"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import orjson
 
@@ -85,3 +85,16 @@ class PostingChannel(NoticeChannel, Protocol):
     def profile(self) -> PlatformProfile | None: ...
 
     async def start(self) -> None: ...
+
+
+#: The `kind` of an outbox entry that asks a channel to delete the posts of its notice (a correction's option).
+DELETE_KIND = "delete"
+
+
+@runtime_checkable
+class DeletingChannel(Protocol):
+    """A channel that can take a post down again (Mastodon, Bluesky)."""
+
+    async def delete(self, remote_id: str) -> None:
+        """Delete one post by the id `send` returned; a post that is already gone counts as deleted."""
+        ...

@@ -192,6 +192,16 @@ class BlueskyChannel:
             raise PermanentDeliveryError(self.name, f"createRecord answered without uri/cid: {reply.snippet()}")
         return orjson.dumps({"uri": body["uri"], "cid": body["cid"]}).decode()
 
+    async def delete(self, remote_id: str) -> None:
+        reply = await self._authed("POST", "com.atproto.repo.deleteRecord",
+                                   json={"repo": self.did or self.config.identifier, "collection": COLLECTION,
+                                         "rkey": _rkey(remote_id)})
+        check_status(self.name, reply, self.clock())
+
+
+def _rkey(remote_id: str) -> str:
+    return str(orjson.loads(remote_id)["uri"]).rsplit("/", 1)[-1]
+
 
 def _expired(reply: HttpReply) -> bool:
     if reply.status not in (400, 401):

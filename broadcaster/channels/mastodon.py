@@ -94,3 +94,10 @@ class MastodonChannel:
         if not isinstance(status_id, str) or not status_id:
             raise PermanentDeliveryError(self.name, f"HTTP {reply.status} without a status id: {reply.snippet()}")
         return status_id
+
+    async def delete(self, remote_id: str) -> None:
+        reply = await self.http.request(self.name, "DELETE", f"{self.base}/api/v1/statuses/{remote_id}",
+                                        headers=self._auth(), deadline_s=self.config.timeout_seconds)
+        if reply.status == 404:
+            return  # already gone
+        check_status(self.name, reply, self.clock())

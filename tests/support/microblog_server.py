@@ -734,6 +734,8 @@ class MicroblogServer:
         self._idempotency: dict[str, tuple[str, datetime]] = {}
         self._bluesky_records: dict[tuple[str, str], tuple[str, dict[str, Any], datetime]] = {}
         self._bluesky_posts: list[BlueskyPost] = []
+        self._bluesky_deleted: list[BlueskyPost] = []
+        self._mastodon_deleted: list[MastodonStatus] = []
         self._bluesky_tokens: dict[str, _BlueskyToken] = {}
         self._bluesky_secret = secrets.token_bytes(32)
         self._bluesky_last_tid_us = 0
@@ -859,6 +861,11 @@ class MicroblogServer:
     def bluesky_posts(self) -> list[BlueskyPost]:
         with self._lock:
             return list(self._bluesky_posts)
+
+    def deleted(self) -> tuple[list[MastodonStatus], list[BlueskyPost]]:
+        """Mastodon statuses and Bluesky posts deleted so far (they no longer appear in the lists above)."""
+        with self._lock:
+            return list(self._mastodon_deleted), list(self._bluesky_deleted)
 
     @property
     def bluesky_login_count(self) -> int:
@@ -1127,6 +1134,14 @@ class MicroblogServer:
             return _json(200, self._mastodon_instance(), extra)
         if method == "POST" and path == "/api/v1/statuses":
             return self._mastodon_create(query, headers, body, extra)
+        if method == "DELETE" and path.startswith("/api/v1/statuses/"):
+            # Mastodon answers with the deleted status (source text included, for "delete and redraft").
+            self._mastodon_authorize(headers, extra)
+            gone = self._mastodon_by_id.pop(path.removeprefix("/api/v1/statuses/"), None)
+            if gone is None:
+                return _json(404, {"error": "Record not found"}, extra)
+            self._mastodon_deleted.append(gone)
+            return _json(200, {**self._mastodon_status_json(gone), "text": gone.text}, extra)
         if method == "GET" and path.startswith("/api/v1/statuses/"):
             status = self._mastodon_by_id.get(path.removeprefix("/api/v1/statuses/"))
             if status is None:
@@ -1280,6 +1295,7 @@ class MicroblogServer:
             ("GET", "com.atproto.server.getSession"): lambda: self._bluesky_get_session(headers, extra),
             ("POST", "com.atproto.repo.createRecord"): lambda: self._bluesky_create_record(headers, body, extra),
             ("GET", "com.atproto.repo.getRecord"): lambda: self._bluesky_get_record(query, extra),
+            ("POST", "com.atproto.repo.deleteRecord"): lambda: self._bluesky_delete_record(headers, body, extra),
         }
         handler = handlers.get((method, nsid))
         if handler is None:
@@ -1287,6 +1303,17 @@ class MicroblogServer:
                 return _json(405, {"error": "InvalidRequest", "message": "Incorrect HTTP method"}, extra)
             return _json(501, {"error": "MethodNotImplemented", "message": "Method Not Implemented"}, extra)
         return handler()
+
+    def _bluesky_delete_record(self, headers: Mapping[str, str], body: bytes, extra: Mapping[str, str]) -> Response:
+        """Like a PDS: deleting a record that is not there succeeds too (deletes are idempotent)."""
+        self._bluesky_token(headers, "access", extra)
+        data = _xrpc_input(headers, body, ("repo", "collection", "rkey"), extra)
+        key = (str(data["collection"]), str(data["rkey"]))
+        if self._bluesky_records.pop(key, None) is not None:
+            uri = f"at://{self.bluesky_did}/{key[0]}/{key[1]}"
+            self._bluesky_deleted += [p for p in self._bluesky_posts if p.uri == uri]
+            self._bluesky_posts = [p for p in self._bluesky_posts if p.uri != uri]
+        return _json(200, {}, extra)
 
     def _issue_jwt(self, kind: Literal["access", "refresh"], now: datetime) -> str:
         lifetime = self.bluesky_access_token_ttl_s if kind == "access" else 90 * 86400
