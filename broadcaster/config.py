@@ -126,6 +126,9 @@ class MqttConfig(_Section):
     password: SecretRef | None = None
     tls_ca_file: Path | None = None
     keepalive_seconds: Annotated[int, Field(ge=5, le=3600)] = 30
+    #: After a lost connection the broker announces "offline" only after this long (MQTT 5 Will Delay), so
+    #: a quick reconnect causes no "information unavailable" flicker on displays.
+    will_delay_seconds: Annotated[int, Field(ge=0, le=3600)] = 30
     retained_ttl_seconds: Annotated[int, Field(ge=60)] = 1800
     max_payload_bytes: Annotated[int, Field(ge=1024, le=268_435_455)] = 256 * 1024
     publish_window: Annotated[int, Field(ge=1, le=1000)] = 32
@@ -292,6 +295,55 @@ class EmergencyConfig(_Section):
     effects: tuple[str, ...] = ("NO_SERVICE",)
 
 
+AdminEndpoint = Literal["/v1/health", "/metrics", "/openapi.json"]
+
+
+class AdminToken(_Section):
+    """One bearer token of the admin API. `id` names its holder in the audit log; the token never appears."""
+
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")]
+    token: SecretRef
+
+
+class AdminConfig(_Section):
+    """The HTTP admin API (docs/admin.md): operator notices, corrections, health, status, Prometheus metrics."""
+
+    #: host:port to listen on ("[::1]:8787" for IPv6; port 0 picks a free one).
+    listen: str = "127.0.0.1:8787"
+    tokens: tuple[AdminToken, ...] = ()
+    #: Endpoints served without a token; the others (notices, corrections, status) always need one.
+    public: tuple[AdminEndpoint, ...] = ("/v1/health", "/metrics", "/openapi.json")
+    #: After this many failed authentications from one client address within `failure_window_seconds`,
+    #: that address gets 429 (with Retry-After) until the oldest failure leaves the window.
+    max_failures: Annotated[int, Field(ge=1)] = 10
+    failure_window_seconds: PositiveSeconds = 60
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, listen: str) -> str:
+        host, _, port = listen.rpartition(":")
+        if not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError("must be host:port, e.g. 127.0.0.1:8787 or [::1]:8787")
+        return listen
+
+    @field_validator("tokens")
+    @classmethod
+    def _unique_token_ids(cls, tokens: tuple[AdminToken, ...]) -> tuple[AdminToken, ...]:
+        ids = [t.id for t in tokens]
+        for token_id in ids:
+            if ids.count(token_id) > 1:
+                raise ValueError(f"token id {token_id!r} is used twice")
+        return tokens
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].removeprefix("[").removesuffix("]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
 class Config(_Section):
     config_version: Literal[1] = 1
     timezone: str = "Asia/Shanghai"
@@ -304,6 +356,8 @@ class Config(_Section):
     channels: tuple[ChannelConfig, ...] = ()
     digests: tuple[DigestConfig, ...] = ()
     emergency: EmergencyConfig = EmergencyConfig()
+    #: The HTTP admin API; None: not served.
+    admin: AdminConfig | None = None
     #: The file this was read from; set by `load_config`, not by the operator.
     source: Path = Field(default=Path("<memory>"), exclude=True)
 

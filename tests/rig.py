@@ -65,7 +65,7 @@ class Rig:
 
     def write_config(self, **overrides: Any) -> Path:
         mqtt = {"url": self.mqtt_url, "topic_prefix": self.prefix, "client_id": f"bc-{self.prefix[-8:]}",
-                "publish_timeout_seconds": 3, "reconnect_max_seconds": 1}
+                "publish_timeout_seconds": 3, "reconnect_max_seconds": 1, "will_delay_seconds": 2}
         mqtt.update(overrides.pop("mqtt", {}))
         state = {"directory": str(self.tmp_path / "state"), "resolve_after_missing": 2,
                  "crowding_min_dwell_seconds": 0}

@@ -108,7 +108,7 @@ async def test_run_stops_cleanly_on_sigterm_and_says_offline(rig: Rig) -> None:
 
 
 async def test_sigkilled_broadcaster_reads_offline_through_its_last_will(rig: Rig) -> None:
-    path = rig.write_config()
+    path = rig.write_config()  # will_delay_seconds = 2
     process = await asyncio.create_subprocess_exec(
         *broadcaster("run", "-c", str(path)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -190,3 +190,24 @@ async def test_announce_with_an_unknown_line_fails_clearly(rig: Rig) -> None:
     status, output = await run_command("announce", "-c", str(rig.write_config()), "--line", "99", "--text-en", "x")
     assert status == 1
     assert "unknown line '99'" in output
+
+
+async def test_a_quick_restart_causes_no_offline_flicker(rig: Rig) -> None:
+    """SIGKILL, then a new process within the Will Delay: displays never see "offline"."""
+    path = rig.write_config(mqtt={"will_delay_seconds": 20})
+    async with MessageRecorder(rig.mqtt_url, rig.topic("broadcaster/status")) as recorder:
+        for _ in range(2):
+            process = await asyncio.create_subprocess_exec(
+                *broadcaster("run", "-c", str(path)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            try:
+                online = len([m for m in recorder.messages if b'"online"' in m.payload])
+                await recorder.wait_for(
+                    lambda ms, n=online: len([m for m in ms if b'"online"' in m.payload]) > n, timeout=20
+                )
+            finally:
+                os.kill(process.pid, signal.SIGKILL)
+                await process.wait()
+        # The second process was killed too: within its delay nothing is said; after it, "offline".
+        states = [orjson.loads(m.payload)["status"] for m in recorder.messages if m.payload]
+        assert "offline" not in states
