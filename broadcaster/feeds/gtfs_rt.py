@@ -1,7 +1,8 @@
 """GTFS-Realtime protobuf to domain objects: service alerts, line delays and line occupancy.
 
 This is the only module that imports `gtfs_realtime_pb2`. Fields are read straight from the messages
-(`HasField`, local names): `MessageToDict` costs a hundred times more (DESIGN.md section 5).
+(`HasField`, local names): `MessageToDict` costs a hundred times more (DESIGN.md section 5). Alert texts are
+neutralised here, at the boundary, by `broadcaster.text` (controls, bidi overrides, HTML, mentions, size).
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from broadcaster.model import (
     Severity,
     normalise_language,
 )
+from broadcaster.text import clean_text, clean_url
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
 #: The entity kinds a GTFS-RT feed can be configured to carry.
 KINDS: frozenset[str] = frozenset({"alerts", "trip-updates", "vehicle-positions"})
@@ -226,7 +228,7 @@ class _InvalidAlert(Exception):
 def _convert_alert(
     alert_id: str, alert: pb.Alert, network: Network, languages: _Languages, problems: list[str]
 ) -> Alert:
-    header = _localized(alert.header_text, languages)
+    header = _localized(alert.header_text, languages, clean_text)
     if not header:
         raise _InvalidAlert("no header text")
     selectors = alert.informed_entity
@@ -244,8 +246,8 @@ def _convert_alert(
         effect=_EFFECT_NAMES.get(alert.effect, "UNKNOWN_EFFECT"),
         severity=_SEVERITIES.get(alert.severity_level, Severity.UNKNOWN_SEVERITY),
         header=header,
-        description=_localized(alert.description_text, languages),
-        url=_localized(alert.url, languages),
+        description=_localized(alert.description_text, languages, clean_text),
+        url=_localized(alert.url, languages, clean_url),
         informed=informed,
         active_periods=_active_periods(alert.active_period),
     )
@@ -263,10 +265,14 @@ class _Languages(dict[str, str]):
         return language
 
 
-def _localized(translated: pb.TranslatedString, languages: _Languages) -> LocalizedText:
+def _localized(
+    translated: pb.TranslatedString, languages: _Languages, clean: Callable[[str], str]
+) -> LocalizedText:
+    """The translations, each neutralised by `clean` (broadcaster/text.py: controls, bidi, HTML, mentions, size);
+    a translation left empty counts as absent."""
     texts: dict[str, str] = {}
     for translation in translated.translation:
-        text = _text(translation.text).strip()
+        text = clean(_text(translation.text))
         if text:
             language = languages[translation.language]
             # Several tags can share a primary subtag (zh-Hans, zh-Hant): the first one listed wins.

@@ -17,6 +17,7 @@ from typing import IO, TYPE_CHECKING
 
 from broadcaster.errors import NetworkDataError
 from broadcaster.model import Line, LocalizedText, Network, Station, normalise_language
+from broadcaster.text import clean_name
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -62,7 +63,7 @@ def load_network(source: Path, default_language: str = "zh") -> Network:
     lines = {
         route.id: Line(
             id=route.id,
-            short_name=route.short_name,
+            short_name=clean_name(route.short_name),
             names=translations.names("routes", route.name_field, route.id, route.name, default_language),
             color=route.color,
         )
@@ -348,13 +349,15 @@ class _Translations:
     by_text: dict[str, dict[str, str]] = field(default_factory=dict)  # older format: original text -> texts
 
     def names(self, table: str, column: str, record_id: str, original: str, language: str) -> LocalizedText:
-        """The original in the feed's language, overlaid with translations, the most specific last."""
+        """The original in the feed's language, overlaid with translations, the most specific last; each name
+        neutralised like any feed text (broadcaster/text.py)."""
         texts = {language: original} if original else {}
         if original:
             texts.update(self.by_text.get(original, {}))
             texts.update(self.by_value.get((table, column, original), {}))
         texts.update(self.by_record.get((table, column, record_id), {}))
-        return LocalizedText(MappingProxyType({lang: text for lang, text in texts.items() if text}))
+        cleaned = {lang: clean_name(text) for lang, text in texts.items()}
+        return LocalizedText(MappingProxyType({lang: text for lang, text in cleaned.items() if text}))
 
 
 def _read_translations(gtfs: _Gtfs, default_language: str) -> _Translations:

@@ -1,8 +1,10 @@
 """The one sandboxed Jinja2 environment: compile each template once, render with strict undefined variables.
 
-Templates are operator data and may be hostile, so they run in `SandboxedEnvironment`. A template missing for
-an operator is taken from the built-in set; an operator template that fails at render time falls back to the
-built-in one, so a notice is never lost to a template mistake (the failure is logged and `check` reports it).
+Templates are operator data and may be hostile, so they run in `BoundedSandbox` (render/sandbox.py): Jinja2's
+immutable sandbox, with the known escapes refused at compile time and every render bounded in time and size.
+A template missing for an operator is taken from the built-in set; an operator template that is refused or fails
+at render time falls back to the built-in one, so a notice is never lost to a template mistake (the failure is
+logged and `check` reports it with the template's line).
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment
 
 from broadcaster.errors import TemplateProblem
+from broadcaster.render.sandbox import BoundedSandbox, RenderLimits
 from broadcaster.resources import data_dir
 
 log = logging.getLogger(__name__)
@@ -40,9 +42,10 @@ def tidy(text: str) -> str:
     return _BLANK_RUNS.sub("\n\n", _TRAILING_SPACE.sub("\n", text)).strip()
 
 
-def _environment(loader: jinja2.BaseLoader) -> SandboxedEnvironment:
-    return SandboxedEnvironment(
+def _environment(loader: jinja2.BaseLoader, limits: RenderLimits | None) -> BoundedSandbox:
+    return BoundedSandbox(
         loader=loader,
+        limits=limits,
         undefined=jinja2.StrictUndefined,
         autoescape=False,  # plain-text posts; payloads that need escaping are built in code
         trim_blocks=True,
@@ -55,17 +58,19 @@ def _environment(loader: jinja2.BaseLoader) -> SandboxedEnvironment:
 class Renderer:
     """Renders `{kind}.{language}.j2` templates; operator templates override built-in ones by name."""
 
-    def __init__(self, operator_dir: Path | None = None, builtin_dir: Path | None = None) -> None:
+    def __init__(
+        self, operator_dir: Path | None = None, builtin_dir: Path | None = None, *, limits: RenderLimits | None = None
+    ) -> None:
         self.builtin_dir = builtin_dir or builtin_templates_dir()
         self.operator_dir = operator_dir
         builtin_loader = jinja2.FileSystemLoader(self.builtin_dir)
         loaders: list[jinja2.BaseLoader] = [builtin_loader]
         if operator_dir is not None:
             loaders.insert(0, jinja2.FileSystemLoader(operator_dir))
-        self.env = _environment(jinja2.ChoiceLoader(loaders))
-        self.builtin_env = _environment(builtin_loader)
+        self.env = _environment(jinja2.ChoiceLoader(loaders), limits)
+        self.builtin_env = _environment(builtin_loader, limits)
 
-    def _template(self, env: SandboxedEnvironment, name: str) -> jinja2.Template:
+    def _template(self, env: BoundedSandbox, name: str) -> jinja2.Template:
         try:
             return env.get_template(name)  # compiled once, then cached by the environment
         except jinja2.TemplateSyntaxError as exc:
@@ -78,9 +83,11 @@ class Renderer:
         try:
             return tidy(template.render(context))
         except jinja2.TemplateError as exc:
-            raise TemplateProblem(template.filename or name, str(exc), _error_line(exc)) from exc
-        except (TypeError, ValueError, ArithmeticError, LookupError, RecursionError) as exc:
-            raise TemplateProblem(template.filename or name, f"{type(exc).__name__}: {exc}") from exc
+            raise TemplateProblem(template.filename or name, str(exc), _error_line(exc, template.filename)) from exc
+        except (TypeError, ValueError, ArithmeticError, LookupError, RecursionError, MemoryError) as exc:
+            raise TemplateProblem(
+                template.filename or name, f"{type(exc).__name__}: {exc}", _error_line(exc, template.filename)
+            ) from exc
 
     def render(self, kind: str, language: str, context: Mapping[str, object]) -> str:
         """The post text for one notice in one language.
@@ -109,6 +116,16 @@ class Renderer:
         return sorted({n.split(".", 1)[0] for n in names})
 
 
-def _error_line(exc: jinja2.TemplateError) -> int | None:
+def _error_line(exc: BaseException, filename: str | None) -> int | None:
+    """The template line an error points at: its own for syntax errors, else the innermost frame of the template
+    in the traceback (Jinja rewrites tracebacks so that template frames carry template line numbers)."""
     lineno = getattr(exc, "lineno", None)
-    return lineno if isinstance(lineno, int) else None
+    if isinstance(lineno, int):
+        return lineno
+    line = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if filename is not None and tb.tb_frame.f_code.co_filename == filename:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
