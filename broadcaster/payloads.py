@@ -6,13 +6,13 @@ that the retained-state planner can tell a real change from a mere refresh by ha
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from broadcaster import __version__
-from broadcaster.compose import DEFAULT_EMERGENCY, EmergencyRule, Notice, Priority, alert_lines, is_emergency
+from broadcaster.compose import DEFAULT_EMERGENCY, EmergencyRule, Notice, Priority, is_emergency
 from broadcaster.contract import (
     SCHEMA_ALERT,
     SCHEMA_CROWDING,
@@ -22,7 +22,7 @@ from broadcaster.contract import (
     SCHEMA_STATUS,
     Topics,
 )
-from broadcaster.model import Line, LocalizedText, Network, Station
+from broadcaster.model import Alert, Line, LocalizedText, Network, Station
 from broadcaster.state import AlertRecord, CrowdingRecord, LineStatusKind, NetworkState, StatePolicy, crowding_trend
 from broadcaster.store import iso
 from broadcaster.vocabulary import word
@@ -70,30 +70,80 @@ class PayloadBuilder:
         self.policy = policy
         # Station -> lines is asked for every display on every tick; the network never changes while running.
         self._lines_at = {station_id: network.lines_at(station_id) for station_id in network.stations}
+        self._line_topics = {line_id: topics.line_status(line_id) for line_id in network.lines}
+        self._crowding_topics = {station_id: topics.station_crowding(station_id) for station_id in network.stations}
+        self._display_topics = {station_id: topics.station_display(station_id) for station_id in network.stations}
+        # (kind, id) -> (what the body was built from, the body). Every poll plans every retained topic, and
+        # most bodies are made of the same inputs as last time: comparing the inputs costs a few microseconds,
+        # building (and then serialising and hashing) a body tens of them (bench/: a whole tick at k = 1).
+        self._memo: dict[tuple[str, str], tuple[object, Body]] = {}
+        # Parts shared by many bodies, built once (bodies are never modified, so sharing them is safe).
+        self._line_refs = {line_id: line_ref(line, languages) for line_id, line in network.lines.items()}
+        self._station_refs = {sid: station_ref(station, sid, languages) for sid, station in network.stations.items()}
+        self._words: dict[str, dict[str, str]] = {}
 
     # -- retained state -------------------------------------------------------------------------------------
 
     def retained(self, state: NetworkState, now: datetime) -> Iterator[RetainedItem]:
-        """Every retained topic the state implies, with its content."""
+        """Every retained topic the state implies, with its content.
+
+        A body whose inputs are unchanged since the last call is the very same object as then (callers must
+        not modify bodies), so the planner can also skip serialising it again.
+        """
         as_of = iso(state.as_of) if state.as_of else None
+        cached = self._cached
         for line_id, line in self.network.lines.items():
-            yield RetainedItem(self.topics.line_status(line_id), self.line_status(state, line, as_of), "gtfs-rt")
+            status = state.line_status(line_id)
+            first = state.alerts.get(status.alert_ids[0]) if status.alert_ids else None
+            key: object = (status, first.alert.header if first else None, state.occupancy.get(line_id), as_of)
+            body = cached(("line", line_id), key, self.line_status, state, line, as_of)
+            yield RetainedItem(self._line_topics[line_id], body, "gtfs-rt")
         for record in state.alerts.values():
-            body = self.alert(record, now)
-            for line_id in alert_lines(record.alert, self.network):
-                yield RetainedItem(self.topics.line_alert(line_id, record.alert.id), body, "gtfs-rt")
+            a = record.alert
+            key = (a, record.version, record.first_seen, record.updated_at)
+            body = cached(("alert", a.id), key, self.alert, record, now)
+            for line_id in body["lines"]:
+                yield RetainedItem(self.topics.line_alert(line_id, a.id), body, "gtfs-rt")
         for station_id, crowding in state.crowding.items():
             if station_id in self.network.stations:
-                yield RetainedItem(
-                    self.topics.station_crowding(station_id), self.crowding(crowding, now), "passenger-flow"
-                )
+                trend = crowding_trend(crowding, now, self.policy)
+                key = (crowding.level, crowding.percentage, trend, crowding.observed_at, crowding.platforms)
+                body = cached(("crowding", station_id), key, self.crowding, crowding, now)
+                yield RetainedItem(self._crowding_topics[station_id], body, "passenger-flow")
         station_alerts = self._alerts_by_station(state)
         for station_id, station in self.network.stations.items():
-            yield RetainedItem(
-                self.topics.station_display(station_id),
-                self.display(state, station, station_alerts.get(station_id, []), now),
-                "any",
+            alerts = station_alerts.get(station_id, [])
+            reading = state.crowding.get(station_id)
+            key = (
+                tuple(state.line_status(line_id).kind for line_id in self._lines_at.get(station_id, ())),
+                tuple(r.alert for r in alerts),
+                (reading.level, reading.percentage, crowding_trend(reading, now, self.policy)) if reading else None,
             )
+            body = cached(("display", station_id), key, self.display, state, station, alerts, now)
+            yield RetainedItem(self._display_topics[station_id], body, "any")
+        for slot in [slot for slot in self._memo if slot[0] == "alert" and slot[1] not in state.alerts]:
+            del self._memo[slot]
+
+    def _cached(self, slot: tuple[str, str], key: object, build: Callable[..., Body], *args: Any) -> Body:
+        """The body last built for `slot` if it was built from an equal `key`, else `build(*args)`."""
+        hit = self._memo.get(slot)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        body = build(*args)
+        self._memo[slot] = (key, body)
+        return body
+
+    def _words_for(self, code: str) -> dict[str, str]:
+        found = self._words.get(code)
+        if found is None:
+            found = self._words[code] = words(code, self.languages)
+        return found
+
+    def _alert_lines(self, alert: Alert) -> tuple[str, ...]:
+        """`compose.alert_lines`, with this builder's precomputed station -> lines."""
+        if alert.line_ids:
+            return alert.line_ids
+        return tuple(dict.fromkeys(line for s in alert.station_ids for line in self._lines_at.get(s, ())))
 
     def _alerts_by_station(self, state: NetworkState) -> dict[str, list[AlertRecord]]:
         """Alerts touching each station: naming it, or naming a whole line that serves it."""
@@ -148,7 +198,7 @@ class PayloadBuilder:
             "header": texts(a.header, self.languages),
             "description": texts(a.description, self.languages),
             "url": texts(a.url, self.languages),
-            "lines": list(alert_lines(record.alert, self.network)),
+            "lines": list(self._alert_lines(record.alert)),
             "stations": [station_ref(self.network.stations.get(s), s, self.languages) for s in a.station_ids],
             "active_periods": [
                 {"start": iso(p.start) if p.start else None, "end": iso(p.end) if p.end else None}
@@ -161,9 +211,10 @@ class PayloadBuilder:
     def crowding(self, record: CrowdingRecord, now: datetime) -> Body:
         return {
             "schema": SCHEMA_CROWDING,
-            "station": station_ref(self.network.stations.get(record.station_id), record.station_id, self.languages),
+            "station": self._station_refs.get(record.station_id)
+            or station_ref(self.network.stations.get(record.station_id), record.station_id, self.languages),
             "level": record.level.name,
-            "level_text": words(record.level.name, self.languages),
+            "level_text": self._words_for(record.level.name),
             "percentage": record.percentage,
             "trend": crowding_trend(record, now, self.policy),
             "observed_at": iso(record.observed_at),
@@ -183,16 +234,17 @@ class PayloadBuilder:
         for line_id in self._lines_at.get(station.id, ()):
             line = self.network.lines[line_id]
             status = state.line_status(line_id).kind.value
-            lines.append({"line": line_ref(line, langs), "status": status, "status_text": words(status, langs)})
+            status_text = self._words_for(status)
+            lines.append({"line": self._line_refs[line_id], "status": status, "status_text": status_text})
             for lang in langs:
                 colon = "：" if lang == "zh" else ": "
-                status_rows[lang].append(f"{line.names.get(lang, 'en') or line.short_name}{colon}{word(status, lang)}")
+                status_rows[lang].append(f"{line.names.get(lang, 'en') or line.short_name}{colon}{status_text[lang]}")
         crowding: Body | None = None
         record = state.crowding.get(station.id)
         if record is not None:
             crowding = {
                 "level": record.level.name,
-                "level_text": words(record.level.name, langs),
+                "level_text": self._words_for(record.level.name),
                 "percentage": record.percentage,
                 "trend": crowding_trend(record, now, self.policy),
             }
@@ -207,7 +259,7 @@ class PayloadBuilder:
             tts[lang] = ("。" if lang == "zh" else ". ").join(rows[: max(1, len(alerts))]) if rows else ""
         return {
             "schema": SCHEMA_DISPLAY,
-            "station": station_ref(station, station.id, langs),
+            "station": self._station_refs.get(station.id) or station_ref(station, station.id, langs),
             "lines": lines,
             "alerts": [
                 {

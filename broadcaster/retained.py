@@ -78,6 +78,9 @@ class RetainedPlanner:
         self.max_payload_bytes = max_payload_bytes
         self.seq = seq
         self.published: dict[str, _Published] = {}
+        # topic -> (body, its serialisation, digest): the payload builder hands back the same body object while
+        # its content is unchanged, so it is serialised and hashed once, not on every poll.
+        self._serialised: dict[str, tuple[Body, bytes, str]] = {}
 
     def load(self, conn: sqlite3.Connection) -> None:
         self.published = {t: _Published(d, None) for t, d in conn.execute("SELECT topic, digest FROM retained")}
@@ -90,10 +93,16 @@ class RetainedPlanner:
         seen: set[str] = set()
         valid_until = now + self.ttl
         expiry = int(self.ttl.total_seconds())
+        serialised = self._serialised
         for item in items:
             seen.add(item.topic)
-            body = serialise(item.body)
-            digest = hashlib.blake2b(body, digest_size=12).hexdigest()
+            cached = serialised.get(item.topic)
+            if cached is not None and cached[0] is item.body:
+                body, digest = cached[1], cached[2]
+            else:
+                body = serialise(item.body)
+                digest = hashlib.blake2b(body, digest_size=12).hexdigest()
+                serialised[item.topic] = (item.body, body, digest)
             prev = self.published.get(item.topic)
             fresh = item.source == "any" or item.source in fresh_sources
             due = prev is not None and (prev.at is None or now - prev.at >= self.refresh_after)
@@ -115,6 +124,8 @@ class RetainedPlanner:
             out.append(Publication(item.topic, payload, True, expiry, digest, now))
         for topic in self.published.keys() - seen:
             out.append(Publication(topic, b"", True))
+        for topic in serialised.keys() - seen:
+            del serialised[topic]
         return out
 
     def confirm(self, publications: Iterable[Publication], now: datetime, conn: sqlite3.Connection) -> None:

@@ -1,0 +1,68 @@
+"""The benchmark harness still runs: `python -m bench` on a tiny city (k = 0.1). Nothing here is timed."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+REQUIRED_KEYS = (
+    "full_refresh_ratio_vs_floor",
+    "full_refresh_ratio_vs_limit",
+    "change_tick_ratio_vs_full",
+    "scale10_ratio_vs_scale1",
+    "emergency_p99_ms",
+    "rss_mb_k1",
+    "rss_mb_k10",
+    "naive_ratio",
+)
+
+
+@pytest.mark.timeout(120)
+def test_bench_runs_on_a_tiny_city_and_writes_its_results(tmp_path: Path) -> None:
+    out = tmp_path / "latest.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench", "--scales", "0.1", "--reps", "1", "--ticks", "1", "--rounds", "3",
+         "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=110, check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "| full | 0.1 |" in completed.stdout  # the table for people
+    doc = json.loads(out.read_text(encoding="utf-8"))
+
+    for key in REQUIRED_KEYS:
+        assert key in doc, key
+    # Measured at the reference scale, so present and positive; the k = 1 / k = 10 figures need those scales.
+    for key in ("full_refresh_ratio_vs_floor", "full_refresh_ratio_vs_limit", "change_tick_ratio_vs_full",
+                "emergency_p99_ms", "naive_ratio", "rss_mb_reference"):
+        value = doc[key]
+        assert isinstance(value, float), (key, value)
+        assert math.isfinite(value), (key, value)
+        assert value > 0, (key, value)
+    for key in ("scale10_ratio_vs_scale1", "rss_mb_k1", "rss_mb_k10"):
+        assert doc[key] is None, key
+
+    full = doc["scenarios"]["full@0.1"]
+    tick = doc["scenarios"]["tick@0.1"]
+    # Every retained topic of the tiny city went out; a steady tick publishes only some of them.
+    assert full["retained_topics"] > 0
+    assert full["published"] >= full["retained_topics"]
+    assert 0 < tick["published"] < full["published"]
+    assert set(full["stages_ms"]) == {"fetch", "parse", "diff", "compose", "render_notices", "render_retained",
+                                      "outbox", "publish"}
+    assert all(ms >= 0 for ms in full["stages_ms"].values())
+    assert 0 < full["rss_mb"] < 1024
+    emergency = doc["scenarios"]["emergency@0.1"]
+    assert emergency["rounds"] == 3
+    assert emergency["displays_per_round"] > 0
+    assert emergency["microblog_ms"]["p99"] > 0
+    base = doc["baselines"]
+    assert base["messages"] == full["retained_topics"]
+    for key in ("limit_ms", "floor_ms", "naive_ms"):
+        assert base[key] > 0, key
