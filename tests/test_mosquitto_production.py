@@ -4,10 +4,7 @@ state while the broadcaster account can."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
@@ -21,7 +18,8 @@ from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
-from support import MosquittoBroker, find_mosquitto
+from support import MosquittoBroker
+from support.mosquitto_passwd import write_password_file
 
 from broadcaster.config import MqttConfig
 from broadcaster.resources import data_dir
@@ -101,18 +99,6 @@ def test_example_acl_lets_only_the_broadcaster_write() -> None:
 # -- a broker started from the production config ------------------------------------------------------------------
 
 
-def find_mosquitto_passwd() -> str:
-    """mosquitto_passwd: $MOSQUITTO_PASSWD, PATH, next to the broker, then the usual places. Missing: the test fails."""
-    broker_dir = str(Path(find_mosquitto()).parent)
-    candidates = [os.environ.get("MOSQUITTO_PASSWD", ""), shutil.which("mosquitto_passwd") or "",
-                  *(str(Path(d) / "mosquitto_passwd") for d in (broker_dir, "/usr/bin", "/usr/local/bin",
-                                                                 "/opt/homebrew/bin"))]
-    for candidate in candidates:
-        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    pytest.fail("mosquitto_passwd not found (it comes with the mosquitto package)", pytrace=False)
-
-
 def config_copy(conf_text: str, password_file: Path) -> str:
     """The production config without its TLS block and without what the test broker provides, plus the test's
     password file and the production ACL itself."""
@@ -127,13 +113,7 @@ def config_copy(conf_text: str, password_file: Path) -> str:
 
 @pytest.fixture
 def production_broker(tmp_path: Path, mosquitto_factory: MosquittoFactory) -> MosquittoBroker:
-    passwd = tmp_path / "passwd"
-    tool = find_mosquitto_passwd()
-    for i, (user, password) in enumerate(PASSWORDS.items()):
-        create = ["-c"] if i == 0 else []
-        subprocess.run([tool, *create, "-b", str(passwd), user, password], check=True, capture_output=True,
-                       timeout=30)
-    passwd.chmod(0o600)
+    passwd = write_password_file(tmp_path / "passwd", PASSWORDS)
     return mosquitto_factory(extra_config=config_copy(CONF.read_text(encoding="utf-8"), passwd))
 
 
