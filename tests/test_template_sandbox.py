@@ -3,6 +3,7 @@ a second, and a notice is sent anyway (built-in template, else the plain fallbac
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
 from datetime import UTC, datetime
@@ -267,6 +268,25 @@ def test_the_deadline_stops_a_render_that_stays_under_the_step_limit() -> None:
     with pytest.raises(TemplateLimitExceeded, match=r"longer than 0\.05 s"):
         template.render()
     assert time.perf_counter() - started < 0.5
+
+
+class Kind(enum.StrEnum):
+    ALERT = "alert"
+
+
+class Rank(enum.IntEnum):
+    HIGH = 1
+
+
+def test_subclasses_of_built_in_types_get_the_same_method_checks() -> None:
+    env = BoundedSandbox()
+    assert env.from_string("{{ kind.upper() }} {{ rank.bit_length() }}").render(kind=Kind.ALERT, rank=Rank.HIGH) == (
+        "ALERT 1"
+    )
+    with pytest.raises(TemplateLimitExceeded):
+        env.from_string("{{ kind.ljust(10**9) }}").render(kind=Kind.ALERT)
+    with pytest.raises(SecurityError, match="not allowed"):
+        env.from_string("{{ rank.to_bytes(10**9, 'big') }}").render(rank=Rank.HIGH)
 
 
 def test_each_render_gets_a_fresh_budget() -> None:

@@ -280,6 +280,21 @@ _ALLOWED_METHODS: Final[dict[type, frozenset[str]]] = {
 }
 _PADDING_METHODS: Final = frozenset({"center", "ljust", "rjust", "zfill"})
 
+
+_ALLOWED_BY_TYPE: dict[type, frozenset[str] | None] = {}
+
+
+def _allowed_methods(kind: type) -> frozenset[str] | None:
+    """The methods allowed on `kind`: those of the nearest built-in type it derives from (a StrEnum is a str, an
+    IntEnum an int), or None (no restriction) for other objects: Jinja's own, macros, namespaces."""
+    try:
+        return _ALLOWED_BY_TYPE[kind]
+    except KeyError:
+        found = next((_ALLOWED_METHODS[base] for base in kind.__mro__ if base in _ALLOWED_METHODS), None)
+        _ALLOWED_BY_TYPE[kind] = found
+        return found
+
+
 #: One printf conversion: flags, width and precision are what can make it large.
 _PRINTF: Final = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?[hlL]?(.)", re.DOTALL)
 
@@ -324,7 +339,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
     def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         _tick()
         owner = getattr(__obj, "__self__", None)
-        allowed = _ALLOWED_METHODS.get(type(owner))
+        allowed = _allowed_methods(type(owner)) if owner is not None else None
         if allowed is not None:
             name = getattr(__obj, "__name__", "")
             if name not in allowed:
