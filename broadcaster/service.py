@@ -16,7 +16,7 @@ import os
 import signal
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -302,8 +302,18 @@ class Broadcaster:
             log.error("could not record the failure of feed %r: %s", feed.name, exc)
         return PollOutcome(feed.name, False, error=reason)
 
-    async def poll(self, feed: FeedConfig) -> PollOutcome:
-        """Fetch one feed and carry what changed through the pipeline. Never raises for bad input."""
+    async def poll_round(self, feeds: Sequence[FeedConfig] | None = None) -> list[PollOutcome]:
+        """Poll several feeds at once and publish the retained state they changed once, not once per feed
+        (at start-up and in `once`: one poll per feed would publish an interchange's display several times)."""
+        outcomes = await asyncio.gather(*(self.poll(f, publish=False) for f in feeds or self.config.feeds))
+        await self.publish_retained()
+        return list(outcomes)
+
+    async def poll(self, feed: FeedConfig, *, publish: bool = True) -> PollOutcome:
+        """Fetch one feed and carry what changed through the pipeline. Never raises for bad input.
+
+        `publish=False` leaves the retained topics to the caller (`poll_round`).
+        """
         record = self.feeds.get(feed.name) or FeedRecord(feed.name)
         started = time.perf_counter()
         try:
@@ -340,7 +350,8 @@ class Broadcaster:
                     save_feed(conn, good)
             except StoreError as exc:
                 log.error("feed %r: could not record the fetch: %s", feed.name, exc)
-            await self.publish_retained()
+            if publish:
+                await self.publish_retained()
             return PollOutcome(feed.name, True)
         if snapshot.problems:
             shown = "; ".join(snapshot.problems[:3])
@@ -349,7 +360,7 @@ class Broadcaster:
         good = replace(good, feed_timestamp=snapshot.timestamp)
         try:
             transition, notices = await self._advance(
-                self._with_corrections(snapshot), now, on_commit=lambda conn: save_feed(conn, good)
+                self._with_corrections(snapshot), now, on_commit=lambda conn: save_feed(conn, good), publish=publish
             )
         except StoreError as exc:
             # Nothing was committed: the state stays as it was and the next poll tries again.
@@ -369,6 +380,7 @@ class Broadcaster:
         extra_notices: Sequence[Notice] = (),
         extra_messages: Sequence[OutgoingMessage] = (),
         on_commit: Callable[[sqlite3.Connection], None] | None = None,
+        publish: bool = True,
     ) -> tuple[Transition, list[Notice]]:
         """The one path from a snapshot to the outbox: diff, compose, render, then commit the new state, the
         notices and whatever `on_commit` writes in one transaction; then wake the channels and publish state.
@@ -393,7 +405,8 @@ class Broadcaster:
         self.metrics.note_origins(notices, snapshot.timestamp if snapshot.feed != OPERATOR_FEED else None)
         if messages:
             self.wake()
-        await self.publish_retained()
+        if publish:
+            await self.publish_retained()
         return transition, notices
 
     # -- the operator's desk: manual notices, corrections, digests -------------------------------------------
@@ -949,7 +962,7 @@ async def run_once(config: Config, *, drain_timeout: float = 30.0) -> int:
     """Poll every feed once, publish, deliver the outbox, and return an exit status (0 = all good)."""
     failures: list[str] = []
     async with open_broadcaster(config) as b, _linked(b):
-        outcomes = await asyncio.gather(*(b.poll(feed) for feed in config.feeds))
+        outcomes = await b.poll_round()
         failures += [f"feed {o.feed!r}: {o.error}" for o in outcomes if not o.ok]
         await b.process_requests()
         await _deliver(b, failures, drain_timeout)
@@ -1006,7 +1019,8 @@ async def serve(
         admin.bind()
     scheduler = JobScheduler()
     for feed in b.config.feeds:
-        scheduler.every(f"poll:{feed.name}", feed.poll_seconds, _poll_job(b, feed))
+        # The first poll of every feed is one round (below), so the schedule starts one interval later.
+        scheduler.every(f"poll:{feed.name}", feed.poll_seconds, _poll_job(b, feed), now=False)
     for digest in b.config.digests:
         scheduler.on_cron(f"digest:{digest.name}", digest.cron, b.config.zone, _guarded(b.digest, digest))
     scheduler.every("operator:expire", 60, _guarded(b.expire_operator_notices), now=False)
@@ -1017,6 +1031,7 @@ async def serve(
         drains = [tg.create_task(b.drain_loop(ch, stop)) for ch in b.channels]
         if admin is not None:
             await admin.wait_started(tg.create_task(admin.serve()))
+        tg.create_task(_guarded(b.poll_round)())
         scheduler.start()
         log.info("broadcaster running: %d feed(s), %d channel(s), MQTT %s",
                  len(b.config.feeds), len(b.channels), b.config.mqtt.url)
@@ -1048,7 +1063,7 @@ async def run_forever(config: Config, *, stop: asyncio.Event | None = None, grac
     return 0
 
 
-def _guarded(job: Callable[..., Awaitable[object]], *args: object) -> Callable[[], Awaitable[None]]:
+def _guarded(job: Callable[..., Awaitable[object]], *args: object) -> Callable[[], Coroutine[Any, Any, None]]:
     """A scheduler job that logs instead of raising, so one bad run never stops the schedule."""
 
     async def run() -> None:

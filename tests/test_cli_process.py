@@ -8,12 +8,20 @@ import signal
 import subprocess
 import sys
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
 import pytest
 from rig import Rig
-from support import LoopbackHttpServer, MessageRecorder, MosquittoBroker, collect_retained, free_port
+from support import (
+    LoopbackHttpServer,
+    MessageRecorder,
+    MosquittoBroker,
+    ReceivedMessage,
+    collect_retained,
+    free_port,
+)
 from support.gtfs_rt_builders import alert_entity, selector
 
 from broadcaster.resources import data_dir
@@ -202,9 +210,11 @@ async def test_a_quick_restart_causes_no_offline_flicker(rig: Rig) -> None:
             )
             try:
                 online = len([m for m in recorder.messages if b'"online"' in m.payload])
-                await recorder.wait_for(
-                    lambda ms, n=online: len([m for m in ms if b'"online"' in m.payload]) > n, timeout=20
-                )
+
+                def another_online(messages: Sequence[ReceivedMessage], seen: int = online) -> bool:
+                    return len([m for m in messages if b'"online"' in m.payload]) > seen
+
+                await recorder.wait_for(another_online, timeout=20)
             finally:
                 os.kill(process.pid, signal.SIGKILL)
                 await process.wait()
