@@ -42,7 +42,8 @@ from broadcaster.config import Config, load_config
 from broadcaster.contract import Topics
 from broadcaster.outbox import OutboxEntry
 from broadcaster.retained import Publication
-from broadcaster.service import Broadcaster, open_broadcaster
+from broadcaster.runner import open_broadcaster
+from broadcaster.service import Broadcaster
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -41,8 +41,9 @@ from broadcaster.channels.mqtt import MqttNoticeChannel
 from broadcaster.config import AdminConfig
 from broadcaster.errors import ConfigError, StoreError
 from broadcaster.metrics import CONTENT_TYPE, FeedHealth, Health
+from broadcaster.operator import ManualNotice
 from broadcaster.outbox import PARKED
-from broadcaster.service import Broadcaster, ManualNotice
+from broadcaster.service import Broadcaster
 
 log = logging.getLogger(__name__)
 

@@ -69,13 +69,13 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def _cmd_once(args: argparse.Namespace) -> int:
-    from broadcaster.service import run_once
+    from broadcaster.runner import run_once
 
     return asyncio.run(run_once(_load(args)))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from broadcaster.service import run_forever
+    from broadcaster.runner import run_forever
 
     return asyncio.run(run_forever(_load(args)))
 
@@ -108,7 +108,7 @@ def _until(value: str | None, config: Config) -> str | None:
 
 
 def _cmd_announce(args: argparse.Namespace) -> int:
-    from broadcaster.service import run_request
+    from broadcaster.runner import run_request
 
     config = _load(args)
     texts = _texts(args)
@@ -124,7 +124,7 @@ def _cmd_announce(args: argparse.Namespace) -> int:
 
 
 def _cmd_correct(args: argparse.Namespace) -> int:
-    from broadcaster.service import run_request
+    from broadcaster.runner import run_request
 
     config = _load(args)
     texts = _texts(args)

@@ -19,7 +19,8 @@ from support.gtfs_rt_builders import feed_bytes
 
 from broadcaster.config import Config, load_config
 from broadcaster.resources import data_dir
-from broadcaster.service import Broadcaster, Clock, open_broadcaster
+from broadcaster.runner import open_broadcaster
+from broadcaster.service import Broadcaster, Clock
 
 NETWORK_DIR = data_dir("config") / "network"
 

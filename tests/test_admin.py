@@ -23,7 +23,8 @@ from test_channels import SIGNAL, alert, channels, until
 from broadcaster.admin import AdminServer, FailureThrottle
 from broadcaster.config import Config, load_config
 from broadcaster.errors import ConfigError
-from broadcaster.service import Broadcaster, serve
+from broadcaster.runner import serve
+from broadcaster.service import Broadcaster
 
 #: Planted where the admin token goes; it must never show up in a file, a log line or a response.
 SENTINEL = f"sentinel-admin-token-{uuid.uuid4().hex}"
@@ -363,7 +364,7 @@ async def test_serve_runs_the_admin_api_and_stops_it_on_stop(rig: Rig) -> None:
     port = free_port()
     config = admin_config(rig, listen=f"127.0.0.1:{port}")
     stop = asyncio.Event()
-    from broadcaster.service import open_broadcaster
+    from broadcaster.runner import open_broadcaster
 
     async with open_broadcaster(config) as b:
         task = asyncio.create_task(serve(b, stop, grace=2))

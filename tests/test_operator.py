@@ -17,8 +17,8 @@ from test_channels import SIGNAL, alert, channels, until
 
 from broadcaster.config import DigestConfig
 from broadcaster.model import Severity
+from broadcaster.operator import ManualNotice
 from broadcaster.scheduler import CronSchedule
-from broadcaster.service import ManualNotice
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 

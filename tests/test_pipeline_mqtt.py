@@ -15,7 +15,7 @@ from support import LoopbackHttpServer, MessageRecorder, MosquittoBroker, collec
 from support.gtfs_rt_builders import alert_entity, selector
 
 from broadcaster.errors import StoreError
-from broadcaster.service import open_broadcaster
+from broadcaster.runner import open_broadcaster
 
 SUSPENDED_L2 = {"zh": "2号线因设备故障暂停运营", "en": "Line 2 suspended: equipment fault"}
 

@@ -13,7 +13,8 @@ import logging
 
 from broadcaster.config import Config
 from broadcaster.demo.recorder import PostLog, RecordingChannel
-from broadcaster.service import Broadcaster, open_broadcaster, serve
+from broadcaster.runner import open_broadcaster, serve
+from broadcaster.service import Broadcaster
 
 log = logging.getLogger(__name__)
 

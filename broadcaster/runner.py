@@ -1,0 +1,255 @@
+"""Running the pipeline: build it from a config, and run it once, for one operator request, or until stopped.
+
+`open_broadcaster` assembles the parts in dependency order (lock, database, fetcher, HTTP channels, broker
+link); `serve` runs the long-lived loops (broker link, one drain loop per channel, the scheduled polls,
+digests and operator requests, the admin API); `run_forever`, `run_once` and `run_request` are what the
+command line calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from typing import Any
+
+from broadcaster import __version__, desk
+from broadcaster.channels.base import PostingChannel
+from broadcaster.channels.factory import build_channel
+from broadcaster.channels.http import HttpChannelClient
+from broadcaster.channels.mqtt import MqttLink
+from broadcaster.config import Config, FeedConfig
+from broadcaster.errors import BroadcasterError
+from broadcaster.feeds.fetch import FeedFetcher
+from broadcaster.feeds.network import load_network
+from broadcaster.lock import InstanceLock
+from broadcaster.render import Renderer
+from broadcaster.scheduler import JobScheduler
+from broadcaster.service import Broadcaster, Clock, SystemClock
+from broadcaster.store import Database, KeyValueStore
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.asynccontextmanager
+async def open_broadcaster(config: Config, *, clock: Clock | None = None) -> AsyncIterator[Broadcaster]:
+    """Build the pipeline: lock the state directory, open the database, load the network and templates."""
+    network = load_network(config.network.gtfs, config.network.default_language)
+    renderer = Renderer(config.templates.directory)
+    lock = InstanceLock(config.state.directory)
+    lock.acquire()
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            db = Database(config.database_path)
+            stack.callback(db.close)
+            fetcher = await stack.enter_async_context(FeedFetcher(user_agent=f"broadcaster/{__version__}"))
+            username = config.mqtt.username.load() if config.mqtt.username else None
+            password = config.mqtt.password.load() if config.mqtt.password else None
+            holder: list[Broadcaster] = []
+
+            async def on_connected() -> None:
+                await holder[0].on_connected()
+
+            link = MqttLink(
+                config.mqtt,
+                username=username.reveal() if username else None,
+                password=password.reveal() if password else None,
+                on_connected=on_connected,
+            )
+            the_clock = clock or SystemClock()
+            http = await stack.enter_async_context(HttpChannelClient(the_clock.now))
+            sessions = KeyValueStore(db, "session")
+            posting = [
+                build_channel(config, i, http, the_clock.now, sessions) for i in range(len(config.channels))
+            ]
+            await _start_channels(posting)
+            broadcaster = Broadcaster(
+                config, network, renderer, db, fetcher, link, posting=posting, clock=the_clock
+            )
+            holder.append(broadcaster)
+            yield broadcaster
+    finally:
+        lock.release()
+
+
+CHANNEL_START_SECONDS = 20.0
+
+
+async def _start_channels(channels: Sequence[PostingChannel]) -> None:
+    """Let each channel ask its platform what it needs (Mastodon's limit), all at once, without holding start-up
+    longer than CHANNEL_START_SECONDS: a channel that cannot be reached keeps its configured defaults."""
+
+    async def start(channel: PostingChannel) -> None:
+        try:
+            async with asyncio.timeout(CHANNEL_START_SECONDS):
+                await channel.start()
+        except (TimeoutError, BroadcasterError) as exc:
+            log.warning("%s: start-up check failed: %s", channel.name, exc)
+
+    await asyncio.gather(*(start(c) for c in channels))
+
+
+async def _deliver(b: Broadcaster, failures: list[str], drain_timeout: float) -> None:
+    """Wait for the broker, publish the retained state, and drain every channel (bounded)."""
+    try:
+        async with asyncio.timeout(b.config.mqtt.connect_timeout_seconds):
+            await b.link.connected.wait()
+    except TimeoutError:
+        failures.append(f"MQTT broker {b.config.mqtt.url} unreachable: {b.link.last_error or 'timed out'}")
+        return
+    await b.publish_retained()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(drain_timeout):
+            for channel in b.channels:
+                await b.drain_due(channel)
+    left = b.pending()
+    if left:
+        failures.append(f"{left} notice(s) still queued in the outbox")
+
+
+@contextlib.asynccontextmanager
+async def _linked(b: Broadcaster) -> AsyncIterator[None]:
+    """The broker link for a one-shot command: up while the block runs, then a clean goodbye."""
+    link_stop = asyncio.Event()
+    link_task = asyncio.create_task(b.link.run(link_stop))
+    try:
+        yield
+    finally:
+        link_stop.set()
+        try:
+            async with asyncio.timeout(5):
+                await link_task
+        except TimeoutError:
+            link_task.cancel()
+
+
+async def run_once(config: Config, *, drain_timeout: float = 30.0) -> int:
+    """Poll every feed once, publish, deliver the outbox, and return an exit status (0 = all good)."""
+    failures: list[str] = []
+    async with open_broadcaster(config) as b, _linked(b):
+        outcomes = await b.poll_round()
+        failures += [f"feed {o.feed!r}: {o.error}" for o in outcomes if not o.ok]
+        await b.process_requests()
+        await _deliver(b, failures, drain_timeout)
+    for line in failures:
+        log.error("%s", line)
+    return 1 if failures else 0
+
+
+async def run_request(config: Config, action: str, body: Mapping[str, Any], *, wait_seconds: float = 30.0) -> str:
+    """Carry out one operator request and return its result (a notice id, a correction's version).
+
+    The request is queued in the database first. If a broadcaster is running on this state directory it
+    carries the request out; otherwise this process does, and delivers the outbox before returning.
+
+    Raises:
+        desk.RequestFailed: it failed, or the running broadcaster did not take it within `wait_seconds`.
+    """
+    db = Database(config.database_path)
+    try:
+        request_id = desk.submit(db, action, body)
+        if InstanceLock(config.state.directory).held_by_another():
+            return await desk.wait_for(db, request_id, wait_seconds)
+    finally:
+        db.close()
+    failures: list[str] = []
+    async with open_broadcaster(config) as b, _linked(b):
+        await b.process_requests()
+        await _deliver(b, failures, wait_seconds)
+        row = b.db.conn.execute("SELECT status, result, error FROM requests WHERE id = ?", (request_id,)).fetchone()
+    for line in failures:
+        log.warning("%s (it stays queued and goes out with the next run)", line)
+    if row[0] != desk.DONE:
+        raise desk.RequestFailed(str(row[2]))
+    return str(row[1])
+
+
+async def serve(
+    b: Broadcaster, stop: asyncio.Event, *, grace: float = 10.0, on_started: Callable[[], None] | None = None
+) -> None:
+    """Run an open broadcaster until `stop`: the MQTT link, one drain loop per channel, one poll job per feed.
+
+    On stop: no new polls, in-flight sends finish (for at most `grace` seconds), then the link says offline.
+    `on_started` is called once everything runs (the demo's dashboard uses it). With an `[admin]` section the
+    admin API serves too; it stops taking requests first.
+
+    Raises:
+        ConfigError: an admin token cannot be read, or the admin API's address cannot be listened on.
+    """
+    admin = None
+    if b.config.admin is not None:
+        from broadcaster.admin import AdminServer  # starlette and uvicorn load only when the API is configured
+
+        admin = AdminServer(b, b.config.admin)
+        admin.bind()
+    scheduler = JobScheduler()
+    for feed in b.config.feeds:
+        # The first poll of every feed is one round (below), so the schedule starts one interval later.
+        scheduler.every(f"poll:{feed.name}", feed.poll_seconds, _poll_job(b, feed), now=False)
+    for digest in b.config.digests:
+        scheduler.on_cron(f"digest:{digest.name}", digest.cron, b.config.zone, _guarded(b.digest, digest))
+    scheduler.every("operator:expire", 60, _guarded(b.expire_operator_notices), now=False)
+    scheduler.every("operator:requests", 1, _guarded(b.process_requests))
+    link_stop = asyncio.Event()
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(b.link.run(link_stop))
+        drains = [tg.create_task(b.drain_loop(ch, stop)) for ch in b.channels]
+        if admin is not None:
+            await admin.wait_started(tg.create_task(admin.serve()))
+        tg.create_task(_guarded(b.poll_round)())
+        scheduler.start()
+        log.info("broadcaster running: %d feed(s), %d channel(s), MQTT %s",
+                 len(b.config.feeds), len(b.channels), b.config.mqtt.url)
+        if on_started is not None:
+            on_started()
+        await stop.wait()
+        log.info("stopping: finishing in-flight sends")
+        if admin is not None:
+            admin.shutdown()
+        scheduler.shutdown()
+        await asyncio.wait(drains, timeout=grace)
+        link_stop.set()
+
+
+async def run_forever(config: Config, *, stop: asyncio.Event | None = None, grace: float = 10.0) -> int:
+    """Run until SIGINT/SIGTERM (or `stop`): poll on schedule, publish, drain; then say offline and exit 0."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        async with open_broadcaster(config) as b:
+            await serve(b, stop, grace=grace)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+    return 0
+
+
+def _guarded(job: Callable[..., Awaitable[object]], *args: object) -> Callable[[], Coroutine[Any, Any, None]]:
+    """A scheduler job that logs instead of raising, so one bad run never stops the schedule."""
+
+    async def run() -> None:
+        try:
+            await job(*args)
+        except Exception:
+            log.exception("scheduled job %s failed", getattr(job, "__name__", job))
+
+    return run
+
+
+def _poll_job(b: Broadcaster, feed: FeedConfig) -> Callable[[], Awaitable[None]]:
+    """A poll as a scheduler job: a coroutine function (APScheduler only awaits those), catching everything so
+    one bad tick never kills the schedule."""
+
+    async def poll() -> None:
+        try:
+            await b.poll(feed)
+        except Exception:
+            log.exception("poll of feed %r failed unexpectedly", feed.name)
+
+    return poll
