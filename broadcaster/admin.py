@@ -131,7 +131,7 @@ class TokenRing:
         for i, entry in enumerate(config.tokens):
             key = f"admin.tokens[{i}].token"
             try:
-                secret = entry.token.load()
+                secret = entry.token.load(Path(source).parent)
             except OSError as exc:
                 raise ConfigError(source, key, f"cannot read {entry.token.file}: {exc.strerror}") from None
             if secret is None:

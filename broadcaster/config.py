@@ -63,13 +63,19 @@ class SecretRef(_Section):
             raise ValueError("give exactly one of 'env' or 'file'")
         return self
 
-    def load(self) -> Secret | None:
-        """The secret's value, or None when the variable is unset. A named file that is missing is an error."""
+    def load(self, config_dir: Path | None = None) -> Secret | None:
+        """The secret's value without surrounding white space, or None when the variable is unset.
+
+        A relative file name is looked for in `$CREDENTIALS_DIRECTORY` (systemd), then `/run/secrets`
+        (containers), then `config_dir`. A named file that cannot be read raises OSError.
+        """
+        from broadcaster.secretfiles import read_secret_file, resolve_secret_file
+
         if self.env is not None:
             value = os.environ.get(self.env)
-            return Secret(value) if value is not None else None
+            return Secret(value.strip()) if value is not None else None
         assert self.file is not None
-        return Secret(self.file.read_text(encoding="utf-8").rstrip("\r\n"))
+        return Secret(read_secret_file(resolve_secret_file(self.file, config_dir=config_dir)))
 
 
 class NetworkConfig(_Section):

@@ -45,8 +45,8 @@ async def open_broadcaster(config: Config, *, clock: Clock | None = None) -> Asy
             db = Database(config.database_path)
             stack.callback(db.close)
             fetcher = await stack.enter_async_context(FeedFetcher(user_agent=f"broadcaster/{__version__}"))
-            username = config.mqtt.username.load() if config.mqtt.username else None
-            password = config.mqtt.password.load() if config.mqtt.password else None
+            username = config.mqtt.username.load(config.source.parent) if config.mqtt.username else None
+            password = config.mqtt.password.load(config.source.parent) if config.mqtt.password else None
             holder: list[Broadcaster] = []
 
             async def on_connected() -> None:

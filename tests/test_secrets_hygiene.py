@@ -231,12 +231,6 @@ async def test_planted_secrets_appear_in_no_output(
         assert name in logs
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a token with a stray space makes httpx raise LocalProtocolError('Illegal header value b\"Bearer <token> \"'): "
-    "httpcore logs it at debug level, and channels/http.py turns it into a retried TransientDeliveryError whose "
-    "reason, token included, is logged and stored in the outbox. Needs the hooks in docs/reliability.md (secrets "
-    "read with broadcaster.secretfiles, header tokens checked with is_header_safe at start-up)"
-))
 async def test_a_malformed_token_does_not_leak_through_the_http_error(
     tmp_path: Path, http_server: LoopbackHttpServer, mosquitto: MosquittoBroker, platforms: MicroblogServer,
     sentinels: Sentinels, topic_prefix: str,

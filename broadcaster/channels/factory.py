@@ -25,17 +25,22 @@ from broadcaster.config import (
 )
 from broadcaster.errors import ConfigError
 from broadcaster.render.length import PlatformProfile, bluesky, mastodon, weibo
+from broadcaster.secretfiles import is_header_safe
 from broadcaster.store import KeyValueStore
 
 
-def _secret(config: Config, index: int, key: str, ref: SecretRef) -> Secret:
+def _secret(config: Config, index: int, key: str, ref: SecretRef, *, header: bool = False) -> Secret:
+    """A channel's secret; errors name the config key and never the value."""
+    where = f"channels[{index}].{key}"
     try:
-        secret = ref.load()
+        secret = ref.load(config.source.parent)
     except OSError as exc:
-        raise ConfigError(config.source, f"channels[{index}].{key}", f"cannot read {ref.file}: {exc.strerror}") \
-            from None
+        raise ConfigError(config.source, where, f"cannot read {ref.file}: {exc.strerror}") from None
     if secret is None:
-        raise ConfigError(config.source, f"channels[{index}].{key}", f"environment variable {ref.env} is not set")
+        raise ConfigError(config.source, where, f"environment variable {ref.env} is not set")
+    if header and not is_header_safe(secret.reveal()):
+        # An HTTP library refusing such a header quotes it whole, token included: refuse it here instead.
+        raise ConfigError(config.source, where, "contains spaces or characters an HTTP header cannot carry")
     return secret
 
 
@@ -61,7 +66,7 @@ def build_channel(
     """
     c: ChannelConfig = config.channels[index]
     if isinstance(c, MastodonChannelConfig):
-        return MastodonChannel(c, http, _secret(config, index, "token", c.token), clock)
+        return MastodonChannel(c, http, _secret(config, index, "token", c.token, header=True), clock)
     if isinstance(c, BlueskyChannelConfig):
         return BlueskyChannel(c, http, _secret(config, index, "password", c.password), clock, sessions)
     if isinstance(c, WeiboChannelConfig):

@@ -159,6 +159,13 @@ class HttpChannelClient:
             raise TransientDeliveryError(
                 channel, f"no complete answer from {_host(url)} within {deadline_s:g} s", maybe_delivered=True
             ) from None
+        except httpx.LocalProtocolError:
+            # The request itself is malformed (an illegal header value): the library's message quotes the header,
+            # which may be a credential, so it is not passed on. Retrying cannot help.
+            raise PermanentDeliveryError(
+                channel, f"the request to {_host(url)} could not be built: a header value is not allowed"
+                " (check the channel's credentials)"
+            ) from None
         except httpx.ConnectError as exc:
             raise TransientDeliveryError(channel, f"cannot connect to {_host(url)}: {_reason(exc)}") from exc
         except httpx.TransportError as exc:
