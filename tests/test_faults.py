@@ -1,0 +1,49 @@
+"""Faults of the machine itself: a locked database. Nothing is half-written, the operator hears of it, and the
+next tick does the work."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from rig import Rig, payloads, poll_all, running
+from support import LoopbackHttpServer, MessageRecorder, MosquittoBroker
+from support.gtfs_rt_builders import alert_entity, selector
+
+from broadcaster.errors import StoreError
+from broadcaster.operator import ManualNotice
+
+
+@pytest.fixture
+def rig(tmp_path: Path, http_server: LoopbackHttpServer, mosquitto: MosquittoBroker, topic_prefix: str) -> Rig:
+    r = Rig(tmp_path, http_server, mosquitto.url, topic_prefix)
+    r.serve_rt()
+    r.serve_flow({"S04": "FEW_SEATS_AVAILABLE"})
+    return r
+
+
+async def test_a_locked_database_loses_nothing_and_the_next_tick_retries(rig: Rig) -> None:
+    config = rig.config()
+    async with running(config) as b, MessageRecorder(rig.mqtt_url, rig.topic("notices")) as notices:
+        await poll_all(b)
+        rig.serve_rt(alert_entity("A-1", header={"en": "Line 1 running slowly"}, informed=[selector(route_id="1")]))
+        blocker = sqlite3.connect(config.database_path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # another writer holds the database (a backup, a stuck tool)
+        try:
+            outcome = await b.poll(b.config.feeds[0])
+            assert not outcome.ok
+            assert "locked" in (outcome.error or "")
+            assert "A-1" not in b.state.alerts  # the state did not move without its notices
+            with pytest.raises(StoreError):
+                await b.announce(ManualNotice({"en": "Exit B closed"}, station_ids=("S04",)))
+            assert await notices.settle(quiet=0.3) == []
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert (await b.poll(b.config.feeds[0])).ok
+        got = payloads(await notices.wait_for_count(1))
+        refused = b.db.conn.execute("SELECT COUNT(*) FROM outbox WHERE notice_id LIKE 'alert-manual-%'").fetchone()
+        assert refused[0] == 0  # the refused announcement left nothing behind
+        assert b.operator_alerts == {}
+    assert [n["notice_id"] for n in got] == ["alert-A-1"]
