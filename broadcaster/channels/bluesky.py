@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from broadcaster.channels.base import Post, ThreadRefs
-from broadcaster.channels.http import HttpChannelClient, HttpReply, check_status
+from broadcaster.channels.http import HttpChannel, HttpChannelClient, HttpReply, check_status
 from broadcaster.config import BlueskyChannelConfig, Secret
 from broadcaster.errors import PermanentDeliveryError, TransientDeliveryError
 from broadcaster.outbox import OutboxEntry
@@ -70,30 +70,20 @@ def _ref(remote_id: str) -> dict[str, str]:
     return {"uri": ref["uri"], "cid": ref["cid"]}
 
 
-class BlueskyChannel:
+class BlueskyChannel(HttpChannel[BlueskyChannelConfig]):
     def __init__(
         self, config: BlueskyChannelConfig, http: HttpChannelClient, password: Secret, clock: Callable[[], datetime],
         sessions: KeyValueStore | None = None,
     ) -> None:
-        self.config = config
+        super().__init__(config, http, clock)
         self.sessions = sessions
-        self.http = http
         self._password = password
-        self.clock = clock
         self.base = config.url.rstrip("/")
         self.profile: PlatformProfile = bluesky()
         self._access: str | None = None
         self._refresh: str | None = None
         self.did: str | None = None
         self.logins = 0  # createSession calls, which Bluesky limits per account
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def ready(self) -> bool:
-        return True
 
     async def start(self) -> None:
         """Pick up the session a previous run left, so a restart (or a crash loop) needs no new login."""

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Generic, Protocol, Self, TypeVar
 
 import httpx
 import orjson
@@ -26,7 +26,18 @@ import orjson
 from broadcaster import __version__
 from broadcaster.errors import PermanentDeliveryError, TransientDeliveryError
 
+if TYPE_CHECKING:
+    from broadcaster.render.length import PlatformProfile
+
 log = logging.getLogger(__name__)
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+ConfigT = TypeVar("ConfigT", bound=_Named)
 
 #: Statuses worth retrying: the server was busy, limited us, or failed on its side.
 RETRYABLE = frozenset({408, 425, 429, 500, 502, 503, 504, 507, 509, 522, 524})
@@ -182,3 +193,26 @@ def _host(url: str) -> str:
 
 def _reason(exc: httpx.TransportError) -> str:
     return str(exc) or type(exc).__name__
+
+
+class HttpChannel(Generic[ConfigT]):
+    """What every HTTP channel shares: its settings, the pooled client, the clock, and no start-up work unless
+    it overrides `start`. Subclasses add `send` (and `profile`, their length rule)."""
+
+    profile: PlatformProfile | None = None
+
+    def __init__(self, config: ConfigT, http: HttpChannelClient, clock: Callable[[], datetime]) -> None:
+        self.config = config
+        self.http = http
+        self.clock = clock
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def ready(self) -> bool:
+        return True  # an HTTP channel learns it is down by trying; the outbox backs off
+
+    async def start(self) -> None:
+        """Nothing to learn up front."""

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from broadcaster.channels.base import Post, ThreadRefs
-from broadcaster.channels.http import HttpChannelClient, check_status
+from broadcaster.channels.http import HttpChannel, HttpChannelClient, check_status
 from broadcaster.config import MastodonChannelConfig, Secret
 from broadcaster.errors import DeliveryError, PermanentDeliveryError
 from broadcaster.outbox import OutboxEntry
@@ -25,24 +25,14 @@ log = logging.getLogger(__name__)
 IDEMPOTENCY_WINDOW = timedelta(minutes=55)
 
 
-class MastodonChannel:
+class MastodonChannel(HttpChannel[MastodonChannelConfig]):
     def __init__(
         self, config: MastodonChannelConfig, http: HttpChannelClient, token: Secret, clock: Callable[[], datetime]
     ) -> None:
-        self.config = config
-        self.http = http
+        super().__init__(config, http, clock)
         self._token = token
-        self.clock = clock
         self.base = config.url.rstrip("/")
         self.profile: PlatformProfile = mastodon(config.max_characters)
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def ready(self) -> bool:
-        return True
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._token.reveal()}"}

@@ -15,7 +15,7 @@ from datetime import datetime
 import orjson
 
 from broadcaster.channels.base import Post, ThreadRefs
-from broadcaster.channels.http import HttpChannelClient, check_status
+from broadcaster.channels.http import HttpChannel, HttpChannelClient, check_status
 from broadcaster.config import Secret, WebhookChannelConfig
 from broadcaster.outbox import OutboxEntry
 from broadcaster.store import iso
@@ -29,28 +29,15 @@ def signature(secret: str, timestamp: str, body: bytes) -> str:
     return "sha256=" + mac.hexdigest()
 
 
-class WebhookChannel:
-    profile = None  # no length rule: the receiver gets the full text
+class WebhookChannel(HttpChannel[WebhookChannelConfig]):
+    """No length rule (`profile` None): the receiver gets the full text."""
 
     def __init__(
         self, config: WebhookChannelConfig, http: HttpChannelClient, secret: Secret | None,
         clock: Callable[[], datetime],
     ) -> None:
-        self.config = config
-        self.http = http
+        super().__init__(config, http, clock)
         self._secret = secret
-        self.clock = clock
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def ready(self) -> bool:
-        return True
-
-    async def start(self) -> None:
-        """Nothing to learn up front."""
 
     def body(self, entry: OutboxEntry, thread: ThreadRefs) -> bytes:
         post = Post.from_payload(entry.payload)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from broadcaster.channels.base import Post, ThreadRefs
-from broadcaster.channels.http import HttpChannelClient, check_status
+from broadcaster.channels.http import HttpChannel, HttpChannelClient, check_status
 from broadcaster.config import Secret, WeiboChannelConfig
 from broadcaster.errors import PermanentDeliveryError, TransientDeliveryError
 from broadcaster.outbox import OutboxEntry
@@ -25,26 +25,13 @@ RATE_LIMITED = frozenset({10022, 10023, 10024})
 TOKEN_ERRORS = frozenset({21314, 21315, 21316, 21317, 21327, 21332})
 
 
-class WeiboChannel:
+class WeiboChannel(HttpChannel[WeiboChannelConfig]):
     def __init__(
         self, config: WeiboChannelConfig, http: HttpChannelClient, token: Secret, clock: Callable[[], datetime]
     ) -> None:
-        self.config = config
-        self.http = http
+        super().__init__(config, http, clock)
         self._token = token
-        self.clock = clock
         self.profile: PlatformProfile = weibo()
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def ready(self) -> bool:
-        return True
-
-    async def start(self) -> None:
-        """Nothing to learn up front."""
 
     async def send(self, entry: OutboxEntry, thread: ThreadRefs) -> str | None:
         post = Post.from_payload(entry.payload)
