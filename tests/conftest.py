@@ -6,6 +6,7 @@ import uuid
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
+from rig import Rig
 from support import LoopbackHttpServer, MosquittoBroker, MosquittoNotFound
 from support.microblog_fixture import MicroblogServer, serve_microblog
 
@@ -85,3 +86,24 @@ def http_server() -> Iterator[LoopbackHttpServer]:
 def microblog() -> Iterator[MicroblogServer]:
     """Mastodon, Bluesky, Weibo and webhook endpoints on a free loopback port (`support.microblog_server`)."""
     yield from serve_microblog()
+
+
+@pytest.fixture
+def rig(tmp_path: Path, http_server: LoopbackHttpServer, mosquitto: MosquittoBroker, topic_prefix: str) -> Rig:
+    """A config for this test (the example network, feeds on `http_server`, the session broker under
+    `topic_prefix`), with an empty GTFS-RT feed and one passenger-flow reading served."""
+    r = Rig(tmp_path, http_server, mosquitto.url, topic_prefix)
+    r.serve_rt()
+    r.serve_flow({"S04": "FEW_SEATS_AVAILABLE"})
+    return r
+
+
+@pytest.fixture
+def server(microblog: MicroblogServer, monkeypatch: pytest.MonkeyPatch) -> MicroblogServer:
+    """The micro-blog server, with its credentials in the environment variables `rig` configs name."""
+    monkeypatch.setenv("T_MASTODON", microblog.mastodon_token)
+    monkeypatch.setenv("T_BLUESKY", microblog.bluesky_password)
+    monkeypatch.setenv("T_WEIBO", microblog.weibo_access_token)
+    assert microblog.webhook_secret is not None
+    monkeypatch.setenv("T_HOOK", microblog.webhook_secret)
+    return microblog

@@ -6,13 +6,11 @@ import asyncio
 import itertools
 from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 from google.transit import gtfs_realtime_pb2 as pb
 from rig import Rig, SteppedClock, poll_all, running
-from support import LoopbackHttpServer, MosquittoBroker
 from support.gtfs_rt_builders import alert_entity, selector
 from support.microblog_server import MicroblogServer, grapheme_count, mastodon_length, sign_webhook, weibo_length
 
@@ -34,24 +32,6 @@ def channels(server: MicroblogServer, languages: dict[str, list[str]] | None = N
         {"name": "webhook", "kind": "webhook", "url": server.webhook_url("ops"), "secret": {"env": "T_HOOK"},
          "languages": langs["webhook"], "timeout_seconds": 2},
     ]
-
-
-@pytest.fixture
-def server(microblog: MicroblogServer, monkeypatch: pytest.MonkeyPatch) -> MicroblogServer:
-    monkeypatch.setenv("T_MASTODON", microblog.mastodon_token)
-    monkeypatch.setenv("T_BLUESKY", microblog.bluesky_password)
-    monkeypatch.setenv("T_WEIBO", microblog.weibo_access_token)
-    assert microblog.webhook_secret is not None
-    monkeypatch.setenv("T_HOOK", microblog.webhook_secret)
-    return microblog
-
-
-@pytest.fixture
-def rig(tmp_path: Path, http_server: LoopbackHttpServer, mosquitto: MosquittoBroker, topic_prefix: str) -> Rig:
-    r = Rig(tmp_path, http_server, mosquitto.url, topic_prefix)
-    r.serve_rt()
-    r.serve_flow({"S04": "FEW_SEATS_AVAILABLE"})
-    return r
 
 
 def alert(header: dict[str, str], *, alert_id: str = "A-L2", description: dict[str, str] | None = None,

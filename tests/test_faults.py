@@ -4,23 +4,14 @@ next tick does the work."""
 from __future__ import annotations
 
 import sqlite3
-from pathlib import Path
 
 import pytest
 from rig import Rig, payloads, poll_all, running
-from support import LoopbackHttpServer, MessageRecorder, MosquittoBroker
+from support import MessageRecorder
 from support.gtfs_rt_builders import alert_entity, selector
 
 from broadcaster.errors import StoreError
 from broadcaster.operator import ManualNotice
-
-
-@pytest.fixture
-def rig(tmp_path: Path, http_server: LoopbackHttpServer, mosquitto: MosquittoBroker, topic_prefix: str) -> Rig:
-    r = Rig(tmp_path, http_server, mosquitto.url, topic_prefix)
-    r.serve_rt()
-    r.serve_flow({"S04": "FEW_SEATS_AVAILABLE"})
-    return r
 
 
 async def test_a_locked_database_loses_nothing_and_the_next_tick_retries(rig: Rig) -> None:

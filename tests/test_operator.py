@@ -4,14 +4,12 @@ notices and corrections, all through the one pipeline to real loopback platforms
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
-import pytest
 from rig import Rig, SteppedClock, poll_all, running
-from support import LoopbackHttpServer, MosquittoBroker, collect_retained
+from support import collect_retained
 from support.microblog_server import MicroblogServer
 from test_channels import SIGNAL, alert, channels, until
 
@@ -36,23 +34,6 @@ def test_cron_slots_and_coalescing_with_an_injected_clock() -> None:
     assert schedule.latest_slot(local(8, 45), local(8, 52)) is None
     rush = CronSchedule("*/15 7-9 * * 1-5", SHANGHAI)  # four times an hour in the morning rush
     assert rush.next_slot(local(9, 50)) == datetime(2026, 11, 26, 7, 0, tzinfo=SHANGHAI).astimezone(UTC)
-
-
-@pytest.fixture
-def server(microblog: MicroblogServer, monkeypatch: pytest.MonkeyPatch) -> MicroblogServer:
-    monkeypatch.setenv("T_MASTODON", microblog.mastodon_token)
-    monkeypatch.setenv("T_BLUESKY", microblog.bluesky_password)
-    monkeypatch.setenv("T_WEIBO", microblog.weibo_access_token)
-    monkeypatch.setenv("T_HOOK", microblog.webhook_secret or "")
-    return microblog
-
-
-@pytest.fixture
-def rig(tmp_path: Path, http_server: LoopbackHttpServer, mosquitto: MosquittoBroker, topic_prefix: str) -> Rig:
-    r = Rig(tmp_path, http_server, mosquitto.url, topic_prefix)
-    r.serve_rt()
-    r.serve_flow({"S04": "FEW_SEATS_AVAILABLE"})
-    return r
 
 
 def tables(server: MicroblogServer) -> list[dict[str, Any]]:

@@ -27,14 +27,6 @@ def line2_alert(header: dict[str, str] | None = None) -> pb.FeedEntity:
     )
 
 
-@pytest.fixture
-def rig(tmp_path: Path, http_server: LoopbackHttpServer, mosquitto: MosquittoBroker, topic_prefix: str) -> Rig:
-    r = Rig(tmp_path, http_server, mosquitto.url, topic_prefix)
-    r.serve_rt()
-    r.serve_flow({"S04": "FEW_SEATS_AVAILABLE"})
-    return r
-
-
 async def test_feed_change_updates_retained_topics_and_announces(rig: Rig) -> None:
     async with (
         running(rig.config()) as b,
