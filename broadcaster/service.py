@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import sqlite3
 import time
@@ -75,6 +76,10 @@ from broadcaster.store import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def _digest(body: bytes) -> bytes:
+    return hashlib.blake2b(body, digest_size=16).digest()
 
 
 class Clock(Protocol):
@@ -161,6 +166,8 @@ class Broadcaster:
         self.channels: list[NoticeChannel] = [MqttNoticeChannel(link), *(c for c, _ in self.posting)]
         self._wake = {ch.name: asyncio.Event() for ch in self.channels}
         self._drain_locks = {ch.name: asyncio.Lock() for ch in self.channels}
+        self._body_digests: dict[str, bytes] = {}  # feed -> hash of the body last parsed and committed
+        self._snapshots: dict[str, FeedSnapshot] = {}  # feed -> what that body said
         self.budgets = {c.name: budget_for(c) for c in config.channels}
         self.channel_configs: dict[str, ChannelConfig] = {c.name: c for c in config.channels}
         self.operator_alerts: dict[str, Alert] = {}
@@ -219,12 +226,19 @@ class Broadcaster:
                 etag=record.etag, last_modified=record.last_modified,
             )
             now = self.clock.now()
+            if result.body is not None and record.feed_timestamp is not None and \
+                    self._body_digests.get(feed.name) == _digest(result.body):
+                # Byte for byte what we parsed last time (a server without ETag or Last-Modified): treat it as
+                # not modified rather than parse and diff it again.
+                result = replace(result, body=None)
             if result.body is None:
-                # Not modified: still good, as long as the content we hold is not too old.
+                # Not modified: still good, as long as the content we hold is not too old. The snapshot parsed
+                # last time is applied again (no parsing): time alone can change things, an alert whose active
+                # period begins or ends while the feed stays the same.
                 if record.feed_timestamp is not None:
                     check_freshness(feed.name, record.feed_timestamp, now=now, max_age_s=feed.max_age_seconds,
                                     previous=None)
-                snapshot = None
+                snapshot = self._snapshots.get(feed.name)
             else:
                 snapshot = self._parse(feed, result.body)
                 check_freshness(
@@ -240,7 +254,8 @@ class Broadcaster:
             last_error=None, consecutive_failures=0,
         )
         if snapshot is None:
-            # Not modified: nothing to diff, but the feed is healthy and its retained topics may be due a refresh.
+            # Not modified and nothing parsed since start-up: nothing to diff, but the feed is healthy and its
+            # retained topics may be due a refresh.
             self.feeds[feed.name] = good
             try:
                 with self.db.transaction() as conn:
@@ -250,11 +265,12 @@ class Broadcaster:
             if publish:
                 await self.publish_retained()
             return PollOutcome(feed.name, True)
-        if snapshot.problems:
+        if snapshot.problems and result.body is not None:
             shown = "; ".join(snapshot.problems[:3])
             more = f" (+{len(snapshot.problems) - 3} more)" if len(snapshot.problems) > 3 else ""
             log.warning("feed %r: skipped %d entit(ies): %s%s", feed.name, len(snapshot.problems), shown, more)
         good = replace(good, feed_timestamp=snapshot.timestamp)
+        body_digest = _digest(result.body) if result.body is not None else None
         try:
             transition, notices = await self._advance(
                 self._with_corrections(snapshot), now, on_commit=lambda conn: save_feed(conn, good), publish=publish
@@ -264,6 +280,9 @@ class Broadcaster:
             log.error("feed %r: could not commit this tick: %s", feed.name, exc)
             return PollOutcome(feed.name, False, error=str(exc))
         self.feeds[feed.name] = good
+        if body_digest is not None:
+            self._body_digests[feed.name] = body_digest
+            self._snapshots[feed.name] = snapshot
         if transition.changes:
             log.info("feed %r: %d change(s), %d notice(s)", feed.name, len(transition.changes), len(notices))
         return PollOutcome(feed.name, True, len(transition.changes), len(notices))

@@ -249,6 +249,9 @@ def _next_crowding(
         return rec, True
     if reading.observed_at < old.observed_at:
         return old, False  # out of order: an older reading never overrides a newer one
+    if (reading.observed_at == old.observed_at and reading.level == old.level and old.candidate is None
+            and reading.percentage == old.percentage and platforms == old.platforms):
+        return old, False  # the same reading again: keep the very same record (the store skips re-encoding it)
     base = replace(old, percentage=reading.percentage, observed_at=reading.observed_at, platforms=platforms, feed=feed)
     if reading.level == old.level:
         return replace(base, candidate=None, candidate_since=None), False

@@ -10,7 +10,7 @@ notice must survive a power cut.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -305,6 +305,8 @@ class StateStore:
         self.db = db
         self._persisted: dict[tuple[str, str], bytes] = {}
         self._pending: dict[tuple[str, str], bytes] = {}
+        # The record objects encoded last, with their bytes (identity, not equality: see `_entries`).
+        self._encoded: dict[tuple[str, str], tuple[object, bytes]] = {}
 
     def load(self) -> NetworkState:
         alerts: dict[str, AlertRecord] = {}
@@ -334,19 +336,32 @@ class StateStore:
         )
 
     def _entries(self, state: NetworkState) -> dict[tuple[str, str], bytes]:
+        """Every record's encoding. A record object that is the very one encoded last time is not encoded again:
+        the state is immutable and `apply_snapshot` carries unchanged records over as the same objects, so a
+        tick encodes only what changed (a 500-station city re-encoded everything in ~20 ms per tick)."""
         out: dict[tuple[str, str], bytes] = {}
+        cache = self._encoded
+        fresh: dict[tuple[str, str], tuple[object, bytes]] = {}
+
+        def put(key: tuple[str, str], record: Any, encode: Callable[[Any], object]) -> None:
+            hit = cache.get(key)
+            body = hit[1] if hit is not None and hit[0] is record else _dumps(encode(record))
+            out[key] = body
+            fresh[key] = (record, body)
+
         for k, a in state.alerts.items():
-            out[("alert", k)] = _dumps(encode_alert_record(a))
+            put(("alert", k), a, encode_alert_record)
         for k, c in state.crowding.items():
-            out[("crowding", k)] = _dumps(encode_crowding_record(c))
+            put(("crowding", k), c, encode_crowding_record)
         for k, d in state.delays.items():
-            out[("delays", k)] = _dumps(_encode_delays(d))
+            put(("delays", k), d, _encode_delays)
         for k, o in state.occupancy.items():
-            out[("occupancy", k)] = _dumps(_encode_occupancy(o))
-        for k, s in state.lines.items():
-            out[("line", k)] = _dumps(_encode_line(s))
+            put(("occupancy", k), o, _encode_occupancy)
+        for k, st in state.lines.items():
+            put(("line", k), st, _encode_line)
         if state.as_of:
             out[("meta", "as_of")] = _dumps(iso(state.as_of))
+        self._encoded = fresh
         return out
 
     def save(self, conn: sqlite3.Connection, state: NetworkState) -> None:

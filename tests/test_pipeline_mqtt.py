@@ -6,13 +6,14 @@ import asyncio
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 from google.transit import gtfs_realtime_pb2 as pb
 from rig import Rig, SteppedClock, now_s, payloads, poll_all, running
 from support import LoopbackHttpServer, MessageRecorder, MosquittoBroker, collect_retained
-from support.gtfs_rt_builders import alert_entity, selector
+from support.gtfs_rt_builders import alert_entity, feed_bytes, selector
 
 from broadcaster.errors import StoreError
 from broadcaster.runner import open_broadcaster
@@ -234,3 +235,50 @@ async def test_notice_issued_while_the_broker_is_down_is_delivered_when_it_retur
         assert [n["notice_id"] for n in got] == ["alert-A-L2"]
         retained = await collect_retained(rig.mqtt_url, rig.topic("lines/2/#"))
         assert orjson.loads(retained[rig.topic("lines/2/status")])["status"] == "suspended"
+
+
+async def test_an_alert_ending_while_the_feed_stays_the_same_is_resolved(rig: Rig) -> None:
+    ends = now_s() + 600
+    rig.server.set_route("/rt.pb", feed_bytes(
+        alert_entity("A-END", header={"en": "Works until 10:10"}, informed=[selector(route_id="1")],
+                     periods=[(now_s() - 60, ends)]),
+        timestamp=now_s()), etag='"same"')
+    clock = SteppedClock()
+    config = rig.config()
+    feeds = tuple(f.model_copy(update={"max_age_seconds": 3600}) for f in config.feeds)
+    async with (
+        running(config.model_copy(update={"feeds": feeds}), clock=clock) as b,
+        MessageRecorder(rig.mqtt_url, rig.topic("notices")) as notices,
+    ):
+        await poll_all(b)
+        assert "A-END" in b.state.alerts
+        clock.offset = timedelta(seconds=601)
+        await b.poll(b.config.feeds[0])  # 304: nothing new from the feed, but the alert's time is up
+        assert rig.server.requests_for("/rt.pb")[-1].header("if-none-match") == '"same"'
+        assert "A-END" not in b.state.alerts
+        kinds = [n["kind"] for n in payloads(await notices.wait_for_count(2))]
+    assert kinds == ["alert_new", "alert_resolved"]
+
+
+async def test_an_identical_body_without_etag_is_not_parsed_again(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import broadcaster.service as service
+
+    parsed: list[str] = []
+    real = getattr(service, "parse_gtfs_rt")  # the name the service calls it by  # noqa: B009
+
+    def counting(feed: str, *args: Any, **kwargs: Any) -> Any:
+        parsed.append(feed)
+        return real(feed, *args, **kwargs)
+
+    monkeypatch.setattr(service, "parse_gtfs_rt", counting)  # counts calls; the real parser still runs
+    rig.serve_rt(line2_alert())  # no ETag, no Last-Modified
+    async with running(rig.config()) as b:
+        for _ in range(3):
+            assert (await b.poll(b.config.feeds[0])).ok
+        assert parsed == ["ops"]
+        rig.serve_rt(line2_alert({"zh": "2号线停运", "en": "Line 2 suspended until 11:00"}))
+        await b.poll(b.config.feeds[0])
+        assert parsed == ["ops", "ops"]
+        assert b.state.alerts["A-L2"].alert.header.get("en") == "Line 2 suspended until 11:00"
