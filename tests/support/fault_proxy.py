@@ -1,0 +1,112 @@
+"""A TCP fault proxy between the broadcaster and a real broker: pass traffic, black-hole it, or drop one PUBACK.
+
+It runs in the test's event loop on a free loopback port. Black-holing keeps every connection open but
+forwards nothing in either direction (and accepts new connections that get nowhere), as a dead route or a
+firewall dropping packets does; healing forwards again and closes the held connections, as a route that
+comes back after the TCP sessions timed out. Dropping a PUBACK parses the broker-to-client MQTT stream
+packet by packet and swallows the next PUBACK, so the client never learns its QoS 1 message arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Self
+
+from .mosquitto import free_port
+
+PUBACK = 0x40
+
+
+class FaultProxy:
+    host = "127.0.0.1"
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port(self.host)
+        self._server: asyncio.Server | None = None
+        self._blackholed = False
+        self._healed = asyncio.Event()
+        self._healed.set()
+        self.drop_pubacks = 0  # how many PUBACKs still to swallow
+        self.dropped_pubacks = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    async def __aenter__(self) -> Self:
+        self._server = await asyncio.start_server(self._accept, self.host, self.port)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._server is not None:
+            self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def blackhole(self) -> None:
+        self._blackholed = True
+        self._healed.clear()
+
+    def heal(self) -> None:
+        """Forward again. Connections held during the outage are closed: their TCP state is long gone."""
+        self._blackholed = False
+        for writer in list(self._writers):
+            writer.close()
+        self._healed.set()
+
+    async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        self._writers.add(client_writer)
+        try:
+            await self._healed.wait()  # a connection attempt during the outage gets no answer
+            broker_reader, broker_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            client_writer.close()
+            return
+        self._writers.add(broker_writer)
+        upstream = asyncio.create_task(self._pipe(client_reader, broker_writer, parse=False))
+        downstream = asyncio.create_task(self._pipe(broker_reader, client_writer, parse=True))
+        self._tasks |= {upstream, downstream}
+        await asyncio.wait({upstream, downstream}, return_when=asyncio.FIRST_COMPLETED)
+        for writer in (client_writer, broker_writer):
+            writer.close()
+        self._writers -= {client_writer, broker_writer}
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, parse: bool) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, OSError):
+            while True:
+                packet = await _read_packet(reader) if parse else await reader.read(65536)
+                if not packet:
+                    return
+                if self._blackholed:
+                    await self._healed.wait()
+                    return  # healing closes held connections; nothing of the outage is delivered late
+                if parse and packet[0] & 0xF0 == PUBACK and self.drop_pubacks > 0:
+                    self.drop_pubacks -= 1
+                    self.dropped_pubacks += 1
+                    continue
+                writer.write(packet)
+                await writer.drain()
+
+
+async def _read_packet(reader: asyncio.StreamReader) -> bytes:
+    """One whole MQTT control packet: fixed header, remaining length (variable byte integer), body."""
+    first = await reader.readexactly(1)
+    length_bytes = b""
+    multiplier, remaining = 1, 0
+    while True:
+        byte = await reader.readexactly(1)
+        length_bytes += byte
+        remaining += (byte[0] & 0x7F) * multiplier
+        if not byte[0] & 0x80:
+            break
+        multiplier *= 128
+    return first + length_bytes + await reader.readexactly(remaining)

@@ -1,0 +1,100 @@
+"""The network between the broadcaster and a real broker fails: a black hole for 90 s, a lost PUBACK."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+from rig import Rig, payloads, poll_all
+from support import MessageRecorder, collect_retained
+from support.fault_proxy import FaultProxy
+from support.gtfs_rt_builders import alert_entity, selector
+
+from broadcaster.config import Config
+from broadcaster.runner import open_broadcaster
+from broadcaster.service import Broadcaster
+
+BLACK_HOLE_SECONDS = 90
+
+
+def proxied(rig: Rig, proxy: FaultProxy) -> Config:
+    return rig.config(mqtt={"url": proxy.url, "keepalive_seconds": 5, "publish_timeout_seconds": 3})
+
+
+@contextlib.asynccontextmanager
+async def linked_only(config: Config) -> AsyncIterator[Broadcaster]:
+    """A broadcaster with its broker link but no drain loops: the test drains by hand, step by step."""
+    async with open_broadcaster(config) as b:
+        stop = asyncio.Event()
+        link = asyncio.create_task(b.link.run(stop))
+        try:
+            async with asyncio.timeout(10):
+                await b.link.connected.wait()
+            yield b
+        finally:
+            stop.set()
+            async with asyncio.timeout(10):
+                await link
+
+
+@pytest.mark.timeout(BLACK_HOLE_SECONDS + 90)
+async def test_a_black_holed_broker_link_heals_and_everything_queued_arrives(rig: Rig) -> None:
+    async with FaultProxy("127.0.0.1", int(rig.mqtt_url.rsplit(":", 1)[1])) as proxy:
+        config = proxied(rig, proxy)
+        async with open_broadcaster(config) as b, MessageRecorder(rig.mqtt_url, rig.topic("#")) as seen:
+            stop = asyncio.Event()
+            tasks = [asyncio.create_task(b.link.run(stop))]
+            tasks += [asyncio.create_task(b.drain_loop(ch, stop)) for ch in b.channels]
+            try:
+                async with asyncio.timeout(10):
+                    await b.link.connected.wait()
+                await poll_all(b)
+                proxy.blackhole()
+                rig.serve_rt(alert_entity("A-BH", header={"en": "Line 3 suspended"}, informed=[selector(route_id="3")],
+                                          effect="NO_SERVICE", severity="SEVERE"))
+                async with asyncio.timeout(15):  # nothing waits longer than its own timeout
+                    outcome = await b.poll(b.config.feeds[0])
+                assert outcome.ok  # committed to the outbox although the broker is out of reach
+                await asyncio.sleep(BLACK_HOLE_SECONDS)  # the fault itself: this long without a route
+                assert not b.link.connected.is_set()  # the keepalive noticed
+                assert not any(b"A-BH" in m.payload for m in seen.messages)
+                proxy.heal()
+                healed = time.monotonic()
+                # Delivered within 30 s of the link healing.
+                await seen.wait_for(lambda ms: any(m.topic.endswith("/notices") and b"A-BH" in m.payload
+                                                   for m in ms), timeout=30)
+                print(f"queued notice delivered {time.monotonic() - healed:.1f} s after the link healed")
+            finally:
+                stop.set()
+                async with asyncio.timeout(15):
+                    await asyncio.gather(*tasks)
+        retained = await collect_retained(rig.mqtt_url, rig.topic("lines/3/#"))
+    assert orjson.loads(retained[rig.topic("lines/3/status")])["status"] == "suspended"
+    assert rig.topic("lines/3/alerts/A-BH") in retained
+
+
+async def test_a_lost_puback_is_sent_again_with_the_same_identity(rig: Rig) -> None:
+    async with (
+        FaultProxy("127.0.0.1", int(rig.mqtt_url.rsplit(":", 1)[1])) as proxy,
+        linked_only(proxied(rig, proxy)) as b,
+        MessageRecorder(rig.mqtt_url, rig.topic("notices")) as notices,
+    ):
+        await poll_all(b)
+        rig.serve_rt(alert_entity("A-PA", header={"en": "Line 1 slow"}, informed=[selector(route_id="1")]))
+        await b.poll(b.config.feeds[0])  # state published; the notice waits in the outbox
+        mqtt = b.channels[0]
+        proxy.drop_pubacks = 1
+        assert await b.drain_due(mqtt) == 0  # published, but the acknowledgement never came
+        assert proxy.dropped_pubacks == 1
+        assert b.pending() == 1  # so it is still owed
+        b.outbox.make_due(mqtt.name, b.clock.now())
+        assert await b.drain_due(mqtt) == 1
+        assert b.pending() == 0
+        got = payloads(await notices.wait_for_count(2))
+    # The broker delivered it twice; both copies carry the same identity, so consumers deduplicate (docs/mqtt.md).
+    assert len(got) == 2
+    assert len({(n["notice_id"], n["version"], n["seq"]) for n in got}) == 1
