@@ -126,7 +126,7 @@ def crash_loop(
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         try:
-            process.wait(timeout=rng.uniform(0.8, 2.5))  # it should not exit on its own
+            process.wait(timeout=rng.uniform(0.7, 1.8))  # it should not exit on its own
             raise RuntimeError(f"broadcaster exited by itself with status {process.returncode}")
         except subprocess.TimeoutExpired:
             pass
