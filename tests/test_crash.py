@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from crash_harness import PLATFORMS, crash_loop
 from support import LoopbackHttpServer, MosquittoBroker
 from support.microblog_server import MicroblogServer
