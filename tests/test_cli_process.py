@@ -221,3 +221,24 @@ async def test_a_quick_restart_causes_no_offline_flicker(rig: Rig) -> None:
         # The second process was killed too: within its delay nothing is said; after it, "offline".
         states = [orjson.loads(m.payload)["status"] for m in recorder.messages if m.payload]
         assert "offline" not in states
+
+
+@pytest.mark.timeout(90)
+async def test_with_the_production_will_delay_a_dead_broadcaster_reads_offline_within_35_s(rig: Rig) -> None:
+    path = rig.write_config(mqtt={"will_delay_seconds": 30})  # the default of the example and the docs
+    process = await asyncio.create_subprocess_exec(
+        *broadcaster("run", "-c", str(path)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        async with MessageRecorder(rig.mqtt_url, rig.topic("broadcaster/status")) as recorder:
+            await recorder.wait_for(lambda ms: any(b'"online"' in m.payload for m in ms), timeout=20)
+            os.kill(process.pid, signal.SIGKILL)
+            # Not at once (a quick restart would have been in time) ...
+            with pytest.raises(TimeoutError):
+                await recorder.wait_for(lambda ms: b'"offline"' in ms[-1].payload, timeout=20)
+            # ... but within 35 s of the death.
+            await recorder.wait_for(lambda ms: b'"offline"' in ms[-1].payload, timeout=15)
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
