@@ -248,7 +248,7 @@ def _feed(feed: FeedHealth, *, detail: bool) -> dict[str, Any]:
 def _health_body(health: Health, *, detail: bool) -> dict[str, Any]:
     return {
         "healthy": health.healthy,
-        "mqtt": {"connected": health.mqtt_connected},
+        "mqtt": {"connected": health.mqtt_connected, "delivering": health.mqtt_delivering},
         "feeds": [_feed(f, detail=detail) for f in health.feeds],
         "outbox": {
             channel: {"pending": d.pending, "parked": d.parked, "oldest_pending_seconds": d.oldest_pending_seconds}

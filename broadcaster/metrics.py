@@ -97,12 +97,14 @@ class Health:
     feeds: tuple[FeedHealth, ...]
     mqtt_connected: bool
     outbox: Mapping[str, OutboxDepth] = field(default_factory=dict)  # channel -> depth
+    #: False when the canary shows acknowledged publishes not arriving (a broker dropping them silently).
+    mqtt_delivering: bool = True
 
     @property
     def healthy(self) -> bool:
-        """Every feed healthy and the broker connected. A backlog alone is not unhealthy: a platform that is
-        down must not get the broadcaster restarted by its supervisor."""
-        return self.mqtt_connected and all(f.healthy for f in self.feeds)
+        """Every feed healthy and the broker connected and delivering. A backlog alone is not unhealthy: a
+        platform that is down must not get the broadcaster restarted by its supervisor."""
+        return self.mqtt_connected and self.mqtt_delivering and all(f.healthy for f in self.feeds)
 
 
 def feed_health(feed: FeedConfig, record: FeedRecord | None, now: datetime) -> FeedHealth:
@@ -143,12 +145,15 @@ def read_health(
     conn: sqlite3.Connection,
     mqtt_connected: bool,
     now: datetime,
+    *,
+    mqtt_delivering: bool = True,
 ) -> Health:
     """The broadcaster's health now, from its feed records, its broker link and its outbox."""
     return Health(
         tuple(feed_health(f, records.get(f.name), now) for f in feeds),
         mqtt_connected,
         outbox_depth(conn, channels, now),
+        mqtt_delivering,
     )
 
 
@@ -177,6 +182,9 @@ class _HealthCollector(Collector):
         failures = GaugeMetricFamily("broadcaster_feed_consecutive_failures",
                                      "Failed polls of the feed in a row.", labels=["feed"])
         mqtt = GaugeMetricFamily("broadcaster_mqtt_connected", "1 while the MQTT broker link is up.")
+        canary = GaugeMetricFamily("broadcaster_mqtt_canary_ok",
+                                   "0 when acknowledged publishes do not come back through the broadcaster's own"
+                                   " subscription (a broker dropping them silently, e.g. by ACL).")
         depth = GaugeMetricFamily("broadcaster_outbox_entries",
                                   "Outbox entries per channel that are pending (queued or backing off) or parked.",
                                   labels=["channel", "status"])
@@ -193,11 +201,12 @@ class _HealthCollector(Collector):
                     last_ok.add_metric([feed.name], feed.last_ok_at.timestamp())
                 failures.add_metric([feed.name], feed.consecutive_failures)
             mqtt.add_metric([], 1 if health.mqtt_connected else 0)
+            canary.add_metric([], 1 if health.mqtt_delivering else 0)
             for channel, d in health.outbox.items():
                 depth.add_metric([channel, PENDING], d.pending)
                 depth.add_metric([channel, PARKED], d.parked)
                 oldest.add_metric([channel], d.oldest_pending_seconds or 0.0)
-        yield from (info, up, age, last_ok, failures, mqtt, depth, oldest)
+        yield from (info, up, age, last_ok, failures, mqtt, canary, depth, oldest)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -167,6 +167,17 @@ class Broadcaster:
         self._wake = {ch.name: asyncio.Event() for ch in self.channels}
         self._drain_locks = {ch.name: asyncio.Lock() for ch in self.channels}
         self._body_digests: dict[str, bytes] = {}  # feed -> hash of the body last parsed and committed
+        # The canary: the first line's status and the first station's display come back through our own
+        # subscription, or the broker is dropping what it acknowledges.
+        first_line = next(iter(network.lines), None)
+        first_station = next(iter(network.stations), None)
+        link.canary_topics = tuple(
+            t for t in (self.topics.line_status(first_line) if first_line else None,
+                        self.topics.station_display(first_station) if first_station else None) if t
+        )
+        self._canary_expected: dict[str, tuple[int, int]] = {}  # topic -> (seq published, in which round)
+        self._canary_round = 0
+        self.mqtt_delivering = True
         self._snapshots: dict[str, FeedSnapshot] = {}  # feed -> what that body said
         self.budgets = {c.name: budget_for(c) for c in config.channels}
         self.channel_configs: dict[str, ChannelConfig] = {c.name: c for c in config.channels}
@@ -578,11 +589,28 @@ class Broadcaster:
                 fresh.add(feed.kind)
         return fresh
 
+    def _check_canary(self) -> None:
+        """Each canary topic published two rounds ago or more must have come back through our subscription.
+
+        aiomqtt 2.x does not surface PUBACK reason codes, and a broker denying a topic by ACL acknowledges the
+        publish and drops it: this is how such a silent loss shows, within two ticks, in health and metrics.
+        """
+        self._canary_round += 1
+        missing = [topic for topic, (seq, published_round) in self._canary_expected.items()
+                   if self._canary_round - published_round >= 2 and self.link.observed_seq.get(topic, 0) < seq]
+        if missing and self.mqtt_delivering:
+            log.error("MQTT publishes are acknowledged but do not arrive (%s): check the broker's ACL for this"
+                      " account", ", ".join(missing))
+        elif not missing and not self.mqtt_delivering:
+            log.info("MQTT publishes arrive again")
+        self.mqtt_delivering = not missing
+
     async def publish_retained(self, *, full: bool = False) -> int:
         """Publish the retained topics that changed (all of them when `full`); returns how many were acked."""
         async with self._publish_lock:
             if not self.link.connected.is_set():
                 return 0  # the next session starts with a full publish
+            self._check_canary()
             now = self.clock.now()
             publications = self.planner.plan(
                 self.builder.retained(self.state, now), now, fresh_sources=self.fresh_sources(now), full=full
@@ -590,6 +618,10 @@ class Broadcaster:
             if not publications:
                 return 0
             acked = await self.link.publish_many(publications)
+            for publication in acked:
+                if publication.topic in self.link.canary_topics and publication.payload:
+                    seq = int(orjson.loads(publication.payload)["seq"])
+                    self._canary_expected[publication.topic] = (seq, self._canary_round)
             self.metrics.retained(len(acked), len(publications) - len(acked))
             try:
                 with self.db.transaction() as conn:
@@ -766,7 +798,7 @@ class Broadcaster:
     def health(self) -> Health:
         """Feeds, the broker link and the outbox now (the admin API's health and status, the metrics' gauges)."""
         return read_health(self.config.feeds, self.feeds, [c.name for c in self.channels], self.db.conn,
-                           self.link.connected.is_set(), self.clock.now())
+                           self.link.connected.is_set(), self.clock.now(), mqtt_delivering=self.mqtt_delivering)
 
 
 async def _first_of(*events: asyncio.Event) -> None:

@@ -81,7 +81,7 @@ class Rig:
         for feed in feeds:
             lines.append("[[feeds]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in feed.items()))
         lines.append("[state]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in state.items()))
-        lines.append("[mqtt]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in mqtt.items()))
+        lines.append("[mqtt]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in mqtt.items()))
         for channel in overrides.pop("channels", []):
             lines.append("[[channels]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in channel.items()))
         self.config_path.write_text("\n".join(lines), encoding="utf-8")

@@ -6,13 +6,16 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import orjson
 import pytest
-from rig import Rig, payloads, poll_all
-from support import MessageRecorder, collect_retained
+from conftest import MosquittoFactory
+from rig import Rig, payloads, poll_all, running
+from support import LoopbackHttpServer, MessageRecorder, collect_retained
 from support.fault_proxy import FaultProxy
 from support.gtfs_rt_builders import alert_entity, selector
+from support.mosquitto_passwd import write_password_file
 
 from broadcaster.config import Config
 from broadcaster.runner import open_broadcaster
@@ -98,3 +101,39 @@ async def test_a_lost_puback_is_sent_again_with_the_same_identity(rig: Rig) -> N
     # The broker delivered it twice; both copies carry the same identity, so consumers deduplicate (docs/mqtt.md).
     assert len(got) == 2
     assert len({(n["notice_id"], n["version"], n["seq"]) for n in got}) == 1
+
+
+async def test_a_broker_that_drops_acknowledged_publishes_is_noticed_within_two_ticks(
+    tmp_path: Path, http_server: LoopbackHttpServer, mosquitto_factory: MosquittoFactory, topic_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An ACL mistake: the broadcaster account may read its line topics but not write them. Mosquitto still
+    # acknowledges every publish (aiomqtt 2.x shows no PUBACK reason code) and drops it.
+    acl = tmp_path / "acl"
+    acl.write_text(f"user broadcaster\ntopic readwrite {topic_prefix}/v1/broadcaster/#\n"
+                   f"topic readwrite {topic_prefix}/v1/stations/#\ntopic readwrite {topic_prefix}/v1/notices\n"
+                   f"topic read {topic_prefix}/v1/lines/#\n", encoding="utf-8")
+    passwd = write_password_file(tmp_path / "passwd", {"broadcaster": "canary-test-password"})
+    broker = mosquitto_factory(extra_config=f"password_file {passwd}\nacl_file {acl}\n")
+    monkeypatch.setenv("T_MQTT_USER", "broadcaster")
+    monkeypatch.setenv("T_MQTT_PASSWORD", "canary-test-password")
+    rig = Rig(tmp_path, http_server, broker.url, topic_prefix)
+    rig.serve_rt()
+    rig.serve_flow({"S04": "FEW_SEATS_AVAILABLE"})
+    config = rig.config(mqtt={"username": {"env": "T_MQTT_USER"}, "password": {"env": "T_MQTT_PASSWORD"}})
+    async with running(config) as b:
+        await poll_all(b)  # tick 1: line statuses published, acknowledged, dropped
+        assert b.mqtt_delivering
+        for _ in range(2):  # ticks 2 and 3
+            await b.poll(b.config.feeds[0])
+        assert not b.mqtt_delivering
+        assert not b.health().healthy
+        assert "broadcaster_mqtt_canary_ok 0.0" in b.metrics.render().decode()
+
+
+async def test_the_canary_stays_quiet_when_publishes_arrive(rig: Rig) -> None:
+    async with running(rig.config()) as b:
+        for _ in range(4):
+            await poll_all(b)
+        assert b.link.observed_seq  # its own publications came back
+        assert b.mqtt_delivering

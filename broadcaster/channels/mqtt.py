@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 import aiomqtt
+import orjson
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -67,6 +68,10 @@ class MqttLink:
         self._client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
         self.sessions = 0  # how many times we have connected, for status and tests
+        #: Retained topics the link also subscribes to, to see its own publications come back (the canary:
+        #: a broker that drops publishes silently, such as an ACL denying a topic, acknowledges them anyway).
+        self.canary_topics: tuple[str, ...] = ()
+        self.observed_seq: dict[str, int] = {}
         self._session_started = asyncio.Condition()
         self.last_error: str | None = None
         self._started = datetime.now(UTC)
@@ -148,6 +153,8 @@ class MqttLink:
         )
         # Subscribing to our own status topic gives a message iterator that raises when the link drops.
         await client.subscribe(self.topics.status, qos=1)
+        for topic in self.canary_topics:
+            await client.subscribe(topic, qos=1)
         self.last_error = None
         self.connected.set()
         async with self._session_started:
@@ -181,10 +188,15 @@ class MqttLink:
         async with self._session_started:
             await self._session_started.wait_for(lambda: self.sessions >= number)
 
-    @staticmethod
-    async def _watch(client: aiomqtt.Client) -> None:
-        async for _ in client.messages:
-            pass
+    async def _watch(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            topic = message.topic.value
+            if topic in self.canary_topics and isinstance(message.payload, bytes | bytearray) and message.payload:
+                try:
+                    seq = int(orjson.loads(message.payload).get("seq", 0))
+                except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+                    continue
+                self.observed_seq[topic] = max(seq, self.observed_seq.get(topic, 0))
 
     # -- publishing ------------------------------------------------------------------------------------------
 
