@@ -100,10 +100,23 @@ async def _deliver(b: Broadcaster, failures: list[str], drain_timeout: float) ->
         failures.append(f"MQTT broker {b.config.mqtt.url} unreachable: {b.link.last_error or 'timed out'}")
         return
     await b.publish_retained()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + drain_timeout
     with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(drain_timeout):
-            for channel in b.channels:
-                await b.drain_due(channel)
+        async with asyncio.timeout_at(deadline):
+            while True:
+                for channel in b.channels:
+                    await b.drain_due(channel)
+                # What is still owed may be backing off after an earlier run's failure (a restart after a crash
+                # meets exactly that): wait for the next retry if it falls within the deadline.
+                next_at = min((t for ch in b.channels if (t := b.outbox.next_due_at(ch.name)) is not None),
+                              default=None)
+                if next_at is None:
+                    break
+                wait = (next_at - b.clock.now()).total_seconds()
+                if loop.time() + wait >= deadline:
+                    break
+                await asyncio.sleep(max(0.2, wait))  # the backoff's own timer, not a synchronisation guess
     left = b.pending()
     if left:
         failures.append(f"{left} notice(s) still queued in the outbox")

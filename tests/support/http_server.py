@@ -91,6 +91,7 @@ class LoopbackHttpServer:
     def __init__(self, *, startup_timeout_s: float = 10.0) -> None:
         self.startup_timeout_s = startup_timeout_s
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self._routes: dict[str, RouteSpec] = {}
         self._one_shot: dict[str, deque[RouteSpec]] = {}
         self._requests: list[RecordedRequest] = []
@@ -157,6 +158,13 @@ class LoopbackHttpServer:
 
     def requests_for(self, path: str) -> list[RecordedRequest]:
         return [request for request in self.requests if request.path == path]
+
+    def wait_for_requests(self, path: str, count: int, timeout_s: float = 10.0) -> None:
+        """Block (from another thread than the server's) until `count` requests for `path` have arrived."""
+        with self._arrived:
+            if not self._arrived.wait_for(lambda: len([r for r in self._requests if r.path == path]) >= count,
+                                          timeout=timeout_s):
+                raise TimeoutError(f"fewer than {count} requests for {path} within {timeout_s} s")
 
     def clear_requests(self) -> None:
         with self._lock:
@@ -259,6 +267,7 @@ class LoopbackHttpServer:
         path = request.url.path
         with self._lock:
             self._requests.append(RecordedRequest(request.method, path, request.url.query, headers, body))
+            self._arrived.notify_all()
             queued = self._one_shot.get(path)
             spec = queued.popleft() if queued else self._routes.get(path)
         if spec is None:
