@@ -114,21 +114,34 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception (which propagates)."""
+        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception.
+
+        A database error inside (a full disk, a lock held too long) becomes a StoreError, the one error callers
+        handle; anything else propagates as it is. Either way nothing of the transaction remains.
+        """
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise StoreError(self.path, f"cannot start a transaction: {exc}") from exc
         try:
             yield self.conn
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise StoreError(self.path, f"write failed: {exc}") from exc
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            self._rollback()
             raise
         try:
             self.conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            self.conn.execute("ROLLBACK")
+            self._rollback()
             raise StoreError(self.path, f"commit failed: {exc}") from exc
+
+    def _rollback(self) -> None:
+        # SQLite rolls some failures back by itself (SQLITE_FULL, for one); a second ROLLBACK would then raise
+        # "no transaction is active" and hide the real error.
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
 
     def close(self) -> None:
         self.conn.close()

@@ -335,3 +335,14 @@ async def test_a_restart_reuses_the_bluesky_session(rig: Rig, server: MicroblogS
         await until(lambda: len(server.bluesky_posts()) == 2, b)
     assert server.bluesky_login_count == 1  # createSession is limited to 30 per 5 minutes per account
     assert (config.database_path.stat().st_mode & 0o777) == 0o600  # it holds the session
+
+
+async def test_connections_reset_mid_request_are_retried_without_duplicates(rig: Rig, server: MicroblogServer) -> None:
+    rig.serve_rt(alert(SIGNAL))
+    async with running(rig.config(channels=channels(server))) as b:
+        for platform in PLATFORMS:
+            server.reset_connections(platform, 2)  # read the request, then drop the connection: twice
+        await poll_all(b)
+        await until(lambda: b.pending() == 0, b, timeout=20)
+        assert not any(status == "parked" for _, status in b.outbox.depth())
+    assert counts(server) == dict.fromkeys(PLATFORMS, 1)

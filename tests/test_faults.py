@@ -38,3 +38,23 @@ async def test_a_locked_database_loses_nothing_and_the_next_tick_retries(rig: Ri
         assert refused[0] == 0  # the refused announcement left nothing behind
         assert b.operator_alerts == {}
     assert [n["notice_id"] for n in got] == ["alert-A-1"]
+
+
+async def test_a_full_disk_loses_nothing_and_the_next_tick_retries(rig: Rig) -> None:
+    config = rig.config()
+    async with running(config) as b, MessageRecorder(rig.mqtt_url, rig.topic("notices")) as notices:
+        await poll_all(b)
+        # SQLite's own size cap makes every insert fail as on a full disk ("database or disk is full").
+        pages = b.db.conn.execute("PRAGMA page_count").fetchone()[0]
+        b.db.conn.execute(f"PRAGMA max_page_count = {pages}")
+        rig.serve_rt(alert_entity("A-2", header={"en": "Line 2 running slowly"}, informed=[selector(route_id="2")],
+                                  description={"en": "x" * 20_000}))
+        outcome = await b.poll(b.config.feeds[0])
+        assert not outcome.ok
+        assert "full" in (outcome.error or "")
+        assert "A-2" not in b.state.alerts
+        assert await notices.settle(quiet=0.3) == []
+        b.db.conn.execute("PRAGMA max_page_count = 1073741823")  # space again
+        assert (await b.poll(b.config.feeds[0])).ok
+        got = payloads(await notices.wait_for_count(1))
+    assert [n["notice_id"] for n in got] == ["alert-A-2"]
