@@ -12,11 +12,18 @@ import pytest
 from google.transit import gtfs_realtime_pb2 as pb
 from rig import Rig, SteppedClock, poll_all, running
 from support.gtfs_rt_builders import alert_entity, selector
-from support.microblog_server import MicroblogServer, grapheme_count, mastodon_length, sign_webhook, weibo_length
+from support.microblog_server import (
+    MicroblogServer,
+    Platform,
+    grapheme_count,
+    mastodon_length,
+    sign_webhook,
+    weibo_length,
+)
 
 from broadcaster.service import Broadcaster
 
-PLATFORMS = ("mastodon", "bluesky", "weibo", "webhook")
+PLATFORMS: tuple[Platform, ...] = ("mastodon", "bluesky", "weibo", "webhook")
 
 
 def channels(server: MicroblogServer, languages: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
