@@ -22,7 +22,7 @@ import math
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -44,6 +44,7 @@ from broadcaster.metrics import CONTENT_TYPE, FeedHealth, Health
 from broadcaster.operator import ManualNotice
 from broadcaster.outbox import PARKED
 from broadcaster.service import Broadcaster
+from broadcaster.webserver import InLoopServer
 
 log = logging.getLogger(__name__)
 
@@ -520,22 +521,6 @@ def openapi_document(public: frozenset[str]) -> dict[str, Any]:
 # The server
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling (the broadcaster's owns SIGINT/SIGTERM), with a ready event."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.ready = asyncio.Event()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        self.ready.set()
-
-
 class AdminServer:
     """The admin API on its configured address, in this event loop.
 
@@ -546,7 +531,7 @@ class AdminServer:
         self.config = config
         self.api = AdminApi(b, config)  # reads the tokens: a missing secret is a ConfigError now
         self.b = b
-        self._server = _Server(uvicorn.Config(
+        self._server = InLoopServer(uvicorn.Config(
             self.api.app(), log_config=None, log_level="warning", access_log=False, lifespan="off", http="h11",
             ws="none", server_header=False, timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
         ))

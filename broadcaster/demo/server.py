@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
-from collections.abc import Iterator
 
 import uvicorn
 from starlette.types import ASGIApp
+
+from broadcaster.webserver import InLoopServer
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -23,22 +23,6 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling (the demo stops it) and with an event for "serving now"."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.ready = asyncio.Event()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        self.ready.set()
-
-
 class WebServer:
     """`app` on an already bound socket, served until `stop`."""
 
@@ -48,7 +32,7 @@ class WebServer:
             app, log_level="warning", access_log=False, loop="asyncio", http="h11", ws="none", lifespan="off",
             timeout_graceful_shutdown=1,
         )
-        self._server = _Server(config)
+        self._server = InLoopServer(config)
         self._task: asyncio.Task[None] | None = None
 
     @property
