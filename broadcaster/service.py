@@ -741,8 +741,12 @@ class Broadcaster:
                     self.metrics.post(channel.name, "retry")
                     at = self.outbox.retry_later(entry, self.clock.now(), exc.reason, exc.retry_after,
                                                  uncertain=exc.maybe_delivered)
+                    # The channel is struggling, not this entry: everything it owes waits until then, so when the
+                    # platform is back the queue goes out in priority order (an emergency backing off must not
+                    # be overtaken by a routine post whose own retry happened to come due first).
+                    self.outbox.hold(channel.name, at, below_priority=-1)
                     log.warning("%s: %s; retrying at %s", channel.name, exc.reason, at.isoformat(timespec="seconds"))
-                    return sent  # the channel is struggling: later entries wait their turn
+                    return sent
                 except PermanentDeliveryError as exc:
                     self.metrics.post(channel.name, "parked")
                     self.outbox.park(entry.key, exc.reason)
