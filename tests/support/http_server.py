@@ -15,6 +15,8 @@ import uvicorn
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from .uvicorn_thread import bind_loopback, quiet_config
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
 
@@ -185,26 +187,10 @@ class LoopbackHttpServer:
         """Bind a free port, start uvicorn in a daemon thread and return once it serves."""
         if self._thread is not None:
             raise RuntimeError("server already started")
-        # Binding the socket ourselves means the port is known before uvicorn starts and nobody can take it.
-        # IPPROTO_TCP explicitly: with proto 0 asyncio skips TCP_NODELAY on accepted sockets, and Nagle's
-        # algorithm then holds each response for ~40 ms.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, 0))
+        sock = bind_loopback(self.host)
         self._port = sock.getsockname()[1]
         self._socket = sock
-        config = uvicorn.Config(
-            self._app,
-            log_level="warning",
-            access_log=False,
-            # Pin the implementations: no websockets/uvloop/httptools imports, nor their deprecation warnings.
-            loop="asyncio",
-            http="h11",
-            ws="none",
-            lifespan="off",
-            interface="asgi3",
-            timeout_graceful_shutdown=1,
-        )
+        config = quiet_config(self._app)
         server = _PromptServer(config)
         self._server = server
         self._thread = threading.Thread(

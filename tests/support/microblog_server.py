@@ -94,6 +94,8 @@ import uvicorn
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .uvicorn_thread import bind_loopback, quiet_config
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
 
@@ -901,24 +903,10 @@ class MicroblogServer:
         """Bind a free port, start uvicorn in a daemon thread and return once it serves (or raise by the deadline)."""
         if self._thread is not None:
             raise RuntimeError("server already started")
-        # IPPROTO_TCP explicitly: with proto 0 asyncio skips TCP_NODELAY on accepted sockets, and every response
-        # (headers and body are separate writes) then waits ~40 ms for a delayed ACK.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, 0))
+        sock = bind_loopback(self.host)
         self._port = sock.getsockname()[1]
         self._socket = sock
-        config = uvicorn.Config(
-            self._app,
-            log_level="warning",
-            access_log=False,
-            loop="asyncio",
-            http="h11",
-            ws="none",
-            lifespan="off",
-            interface="asgi3",
-            timeout_graceful_shutdown=1,
-        )
+        config = quiet_config(self._app)
         ready = threading.Event()
         server = _UvicornInThread(config, ready)
         self._server = server
