@@ -57,6 +57,10 @@ class Topics:
     def status(self) -> str:
         return f"{self.base}/broadcaster/status"
 
+    def probe(self, probe_client_id: str) -> str:
+        """Where broadcaster's start-up check echoes an empty message to itself (internal; ignore it)."""
+        return f"{self.base}/broadcaster/probe/{topic_segment(probe_client_id)}"
+
 
 # ------------------------------------------------------------------------------------------------------------
 # Payload models (the contract). `extra="forbid"` so a builder that adds an undocumented field fails the tests.
@@ -204,6 +208,11 @@ class BroadcasterStatusPayload(_Model):
     client_id: str
     since: str = Field(description="RFC 3339 UTC: when this status began (for offline: when the session began)")
     version: str = Field(description="broadcaster's software version")
+    instance: str | None = Field(
+        default=None,
+        description="since v1.1: which installation this is (fixed per state directory); two with the same"
+        " client_id and different instances are a misconfiguration, and the second refuses to start",
+    )
 
 
 PAYLOAD_MODELS: dict[str, type[BaseModel]] = {

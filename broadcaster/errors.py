@@ -9,6 +9,7 @@
     │   ├── FeedFormatError    the bytes are not a valid feed (.reason)
     │   └── StaleFeedError     the feed's own timestamp is too old, in the future or going backwards
     ├── StoreError             the state database cannot be used (.path)
+    ├── IdentityConflict       another installation is online on the broker with our MQTT client id
     └── DeliveryError          a channel could not deliver a message (.channel)
         ├── TransientDeliveryError   try again later (.retry_after seconds or None, .maybe_delivered)
         └── PermanentDeliveryError   retrying will not help: park and report
@@ -89,6 +90,24 @@ class StoreError(BroadcasterError):
     def __init__(self, path: Path | str, message: str) -> None:
         self.path = str(path)
         super().__init__(f"{path}: {message}")
+
+
+class IdentityConflict(BroadcasterError):
+    """Another broadcaster (another state directory) is online with our MQTT client id.
+
+    Starting anyway would take its broker session over, and the two would then knock each other off in turn,
+    both posting from two outboxes.
+    """
+
+    def __init__(self, client_id: str, instance: str, since: str, will_delay_seconds: int) -> None:
+        self.client_id = client_id
+        self.instance = instance
+        super().__init__(
+            f"another broadcaster is online on the broker with mqtt.client_id {client_id!r} (instance {instance},"
+            f" online since {since}); refusing to start a second one. Give each installation its own client_id;"
+            f" if that one was stopped or killed, the broker reports it offline within {will_delay_seconds} s"
+            " (mqtt.will_delay_seconds) and this one can then start"
+        )
 
 
 class DeliveryError(BroadcasterError):

@@ -293,6 +293,9 @@ class PayloadBuilder:
         }
 
 
-def status_body(status: str, client_id: str, since: datetime) -> Body:
-    return {"schema": SCHEMA_STATUS, "status": status, "client_id": client_id, "since": iso(since),
-            "version": __version__}
+def status_body(status: str, client_id: str, since: datetime, instance: str | None = None) -> Body:
+    body: Body = {"schema": SCHEMA_STATUS, "status": status, "client_id": client_id, "since": iso(since),
+                  "version": __version__}
+    if instance is not None:
+        body["instance"] = instance
+    return body

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from broadcaster import __version__, desk
 from broadcaster.channels.base import PostingChannel
@@ -21,7 +22,7 @@ from broadcaster.channels.factory import build_channel
 from broadcaster.channels.http import HttpChannelClient
 from broadcaster.channels.mqtt import MqttLink
 from broadcaster.config import Config, FeedConfig
-from broadcaster.errors import BroadcasterError
+from broadcaster.errors import BroadcasterError, IdentityConflict
 from broadcaster.feeds.fetch import FeedFetcher
 from broadcaster.feeds.network import load_network
 from broadcaster.lock import InstanceLock
@@ -29,6 +30,9 @@ from broadcaster.render import Renderer
 from broadcaster.scheduler import JobScheduler
 from broadcaster.service import Broadcaster, Clock, SystemClock
 from broadcaster.store import Database, KeyValueStore
+
+if TYPE_CHECKING:
+    from broadcaster.admin import AdminServer
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,7 @@ async def open_broadcaster(config: Config, *, clock: Clock | None = None) -> Asy
                 username=username.reveal() if username else None,
                 password=password.reveal() if password else None,
                 on_connected=on_connected,
+                instance=installation_id(db),
             )
             the_clock = clock or SystemClock()
             http = await stack.enter_async_context(HttpChannelClient(the_clock.now))
@@ -72,6 +77,18 @@ async def open_broadcaster(config: Config, *, clock: Clock | None = None) -> Asy
             yield broadcaster
     finally:
         lock.release()
+
+
+def installation_id(db: Database) -> str:
+    """This state directory's id, made on first use: the status topic names it, so a second installation
+    configured with the same MQTT client id can tell that the one online is not itself restarting."""
+    store = KeyValueStore(db, "installation")
+    existing = store.get("id")
+    if existing is not None:
+        return existing
+    made = secrets.token_hex(6)
+    store.put("id", made)
+    return made
 
 
 CHANNEL_START_SECONDS = 20.0
@@ -95,7 +112,7 @@ async def _deliver(b: Broadcaster, failures: list[str], drain_timeout: float) ->
     """Wait for the broker, publish the retained state, and drain every channel (bounded)."""
     try:
         async with asyncio.timeout(b.config.mqtt.connect_timeout_seconds):
-            await b.link.connected.wait()
+            await b.link.wait_connected()
     except TimeoutError:
         failures.append(f"MQTT broker {b.config.mqtt.url} unreachable: {b.link.last_error or 'timed out'}")
         return
@@ -125,6 +142,7 @@ async def _deliver(b: Broadcaster, failures: list[str], drain_timeout: float) ->
 @contextlib.asynccontextmanager
 async def _linked(b: Broadcaster) -> AsyncIterator[None]:
     """The broker link for a one-shot command: up while the block runs, then a clean goodbye."""
+    await b.link.check_identity()
     link_stop = asyncio.Event()
     link_task = asyncio.create_task(b.link.run(link_stop))
     try:
@@ -190,7 +208,9 @@ async def serve(
 
     Raises:
         ConfigError: an admin token cannot be read, or the admin API's address cannot be listened on.
+        IdentityConflict: another installation is online on the broker with our MQTT client id.
     """
+    await b.link.check_identity()  # before anything is polled or posted
     admin = None
     if b.config.admin is not None:
         from broadcaster.admin import AdminServer  # starlette and uvicorn load only when the API is configured
@@ -206,6 +226,27 @@ async def serve(
     scheduler.every("operator:expire", 60, _guarded(b.expire_operator_notices), now=False)
     scheduler.every("operator:requests", 1, _guarded(b.process_requests))
     link_stop = asyncio.Event()
+    try:
+        await _serve_tasks(b, stop, scheduler, admin, link_stop, grace, on_started)
+    except* IdentityConflict as group:
+        # Found only at the first connection when the broker was down at start-up: the one reason to stop,
+        # for the command line to report.
+        raise group.exceptions[0] from None
+    finally:
+        scheduler.shutdown()
+        if admin is not None:
+            admin.shutdown()
+
+
+async def _serve_tasks(
+    b: Broadcaster,
+    stop: asyncio.Event,
+    scheduler: JobScheduler,
+    admin: AdminServer | None,
+    link_stop: asyncio.Event,
+    grace: float,
+    on_started: Callable[[], None] | None,
+) -> None:
     async with asyncio.TaskGroup() as tg:
         tg.create_task(b.link.run(link_stop))
         drains = [tg.create_task(b.drain_loop(ch, stop)) for ch in b.channels]

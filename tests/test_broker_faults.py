@@ -18,7 +18,8 @@ from support.gtfs_rt_builders import alert_entity, selector
 from support.mosquitto_passwd import write_password_file
 
 from broadcaster.config import Config
-from broadcaster.runner import open_broadcaster
+from broadcaster.errors import IdentityConflict
+from broadcaster.runner import open_broadcaster, serve
 from broadcaster.service import Broadcaster
 
 BLACK_HOLE_SECONDS = 90
@@ -137,3 +138,28 @@ async def test_the_canary_stays_quiet_when_publishes_arrive(rig: Rig) -> None:
             await poll_all(b)
         assert b.link.observed_seq  # its own publications came back
         assert b.mqtt_delivering
+
+
+async def test_a_clash_found_only_when_the_broker_comes_back_stops_the_second_installation(rig: Rig) -> None:
+    """The start-up check cannot run while the broker is away; the first connection makes it, and stops us."""
+    first_config = rig.config(state={"directory": str(rig.tmp_path / "state-first")})
+    async with running(first_config) as first, FaultProxy("127.0.0.1", int(rig.mqtt_url.rsplit(":", 1)[1])) as proxy:
+        proxy.blackhole()
+        second_config = rig.config(
+            state={"directory": str(rig.tmp_path / "state-second")},
+            mqtt={"url": proxy.url, "connect_timeout_seconds": 1, "publish_timeout_seconds": 1},
+        )
+        async with open_broadcaster(second_config) as second:
+            started = asyncio.Event()
+            serving = asyncio.create_task(serve(second, asyncio.Event(), on_started=started.set))
+            try:
+                async with asyncio.timeout(10):
+                    await started.wait()  # without the broker it still starts: micro-blogs must not wait for it
+                proxy.heal()
+                with pytest.raises(IdentityConflict) as refused:
+                    async with asyncio.timeout(15):
+                        await serving
+            finally:
+                serving.cancel()
+        assert refused.value.instance == first.link.instance
+        assert first.link.sessions == 1 and first.link.connected.is_set()  # never taken over

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import zipfile
@@ -242,3 +243,59 @@ async def test_with_the_production_will_delay_a_dead_broadcaster_reads_offline_w
         if process.returncode is None:
             process.kill()
         await process.wait()
+
+
+def two_installations(rig: Rig) -> tuple[Path, Path]:
+    """Two configs with the same MQTT client id and their own state directories (two machines, say)."""
+    paths = []
+    for name in ("first", "second"):
+        written = rig.write_config(state={"directory": str(rig.tmp_path / f"state-{name}")})
+        paths.append(written.rename(rig.tmp_path / f"{name}.toml"))
+    return paths[0], paths[1]
+
+
+def statuses(messages: Sequence[ReceivedMessage]) -> list[dict[str, str]]:
+    return [orjson.loads(m.payload) for m in messages if m.topic.endswith("broadcaster/status") and m.payload]
+
+
+async def test_a_second_installation_with_the_same_client_id_refuses_to_start(rig: Rig) -> None:
+    first_config, second_config = two_installations(rig)
+    async with MessageRecorder(rig.mqtt_url, rig.topic("#")) as recorder:
+        first = await asyncio.create_subprocess_exec(
+            *broadcaster("run", "-c", str(first_config)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            await recorder.wait_for(lambda ms: any(s["status"] == "online" for s in statuses(ms)), timeout=20)
+            await recorder.wait_for(lambda ms: any(m.topic.endswith("/lines/1/alerts/A-1") for m in ms))
+            first_instance = statuses(recorder.messages)[-1]["instance"]
+
+            for command in ("run", "once"):
+                code, output = await run_command(command, "-c", str(second_config), timeout=30)
+                assert code == 1, output
+                assert "another broadcaster is online" in output and "bc-" in output, output
+                assert first_instance in output, output  # names the one holding the client id
+
+            # The first one kept its session (no takeover, no second "online"); the second fetched, queued and
+            # published nothing.
+            assert first.returncode is None
+            assert {s["instance"] for s in statuses(recorder.messages)} == {first_instance}
+            assert len(statuses(recorder.messages)) == 1
+            second_db = sqlite3.connect(rig.tmp_path / "state-second" / "broadcaster.db")
+            try:
+                assert second_db.execute("SELECT count(*) FROM feeds").fetchone() == (0,)
+                assert second_db.execute("SELECT count(*) FROM outbox").fetchone() == (0,)
+            finally:
+                second_db.close()
+
+            # Once the first stops cleanly, the second starts.
+            first.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(20):
+                assert await first.wait() == 0
+            code, output = await run_command("once", "-c", str(second_config), timeout=30)
+            assert code == 0, output
+            second_instances = {s["instance"] for s in statuses(recorder.messages)} - {first_instance}
+            assert len(second_instances) == 1
+        finally:
+            if first.returncode is None:
+                first.kill()
+                await first.wait()

@@ -3,7 +3,9 @@
 `MqttLink.run()` keeps a connection to the broker with capped exponential backoff between attempts. Each
 session announces `online` (retained) on the status topic, with `offline` as its Last Will, and then calls
 `on_connected` so the service republishes the whole retained state (a broker that crashed may have lost
-whatever it saved since its last autosave). Publishing is QoS 1: `publish` returns after the PUBACK.
+whatever it saved since its last autosave). Before its first session it reads that status topic under a
+throwaway client id: if another installation is online with our client id, `run` raises `IdentityConflict`
+rather than take that one's session over. Publishing is QoS 1: `publish` returns after the PUBACK.
 Many messages go through `publish_many`, a bounded window of concurrent publishes: awaiting each one in turn
 is slow, and gathering thousands at once is quadratic in aiomqtt (DESIGN.md section 5).
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import secrets
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -25,7 +28,7 @@ from paho.mqtt.properties import Properties
 from broadcaster.channels.base import ThreadRefs
 from broadcaster.config import MqttConfig
 from broadcaster.contract import Topics
-from broadcaster.errors import TransientDeliveryError
+from broadcaster.errors import IdentityConflict, TransientDeliveryError
 from broadcaster.outbox import OutboxEntry
 from broadcaster.payloads import status_body
 from broadcaster.retained import Publication, serialise
@@ -59,8 +62,16 @@ class MqttLink:
         username: str | None = None,
         password: str | None = None,
         on_connected: Callable[[], Awaitable[None]] | None = None,
+        instance: str | None = None,
     ) -> None:
         self.config = config
+        #: Which installation this is (fixed per state directory), announced in the status payload so a second
+        #: installation configured with the same client id can tell it is not us restarting.
+        self.instance = instance
+        self._identity_checked = instance is None
+        #: Set when `run` refused to start because another installation holds our client id.
+        self.refusal: IdentityConflict | None = None
+        self._refused = asyncio.Event()
         self.topics = Topics(config.topic_prefix)
         self._username = username
         self._password = password
@@ -78,21 +89,14 @@ class MqttLink:
 
     # -- connection ------------------------------------------------------------------------------------------
 
-    def _client_for_session(self) -> aiomqtt.Client:
-        # MQTT 5 Will Delay: the broker says "offline" only if we stay away that long, so a quick reconnect
-        # (a restart, a network blip) does not make every display flash "information unavailable". The delay
-        # only holds while the session lives, hence a session expiry at least as long and no clean start.
-        will_properties = Properties(PacketTypes.WILLMESSAGE)  # type: ignore[no-untyped-call]
-        will_properties.WillDelayInterval = self.config.will_delay_seconds
-        will = aiomqtt.Will(
-            self.topics.status,
-            serialise(status_body("offline", self.config.client_id, self._started)),
-            qos=1,
-            retain=True,
-            properties=will_properties,
-        )
-        connect_properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        connect_properties.SessionExpiryInterval = self.config.will_delay_seconds + 30
+    def _new_client(
+        self,
+        identifier: str,
+        *,
+        will: aiomqtt.Will | None = None,
+        clean_start: bool = True,
+        properties: Properties | None = None,
+    ) -> aiomqtt.Client:
         tls_context = None
         if self.config.tls:
             tls_context = ssl.create_default_context(
@@ -101,14 +105,14 @@ class MqttLink:
         return aiomqtt.Client(
             self.config.host,
             self.config.port,
-            identifier=self.config.client_id,
+            identifier=identifier,
             logger=_client_log,
             protocol=aiomqtt.ProtocolVersion.V5,
             username=self._username,
             password=self._password,
             will=will,
-            clean_start=False,
-            properties=connect_properties,
+            clean_start=clean_start,
+            properties=properties,
             keepalive=self.config.keepalive_seconds,
             timeout=self.config.publish_timeout_seconds,
             tls_context=tls_context,
@@ -116,11 +120,127 @@ class MqttLink:
             max_inflight_messages=max(20, self.config.publish_window),
         )
 
+    def _status(self, status: str, since: datetime) -> bytes:
+        return serialise(status_body(status, self.config.client_id, since, self.instance))
+
+    def _client_for_session(self) -> aiomqtt.Client:
+        # MQTT 5 Will Delay: the broker says "offline" only if we stay away that long, so a quick reconnect
+        # (a restart, a network blip) does not make every display flash "information unavailable". The delay
+        # only holds while the session lives, hence a session expiry at least as long and no clean start.
+        will_properties = Properties(PacketTypes.WILLMESSAGE)  # type: ignore[no-untyped-call]
+        will_properties.WillDelayInterval = self.config.will_delay_seconds
+        will = aiomqtt.Will(
+            self.topics.status, self._status("offline", self._started), qos=1, retain=True,
+            properties=will_properties,
+        )
+        connect_properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        connect_properties.SessionExpiryInterval = self.config.will_delay_seconds + 30
+        return self._new_client(self.config.client_id, will=will, clean_start=False, properties=connect_properties)
+
+    async def _check_identity(self) -> None:
+        """Read the retained status under a throwaway client id; raise if another installation holds ours.
+
+        Connecting with our own client id to find out would take the other one's session over. A retained
+        `online` from our own instance is a restart within the Will Delay (after a crash), which is fine.
+
+        Raises:
+            IdentityConflict: the status says `online`, with our client id and another instance.
+            aiomqtt.MqttError: the broker cannot be reached (`run` retries).
+        """
+        probe_id = f"{self.config.client_id[:40]}-check-{secrets.token_hex(4)}"
+        # The broker sends a subscription's retained messages before it handles anything we publish after
+        # the SUBACK, so our own probe coming back means the retained status, if any, has arrived.
+        probe_topic = self.topics.probe(probe_id)
+        status: bytes | None = None
+        echoed = False
+        async with self._new_client(probe_id) as client:
+            await client.subscribe(self.topics.status, qos=1)
+            await client.subscribe(probe_topic, qos=1)
+            await client.publish(probe_topic, b"", qos=1)
+            try:
+                async with asyncio.timeout(self.config.publish_timeout_seconds):
+                    async for message in client.messages:
+                        if message.topic.value == probe_topic:
+                            echoed = True
+                            break
+                        if isinstance(message.payload, bytes | bytearray):
+                            status = bytes(message.payload)
+            except TimeoutError:
+                pass
+        if not echoed:
+            log.warning("could not confirm that client id %r is free: the probe on %s did not come back (does"
+                        " the broker's ACL let broadcaster read what it writes?)", self.config.client_id,
+                        probe_topic)
+        try:
+            current = orjson.loads(status) if status else None
+        except orjson.JSONDecodeError:
+            current = None
+        if not isinstance(current, dict) or current.get("status") != "online":
+            return
+        other = current.get("instance")
+        if current.get("client_id") == self.config.client_id and isinstance(other, str) and other != self.instance:
+            raise IdentityConflict(self.config.client_id, other, str(current.get("since")),
+                                   self.config.will_delay_seconds)
+
+    async def check_identity(self) -> None:
+        """The start-up check, before anything is polled or posted: refuse if our client id is taken.
+
+        A broker that cannot be reached now is not a reason to hold back posts to the micro-blogs; `run` then
+        makes the check before its first session, and raises there.
+
+        Raises:
+            IdentityConflict: another installation is online with our client id.
+        """
+        if self._identity_checked:
+            return
+        try:
+            async with asyncio.timeout(self.config.connect_timeout_seconds):
+                await self._check_identity()
+        except (aiomqtt.MqttError, TimeoutError) as exc:
+            log.warning("MQTT broker %s not reachable at start-up (%s); client id %r is checked when it is",
+                        self.config.url, exc or "timed out", self.config.client_id)
+            return
+        except IdentityConflict as exc:
+            self.refusal = exc
+            self._refused.set()
+            raise
+        self._identity_checked = True
+
+    async def wait_connected(self) -> None:
+        """Wait until connected.
+
+        Raises:
+            IdentityConflict: `run` refused to start instead.
+        """
+        waits = [asyncio.ensure_future(self.connected.wait()), asyncio.ensure_future(self._refused.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+        if self.refusal is not None:
+            raise self.refusal
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Connect, serve, reconnect, until `stop` is set; then say `offline` and disconnect cleanly."""
+        """Connect, serve, reconnect, until `stop` is set; then say `offline` and disconnect cleanly.
+
+        Raises:
+            IdentityConflict: before the first session, another installation is online with our client id.
+        """
+        try:
+            await self._run(stop)
+        except IdentityConflict as exc:
+            self.refusal = exc
+            self._refused.set()
+            raise
+
+    async def _run(self, stop: asyncio.Event) -> None:
         delay = 0.5
         while not stop.is_set():
             try:
+                if not self._identity_checked:
+                    await self._check_identity()
+                    self._identity_checked = True  # later sessions find our own `online`
                 async with self._client_for_session() as client:
                     self._client = client
                     await self._serve(client, stop)
@@ -145,12 +265,7 @@ class MqttLink:
 
     async def _serve(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
         self._started = datetime.now(UTC)
-        await client.publish(
-            self.topics.status,
-            serialise(status_body("online", self.config.client_id, self._started)),
-            qos=1,
-            retain=True,
-        )
+        await client.publish(self.topics.status, self._status("online", self._started), qos=1, retain=True)
         # Subscribing to our own status topic gives a message iterator that raises when the link drops.
         await client.subscribe(self.topics.status, qos=1)
         for topic in self.canary_topics:
@@ -177,7 +292,7 @@ class MqttLink:
             self.connected.clear()
             await client.publish(
                 self.topics.status,
-                serialise(status_body("offline", self.config.client_id, datetime.now(UTC))),
+                self._status("offline", datetime.now(UTC)),
                 qos=1,
                 retain=True,
                 timeout=self.config.publish_timeout_seconds,
