@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
@@ -624,6 +625,56 @@ def test_hang_after_commit_then_an_idempotent_retry(microblog: MicroblogServer, 
     assert retry.status_code == 200
     assert retry.json()["id"] == created.id
     assert len(microblog.mastodon_statuses()) == 1
+
+
+def test_drip_sends_the_status_at_once_then_trickles_the_body_past_any_read_timeout(
+    microblog: MicroblogServer,
+) -> None:
+    microblog.drip("mastodon", interval_s=0.05, commit=True, seconds=30)
+    auth = {"Authorization": f"Bearer {microblog.mastodon_token}", "Idempotency-Key": "drip-1"}
+    received = b""
+    with httpx.Client(base_url=microblog.url, headers=auth, timeout=0.5) as client:
+        started = time.monotonic()
+        with client.stream("POST", "/api/v1/statuses", data={"status": "slowly"}) as response:
+            assert response.status_code == 200  # the status line came at once
+            for chunk in response.iter_raw():  # every read waits far less than the 0.5 s read timeout
+                received += chunk
+                if time.monotonic() - started > 1.5:
+                    break
+    [entry] = microblog.wait_for(lambda log: log[0].client_left is not None, timeout_s=2)
+
+    assert received.strip() == b""  # only the padding so far: the answer was nowhere near complete
+    assert 0 < len(received) <= 2 * (1.5 / 0.05 + 10)  # a couple of bytes per interval, not the answer at once
+    assert (entry.status, entry.fault) == (200, "drip")
+    assert entry.client_left is not None
+    assert entry.client_left - entry.monotonic >= 1.5
+    [status] = microblog.mastodon_statuses()  # with commit the post took effect before the answer began
+    assert status.idempotency_key == "drip-1"
+
+
+def test_drip_without_commit_ends_in_a_well_formed_503_and_changes_nothing(
+    microblog: MicroblogServer, mastodon: httpx.Client
+) -> None:
+    microblog.drip("mastodon", interval_s=0.02, seconds=0.3, chunk_bytes=8)
+    microblog.drip("webhook", interval_s=0.02, seconds=0.1, commit=True)
+
+    started = time.monotonic()
+    answer = mastodon.post("/api/v1/statuses", data={"status": "lost"})
+    took = time.monotonic() - started
+    hook = httpx.post(microblog.webhook_url("ops"), content=b'{"n": 1}', timeout=2)
+    after = mastodon.post("/api/v1/statuses", data={"status": "delivered"})
+
+    assert answer.status_code == 503
+    assert answer.json() == {"error": "Service Unavailable"}  # whitespace first, then the platform's error body
+    assert took >= 0.3
+    assert hook.status_code == 200  # a committed 204 is dripped as a 200 with a body of padding
+    assert [d.json() for d in microblog.webhook_deliveries("ops")] == [{"n": 1}]
+    assert after.status_code == 200  # one drip, then back to normal
+    assert [s.text for s in microblog.mastodon_statuses()] == ["delivered"]
+    assert [(r.status, r.fault, r.client_left) for r in microblog.requests("mastodon")] == [
+        (503, "drip", None),
+        (200, None, None),
+    ]
 
 
 def test_reset_connection_answers_nothing(microblog: MicroblogServer, weibo: httpx.Client) -> None:

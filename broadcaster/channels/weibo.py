@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from broadcaster.channels.base import Post, ThreadRefs
-from broadcaster.channels.http import HttpChannel, HttpChannelClient, check_status
+from broadcaster.channels.http import HttpChannel, HttpChannelClient, check_status, retry_after_seconds
 from broadcaster.config import Secret, WeiboChannelConfig
 from broadcaster.errors import PermanentDeliveryError, TransientDeliveryError
 from broadcaster.outbox import OutboxEntry
@@ -46,12 +46,14 @@ class WeiboChannel(HttpChannel[WeiboChannelConfig]):
             message = f"error {code}: {body.get('error', '')}"
             if code == REPEAT_CONTENT and entry.uncertain:
                 return None  # the earlier, uncertain attempt was posted: Weibo says this text is its last status
+            # A 429 or 503 in front of the API may say when to come back; the error code alone never does.
+            retry_after = retry_after_seconds(reply.headers, self.clock())
             if code in RATE_LIMITED:
-                raise TransientDeliveryError(self.name, message, retry_after=None)
+                raise TransientDeliveryError(self.name, message, retry_after=retry_after)
             if code in TOKEN_ERRORS:
                 raise PermanentDeliveryError(self.name, f"{message} (renew the access token)")
             if reply.status >= 500:
-                raise TransientDeliveryError(self.name, message, maybe_delivered=True)
+                raise TransientDeliveryError(self.name, message, retry_after=retry_after, maybe_delivered=True)
             raise PermanentDeliveryError(self.name, message)
         check_status(self.name, reply, self.clock())
         status_id = body.get("idstr") or body.get("id") if isinstance(body, dict) else None

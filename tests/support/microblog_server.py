@@ -61,7 +61,8 @@ Webhooks (``POST /hooks/{name}``): body and headers are recorded and 204 returne
 whether it verified.
 
 Faults for every platform: `MicroblogServer.push_fault` (canned responses, exactly the given headers),
-`MicroblogServer.hang`, `MicroblogServer.reset_connections` and `MicroblogServer.set_down`. The server clock
+`MicroblogServer.hang`, `MicroblogServer.drip` (status line and headers at once, then the body a few bytes at a
+time), `MicroblogServer.reset_connections` and `MicroblogServer.set_down`. The server clock
 (`MicroblogServer.now`) is real UTC time plus whatever `MicroblogServer.advance` added, so an hour passes at once.
 State is shared between the uvicorn thread and the test thread under one lock; accessors return frozen snapshots.
 """
@@ -128,7 +129,10 @@ class LoggedRequest:
     """One request as the server saw it. Header names are lower case.
 
     ``status`` is None while the request is in flight, after a connection reset, or when the client left during a
-    hang; ``fault`` names the fault that answered it ("down", "reset", "hang", "fault", "rate_limited") or is None.
+    hang (a drip logs its status as soon as the status line is out); ``fault`` names the fault that answered it
+    ("down", "reset", "hang", "drip", "fault", "rate_limited") or is None. ``client_left`` is the
+    ``time.monotonic()`` at which the server saw the client go away before its answer was complete (a hang or a
+    drip it gave up on), else None.
     """
 
     platform: Platform
@@ -141,6 +145,7 @@ class LoggedRequest:
     monotonic: float
     status: int | None = None
     fault: str | None = None
+    client_left: float | None = None
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
@@ -488,6 +493,14 @@ class _Hang:
     commit: bool
 
 
+@dataclass(frozen=True)
+class _Drip:
+    interval_s: float
+    seconds: float
+    chunk_bytes: int
+    commit: bool
+
+
 @dataclass
 class _Window:
     """A fixed-window counter. ``aligned`` windows start at multiples of the period (rack-attack); otherwise at the
@@ -538,6 +551,7 @@ class _PlatformFaults:
     down: bool = False
     resets: int = 0
     hangs: deque[_Hang] = field(default_factory=deque)
+    drips: deque[_Drip] = field(default_factory=deque)
     faults: deque[_Fault] = field(default_factory=deque)
 
 
@@ -801,8 +815,31 @@ class MicroblogServer:
         with self._lock:
             self._faults[platform].hangs.extend(_Hang(seconds, commit) for _ in range(count))
 
+    def drip(
+        self,
+        platform: Platform,
+        interval_s: float,
+        *,
+        count: int = 1,
+        commit: bool = False,
+        seconds: float = 60.0,
+        chunk_bytes: int = 2,
+    ) -> None:
+        """Answer the next `count` requests with the status line and headers at once, then the body `chunk_bytes`
+        at a time every `interval_s`: JSON whitespace for `seconds`, then the real body (other requests go on).
+
+        Every chunk resets a client's per-read timeout, so only an overall deadline stops it. With `commit` the
+        request takes effect at once and its real answer is dripped (a 204 becomes a 200, to have a body); without,
+        nothing happens and the answer is the platform's usual 503 (a struggling server). A client that stays to
+        the end gets a well-formed answer; one that leaves is noted in ``LoggedRequest.client_left``.
+        """
+        if interval_s <= 0 or chunk_bytes <= 0 or seconds < 0:
+            raise ValueError("drip needs interval_s > 0, chunk_bytes > 0 and seconds >= 0")
+        with self._lock:
+            self._faults[platform].drips.extend(_Drip(interval_s, seconds, chunk_bytes, commit) for _ in range(count))
+
     def clear_faults(self, platform: Platform) -> None:
-        """Forget every programmed fault, hang and reset of `platform`, and bring it back up."""
+        """Forget every programmed fault, hang, drip and reset of `platform`, and bring it back up."""
         with self._lock:
             self._faults[platform] = _PlatformFaults()
 
@@ -837,6 +874,18 @@ class MicroblogServer:
             self._weibo_expired = expired
 
     # -- reading back ------------------------------------------------------------------------------------------
+
+    def wait_for(self, condition: Callable[[list[LoggedRequest]], bool], timeout_s: float = 5.0) -> list[LoggedRequest]:
+        """Block until `condition` holds for the request log (e.g. a client left a drip); TimeoutError after
+        `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while not condition(seen := self.requests()):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"the request log did not reach the condition within {timeout_s}s")
+                self._changed.wait(remaining)
+            return seen
 
     def requests(self, platform: Platform | None = None) -> list[LoggedRequest]:
         """The request log, oldest first; each entry has the server-clock time and ``time.monotonic()``."""
@@ -977,7 +1026,8 @@ class MicroblogServer:
             if reset:
                 faults.resets -= 1
             held = faults.hangs.popleft() if not (down or reset) and faults.hangs else None
-            canned = faults.faults.popleft() if not (down or reset or held) and faults.faults else None
+            dripping = faults.drips.popleft() if not (down or reset or held) and faults.drips else None
+            canned = faults.faults.popleft() if not (down or reset or held or dripping) and faults.faults else None
 
         tag: str | None = None
         if reset:
@@ -989,12 +1039,23 @@ class MicroblogServer:
         elif canned is not None:
             response = self._error_response(platform, canned.status, canned.headers, canned.body, path)
             tag = "fault"
+        elif dripping is not None:
+            call = (platform, request.method, path, request.url.query, headers, body)
+            if dripping.commit:
+                response = self._handle(*call)[0]
+            else:
+                response = self._error_response(platform, 503, {}, None, path)
+            status = 200 if response.status_code == 204 else response.status_code
+            self._finish(index, status, "drip")  # the status line is about to go out
+            await self._drip(index, receive, send, status, response, dripping)
+            return
         elif held is not None:
             tag = "hang"
             call = (platform, request.method, path, request.url.query, headers, body)
             committed = self._handle(*call)[0] if held.commit else None
             self._finish(index, None, tag)  # visible as held while it is (and, with commit, after it took effect)
             if not await self._hold(receive, held.seconds) and not self._stopping():
+                self._note_left(index)
                 return  # the client left; a committed request stays done
             response = committed if committed is not None else self._handle(*call)[0]
         else:
@@ -1007,6 +1068,49 @@ class MicroblogServer:
     def _stopping(self) -> bool:
         server = self._server
         return server is not None and server.stopping is not None and server.stopping.is_set()
+
+    def _note_left(self, index: int) -> None:
+        with self._changed:
+            self._log[index] = replace(self._log[index], client_left=time.monotonic())
+            self._changed.notify_all()
+
+    async def _drip(
+        self, index: int, receive: Receive, send: Send, status: int, response: Response, drip: _Drip
+    ) -> None:
+        """Send `response` as `status`: headers now, then whitespace and the body a chunk per interval, until done,
+        the client leaves, or the server stops (then the rest goes at once, so the answer is still complete)."""
+        server = self._server
+        assert server is not None
+        assert server.stopping is not None
+        padding = b" " * (drip.chunk_bytes * max(1, int(drip.seconds / drip.interval_s + 0.999)))
+        data = padding + bytes(response.body)
+        raw_headers = [(name, value) for name, value in response.raw_headers if name.lower() != b"content-length"]
+        raw_headers.append((b"content-length", str(len(data)).encode()))
+        gone = asyncio.ensure_future(self._disconnected(receive))
+        stopping = asyncio.ensure_future(server.stopping.wait())
+        try:
+            await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+            sent = 0
+            while sent < len(data):
+                if stopping.done():
+                    await send({"type": "http.response.body", "body": data[sent:], "more_body": False})
+                    return
+                chunk = data[sent : sent + drip.chunk_bytes]
+                sent += len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": sent < len(data)})
+                if sent == len(data):
+                    return
+                pause = asyncio.ensure_future(asyncio.sleep(drip.interval_s))
+                await asyncio.wait({pause, gone, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                pause.cancel()
+                await asyncio.gather(pause, return_exceptions=True)
+                if gone.done() and not stopping.done():
+                    self._note_left(index)
+                    return
+        finally:
+            for task in (gone, stopping):
+                task.cancel()
+            await asyncio.gather(gone, stopping, return_exceptions=True)
 
     def _finish(self, index: int, status: int | None, fault: str | None) -> None:
         with self._changed:
