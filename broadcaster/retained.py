@@ -4,6 +4,10 @@ Retained state is idempotent and last-writer-wins, so it is published from the c
 on change, in full after every (re)connect, and again before it expires (each payload carries `valid_until` and
 an MQTT 5 message expiry, so a display never shows yesterday's crowding). Entries whose feed is not healthy are
 *not* refreshed: they expire, and displays show "information unavailable" rather than stale facts.
+
+A cleared topic (a resolved alert) is remembered for one TTL after the clear and cleared again with every full
+publish: a broker killed after acknowledging the clear comes back with what it last saved, which may be the
+alert itself. After one TTL the broker's copy has expired anyway, so the memory is bounded.
 """
 
 from __future__ import annotations
@@ -78,12 +82,16 @@ class RetainedPlanner:
         self.max_payload_bytes = max_payload_bytes
         self.seq = seq
         self.published: dict[str, _Published] = {}
+        #: topic -> when its clear was first acknowledged (kept one TTL, then forgotten)
+        self.cleared: dict[str, datetime] = {}
         # topic -> (body, its serialisation, digest): the payload builder hands back the same body object while
         # its content is unchanged, so it is serialised and hashed once, not on every poll.
         self._serialised: dict[str, tuple[Body, bytes, str]] = {}
 
     def load(self, conn: sqlite3.Connection) -> None:
         self.published = {t: _Published(d, None) for t, d in conn.execute("SELECT topic, digest FROM retained")}
+        self.cleared = {t: datetime.fromisoformat(at)
+                        for t, at in conn.execute("SELECT topic, cleared_at FROM retained_cleared")}
 
     def plan(
         self, items: Iterable[RetainedItem], now: datetime, *, fresh_sources: set[str], full: bool
@@ -124,6 +132,9 @@ class RetainedPlanner:
             out.append(Publication(item.topic, payload, True, expiry, digest, now))
         for topic in self.published.keys() - seen:
             out.append(Publication(topic, b"", True))
+        if full:
+            out.extend(Publication(topic, b"", True) for topic, at in self.cleared.items()
+                       if topic not in seen and topic not in self.published and now - at < self.ttl)
         for topic in serialised.keys() - seen:
             del serialised[topic]
         return out
@@ -132,6 +143,7 @@ class RetainedPlanner:
         """Record publications the broker acknowledged (inside the caller's transaction)."""
         upserts: list[tuple[str, str]] = []
         deletes: list[tuple[str]] = []
+        cleared: list[tuple[str, str]] = []
         for pub in publications:
             if pub.payload:
                 self.published[pub.topic] = _Published(pub.digest, pub.issued_at or now)
@@ -139,5 +151,14 @@ class RetainedPlanner:
             else:
                 self.published.pop(pub.topic, None)
                 deletes.append((pub.topic,))
+                if pub.topic not in self.cleared:  # a repeated clear does not extend the memory of the first
+                    self.cleared[pub.topic] = now
+                    cleared.append((pub.topic, iso(now)))
+        # Forgotten: topics published again, and clears older than one TTL (the broker's copy has expired).
+        forget = [(t,) for t, at in self.cleared.items() if t in self.published or now - at >= self.ttl]
+        for (topic,) in forget:
+            del self.cleared[topic]
         conn.executemany("INSERT OR REPLACE INTO retained (topic, digest) VALUES (?, ?)", upserts)
         conn.executemany("DELETE FROM retained WHERE topic = ?", deletes)
+        conn.executemany("INSERT OR IGNORE INTO retained_cleared (topic, cleared_at) VALUES (?, ?)", cleared)
+        conn.executemany("DELETE FROM retained_cleared WHERE topic = ?", forget)

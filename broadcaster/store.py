@@ -63,6 +63,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_thread ON outbox (channel, notice_id, starts_thread, part);
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, channel, priority, next_attempt_at);
 CREATE TABLE IF NOT EXISTS retained (topic TEXT PRIMARY KEY, digest TEXT NOT NULL);
+-- Topics cleared within the retained TTL: a broker that crashed may bring their old payload back.
+CREATE TABLE IF NOT EXISTS retained_cleared (topic TEXT PRIMARY KEY, cleared_at TEXT NOT NULL);
 -- Operator requests (announce, correct) from the command line, carried out by the running broadcaster.
 CREATE TABLE IF NOT EXISTS requests (
     id INTEGER PRIMARY KEY AUTOINCREMENT, created_at TEXT NOT NULL, action TEXT NOT NULL, body BLOB NOT NULL,

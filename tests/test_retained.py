@@ -116,3 +116,40 @@ def test_sequence_numbers_strictly_increase() -> None:
     numbers = [clock.next() for _ in range(10_000)]
     assert all(b > a for a, b in itertools.pairwise(numbers))
     assert SequenceClock().next() >= numbers[0]
+
+
+ALERT = "m/v1/lines/1/alerts/A"
+
+
+def clears(pubs: list[Publication]) -> set[str]:
+    return {p.topic for p in pubs if not p.payload}
+
+
+def test_a_cleared_topic_is_cleared_again_on_every_full_publish_for_one_ttl(tmp_path: Path) -> None:
+    """A broker killed after acknowledging a clear comes back with its last save, which may hold the alert."""
+    path = tmp_path / "b.db"
+    db = Database(path)
+    planner = RetainedPlanner(TTL, 10_000, SequenceClock())
+    publish(planner, db, items(), T0)
+    assert clears(publish(planner, db, items(alert=False), T0 + timedelta(minutes=1))) == {ALERT}
+    assert clears(publish(planner, db, items(alert=False), T0 + timedelta(minutes=2))) == set()  # not a change
+    assert clears(publish(planner, db, items(alert=False), T0 + timedelta(minutes=3), full=True)) == {ALERT}
+    db.close()
+    db = Database(path)  # and after a restart of broadcaster too
+    planner = RetainedPlanner(TTL, 10_000, SequenceClock())
+    planner.load(db.conn)
+    # Re-sending the clear does not extend the memory: one TTL from the first clear (minute 1), then forgotten.
+    assert clears(publish(planner, db, items(alert=False), T0 + timedelta(minutes=30), full=True)) == {ALERT}
+    assert clears(publish(planner, db, items(alert=False), T0 + timedelta(minutes=31), full=True)) == set()
+    assert db.conn.execute("SELECT count(*) FROM retained_cleared").fetchone() == (0,)
+
+
+def test_a_topic_published_again_is_no_longer_cleared_on_reconnect(db: Database) -> None:
+    planner = RetainedPlanner(TTL, 10_000, SequenceClock())
+    publish(planner, db, items(), T0)
+    publish(planner, db, items(alert=False), T0 + timedelta(minutes=1))
+    publish(planner, db, items(), T0 + timedelta(minutes=2))  # the alert is back
+    full = publish(planner, db, items(), T0 + timedelta(minutes=3), full=True)
+    assert clears(full) == set()
+    assert ALERT in topics(full)
+    assert db.conn.execute("SELECT count(*) FROM retained_cleared").fetchone() == (0,)
