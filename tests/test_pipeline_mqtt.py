@@ -187,29 +187,33 @@ async def test_unchanged_feed_still_refreshes_retained_state_before_it_expires(r
     assert all(m.message_expiry_interval == 600 for m in refreshed)
 
 
-BAD_BODIES: dict[str, Callable[[Rig], None]] = {
-    "random bytes": lambda r: r.server.set_route("/rt.pb", bytes(range(256)) * 4),
-    "html error page": lambda r: r.server.set_route("/rt.pb", b"<html><body>502 Bad Gateway</body></html>",
-                                                    content_type="text/html"),
-    "empty body": lambda r: r.server.set_route("/rt.pb", b""),
-    "http 503": lambda r: r.server.set_route("/rt.pb", b"busy", status=503),
-    "oversize": lambda r: r.server.set_route("/rt.pb", b"\x0a" * 200_000),
-    "slow drip": lambda r: r.server.set_route("/rt.pb", b"\x0a" * 2000, drip_bytes_per_s=200),
-    "stale timestamp": lambda r: r.serve_rt(timestamp=now_s() - 3600),
-    "future timestamp": lambda r: r.serve_rt(timestamp=now_s() + 3600),
-    "milliseconds timestamp": lambda r: r.serve_rt(timestamp=now_s() * 1000),
+#: name -> (how the feed goes bad, the `result` label its poll must be counted under)
+BAD_BODIES: dict[str, tuple[Callable[[Rig], None], str]] = {
+    "random bytes": (lambda r: r.server.set_route("/rt.pb", bytes(range(256)) * 4), "format"),
+    "html error page": (lambda r: r.server.set_route("/rt.pb", b"<html><body>502 Bad Gateway</body></html>",
+                                                     content_type="text/html"), "format"),
+    "empty body": (lambda r: r.server.set_route("/rt.pb", b""), "format"),
+    "http 503": (lambda r: r.server.set_route("/rt.pb", b"busy", status=503), "http_status"),
+    "oversize": (lambda r: r.server.set_route("/rt.pb", b"\x0a" * 200_000), "transport"),
+    "slow drip": (lambda r: r.server.set_route("/rt.pb", b"\x0a" * 2000, drip_bytes_per_s=200), "transport"),
+    "stale timestamp": (lambda r: r.serve_rt(line2_alert(), timestamp=now_s() - 3600), "stale"),
+    "future timestamp": (lambda r: r.serve_rt(line2_alert(), timestamp=now_s() + 3600), "stale"),
+    "timestamp going backwards": (lambda r: r.serve_rt(timestamp=now_s() - 120), "stale"),
+    "milliseconds timestamp": (lambda r: r.serve_rt(timestamp=now_s() * 1000), "format"),
+    "differential feed": (lambda r: r.server.set_route("/rt.pb", feed_bytes(timestamp=now_s(), differential=True)),
+                          "format"),
 }
 
 
 @pytest.fixture(params=sorted(BAD_BODIES))
-def bad_feed(request: pytest.FixtureRequest) -> tuple[str, Callable[[Rig], None]]:
+def bad_feed(request: pytest.FixtureRequest) -> tuple[str, tuple[Callable[[Rig], None], str]]:
     return request.param, BAD_BODIES[request.param]
 
 
 async def test_bad_feed_publishes_nothing_and_keeps_the_last_state(
-    rig: Rig, bad_feed: tuple[str, Callable[[Rig], None]], caplog: pytest.LogCaptureFixture
+    rig: Rig, bad_feed: tuple[str, tuple[Callable[[Rig], None], str]], caplog: pytest.LogCaptureFixture
 ) -> None:
-    name, make_bad = bad_feed
+    name, (make_bad, label) = bad_feed
     rig.serve_rt(line2_alert())
     async with running(rig.config()) as b:
         await poll_all(b)
@@ -224,9 +228,39 @@ async def test_bad_feed_publishes_nothing_and_keeps_the_last_state(
         assert b.state is state_before
         assert b.feeds["ops"].consecutive_failures == 1
         assert not b.feeds["ops"].healthy
+        counted = b.metrics.registry.get_sample_value("broadcaster_feed_fetches_total",
+                                                      {"feed": "ops", "result": label})
+        assert counted == 1, f"{name}: not counted as {label}"
     lines = [r.getMessage() for r in caplog.records if "unusable" in r.getMessage()]
     assert len(lines) == 1, lines
     assert "keeping the last good state" in lines[0]
+
+
+async def test_malformed_entities_and_records_are_no_all_clear(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    """An alert that loses its informed entities and a crowding record with the wrong types are skipped, each
+    with a log line; for more polls than it takes to resolve an alert, nothing is cleared or announced."""
+    rig.serve_rt(line2_alert())
+    rig.serve_flow({"S04": "FULL", "S05": "EMPTY"})
+    async with running(rig.config()) as b:
+        await poll_all(b)
+        before = await collect_retained(rig.mqtt_url, rig.topic("#"))
+        assert rig.topic("lines/2/alerts/A-L2") in before
+        async with MessageRecorder(rig.mqtt_url, rig.topic("#")) as recorder:
+            replayed = len(await recorder.settle(quiet=0.3))
+            rig.serve_rt(alert_entity("A-L2", header=SUSPENDED_L2, informed=[], effect="NO_SERVICE"))
+            flow = {"schema": "broadcaster.passenger-flow/1", "timestamp": now_s(),
+                    "stations": [{"station_id": "S04", "level": 42}, {"station_id": "S05", "level": "EMPTY"}]}
+            rig.server.set_route("/flow.json", orjson.dumps(flow), content_type="application/json")
+            for _ in range(b.config.state.resolve_after_missing + 1):
+                assert all(await poll_all(b))  # the feeds are usable; only the bad parts are skipped
+            later = [m for m in await recorder.settle(quiet=0.5)][replayed:]
+        after = await collect_retained(rig.mqtt_url, rig.topic("#"))
+    assert not [m.topic for m in later if m.topic.endswith(("/notices", "/alerts/A-L2"))], "cleared or announced"
+    assert after[rig.topic("lines/2/alerts/A-L2")] == before[rig.topic("lines/2/alerts/A-L2")]
+    assert orjson.loads(after[rig.topic("stations/S04/crowding")])["level"] == "FULL"
+    problems = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("A-L2" in line and "informed" in line for line in problems), problems
+    assert any("S04" in line for line in problems), problems
 
 
 async def test_truncated_feed_does_not_resolve_at_once(rig: Rig) -> None:

@@ -193,17 +193,20 @@ def parse_passenger_flow(feed: str, body: bytes, network: Network) -> FeedSnapsh
     problems: list[str] = []
     for index, record in enumerate(records):
         where = f"stations[{index}]"
+        # The index alone makes an operator count records; the station id, when it is readable, says which.
+        named = record.get("station_id") if isinstance(record, dict) else None
+        suffix = f" (station {_show(named)})" if isinstance(named, str) and named else ""
         try:
             reading = StationReading.model_validate(record)
         except ValidationError as exc:
-            problems.append(_describe(exc, where))
+            problems.append(_describe(exc, where) + suffix)
             continue
         station_id = network.station_of(reading.station_id)
         if station_id is None:
             problems.append(f"{where}.station_id: {reading.station_id!r} is not a station or stop of the network")
             continue
         if reading.line_id is not None and reading.line_id not in network.lines:
-            problems.append(f"{where}.line_id: {reading.line_id!r} is not a line of the network")
+            problems.append(f"{where}.line_id: {reading.line_id!r} is not a line of the network{suffix}")
             continue
         readings.append(
             CrowdingReading(
