@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import time
+import tracemalloc
 from typing import TYPE_CHECKING
 
 import pytest
 from support import free_port
 
+from broadcaster.config import FeedConfig
 from broadcaster.errors import FeedError, FetchError
 from broadcaster.feeds.fetch import FeedFetcher, FetchResult, display_url
 
@@ -135,6 +137,31 @@ async def test_oversize_while_streaming_chunked_stops_early(
 
     assert time.monotonic() - started < 1.5
     assert "content-length" not in http_server.requests[-1].headers
+
+
+async def test_a_50_mib_body_announced_by_its_length_is_refused_before_reading(
+    fetcher: FeedFetcher, http_server: LoopbackHttpServer
+) -> None:
+    http_server.set_route("/huge", b"\x0a" * (50 * 1024 * 1024))
+    cap = FeedConfig.model_fields["max_bytes"].default
+    with pytest.raises(FetchError, match=f"announces 52428800 bytes, over the {cap}-byte cap"):
+        await fetch(fetcher, http_server.url("/huge"), max_bytes=cap, timeout_s=30)
+
+
+async def test_a_50_mib_chunked_body_is_cut_off_at_the_default_cap_without_holding_it(
+    fetcher: FeedFetcher, http_server: LoopbackHttpServer
+) -> None:
+    body = b"\x0a" * (50 * 1024 * 1024)  # built before measuring: the server's copy is not the fetcher's
+    http_server.set_route("/huge", body, chunked=True)
+    cap = FeedConfig.model_fields["max_bytes"].default
+    tracemalloc.start()  # process-wide, so the loopback server's chunks count too: an upper bound
+    try:
+        with pytest.raises(FetchError, match=f"exceeds the {cap}-byte cap"):
+            await fetch(fetcher, http_server.url("/huge"), max_bytes=cap, timeout_s=30)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < cap * 1.5, f"peak {peak / 2**20:.1f} MiB while fetching"  # never the whole 50 MiB
 
 
 @pytest.mark.parametrize("chunked", [False, True])
