@@ -9,6 +9,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support.tiny_network import tiny_network
 
 from broadcaster.errors import FeedFormatError
@@ -234,3 +236,57 @@ def test_the_examples_in_the_operator_docs_are_valid() -> None:
         PassengerFlowDocument.model_validate_json(example)
         snapshot = parse_passenger_flow("docs", example.encode(), NETWORK)
         assert snapshot.problems == ()
+
+
+# -- property: structurally mutated documents --------------------------------------------------------------------
+
+RICH_DOCUMENT = document(
+    {"station_id": "S01", "level": "EMPTY", "percentage": 12, "observed_at": "2026-11-25T07:59:00+08:00"},
+    {"station_id": "S02-P1", "level": "FULL", "line_id": "L1", "direction_id": 0},
+    {"station_id": "S02", "level": "STANDING_ROOM_ONLY", "percentage": 95},
+)
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+def _paths(value: object, prefix: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """Every place in a JSON value: dictionary keys and list indexes, outermost first."""
+    found = [prefix]
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found += _paths(item, (*prefix, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += _paths(item, (*prefix, index))
+    return found
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.data())
+def test_mutated_documents_parse_or_raise_feed_errors(data: st.DataObject) -> None:
+    """Any value replaced, any key dropped: a snapshot (maybe with problems) or a FeedFormatError, nothing else."""
+    doc = json.loads(json.dumps(RICH_DOCUMENT))
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(_paths(doc)))
+        if not path:
+            doc = data.draw(_json_values)
+            continue
+        parent = doc
+        for part in path[:-1]:
+            parent = parent[part]
+        if data.draw(st.booleans()) and isinstance(parent, dict):
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = data.draw(_json_values)
+        if not isinstance(doc, dict | list):
+            break
+    try:
+        snapshot = parse(doc)
+    except FeedFormatError:
+        return
+    assert snapshot.crowding is not None
+    assert all(reading.station_id in NETWORK.stations for reading in snapshot.crowding)
+    assert snapshot.timestamp.tzinfo is not None
