@@ -66,3 +66,37 @@ def test_bench_runs_on_a_tiny_city_and_writes_its_results(tmp_path: Path) -> Non
     assert base["messages"] == full["retained_topics"]
     for key in ("limit_ms", "floor_ms", "naive_ms"):
         assert base[key] > 0, key
+
+
+@pytest.mark.timeout(120)
+def test_outage_bench_runs_its_three_phases_and_writes_its_results(tmp_path: Path) -> None:
+    out = tmp_path / "outage.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.outage", "--notices", "2", "--rounds", "1", "--interval", "0.05",
+         "--mastodon-deadline", "1", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=110, check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "| Mastodon 503 for 1 h | bluesky |" in completed.stdout  # the table for people
+    doc = json.loads(out.read_text(encoding="utf-8"))
+
+    platforms = {"bluesky", "weibo", "webhook"}
+    assert doc["target_ratio"] == 1.1
+    assert set(doc["phases"]) == {"baseline", "down", "hang"}
+    for phase in doc["phases"].values():
+        for name in platforms:
+            assert phase[name]["samples"] == 2
+            assert 0 < phase[name]["median_ms"] <= phase[name]["p95_ms"]
+        assert phase["cpu_ms_per_notice"] > 0
+    for outage in ("down", "hang"):
+        assert set(doc["ratios"][outage]) == platforms
+        for ratio in doc["ratios"][outage].values():
+            assert ratio["median"] > 0
+            assert ratio["p95"] > 0
+            assert len(ratio["median_by_round"]) == 1
+        assert set(doc["targets"][outage]) == {"target", "worst_median_ratio", "median_met", "worst_p95_ratio",
+                                               "p95_met"}
+    # Mastodon really failed as each phase says, and only there.
+    assert set(doc["phases"]["baseline"]["mastodon"]["answers"]) == {"200"}
+    assert set(doc["phases"]["down"]["mastodon"]["answers"]) == {"down"}
+    assert set(doc["phases"]["hang"]["mastodon"]["answers"]) == {"hang"}
