@@ -71,7 +71,7 @@ def _load(args: argparse.Namespace) -> Config:
 def _cmd_once(args: argparse.Namespace) -> int:
     from broadcaster.runner import run_once
 
-    return asyncio.run(run_once(_load(args)))
+    return asyncio.run(run_once(_load(args), drain_timeout=args.wait))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -174,6 +174,16 @@ def _speed(value: str) -> float:
     return speed
 
 
+def _wait_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not 0 <= seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"{value!r}: must be between 0 and 3600 seconds")
+    return seconds
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from broadcaster.demo.app import DemoOptions, run_demo
 
@@ -213,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("once", help="poll every feed once, publish, deliver the outbox, exit")
     with_config(p)
     with_broker(p)
+    p.add_argument("--wait", type=_wait_seconds, default=30.0, metavar="SECONDS",
+                   help="how long to keep delivering, retries included, before exiting 1 with notices still"
+                   " queued (they stay queued for the next run; default 30)")
     p.set_defaults(func=_cmd_once)
 
     p = sub.add_parser("run", help="poll on schedule and publish until SIGINT/SIGTERM")

@@ -86,6 +86,22 @@ async def test_once_exits_1_with_a_clear_message_when_the_broker_is_down(rig: Ri
     assert "MQTT broker mqtt://127.0.0.1:" in output
 
 
+async def test_once_gives_up_after_its_wait_leaving_the_notice_queued_for_the_next_run(rig: Rig) -> None:
+    """A webhook that refuses connections: `--wait 1` exits 1 promptly, and the notice is still owed."""
+    receiver = f"http://127.0.0.1:{free_port()}/hook"
+    path = rig.write_config(channels=[{"name": "hook", "kind": "webhook", "url": receiver, "languages": ["en"],
+                                       "timeout_seconds": 1}])
+    status, output = await run_command("once", "-c", str(path), "--wait", "1", timeout=20)
+    assert status == 1, output
+    assert "notice(s) still queued in the outbox" in output
+    db = sqlite3.connect(rig.tmp_path / "state" / "broadcaster.db")
+    try:
+        owed = db.execute("SELECT count(*) FROM outbox WHERE channel = 'hook' AND status = 'pending'").fetchone()
+    finally:
+        db.close()
+    assert owed[0] >= 1
+
+
 async def test_once_exits_1_naming_the_feed_that_failed(rig: Rig) -> None:
     rig.server.set_route("/rt.pb", b"<html>oops</html>", status=500)
     status, output = await run_command("once", "-c", str(rig.write_config()))

@@ -185,7 +185,7 @@ async def test_planted_secrets_appear_in_no_output(
         platforms.expire_bluesky_tokens(refresh=True)
         platforms.set_down("bluesky")
         platforms.push_fault("webhook", 500, count=5)
-        status, out = await run_broadcaster("once", "-c", str(config), env=env)
+        status, out = await run_broadcaster("once", "-c", str(config), "--wait", "3", env=env)
         outputs.append(("command: failing platforms", out))
         assert status == 1, out.decode(errors="replace")
         for platform in ("mastodon", "bluesky", "webhook"):
