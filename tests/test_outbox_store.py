@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import random
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,6 +38,20 @@ def message(notice: str, priority: int = 1, channel: str = "mqtt", version: str 
 def test_database_runs_in_wal_with_full_sync(db: Database) -> None:
     assert db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+
+
+def test_start_up_refuses_a_database_that_cannot_run_in_wal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the file system offers no shared memory (some network file systems) SQLite keeps its rollback journal
+    without a word. SQLite's `unix-none` VFS has no shared memory either: it stands in for such a file system."""
+    real_connect = sqlite3.connect
+
+    def without_shared_memory(path: Path, **kwargs: Any) -> sqlite3.Connection:
+        connection: sqlite3.Connection = real_connect(f"file:{path}?vfs=unix-none", uri=True, **kwargs)
+        return connection
+
+    monkeypatch.setattr(sqlite3, "connect", without_shared_memory)
+    with pytest.raises(StoreError, match="needs journal_mode=WAL and synchronous=FULL, got delete/2"):
+        Database(tmp_path / "broadcaster.db")
 
 
 def test_database_in_an_unwritable_place_is_a_store_error(tmp_path: Path) -> None:
