@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Self
 
-import uvicorn
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from .uvicorn_thread import bind_loopback, quiet_config
+from .uvicorn_thread import ThreadedUvicorn
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
@@ -52,33 +49,6 @@ class RouteSpec:
     chunked: bool = False
 
 
-class _PromptServer(uvicorn.Server):
-    """A uvicorn server that notices `request_exit` at once instead of polling a flag every 0.1 s."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._exit_requested: asyncio.Event | None = None
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        # Created before `started` turns true, so `request_exit` always finds them once start() returns.
-        self._loop = asyncio.get_running_loop()
-        self._exit_requested = asyncio.Event()
-        await super().startup(sockets)
-
-    async def main_loop(self) -> None:
-        assert self._exit_requested is not None
-        await self.on_tick(0)  # sets the Date/Server default headers
-        await self._exit_requested.wait()
-
-    def request_exit(self, *, force: bool) -> None:
-        """Thread-safe: begin shutdown; with `force`, do not wait for requests in flight."""
-        self.should_exit = True
-        self.force_exit = force
-        if self._loop is not None and self._exit_requested is not None:
-            self._loop.call_soon_threadsafe(self._exit_requested.set)
-
-
 class LoopbackHttpServer:
     """Serves `set_route` responses on 127.0.0.1 and records every request in `requests`.
 
@@ -97,10 +67,7 @@ class LoopbackHttpServer:
         self._routes: dict[str, RouteSpec] = {}
         self._one_shot: dict[str, deque[RouteSpec]] = {}
         self._requests: list[RecordedRequest] = []
-        self._socket: socket.socket | None = None
-        self._server: _PromptServer | None = None
-        self._thread: threading.Thread | None = None
-        self._port = 0
+        self._uvicorn: ThreadedUvicorn | None = None
 
     # -- programming the server ---------------------------------------------------------------------------
 
@@ -174,39 +141,25 @@ class LoopbackHttpServer:
 
     @property
     def port(self) -> int:
-        return self._port
+        return self._uvicorn.port if self._uvicorn is not None else 0
 
     def url(self, path: str = "/") -> str:
         if not path.startswith("/"):
             path = "/" + path
-        return f"http://{self.host}:{self._port}{path}"
+        return f"http://{self.host}:{self.port}{path}"
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Bind a free port, start uvicorn in a daemon thread and return once it serves."""
-        if self._thread is not None:
+        if self._uvicorn is not None:
             raise RuntimeError("server already started")
-        sock = bind_loopback(self.host)
-        self._port = sock.getsockname()[1]
-        self._socket = sock
-        config = quiet_config(self._app)
-        server = _PromptServer(config)
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name=f"http-server-{self._port}", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + self.startup_timeout_s
-        while not server.started:
-            if not self._thread.is_alive():
-                self._cleanup()
-                raise RuntimeError("uvicorn thread exited during startup")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"uvicorn did not start within {self.startup_timeout_s}s")
-            # uvicorn offers no startup event to wait on; poll its flag under the deadline.
-            time.sleep(0.01)
+        self._uvicorn = ThreadedUvicorn(self._app, host=self.host, name="http-server")
+        try:
+            self._uvicorn.start(self.startup_timeout_s)
+        except RuntimeError:
+            self._uvicorn = None
+            raise
 
     def stop(self, *, force: bool = False, timeout_s: float = 5.0) -> None:
         """Stop uvicorn and join its thread.
@@ -214,24 +167,10 @@ class LoopbackHttpServer:
         By default requests in flight get uvicorn's graceful shutdown (one second), then are cancelled;
         ``force=True`` cancels them at once (what the fixture does at teardown).
         """
-        server, thread = self._server, self._thread
-        if server is None or thread is None:
-            return
-        server.request_exit(force=force)
-        thread.join(timeout_s)
-        if thread.is_alive():
-            server.force_exit = True
-            thread.join(timeout_s)
-        self._cleanup()
-        if thread.is_alive():
-            raise RuntimeError(f"uvicorn thread did not stop within {2 * timeout_s}s")
-
-    def _cleanup(self) -> None:
-        if self._socket is not None:
-            self._socket.close()
-        self._socket = None
-        self._server = None
-        self._thread = None
+        server = self._uvicorn
+        if server is not None:
+            server.stop(force=force, timeout_s=timeout_s)  # handlers still see it while they let go of requests
+            self._uvicorn = None
 
     def __enter__(self) -> Self:
         self.start()

@@ -1,17 +1,16 @@
-"""The ``microblog`` fixture: a started `MicroblogServer` of the test's own, stopped (hangs released) afterwards."""
+"""`serve_microblog`, behind the ``microblog`` fixture (tests/conftest.py): a started `MicroblogServer` of the
+test's own, stopped (hangs released) afterwards."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
-
-import pytest
 
 from .microblog_server import MicroblogServer
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ["MicroblogServer", "microblog", "serve_microblog"]
+__all__ = ["MicroblogServer", "serve_microblog"]
 
 
 def serve_microblog(**options: Any) -> Iterator[MicroblogServer]:
@@ -26,9 +25,3 @@ def serve_microblog(**options: Any) -> Iterator[MicroblogServer]:
         yield server
     finally:
         server.stop(force=True)
-
-
-@pytest.fixture
-def microblog() -> Iterator[MicroblogServer]:
-    """A micro-blog server (Mastodon, Bluesky, Weibo, webhooks) on a free loopback port, for this test only."""
-    yield from serve_microblog()

@@ -91,11 +91,10 @@ from email.utils import format_datetime
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Literal, Self, get_args
 
-import uvicorn
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .uvicorn_thread import bind_loopback, quiet_config
+from .uvicorn_thread import ThreadedUvicorn
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
@@ -631,40 +630,6 @@ def _weibo_time(moment: datetime) -> str:
     return moment.astimezone(_CHINA).strftime("%a %b %d %H:%M:%S +0800 %Y")
 
 
-class _UvicornInThread(uvicorn.Server):
-    """uvicorn that says when it is up (an Event, no polling) and leaves at once when asked to."""
-
-    def __init__(self, config: uvicorn.Config, ready: threading.Event) -> None:
-        super().__init__(config)
-        self._ready = ready
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._exit_requested: asyncio.Event | None = None
-        self.stopping: asyncio.Event | None = None
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        self.loop = asyncio.get_running_loop()
-        self._exit_requested = asyncio.Event()
-        self.stopping = asyncio.Event()
-        try:
-            await super().startup(sockets)
-        finally:
-            self._ready.set()
-
-    async def main_loop(self) -> None:
-        assert self._exit_requested is not None
-        await self.on_tick(0)  # sets the Date/Server default headers
-        await self._exit_requested.wait()
-
-    def request_exit(self, *, force: bool) -> None:
-        """Thread-safe: begin shutdown and release held (hanging) requests."""
-        self.should_exit = True
-        self.force_exit = force
-        loop, exit_requested, stopping = self.loop, self._exit_requested, self.stopping
-        if loop is not None and exit_requested is not None and stopping is not None:
-            loop.call_soon_threadsafe(exit_requested.set)
-            loop.call_soon_threadsafe(stopping.set)
-
-
 def _platform_for(path: str) -> Platform | None:
     if path.startswith("/api/"):
         return "mastodon"
@@ -760,10 +725,7 @@ class MicroblogServer:
         self._weibo_expired = False
         self._webhooks: dict[str, list[WebhookDelivery]] = {}
 
-        self._socket: socket.socket | None = None
-        self._server: _UvicornInThread | None = None
-        self._thread: threading.Thread | None = None
-        self._port = 0
+        self._server: ThreadedUvicorn | None = None
 
     # -- clock -------------------------------------------------------------------------------------------------
 
@@ -936,12 +898,12 @@ class MicroblogServer:
 
     @property
     def port(self) -> int:
-        return self._port
+        return self._server.port if self._server is not None else 0
 
     @property
     def url(self) -> str:
         """The base URL, e.g. ``http://127.0.0.1:41234`` (Mastodon instance, PDS and Weibo API base alike)."""
-        return f"http://{self.host}:{self._port}"
+        return f"http://{self.host}:{self.port}"
 
     def webhook_url(self, name: str) -> str:
         return f"{self.url}/hooks/{urllib.parse.quote(name, safe='')}"
@@ -950,46 +912,21 @@ class MicroblogServer:
 
     def start(self) -> None:
         """Bind a free port, start uvicorn in a daemon thread and return once it serves (or raise by the deadline)."""
-        if self._thread is not None:
+        if self._server is not None:
             raise RuntimeError("server already started")
-        sock = bind_loopback(self.host)
-        self._port = sock.getsockname()[1]
-        self._socket = sock
-        config = quiet_config(self._app)
-        ready = threading.Event()
-        server = _UvicornInThread(config, ready)
-        self._server = server
-
-        def run() -> None:
-            try:
-                server.run(sockets=[sock])
-            finally:
-                ready.set()  # a thread that dies during startup must not leave start() waiting for the deadline
-
-        self._thread = threading.Thread(target=run, name=f"microblog-server-{self._port}", daemon=True)
-        self._thread.start()
-        if not ready.wait(self.startup_timeout_s):
-            self.stop(force=True)
-            raise RuntimeError(f"uvicorn did not start within {self.startup_timeout_s}s")
-        if not server.started:
-            self.stop(force=True)
-            raise RuntimeError("uvicorn exited during startup")
+        self._server = ThreadedUvicorn(self._app, host=self.host, name="microblog-server")
+        try:
+            self._server.start(self.startup_timeout_s)
+        except RuntimeError:
+            self._server = None
+            raise
 
     def stop(self, *, force: bool = True, timeout_s: float = 5.0) -> None:
         """Stop uvicorn (held requests are released at once) and join its thread, within `timeout_s` twice over."""
-        server, thread = self._server, self._thread
-        if server is None or thread is None:
-            return
-        server.request_exit(force=force)
-        thread.join(timeout_s)
-        if thread.is_alive():
-            server.force_exit = True
-            thread.join(timeout_s)
-        if self._socket is not None:
-            self._socket.close()
-        self._socket, self._server, self._thread = None, None, None
-        if thread.is_alive():
-            raise RuntimeError(f"uvicorn thread did not stop within {2 * timeout_s}s")
+        server = self._server
+        if server is not None:
+            server.stop(force=force, timeout_s=timeout_s)  # handlers still see it while they let go of requests
+            self._server = None
 
     def __enter__(self) -> Self:
         self.start()
@@ -1252,7 +1189,7 @@ class MicroblogServer:
 
     def _mastodon_instance(self) -> dict[str, Any]:
         return {
-            "domain": f"{self.host}:{self._port}",
+            "domain": f"{self.host}:{self.port}",
             "title": "Broadcaster test instance",
             "version": "4.3.0",
             "source_url": "https://github.com/mastodon/mastodon",
@@ -1262,7 +1199,7 @@ class MicroblogServer:
             "contact": {"email": "", "account": None},
             "rules": [],
             "configuration": {
-                "urls": {"streaming": f"ws://{self.host}:{self._port}"},
+                "urls": {"streaming": f"ws://{self.host}:{self.port}"},
                 "accounts": {"max_featured_tags": 10, "max_pinned_statuses": 5},
                 "statuses": {
                     "max_characters": self.mastodon_max_characters,
