@@ -14,7 +14,7 @@ import logging
 import secrets
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from broadcaster import __version__, desk
 from broadcaster.channels.base import PostingChannel
@@ -30,9 +30,6 @@ from broadcaster.render import Renderer
 from broadcaster.scheduler import JobScheduler
 from broadcaster.service import Broadcaster, Clock, SystemClock
 from broadcaster.store import Database, KeyValueStore
-
-if TYPE_CHECKING:
-    from broadcaster.admin import AdminServer
 
 log = logging.getLogger(__name__)
 
@@ -227,44 +224,32 @@ async def serve(
     scheduler.every("operator:requests", 1, _guarded(b.process_requests))
     link_stop = asyncio.Event()
     try:
-        await _serve_tasks(b, stop, scheduler, admin, link_stop, grace, on_started)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(b.link.run(link_stop))
+            drains = [tg.create_task(b.drain_loop(ch, stop)) for ch in b.channels]
+            if admin is not None:
+                await admin.wait_started(tg.create_task(admin.serve()))
+            tg.create_task(_guarded(b.poll_round)())
+            scheduler.start()
+            log.info("broadcaster running: %d feed(s), %d channel(s), MQTT %s",
+                     len(b.config.feeds), len(b.channels), b.config.mqtt.url)
+            if on_started is not None:
+                on_started()
+            await stop.wait()
+            log.info("stopping: finishing in-flight sends")
+            if admin is not None:
+                admin.shutdown()
+            scheduler.shutdown()
+            await asyncio.wait(drains, timeout=grace)
+            link_stop.set()
     except* IdentityConflict as group:
         # Found only at the first connection when the broker was down at start-up: the one reason to stop,
         # for the command line to report.
         raise group.exceptions[0] from None
-    finally:
+    finally:  # after a failure too (both are idempotent): no job or API request outlives serve()
         scheduler.shutdown()
         if admin is not None:
             admin.shutdown()
-
-
-async def _serve_tasks(
-    b: Broadcaster,
-    stop: asyncio.Event,
-    scheduler: JobScheduler,
-    admin: AdminServer | None,
-    link_stop: asyncio.Event,
-    grace: float,
-    on_started: Callable[[], None] | None,
-) -> None:
-    async with asyncio.TaskGroup() as tg:
-        tg.create_task(b.link.run(link_stop))
-        drains = [tg.create_task(b.drain_loop(ch, stop)) for ch in b.channels]
-        if admin is not None:
-            await admin.wait_started(tg.create_task(admin.serve()))
-        tg.create_task(_guarded(b.poll_round)())
-        scheduler.start()
-        log.info("broadcaster running: %d feed(s), %d channel(s), MQTT %s",
-                 len(b.config.feeds), len(b.channels), b.config.mqtt.url)
-        if on_started is not None:
-            on_started()
-        await stop.wait()
-        log.info("stopping: finishing in-flight sends")
-        if admin is not None:
-            admin.shutdown()
-        scheduler.shutdown()
-        await asyncio.wait(drains, timeout=grace)
-        link_stop.set()
 
 
 async def run_forever(config: Config, *, stop: asyncio.Event | None = None, grace: float = 10.0) -> int:

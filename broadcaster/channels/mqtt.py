@@ -142,6 +142,7 @@ class MqttLink:
 
         Connecting with our own client id to find out would take the other one's session over. A retained
         `online` from our own instance is a restart within the Will Delay (after a crash), which is fine.
+        The outcome is kept: checked once, or the refusal that `wait_connected` raises too.
 
         Raises:
             IdentityConflict: the status says `online`, with our client id and another instance.
@@ -175,12 +176,14 @@ class MqttLink:
             current = orjson.loads(status) if status else None
         except orjson.JSONDecodeError:
             current = None
-        if not isinstance(current, dict) or current.get("status") != "online":
-            return
-        other = current.get("instance")
-        if current.get("client_id") == self.config.client_id and isinstance(other, str) and other != self.instance:
-            raise IdentityConflict(self.config.client_id, other, str(current.get("since")),
-                                   self.config.will_delay_seconds)
+        other = current.get("instance") if isinstance(current, dict) and current.get("status") == "online" else None
+        if (isinstance(current, dict) and current.get("client_id") == self.config.client_id
+                and isinstance(other, str) and other != self.instance):
+            self.refusal = IdentityConflict(self.config.client_id, other, str(current.get("since")),
+                                            self.config.will_delay_seconds)
+            self._refused.set()
+            raise self.refusal
+        self._identity_checked = True  # later sessions find our own `online`
 
     async def check_identity(self) -> None:
         """The start-up check, before anything is polled or posted: refuse if our client id is taken.
@@ -199,12 +202,6 @@ class MqttLink:
         except (aiomqtt.MqttError, TimeoutError) as exc:
             log.warning("MQTT broker %s not reachable at start-up (%s); client id %r is checked when it is",
                         self.config.url, exc or "timed out", self.config.client_id)
-            return
-        except IdentityConflict as exc:
-            self.refusal = exc
-            self._refused.set()
-            raise
-        self._identity_checked = True
 
     async def wait_connected(self) -> None:
         """Wait until connected.
@@ -227,20 +224,11 @@ class MqttLink:
         Raises:
             IdentityConflict: before the first session, another installation is online with our client id.
         """
-        try:
-            await self._run(stop)
-        except IdentityConflict as exc:
-            self.refusal = exc
-            self._refused.set()
-            raise
-
-    async def _run(self, stop: asyncio.Event) -> None:
         delay = 0.5
         while not stop.is_set():
             try:
                 if not self._identity_checked:
                     await self._check_identity()
-                    self._identity_checked = True  # later sessions find our own `online`
                 async with self._client_for_session() as client:
                     self._client = client
                     await self._serve(client, stop)
