@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -164,24 +164,21 @@ def _cmd_schemas(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _speed(value: str) -> float:
-    try:
-        speed = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if not 0 < speed <= 3600:
-        raise argparse.ArgumentTypeError(f"{value!r}: must be above 0 and at most 3600")
-    return speed
+def _number(*, above: float | None = None, at_least: float | None = None, at_most: float) -> Callable[[str], float]:
+    """An argparse type: a number above `above` (or at least `at_least`) and at most `at_most`."""
+    floor = f"above {above:g}" if above is not None else f"at least {at_least:g}"
 
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+        too_low = number <= above if above is not None else at_least is not None and number < at_least
+        if too_low or not number <= at_most:  # `not <=` also refuses nan
+            raise argparse.ArgumentTypeError(f"{value!r}: must be {floor} and at most {at_most:g}")
+        return number
 
-def _wait_seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
-    if not 0 <= seconds <= 3600:
-        raise argparse.ArgumentTypeError(f"{value!r}: must be between 0 and 3600 seconds")
-    return seconds
+    return parse
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -223,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("once", help="poll every feed once, publish, deliver the outbox, exit")
     with_config(p)
     with_broker(p)
-    p.add_argument("--wait", type=_wait_seconds, default=30.0, metavar="SECONDS",
+    p.add_argument("--wait", type=_number(at_least=0, at_most=3600), default=30.0, metavar="SECONDS",
                    help="how long to keep delivering, retries included, before exiting 1 with notices still"
                    " queued (they stay queued for the next run; default 30)")
     p.set_defaults(func=_cmd_once)
@@ -238,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="web pages on PORT, MQTT on PORT+1, MQTT over WebSocket on PORT+2 "
                         "(0: free ports; default 8080)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for a LAN)")
-    p.add_argument("--speed", type=_speed, default=30.0, help="simulated minutes per real minute (default 30)")
+    p.add_argument("--speed", type=_number(above=0, at_most=3600), default=30.0,
+                   help="simulated minutes per real minute (default 30)")
     p.add_argument("--no-browser-hint", action="store_true", help="print only the URLs, without the how-to lines")
     p.set_defaults(func=_cmd_demo)
 

@@ -16,6 +16,8 @@ import httpx
 import orjson
 import pytest
 
+from broadcaster.cli import build_parser
+
 STARTUP_LIMIT_S = 15.0
 
 
@@ -106,3 +108,21 @@ async def test_a_port_in_use_is_one_line_and_status_1() -> None:
     assert out == b""
     last_line = err.decode().strip().splitlines()[-1]
     assert last_line.startswith(f"broadcaster: demo: cannot listen on 127.0.0.1 ports {port}")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["demo", "--speed", "0"], "argument --speed: '0': must be above 0 and at most 3600"),
+        (["demo", "--speed", "nan"], "argument --speed: 'nan': must be above 0 and at most 3600"),
+        (["once", "--wait", "-1"], "argument --wait: '-1': must be at least 0 and at most 3600"),
+        (["once", "--wait", "soon"], "argument --wait: 'soon' is not a number"),
+    ],
+)
+def test_out_of_range_numbers_are_usage_errors_naming_the_option(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(argv)
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
