@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, TypeVar
 
 import orjson
 import uvicorn
@@ -71,6 +71,9 @@ Effect = Literal[
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+BodyT = TypeVar("BodyT", bound=_Body)
 
 
 class NoticeRequest(_Body):
@@ -368,19 +371,27 @@ class AdminApi:
         return [{"field": f"texts.{lang}", "message": f"not a configured language ({', '.join(languages)})"}
                 for lang in texts if lang not in languages]
 
+    async def _validated(
+        self, request: Request, model: type[BodyT], action: str, token_id: str, subject: str
+    ) -> BodyT | Response:
+        """The request's JSON body as `model`, or the response refusing it (audited like every refusal)."""
+        body = await self._json(request)
+        if isinstance(body, Response):
+            return body
+        try:
+            return model.model_validate(body)
+        except ValidationError as exc:
+            return self._refused(action, token_id, subject, _validation_errors(exc))
+
     def _refused(self, action: str, token_id: str, subject: str, errors: Sequence[Mapping[str, str]]) -> Response:
         self.b.audit(f"{action}-refused", token_id, subject, {"errors": list(errors)})
         return _problem(422, "invalid_request", "the request has invalid fields", errors=errors)
 
     async def announce(self, request: Request, token_id: str | None) -> Response:
         assert token_id is not None
-        body = await self._json(request)
-        if isinstance(body, Response):
-            return body
-        try:
-            notice = NoticeRequest.model_validate(body)
-        except ValidationError as exc:
-            return self._refused("announce", token_id, "", _validation_errors(exc))
+        notice = await self._validated(request, NoticeRequest, "announce", token_id, "")
+        if isinstance(notice, Response):
+            return notice
         network = self.b.network
         problems = self._texts_problems(notice.texts)
         problems += [{"field": f"line_ids[{i}]", "message": f"unknown line {line!r}"}
@@ -406,13 +417,9 @@ class AdminApi:
     async def correct(self, request: Request, token_id: str | None) -> Response:
         assert token_id is not None
         notice_id = str(request.path_params["notice_id"])
-        body = await self._json(request)
-        if isinstance(body, Response):
-            return body
-        try:
-            correction = CorrectionRequest.model_validate(body)
-        except ValidationError as exc:
-            return self._refused("correct", token_id, notice_id, _validation_errors(exc))
+        correction = await self._validated(request, CorrectionRequest, "correct", token_id, notice_id)
+        if isinstance(correction, Response):
+            return correction
         problems = self._texts_problems(correction.texts)
         if problems:
             return self._refused("correct", token_id, notice_id, problems)
