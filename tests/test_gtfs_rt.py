@@ -523,7 +523,7 @@ def test_mutated_feeds_parse_or_raise_feed_errors(mutations: list[tuple[str, int
 
 
 def test_a_big_feed_parses_fast() -> None:
-    """About 3 MB and 8,000 entities, like a large city's combined feed (DESIGN.md section 5)."""
+    """About 3 MB and 8,000 entities, like a large city's combined feed (docs/design.md, "Measured facts")."""
     trips = ["L1-T0a", "L1-T0b", "L1-T1a", "L2-T0a", "L2-T1a"]
     entities = []
     for n in range(6_000):

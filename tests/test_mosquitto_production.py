@@ -30,7 +30,7 @@ ACL = CONFIG_DIR / "acl"
 PASSWORDS = {"broadcaster": "bc-secret-1", "display": "display-secret-2", "commuter": "commuter-secret-3"}
 NOT_AUTHORIZED = 0x87
 TIMEOUT_S = 5.0
-#: A full refresh of a 500-station city (DESIGN.md section 5).
+#: A full refresh of a 500-station city (docs/design.md, "Measured facts").
 FULL_REFRESH_MESSAGES = 1020
 
 # Settings the test broker provides itself (its own loopback port, work folder, log and user) or the test sets.

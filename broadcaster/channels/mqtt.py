@@ -7,7 +7,7 @@ whatever it saved since its last autosave). Before its first session it reads th
 throwaway client id: if another installation is online with our client id, `run` raises `IdentityConflict`
 rather than take that one's session over. Publishing is QoS 1: `publish` returns after the PUBACK.
 Many messages go through `publish_many`, a bounded window of concurrent publishes: awaiting each one in turn
-is slow, and gathering thousands at once is quadratic in aiomqtt (DESIGN.md section 5).
+is slow, and gathering thousands at once is quadratic in aiomqtt (docs/design.md, "Measured facts").
 """
 
 from __future__ import annotations

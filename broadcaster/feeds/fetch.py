@@ -53,7 +53,7 @@ class FeedFetcher:
     """Fetches feeds through one shared HTTP client; use as ``async with FeedFetcher(user_agent=...) as f``.
 
     One client for every feed keeps connections alive and builds the TLS context once (a client per request
-    manages ~20 requests/s, DESIGN.md section 5).
+    manages ~20 requests/s, docs/design.md, "Measured facts").
     """
 
     def __init__(self, *, user_agent: str, max_connections: int = 8) -> None:

@@ -1,8 +1,9 @@
 """GTFS-Realtime protobuf to domain objects: service alerts, line delays and line occupancy.
 
 This is the only module that imports `gtfs_realtime_pb2`. Fields are read straight from the messages
-(`HasField`, local names): `MessageToDict` costs a hundred times more (DESIGN.md section 5). Alert texts are
-neutralised here, at the boundary, by `broadcaster.text` (controls, bidi overrides, HTML, mentions, size).
+(`HasField`, local names): `MessageToDict` costs a hundred times more (docs/design.md, "Measured facts").
+Alert texts are neutralised here, at the boundary, by `broadcaster.text` (controls, bidi overrides, HTML,
+mentions, size).
 """
 
 from __future__ import annotations

@@ -340,8 +340,8 @@ class WeiboProfile:
       2. So a CJK character or full-width punctuation is 1 character, two ASCII characters are 1, Latin-1 and
       other non-ASCII letters (é, ß, Cyrillic) count as full width, and an astral emoji is 2 characters.
     - A URL (`find_urls`, https too: Sina's counter predates https links) counts as a t.cn short link,
-      `url_length` characters (10, as DESIGN.md section 3 says; the short link is 20 ASCII characters), plus
-      half a character per byte beyond 140 for a very long URL.
+      `url_length` characters (10, as docs/design.md, "Platform length rules", says; the short link is 20
+      ASCII characters), plus half a character per byte beyond 140 for a very long URL.
     - The result is the half units divided by two, rounded up.
     """
 
