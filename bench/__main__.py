@@ -3,6 +3,7 @@ in processes of their own, print the table and write bench/results/latest.json.
 
 Options: `--scales 1,4,10` (scale factors; the first is the reference for the ratios), `--reps 3` (cold starts
 per scale), `--ticks 3` (steady ticks), `--rounds 40` (emergencies), `--out PATH`, `--keep` (keep the work folder).
+`--compare` runs the quick k = 1 set and prints each headline figure beside the committed one.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from bench import paths, report
+from bench import compare, paths, report
 from bench.city import CityFiles, write_city
 
 #: Without it Mosquitto leaves Nagle's algorithm on for its clients: a PUBACK written while an earlier one is
@@ -60,7 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=paths.RESULTS / "latest.json")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (cities, databases, logs)")
     parser.add_argument("--profile", type=Path, help="write cProfile stats of each scenario into this folder")
+    parser.add_argument("--compare", action="store_true",
+                        help="run the quick k = 1 set and compare its headline figures with bench/results/latest.json")
     args = parser.parse_args(argv)
+    if args.compare:
+        return _compare(args.out)
     scales: list[float] = args.scales
     reference = scales[0]
 
@@ -127,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             servers.wait()
         broker.stop()
     results["meta"] = {
+        "commit": compare.git_commit(), "machine_name": compare.machine(),
         "run_id": run_id, "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "wall_s": time.perf_counter() - started, "python": platform.python_version(), "cpus": os.cpu_count(),
         "machine": platform.machine(), "scales": scales, "reference_k": reference, "reps": args.reps,
@@ -136,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     document = report.summarise(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if args.out.resolve() == (paths.RESULTS / "latest.json").resolve() and len(scales) > 1 and args.reps >= 3:
+        compare.append_history(document)  # a full run: one line of the trend, committed with latest.json
     print()
     print(report.table(document))
     print(f"\nbench: wrote {args.out} in {document['meta']['wall_s']:.0f} s")
@@ -143,6 +151,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: work folder kept: {work}")
     else:
         shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def _compare(committed_path: Path) -> int:
+    """The quick set on this code beside the committed figures; flags, never fails (benchmarks are not CI)."""
+    if not committed_path.exists():
+        print(f"bench --compare: no committed results at {committed_path}", file=sys.stderr)
+        return 2
+    committed = json.loads(committed_path.read_text(encoding="utf-8"))
+    with tempfile.TemporaryDirectory(prefix="bench-compare-") as folder:
+        quick = Path(folder) / "quick.json"
+        status = main([*compare.QUICK_ARGS, "--out", str(quick)])
+        if status != 0:
+            return status
+        now = json.loads(quick.read_text(encoding="utf-8"))
+    text, _ = compare.comparison(committed, now)
+    print()
+    print(text)
     return 0
 
 

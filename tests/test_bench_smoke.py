@@ -38,6 +38,8 @@ def test_bench_runs_on_a_tiny_city_and_writes_its_results(tmp_path: Path) -> Non
 
     for key in REQUIRED_KEYS:
         assert key in doc, key
+    assert doc["meta"]["commit"]  # which code was measured, and on what
+    assert doc["meta"]["machine_name"]
     # Measured at the reference scale, so present and positive; the k = 1 / k = 10 figures need those scales.
     for key in ("full_refresh_ratio_vs_floor", "full_refresh_ratio_vs_limit", "change_tick_ratio_vs_full",
                 "emergency_p99_ms", "naive_ratio", "rss_mb_reference"):
@@ -100,3 +102,35 @@ def test_outage_bench_runs_its_three_phases_and_writes_its_results(tmp_path: Pat
     assert set(doc["phases"]["baseline"]["mastodon"]["answers"]) == {"200"}
     assert set(doc["phases"]["down"]["mastodon"]["answers"]) == {"down"}
     assert set(doc["phases"]["hang"]["mastodon"]["answers"]) == {"hang"}
+
+
+def test_compare_flags_a_headline_more_than_15_percent_worse_and_names_both_commits() -> None:
+    from bench import compare
+
+    committed = {"meta": {"commit": "aaa", "machine_name": "m"}, "full_refresh_ratio_vs_floor": 2.0,
+                 "change_tick_ratio_vs_full": 0.4, "emergency_p99_ms": 40.0, "naive_ratio": 2.0,
+                 "rss_mb_reference": 90.0}
+    steady = {**committed, "meta": {"commit": "bbb", "machine_name": "m"}, "full_refresh_ratio_vs_floor": 2.2}
+    text, worse = compare.comparison(committed, steady)
+    assert not worse  # 10 % worse is within the noise allowed
+    assert "aaa" in text
+    assert "bbb" in text
+    regressed = {**steady, "emergency_p99_ms": 47.0, "naive_ratio": 1.6}  # 17.5 % and 25 % worse
+    text, worse = compare.comparison(committed, regressed)
+    assert worse
+    flagged = [line.split()[0] for line in text.splitlines() if "worse" in line and not line.startswith("One")]
+    assert flagged == ["emergency_p99_ms", "naive_ratio_inverse"]
+
+
+def test_history_gets_a_header_once_and_one_line_per_full_run(tmp_path: Path) -> None:
+    from bench import compare
+
+    doc = {"meta": {"finished_at": "2026-12-03T10:00:00+00:00", "commit": "abc123", "machine_name": "2 cpus"},
+           "full_refresh_ratio_vs_floor": 2.5, "change_tick_ratio_vs_full": 0.3, "emergency_p99_ms": 30.0,
+           "naive_ratio": 2.0, "rss_mb_reference": 80.0}
+    history = tmp_path / "history.csv"
+    compare.append_history(doc, history)
+    compare.append_history(doc, history)
+    lines = history.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == ",".join(compare.HISTORY_COLUMNS)
+    assert lines[1:] == ["2026-12-03,abc123,2 cpus,2.500,0.300,30.000,0.500,80.000"] * 2
