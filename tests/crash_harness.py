@@ -9,6 +9,7 @@ Used by tests/test_crash.py (a short loop in CI) and runnable for a longer soak:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import signal
@@ -109,6 +110,28 @@ def pending_posts(db: Path) -> int:
                    .fetchone()[0])
 
 
+def total_queued(db: Path) -> int:
+    """Every post ever queued (any status): it grows when a run commits new notices."""
+    if not db.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        try:
+            return int(conn.execute("SELECT COUNT(*) FROM outbox WHERE channel != 'mqtt'").fetchone()[0])
+        except sqlite3.OperationalError:  # the first run is still creating the schema
+            return 0
+
+
+def wait_for_pending(process: subprocess.Popen[bytes], db: Path, *, previous_total: int, timeout: float) -> None:
+    """Wait (bounded) until the running broadcaster has committed new posts; fail if it exits first."""
+    deadline = time.monotonic() + timeout
+    while total_queued(db) <= previous_total:
+        if process.poll() is not None:
+            raise RuntimeError(f"broadcaster exited by itself with status {process.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"broadcaster committed no new notice within {timeout:.0f} s")
+        time.sleep(0.01)  # a bounded look at the database: the process is another program, with no event to await
+
+
 def crash_loop(
     workdir: Path, http: LoopbackHttpServer, broker: MosquittoBroker, server: MicroblogServer, *,
     iterations: int, seed: int, alerts_per_iteration: int = 4,
@@ -132,8 +155,11 @@ def crash_loop(
             [sys.executable, "-m", "broadcaster", "--log-level", "error", "run", "-c", str(config)],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
+        # The kill lands at a random moment after this run has committed its new notices, so it catches the
+        # drain (a start-up slowed by a loaded machine must not turn every kill into one before any work).
+        wait_for_pending(process, db, previous_total=total_queued(db), timeout=30)
         try:
-            process.wait(timeout=rng.uniform(0.7, 1.8))  # it should not exit on its own
+            process.wait(timeout=rng.uniform(0.0, 0.8))  # it should not exit on its own
             raise RuntimeError(f"broadcaster exited by itself with status {process.returncode}")
         except subprocess.TimeoutExpired:
             pass

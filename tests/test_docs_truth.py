@@ -59,6 +59,8 @@ def test_the_project_never_points_outside_its_repository() -> None:
         path = ROOT / name
         if path.suffix not in {".py", ".md", ".toml", ".j2", ".js", ".html", ".conf"} and name != ".ci/run":
             continue
+        if path == Path(__file__).resolve():
+            continue  # this test names what it looks for
         text = path.read_text(encoding="utf-8", errors="replace")
         if "../shared" in text or re.search(r"(?<![/\w])DESIGN\.md", text):
             offenders.append(name)

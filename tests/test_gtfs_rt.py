@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 
@@ -522,7 +521,7 @@ def test_mutated_feeds_parse_or_raise_feed_errors(mutations: list[tuple[str, int
     assert snapshot.timestamp.tzinfo is UTC
 
 
-def test_a_big_feed_parses_fast() -> None:
+def test_a_big_feed_parses_whole() -> None:
     """About 3 MB and 8,000 entities, like a large city's combined feed (docs/design.md, "Measured facts")."""
     trips = ["L1-T0a", "L1-T0b", "L1-T1a", "L2-T0a", "L2-T1a"]
     entities = []
@@ -553,13 +552,10 @@ def test_a_big_feed_parses_fast() -> None:
     body = feed_bytes(*entities)
     assert 2_500_000 < len(body) < 3_500_000
 
-    best = float("inf")
-    for _ in range(3):
-        started = time.perf_counter()
-        snapshot = parse_body(body)
-        best = min(best, time.perf_counter() - started)
+    # How fast is the bench's business (`python -m bench`, its parse stage); here: all of it, whole.
+    snapshot = parse_body(body)
     assert snapshot.alerts is not None
     assert len(snapshot.alerts) == 300
     assert snapshot.delays is not None
     assert sum(delay.trips for delay in snapshot.delays) == 6_000
-    assert best < 0.2, f"parsing took {best * 1000:.0f} ms"
+    assert not snapshot.problems

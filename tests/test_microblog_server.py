@@ -647,7 +647,9 @@ def test_drip_sends_the_status_at_once_then_trickles_the_body_past_any_read_time
     assert 0 < len(received) <= 2 * (1.5 / 0.05 + 10)  # a couple of bytes per interval, not the answer at once
     assert (entry.status, entry.fault) == (200, "drip")
     assert entry.client_left is not None
-    assert entry.client_left - entry.monotonic >= 1.5
+    # The client read for 1.5 s by its own clock; the server's stamps start a little later, so allow for a
+    # loaded machine: well past the 0.5 s read timeout is the point.
+    assert entry.client_left - entry.monotonic >= 1.0
     [status] = microblog.mastodon_statuses()  # with commit the post took effect before the answer began
     assert status.idempotency_key == "drip-1"
 

@@ -93,8 +93,14 @@ async def every_mqtt_message(broker: MosquittoBroker) -> AsyncIterator[list[byte
     client = aiomqtt.Client(broker.host, broker.port, username="reader", password=READER_PASSWORD,
                             identifier=f"hygiene-{uuid.uuid4().hex[:8]}", protocol=aiomqtt.ProtocolVersion.V5)
 
+    fence_topic = f"hygiene-fence/{uuid.uuid4().hex}"
+    fenced = asyncio.Event()
+
     async def receive() -> None:
         async for message in client.messages:
+            if message.topic.value == fence_topic:
+                fenced.set()
+                continue
             payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
             seen.append(message.topic.value.encode() + b" " + bytes(payload))
 
@@ -105,7 +111,11 @@ async def every_mqtt_message(broker: MosquittoBroker) -> AsyncIterator[list[byte
         try:
             yield seen
         finally:
-            await asyncio.sleep(0.5)  # let the last messages arrive
+            # Everything the broker accepted before this fence reaches us before it: the broker delivers to a
+            # subscriber in the order it took the messages in.
+            async with asyncio.timeout(10):
+                await client.publish(fence_topic, b"", qos=1)
+                await fenced.wait()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -30,6 +30,8 @@ class FaultProxy:
         self._healed.set()
         self.drop_pubacks = 0  # how many PUBACKs still to swallow
         self.dropped_pubacks = 0
+        self.held_attempts = 0  # connections accepted during an outage: the client is trying to reconnect
+        self._attempted = asyncio.Condition()
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -63,8 +65,17 @@ class FaultProxy:
             writer.close()
         self._healed.set()
 
+    async def wait_for_held_attempts(self, count: int) -> None:
+        """Wait until `count` connections have been attempted (and held) during outages."""
+        async with self._attempted:
+            await self._attempted.wait_for(lambda: self.held_attempts >= count)
+
     async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         self._writers.add(client_writer)
+        if self._blackholed:
+            async with self._attempted:
+                self.held_attempts += 1
+                self._attempted.notify_all()
         try:
             await self._healed.wait()  # a connection attempt during the outage gets no answer
             broker_reader, broker_writer = await asyncio.open_connection(*self.target)
