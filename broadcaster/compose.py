@@ -24,6 +24,7 @@ from broadcaster.state import (
     Change,
     CrowdingChange,
     CrowdingRecord,
+    LineStatus,
     LineStatusChange,
     LineStatusKind,
     NetworkState,
@@ -204,9 +205,15 @@ def _alert_notice(
     )
 
 
+def _explained_by_an_alert(status: LineStatus) -> bool:
+    """An alert decided this status and it is a disruption: that alert's own notice announces it."""
+    return status.cause is not None and status.kind.rank >= LineStatusKind.DELAYED.rank
+
+
 def _line_notice(change: LineStatusChange, network: Network, now: datetime, policy: ComposePolicy) -> Notice | None:
-    # A status that an alert explains is announced by that alert's notice; here only measured delays speak.
-    if change.after.alert_ids or change.before.alert_ids:
+    # A status that an alert explains is announced by that alert's notice; here only measured delays speak
+    # (a detour listed on the line does not explain delays measured on it).
+    if _explained_by_an_alert(change.after) or _explained_by_an_alert(change.before):
         return None
     if LineStatusKind.DELAYED not in (change.after.kind, change.before.kind):
         return None

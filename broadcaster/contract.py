@@ -73,6 +73,9 @@ class _Model(BaseModel):
 Texts = dict[str, str]  # language subtag -> text, e.g. {"zh": "...", "en": "..."}
 
 LineStatusCode = Literal["normal", "delayed", "partly_suspended", "suspended"]
+#: since v1.2: `good`; `changes` (service changes riders feel, trains still run: a detour, a moved stop, a
+#: broken lift; `status` stays `normal`); `disrupted` (every status but `normal`).
+ServiceLevel = Literal["good", "changes", "disrupted"]
 OccupancyName = Literal[
     "EMPTY", "MANY_SEATS_AVAILABLE", "FEW_SEATS_AVAILABLE", "STANDING_ROOM_ONLY", "CRUSHED_STANDING_ROOM_ONLY",
     "FULL", "NOT_ACCEPTING_PASSENGERS", "NO_DATA_AVAILABLE", "NOT_BOARDABLE",
@@ -108,9 +111,14 @@ class LineStatusPayload(Envelope):
     schema_: Literal["broadcaster.mqtt.line-status/1"] = Field(alias="schema")
     line: LineRef
     status: LineStatusCode
-    status_text: Texts
-    reason: Texts = Field(description="Why, in each language: the main alert's header or the delay; {} if normal")
-    alert_ids: list[str]
+    level: ServiceLevel | None = Field(
+        default=None,
+        description="since v1.2: good, changes (service changes, trains still run; status stays normal) or"
+        " disrupted",
+    )
+    status_text: Texts = Field(description="The level in words (since v1.2 'Service changes' for changes)")
+    reason: Texts = Field(description="Why, in each language: the main alert's header or the delay; {} if good")
+    alert_ids: list[str] = Field(description="Every active alert touching the line, worst first (since v1.2)")
     max_delay_s: int
     occupancy: list[DirectionOccupancy]
     as_of: str | None = Field(description="The newest feed timestamp behind this state")
@@ -162,6 +170,7 @@ class StationCrowdingPayload(Envelope):
 class DisplayLine(_Model):
     line: LineRef
     status: LineStatusCode
+    level: ServiceLevel | None = Field(default=None, description="since v1.2: as in line status")
     status_text: Texts
 
 

@@ -26,8 +26,8 @@ def reply_target(notice: Notice) -> str | None:
     context = next(iter(notice.contexts.values()), {})
     if notice.kind is NoticeKind.CROWDING and context.get("crowded") is False:
         return notice.id  # "crowding has eased" answers "very crowded"
-    if notice.kind is NoticeKind.LINE_STATUS and context.get("status_code") == "normal":
-        return notice.id  # "good service resumed" answers "delays"
+    if notice.kind is NoticeKind.LINE_STATUS and context.get("status_code") != "delayed":
+        return notice.id  # "good service resumed" (or "delays have cleared") answers "delays"
     return None
 
 

@@ -24,6 +24,12 @@ function stationFromUrl() {
 }
 
 const STATUS_CLASS = { normal: "ok", delayed: "warn", partly_suspended: "bad", suspended: "bad" };
+// Contract v1.2: `level` says "changes" (a detour, a moved stop: trains still run) where `status` stays "normal".
+// A payload from an older broadcaster has no level: its status alone decides.
+function lineClass(entry) {
+  if (entry.level === "changes") return "warn";
+  return STATUS_CLASS[entry.status] || "warn";
+}
 const TREND = { rising: "↑", falling: "↓", steady: "" };
 const CROWDING_CLASS = {
   EMPTY: "ok", MANY_SEATS_AVAILABLE: "ok", FEW_SEATS_AVAILABLE: "ok", STANDING_ROOM_ONLY: "warn",
@@ -72,8 +78,8 @@ function renderHeader() {
 
 function renderLines(display) {
   $("lines").replaceChildren(...display.lines.map((entry) => el("li", {
-    class: "line " + (STATUS_CLASS[entry.status] || "warn"), "data-testid": "line-status",
-    "data-line": entry.line.id, "data-status": entry.status,
+    class: "line " + lineClass(entry), "data-testid": "line-status",
+    "data-line": entry.line.id, "data-status": entry.status, "data-level": entry.level || "",
   },
     lineBadge(entry.line),
     el("div", { class: "line-name" }, el("div", { lang: "zh" }, text(entry.line.names, "zh")), el("div", { lang: "en" }, text(entry.line.names, "en"))),
