@@ -222,6 +222,16 @@ class BroadcasterStatusPayload(_Model):
         description="since v1.1: which installation this is (fixed per state directory); two with the same"
         " client_id and different instances are a misconfiguration, and the second refuses to start",
     )
+    mode: Literal["service", "batch"] | None = Field(
+        default=None,
+        description="since v1.2: 'service' for a long-running broadcaster (`run`), 'batch' for a one-shot"
+        " run (`once`, e.g. from cron). A batch run that ended cleanly leaves 'online' with valid_until",
+    )
+    valid_until: str | None = Field(
+        default=None,
+        description="since v1.2, on a batch run's clean end: RFC 3339 UTC; until then the published state"
+        " stands (each payload's own valid_until still rules); after it, treat the broadcaster as offline",
+    )
 
 
 PAYLOAD_MODELS: dict[str, type[BaseModel]] = {

@@ -309,9 +309,18 @@ class PayloadBuilder:
         }
 
 
-def status_body(status: str, client_id: str, since: datetime, instance: str | None = None) -> Body:
+def status_body(
+    status: str, client_id: str, since: datetime, instance: str | None = None, *, mode: str | None = None,
+    valid_until: datetime | None = None,
+) -> Body:
+    """The `broadcaster/status` payload. `mode` (since v1.2) says whether a long-running service or a batch
+    run (`once`) speaks; `valid_until` ends a clean batch run's `online`."""
     body: Body = {"schema": SCHEMA_STATUS, "status": status, "client_id": client_id, "since": iso(since),
                   "version": __version__}
     if instance is not None:
         body["instance"] = instance
+    if mode is not None:
+        body["mode"] = mode
+    if valid_until is not None:
+        body["valid_until"] = iso(valid_until)
     return body
