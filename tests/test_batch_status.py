@@ -73,7 +73,8 @@ async def test_a_sigkilled_run_after_a_batch_still_reads_offline(rig: Rig) -> No
         run = await asyncio.create_subprocess_exec(*broadcaster("run", "-c", str(path)),
                                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            await recorder.wait_for(lambda ms: bool(ms) and orjson.loads(ms[-1].payload).get("mode") == "service", timeout=30)
+            await recorder.wait_for(
+                lambda ms: bool(ms) and orjson.loads(ms[-1].payload).get("mode") == "service", timeout=30)
         finally:
             run.send_signal(signal.SIGKILL)
             await run.wait()
