@@ -186,3 +186,33 @@ def test_a_long_bluesky_thread_never_has_a_part_of_only_a_url() -> None:
     assert urls_in("\n".join(p.text for p in posts)) == [URL]
     for post in posts:
         assert post.text.removesuffix(thread_marker(post.part + 1, len(posts))).strip() != URL
+
+
+@settings(max_examples=80, deadline=None)
+@given(channel_index=st.integers(min_value=0, max_value=len(CHANNELS) - 1),
+       zh_repeats=st.integers(min_value=0, max_value=8), en_repeats=st.integers(min_value=0, max_value=8),
+       detail_floor=st.sampled_from([0, 2]))
+def test_whatever_the_length_a_post_carries_the_link_once_and_never_alone(
+    channel_index: int, zh_repeats: int, en_repeats: int, detail_floor: int
+) -> None:
+    """Descriptions from none to many sentences, on every platform: the link is once in the thread, at its end,
+    and no part is only the link (a split keeps it with the text before it)."""
+    channel, profile = CHANNELS[channel_index]
+    notice = alert_notice(description=False)
+    extra = {"zh": "列车限速运行，请乘客合理安排出行。" * zh_repeats,
+             "en": "Trains run slowly; please allow extra time. " * en_repeats}
+    rendered = render(notice)
+
+    def at(lang: str, detail: int) -> str:
+        text = rendered(lang, max(detail, detail_floor))
+        head, _, rest = text.partition("\n")
+        return f"{head}\n{extra[lang]}\n{rest}" if max(detail, detail_floor) >= 2 and extra[lang] else text
+
+    posts = posts_for(notice, channel, profile, at, "zh")
+    assert urls_in("\n".join(p.text for p in posts)) == [URL]
+    for post in posts:
+        body = post.text.removesuffix(thread_marker(post.part + 1, len(posts))) if len(posts) > 1 else post.text
+        assert body.strip() != URL
+        assert profile.fits(post.text)
+    last = posts[-1].text
+    assert last.removesuffix(thread_marker(len(posts), len(posts)) if len(posts) > 1 else "").endswith(URL)

@@ -114,17 +114,24 @@ def post_parts(
     if len(texts) == 1:
         return [(texts[0], everything)]  # a level that fits, whole
     # A thread: `fit` split the headline level's text, in order.
-    return [(text, _languages_in(text, i, len(texts), headline) or everything) for i, text in enumerate(texts)]
+    return list(zip(texts, _languages_of_parts(texts, headline, everything), strict=True))
 
 
-def _languages_in(part: str, index: int, total: int, joined: _Joined) -> tuple[str, ...]:
-    """The languages whose blocks a part of a split of `joined` overlaps (a split keeps the text in order)."""
-    body = part.removesuffix(thread_marker(index + 1, total)) if total > 1 else part
-    start = joined.text.find(body)
-    if start < 0:
-        return ()
-    end = start + len(body)
-    return tuple(lang for lang, block_start, block_end in joined.spans if block_start < end and block_end > start)
+def _languages_of_parts(parts: Sequence[str], joined: _Joined, fallback: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """For each part of a split of `joined`, the languages whose blocks it overlaps. The parts' bodies are
+    stretches of the text in order, so each is looked for after the previous one."""
+    out: list[tuple[str, ...]] = []
+    cursor = 0
+    for index, part in enumerate(parts, start=1):
+        body = part.removesuffix(thread_marker(index, len(parts)))
+        start = joined.text.find(body, cursor)
+        if start < 0:
+            out.append(fallback)  # not a stretch of the text after all: claim every language
+            continue
+        cursor = start + len(body)
+        found = tuple(lang for lang, begin, end in joined.spans if begin < cursor and end > start)
+        out.append(found or fallback)
+    return out
 
 
 def post_texts(
