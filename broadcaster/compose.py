@@ -24,6 +24,7 @@ from broadcaster.state import (
     Change,
     CrowdingChange,
     CrowdingRecord,
+    LineStatus,
     LineStatusChange,
     LineStatusKind,
     NetworkState,
@@ -136,6 +137,21 @@ def _station_names(network: Network, station_ids: Sequence[str], lang: str) -> l
     return out
 
 
+def _starts_with_name(text: str, name: str) -> bool:
+    """`text` begins with the word `name` (case aside): "Line 19: ..." with "Line 19", not "Line 190"."""
+    if not name or not text.casefold().startswith(name.casefold()):
+        return False
+    following = text[len(name) : len(name) + 1]
+    return not (following.isascii() and following.isalnum())
+
+
+def title_lines(header: str, lines: list[str]) -> list[str]:
+    """The line names to put before an alert's header: none when the header already starts with one of them
+    (feeds often write "19号线因故障..."; prefixing it again gave "19号线：19号线因故障")."""
+    stripped = header.lstrip()
+    return [] if any(_starts_with_name(stripped, name) for name in lines) else lines
+
+
 def alert_lines(alert: Alert, network: Network) -> tuple[str, ...]:
     """Lines an alert touches: the ones it names, else those serving the stations it names."""
     if alert.line_ids:
@@ -177,6 +193,8 @@ def _alert_notice(
         "severity": word(alert.severity.name, lang),
         "emergency": emergency,
         "lines": _line_names(network, line_ids, lang),
+        # The names to put before the header: `lines`, unless the header already names one of them first.
+        "title_lines": title_lines(alert.header.get(lang, "en"), _line_names(network, line_ids, lang)),
         "stations": _station_names(network, alert.station_ids, lang),
         "until": _until(record, now, policy.timezone),
         "text": alert.header.get(lang, "en"),  # what a correction says
@@ -204,9 +222,15 @@ def _alert_notice(
     )
 
 
+def _explained_by_an_alert(status: LineStatus) -> bool:
+    """An alert decided this status and it is a disruption: that alert's own notice announces it."""
+    return status.cause is not None and status.kind.rank >= LineStatusKind.DELAYED.rank
+
+
 def _line_notice(change: LineStatusChange, network: Network, now: datetime, policy: ComposePolicy) -> Notice | None:
-    # A status that an alert explains is announced by that alert's notice; here only measured delays speak.
-    if change.after.alert_ids or change.before.alert_ids:
+    # A status that an alert explains is announced by that alert's notice; here only measured delays speak
+    # (a detour listed on the line does not explain delays measured on it).
+    if _explained_by_an_alert(change.after) or _explained_by_an_alert(change.before):
         return None
     if LineStatusKind.DELAYED not in (change.after.kind, change.before.kind):
         return None

@@ -233,6 +233,9 @@ class MastodonChannelConfig(_ChannelBase):
     default_visibility: Literal["public", "unlisted", "private", "direct"] = "public"
     #: Content warning on emergency notices (empty: none).
     emergency_spoiler_text: str = ""
+    #: A status has one language: "combined" posts every language in one status (tagged with the first);
+    #: "separate" posts one status per language, each tagged with its own, threaded in `languages` order.
+    languages_per_status: Literal["combined", "separate"] = "combined"
 
 
 class BlueskyChannelConfig(_ChannelBase):

@@ -73,6 +73,9 @@ class _Model(BaseModel):
 Texts = dict[str, str]  # language subtag -> text, e.g. {"zh": "...", "en": "..."}
 
 LineStatusCode = Literal["normal", "delayed", "partly_suspended", "suspended"]
+#: since v1.2: `good`; `changes` (service changes riders feel, trains still run: a detour, a moved stop, a
+#: broken lift; `status` stays `normal`); `disrupted` (every status but `normal`).
+ServiceLevel = Literal["good", "changes", "disrupted"]
 OccupancyName = Literal[
     "EMPTY", "MANY_SEATS_AVAILABLE", "FEW_SEATS_AVAILABLE", "STANDING_ROOM_ONLY", "CRUSHED_STANDING_ROOM_ONLY",
     "FULL", "NOT_ACCEPTING_PASSENGERS", "NO_DATA_AVAILABLE", "NOT_BOARDABLE",
@@ -108,9 +111,14 @@ class LineStatusPayload(Envelope):
     schema_: Literal["broadcaster.mqtt.line-status/1"] = Field(alias="schema")
     line: LineRef
     status: LineStatusCode
-    status_text: Texts
-    reason: Texts = Field(description="Why, in each language: the main alert's header or the delay; {} if normal")
-    alert_ids: list[str]
+    level: ServiceLevel | None = Field(
+        default=None,
+        description="since v1.2: good, changes (service changes, trains still run; status stays normal) or"
+        " disrupted",
+    )
+    status_text: Texts = Field(description="The level in words (since v1.2 'Service changes' for changes)")
+    reason: Texts = Field(description="Why, in each language: the main alert's header or the delay; {} if good")
+    alert_ids: list[str] = Field(description="Every active alert touching the line, worst first (since v1.2)")
     max_delay_s: int
     occupancy: list[DirectionOccupancy]
     as_of: str | None = Field(description="The newest feed timestamp behind this state")
@@ -162,6 +170,7 @@ class StationCrowdingPayload(Envelope):
 class DisplayLine(_Model):
     line: LineRef
     status: LineStatusCode
+    level: ServiceLevel | None = Field(default=None, description="since v1.2: as in line status")
     status_text: Texts
 
 
@@ -212,6 +221,16 @@ class BroadcasterStatusPayload(_Model):
         default=None,
         description="since v1.1: which installation this is (fixed per state directory); two with the same"
         " client_id and different instances are a misconfiguration, and the second refuses to start",
+    )
+    mode: Literal["service", "batch"] | None = Field(
+        default=None,
+        description="since v1.2: 'service' for a long-running broadcaster (`run`), 'batch' for a one-shot"
+        " run (`once`, e.g. from cron). A batch run that ended cleanly leaves 'online' with valid_until",
+    )
+    valid_until: str | None = Field(
+        default=None,
+        description="since v1.2, on a batch run's clean end: RFC 3339 UTC; until then the published state"
+        " stands (each payload's own valid_until still rules); after it, treat the broadcaster as offline",
     )
 
 

@@ -56,6 +56,18 @@ def station_ref(station: Station | None, station_id: str, languages: tuple[str, 
     return {"id": station_id, "names": names}
 
 
+def published_status(kind: LineStatusKind) -> str:
+    """The contract's `status` code: service changes keep `normal`, whose closed vocabulary predates them."""
+    return LineStatusKind.NORMAL.value if kind is LineStatusKind.CHANGES else kind.value
+
+
+def service_level(kind: LineStatusKind) -> str:
+    """The contract's `level` (since v1.2): good, changes, or disrupted."""
+    if kind is LineStatusKind.NORMAL:
+        return "good"
+    return "changes" if kind is LineStatusKind.CHANGES else "disrupted"
+
+
 class PayloadBuilder:
     """Turns the state into retained items, and notices into notice payloads, for one network."""
 
@@ -162,7 +174,9 @@ class PayloadBuilder:
     def line_status(self, state: NetworkState, line: Line, as_of: str | None) -> Body:
         status = state.line_status(line.id)
         reason: dict[str, str] = {}
-        if status.alert_ids and status.alert_ids[0] in state.alerts:
+        if status.kind is LineStatusKind.NORMAL:
+            pass  # informational alerts are listed in alert_ids, but good service needs no reason
+        elif status.cause is not None and status.alert_ids and status.alert_ids[0] in state.alerts:
             reason = texts(state.alerts[status.alert_ids[0]].alert.header, self.languages)
         elif status.kind is LineStatusKind.DELAYED:
             minutes = round(status.max_delay_s / 60)
@@ -175,7 +189,8 @@ class PayloadBuilder:
         return {
             "schema": SCHEMA_LINE_STATUS,
             "line": line_ref(line, self.languages),
-            "status": status.kind.value,
+            "status": published_status(status.kind),
+            "level": service_level(status.kind),
             "status_text": words(status.kind.value, self.languages),
             "reason": reason,
             "alert_ids": list(status.alert_ids),
@@ -233,9 +248,10 @@ class PayloadBuilder:
         status_rows: dict[str, list[str]] = {lang: [] for lang in langs}
         for line_id in self._lines_at.get(station.id, ()):
             line = self.network.lines[line_id]
-            status = state.line_status(line_id).kind.value
-            status_text = self._words_for(status)
-            lines.append({"line": self._line_refs[line_id], "status": status, "status_text": status_text})
+            kind = state.line_status(line_id).kind
+            status_text = self._words_for(kind.value)
+            lines.append({"line": self._line_refs[line_id], "status": published_status(kind),
+                          "level": service_level(kind), "status_text": status_text})
             for lang in langs:
                 colon = "：" if lang == "zh" else ": "
                 status_rows[lang].append(f"{line.names.get(lang, 'en') or line.short_name}{colon}{status_text[lang]}")
@@ -293,9 +309,18 @@ class PayloadBuilder:
         }
 
 
-def status_body(status: str, client_id: str, since: datetime, instance: str | None = None) -> Body:
+def status_body(
+    status: str, client_id: str, since: datetime, instance: str | None = None, *, mode: str | None = None,
+    valid_until: datetime | None = None,
+) -> Body:
+    """The `broadcaster/status` payload. `mode` (since v1.2) says whether a long-running service or a batch
+    run (`once`) speaks; `valid_until` ends a clean batch run's `online`."""
     body: Body = {"schema": SCHEMA_STATUS, "status": status, "client_id": client_id, "since": iso(since),
                   "version": __version__}
     if instance is not None:
         body["instance"] = instance
+    if mode is not None:
+        body["mode"] = mode
+    if valid_until is not None:
+        body["valid_until"] = iso(valid_until)
     return body

@@ -137,8 +137,10 @@ async def _deliver(b: Broadcaster, failures: list[str], drain_timeout: float) ->
 
 
 @contextlib.asynccontextmanager
-async def _linked(b: Broadcaster) -> AsyncIterator[None]:
-    """The broker link for a one-shot command: up while the block runs, then a clean goodbye."""
+async def _linked(b: Broadcaster, *, batch: bool = False) -> AsyncIterator[None]:
+    """The broker link for a one-shot command: up while the block runs, then a clean goodbye (for a `batch`
+    run, `online` until its data expires, rather than `offline`: docs/mqtt.md)."""
+    b.link.batch = batch
     await b.link.check_identity()
     link_stop = asyncio.Event()
     link_task = asyncio.create_task(b.link.run(link_stop))
@@ -156,7 +158,7 @@ async def _linked(b: Broadcaster) -> AsyncIterator[None]:
 async def run_once(config: Config, *, drain_timeout: float = 30.0) -> int:
     """Poll every feed once, publish, deliver the outbox, and return an exit status (0 = all good)."""
     failures: list[str] = []
-    async with open_broadcaster(config) as b, _linked(b):
+    async with open_broadcaster(config) as b, _linked(b, batch=True):
         outcomes = await b.poll_round()
         failures += [f"feed {o.feed!r}: {o.error}" for o in outcomes if not o.ok]
         await b.process_requests()

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 _WORDS: Mapping[str, Mapping[str, str]] = {
     # line status
     "normal": {"zh": "运营正常", "en": "Good service"},
+    "changes": {"zh": "运营调整", "en": "Service changes"},
     "delayed": {"zh": "列车延误", "en": "Delays"},
     "partly_suspended": {"zh": "部分区段停运", "en": "Part suspended"},
     "suspended": {"zh": "全线停运", "en": "Suspended"},

@@ -65,8 +65,11 @@ async def test_once_publishes_the_documented_topics_and_exits_0(rig: Rig) -> Non
     assert rig.topic("lines/1/alerts/A-1") in retained
     assert rig.topic("stations/S04/crowding") in retained
     assert rig.topic("stations/S04/display") in retained
-    # A clean exit says goodbye itself: the status topic reads offline, not the stale online.
-    assert orjson.loads(retained[rig.topic("broadcaster/status")])["status"] == "offline"
+    # A clean batch run is not an outage: the status reads online, as a batch, until its data expires
+    # (contract v1.2; before, it read offline and blanked every display between cron runs).
+    status = orjson.loads(retained[rig.topic("broadcaster/status")])
+    assert (status["status"], status["mode"]) == ("online", "batch")
+    assert status["valid_until"]
 
 
 async def test_once_twice_announces_once(rig: Rig) -> None:

@@ -24,7 +24,7 @@ from broadcaster.config import load_config
 from broadcaster.errors import TemplateProblem
 from broadcaster.feeds.network import load_network
 from broadcaster.render import Renderer, builtin_templates_dir
-from broadcaster.render.engine import tidy
+from broadcaster.render.engine import suffixed, tidy
 from broadcaster.render.posts import DETAIL_LEVELS, FULL
 from broadcaster.render.sandbox import BoundedSandbox, RenderLimits, TemplateLimitExceeded
 from broadcaster.resources import data_dir
@@ -370,6 +370,7 @@ def test_every_built_in_template_renders_exactly_as_before() -> None:
         loader=jinja2.FileSystemLoader(builtin_templates_dir()), undefined=jinja2.StrictUndefined,
         autoescape=False, trim_blocks=True, lstrip_blocks=True,
     )
+    plain.filters["suffixed"] = suffixed  # broadcaster's own filter (templates never double a station's 站)
     renderer = Renderer()
     checked = 0
     for notice in notices():

@@ -41,12 +41,19 @@ class Post:
     emergency: bool = False
     spoiler_text: str | None = None
     visibility: str | None = None
+    #: Every language the text holds, `language` first (a post may join several); () means `language` alone.
+    languages: tuple[str, ...] = ()
+
+    @property
+    def all_languages(self) -> tuple[str, ...]:
+        return self.languages or (self.language,)
 
     def to_payload(self) -> bytes:
         return orjson.dumps({
             "notice_id": self.notice_id, "kind": self.kind, "text": self.text, "language": self.language,
             "part": self.part, "parts": self.parts, "reply_to_notice": self.reply_to_notice,
             "emergency": self.emergency, "spoiler_text": self.spoiler_text, "visibility": self.visibility,
+            "languages": list(self.all_languages),
         })
 
     @classmethod
@@ -55,6 +62,7 @@ class Post:
         return cls(
             d["notice_id"], d["kind"], d["text"], d["language"], d["part"], d["parts"], d["reply_to_notice"],
             d["emergency"], d["spoiler_text"], d["visibility"],
+            tuple(d.get("languages") or ()),  # absent from entries queued before it existed
         )
 
 

@@ -155,7 +155,8 @@ class BlueskyChannel(HttpChannel[BlueskyChannelConfig]):
             "$type": COLLECTION,
             "text": post.text,
             "createdAt": entry.created_at.isoformat().replace("+00:00", "Z"),
-            "langs": [post.language],
+            # Every language the post holds (the lexicon allows three), so readers filtering by any see it.
+            "langs": list(post.all_languages[:3]),
         }
         if spans := facets(post.text):
             record["facets"] = spans

@@ -18,7 +18,7 @@ import logging
 import secrets
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import aiomqtt
 import orjson
@@ -86,6 +86,9 @@ class MqttLink:
         self._session_started = asyncio.Condition()
         self.last_error: str | None = None
         self._started = datetime.now(UTC)
+        #: A one-shot run (`once`): its status says mode "batch", and its clean end leaves `online` until the
+        #: state it published expires instead of `offline`, so displays do not go blank between cron runs.
+        self.batch = False
 
     # -- connection ------------------------------------------------------------------------------------------
 
@@ -120,8 +123,19 @@ class MqttLink:
             max_inflight_messages=max(20, self.config.publish_window),
         )
 
-    def _status(self, status: str, since: datetime) -> bytes:
-        return serialise(status_body(status, self.config.client_id, since, self.instance))
+    def _status(self, status: str, since: datetime, valid_until: datetime | None = None) -> bytes:
+        mode = "batch" if self.batch else "service"
+        return serialise(status_body(status, self.config.client_id, since, self.instance, mode=mode,
+                                     valid_until=valid_until))
+
+    def _farewell(self) -> tuple[bytes, Properties | None]:
+        """What a clean end leaves on the status topic: `offline` for a service; for a batch run, `online` until
+        the retained state it published expires (and the message expires with it)."""
+        now = datetime.now(UTC)
+        if not self.batch:
+            return self._status("offline", now), None
+        ttl = self.config.retained_ttl_seconds
+        return self._status("online", now, valid_until=now + timedelta(seconds=ttl)), _expiry(ttl)
 
     def _client_for_session(self) -> aiomqtt.Client:
         # MQTT 5 Will Delay: the broker says "offline" only if we stay away that long, so a quick reconnect
@@ -278,11 +292,13 @@ class MqttLink:
         if stop.is_set():
             # A clean disconnect does not fire the Last Will, so say it ourselves.
             self.connected.clear()
+            farewell, expiry = self._farewell()
             await client.publish(
                 self.topics.status,
-                self._status("offline", datetime.now(UTC)),
+                farewell,
                 qos=1,
                 retain=True,
+                properties=expiry,
                 timeout=self.config.publish_timeout_seconds,
             )
 

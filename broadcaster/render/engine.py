@@ -42,8 +42,15 @@ def tidy(text: str) -> str:
     return _BLANK_RUNS.sub("\n\n", _TRAILING_SPACE.sub("\n", text)).strip()
 
 
+def suffixed(value: object, suffix: str) -> str:
+    """`value` ending with `suffix` once: ``火车站 | suffixed("站")`` is 火车站, ``人民广场 | suffixed("站")`` is
+    人民广场站 (a station name may already carry the word a template would add)."""
+    text = str(value)
+    return text if not suffix or text.endswith(suffix) else text + suffix
+
+
 def _environment(loader: jinja2.BaseLoader, limits: RenderLimits | None) -> BoundedSandbox:
-    return BoundedSandbox(
+    env = BoundedSandbox(
         loader=loader,
         limits=limits,
         undefined=jinja2.StrictUndefined,
@@ -53,6 +60,8 @@ def _environment(loader: jinja2.BaseLoader, limits: RenderLimits | None) -> Boun
         keep_trailing_newline=False,
         auto_reload=False,
     )
+    env.filters["suffixed"] = suffixed
+    return env
 
 
 class Renderer:

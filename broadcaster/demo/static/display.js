@@ -1,7 +1,8 @@
 // The station display board: subscribes over MQTT-over-WebSocket to its station's display topic and to the
 // broadcaster's status, and draws what the payload says. It follows the rules of docs/mqtt.md: "information
-// unavailable" when the broadcaster is offline, when there is no display payload, or when its valid_until has
-// passed (a 3.1.1 broker does not expire retained messages, so the payload's own field is the rule).
+// unavailable" when the broadcaster is offline, when a batch run's status is past its valid_until, when there is
+// no display payload, or when its valid_until has passed (a 3.1.1 broker does not expire retained messages, so
+// the payload's own field is the rule).
 import { MqttClient, topicSegment } from "./mqtt.js";
 
 const $ = (id) => document.getElementById(id);
@@ -24,6 +25,12 @@ function stationFromUrl() {
 }
 
 const STATUS_CLASS = { normal: "ok", delayed: "warn", partly_suspended: "bad", suspended: "bad" };
+// Contract v1.2: `level` says "changes" (a detour, a moved stop: trains still run) where `status` stays "normal".
+// A payload from an older broadcaster has no level: its status alone decides.
+function lineClass(entry) {
+  if (entry.level === "changes") return "warn";
+  return STATUS_CLASS[entry.status] || "warn";
+}
 const TREND = { rising: "↑", falling: "↓", steady: "" };
 const CROWDING_CLASS = {
   EMPTY: "ok", MANY_SEATS_AVAILABLE: "ok", FEW_SEATS_AVAILABLE: "ok", STANDING_ROOM_ONLY: "warn",
@@ -47,6 +54,9 @@ function unavailableReason() {
   if (state.link !== "connected") return ["正在连接信息服务", "Connecting to the information service"];
   if (!state.status) return ["等待广播服务", "Waiting for the broadcaster"];
   if (state.status.status !== "online") return ["广播服务离线", "The broadcaster is offline"];
+  // Contract v1.2: a batch run (`once` from cron) that ended cleanly stays "online" until its valid_until.
+  const batchUntil = state.status.valid_until ? Date.parse(state.status.valid_until) : NaN;
+  if (!Number.isNaN(batchUntil) && batchUntil <= Date.now()) return ["定时更新已过期", "The last scheduled update has expired"];
   if (!state.display) return ["暂无本站数据", "No data for this station yet"];
   const until = state.display.valid_until ? Date.parse(state.display.valid_until) : NaN;
   if (!Number.isNaN(until) && until <= Date.now()) return ["数据已过期", "The data has expired"];
@@ -72,8 +82,8 @@ function renderHeader() {
 
 function renderLines(display) {
   $("lines").replaceChildren(...display.lines.map((entry) => el("li", {
-    class: "line " + (STATUS_CLASS[entry.status] || "warn"), "data-testid": "line-status",
-    "data-line": entry.line.id, "data-status": entry.status,
+    class: "line " + lineClass(entry), "data-testid": "line-status",
+    "data-line": entry.line.id, "data-status": entry.status, "data-level": entry.level || "",
   },
     lineBadge(entry.line),
     el("div", { class: "line-name" }, el("div", { lang: "zh" }, text(entry.line.names, "zh")), el("div", { lang: "en" }, text(entry.line.names, "en"))),
