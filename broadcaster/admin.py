@@ -22,7 +22,7 @@ import math
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -30,6 +30,8 @@ from typing import Any, Self
 
 import orjson
 import uvicorn
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -37,6 +39,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from broadcaster import __version__, desk, idempotency
+from broadcaster.channels.atom import AtomChannel
 from broadcaster.config import AdminConfig
 from broadcaster.errors import ConfigError, IdempotencyKeyReused, RequestInvalid, StoreError, UnknownNotice
 from broadcaster.metrics import CONTENT_TYPE, FeedHealth, Health
@@ -223,6 +226,32 @@ def _health_body(health: Health, *, detail: bool) -> dict[str, Any]:
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
+class SetAsideCollector(Collector):
+    """`broadcaster_atom_files_set_aside_total{channel}`: Atom timelines moved aside because they could not be
+    read (`AtomChannel.set_aside`), since start-up. Anything above 0 wants an operator's look."""
+
+    def __init__(self, atoms: Sequence[AtomChannel]) -> None:
+        self._atoms = list(atoms)
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterable[Metric]:
+        return [self._family(counting=True)]
+
+    def _family(self, *, counting: bool = False) -> CounterMetricFamily:
+        family = CounterMetricFamily("broadcaster_atom_files_set_aside",
+                                     "Atom timeline files that could not be read and were moved aside.",
+                                     labels=["channel"])
+        for atom in self._atoms if counting else ():
+            family.add_metric([atom.name], len(atom.set_aside))
+        return family
+
+
+def atom_channels(b: Broadcaster) -> list[AtomChannel]:
+    return [c for c in b.channels if isinstance(c, AtomChannel)]
+
+
 class AdminApi:
     """The routes, over one running broadcaster."""
 
@@ -233,6 +262,8 @@ class AdminApi:
         self.throttle = FailureThrottle(config.max_failures, config.failure_window_seconds, clock)
         self.public = frozenset(config.public)
         self._keyed = asyncio.Lock()  # requests with an Idempotency-Key, one at a time
+        with contextlib.suppress(ValueError):  # an earlier AdminApi over this broadcaster registered it already
+            b.metrics.registry.register(SetAsideCollector(atom_channels(b)))
 
     def app(self) -> Starlette:
         routes = [
@@ -308,6 +339,7 @@ class AdminApi:
              "created_at": r[6], "error": r[7]}
             for r in rows
         ]
+        body["atom_set_aside"] = {a.name: [str(p) for p in a.set_aside] for a in atom_channels(self.b)}
         body["version"] = __version__
         return JSONResponse(body, 200)
 

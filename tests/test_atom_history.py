@@ -12,6 +12,10 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rig import Rig
+from support import LoopbackHttpServer, MosquittoBroker
+from test_admin import OTHER, SENTINEL, admin_config, api, bearer, parse_metrics
+from test_channels import until
 
 from broadcaster.channels.atom import AtomChannel
 from broadcaster.channels.base import Post, ThreadRefs
@@ -87,3 +91,35 @@ def test_a_timeline_that_cannot_be_read_is_kept_aside_not_lost(
     send(atom, entry("next", "Exit B open"))  # from now on an ordinary file
     assert len(list(tmp_path.glob("timeline.atom.broken-*"))) == 1
     assert contents(path) == ["Exit B open", "Exit B closed"]
+
+
+@pytest.fixture
+def rig(tmp_path: Path, http_server: LoopbackHttpServer, mosquitto: MosquittoBroker, topic_prefix: str,
+        monkeypatch: pytest.MonkeyPatch) -> Rig:
+    monkeypatch.setenv("T_ADMIN", SENTINEL)
+    monkeypatch.setenv("T_ADMIN_OTHER", OTHER)
+    r = Rig(tmp_path, http_server, mosquitto.url, topic_prefix)
+    r.serve_rt()
+    r.serve_flow({"S04": "FEW_SEATS_AVAILABLE"})
+    return r
+
+
+async def test_a_timeline_set_aside_shows_in_the_metrics_and_the_status(rig: Rig) -> None:
+    path = rig.tmp_path / "timeline.atom"
+    broken = b'<?xml version="1.0"?>\n<feed xmlns="http://www.w3.org/2005/Atom"><entry><content>a\x0bb'
+    await asyncio.to_thread(path.write_bytes, broken)
+    config = admin_config(rig, channels=[{"name": "timeline", "kind": "atom", "path": str(path)}])
+    async with api(config) as (b, http):
+        before = parse_metrics((await http.get("/metrics")).text)
+        assert before['broadcaster_atom_files_set_aside_total{channel="timeline"}'] == 0
+        answer = await http.post("/v1/notices", json={"texts": {"zh": "B口关闭"}}, headers=bearer())
+        assert answer.status_code == 201
+        await until(lambda: b.pending() == 0, b)
+        after = parse_metrics((await http.get("/metrics")).text)
+        status = (await http.get("/v1/status", headers=bearer())).json()
+    assert after['broadcaster_atom_files_set_aside_total{channel="timeline"}'] == 1
+    [aside] = status["atom_set_aside"]["timeline"]
+    assert Path(aside).name.startswith("timeline.atom.broken-")
+    assert await asyncio.to_thread(Path(aside).read_bytes) == broken
+    [entry_text] = await asyncio.to_thread(contents, path)
+    assert entry_text.startswith("B口关闭")
