@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -240,3 +241,29 @@ async def test_the_command_line_and_the_api_decide_alike(rig: Rig) -> None:
 
         await asyncio.to_thread(announce_alike)
         await asyncio.to_thread(correct_alike)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | ARGV_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(ARGV_TEXT, inner, max_size=3), max_leaves=8)
+FIELDS = st.sampled_from(["texts", "line_ids", "station_ids", "severity", "effect", "until", "author", "x"])
+
+
+@pytest.mark.timeout(120)
+async def test_any_json_body_gets_a_4xx_or_201_never_a_500(rig: Rig) -> None:
+    """Any JSON value in any field, through the API: a named refusal or a notice, never a server error."""
+    config = admin_config(rig)
+    async with desk_and_api(config) as (b, url):
+
+        @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+        @given(st.dictionaries(FIELDS, JSON, max_size=4) | JSON, st.sampled_from(["", "/corrections"]))
+        def answers(body: Any, corrections: str) -> None:
+            path = "/v1/notices/alert-nope/corrections" if corrections else "/v1/notices"
+            answer = httpx.post(f"{url}{path}", content=orjson.dumps(body), timeout=10,
+                                headers={**bearer(), "Content-Type": "application/json"})
+            assert answer.status_code in (201, 404, 422), (body, answer.text)
+            if answer.status_code == 422:
+                assert all(e["field"] and e["message"] for e in answer.json()["errors"])
+
+        await asyncio.to_thread(answers)
+        assert b.link.connected.is_set()
