@@ -174,6 +174,15 @@ def correction_request(body: Any, *, languages: Sequence[str]) -> CorrectionRequ
     return request
 
 
+def queued_correction_texts(body: Mapping[str, Any]) -> dict[str, str]:
+    """The texts of a queued command-line correction (`broadcaster.desk`), through the model again.
+
+    Raises:
+        ValueError: they are invalid (pydantic's ValidationError is one).
+    """
+    return dict(CorrectionRequest.model_validate({"texts": body.get("texts")}).texts)
+
+
 @dataclass(frozen=True, slots=True)
 class ManualNotice:
     """An operator's notice (`broadcaster announce`, the admin API)."""

@@ -18,12 +18,13 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from rig import Rig, poll_all
+from rig import Rig, poll_all, running
 from support import LoopbackHttpServer, MessageRecorder, MosquittoBroker, collect_retained
 from support.microblog_server import MicroblogServer
 from test_admin import OTHER, SENTINEL, admin_config, api, bearer
 from test_channels import channels, until
 
+from broadcaster import desk
 from broadcaster.operator import NoticeRequest
 from broadcaster.text import TEXT_LIMIT, clean_text
 
@@ -164,3 +165,21 @@ def test_the_request_model_cleans_every_text_like_the_feed_boundary(text: str) -
     assert request.texts["en"] == expected
     assert_clean(request.texts["en"], TEXT_LIMIT)
     assert clean_text(request.texts["en"]) == request.texts["en"]  # idempotent: the desk may clean it again
+
+
+async def test_a_request_queued_raw_is_cleaned_when_the_desk_carries_it_out(rig: Rig) -> None:
+    """A request already in the queue with raw text (an older `broadcaster` queued it, say) is cleaned by the
+    running broadcaster that carries it out: the desk goes through the same model."""
+    async with running(rig.config()) as b, MessageRecorder(rig.mqtt_url, rig.topic("notices")) as stream:
+        await poll_all(b)
+        first = desk.submit(b.db, "announce", {"texts": {"en": "Exit B\x0b closed @metro_ops\u202e"},
+                                               "line_ids": ["2"], "author": "old-cli"})
+        assert await b.process_requests() == 1
+        notice_id = await desk.wait_for(b.db, first, 5)
+        desk.submit(b.db, "correct", {"notice_id": notice_id, "texts": {"en": "<b>Exit B</b> open\x0b @metro_ops"},
+                                      "author": "old-cli"})
+        assert await b.process_requests() == 1
+        notices = await stream.wait_for_count(2)
+    for message in notices:
+        for text in strings(orjson.loads(message.payload)):
+            assert_clean(text)
