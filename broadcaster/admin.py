@@ -22,26 +22,34 @@ import math
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Annotated, Any, Literal, Self, TypeVar
+from typing import Any, Self
 
 import orjson
 import uvicorn
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+from pydantic import BaseModel, ConfigDict
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from broadcaster import __version__
-from broadcaster.channels.mqtt import MqttNoticeChannel
+from broadcaster import __version__, desk, idempotency
+from broadcaster.channels.atom import AtomChannel
 from broadcaster.config import AdminConfig
-from broadcaster.errors import ConfigError, StoreError
+from broadcaster.errors import ConfigError, IdempotencyKeyReused, RequestInvalid, StoreError, UnknownNotice
 from broadcaster.metrics import CONTENT_TYPE, FeedHealth, Health
-from broadcaster.operator import ManualNotice
+from broadcaster.operator import (
+    CorrectionRequest,
+    ManualNotice,
+    NoticeRequest,
+    correction_request,
+    notice_request,
+)
 from broadcaster.outbox import PARKED
 from broadcaster.service import Broadcaster
 from broadcaster.webserver import InLoopServer
@@ -52,6 +60,7 @@ log = logging.getLogger(__name__)
 #: on every channel.
 MIN_TOKEN_LENGTH = 16
 MAX_BODY_BYTES = 64 * 1024
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 #: How many client addresses the throttle remembers; past this, the least recently failing are forgotten.
 MAX_TRACKED_ADDRESSES = 10_000
 START_TIMEOUT_SECONDS = 10.0
@@ -59,41 +68,11 @@ SHUTDOWN_GRACE_SECONDS = 5
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Request bodies (also the OpenAPI description's schemas)
-
-Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-Effect = Literal[
-    "NO_SERVICE", "REDUCED_SERVICE", "SIGNIFICANT_DELAYS", "DETOUR", "ADDITIONAL_SERVICE", "MODIFIED_SERVICE",
-    "OTHER_EFFECT", "UNKNOWN_EFFECT", "STOP_MOVED", "NO_EFFECT", "ACCESSIBILITY_ISSUE",
-]
+# Answers (with the request models of broadcaster.operator, the OpenAPI description's schemas)
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-BodyT = TypeVar("BodyT", bound=_Body)
-
-
-class NoticeRequest(_Body):
-    """An operator's notice, as `broadcaster announce` takes it."""
-
-    texts: Annotated[dict[str, Text], Field(min_length=1, description="language -> text, e.g. {\"zh\": ..., "
-                                                                     "\"en\": ...}; configured languages only")]
-    line_ids: Annotated[list[Identifier], Field(max_length=100, description="GTFS route ids it concerns")] = []
-    station_ids: Annotated[list[Identifier], Field(max_length=500, description="GTFS stop ids it concerns")] = []
-    severity: Annotated[Literal["INFO", "WARNING", "SEVERE"],
-                        Field(description="SEVERE (or an emergency effect) jumps the queue")] = "WARNING"
-    effect: Annotated[Effect, Field(description="GTFS-RT effect; sets the line status")] = "OTHER_EFFECT"
-    until: Annotated[AwareDatetime | None,
-                     Field(description="when it ends (RFC 3339 with an offset); none: until corrected")] = None
-
-
-class CorrectionRequest(_Body):
-    """The corrected text of an earlier notice."""
-
-    texts: Annotated[dict[str, Text], Field(min_length=1, description="language -> corrected text")]
 
 
 class NoticeCreated(_Body):
@@ -218,23 +197,6 @@ def _unauthorised() -> JSONResponse:
     return _problem(401, "unauthorized", "a valid bearer token is required", headers=UNAUTHORISED_HEADERS)
 
 
-def _field(location: Sequence[int | str]) -> str:
-    """pydantic's ('texts', 'fr') -> 'texts.fr'; ('line_ids', 0) -> 'line_ids[0]'."""
-    out = ""
-    for part in location:
-        out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + part
-    return out or "(body)"
-
-
-def _validation_errors(exc: ValidationError) -> list[dict[str, str]]:
-    out = []
-    for error in exc.errors(include_url=False):
-        message = {"missing": "is required", "extra_forbidden": "is not a known field"}.get(
-            error["type"], error["msg"].removeprefix("Value error, "))
-        out.append({"field": _field(error["loc"]), "message": message})
-    return out
-
-
 def _iso(at: datetime | None) -> str | None:
     return at.astimezone(UTC).isoformat() if at is not None else None
 
@@ -264,6 +226,32 @@ def _health_body(health: Health, *, detail: bool) -> dict[str, Any]:
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
+class SetAsideCollector(Collector):
+    """`broadcaster_atom_files_set_aside_total{channel}`: Atom timelines moved aside because they could not be
+    read (`AtomChannel.set_aside`), since start-up. Anything above 0 wants an operator's look."""
+
+    def __init__(self, atoms: Sequence[AtomChannel]) -> None:
+        self._atoms = list(atoms)
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterable[Metric]:
+        return [self._family(counting=True)]
+
+    def _family(self, *, counting: bool = False) -> CounterMetricFamily:
+        family = CounterMetricFamily("broadcaster_atom_files_set_aside",
+                                     "Atom timeline files that could not be read and were moved aside.",
+                                     labels=["channel"])
+        for atom in self._atoms if counting else ():
+            family.add_metric([atom.name], len(atom.set_aside))
+        return family
+
+
+def atom_channels(b: Broadcaster) -> list[AtomChannel]:
+    return [c for c in b.channels if isinstance(c, AtomChannel)]
+
+
 class AdminApi:
     """The routes, over one running broadcaster."""
 
@@ -273,6 +261,9 @@ class AdminApi:
         self.tokens = TokenRing(config, b.config.source)
         self.throttle = FailureThrottle(config.max_failures, config.failure_window_seconds, clock)
         self.public = frozenset(config.public)
+        self._keyed = asyncio.Lock()  # requests with an Idempotency-Key, one at a time
+        with contextlib.suppress(ValueError):  # an earlier AdminApi over this broadcaster registered it already
+            b.metrics.registry.register(SetAsideCollector(atom_channels(b)))
 
     def app(self) -> Starlette:
         routes = [
@@ -348,6 +339,7 @@ class AdminApi:
              "created_at": r[6], "error": r[7]}
             for r in rows
         ]
+        body["atom_set_aside"] = {a.name: [str(p) for p in a.set_aside] for a in atom_channels(self.b)}
         body["version"] = __version__
         return JSONResponse(body, 200)
 
@@ -366,49 +358,60 @@ class AdminApi:
         except orjson.JSONDecodeError as exc:
             return _problem(400, "invalid_json", f"the body is not JSON: {exc}")
 
-    def _texts_problems(self, texts: Mapping[str, str]) -> list[dict[str, str]]:
-        languages = self.b.config.network.languages
-        return [{"field": f"texts.{lang}", "message": f"not a configured language ({', '.join(languages)})"}
-                for lang in texts if lang not in languages]
-
-    async def _validated(
-        self, request: Request, model: type[BodyT], action: str, token_id: str, subject: str
-    ) -> BodyT | Response:
-        """The request's JSON body as `model`, or the response refusing it (audited like every refusal)."""
-        body = await self._json(request)
-        if isinstance(body, Response):
-            return body
-        try:
-            return model.model_validate(body)
-        except ValidationError as exc:
-            return self._refused(action, token_id, subject, _validation_errors(exc))
-
     def _refused(self, action: str, token_id: str, subject: str, errors: Sequence[Mapping[str, str]]) -> Response:
         self.b.audit(f"{action}-refused", token_id, subject, {"errors": list(errors)})
         return _problem(422, "invalid_request", "the request has invalid fields", errors=errors)
 
+    async def _once(self, request: Request, token_id: str, action: str, subject: str,
+                    handler: Callable[[Any, str], Awaitable[Response]]) -> Response:
+        """`handler` on the request's JSON body, at most once per `Idempotency-Key` (docs/admin.md).
+
+        Without the header every request is carried out. With it, the first successful answer is stored with a
+        fingerprint of the request and given again, for 24 hours, to every request with the same key and the
+        same body (`Idempotent-Replayed: true`); another body gets 422. Keyed requests run one at a time, so
+        concurrent duplicates wait for the first and get its answer.
+        """
+        body = await self._json(request)
+        if isinstance(body, Response):
+            return body
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        if key is None:
+            return await handler(body, token_id)
+        if not idempotency.valid_key(key):
+            return _problem(400, "invalid_idempotency_key", f"{IDEMPOTENCY_HEADER}: {idempotency.KEY_RULE}")
+        scope, fingerprint = f"api:{token_id}", idempotency.fingerprint(action, subject, body)
+        async with self._keyed:
+            earlier = idempotency.recall(self.b.db.conn, scope, key, self.b.clock.now())
+            if earlier is not None:
+                if earlier.fingerprint != fingerprint:
+                    return _problem(422, "idempotency_key_reused", str(IdempotencyKeyReused(key)))
+                return Response(earlier.body, earlier.status or 200, media_type="application/json",
+                                headers={"Idempotent-Replayed": "true"})
+            response = await handler(body, token_id)
+            if 200 <= response.status_code < 300:
+                self._remember(scope, key, fingerprint, response)
+            return response
+
+    def _remember(self, scope: str, key: str, fingerprint: str, response: Response) -> None:
+        try:
+            with self.b.db.transaction() as conn:
+                idempotency.remember(conn, scope, key, fingerprint, self.b.clock.now(),
+                                     status=response.status_code, body=bytes(response.body))
+        except StoreError as exc:  # the request was carried out: say so; only a retry's replay is lost
+            log.error("admin API: %s %r not remembered: %s", IDEMPOTENCY_HEADER, key, exc)
+
     async def announce(self, request: Request, token_id: str | None) -> Response:
         assert token_id is not None
-        notice = await self._validated(request, NoticeRequest, "announce", token_id, "")
-        if isinstance(notice, Response):
-            return notice
-        network = self.b.network
-        problems = self._texts_problems(notice.texts)
-        problems += [{"field": f"line_ids[{i}]", "message": f"unknown line {line!r}"}
-                     for i, line in enumerate(notice.line_ids) if line not in network.lines]
-        problems += [{"field": f"station_ids[{i}]", "message": f"unknown station {station!r}"}
-                     for i, station in enumerate(notice.station_ids) if station not in network.stations]
-        if notice.until is not None and notice.until <= self.b.clock.now():
-            problems.append({"field": "until", "message": "is in the past"})
-        if problems:
-            return self._refused("announce", token_id, "", problems)
-        request_body = {**notice.model_dump(mode="json"), "author": token_id}
+        return await self._once(request, token_id, "announce", "", self._announce)
+
+    async def _announce(self, body: Any, token_id: str) -> Response:
         try:
-            manual = ManualNotice.from_request(request_body, network)
-        except ValueError as exc:
-            return self._refused("announce", token_id, "", [{"field": "(body)", "message": str(exc)}])
+            notice = notice_request(body, network=self.b.network, languages=self.b.config.network.languages,
+                                    now=self.b.clock.now())
+        except RequestInvalid as exc:
+            return self._refused("announce", token_id, "", exc.problems)
         try:
-            notice_id = await self.b.announce(manual)  # returns once committed to the outbox
+            notice_id = await self.b.announce(ManualNotice.of(notice, author=token_id))  # once committed
         except StoreError as exc:
             log.error("admin API: announce by %s not committed: %s", token_id, exc)
             return _problem(503, "store_unavailable", "the notice could not be committed; try again")
@@ -417,29 +420,25 @@ class AdminApi:
     async def correct(self, request: Request, token_id: str | None) -> Response:
         assert token_id is not None
         notice_id = str(request.path_params["notice_id"])
-        correction = await self._validated(request, CorrectionRequest, "correct", token_id, notice_id)
-        if isinstance(correction, Response):
-            return correction
-        problems = self._texts_problems(correction.texts)
-        if problems:
-            return self._refused("correct", token_id, notice_id, problems)
-        if not self._known(notice_id):
-            return _problem(404, "unknown_notice", f"no notice {notice_id!r} was ever issued")
+
+        async def carry_out(body: Any, token: str) -> Response:
+            return await self._correct(body, token, notice_id)
+
+        return await self._once(request, token_id, "correct", notice_id, carry_out)
+
+    async def _correct(self, body: Any, token_id: str, notice_id: str) -> Response:
+        try:
+            correction = correction_request(body, languages=self.b.config.network.languages)
+        except RequestInvalid as exc:
+            return self._refused("correct", token_id, notice_id, exc.problems)
+        if not desk.notice_known(self.b.db, notice_id):
+            return _problem(404, "unknown_notice", str(UnknownNotice(notice_id)))
         try:
             version = await self.b.correct(notice_id, correction.texts, author=token_id)
         except StoreError as exc:
             log.error("admin API: correction of %s by %s not committed: %s", notice_id, token_id, exc)
             return _problem(503, "store_unavailable", "the correction could not be committed; try again")
         return JSONResponse({"notice_id": notice_id, "version": version}, 201)
-
-    def _known(self, notice_id: str) -> bool:
-        if notice_id.startswith("alert-") and notice_id.removeprefix("alert-") in self.b.state.alerts:
-            return True
-        # Every notice goes to the MQTT stream, so its rows there say whether it was ever issued.
-        row = self.b.db.conn.execute(
-            "SELECT 1 FROM outbox WHERE channel = ? AND notice_id = ? LIMIT 1", (MqttNoticeChannel.name, notice_id)
-        ).fetchone()
-        return row is not None
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -477,6 +476,10 @@ def openapi_document(public: frozenset[str]) -> dict[str, Any]:
         return {"summary": summary, "security": [{"bearer": []}], **more, "responses": {**responses, **refused}}
 
     health = {"type": "object", "description": "healthy, mqtt.connected, feeds[], outbox{channel: depth}"}
+    key = {"name": IDEMPOTENCY_HEADER, "in": "header", "required": False,
+           "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+           "description": "a retry with the same key and body gets the first answer for 24 h (Idempotent-Replayed:"
+                          " true); the same key with another body gets 422 idempotency_key_reused"}
     paths = {
         "/v1/health": {"get": operation(
             "/v1/health", "Health: every feed fresh and the broker connected",
@@ -494,21 +497,24 @@ def openapi_document(public: frozenset[str]) -> dict[str, Any]:
         "/v1/notices": {"post": operation(
             "/v1/notices", "Issue an operator notice on every channel; answers once it is committed to the outbox",
             {"201": {"description": "committed", **_json_content(_ref("NoticeCreated"))},
-             "400": {"description": "the body is not JSON", **problem},
+             "400": {"description": "the body is not JSON, or the Idempotency-Key is malformed", **problem},
              "413": {"description": "the body is too large", **problem},
-             "422": {"description": "invalid fields, each named", **problem},
+             "422": {"description": "invalid fields, each named; or an Idempotency-Key reused with another body",
+                     **problem},
              "503": {"description": "the database could not commit it", **problem}},
-            requestBody={"required": True, **_json_content(_ref("NoticeRequest"))})},
+            parameters=[key], requestBody={"required": True, **_json_content(_ref("NoticeRequest"))})},
         "/v1/notices/{notice_id}/corrections": {"post": operation(
             "corrections", "Correct an earlier notice everywhere it went; answers once it is committed",
             {"201": {"description": "committed", **_json_content(_ref("CorrectionCreated"))},
-             "400": {"description": "the body is not JSON", **problem},
+             "400": {"description": "the body is not JSON, or the Idempotency-Key is malformed", **problem},
              "404": {"description": "no such notice was ever issued", **problem},
              "413": {"description": "the body is too large", **problem},
-             "422": {"description": "invalid fields, each named", **problem},
+             "422": {"description": "invalid fields, each named; or an Idempotency-Key reused with another body",
+                     **problem},
              "503": {"description": "the database could not commit it", **problem}},
             parameters=[{"name": "notice_id", "in": "path", "required": True, "schema": {"type": "string"},
-                         "description": "e.g. alert-A-L2 (from the notice stream, /v1/status or POST /v1/notices)"}],
+                         "description": "e.g. alert-A-L2 (from the notice stream, /v1/status or POST /v1/notices)"},
+                        key],
             requestBody={"required": True, **_json_content(_ref("CorrectionRequest"))})},
     }
     return {

@@ -11,13 +11,23 @@ import asyncio
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from broadcaster import __version__
-from broadcaster.errors import BroadcasterError, ConfigError, NetworkDataError, StoreError
+from broadcaster.errors import (
+    BroadcasterError,
+    ConfigError,
+    IdempotencyKeyReused,
+    NetworkDataError,
+    RequestInvalid,
+    StoreError,
+    UnknownNotice,
+)
 
 if TYPE_CHECKING:
     from broadcaster.config import Config
@@ -81,58 +91,116 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _texts(args: argparse.Namespace) -> dict[str, str]:
-    texts = {"zh": args.text_zh or "", "en": args.text_en or ""}
-    return {k: v for k, v in texts.items() if v}
+    """The texts given, as given: an empty one is refused by the request model, not dropped here."""
+    texts = {"zh": args.text_zh, "en": args.text_en}
+    return {k: v for k, v in texts.items() if v is not None}
 
 
-def _until(value: str | None, config: Config) -> str | None:
-    """--until as an aware time: "HH:MM" (today, or tomorrow if past) in the operator's zone, or ISO 8601."""
-    if not value:
-        return None
-    from datetime import datetime, time, timedelta
+#: "HH:MM" (or "HH:MM:SS"): a time of day in the operator's zone.
+_TIME_OF_DAY = re.compile(r"\s*(\d{1,2}):(\d{1,2})(?::(\d{1,2}))?\s*")
 
+
+def _until(value: str, config: Config) -> str:
+    """--until as the request's RFC 3339 time: "HH:MM" is the next such time (today, or tomorrow if past) and an
+    ISO time without an offset is read in the operator's zone; anything else goes to the request model as it is.
+
+    Raises:
+        RequestInvalid: an "HH:MM" that is no time of day (25:99).
+    """
     now = datetime.now(config.zone)
+    clock = _TIME_OF_DAY.fullmatch(value)
+    if clock:
+        hour, minute, second = (int(part or 0) for part in clock.groups())
+        if hour > 23 or minute > 59 or second > 59:
+            raise RequestInvalid([{"field": "until",
+                                   "message": f"{value!r} is not a time of day (HH:MM, 00:00 to 23:59)"}])
+        until = datetime.combine(now.date(), time(hour, minute, second), tzinfo=config.zone)
+        return (until + timedelta(days=1) if until <= now else until).isoformat()
     try:
-        at = time.fromisoformat(value)
-        until = datetime.combine(now.date(), at, tzinfo=config.zone)
-        if until <= now:
-            until += timedelta(days=1)
+        at = datetime.fromisoformat(value)
     except ValueError:
-        try:
-            until = datetime.fromisoformat(value)
-        except ValueError:
-            raise ConfigError("--until", "--until", f"{value!r}: give HH:MM or an ISO 8601 time") from None
-        if until.tzinfo is None:
-            until = until.replace(tzinfo=config.zone)
-    return until.isoformat()
+        return value
+    return at.replace(tzinfo=config.zone).isoformat() if at.tzinfo is None else value
+
+
+#: Request fields as the command line spells them.
+_FLAGS = {"texts": "--text-zh/--text-en", "texts.zh": "--text-zh", "texts.en": "--text-en", "line_ids": "--line",
+          "station_ids": "--station", "severity": "--severity", "effect": "--effect", "until": "--until"}
+
+
+def _flag(field: str) -> str:
+    return _FLAGS.get(field) or _FLAGS.get(re.sub(r"\[\d+\]$", "", field)) or field
+
+
+def _refuse(command: str, exc: RequestInvalid | UnknownNotice | IdempotencyKeyReused) -> int:
+    """Print what is wrong, one line per problem, with the admin API's message; usage errors exit 2."""
+    if isinstance(exc, RequestInvalid):
+        for problem in exc.problems:
+            print(f"broadcaster: {command}: {_flag(problem['field'])}: {problem['message']}", file=sys.stderr)
+    else:
+        print(f"broadcaster: {command}: {exc}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _with_key(body: dict[str, Any], key: str | None) -> dict[str, Any]:
+    """The desk request, with its idempotency key when one was given.
+
+    Raises:
+        RequestInvalid: the key is malformed.
+    """
+    from broadcaster import idempotency
+
+    if key is None:
+        return body
+    if not idempotency.valid_key(key):
+        raise RequestInvalid([{"field": "--idempotency-key", "message": idempotency.KEY_RULE}])
+    return {**body, "idempotency_key": key}
 
 
 def _cmd_announce(args: argparse.Namespace) -> int:
-    from broadcaster.runner import run_request
+    from broadcaster.feeds.network import load_network
+    from broadcaster.operator import notice_request
 
     config = _load(args)
-    texts = _texts(args)
-    if not texts:
-        raise ConfigError("announce", "--text-zh/--text-en", "give the notice's text in at least one language")
-    body = {
-        "texts": texts, "line_ids": args.line or [], "station_ids": args.station or [],
-        "severity": args.severity.upper(), "effect": args.effect, "until": _until(args.until, config),
-        "author": args.author,
-    }
-    print(asyncio.run(run_request(config, "announce", body)))
+    body: dict[str, Any] = {"texts": _texts(args), "line_ids": args.line or [], "station_ids": args.station or [],
+                            "severity": args.severity, "effect": args.effect}
+    try:
+        if args.until is not None:
+            body["until"] = _until(args.until, config)
+        # Validated here, like the admin API does, before the database or the broker is touched.
+        network = load_network(config.network.gtfs, config.network.default_language)
+        request = notice_request(body, network=network, languages=config.network.languages, now=datetime.now(UTC))
+        queued = _with_key({**request.model_dump(mode="json"), "author": args.author}, args.idempotency_key)
+        from broadcaster.runner import run_request  # the pipeline loads only for a valid request
+
+        print(asyncio.run(run_request(config, "announce", queued)))
+    except (RequestInvalid, IdempotencyKeyReused) as exc:
+        return _refuse("announce", exc)
     return EXIT_OK
 
 
 def _cmd_correct(args: argparse.Namespace) -> int:
-    from broadcaster.runner import run_request
+    from broadcaster import desk
+    from broadcaster.operator import correction_request
+    from broadcaster.store import Database
 
     config = _load(args)
-    texts = _texts(args)
-    if not texts:
-        raise ConfigError("correct", "--text-zh/--text-en", "give the corrected text in at least one language")
-    body = {"notice_id": args.notice_id, "texts": texts, "author": args.author,
-            "delete_originals": args.delete_originals}
-    print(asyncio.run(run_request(config, "correct", body)))
+    try:
+        request = correction_request({"texts": _texts(args)}, languages=config.network.languages)
+        db = Database(config.database_path)
+        try:
+            known = desk.notice_known(db, args.notice_id)
+        finally:
+            db.close()
+        if not known:
+            raise UnknownNotice(args.notice_id)
+        queued = _with_key({"notice_id": args.notice_id, "texts": dict(request.texts), "author": args.author,
+                            "delete_originals": args.delete_originals}, args.idempotency_key)
+        from broadcaster.runner import run_request  # the pipeline loads only for a valid request
+
+        print(asyncio.run(run_request(config, "correct", queued)))
+    except (RequestInvalid, UnknownNotice, IdempotencyKeyReused) as exc:
+        return _refuse("correct", exc)
     return EXIT_OK
 
 
@@ -245,13 +313,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--text-en", metavar="TEXT", help="the text in English")
         p.add_argument("--author", default=os.environ.get("USER", "operator"),
                        help="who sends it, for the audit log (default: $USER)")
+        p.add_argument("--idempotency-key", metavar="KEY",
+                       help="retrying with the same key (within 24 h) gives the first result instead of a second"
+                            " notice; the same key with another request exits 2 (1-255 visible ASCII characters)")
 
     p = sub.add_parser("announce", help="send an operator's notice to every channel, now")
     with_config(p)
     p.add_argument("--line", action="append", metavar="LINE", help="a line it concerns (repeatable)")
     p.add_argument("--station", action="append", metavar="STATION", help="a station it concerns (repeatable)")
-    p.add_argument("--severity", default="warning", choices=["info", "warning", "severe"],
-                   help="severe notices jump the queue and skip quiet windows (default: warning)")
+    p.add_argument("--severity", default="warning", metavar="SEVERITY",
+                   help="info, warning or severe; severe notices jump the queue and skip quiet windows"
+                        " (default: warning)")
     p.add_argument("--effect", default="OTHER_EFFECT", metavar="EFFECT",
                    help="GTFS-RT effect, e.g. NO_SERVICE or SIGNIFICANT_DELAYS (sets the line status)")
     p.add_argument("--until", metavar="TIME", help="when it ends: HH:MM local time, or ISO 8601")

@@ -4,12 +4,17 @@ The command writes the request into the state database and waits for its result.
 picks requests up within a second and carries them out through the one pipeline; when none is running,
 the command carries its request out itself (taking the state directory's lock, like `once`). Either way the
 operator is told the notice id only after the notice was committed to the outbox.
+
+A request may carry an ``idempotency_key`` (`--idempotency-key`): a second request with the same key (a retry
+after a lost terminal, or the same command run twice at once) is not queued again but answered by the first
+request's result; the same key with another request is refused (`IdempotencyKeyReused`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,12 +22,16 @@ from typing import Any
 
 import orjson
 
-from broadcaster.errors import BroadcasterError
+from broadcaster import idempotency
+from broadcaster.channels.mqtt import CHANNEL_NAME as NOTICE_STREAM  # every notice ever issued has a row there
+from broadcaster.errors import BroadcasterError, IdempotencyKeyReused
 from broadcaster.store import Database, iso
 
 log = logging.getLogger(__name__)
 
 PENDING, DONE, FAILED = "pending", "done", "failed"
+#: The idempotency scope of command-line requests (an admin token's id is the API's).
+DESK_SCOPE = "desk"
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,13 +46,45 @@ class RequestFailed(BroadcasterError):
 
 
 def submit(db: Database, action: str, body: Mapping[str, Any]) -> int:
-    with db.transaction() as conn:
+    """Queue a request; returns its id, or the id of the earlier request with the same idempotency key.
+
+    Raises:
+        IdempotencyKeyReused: the key came with a different request within 24 hours.
+    """
+    key = body.get("idempotency_key")
+    now = datetime.now(UTC)
+    with db.transaction() as conn:  # BEGIN IMMEDIATE: two commands with one key queue one request
+        if key is not None:
+            fingerprint = idempotency.fingerprint(action, "", {k: v for k, v in body.items() if k != "idempotency_key"})
+            earlier = idempotency.recall(conn, DESK_SCOPE, str(key), now)
+            if earlier is not None and earlier.fingerprint != fingerprint:
+                raise IdempotencyKeyReused(str(key))
+            if earlier is not None and earlier.request_id is not None and _status(conn, earlier.request_id) != FAILED:
+                return earlier.request_id
         cursor = conn.execute(
             "INSERT INTO requests (created_at, action, body) VALUES (?, ?, ?)",
-            (iso(datetime.now(UTC)), action, orjson.dumps(body)),
+            (iso(now), action, orjson.dumps(body)),
         )
-    assert cursor.lastrowid is not None
+        assert cursor.lastrowid is not None
+        if key is not None:
+            idempotency.remember(conn, DESK_SCOPE, str(key), fingerprint, now, request_id=cursor.lastrowid)
     return cursor.lastrowid
+
+
+def _status(conn: sqlite3.Connection, request_id: int) -> str | None:
+    row = conn.execute("SELECT status FROM requests WHERE id = ?", (request_id,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def notice_known(db: Database, notice_id: str) -> bool:
+    """Whether `notice_id` was ever issued: an active alert, or any notice on the notice stream."""
+    if notice_id.startswith("alert-") and db.conn.execute(
+        "SELECT 1 FROM state WHERE kind = 'alert' AND key = ?", (notice_id.removeprefix("alert-"),)
+    ).fetchone():
+        return True
+    return db.conn.execute(
+        "SELECT 1 FROM outbox WHERE channel = ? AND notice_id = ? LIMIT 1", (NOTICE_STREAM, notice_id)
+    ).fetchone() is not None
 
 
 def pending(db: Database) -> list[DeskRequest]:

@@ -10,6 +10,9 @@
     │   └── StaleFeedError     the feed's own timestamp is too old, in the future or going backwards
     ├── StoreError             the state database cannot be used (.path)
     ├── IdentityConflict       another installation is online on the broker with our MQTT client id
+    ├── RequestInvalid         an operator request has invalid fields (.problems: field and message each)
+    ├── UnknownNotice          an operator request names a notice that was never issued (.notice_id)
+    ├── IdempotencyKeyReused   an idempotency key comes back with a different request (.key)
     └── DeliveryError          a channel could not deliver a message (.channel)
         ├── TransientDeliveryError   try again later (.retry_after seconds or None, .maybe_delivered)
         └── PermanentDeliveryError   retrying will not help: park and report
@@ -19,6 +22,7 @@ Callers catch the narrowest type they can act on; nobody parses messages.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 
@@ -108,6 +112,36 @@ class IdentityConflict(BroadcasterError):
             f" if that one was stopped or killed, the broker reports it offline within {will_delay_seconds} s"
             " (mqtt.will_delay_seconds) and this one can then start"
         )
+
+
+class RequestInvalid(BroadcasterError):
+    """An operator request (command line or admin API) is refused; `problems` names each bad field.
+
+    Each problem is ``{"field": ..., "message": ...}`` with the field as a path of the request body
+    (``texts.en``, ``line_ids[1]``, ``until``): the admin API answers them as its 422 ``errors``, the command
+    line prints them against its flags.
+    """
+
+    def __init__(self, problems: Sequence[Mapping[str, str]]) -> None:
+        self.problems: tuple[dict[str, str], ...] = tuple(dict(p) for p in problems)
+        super().__init__("; ".join(f"{p['field']}: {p['message']}" for p in self.problems))
+
+
+class UnknownNotice(BroadcasterError):
+    """A correction names a notice that was never issued."""
+
+    def __init__(self, notice_id: str) -> None:
+        self.notice_id = notice_id
+        super().__init__(f"no notice {notice_id!r} was ever issued")
+
+
+class IdempotencyKeyReused(BroadcasterError):
+    """An idempotency key (admin API `Idempotency-Key`, `--idempotency-key`) came with a different request."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__("this idempotency key was used for a different request within the last 24 hours;"
+                         " use a new key for a new request")
 
 
 class DeliveryError(BroadcasterError):

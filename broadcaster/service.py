@@ -57,7 +57,7 @@ from broadcaster.model import (
     Network,
     Severity,
 )
-from broadcaster.operator import OPERATOR_FEED, ManualNotice, has_ended
+from broadcaster.operator import OPERATOR_FEED, ManualNotice, has_ended, queued_correction_texts
 from broadcaster.outbox import PENDING, SENT, Outbox, OutboxEntry, OutgoingMessage
 from broadcaster.payloads import PayloadBuilder
 from broadcaster.render import Renderer
@@ -443,7 +443,7 @@ class Broadcaster:
                     result = await self.announce(ManualNotice.from_request(request.body, self.network))
                 elif request.action == "correct":
                     body = request.body
-                    result = await self.correct(str(body["notice_id"]), dict(body["texts"]),
+                    result = await self.correct(str(body["notice_id"]), queued_correction_texts(body),
                                                 author=str(body.get("author", "operator")),
                                                 delete_originals=bool(body.get("delete_originals", False)))
                 else:

@@ -70,6 +70,13 @@ CREATE TABLE IF NOT EXISTS requests (
     id INTEGER PRIMARY KEY AUTOINCREMENT, created_at TEXT NOT NULL, action TEXT NOT NULL, body BLOB NOT NULL,
     status TEXT NOT NULL DEFAULT 'pending', result TEXT, error TEXT, done_at TEXT
 );
+-- Idempotency keys of operator requests (broadcaster/idempotency.py), kept 24 h: the answer given (admin API)
+-- or the request carrying it out (command line). Added without a schema version: older databases gain it.
+CREATE TABLE IF NOT EXISTS idempotency (
+    scope TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL, created_at TEXT NOT NULL,
+    status INTEGER, body BLOB, request_id INTEGER,
+    PRIMARY KEY (scope, key)
+);
 """
 
 

@@ -217,7 +217,7 @@ async def test_announce_goes_through_the_running_broadcaster(rig: Rig) -> None:
 
 async def test_announce_with_an_unknown_line_fails_clearly(rig: Rig) -> None:
     status, output = await run_command("announce", "-c", str(rig.write_config()), "--line", "99", "--text-en", "x")
-    assert status == 1
+    assert status == 2  # a usage error, refused before the broker is contacted (tests/test_cli_validation.py)
     assert "unknown line '99'" in output
 
 

@@ -4,6 +4,12 @@ Agencies publish service changes as feeds; an Atom file needs no account, so it 
 Each send reads the file, puts the post at the top (replacing an entry with the same id, so a re-send after a
 crash never duplicates), keeps the newest `max_entries`, and replaces the file atomically (a temporary file in
 the same folder, fsync, `os.replace`): a reader sees the old file or the new one, never half of one.
+
+Characters XML 1.0 does not allow (most C0 controls, lone surrogates, U+FFFE/U+FFFF) are dropped as the file is
+written, whatever the texts carry. The history is never thrown away: an existing file that cannot be read as an
+Atom feed (hand-edited, truncated, written by something else) is moved aside as
+``<name>.broken-<UTC time>``, kept byte for byte, reported as an error (and in `set_aside`), and a new feed is
+started next to it.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import tempfile
 import uuid
 import xml.etree.ElementTree as ET
@@ -41,6 +48,13 @@ ET.register_namespace("thr", THREAD_NS)
 # and valid Atom ids (`urn:uuid:` IRIs) without owning a domain for a tag: URI.
 _ID_NAMESPACE = uuid.UUID("5b0a3f4e-1c2d-4e8f-9a6b-7c3d2e1f0a9b")
 _TITLE_MAX = 80
+# Everything but XML 1.0's Char production (#x9 | #xA | #xD | [#x20-#xD7FF] | [#xE000-#xFFFD] | [#x10000-]).
+_XML_ILLEGAL = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_safe(text: str) -> str:
+    """`text` without the characters an XML 1.0 document may not contain."""
+    return _XML_ILLEGAL.sub("", text)
 
 
 def _a(tag: str) -> str:
@@ -71,7 +85,7 @@ def _title(post: Post) -> str:
 
 def _text_element(parent: ET.Element, tag: str, text: str) -> ET.Element:
     element = ET.SubElement(parent, _a(tag))
-    element.text = text
+    element.text = xml_safe(text)
     return element
 
 
@@ -83,6 +97,8 @@ class AtomChannel:
         self.path = Path(config.path)
         self._clock = clock or (lambda: datetime.now(UTC))
         self._lock = asyncio.Lock()
+        #: Files that could not be read and were moved aside, oldest first (see the module docstring).
+        self.set_aside: list[Path] = []
 
     @property
     def name(self) -> str:
@@ -125,38 +141,54 @@ class AtomChannel:
 
     # -- the file ------------------------------------------------------------------------------------------------
 
-    def _existing_entries(self) -> list[ET.Element]:
+    def _existing_entries(self, now: datetime) -> list[ET.Element]:
+        """The entries of the current file; a file that cannot be read is moved aside first (never lost).
+
+        Raises:
+            OSError: the unreadable file cannot be moved aside (then nothing is written: the send is retried).
+        """
         try:
             # Our own file, written by this class: not untrusted input.
             root = ET.parse(self.path).getroot()  # noqa: S314
         except FileNotFoundError:
             return []
         except ET.ParseError as exc:
-            # A hand-edited or truncated file must not stop every future post: start a fresh feed.
-            log.warning("%s: %s is not valid XML (%s); starting a new feed", self.name, self.path, exc)
+            self._move_aside(f"it is not valid XML ({exc})", now)
             return []
         if root.tag != _a("feed"):
-            log.warning("%s: %s is not an Atom feed; starting a new feed", self.name, self.path)
+            self._move_aside(f"it is not an Atom feed (its root is <{root.tag}>)", now)
             return []
         return root.findall(_a("entry"))
 
+    def _move_aside(self, why: str, now: datetime) -> None:
+        stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+        aside = self.path.with_name(f"{self.path.name}.broken-{stamp}")
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = self.path.with_name(f"{self.path.name}.broken-{stamp}-{n}")
+        os.replace(self.path, aside)
+        self.set_aside.append(aside)
+        log.error("%s: %s cannot be read: %s; it is kept as %s and a new feed is started (its earlier entries are"
+                  " in that file)", self.name, self.path, why, aside)
+
     def _build_entry(self, eid: str, post: Post, thread: ThreadRefs, now: datetime) -> ET.Element:
-        entry = ET.Element(_a("entry"), {XML_LANG: post.language})
+        entry = ET.Element(_a("entry"), {XML_LANG: xml_safe(post.language)})
         _text_element(entry, "id", eid)
         _text_element(entry, "title", _title(post))
         _text_element(entry, "updated", _rfc3339(now))
         _text_element(entry, "published", _rfc3339(now))
-        ET.SubElement(entry, _a("category"), {"term": post.kind})
+        ET.SubElement(entry, _a("category"), {"term": xml_safe(post.kind)})
         if post.emergency:
             ET.SubElement(entry, _a("category"), {"term": "emergency"})
         if thread.parent:
-            ET.SubElement(entry, f"{{{THREAD_NS}}}in-reply-to", {"ref": thread.parent})
+            ET.SubElement(entry, f"{{{THREAD_NS}}}in-reply-to", {"ref": xml_safe(thread.parent)})
         content = _text_element(entry, "content", post.text)
         content.set("type", "text")
         return entry
 
     def _write(self, eid: str, post: Post, thread: ThreadRefs, now: datetime) -> None:
-        entries = [e for e in self._existing_entries() if e.findtext(_a("id")) != eid]
+        entries = [e for e in self._existing_entries(now) if e.findtext(_a("id")) != eid]
         entries.insert(0, self._build_entry(eid, post, thread, now))
         self._write_feed(entries[: self.config.max_entries], now)
 
