@@ -537,11 +537,20 @@ class Broadcaster:
         return targets
 
     def audit(self, action: str, author: str, subject: str, detail: Mapping[str, object]) -> None:
-        """One line per operator action in the state directory's audit log (who, what, when), and the log."""
+        """One line per operator action in the state directory's audit log (who, what, when), and the log.
+
+        Never raises: it runs after the action was committed, and an answer of failure for a committed notice
+        would invite the operator to send it again. An entry the file cannot take goes whole to the service
+        log at error level and is counted (`broadcaster_audit_failures_total`).
+        """
         line = orjson.dumps({"at": iso(self.clock.now()), "action": action, "author": author, "subject": subject,
                              "detail": detail})
-        with (self.config.state.directory / "audit.log").open("ab") as handle:
-            handle.write(line + b"\n")
+        try:
+            with (self.config.state.directory / "audit.log").open("ab") as handle:
+                handle.write(line + b"\n")
+        except OSError as exc:
+            self.metrics.audit_failed()
+            log.error("could not append to the audit log (%s); the entry: %s", exc.strerror or exc, line.decode())
         log.info("operator %s by %s: %s", action, author, subject)
 
     def render_text(self, notice: Notice, language: str, detail: int = FULL) -> str:
