@@ -125,6 +125,22 @@ class PollOutcome:
     error: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One pass through the pipeline, as decided under the state lock from the state found there.
+
+    `operator_alerts` and `corrections` are the operator's state after this step (None: unchanged); they are
+    committed with the network state and take effect together, so no other step can slip in between.
+    """
+
+    snapshot: FeedSnapshot
+    operator_alerts: Mapping[str, Alert] | None = None
+    corrections: Mapping[str, LocalizedText] | None = None
+    corrected: frozenset[str] = frozenset()
+    extra_notices: Sequence[Notice] = ()
+    extra_messages: Sequence[OutgoingMessage] = ()
+
+
 class Broadcaster:
     """One pipeline over one network, one database, one broker link and its notice channels."""
 
@@ -181,6 +197,7 @@ class Broadcaster:
         self._snapshots: dict[str, FeedSnapshot] = {}  # feed -> what that body said
         self.budgets = {c.name: budget_for(c) for c in config.channels}
         self.channel_configs: dict[str, ChannelConfig] = {c.name: c for c in config.channels}
+        # The operator's state: read and replaced only inside `_advance`'s critical section (see `Step`).
         self.operator_alerts: dict[str, Alert] = {}
         self.corrections: dict[str, LocalizedText] = {}
         self._load_operator()
@@ -284,7 +301,8 @@ class Broadcaster:
         body_digest = _digest(result.body) if result.body is not None else None
         try:
             transition, notices = await self._advance(
-                self._with_corrections(snapshot), now, on_commit=lambda conn: save_feed(conn, good), publish=publish
+                lambda: self._with_corrections(snapshot), now, on_commit=lambda conn: save_feed(conn, good),
+                publish=publish,
             )
         except StoreError as exc:
             # Nothing was committed: the state stays as it was and the next poll tries again.
@@ -300,34 +318,46 @@ class Broadcaster:
 
     async def _advance(
         self,
-        snapshot: FeedSnapshot,
+        step: Step | Callable[[], Step],
         now: datetime,
         *,
-        corrected: frozenset[str] = frozenset(),
-        extra_notices: Sequence[Notice] = (),
-        extra_messages: Sequence[OutgoingMessage] = (),
         on_commit: Callable[[sqlite3.Connection], None] | None = None,
         publish: bool = True,
     ) -> tuple[Transition, list[Notice]]:
         """The one path from a snapshot to the outbox: diff, compose, render, then commit the new state, the
-        notices and whatever `on_commit` writes in one transaction; then wake the channels and publish state.
+        operator's state, the notices and whatever `on_commit` writes in one transaction; then wake the channels
+        and publish state.
+
+        A `step` that depends on the current state (the operator's alerts, the corrections) is given as a
+        function: it is called under the state lock, so what it reads is still true when its result commits.
 
         Raises:
-            StoreError: nothing was committed.
+            StoreError: nothing was committed (and nothing changed in memory).
         """
         async with self._state_lock:
+            planned = step if isinstance(step, Step) else step()
+            snapshot = planned.snapshot
             transition = apply_snapshot(self.state, snapshot, network=self.network, now=now, policy=self.policy)
             notices = compose(
-                transition.changes, network=self.network, now=now, policy=self.compose_policy, corrected=corrected
-            ) + list(extra_notices)
-            messages = [m for n in notices for m in self._messages(n)] + list(extra_messages)
+                transition.changes, network=self.network, now=now, policy=self.compose_policy,
+                corrected=planned.corrected,
+            ) + list(planned.extra_notices)
+            messages = [m for n in notices for m in self._messages(n)] + list(planned.extra_messages)
+            operator_alerts = self.operator_alerts if planned.operator_alerts is None else dict(planned.operator_alerts)
+            corrections = self.corrections if planned.corrections is None else dict(planned.corrections)
             with self.db.transaction() as conn:
                 self.store.save(conn, transition.state)
                 Outbox.enqueue(conn, messages, now)
+                if operator_alerts is not self.operator_alerts:
+                    self._save_operator(conn, operator_alerts)
+                if corrections is not self.corrections:
+                    self._save_corrections(conn, corrections)
                 if on_commit is not None:
                     on_commit(conn)
             self.store.committed()
             self.state = transition.state
+            self.operator_alerts = operator_alerts
+            self.corrections = corrections
         self.metrics.changes(snapshot.feed, transition.changes)
         self.metrics.note_origins(notices, snapshot.timestamp if snapshot.feed != OPERATOR_FEED else None)
         if messages:
@@ -338,17 +368,19 @@ class Broadcaster:
 
     # -- the operator's desk: manual notices, corrections, digests -------------------------------------------
 
-    def _operator_snapshot(self, now: datetime) -> FeedSnapshot:
-        return FeedSnapshot(OPERATOR_FEED, now, alerts=tuple(self.operator_alerts.values()))
-
-    def _with_corrections(self, snapshot: FeedSnapshot) -> FeedSnapshot:
-        """A feed's alerts with the operator's corrections applied, so the next poll does not undo them."""
+    def _with_corrections(self, snapshot: FeedSnapshot) -> Step:
+        """A feed's alerts with the operator's corrections applied, so the next poll does not undo them (called
+        under the state lock)."""
         if not self.corrections or not snapshot.alerts:
-            return snapshot
+            return Step(snapshot)
         alerts = tuple(
             replace(a, header=self.corrections[a.id]) if a.id in self.corrections else a for a in snapshot.alerts
         )
-        return replace(snapshot, alerts=alerts)
+        return Step(replace(snapshot, alerts=alerts))
+
+    def _operator_step(self, now: datetime, alerts: Mapping[str, Alert]) -> Step:
+        """The operator feed's snapshot carrying `alerts`, which become the operator's alerts."""
+        return Step(FeedSnapshot(OPERATOR_FEED, now, alerts=tuple(alerts.values())), operator_alerts=alerts)
 
     async def announce(self, notice: ManualNotice) -> str:
         """Publish an operator's notice through the pipeline; returns its notice id once it is committed.
@@ -358,30 +390,30 @@ class Broadcaster:
         """
         now = self.clock.now()
         alert = notice.as_alert(now)
-        alerts = {**self.operator_alerts, alert.id: alert}
-        await self._advance(
-            FeedSnapshot(OPERATOR_FEED, now, alerts=tuple(alerts.values())), now,
-            on_commit=lambda conn: self._save_operator(conn, alerts),
-        )
-        self.operator_alerts = alerts
+        await self._advance(lambda: self._operator_step(now, {**self.operator_alerts, alert.id: alert}), now)
         self.audit("announce", notice.author, alert.id, dict(notice.texts))
         return f"alert-{alert.id}"
 
     async def expire_operator_notices(self) -> None:
         """Resolve operator notices whose `until` has passed (a scheduler job)."""
         now = self.clock.now()
-        ended = {k for k, a in self.operator_alerts.items() if not a.is_active(now) and has_ended(a, now)}
-        if not ended and not any(r.feed == OPERATOR_FEED and r.alert.id not in self.operator_alerts
-                                 for r in self.state.alerts.values()):
+
+        def withdrawn() -> bool:
+            return any(r.feed == OPERATOR_FEED and r.alert.id not in self.operator_alerts
+                       for r in self.state.alerts.values())
+
+        def without_ended() -> Step:
+            return self._operator_step(now, {k: a for k, a in self.operator_alerts.items()
+                                             if a.is_active(now) or not has_ended(a, now)})
+
+        if not withdrawn() and all(a.is_active(now) or not has_ended(a, now) for a in self.operator_alerts.values()):
             return
-        alerts = {k: a for k, a in self.operator_alerts.items() if k not in ended}
-        # An alert that ended resolves at once; one withdrawn needs `resolve_after_missing` snapshots.
+        # An alert that ended resolves at once; one withdrawn needs `resolve_after_missing` snapshots. Each step
+        # starts from the operator's alerts as they are then: a notice announced meanwhile stays.
         for _ in range(self.policy.resolve_after_missing):
-            await self._advance(FeedSnapshot(OPERATOR_FEED, now, alerts=tuple(alerts.values())), now,
-                                on_commit=lambda conn: self._save_operator(conn, alerts))
-            if not any(r.feed == OPERATOR_FEED and r.alert.id not in alerts for r in self.state.alerts.values()):
+            await self._advance(without_ended, now)
+            if not withdrawn():
                 break
-        self.operator_alerts = alerts
 
     def _deletions(self, notice_id: str, now: datetime) -> list[OutgoingMessage]:
         """One "delete" entry per posting channel, drained after the correction (same priority, later version)."""
@@ -402,37 +434,34 @@ class Broadcaster:
         channel; later polls keep the correction. For any other notice the correction is posted as a reply.
         """
         now = self.clock.now()
-        alert_id = notice_id.removeprefix("alert-")
-        header = LocalizedText(MappingProxyType(dict(texts)))
         deletions = self._deletions(notice_id, now) if delete_originals else []
-        record = self.state.alerts.get(alert_id) if notice_id.startswith("alert-") else None
-        if record is not None:
-            corrected = replace(record.alert, header=header)
-            if record.feed == OPERATOR_FEED:
-                alerts = {**self.operator_alerts, alert_id: corrected}
-                snapshot = FeedSnapshot(OPERATOR_FEED, now, alerts=tuple(alerts.values()))
-                self.operator_alerts = alerts
-            else:
-                # Re-apply the alert's feed as we last saw it, with the correction: only this alert changes.
-                others = tuple(r.alert for r in self.state.alerts.values() if r.feed == record.feed)
-                snapshot = FeedSnapshot(record.feed, self.state.as_of or now,
-                                        alerts=tuple(corrected if a.id == alert_id else a for a in others))
-            corrections = {**self.corrections, alert_id: header}
-            _, notices = await self._advance(
-                snapshot, now, corrected=frozenset({alert_id}), extra_messages=deletions,
-                on_commit=lambda conn: self._save_corrections(conn, corrections),
-            )
-            self.corrections = corrections
-            version = next((n.version for n in notices if n.id == notice_id), "")
-        else:
-            line_ids = self._lines_of_notice(notice_id)
-            correction = compose_correction(notice_id, texts, line_ids=line_ids, network=self.network, now=now,
-                                            policy=self.compose_policy)
-            await self._advance(FeedSnapshot(OPERATOR_FEED, now), now, extra_notices=[correction],
-                                extra_messages=deletions)
-            version = correction.version
+        _, notices = await self._advance(lambda: self._correction_step(notice_id, texts, now, deletions), now)
+        version = next((n.version for n in notices if n.id == notice_id), "")
         self.audit("correct", author, notice_id, {**texts, "delete_originals": delete_originals})
         return version
+
+    def _correction_step(
+        self, notice_id: str, texts: Mapping[str, str], now: datetime, deletions: Sequence[OutgoingMessage]
+    ) -> Step:
+        """The step that corrects `notice_id` (called under the state lock: the alert is looked up as it is)."""
+        alert_id = notice_id.removeprefix("alert-")
+        record = self.state.alerts.get(alert_id) if notice_id.startswith("alert-") else None
+        if record is None:
+            correction = compose_correction(notice_id, texts, line_ids=self._lines_of_notice(notice_id),
+                                            network=self.network, now=now, policy=self.compose_policy)
+            return Step(FeedSnapshot(OPERATOR_FEED, now), extra_notices=[correction], extra_messages=deletions)
+        header = LocalizedText(MappingProxyType(dict(texts)))
+        corrected = replace(record.alert, header=header)
+        corrections = {**self.corrections, alert_id: header}
+        if record.feed == OPERATOR_FEED:
+            alerts = {**self.operator_alerts, alert_id: corrected}
+            return replace(self._operator_step(now, alerts), corrections=corrections,
+                           corrected=frozenset({alert_id}), extra_messages=deletions)
+        # Re-apply the alert's feed as we last saw it, with the correction: only this alert changes.
+        others = tuple(r.alert for r in self.state.alerts.values() if r.feed == record.feed)
+        snapshot = FeedSnapshot(record.feed, self.state.as_of or now,
+                                alerts=tuple(corrected if a.id == alert_id else a for a in others))
+        return Step(snapshot, corrections=corrections, corrected=frozenset({alert_id}), extra_messages=deletions)
 
     async def process_requests(self) -> int:
         """Carry out the operator requests queued in the database (`broadcaster announce` / `correct`)."""
@@ -526,13 +555,13 @@ class Broadcaster:
         if not targets:
             return []
         messages = [m for m in self._messages(notice) if m.channel in targets]
-        marks = {**self.digest_marks, **{f"{digest.name}:{name}": fingerprint for name in targets}}
-        async with self._state_lock:
+        async with self._state_lock:  # the marks are read and replaced in one step: another digest may have run
+            marks = {**self.digest_marks, **{f"{digest.name}:{name}": fingerprint for name in targets}}
             with self.db.transaction() as conn:
                 Outbox.enqueue(conn, messages, slot)
                 conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('operator:digests', ?)",
                              (orjson.dumps(marks).decode(),))
-        self.digest_marks = marks
+            self.digest_marks = marks
         self.wake()
         return targets
 
