@@ -57,13 +57,20 @@ from broadcaster.model import (
     Network,
     Severity,
 )
-from broadcaster.operator import OPERATOR_FEED, ManualNotice, has_ended
+from broadcaster.operator import (
+    OPERATOR_FEED,
+    Correction,
+    ManualNotice,
+    decode_corrections,
+    encode_corrections,
+    has_ended,
+)
 from broadcaster.outbox import PENDING, SENT, Outbox, OutboxEntry, OutgoingMessage
 from broadcaster.payloads import PayloadBuilder
 from broadcaster.render import Renderer
 from broadcaster.render.posts import FULL, posts_for
 from broadcaster.retained import RetainedPlanner, SequenceClock, serialise, with_envelope
-from broadcaster.state import NetworkState, StatePolicy, Transition, apply_snapshot
+from broadcaster.state import NetworkState, StatePolicy, Transition, alert_version, apply_snapshot
 from broadcaster.store import (
     Database,
     FeedRecord,
@@ -135,10 +142,17 @@ class Step:
 
     snapshot: FeedSnapshot
     operator_alerts: Mapping[str, Alert] | None = None
-    corrections: Mapping[str, LocalizedText] | None = None
+    corrections: Mapping[str, Correction] | None = None
     corrected: frozenset[str] = frozenset()
     extra_notices: Sequence[Notice] = ()
     extra_messages: Sequence[OutgoingMessage] = ()
+
+
+def _without_resolved(corrections: dict[str, Correction], state: NetworkState) -> dict[str, Correction]:
+    """The corrections whose alert is still in `state` (the same dict when none resolved)."""
+    if all(alert_id in state.alerts for alert_id in corrections):
+        return corrections
+    return {alert_id: c for alert_id, c in corrections.items() if alert_id in state.alerts}
 
 
 class Broadcaster:
@@ -199,7 +213,7 @@ class Broadcaster:
         self.channel_configs: dict[str, ChannelConfig] = {c.name: c for c in config.channels}
         # The operator's state: read and replaced only inside `_advance`'s critical section (see `Step`).
         self.operator_alerts: dict[str, Alert] = {}
-        self.corrections: dict[str, LocalizedText] = {}
+        self.corrections: dict[str, Correction] = {}
         self._load_operator()
         marks = db.conn.execute("SELECT value FROM meta WHERE key = 'operator:digests'").fetchone()
         self.digest_marks: dict[str, str] = orjson.loads(marks[0]) if marks else {}
@@ -344,7 +358,8 @@ class Broadcaster:
             ) + list(planned.extra_notices)
             messages = [m for n in notices for m in self._messages(n)] + list(planned.extra_messages)
             operator_alerts = self.operator_alerts if planned.operator_alerts is None else dict(planned.operator_alerts)
-            corrections = self.corrections if planned.corrections is None else dict(planned.corrections)
+            corrections = _without_resolved(
+                self.corrections if planned.corrections is None else dict(planned.corrections), transition.state)
             with self.db.transaction() as conn:
                 self.store.save(conn, transition.state)
                 Outbox.enqueue(conn, messages, now)
@@ -370,13 +385,31 @@ class Broadcaster:
 
     def _with_corrections(self, snapshot: FeedSnapshot) -> Step:
         """A feed's alerts with the operator's corrections applied, so the next poll does not undo them (called
-        under the state lock)."""
+        under the state lock).
+
+        A correction applies only to the version of the alert it corrected. When the feed sends another version
+        under that id (it updated the alert, or reused the id for a new one), the feed's own text goes out and
+        the correction is dropped.
+        """
         if not self.corrections or not snapshot.alerts:
             return Step(snapshot)
-        alerts = tuple(
-            replace(a, header=self.corrections[a.id]) if a.id in self.corrections else a for a in snapshot.alerts
-        )
-        return Step(replace(snapshot, alerts=alerts))
+        corrections = dict(self.corrections)
+        alerts: list[Alert] = []
+        for alert in snapshot.alerts:
+            correction = corrections.get(alert.id)
+            if correction is None:
+                alerts.append(alert)
+                continue
+            version = alert_version(alert)
+            if correction.alert_version is None:  # saved by the previous version: it corrected what is sent now
+                correction = corrections[alert.id] = replace(correction, alert_version=version)
+            if correction.alert_version == version:
+                alerts.append(replace(alert, header=correction.header))
+            else:
+                del corrections[alert.id]
+                alerts.append(alert)
+        unchanged = corrections == self.corrections
+        return Step(replace(snapshot, alerts=tuple(alerts)), corrections=None if unchanged else corrections)
 
     def _operator_step(self, now: datetime, alerts: Mapping[str, Alert]) -> Step:
         """The operator feed's snapshot carrying `alerts`, which become the operator's alerts."""
@@ -431,7 +464,8 @@ class Broadcaster:
 
         For an active alert (from a feed or the operator) the alert itself is corrected: its retained MQTT
         state is replaced, and the correction is posted as a reply under the alert's first post on every
-        channel; later polls keep the correction. For any other notice the correction is posted as a reply.
+        channel; later polls keep the correction while the feed sends the version that was corrected (see
+        `_with_corrections`). For any other notice the correction is posted as a reply.
         """
         now = self.clock.now()
         deletions = self._deletions(notice_id, now) if delete_originals else []
@@ -452,7 +486,10 @@ class Broadcaster:
             return Step(FeedSnapshot(OPERATOR_FEED, now), extra_notices=[correction], extra_messages=deletions)
         header = LocalizedText(MappingProxyType(dict(texts)))
         corrected = replace(record.alert, header=header)
-        corrections = {**self.corrections, alert_id: header}
+        # The version the feed sends: an alert corrected before carries that correction's header, not the feed's.
+        earlier = self.corrections.get(alert_id)
+        sent_version = earlier.alert_version if earlier is not None else record.version
+        corrections = {**self.corrections, alert_id: Correction(header, sent_version)}
         if record.feed == OPERATOR_FEED:
             alerts = {**self.operator_alerts, alert_id: corrected}
             return replace(self._operator_step(now, alerts), corrections=corrections,
@@ -501,9 +538,9 @@ class Broadcaster:
         conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('operator:alerts', ?)",
                      (orjson.dumps([encode_alert(a) for a in alerts.values()]).decode(),))
 
-    def _save_corrections(self, conn: sqlite3.Connection, corrections: Mapping[str, LocalizedText]) -> None:
+    def _save_corrections(self, conn: sqlite3.Connection, corrections: Mapping[str, Correction]) -> None:
         conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('operator:corrections', ?)",
-                     (orjson.dumps({k: v.as_dict() for k, v in corrections.items()}).decode(),))
+                     (encode_corrections(corrections),))
 
     def _load_operator(self) -> None:
         kv = dict(self.db.conn.execute(
@@ -511,9 +548,7 @@ class Broadcaster:
         ).fetchall())
         alerts = [decode_alert(d) for d in orjson.loads(kv.get("operator:alerts", "[]"))]
         self.operator_alerts = {a.id: a for a in alerts}
-        self.corrections = {
-            k: LocalizedText(MappingProxyType(v)) for k, v in orjson.loads(kv.get("operator:corrections", "{}")).items()
-        }
+        self.corrections = decode_corrections(kv.get("operator:corrections", "{}"))
 
     def in_quiet(self, channel: ChannelConfig, at: datetime) -> bool:
         local = at.astimezone(self.config.zone).time()
