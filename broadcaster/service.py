@@ -494,10 +494,14 @@ class Broadcaster:
             alerts = {**self.operator_alerts, alert_id: corrected}
             return replace(self._operator_step(now, alerts), corrections=corrections,
                            corrected=frozenset({alert_id}), extra_messages=deletions)
-        # Re-apply the alert's feed as we last saw it, with the correction: only this alert changes.
-        others = tuple(r.alert for r in self.state.alerts.values() if r.feed == record.feed)
-        snapshot = FeedSnapshot(record.feed, self.state.as_of or now,
-                                alerts=tuple(corrected if a.id == alert_id else a for a in others))
+        # Re-apply the alert's feed as we last saw it, with the correction: only this alert changes. This is not
+        # a fetch: alerts the feed stopped sending go in as skipped, so they keep their count towards resolving.
+        records = [r for r in self.state.alerts.values() if r.feed == record.feed]
+        gone = frozenset(r.alert.id for r in records if r.missing and r.alert.id != alert_id)
+        snapshot = FeedSnapshot(
+            record.feed, self.state.as_of or now, skipped_alert_ids=gone,
+            alerts=tuple(corrected if r.alert.id == alert_id else r.alert for r in records if r.alert.id not in gone),
+        )
         return Step(snapshot, corrections=corrections, corrected=frozenset({alert_id}), extra_messages=deletions)
 
     async def process_requests(self) -> int:

@@ -118,3 +118,24 @@ async def test_corrections_saved_by_the_previous_version_are_read_and_still_expi
         assert b.state.alerts["7"].alert.header.texts == LIFT
         await until(lambda: b.pending() == 0, b)
     assert "电梯停用" in server.mastodon_statuses()[-1].text
+
+
+async def test_a_correction_does_not_hold_back_another_alert_s_all_clear(rig: Rig) -> None:
+    """A correction re-applies its alert's feed as last seen; that is not a fetch, so an alert the feed has
+    stopped sending keeps counting towards its all-clear (`resolve_after_missing` = 2 here)."""
+    lift = alert(LIFT, alert_id="B", effect="ACCESSIBILITY_ISSUE")
+    rig.serve_rt(alert(SIGNAL), lift)
+    async with running(rig.config()) as b:
+        await poll_all(b)
+        rig.serve_rt(alert(SIGNAL))  # B is gone: one good fetch without it
+        await poll_all(b)
+        assert b.state.alerts["B"].missing == 1
+        await b.correct("alert-A-L2", FIXED)
+        assert b.state.alerts["B"].missing == 1
+        rig.serve_rt(alert(SIGNAL))
+        await poll_all(b)  # the second good fetch without it
+        assert "B" not in b.state.alerts
+        assert b.state.alerts["A-L2"].alert.header.texts == FIXED
+        kinds = [orjson.loads(bytes(r[0]))["kind"] for r in b.db.conn.execute(
+            "SELECT payload FROM outbox WHERE channel = 'mqtt' AND notice_id = 'alert-B' ORDER BY created_at")]
+    assert kinds == ["alert_new", "alert_resolved"]
