@@ -146,6 +146,8 @@ class Step:
     corrected: frozenset[str] = frozenset()
     extra_notices: Sequence[Notice] = ()
     extra_messages: Sequence[OutgoingMessage] = ()
+    #: Writes into the same transaction, given the notices committed (a desk request records its result).
+    record: Callable[[sqlite3.Connection, Sequence[Notice]], None] | None = None
 
 
 def _without_resolved(corrections: dict[str, Correction], state: NetworkState) -> dict[str, Correction]:
@@ -153,6 +155,15 @@ def _without_resolved(corrections: dict[str, Correction], state: NetworkState) -
     if all(alert_id in state.alerts for alert_id in corrections):
         return corrections
     return {alert_id: c for alert_id, c in corrections.items() if alert_id in state.alerts}
+
+
+def _desk_result(
+    request_id: int | None, result_of: Callable[[Sequence[Notice]], str]
+) -> Callable[[sqlite3.Connection, Sequence[Notice]], None] | None:
+    """A `Step.record` finishing the desk request `request_id` with its result (None: not a desk request)."""
+    if request_id is None:
+        return None
+    return lambda conn, notices: desk.record(conn, request_id, result=result_of(notices))
 
 
 class Broadcaster:
@@ -369,6 +380,8 @@ class Broadcaster:
                     self._save_corrections(conn, corrections)
                 if on_commit is not None:
                     on_commit(conn)
+                if planned.record is not None:
+                    planned.record(conn, notices)
             self.store.committed()
             self.state = transition.state
             self.operator_alerts = operator_alerts
@@ -415,17 +428,24 @@ class Broadcaster:
         """The operator feed's snapshot carrying `alerts`, which become the operator's alerts."""
         return Step(FeedSnapshot(OPERATOR_FEED, now, alerts=tuple(alerts.values())), operator_alerts=alerts)
 
-    async def announce(self, notice: ManualNotice) -> str:
+    async def announce(self, notice: ManualNotice, *, request_id: int | None = None) -> str:
         """Publish an operator's notice through the pipeline; returns its notice id once it is committed.
 
         It becomes an alert of the `operator` feed: retained on its lines' alert topics and station displays,
-        posted on every channel, resolved when `until` passes (or by `withdraw`).
+        posted on every channel, resolved when `until` passes (or by `withdraw`). The desk request `request_id`
+        is finished in the same transaction.
         """
         now = self.clock.now()
         alert = notice.as_alert(now)
-        await self._advance(lambda: self._operator_step(now, {**self.operator_alerts, alert.id: alert}), now)
+        notice_id = f"alert-{alert.id}"
+
+        def step() -> Step:
+            return replace(self._operator_step(now, {**self.operator_alerts, alert.id: alert}),
+                           record=_desk_result(request_id, lambda _: notice_id))
+
+        await self._advance(step, now)
         self.audit("announce", notice.author, alert.id, dict(notice.texts))
-        return f"alert-{alert.id}"
+        return notice_id
 
     async def expire_operator_notices(self) -> None:
         """Resolve operator notices whose `until` has passed (a scheduler job)."""
@@ -458,19 +478,29 @@ class Broadcaster:
         ]
 
     async def correct(
-        self, notice_id: str, texts: Mapping[str, str], *, author: str = "operator", delete_originals: bool = False
+        self, notice_id: str, texts: Mapping[str, str], *, author: str = "operator", delete_originals: bool = False,
+        request_id: int | None = None,
     ) -> str:
         """Correct an earlier notice everywhere it went; returns the correction's version once committed.
 
         For an active alert (from a feed or the operator) the alert itself is corrected: its retained MQTT
         state is replaced, and the correction is posted as a reply under the alert's first post on every
         channel; later polls keep the correction while the feed sends the version that was corrected (see
-        `_with_corrections`). For any other notice the correction is posted as a reply.
+        `_with_corrections`). For any other notice the correction is posted as a reply. The desk request
+        `request_id` is finished in the same transaction.
         """
         now = self.clock.now()
         deletions = self._deletions(notice_id, now) if delete_originals else []
-        _, notices = await self._advance(lambda: self._correction_step(notice_id, texts, now, deletions), now)
-        version = next((n.version for n in notices if n.id == notice_id), "")
+
+        def version_of(notices: Sequence[Notice]) -> str:
+            return next((n.version for n in notices if n.id == notice_id), "")
+
+        def step() -> Step:
+            return replace(self._correction_step(notice_id, texts, now, deletions),
+                           record=_desk_result(request_id, version_of))
+
+        _, notices = await self._advance(step, now)
+        version = version_of(notices)
         self.audit("correct", author, notice_id, {**texts, "delete_originals": delete_originals})
         return version
 
@@ -509,20 +539,22 @@ class Broadcaster:
         done = 0
         for request in desk.pending(self.db):
             try:
+                # Each request is finished in the transaction that commits its notice: killed right after that
+                # commit, the next run does not carry it out again.
                 if request.action == "announce":
-                    result = await self.announce(ManualNotice.from_request(request.body, self.network))
+                    await self.announce(ManualNotice.from_request(request.body, self.network), request_id=request.id)
                 elif request.action == "correct":
                     body = request.body
-                    result = await self.correct(str(body["notice_id"]), dict(body["texts"]),
-                                                author=str(body.get("author", "operator")),
-                                                delete_originals=bool(body.get("delete_originals", False)))
+                    await self.correct(str(body["notice_id"]), dict(body["texts"]),
+                                       author=str(body.get("author", "operator")),
+                                       delete_originals=bool(body.get("delete_originals", False)),
+                                       request_id=request.id)
                 else:
                     raise ValueError(f"unknown request {request.action!r}")
             except (BroadcasterError, ValueError, KeyError, TypeError) as exc:
                 log.error("operator request %d (%s) failed: %s", request.id, request.action, exc)
-                desk.finish(self.db, request.id, error=str(exc))
+                desk.finish(self.db, request.id, error=str(exc))  # a no-op if its notice was committed
                 continue
-            desk.finish(self.db, request.id, result=result)
             done += 1
         return done
 
