@@ -92,12 +92,20 @@ def pending(db: Database) -> list[DeskRequest]:
     return [DeskRequest(r[0], r[1], orjson.loads(r[2])) for r in rows]
 
 
+def record(conn: sqlite3.Connection, request_id: int, *, result: str | None = None, error: str | None = None) -> None:
+    """Finish a pending request within the caller's transaction (a notice commits its request's result with it).
+
+    A request is finished once: one already done or failed is left as it is.
+    """
+    conn.execute(
+        "UPDATE requests SET status = ?, result = ?, error = ?, done_at = ? WHERE id = ? AND status = ?",
+        (FAILED if error else DONE, result, error, iso(datetime.now(UTC)), request_id, PENDING),
+    )
+
+
 def finish(db: Database, request_id: int, *, result: str | None = None, error: str | None = None) -> None:
     with db.transaction() as conn:
-        conn.execute(
-            "UPDATE requests SET status = ?, result = ?, error = ?, done_at = ? WHERE id = ?",
-            (FAILED if error else DONE, result, error, iso(datetime.now(UTC)), request_id),
-        )
+        record(conn, request_id, result=result, error=error)
 
 
 async def wait_for(db: Database, request_id: int, timeout: float) -> str:  # noqa: ASYNC109

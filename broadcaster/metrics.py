@@ -255,6 +255,10 @@ class Metrics:
             "broadcaster_retained_publications", "Retained MQTT publications by outcome (acked, unacked).",
             ["outcome"], registry=r,
         )
+        self._audit_failures = Counter(
+            "broadcaster_audit_failures", "Operator actions committed whose audit line could not be appended to "
+            "state/audit.log (the entry went to the service log instead).", registry=r,
+        )
         r.register(_HealthCollector(health))
         self._children: dict[tuple[object, ...], Counter | Histogram] = {}
         self._origins: dict[tuple[str, str], datetime] = {}
@@ -308,6 +312,9 @@ class Metrics:
             self._inc(self._retained, "acked", amount=acked)
         if unacked:
             self._inc(self._retained, "unacked", amount=unacked)
+
+    def audit_failed(self) -> None:
+        self._audit_failures.inc()
 
     def note_origins(self, notices: Iterable[Notice], source_timestamp: datetime | None) -> None:
         """Remember where each committed notice's latency starts: `source_timestamp` is the header timestamp of

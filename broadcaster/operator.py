@@ -232,3 +232,39 @@ class ManualNotice:
             url=LocalizedText(), informed=informed,
             active_periods=(ActivePeriod(now, self.until),) if self.until else (),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Correction:
+    """The operator's headline for one version of one alert.
+
+    GTFS-RT feeds reuse entity ids, so a correction is tied to the content it corrected: it applies while the
+    alert's feed still sends that version (`state.alert_version` of the alert as the feed sends it), and is
+    dropped when the feed changes the alert or the alert resolves.
+    """
+
+    header: LocalizedText
+    #: None: saved before corrections had versions; pinned to what the feed sends when it next sends the alert.
+    alert_version: str | None
+
+
+#: `meta['operator:corrections']` is `{"format": 2, "corrections": {alert id: {"header", "alert_version"}}}`;
+#: format 1 (no "format" key) was `{alert id: {language: text}}`.
+CORRECTIONS_FORMAT = 2
+
+
+def encode_corrections(corrections: Mapping[str, Correction]) -> str:
+    return orjson.dumps({"format": CORRECTIONS_FORMAT, "corrections": {
+        alert_id: {"header": c.header.as_dict(), "alert_version": c.alert_version}
+        for alert_id, c in corrections.items()
+    }}).decode()
+
+
+def decode_corrections(raw: str) -> dict[str, Correction]:
+    """Corrections as saved by this version or the one before (which kept no alert version)."""
+    data = orjson.loads(raw)
+    if data.get("format") == CORRECTIONS_FORMAT:
+        return {alert_id: Correction(LocalizedText(MappingProxyType(dict(c["header"]))), c["alert_version"])
+                for alert_id, c in data["corrections"].items()}
+    return {alert_id: Correction(LocalizedText(MappingProxyType(dict(texts))), None)
+            for alert_id, texts in data.items()}

@@ -57,13 +57,21 @@ from broadcaster.model import (
     Network,
     Severity,
 )
-from broadcaster.operator import OPERATOR_FEED, ManualNotice, has_ended, queued_correction_texts
+from broadcaster.operator import (
+    OPERATOR_FEED,
+    Correction,
+    ManualNotice,
+    decode_corrections,
+    encode_corrections,
+    has_ended,
+    queued_correction_texts,
+)
 from broadcaster.outbox import PENDING, SENT, Outbox, OutboxEntry, OutgoingMessage
 from broadcaster.payloads import PayloadBuilder
 from broadcaster.render import Renderer
 from broadcaster.render.posts import FULL, posts_for
 from broadcaster.retained import RetainedPlanner, SequenceClock, serialise, with_envelope
-from broadcaster.state import NetworkState, StatePolicy, Transition, apply_snapshot
+from broadcaster.state import NetworkState, StatePolicy, Transition, alert_version, apply_snapshot
 from broadcaster.store import (
     Database,
     FeedRecord,
@@ -125,6 +133,40 @@ class PollOutcome:
     error: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One pass through the pipeline, as decided under the state lock from the state found there.
+
+    `operator_alerts` and `corrections` are the operator's state after this step (None: unchanged); they are
+    committed with the network state and take effect together, so no other step can slip in between.
+    """
+
+    snapshot: FeedSnapshot
+    operator_alerts: Mapping[str, Alert] | None = None
+    corrections: Mapping[str, Correction] | None = None
+    corrected: frozenset[str] = frozenset()
+    extra_notices: Sequence[Notice] = ()
+    extra_messages: Sequence[OutgoingMessage] = ()
+    #: Writes into the same transaction, given the notices committed (a desk request records its result).
+    record: Callable[[sqlite3.Connection, Sequence[Notice]], None] | None = None
+
+
+def _without_resolved(corrections: dict[str, Correction], state: NetworkState) -> dict[str, Correction]:
+    """The corrections whose alert is still in `state` (the same dict when none resolved)."""
+    if all(alert_id in state.alerts for alert_id in corrections):
+        return corrections
+    return {alert_id: c for alert_id, c in corrections.items() if alert_id in state.alerts}
+
+
+def _desk_result(
+    request_id: int | None, result_of: Callable[[Sequence[Notice]], str]
+) -> Callable[[sqlite3.Connection, Sequence[Notice]], None] | None:
+    """A `Step.record` finishing the desk request `request_id` with its result (None: not a desk request)."""
+    if request_id is None:
+        return None
+    return lambda conn, notices: desk.record(conn, request_id, result=result_of(notices))
+
+
 class Broadcaster:
     """One pipeline over one network, one database, one broker link and its notice channels."""
 
@@ -181,8 +223,9 @@ class Broadcaster:
         self._snapshots: dict[str, FeedSnapshot] = {}  # feed -> what that body said
         self.budgets = {c.name: budget_for(c) for c in config.channels}
         self.channel_configs: dict[str, ChannelConfig] = {c.name: c for c in config.channels}
+        # The operator's state: read and replaced only inside `_advance`'s critical section (see `Step`).
         self.operator_alerts: dict[str, Alert] = {}
-        self.corrections: dict[str, LocalizedText] = {}
+        self.corrections: dict[str, Correction] = {}
         self._load_operator()
         marks = db.conn.execute("SELECT value FROM meta WHERE key = 'operator:digests'").fetchone()
         self.digest_marks: dict[str, str] = orjson.loads(marks[0]) if marks else {}
@@ -284,7 +327,8 @@ class Broadcaster:
         body_digest = _digest(result.body) if result.body is not None else None
         try:
             transition, notices = await self._advance(
-                self._with_corrections(snapshot), now, on_commit=lambda conn: save_feed(conn, good), publish=publish
+                lambda: self._with_corrections(snapshot), now, on_commit=lambda conn: save_feed(conn, good),
+                publish=publish,
             )
         except StoreError as exc:
             # Nothing was committed: the state stays as it was and the next poll tries again.
@@ -300,34 +344,49 @@ class Broadcaster:
 
     async def _advance(
         self,
-        snapshot: FeedSnapshot,
+        step: Step | Callable[[], Step],
         now: datetime,
         *,
-        corrected: frozenset[str] = frozenset(),
-        extra_notices: Sequence[Notice] = (),
-        extra_messages: Sequence[OutgoingMessage] = (),
         on_commit: Callable[[sqlite3.Connection], None] | None = None,
         publish: bool = True,
     ) -> tuple[Transition, list[Notice]]:
         """The one path from a snapshot to the outbox: diff, compose, render, then commit the new state, the
-        notices and whatever `on_commit` writes in one transaction; then wake the channels and publish state.
+        operator's state, the notices and whatever `on_commit` writes in one transaction; then wake the channels
+        and publish state.
+
+        A `step` that depends on the current state (the operator's alerts, the corrections) is given as a
+        function: it is called under the state lock, so what it reads is still true when its result commits.
 
         Raises:
-            StoreError: nothing was committed.
+            StoreError: nothing was committed (and nothing changed in memory).
         """
         async with self._state_lock:
+            planned = step if isinstance(step, Step) else step()
+            snapshot = planned.snapshot
             transition = apply_snapshot(self.state, snapshot, network=self.network, now=now, policy=self.policy)
             notices = compose(
-                transition.changes, network=self.network, now=now, policy=self.compose_policy, corrected=corrected
-            ) + list(extra_notices)
-            messages = [m for n in notices for m in self._messages(n)] + list(extra_messages)
+                transition.changes, network=self.network, now=now, policy=self.compose_policy,
+                corrected=planned.corrected,
+            ) + list(planned.extra_notices)
+            messages = [m for n in notices for m in self._messages(n)] + list(planned.extra_messages)
+            operator_alerts = self.operator_alerts if planned.operator_alerts is None else dict(planned.operator_alerts)
+            corrections = _without_resolved(
+                self.corrections if planned.corrections is None else dict(planned.corrections), transition.state)
             with self.db.transaction() as conn:
                 self.store.save(conn, transition.state)
                 Outbox.enqueue(conn, messages, now)
+                if operator_alerts is not self.operator_alerts:
+                    self._save_operator(conn, operator_alerts)
+                if corrections is not self.corrections:
+                    self._save_corrections(conn, corrections)
                 if on_commit is not None:
                     on_commit(conn)
+                if planned.record is not None:
+                    planned.record(conn, notices)
             self.store.committed()
             self.state = transition.state
+            self.operator_alerts = operator_alerts
+            self.corrections = corrections
         self.metrics.changes(snapshot.feed, transition.changes)
         self.metrics.note_origins(notices, snapshot.timestamp if snapshot.feed != OPERATOR_FEED else None)
         if messages:
@@ -338,50 +397,77 @@ class Broadcaster:
 
     # -- the operator's desk: manual notices, corrections, digests -------------------------------------------
 
-    def _operator_snapshot(self, now: datetime) -> FeedSnapshot:
-        return FeedSnapshot(OPERATOR_FEED, now, alerts=tuple(self.operator_alerts.values()))
+    def _with_corrections(self, snapshot: FeedSnapshot) -> Step:
+        """A feed's alerts with the operator's corrections applied, so the next poll does not undo them (called
+        under the state lock).
 
-    def _with_corrections(self, snapshot: FeedSnapshot) -> FeedSnapshot:
-        """A feed's alerts with the operator's corrections applied, so the next poll does not undo them."""
+        A correction applies only to the version of the alert it corrected. When the feed sends another version
+        under that id (it updated the alert, or reused the id for a new one), the feed's own text goes out and
+        the correction is dropped.
+        """
         if not self.corrections or not snapshot.alerts:
-            return snapshot
-        alerts = tuple(
-            replace(a, header=self.corrections[a.id]) if a.id in self.corrections else a for a in snapshot.alerts
-        )
-        return replace(snapshot, alerts=alerts)
+            return Step(snapshot)
+        corrections = dict(self.corrections)
+        alerts: list[Alert] = []
+        for alert in snapshot.alerts:
+            correction = corrections.get(alert.id)
+            if correction is None:
+                alerts.append(alert)
+                continue
+            version = alert_version(alert)
+            if correction.alert_version is None:  # saved by the previous version: it corrected what is sent now
+                correction = corrections[alert.id] = replace(correction, alert_version=version)
+            if correction.alert_version == version:
+                alerts.append(replace(alert, header=correction.header))
+            else:
+                del corrections[alert.id]
+                alerts.append(alert)
+        unchanged = corrections == self.corrections
+        return Step(replace(snapshot, alerts=tuple(alerts)), corrections=None if unchanged else corrections)
 
-    async def announce(self, notice: ManualNotice) -> str:
+    def _operator_step(self, now: datetime, alerts: Mapping[str, Alert]) -> Step:
+        """The operator feed's snapshot carrying `alerts`, which become the operator's alerts."""
+        return Step(FeedSnapshot(OPERATOR_FEED, now, alerts=tuple(alerts.values())), operator_alerts=alerts)
+
+    async def announce(self, notice: ManualNotice, *, request_id: int | None = None) -> str:
         """Publish an operator's notice through the pipeline; returns its notice id once it is committed.
 
         It becomes an alert of the `operator` feed: retained on its lines' alert topics and station displays,
-        posted on every channel, resolved when `until` passes (or by `withdraw`).
+        posted on every channel, resolved when `until` passes (or by `withdraw`). The desk request `request_id`
+        is finished in the same transaction.
         """
         now = self.clock.now()
         alert = notice.as_alert(now)
-        alerts = {**self.operator_alerts, alert.id: alert}
-        await self._advance(
-            FeedSnapshot(OPERATOR_FEED, now, alerts=tuple(alerts.values())), now,
-            on_commit=lambda conn: self._save_operator(conn, alerts),
-        )
-        self.operator_alerts = alerts
+        notice_id = f"alert-{alert.id}"
+
+        def step() -> Step:
+            return replace(self._operator_step(now, {**self.operator_alerts, alert.id: alert}),
+                           record=_desk_result(request_id, lambda _: notice_id))
+
+        await self._advance(step, now)
         self.audit("announce", notice.author, alert.id, dict(notice.texts))
-        return f"alert-{alert.id}"
+        return notice_id
 
     async def expire_operator_notices(self) -> None:
         """Resolve operator notices whose `until` has passed (a scheduler job)."""
         now = self.clock.now()
-        ended = {k for k, a in self.operator_alerts.items() if not a.is_active(now) and has_ended(a, now)}
-        if not ended and not any(r.feed == OPERATOR_FEED and r.alert.id not in self.operator_alerts
-                                 for r in self.state.alerts.values()):
+
+        def withdrawn() -> bool:
+            return any(r.feed == OPERATOR_FEED and r.alert.id not in self.operator_alerts
+                       for r in self.state.alerts.values())
+
+        def without_ended() -> Step:
+            return self._operator_step(now, {k: a for k, a in self.operator_alerts.items()
+                                             if a.is_active(now) or not has_ended(a, now)})
+
+        if not withdrawn() and all(a.is_active(now) or not has_ended(a, now) for a in self.operator_alerts.values()):
             return
-        alerts = {k: a for k, a in self.operator_alerts.items() if k not in ended}
-        # An alert that ended resolves at once; one withdrawn needs `resolve_after_missing` snapshots.
+        # An alert that ended resolves at once; one withdrawn needs `resolve_after_missing` snapshots. Each step
+        # starts from the operator's alerts as they are then: a notice announced meanwhile stays.
         for _ in range(self.policy.resolve_after_missing):
-            await self._advance(FeedSnapshot(OPERATOR_FEED, now, alerts=tuple(alerts.values())), now,
-                                on_commit=lambda conn: self._save_operator(conn, alerts))
-            if not any(r.feed == OPERATOR_FEED and r.alert.id not in alerts for r in self.state.alerts.values()):
+            await self._advance(without_ended, now)
+            if not withdrawn():
                 break
-        self.operator_alerts = alerts
 
     def _deletions(self, notice_id: str, now: datetime) -> list[OutgoingMessage]:
         """One "delete" entry per posting channel, drained after the correction (same priority, later version)."""
@@ -393,66 +479,83 @@ class Broadcaster:
         ]
 
     async def correct(
-        self, notice_id: str, texts: Mapping[str, str], *, author: str = "operator", delete_originals: bool = False
+        self, notice_id: str, texts: Mapping[str, str], *, author: str = "operator", delete_originals: bool = False,
+        request_id: int | None = None,
     ) -> str:
         """Correct an earlier notice everywhere it went; returns the correction's version once committed.
 
         For an active alert (from a feed or the operator) the alert itself is corrected: its retained MQTT
         state is replaced, and the correction is posted as a reply under the alert's first post on every
-        channel; later polls keep the correction. For any other notice the correction is posted as a reply.
+        channel; later polls keep the correction while the feed sends the version that was corrected (see
+        `_with_corrections`). For any other notice the correction is posted as a reply. The desk request
+        `request_id` is finished in the same transaction.
         """
         now = self.clock.now()
-        alert_id = notice_id.removeprefix("alert-")
-        header = LocalizedText(MappingProxyType(dict(texts)))
         deletions = self._deletions(notice_id, now) if delete_originals else []
-        record = self.state.alerts.get(alert_id) if notice_id.startswith("alert-") else None
-        if record is not None:
-            corrected = replace(record.alert, header=header)
-            if record.feed == OPERATOR_FEED:
-                alerts = {**self.operator_alerts, alert_id: corrected}
-                snapshot = FeedSnapshot(OPERATOR_FEED, now, alerts=tuple(alerts.values()))
-                self.operator_alerts = alerts
-            else:
-                # Re-apply the alert's feed as we last saw it, with the correction: only this alert changes.
-                others = tuple(r.alert for r in self.state.alerts.values() if r.feed == record.feed)
-                snapshot = FeedSnapshot(record.feed, self.state.as_of or now,
-                                        alerts=tuple(corrected if a.id == alert_id else a for a in others))
-            corrections = {**self.corrections, alert_id: header}
-            _, notices = await self._advance(
-                snapshot, now, corrected=frozenset({alert_id}), extra_messages=deletions,
-                on_commit=lambda conn: self._save_corrections(conn, corrections),
-            )
-            self.corrections = corrections
-            version = next((n.version for n in notices if n.id == notice_id), "")
-        else:
-            line_ids = self._lines_of_notice(notice_id)
-            correction = compose_correction(notice_id, texts, line_ids=line_ids, network=self.network, now=now,
-                                            policy=self.compose_policy)
-            await self._advance(FeedSnapshot(OPERATOR_FEED, now), now, extra_notices=[correction],
-                                extra_messages=deletions)
-            version = correction.version
+
+        def version_of(notices: Sequence[Notice]) -> str:
+            return next((n.version for n in notices if n.id == notice_id), "")
+
+        def step() -> Step:
+            return replace(self._correction_step(notice_id, texts, now, deletions),
+                           record=_desk_result(request_id, version_of))
+
+        _, notices = await self._advance(step, now)
+        version = version_of(notices)
         self.audit("correct", author, notice_id, {**texts, "delete_originals": delete_originals})
         return version
+
+    def _correction_step(
+        self, notice_id: str, texts: Mapping[str, str], now: datetime, deletions: Sequence[OutgoingMessage]
+    ) -> Step:
+        """The step that corrects `notice_id` (called under the state lock: the alert is looked up as it is)."""
+        alert_id = notice_id.removeprefix("alert-")
+        record = self.state.alerts.get(alert_id) if notice_id.startswith("alert-") else None
+        if record is None:
+            correction = compose_correction(notice_id, texts, line_ids=self._lines_of_notice(notice_id),
+                                            network=self.network, now=now, policy=self.compose_policy)
+            return Step(FeedSnapshot(OPERATOR_FEED, now), extra_notices=[correction], extra_messages=deletions)
+        header = LocalizedText(MappingProxyType(dict(texts)))
+        corrected = replace(record.alert, header=header)
+        # The version the feed sends: an alert corrected before carries that correction's header, not the feed's.
+        earlier = self.corrections.get(alert_id)
+        sent_version = earlier.alert_version if earlier is not None else record.version
+        corrections = {**self.corrections, alert_id: Correction(header, sent_version)}
+        if record.feed == OPERATOR_FEED:
+            alerts = {**self.operator_alerts, alert_id: corrected}
+            return replace(self._operator_step(now, alerts), corrections=corrections,
+                           corrected=frozenset({alert_id}), extra_messages=deletions)
+        # Re-apply the alert's feed as we last saw it, with the correction: only this alert changes. This is not
+        # a fetch: alerts the feed stopped sending go in as skipped, so they keep their count towards resolving.
+        records = [r for r in self.state.alerts.values() if r.feed == record.feed]
+        gone = frozenset(r.alert.id for r in records if r.missing and r.alert.id != alert_id)
+        snapshot = FeedSnapshot(
+            record.feed, self.state.as_of or now, skipped_alert_ids=gone,
+            alerts=tuple(corrected if r.alert.id == alert_id else r.alert for r in records if r.alert.id not in gone),
+        )
+        return Step(snapshot, corrections=corrections, corrected=frozenset({alert_id}), extra_messages=deletions)
 
     async def process_requests(self) -> int:
         """Carry out the operator requests queued in the database (`broadcaster announce` / `correct`)."""
         done = 0
         for request in desk.pending(self.db):
             try:
+                # Each request is finished in the transaction that commits its notice: killed right after that
+                # commit, the next run does not carry it out again.
                 if request.action == "announce":
-                    result = await self.announce(ManualNotice.from_request(request.body, self.network))
+                    await self.announce(ManualNotice.from_request(request.body, self.network), request_id=request.id)
                 elif request.action == "correct":
                     body = request.body
-                    result = await self.correct(str(body["notice_id"]), queued_correction_texts(body),
-                                                author=str(body.get("author", "operator")),
-                                                delete_originals=bool(body.get("delete_originals", False)))
+                    await self.correct(str(body["notice_id"]), queued_correction_texts(body),
+                                       author=str(body.get("author", "operator")),
+                                       delete_originals=bool(body.get("delete_originals", False)),
+                                       request_id=request.id)
                 else:
                     raise ValueError(f"unknown request {request.action!r}")
             except (BroadcasterError, ValueError, KeyError, TypeError) as exc:
                 log.error("operator request %d (%s) failed: %s", request.id, request.action, exc)
-                desk.finish(self.db, request.id, error=str(exc))
+                desk.finish(self.db, request.id, error=str(exc))  # a no-op if its notice was committed
                 continue
-            desk.finish(self.db, request.id, result=result)
             done += 1
         return done
 
@@ -472,9 +575,9 @@ class Broadcaster:
         conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('operator:alerts', ?)",
                      (orjson.dumps([encode_alert(a) for a in alerts.values()]).decode(),))
 
-    def _save_corrections(self, conn: sqlite3.Connection, corrections: Mapping[str, LocalizedText]) -> None:
+    def _save_corrections(self, conn: sqlite3.Connection, corrections: Mapping[str, Correction]) -> None:
         conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('operator:corrections', ?)",
-                     (orjson.dumps({k: v.as_dict() for k, v in corrections.items()}).decode(),))
+                     (encode_corrections(corrections),))
 
     def _load_operator(self) -> None:
         kv = dict(self.db.conn.execute(
@@ -482,9 +585,7 @@ class Broadcaster:
         ).fetchall())
         alerts = [decode_alert(d) for d in orjson.loads(kv.get("operator:alerts", "[]"))]
         self.operator_alerts = {a.id: a for a in alerts}
-        self.corrections = {
-            k: LocalizedText(MappingProxyType(v)) for k, v in orjson.loads(kv.get("operator:corrections", "{}")).items()
-        }
+        self.corrections = decode_corrections(kv.get("operator:corrections", "{}"))
 
     def in_quiet(self, channel: ChannelConfig, at: datetime) -> bool:
         local = at.astimezone(self.config.zone).time()
@@ -526,22 +627,31 @@ class Broadcaster:
         if not targets:
             return []
         messages = [m for m in self._messages(notice) if m.channel in targets]
-        marks = {**self.digest_marks, **{f"{digest.name}:{name}": fingerprint for name in targets}}
-        async with self._state_lock:
+        async with self._state_lock:  # the marks are read and replaced in one step: another digest may have run
+            marks = {**self.digest_marks, **{f"{digest.name}:{name}": fingerprint for name in targets}}
             with self.db.transaction() as conn:
                 Outbox.enqueue(conn, messages, slot)
                 conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('operator:digests', ?)",
                              (orjson.dumps(marks).decode(),))
-        self.digest_marks = marks
+            self.digest_marks = marks
         self.wake()
         return targets
 
     def audit(self, action: str, author: str, subject: str, detail: Mapping[str, object]) -> None:
-        """One line per operator action in the state directory's audit log (who, what, when), and the log."""
+        """One line per operator action in the state directory's audit log (who, what, when), and the log.
+
+        Never raises: it runs after the action was committed, and an answer of failure for a committed notice
+        would invite the operator to send it again. An entry the file cannot take goes whole to the service
+        log at error level and is counted (`broadcaster_audit_failures_total`).
+        """
         line = orjson.dumps({"at": iso(self.clock.now()), "action": action, "author": author, "subject": subject,
                              "detail": detail})
-        with (self.config.state.directory / "audit.log").open("ab") as handle:
-            handle.write(line + b"\n")
+        try:
+            with (self.config.state.directory / "audit.log").open("ab") as handle:
+                handle.write(line + b"\n")
+        except OSError as exc:
+            self.metrics.audit_failed()
+            log.error("could not append to the audit log (%s); the entry: %s", exc.strerror or exc, line.decode())
         log.info("operator %s by %s: %s", action, author, subject)
 
     def render_text(self, notice: Notice, language: str, detail: int = FULL) -> str:
