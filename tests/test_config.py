@@ -45,22 +45,25 @@ def test_example_config_loads_and_resolves_relative_paths() -> None:
     ("body", "key", "fragment"),
     [
         (FEED.replace('name = "ops"', 'name = "ops"\npol_seconds = 5'), "feeds[0].pol_seconds", "unknown key"),
-        (FEED.replace("https://feeds.example.org/rt.pb", "ftp://x/rt.pb"), "feeds[0].url", "'ftp://x/rt.pb'"),
-        (FEED.replace('"gtfs-rt"', '"gtfs"'), "feeds[0].kind", "'gtfs'"),
+        (FEED.replace("https://feeds.example.org/rt.pb", "ftp://x/rt.pb"), "feeds[0].url", "must start with http://"),
+        (FEED.replace('"gtfs-rt"', '"gtfs"'), "feeds[0].kind", "'gtfs-rt' or 'passenger-flow'"),
         (FEED + "\n[mqtt]\nurl = \"mqtt://user:pw@host\"\n", "mqtt.url", "credentials"),
-        ('timezone = "Mars/Olympus"\n' + FEED, "timezone", "'Mars/Olympus'"),
-        (FEED + FEED, "feeds", "used twice"),
+        ('timezone = "Mars/Olympus"\n' + FEED, "timezone", "is not an IANA time zone name"),
+        (FEED + FEED, "feeds", "the name of feeds[1] is used twice"),
         ("", "feeds", "required"),
         (FEED + '\n[[channels]]\nname = "m"\nkind = "mastodn"\nurl = "https://m.example"\n',
-         "channels[0].kind", "'mastodn': must be one of atom, bluesky, mastodon, webhook, weibo"),
+         "channels[0].kind", "must be one of atom, bluesky, mastodon, webhook, weibo"),
         (FEED + '\n[[channels]]\nname = "m"\nkind = "mastodon"\nurl = "https://m.example"\ntoken = "abc"\n',
-         "channels[0].token", "'abc'"),
+         "channels[0].token", 'token = { env = "METRO_MASTODON_TOKEN" }'),
         (FEED + '\n[[channels]]\nname = "mqtt"\nkind = "webhook"\nurl = "https://h.example"\n',
          "channels", "taken by the MQTT notice stream"),
-        (FEED.replace('kind = "gtfs-rt"', 'kind = "gtfs-rt"\npoll_seconds = -1'), "feeds[0].poll_seconds", "-1"),
+        (FEED.replace('kind = "gtfs-rt"', 'kind = "gtfs-rt"\npoll_seconds = -1'), "feeds[0].poll_seconds",
+         "greater than 0"),
     ],
 )
-def test_bad_config_names_file_key_and_value(tmp_path: Path, body: str, key: str, fragment: str) -> None:
+def test_bad_config_names_file_and_key_and_says_what_is_wrong(
+    tmp_path: Path, body: str, key: str, fragment: str
+) -> None:
     # Top-level keys must come before the first table, so they travel in front of the body.
     top, marker, rest = body.partition("\n[[feeds]]") if body.startswith("timezone") else ("", "", body)
     path = write_config(tmp_path, marker + rest, top)
