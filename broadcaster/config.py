@@ -257,6 +257,9 @@ class WebhookChannelConfig(_ChannelBase):
     url: Annotated[str, Field(pattern=r"^https?://")]
     #: Signs each body with HMAC-SHA256 (docs/channels.md); None sends unsigned.
     secret: SecretRef | None = None
+    #: `broadcaster check` POSTs a signed dry run (header `X-Broadcaster-Dry-Run: 1`) that the receiver answers
+    #: with 2xx without acting on it; only for receivers that support it, so off by default.
+    check_dry_run: bool = False
 
 
 class AtomChannelConfig(_ChannelBase):

@@ -96,7 +96,7 @@ def test_missing_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_check_renders_every_template_of_the_example(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["check", "-c", str(EXAMPLE)]) == 0
+    assert main(["check", "--offline", "-c", str(EXAMPLE)]) == 0
     out = capsys.readouterr().out
     for kind in ("alert_new", "alert_updated", "alert_resolved", "line_status", "crowding", "digest", "correction"):
         assert f"--- {kind} [zh]" in out
@@ -112,7 +112,7 @@ def test_check_reports_a_broken_operator_template_with_file_and_line(
     (templates / "alert_new.en.j2").write_text("Line one\n{{ header }\n", encoding="utf-8")
     (templates / "crowding.zh.j2").write_text("{{ no_such_variable }}\n", encoding="utf-8")
     path = write_config(tmp_path, FEED + f'\n[templates]\ndirectory = "{templates.as_posix()}"\n')
-    assert main(["check", "-c", str(path)]) == 2
+    assert main(["check", "--offline", "-c", str(path)]) == 2
     err = capsys.readouterr().err
     assert f"template {templates / 'alert_new.en.j2'}:2:" in err
     assert "'no_such_variable' is undefined" in err
@@ -120,7 +120,7 @@ def test_check_reports_a_broken_operator_template_with_file_and_line(
 
 def test_check_reports_a_missing_sample_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_config(tmp_path, FEED.replace("https://feeds.example.org/rt.pb", "file://missing.pb"))
-    assert main(["check", "-c", str(path)]) == 2
+    assert main(["check", "--offline", "-c", str(path)]) == 2
     assert "feeds[0].url: " in capsys.readouterr().err
 
 
@@ -141,7 +141,7 @@ def test_secrets_are_masked_and_read_from_env_or_file(tmp_path: Path, monkeypatc
 
 def test_python_dash_m_entry_point_runs() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "broadcaster", "check", "-c", str(EXAMPLE), "--json"],
+        [sys.executable, "-m", "broadcaster", "check", "--offline", "-c", str(EXAMPLE), "--json"],
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert result.returncode == 0, result.stderr
