@@ -180,7 +180,7 @@ def digest_slots(config: Config, now: datetime) -> list[str]:
         schedule = CronSchedule(digest.cron, config.zone)
         shown: list[str] = []
         slot = now
-        for _ in range(10_000):  # a cron whose every slot falls outside service hours must end too
+        for _ in range(3_000):  # a cron whose every slot falls outside service hours must end too
             slot = schedule.next_slot(slot)
             local = slot.astimezone(config.zone)
             if hours.contains(local.time()):
@@ -284,7 +284,7 @@ async def _feed_verdict(config: Config, feed: FeedConfig, network: Network, fetc
     age = (now - snapshot.timestamp).total_seconds()
     return Verdict(f"feed {feed.name}", True,
                    f"HTTP {result.status}, {len(body)} bytes, timestamp {age:.0f} s old (max"
-                   f" {feed.max_age_seconds:g} s), {len(snapshot.problems)} record(s) skipped as invalid")
+                   f" {feed.max_age_seconds:.0f} s), {len(snapshot.problems)} record(s) skipped as invalid")
 
 
 async def _broker_verdict(config: Config, secrets: dict[str, Secret]) -> Verdict:
