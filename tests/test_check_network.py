@@ -148,3 +148,12 @@ async def test_offline_exits_0_without_any_connection(
     assert http_server.requests == []
     assert server.requests() == []
     assert "sample posts rendered: OK" in out
+
+
+async def test_a_mastodon_token_that_may_only_post_passes(rig: Rig, server: MicroblogServer) -> None:
+    # A least-privilege bot token (write:statuses only) gets 403 from verify_credentials: the token is valid.
+    server.mastodon_token_scopes = ("write:statuses",)
+    status, out, err = await check(rig.write_config(channels=channels(server)[:1]))
+    assert status == 0, out + err
+    assert "channel masto: ok (token accepted; it has no read:accounts scope" in out
+    assert any(r.path == "/api/v1/accounts/verify_credentials" and r.status == 403 for r in server.requests("mastodon"))

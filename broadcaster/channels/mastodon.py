@@ -91,7 +91,7 @@ class MastodonChannel(HttpChannel[MastodonChannelConfig]):
                                         headers=self._auth(), deadline_s=self.config.timeout_seconds)
         if reply.status == 403:
             # The token is valid but was made without read:accounts (a write:statuses-only bot token): fine.
-            return "token accepted (it has no read:accounts scope, so the account was not read)"
+            return "token accepted; it has no read:accounts scope, so the account was not read"
         check_status(self.name, reply, self.clock())
         body = reply.json()
         account = body.get("acct") if isinstance(body, dict) else None

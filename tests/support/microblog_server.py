@@ -9,7 +9,9 @@ Mastodon (``/api/v1``, ``/api/v2``; mastodon/mastodon ``statuses_controller.rb``
 
 - ``GET /api/v2/instance``: ``configuration.statuses.max_characters`` and ``characters_reserved_per_url`` (23).
 - ``GET /api/v1/accounts/verify_credentials`` (read-only, what `broadcaster check` asks): the account, or 401
-  ``{"error": "The access token is invalid"}`` with Doorkeeper's ``WWW-Authenticate`` challenge.
+  ``{"error": "The access token is invalid"}`` with Doorkeeper's ``WWW-Authenticate`` challenge; a token without
+  ``read``, ``read:accounts`` or ``profile`` (`MicroblogServer.mastodon_token_scopes`) gets 403
+  ``{"error": "This action is outside the authorized scopes"}``.
 - ``POST /api/v1/statuses`` (url-encoded form or JSON; multipart is not supported here): ``Authorization: Bearer``
   required, else 401 ``{"error": "The access token is invalid"}``; an unknown ``in_reply_to_id`` is 404
   ``{"error": "The post you are trying to reply to does not appear to exist."}``; a repeated ``Idempotency-Key`` within
@@ -685,6 +687,8 @@ class MicroblogServer:
     ) -> None:
         self.mastodon_max_characters = mastodon_max_characters
         self.mastodon_token = mastodon_token
+        #: The token's OAuth scopes; a bot token made with only ``write:statuses`` cannot read its account.
+        self.mastodon_token_scopes: tuple[str, ...] = ("read", "write")
         self.bluesky_handle = bluesky_handle
         self.bluesky_identifier = bluesky_handle
         self.bluesky_did = bluesky_did
@@ -1190,6 +1194,9 @@ class MicroblogServer:
             return _json(200, self._mastodon_status_json(status), extra)
         if method == "GET" and path == "/api/v1/accounts/verify_credentials":
             self._mastodon_authorize(headers, extra)
+            # doorkeeper_authorize! :read, :'read:accounts', :profile (accounts/credentials_controller.rb)
+            if not {"read", "read:accounts", "profile"} & set(self.mastodon_token_scopes):
+                return _json(403, {"error": "This action is outside the authorized scopes"}, extra)
             return _json(200, self._mastodon_account(), extra)
         return _json(404, {"error": "Not Found"}, extra)
 
