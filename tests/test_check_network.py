@@ -12,12 +12,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from rig import Rig
 from support import LoopbackHttpServer, MessageRecorder, MosquittoBroker, free_port
 from support.microblog_server import BLUESKY_HANDLE, MicroblogServer
+from support.mosquitto_passwd import write_password_file
+
+if TYPE_CHECKING:
+    from conftest import MosquittoFactory
 
 
 def channels(server: MicroblogServer, *, dry_run: bool = True) -> list[dict[str, Any]]:
@@ -157,3 +161,24 @@ async def test_a_mastodon_token_that_may_only_post_passes(rig: Rig, server: Micr
     assert status == 0, out + err
     assert "channel masto: ok (token accepted; it has no read:accounts scope" in out
     assert any(r.path == "/api/v1/accounts/verify_credentials" and r.status == 403 for r in server.requests("mastodon"))
+
+
+async def test_a_broker_refusing_the_password_exits_1_naming_the_broker_and_never_the_password(
+    rig: Rig, tmp_path: Path, mosquitto_factory: MosquittoFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    passwd = write_password_file(tmp_path / "mosquitto.passwd", {"metro": "right-password-sentinel"})
+    broker = mosquitto_factory(extra_config=f"allow_anonymous false\npassword_file {passwd}\n")
+    monkeypatch.setenv("T_MQTT_USER", "metro")
+    monkeypatch.setenv("T_MQTT_PASSWORD", "wrong-password-sentinel")
+    path = rig.write_config(mqtt={"url": broker.url, "username": {"env": "T_MQTT_USER"},
+                                  "password": {"env": "T_MQTT_PASSWORD"}})
+    status, out, err = await check(path)
+    assert status == 1, out + err
+    [line] = failure_lines(err)
+    assert line.startswith(f"broadcaster: broker {broker.url}: ")
+    assert "wrong-password-sentinel" not in out + err
+    monkeypatch.setenv("T_MQTT_PASSWORD", "right-password-sentinel")
+    status, out, err = await check(path)
+    assert status == 0, out + err
+    assert f"broker {broker.url}: ok" in out
+    assert "right-password-sentinel" not in out + err
