@@ -82,6 +82,8 @@ class CheckReport:
     digests: list[str] = field(default_factory=list)
     #: The online checks, in config order; empty with --offline.
     verdicts: list[Verdict] = field(default_factory=list)
+    #: How many of `problems` the offline part found (the sample posts' verdict counts those only).
+    offline_problems: int = 0
 
     @property
     def failures(self) -> list[str]:
@@ -93,10 +95,13 @@ class CheckReport:
         for kind, lang, text in self.rendered:
             out.append(f"--- {kind} [{lang}]")
             out.append(text)
-        verdict = "OK" if not self.problems else f"{len(self.problems)} problem(s)"
+        offline = self.problems[: self.offline_problems]  # the online part's problems are not the samples'
+        verdict = "OK" if not offline else f"{len(offline)} problem(s)"
         out.append(f"--- {len(self.rendered)} sample posts rendered: {verdict}")
         out += self.digests
         out += [f"{v.what}: ok ({v.detail})" if v.ok else f"{v.what}: FAILED" for v in self.verdicts]
+        if len(self.problems) > len(offline) or self.failures:
+            out.append(f"--- {len(self.problems)} problem(s), {len(self.failures)} failure(s), one line each on stderr")
         return "\n".join(out)
 
     def as_dict(self) -> dict[str, object]:
@@ -212,6 +217,7 @@ def check_offline(config: Config, now: datetime | None = None) -> CheckReport:
     report.digests = digest_slots(config, now)
     if config.templates.directory is not None and not config.templates.directory.is_dir():
         report.problems.append(f"{path}: templates.directory: {str(config.templates.directory)!r}: no such folder")
+        report.offline_problems = len(report.problems)
         return report
     renderer = Renderer(config.templates.directory)
     for notice in sample_notices(config, network, now):
@@ -225,6 +231,7 @@ def check_offline(config: Config, now: datetime | None = None) -> CheckReport:
                     break
                 if detail == FULL:
                     report.rendered.append((notice.kind.value, lang, text))
+    report.offline_problems = len(report.problems)
     return report
 
 
