@@ -193,8 +193,8 @@ class MqttLink:
         Raises:
             TransientDeliveryError: the broker refused (credentials, ACL), cannot be reached, or is too slow.
         """
-        client = self._new_client(f"{self.config.client_id[:40]}-verify-{secrets.token_hex(4)}")
         try:
+            client = self._new_client(f"{self.config.client_id[:40]}-verify-{secrets.token_hex(4)}")
             async with asyncio.timeout(self.config.connect_timeout_seconds), client:
                 pass
         except TimeoutError:
@@ -202,6 +202,9 @@ class MqttLink:
                 CHANNEL_NAME, f"no answer within {self.config.connect_timeout_seconds:g} s") from None
         except aiomqtt.MqttError as exc:
             raise TransientDeliveryError(CHANNEL_NAME, str(exc) or type(exc).__name__) from None
+        except OSError as exc:  # the TLS CA file cannot be read, a TLS handshake failed
+            ca = f" (mqtt.tls_ca_file {self.config.tls_ca_file})" if self.config.tls_ca_file else ""
+            raise TransientDeliveryError(CHANNEL_NAME, f"TLS: {exc.strerror or exc}{ca}") from None
 
     async def check_identity(self) -> None:
         """The start-up check, before anything is polled or posted: refuse if our client id is taken.
