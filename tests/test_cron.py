@@ -111,6 +111,76 @@ def test_any_weekday_field_fires_on_the_days_crontab_names(field: str) -> None:
     assert weekdays(week_of_slots(f"30 6 * * {field}")) == expected
 
 
+# -- a property: any whole expression fires exactly when crontab(5) says, minute by minute over five weeks ---------
+
+
+def _expand_reference(field: str, low: int, high: int, names: tuple[str, ...] = ()) -> set[int]:
+    """crontab(5)'s reading of one field, written out plainly (names map to low, low + 1, ...)."""
+
+    def value(text: str) -> int:
+        return low + names.index(text) if text in names else int(text)
+
+    out: set[int] = set()
+    for part in field.split(","):
+        base, _, step = part.partition("/")
+        first, last = (low, high) if base == "*" else (value(base.split("-")[0]), value(base.split("-")[-1]))
+        if step and "-" not in base and base != "*":
+            last = high
+        out |= set(range(first, last + 1, int(step) if step else 1))
+    return out
+
+
+def _reference_slots(expression: str, start: datetime, days: int) -> list[datetime]:
+    """Every minute in [start, start + days) that crontab(5) says the expression fires at."""
+    minute, hour, day, month, weekday = expression.split()
+    months = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+    minutes, hours = sorted(_expand_reference(minute, 0, 59)), sorted(_expand_reference(hour, 0, 23))
+    days_of_month, in_months = _expand_reference(day, 1, 31), _expand_reference(month, 1, 12, months)
+    weekdays = {d % 7 for d in _expand_reference(weekday, 0, 7, _NAMES)}
+    either = not day.startswith("*") and not weekday.startswith("*")
+    slots = []
+    for offset in range(days):
+        date = start + timedelta(days=offset)
+        day_ok = date.day in days_of_month
+        weekday_ok = (date.weekday() + 1) % 7 in weekdays  # Python: Monday 0; cron: Sunday 0
+        if date.month in in_months and ((day_ok or weekday_ok) if either else (day_ok and weekday_ok)):
+            slots += [date.replace(hour=h, minute=m) for h in hours for m in minutes]
+    return slots
+
+
+def _field(low: int, high: int, names: tuple[str, ...] = (), *, star: bool = True) -> st.SearchStrategy[str]:
+    single = st.integers(low, high).map(str)
+    if names:
+        single = st.one_of(single, st.sampled_from(names))
+    ranged = st.tuples(st.integers(low, high), st.integers(low, high)).filter(lambda r: r[0] <= r[1])
+    parts = [single, ranged.map(lambda r: f"{r[0]}-{r[1]}"),
+             st.tuples(ranged, st.integers(1, 9)).map(lambda p: f"{p[0][0]}-{p[0][1]}/{p[1]}")]
+    listed = st.lists(st.one_of(*parts), min_size=1, max_size=3).map(",".join)
+    if not star:
+        return listed
+    return st.one_of(st.just("*"), st.integers(1, 9).map(lambda n: f"*/{n}"), listed)
+
+
+expressions = st.tuples(
+    st.lists(st.integers(0, 59).map(str), min_size=1, max_size=2).map(",".join),  # few slots a day, so the
+    st.lists(st.integers(0, 23).map(str), min_size=1, max_size=2).map(",".join),  # real trigger stays quick
+    _field(1, 31),
+    st.one_of(st.just("*"), st.just("1-3"), _field(1, 12, ("jan", "feb", "mar"), star=False)),
+    _field(0, 7, _NAMES),
+).map(" ".join)
+
+
+@settings(max_examples=60, deadline=None)
+@given(expression=expressions)
+def test_any_expression_fires_exactly_when_crontab_says_over_five_weeks(expression: str) -> None:
+    try:
+        validate_cron(expression)
+    except ValueError:
+        return  # e.g. "31 2": never fires; refused, as the test below shows
+    start = datetime(2026, 1, 25, tzinfo=ZONE)  # late January, all of February, early March
+    assert week_of_slots(expression, start, days=35) == _reference_slots(expression, start, days=35)
+
+
 @pytest.mark.parametrize(("expression", "fragment"), [
     ("* * * *", "five fields"),
     ("60 * * * *", "minute"),
