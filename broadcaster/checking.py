@@ -1,11 +1,17 @@
-"""`broadcaster check`: validate a config, its network and every template against sample notices.
+"""`broadcaster check`: validate a config, its network and every template against sample notices; then (unless
+`--offline`) fetch every feed, connect to the broker, resolve every secret and verify every channel's credentials
+with a call that changes nothing.
 
 Sample notices are made by the real compose step from synthetic changes on the operator's own network, so a
-template that passes here sees exactly the variables it will see in service.
+template that passes here sees exactly the variables it will see in service. The online part uses the parts
+`run` uses (the feed fetcher with each feed's deadline and size cap, the parsers, the freshness rule, the MQTT
+link's client, the channels' own HTTP client), so what passes here works there. Nothing is published or posted.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,13 +19,29 @@ from types import MappingProxyType
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
+from broadcaster import __version__
 from broadcaster.compose import ComposePolicy, Notice, compose, compose_correction, compose_digest
-from broadcaster.config import Config, load_config
-from broadcaster.errors import TemplateProblem
+from broadcaster.config import (
+    BlueskyChannelConfig,
+    Config,
+    FeedConfig,
+    MastodonChannelConfig,
+    Secret,
+    SecretRef,
+    WebhookChannelConfig,
+    WeiboChannelConfig,
+    load_config,
+)
+from broadcaster.errors import BroadcasterError, ConfigError, DeliveryError, FeedError, TemplateProblem
+from broadcaster.feeds.fetch import FeedFetcher
+from broadcaster.feeds.freshness import check_freshness
+from broadcaster.feeds.gtfs_rt import parse_gtfs_rt
 from broadcaster.feeds.network import load_network
+from broadcaster.feeds.passenger_flow import parse_passenger_flow
 from broadcaster.model import ActivePeriod, Alert, InformedEntity, LocalizedText, Network, Occupancy, Severity
 from broadcaster.render import Renderer
 from broadcaster.render.posts import DETAIL_LEVELS, FULL
+from broadcaster.scheduler import CronSchedule
 from broadcaster.state import (
     AlertChange,
     AlertChangeKind,
@@ -34,6 +56,18 @@ from broadcaster.state import (
     alert_version,
 )
 
+#: How many upcoming slots `check` shows per digest.
+DIGEST_SLOTS_SHOWN = 5
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One thing the online check tried: a feed, the broker or a channel."""
+
+    what: str  # "feed ops", "broker mqtt://...", "channel masto"
+    ok: bool
+    detail: str  # what it found, or the failure's one line (never a secret)
+
 
 @dataclass
 class CheckReport:
@@ -42,22 +76,41 @@ class CheckReport:
     stations: int = 0
     feeds: int = 0
     rendered: list[tuple[str, str, str]] = field(default_factory=list)  # kind, language, text
+    #: Configuration problems (templates, files, secrets): exit status 2.
     problems: list[str] = field(default_factory=list)
+    #: Each digest's upcoming slots, one line each.
+    digests: list[str] = field(default_factory=list)
+    #: The online checks, in config order; empty with --offline.
+    verdicts: list[Verdict] = field(default_factory=list)
+    #: How many of `problems` the offline part found (the sample posts' verdict counts those only).
+    offline_problems: int = 0
+
+    @property
+    def failures(self) -> list[str]:
+        """Run-time failures (a feed, the broker, a channel), one line each: exit status 1."""
+        return [v.detail for v in self.verdicts if not v.ok]
 
     def as_text(self) -> str:
         out = [f"{self.config}: {self.lines} lines, {self.stations} stations, {self.feeds} feeds"]
         for kind, lang, text in self.rendered:
             out.append(f"--- {kind} [{lang}]")
             out.append(text)
-        verdict = "OK" if not self.problems else f"{len(self.problems)} problem(s)"
+        offline = self.problems[: self.offline_problems]  # the online part's problems are not the samples'
+        verdict = "OK" if not offline else f"{len(offline)} problem(s)"
         out.append(f"--- {len(self.rendered)} sample posts rendered: {verdict}")
+        out += self.digests
+        out += [f"{v.what}: ok ({v.detail})" if v.ok else f"{v.what}: FAILED" for v in self.verdicts]
+        if len(self.problems) > len(offline) or self.failures:
+            out.append(f"--- {len(self.problems)} problem(s), {len(self.failures)} failure(s), one line each on stderr")
         return "\n".join(out)
 
     def as_dict(self) -> dict[str, object]:
         return {
             "config": str(self.config), "lines": self.lines, "stations": self.stations, "feeds": self.feeds,
             "rendered": [{"kind": k, "language": lang, "text": t} for k, lang, t in self.rendered],
-            "problems": self.problems, "ok": not self.problems,
+            "digests": self.digests,
+            "checks": [{"what": v.what, "ok": v.ok, "detail": v.detail} for v in self.verdicts],
+            "problems": self.problems, "failures": self.failures, "ok": not self.problems and not self.failures,
         }
 
 
@@ -123,21 +176,51 @@ def _feed_problems(config: Config) -> list[str]:
     return problems
 
 
+def digest_slots(config: Config, now: datetime) -> list[str]:
+    """Each digest's next slots that fall within service hours (the others are skipped), with weekday names in
+    the operator's zone, so that an operator sees what a cron expression means."""
+    lines = []
+    hours = config.service_hours
+    for digest in config.digests:
+        schedule = CronSchedule(digest.cron, config.zone)
+        shown: list[str] = []
+        slot = now
+        for _ in range(3_000):  # a cron whose every slot falls outside service hours must end too
+            slot = schedule.next_slot(slot)
+            local = slot.astimezone(config.zone)
+            if hours.contains(local.time()):
+                shown.append(local.strftime("%a %Y-%m-%d %H:%M"))
+                if len(shown) == DIGEST_SLOTS_SHOWN:
+                    break
+        where = f"digest {digest.name!r}: \"{digest.cron}\" in {config.timezone}, within service hours" \
+                f" {hours.start:%H:%M}-{hours.end:%H:%M}"
+        lines.append(f"{where}, next: {', '.join(shown)}" if shown else f"{where}: no slot falls within them")
+    return lines
+
+
 def check_config(path: Path, now: datetime | None = None) -> CheckReport:
-    """Validate everything `run` would use, without touching the network or the broker.
+    """Validate everything `run` would use, without touching the network or the broker (`check --offline`).
 
     Raises:
         ConfigError, NetworkDataError: the config or the static GTFS cannot be used at all.
     """
-    config = load_config(path)
+    return check_offline(load_config(path), now)
+
+
+def check_offline(config: Config, now: datetime | None = None) -> CheckReport:
+    """`check_config` for a config already loaded."""
+    path = config.source
+    now = now or datetime.now(UTC)
     network = load_network(config.network.gtfs, config.network.default_language)
     report = CheckReport(path, len(network.lines), len(network.stations), len(config.feeds))
     report.problems += _feed_problems(config)
+    report.digests = digest_slots(config, now)
     if config.templates.directory is not None and not config.templates.directory.is_dir():
         report.problems.append(f"{path}: templates.directory: {str(config.templates.directory)!r}: no such folder")
+        report.offline_problems = len(report.problems)
         return report
     renderer = Renderer(config.templates.directory)
-    for notice in sample_notices(config, network, now or datetime.now(UTC)):
+    for notice in sample_notices(config, network, now):
         for lang, context in notice.contexts.items():
             # Every detail level a channel's length rule may ask for must render; the report shows the full one.
             for detail in DETAIL_LEVELS:
@@ -148,4 +231,136 @@ def check_config(path: Path, now: datetime | None = None) -> CheckReport:
                     break
                 if detail == FULL:
                     report.rendered.append((notice.kind.value, lang, text))
+    report.offline_problems = len(report.problems)
     return report
+
+
+# -- online: feeds, broker, secrets, channels ---------------------------------------------------------------------
+
+
+def secret_refs(config: Config) -> list[tuple[str, SecretRef]]:
+    """Every secret the config names, with its key: the broker's, each channel's and each admin token."""
+    refs: list[tuple[str, SecretRef | None]] = [("mqtt.username", config.mqtt.username),
+                                                ("mqtt.password", config.mqtt.password)]
+    for i, channel in enumerate(config.channels):
+        if isinstance(channel, MastodonChannelConfig):
+            refs.append((f"channels[{i}].token", channel.token))
+        elif isinstance(channel, BlueskyChannelConfig):
+            refs.append((f"channels[{i}].password", channel.password))
+        elif isinstance(channel, WeiboChannelConfig):
+            refs.append((f"channels[{i}].access_token", channel.access_token))
+        elif isinstance(channel, WebhookChannelConfig):
+            refs.append((f"channels[{i}].secret", channel.secret))
+    if config.admin is not None:
+        refs += [(f"admin.tokens[{i}].token", token.token) for i, token in enumerate(config.admin.tokens)]
+    return [(key, ref) for key, ref in refs if ref is not None]
+
+
+def resolve_secrets(config: Config) -> tuple[dict[str, Secret], list[str]]:
+    """Every secret's value by key, and one problem line per secret that cannot be had (naming the key and the
+    variable or file, never a value). A missing secret is a configuration error: exit status 2."""
+    values: dict[str, Secret] = {}
+    problems = []
+    for key, ref in secret_refs(config):
+        try:
+            secret = ref.load(config.source.parent)
+        except OSError as exc:
+            problems.append(f"{config.source}: {key}: cannot read {ref.file}: {exc.strerror}")
+            continue
+        if secret is None:
+            problems.append(f"{config.source}: {key}: environment variable {ref.env} is not set")
+        else:
+            values[key] = secret
+    return values, problems
+
+
+async def _feed_verdict(config: Config, feed: FeedConfig, network: Network, fetcher: FeedFetcher,
+                        now: datetime) -> Verdict:
+    """Fetch and parse one feed as a poll does (its deadline, its size cap) and judge its own timestamp."""
+    try:
+        result = await fetcher.fetch(feed.name, feed.url, timeout_s=feed.timeout_seconds, max_bytes=feed.max_bytes)
+        body = result.body or b""
+        snapshot = (
+            parse_gtfs_rt(feed.name, body, network, carries=frozenset(feed.contains),
+                          default_language=config.network.default_language)
+            if feed.kind == "gtfs-rt" else parse_passenger_flow(feed.name, body, network)
+        )
+        check_freshness(feed.name, snapshot.timestamp, now=now, max_age_s=feed.max_age_seconds, previous=None)
+    except FeedError as exc:
+        return Verdict(f"feed {feed.name}", False, str(exc))
+    age = (now - snapshot.timestamp).total_seconds()
+    return Verdict(f"feed {feed.name}", True,
+                   f"HTTP {result.status}, {len(body)} bytes, timestamp {age:.0f} s old (max"
+                   f" {feed.max_age_seconds:.0f} s), {len(snapshot.problems)} record(s) skipped as invalid")
+
+
+async def _broker_verdict(config: Config, secrets: dict[str, Secret]) -> Verdict:
+    """Connect and disconnect under a throwaway client id: nothing published, a running broadcaster untouched."""
+    from broadcaster.channels.mqtt import MqttLink
+
+    username, password = secrets.get("mqtt.username"), secrets.get("mqtt.password")
+    link = MqttLink(config.mqtt, username=username.reveal() if username else None,
+                    password=password.reveal() if password else None)
+    what = f"broker {config.mqtt.url}"
+    try:
+        await link.probe_connection()
+    except DeliveryError as exc:
+        return Verdict(what, False, f"{what}: {exc.reason}")
+    return Verdict(what, True, "connected and disconnected")
+
+
+async def _channel_verdicts(config: Config, now: datetime, skip: set[int]) -> tuple[list[Verdict], list[str]]:
+    """Each channel's credentials, verified with a read-only call (all at once), and the config problems found
+    building them; channels in `skip` (a secret is missing) are left out."""
+    from broadcaster.channels.base import VerifyingChannel
+    from broadcaster.channels.factory import build_channel
+    from broadcaster.channels.http import HttpChannelClient
+
+    async def outcome(name: str, call: Awaitable[str] | None) -> Verdict:
+        if call is None:
+            return Verdict(f"channel {name}", True, "a local file: nothing to call")
+        try:
+            return Verdict(f"channel {name}", True, await call)
+        except BroadcasterError as exc:
+            return Verdict(f"channel {name}", False, str(exc))
+
+    problems: list[str] = []
+    calls: list[tuple[str, Awaitable[str] | None]] = []
+    async with HttpChannelClient(lambda: now) as http:
+        for i in range(len(config.channels)):
+            if i in skip:
+                continue
+            try:
+                channel = build_channel(config, i, http, lambda: now)
+            except ConfigError as exc:  # a token an HTTP header cannot carry
+                problems.append(str(exc))
+                continue
+            calls.append((channel.name, channel.verify() if isinstance(channel, VerifyingChannel) else None))
+        verdicts = await asyncio.gather(*(outcome(name, call) for name, call in calls))
+    return list(verdicts), problems
+
+
+async def check_online(config: Config, report: CheckReport, now: datetime | None = None) -> None:
+    """Add to `report` what only the network can tell: every feed fetched and judged, the broker connected, every
+    secret resolved and every channel's credentials verified, all at once. Changes nothing anywhere; a part whose
+    secret is missing is not tried (that is reported as a config problem already)."""
+    now = now or datetime.now(UTC)
+    secrets, problems = resolve_secrets(config)
+    report.problems += problems
+    missing = [key for key, _ in secret_refs(config) if key not in secrets]
+    skip = {i for i in range(len(config.channels)) if any(key.startswith(f"channels[{i}].") for key in missing)}
+    network = load_network(config.network.gtfs, config.network.default_language)
+
+    async def broker() -> list[Verdict]:
+        if any(key.startswith("mqtt.") for key in missing):
+            return []
+        return [await _broker_verdict(config, secrets)]
+
+    async with FeedFetcher(user_agent=f"broadcaster/{__version__} (check)") as fetcher:
+        feeds, brokers, (channels, build_problems) = await asyncio.gather(
+            asyncio.gather(*(_feed_verdict(config, feed, network, fetcher, now) for feed in config.feeds)),
+            broker(),
+            _channel_verdicts(config, now, skip),
+        )
+    report.verdicts += [*feeds, *brokers, *channels]
+    report.problems += build_problems

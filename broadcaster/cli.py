@@ -55,16 +55,20 @@ def _setup_logging(level: str) -> None:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from broadcaster.checking import check_config
+    """Exit 2 for a config problem (a missing secret too), 1 for a feed, the broker or a channel failing."""
+    from broadcaster.checking import check_offline, check_online
 
-    report = check_config(_config_path(args))
+    config = _load(args)
+    report = check_offline(config)
+    if not args.offline:
+        asyncio.run(check_online(config, report))
     if args.json:
         print(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
     else:
         print(report.as_text())
-    for problem in report.problems:
-        print(f"broadcaster: {problem}", file=sys.stderr)
-    return EXIT_USAGE if report.problems else EXIT_OK
+    for line in report.problems + report.failures:
+        print(f"broadcaster: {line}", file=sys.stderr)
+    return EXIT_USAGE if report.problems else EXIT_FAILURE if report.failures else EXIT_OK
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -277,13 +281,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-c", "--config", metavar="FILE",
                        help=f"config file (default: $BROADCASTER_CONFIG or ./{DEFAULT_CONFIG})")
 
-    p = sub.add_parser("check", help="validate the config, the network and every template; publish nothing")
-    with_config(p)
-    p.add_argument("--json", action="store_true", help="machine-readable report")
-    p.set_defaults(func=_cmd_check)
-
     def with_broker(p: argparse.ArgumentParser) -> None:
         p.add_argument("--mqtt-url", metavar="URL", help="use this broker instead of the config's mqtt.url")
+
+    p = sub.add_parser("check", help="validate the config, the network and every template, fetch every feed, connect"
+                       " to the broker, verify every channel's credentials; publish and post nothing")
+    with_config(p)
+    with_broker(p)
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.add_argument("--offline", action="store_true",
+                   help="config, network and templates only: no feed, broker, secret or platform is touched")
+    p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("once", help="poll every feed once, publish, deliver the outbox, exit")
     with_config(p)

@@ -147,12 +147,13 @@ class MqttConfig(_Section):
     @classmethod
     def _mqtt_scheme(cls, url: str) -> str:
         parts = urlsplit(url)
+        if "@" in parts.netloc:
+            raise ValueError("must not carry credentials; give them as mqtt.username and mqtt.password, each"
+                             ' { env = "VAR" } or { file = "/run/secrets/..." }')
         if parts.scheme not in ("mqtt", "mqtts"):
             raise ValueError("must start with mqtt:// or mqtts://")
         if not parts.hostname:
             raise ValueError("names no host")
-        if parts.username or parts.password:
-            raise ValueError("must not carry credentials; use [mqtt.username] and [mqtt.password]")
         return url
 
     @property
@@ -259,6 +260,9 @@ class WebhookChannelConfig(_ChannelBase):
     url: Annotated[str, Field(pattern=r"^https?://")]
     #: Signs each body with HMAC-SHA256 (docs/channels.md); None sends unsigned.
     secret: SecretRef | None = None
+    #: `broadcaster check` POSTs a signed dry run (header `X-Broadcaster-Dry-Run: 1`) that the receiver answers
+    #: with 2xx without acting on it; only for receivers that support it, so off by default.
+    check_dry_run: bool = False
 
 
 class AtomChannelConfig(_ChannelBase):
@@ -339,9 +343,9 @@ class AdminConfig(_Section):
     @classmethod
     def _unique_token_ids(cls, tokens: tuple[AdminToken, ...]) -> tuple[AdminToken, ...]:
         ids = [t.id for t in tokens]
-        for token_id in ids:
-            if ids.count(token_id) > 1:
-                raise ValueError(f"token id {token_id!r} is used twice")
+        for i, token_id in enumerate(ids):
+            if token_id in ids[:i]:
+                raise ValueError(f"the id of tokens[{i}] is used twice (tokens[{ids.index(token_id)}] has it too)")
         return tokens
 
     @property
@@ -383,30 +387,29 @@ class Config(_Section):
     @classmethod
     def _unique_channel_names(cls, channels: tuple[ChannelConfig, ...]) -> tuple[ChannelConfig, ...]:
         names = [c.name for c in channels]
-        for name in names:
+        for i, name in enumerate(names):
             if name == "mqtt":
                 raise ValueError("channel name 'mqtt' is taken by the MQTT notice stream")
-            if names.count(name) > 1:
-                raise ValueError(f"channel name {name!r} is used twice")
+            if name in names[:i]:
+                raise ValueError(f"the name of channels[{i}] is used twice (channels[{names.index(name)}] has it too)")
         return channels
 
     @model_validator(mode="after")
     def _digest_channels_exist(self) -> Config:
         names = {c.name for c in self.channels}
-        for digest in self.digests:
-            for name in digest.channels:
+        for d, digest in enumerate(self.digests):
+            for c, name in enumerate(digest.channels):
                 if name not in names and name != "mqtt":
-                    raise ValueError(f"digest {digest.name!r} names channel {name!r}, which is not configured")
+                    raise ValueError(f"digests[{d}].channels[{c}] names a channel that is not configured")
         return self
 
     @field_validator("feeds")
     @classmethod
     def _unique_feed_names(cls, feeds: tuple[FeedConfig, ...]) -> tuple[FeedConfig, ...]:
-        seen: set[str] = set()
-        for feed in feeds:
-            if feed.name in seen:
-                raise ValueError(f"feed name {feed.name!r} is used twice")
-            seen.add(feed.name)
+        names = [feed.name for feed in feeds]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ValueError(f"the name of feeds[{i}] is used twice (feeds[{names.index(name)}] has it too)")
         return feeds
 
     @property
@@ -441,8 +444,47 @@ def _lookup(data: Any, location: tuple[int | str, ...]) -> Any:
     return data
 
 
+#: Where secrets stand: (section, key) under `[mqtt]`, a channel or an admin token.
+_SECRET_KEYS = frozenset({"username", "password", "token", "access_token", "secret"})
+
+
+def _secret_location(location: tuple[int | str, ...]) -> tuple[int | str, ...] | None:
+    """The location of the secret field `location` is at or inside, or None if it is not a secret's."""
+    for end in range(len(location), 0, -1):
+        head, key = location[: end - 1], location[end - 1]
+        if key not in _SECRET_KEYS:
+            continue
+        if head == ("mqtt",) or (len(head) == 2 and head[0] == "channels" and isinstance(head[1], int)) or (
+            len(head) == 3 and head[:2] == ("admin", "tokens") and isinstance(head[2], int) and key == "token"
+        ):
+            return location[:end]
+    return None
+
+
+def _how_to_give(data: dict[str, Any], location: tuple[int | str, ...]) -> str:
+    """How to write the secret at `location`: e.g. token = { env = "METRO_MASTODON_TOKEN" }."""
+    key = str(location[-1])
+    channel = _lookup(data, location[:2]) if location[0] == "channels" else None
+    kind = channel.get("kind") if isinstance(channel, dict) else None
+    owner = kind if kind in _CHANNEL_KINDS else {"mqtt": "mqtt", "admin": "admin", "channels": "channel"}.get(
+        str(location[0]), "metro")
+    name = f"{owner}_{key}"
+    return (f'a secret never stands in the file: write {key} = {{ env = "METRO_{name.upper()}" }} or '
+            f'{key} = {{ file = "/run/secrets/{name}" }}')
+
+
+def _given(value: object) -> str:
+    """What kind of value the file holds, in TOML's words (the value itself is never shown: it may be a secret)."""
+    kinds = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
+             dict: "a table"}
+    return next((name for kind, name in kinds.items() if isinstance(value, kind)), "a date or time")
+
+
 def _first_error(path: Path, data: dict[str, Any], exc: ValidationError) -> ConfigError:
-    error = exc.errors(include_url=False)[0]
+    """The first validation error as one line naming the file and the key, never echoing a value from the file:
+    a value may be a secret written where it does not belong (a token in `token = "..."`, a password in a URL).
+    """
+    error = exc.errors(include_url=False, include_input=False)[0]
     # Drop pydantic's internal step names ('function-after[...]') and the channel kind it inserts after an
     # index ('channels', 0, 'mastodon', 'token'): the operator wrote channels[0].token.
     location: tuple[int | str, ...] = ()
@@ -454,17 +496,23 @@ def _first_error(path: Path, data: dict[str, Any], exc: ValidationError) -> Conf
     if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
         location += ("kind",)
     key = _key_path(location)
+    secret = _secret_location(location)
     if error["type"] == "extra_forbidden":
-        return ConfigError(path, key, "unknown key (check the spelling; see config/example.toml)", None)
+        hint = f"; {_how_to_give(data, secret)}" if secret and len(location) > len(secret) else ""
+        return ConfigError(path, key, f"unknown key (check the spelling; see config/example.toml){hint}")
     if error["type"] == "missing":
         return ConfigError(path, key, "is required but missing")
     if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
-        value = _lookup(data, location)
         kinds = ", ".join(sorted(_CHANNEL_KINDS))
-        return ConfigError(path, key, f"{value!r}: must be one of {kinds}", value)
-    value = _lookup(data, location)
+        return ConfigError(path, key, f"must be one of {kinds}")
     message = error["msg"].removeprefix("Value error, ")
-    return ConfigError(path, key, f"{value!r}: {message}" if value is not None else message, value)
+    if error["type"] in ("model_type", "model_attributes_type", "dict_type"):
+        message = "must be a table"  # pydantic says "instance of SecretRef", which no operator wrote
+    if error["type"].endswith("_type") or error["type"].endswith("_parsing"):
+        message += f" ({_given(_lookup(data, location))} was given)"
+    if secret is not None:
+        message += f"; {_how_to_give(data, secret)}"
+    return ConfigError(path, key, message)
 
 
 def _resolve_paths(config: Config, base: Path) -> Config:
@@ -507,8 +555,8 @@ def with_mqtt_url(config: Config, url: str) -> Config:
     try:
         mqtt = MqttConfig.model_validate({**config.mqtt.model_dump(), "url": url})
     except ValidationError as exc:
-        message = exc.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")
-        raise ConfigError(config.source, "--mqtt-url", f"{url!r}: {message}", url) from None
+        message = exc.errors(include_url=False, include_input=False)[0]["msg"].removeprefix("Value error, ")
+        raise ConfigError(config.source, "--mqtt-url", message) from None  # never the URL: it may hold a password
     return config.model_copy(update={"mqtt": mqtt})
 
 

@@ -95,6 +95,16 @@ class PostingChannel(NoticeChannel, Protocol):
     async def start(self) -> None: ...
 
 
+@runtime_checkable
+class VerifyingChannel(Protocol):
+    """A channel that can prove its credentials with a call that changes nothing (for `broadcaster check`)."""
+
+    async def verify(self) -> str:
+        """A short description of what the platform confirmed (e.g. the account), or raise `DeliveryError`
+        with the platform's reason (never the credential)."""
+        ...
+
+
 #: The `kind` of an outbox entry that asks a channel to delete the posts of its notice (a correction's option).
 DELETE_KIND = "delete"
 

@@ -183,6 +183,16 @@ class BlueskyChannel(HttpChannel[BlueskyChannelConfig]):
             raise PermanentDeliveryError(self.name, f"createRecord answered without uri/cid: {reply.snippet()}")
         return orjson.dumps({"uri": body["uri"], "cid": body["cid"]}).decode()
 
+    async def verify(self) -> str:
+        """`createSession` with the app password. The session is dropped, not stored: refreshing the running
+        broadcaster's stored session here would revoke its refresh token."""
+        reply = await self._xrpc("POST", "com.atproto.server.createSession",
+                                 json={"identifier": self.config.identifier, "password": self._password.reveal()})
+        check_status(self.name, reply, self.clock())
+        body = reply.json()
+        handle = body.get("handle") if isinstance(body, dict) else None
+        return f"app password of @{handle}" if isinstance(handle, str) else "app password accepted"
+
     async def delete(self, remote_id: str) -> None:
         reply = await self._authed("POST", "com.atproto.repo.deleteRecord",
                                    json={"repo": self.did or self.config.identifier, "collection": COLLECTION,

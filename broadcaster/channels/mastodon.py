@@ -85,6 +85,18 @@ class MastodonChannel(HttpChannel[MastodonChannelConfig]):
             raise PermanentDeliveryError(self.name, f"HTTP {reply.status} without a status id: {reply.snippet()}")
         return status_id
 
+    async def verify(self) -> str:
+        """`GET /api/v1/accounts/verify_credentials`: read-only, and answered 401 for a bad or revoked token."""
+        reply = await self.http.request(self.name, "GET", f"{self.base}/api/v1/accounts/verify_credentials",
+                                        headers=self._auth(), deadline_s=self.config.timeout_seconds)
+        if reply.status == 403:
+            # The token is valid but was made without read:accounts (a write:statuses-only bot token): fine.
+            return "token accepted; it has no read:accounts scope, so the account was not read"
+        check_status(self.name, reply, self.clock())
+        body = reply.json()
+        account = body.get("acct") if isinstance(body, dict) else None
+        return f"token of @{account}" if isinstance(account, str) else "token accepted"
+
     async def delete(self, remote_id: str) -> None:
         reply = await self.http.request(self.name, "DELETE", f"{self.base}/api/v1/statuses/{remote_id}",
                                         headers=self._auth(), deadline_s=self.config.timeout_seconds)

@@ -199,6 +199,27 @@ class MqttLink:
             raise self.refusal
         self._identity_checked = True  # later sessions find our own `online`
 
+    async def probe_connection(self) -> None:
+        """Connect and disconnect under a throwaway client id, publishing and subscribing nothing (`broadcaster
+        check`): our own client id would take a running broadcaster's session over, and `_check_identity`
+        publishes its probe.
+
+        Raises:
+            TransientDeliveryError: the broker refused (credentials, ACL), cannot be reached, or is too slow.
+        """
+        try:
+            client = self._new_client(f"{self.config.client_id[:40]}-verify-{secrets.token_hex(4)}")
+            async with asyncio.timeout(self.config.connect_timeout_seconds), client:
+                pass
+        except TimeoutError:
+            raise TransientDeliveryError(
+                CHANNEL_NAME, f"no answer within {self.config.connect_timeout_seconds:g} s") from None
+        except aiomqtt.MqttError as exc:
+            raise TransientDeliveryError(CHANNEL_NAME, str(exc) or type(exc).__name__) from None
+        except OSError as exc:  # the TLS CA file cannot be read, a TLS handshake failed
+            ca = f" (mqtt.tls_ca_file {self.config.tls_ca_file})" if self.config.tls_ca_file else ""
+            raise TransientDeliveryError(CHANNEL_NAME, f"TLS: {exc.strerror or exc}{ca}") from None
+
     async def check_identity(self) -> None:
         """The start-up check, before anything is polled or posted: refuse if our client id is taken.
 

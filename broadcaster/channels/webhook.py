@@ -48,6 +48,23 @@ class WebhookChannel(HttpChannel[WebhookChannelConfig]):
             "issued_at": iso(entry.created_at),
         })
 
+    async def verify(self) -> str:
+        """With `check_dry_run`: a signed POST with `X-Broadcaster-Dry-Run: 1`, which the receiver answers 2xx
+        without acting on it. Without it the receiver is not called: it might take any POST for a notice."""
+        if not self.config.check_dry_run:
+            return "not called: check_dry_run is off"
+        now = self.clock()
+        timestamp = str(int(now.timestamp()))
+        body = orjson.dumps({"schema": SCHEMA, "kind": "check", "dry_run": True, "issued_at": iso(now)})
+        headers = {"Content-Type": "application/json", "X-Broadcaster-Dry-Run": "1",
+                   "X-Broadcaster-Timestamp": timestamp}
+        if self._secret is not None:
+            headers["X-Broadcaster-Signature"] = signature(self._secret.reveal(), timestamp, body)
+        reply = await self.http.request(self.name, "POST", self.config.url, content=body, headers=headers,
+                                        deadline_s=self.config.timeout_seconds)
+        check_status(self.name, reply, now)
+        return f"dry run answered HTTP {reply.status}"
+
     async def send(self, entry: OutboxEntry, thread: ThreadRefs) -> str | None:
         body = self.body(entry, thread)
         now = self.clock()

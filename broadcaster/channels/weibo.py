@@ -33,6 +33,21 @@ class WeiboChannel(HttpChannel[WeiboChannelConfig]):
         self._token = token
         self.profile: PlatformProfile = weibo()
 
+    async def verify(self) -> str:
+        """`GET /2/account/get_uid.json`: read-only; a bad or expired token is error 21332 / 21327. The token goes
+        in the `Authorization: OAuth2` header, not the URL, so no log line or error can carry it."""
+        reply = await self.http.request(
+            self.name, "GET", f"{self.config.url.rstrip('/')}/2/account/get_uid.json",
+            headers={"Authorization": f"OAuth2 {self._token.reveal()}"}, deadline_s=self.config.timeout_seconds,
+        )
+        body = reply.json()
+        code = body.get("error_code") if isinstance(body, dict) else None
+        if isinstance(code, int):
+            raise PermanentDeliveryError(self.name, f"HTTP {reply.status}: error {code}: {body.get('error', '')}")
+        check_status(self.name, reply, self.clock())
+        uid = body.get("uid") if isinstance(body, dict) else None
+        return f"token of uid {uid}" if uid is not None else "token accepted"
+
     async def send(self, entry: OutboxEntry, thread: ThreadRefs) -> str | None:
         post = Post.from_payload(entry.payload)
         reply = await self.http.request(

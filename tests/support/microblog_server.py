@@ -8,6 +8,10 @@ Mastodon (``/api/v1``, ``/api/v2``; mastodon/mastodon ``statuses_controller.rb``
 ``concerns/api/rate_limit_headers.rb``):
 
 - ``GET /api/v2/instance``: ``configuration.statuses.max_characters`` and ``characters_reserved_per_url`` (23).
+- ``GET /api/v1/accounts/verify_credentials`` (read-only, what `broadcaster check` asks): the account, or 401
+  ``{"error": "The access token is invalid"}`` with Doorkeeper's ``WWW-Authenticate`` challenge; a token without
+  ``read``, ``read:accounts`` or ``profile`` (`MicroblogServer.mastodon_token_scopes`) gets 403
+  ``{"error": "This action is outside the authorized scopes"}``.
 - ``POST /api/v1/statuses`` (url-encoded form or JSON; multipart is not supported here): ``Authorization: Bearer``
   required, else 401 ``{"error": "The access token is invalid"}``; an unknown ``in_reply_to_id`` is 404
   ``{"error": "The post you are trying to reply to does not appear to exist."}``; a repeated ``Idempotency-Key`` within
@@ -54,11 +58,13 @@ please input text less than 140 characters!``, 400 20019 ``repeat content!`` (sa
 status), 403 10023 ``User requests out of rate limit!``, and, only when `MicroblogServer.weibo_safe_domain` is set,
 400 10017 ``text not find domain!`` (the real share API requires a link to the app's safe domain). Length rule
 (`weibo_length`): ASCII counts half, everything else one, rounded up, every URL 10 (a t.cn short link); limit 140.
+``GET /2/account/get_uid.json`` (read-only, what `broadcaster check` asks): ``{"uid": N}``, or the same token errors.
 
 Webhooks (``POST /hooks/{name}``): body and headers are recorded and 204 returned. With a secret, the header
 ``X-Broadcaster-Signature`` (name configurable) must be ``sha256=<hex HMAC-SHA256>`` over the raw body, or, when an
 ``X-Broadcaster-Timestamp`` header is present, over ``"<timestamp>." + body`` (`sign_webhook`); the delivery records
-whether it verified.
+whether it verified. A dry run (``X-Broadcaster-Dry-Run: 1``, what `broadcaster check` sends) is answered 401 when
+a secret is set and the signature does not verify, else 204, and is kept apart (`webhook_dry_runs`), not delivered.
 
 Faults for every platform: `MicroblogServer.push_fault` (canned responses, exactly the given headers),
 `MicroblogServer.hang`, `MicroblogServer.drip` (status line and headers at once, then the body a few bytes at a
@@ -118,6 +124,8 @@ WEBHOOK_TIMESTAMP_HEADER = "X-Broadcaster-Timestamp"
 MASTODON_IDEMPOTENCY_TTL_S = 3600
 BLUESKY_POST = "app.bsky.feed.post"
 WEIBO_SHARE_PATH = "/2/statuses/share.json"
+WEIBO_GET_UID_PATH = "/2/account/get_uid.json"
+WEBHOOK_DRY_RUN_HEADER = "X-Broadcaster-Dry-Run"
 
 
 # -- what the tests read back ------------------------------------------------------------------------------------
@@ -679,6 +687,8 @@ class MicroblogServer:
     ) -> None:
         self.mastodon_max_characters = mastodon_max_characters
         self.mastodon_token = mastodon_token
+        #: The token's OAuth scopes; a bot token made with only ``write:statuses`` cannot read its account.
+        self.mastodon_token_scopes: tuple[str, ...] = ("read", "write")
         self.bluesky_handle = bluesky_handle
         self.bluesky_identifier = bluesky_handle
         self.bluesky_did = bluesky_did
@@ -724,6 +734,7 @@ class MicroblogServer:
         self._weibo: list[WeiboStatus] = []
         self._weibo_expired = False
         self._webhooks: dict[str, list[WebhookDelivery]] = {}
+        self._webhook_dry_runs: dict[str, list[WebhookDelivery]] = {}
 
         self._server: ThreadedUvicorn | None = None
 
@@ -893,6 +904,11 @@ class MicroblogServer:
     def webhook_deliveries(self, name: str) -> list[WebhookDelivery]:
         with self._lock:
             return list(self._webhooks.get(name, []))
+
+    def webhook_dry_runs(self, name: str) -> list[WebhookDelivery]:
+        """The dry runs (``X-Broadcaster-Dry-Run: 1``, signature valid) that reached ``/hooks/{name}``."""
+        with self._lock:
+            return list(self._webhook_dry_runs.get(name, []))
 
     # -- addresses ---------------------------------------------------------------------------------------------
 
@@ -1178,6 +1194,9 @@ class MicroblogServer:
             return _json(200, self._mastodon_status_json(status), extra)
         if method == "GET" and path == "/api/v1/accounts/verify_credentials":
             self._mastodon_authorize(headers, extra)
+            # doorkeeper_authorize! :read, :'read:accounts', :profile (accounts/credentials_controller.rb)
+            if not {"read", "read:accounts", "profile"} & set(self.mastodon_token_scopes):
+                return _json(403, {"error": "This action is outside the authorized scopes"}, extra)
             return _json(200, self._mastodon_account(), extra)
         return _json(404, {"error": "Not Found"}, extra)
 
@@ -1582,6 +1601,8 @@ class MicroblogServer:
         def error(status: int, code: int, message: str) -> Response:
             return _json(status, {"error": message, "error_code": code, "request": path})
 
+        if path == WEIBO_GET_UID_PATH:
+            return self._weibo_get_uid(method, query, headers, error)
         if path != WEIBO_SHARE_PATH:
             return error(400, 10020, "Request api not found!")
         if method != "POST":
@@ -1633,6 +1654,22 @@ class MicroblogServer:
             },
         )
 
+    def _weibo_get_uid(
+        self, method: str, query: str, headers: Mapping[str, str], error: Callable[[int, int, str], Response]
+    ) -> Response:
+        """``GET /2/account/get_uid.json``: the token's user id, read-only; the share API's token errors."""
+        if method != "GET":
+            return error(400, 10021, "HTTP method is not suported for this request!")
+        params = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
+        token = params.get("access_token") or headers.get("authorization", "").removeprefix("OAuth2 ").strip()
+        if not token:
+            return error(403, 21301, "auth by Null spi!")
+        if token != self.weibo_access_token:
+            return error(403, 21332, "invalid_access_token")
+        if self._weibo_expired:
+            return error(403, 21327, "expired_token")
+        return _json(200, {"uid": WEIBO_UID})
+
     # -- webhooks ----------------------------------------------------------------------------------------------
 
     def _webhook(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Response:
@@ -1647,6 +1684,12 @@ class MicroblogServer:
             expected = sign_webhook(self.webhook_secret, body, headers.get(self.webhook_timestamp_header.lower()))
             valid = hmac.compare_digest(signature.strip(), expected)
         delivery = WebhookDelivery(name, body, dict(headers), valid, self.now())
+        if headers.get(WEBHOOK_DRY_RUN_HEADER.lower()) == "1":
+            # A receiver that supports dry runs checks the signature and acts on nothing.
+            if self.webhook_secret is not None and not valid:
+                return Response(b"", status_code=401)
+            self._webhook_dry_runs.setdefault(name, []).append(delivery)
+            return Response(b"", status_code=204)
         self._webhooks.setdefault(name, []).append(delivery)
         return Response(b"", status_code=204)
 
