@@ -20,6 +20,7 @@ import hmac
 import logging
 import math
 import socket
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -363,20 +364,21 @@ class AdminApi:
         return _problem(422, "invalid_request", "the request has invalid fields", errors=errors)
 
     async def _once(self, request: Request, token_id: str, action: str, subject: str,
-                    handler: Callable[[Any, str], Awaitable[Response]]) -> Response:
+                    handler: Callable[[Any, str, Remember | None], Awaitable[Response]]) -> Response:
         """`handler` on the request's JSON body, at most once per `Idempotency-Key` (docs/admin.md).
 
         Without the header every request is carried out. With it, the first successful answer is stored with a
         fingerprint of the request and given again, for 24 hours, to every request with the same key and the
         same body (`Idempotent-Replayed: true`); another body gets 422. Keyed requests run one at a time, so
-        concurrent duplicates wait for the first and get its answer.
+        concurrent duplicates wait for the first and get its answer. The answer is remembered in the transaction
+        that commits the notice: a crash can lose neither one without the other, so a retry never makes a second.
         """
         body = await self._json(request)
         if isinstance(body, Response):
             return body
         key = request.headers.get(IDEMPOTENCY_HEADER)
         if key is None:
-            return await handler(body, token_id)
+            return await handler(body, token_id, None)
         if not idempotency.valid_key(key):
             return _problem(400, "invalid_idempotency_key", f"{IDEMPOTENCY_HEADER}: {idempotency.KEY_RULE}")
         scope, fingerprint = f"api:{token_id}", idempotency.fingerprint(action, subject, body)
@@ -387,46 +389,43 @@ class AdminApi:
                     return _problem(422, "idempotency_key_reused", str(IdempotencyKeyReused(key)))
                 return Response(earlier.body, earlier.status or 200, media_type="application/json",
                                 headers={"Idempotent-Replayed": "true"})
-            response = await handler(body, token_id)
-            if 200 <= response.status_code < 300:
-                self._remember(scope, key, fingerprint, response)
-            return response
 
-    def _remember(self, scope: str, key: str, fingerprint: str, response: Response) -> None:
-        try:
-            with self.b.db.transaction() as conn:
+            def remember(conn: sqlite3.Connection, response: Response) -> None:
                 idempotency.remember(conn, scope, key, fingerprint, self.b.clock.now(),
                                      status=response.status_code, body=bytes(response.body))
-        except StoreError as exc:  # the request was carried out: say so; only a retry's replay is lost
-            log.error("admin API: %s %r not remembered: %s", IDEMPOTENCY_HEADER, key, exc)
+
+            return await handler(body, token_id, remember)
 
     async def announce(self, request: Request, token_id: str | None) -> Response:
         assert token_id is not None
         return await self._once(request, token_id, "announce", "", self._announce)
 
-    async def _announce(self, body: Any, token_id: str) -> Response:
+    async def _announce(self, body: Any, token_id: str, remember: Remember | None) -> Response:
         try:
             notice = notice_request(body, network=self.b.network, languages=self.b.config.network.languages,
                                     now=self.b.clock.now())
         except RequestInvalid as exc:
             return self._refused("announce", token_id, "", exc.problems)
         try:
-            notice_id = await self.b.announce(ManualNotice.of(notice, author=token_id))  # once committed
+            notice_id = await self.b.announce(  # once committed, with the answer remembered in that transaction
+                ManualNotice.of(notice, author=token_id),
+                on_commit=None if remember is None else lambda conn, id_: remember(conn, _notice_created(id_)),
+            )
         except StoreError as exc:
             log.error("admin API: announce by %s not committed: %s", token_id, exc)
             return _problem(503, "store_unavailable", "the notice could not be committed; try again")
-        return JSONResponse({"notice_id": notice_id}, 201)
+        return _notice_created(notice_id)
 
     async def correct(self, request: Request, token_id: str | None) -> Response:
         assert token_id is not None
         notice_id = str(request.path_params["notice_id"])
 
-        async def carry_out(body: Any, token: str) -> Response:
-            return await self._correct(body, token, notice_id)
+        async def carry_out(body: Any, token: str, remember: Remember | None) -> Response:
+            return await self._correct(body, token, notice_id, remember)
 
         return await self._once(request, token_id, "correct", notice_id, carry_out)
 
-    async def _correct(self, body: Any, token_id: str, notice_id: str) -> Response:
+    async def _correct(self, body: Any, token_id: str, notice_id: str, remember: Remember | None) -> Response:
         try:
             correction = correction_request(body, languages=self.b.config.network.languages)
         except RequestInvalid as exc:
@@ -434,11 +433,24 @@ class AdminApi:
         if not desk.notice_known(self.b.db, notice_id):
             return _problem(404, "unknown_notice", str(UnknownNotice(notice_id)))
         try:
-            version = await self.b.correct(notice_id, correction.texts, author=token_id)
+            answer = None if remember is None else lambda conn, v: remember(conn, _correction_created(notice_id, v))
+            version = await self.b.correct(notice_id, correction.texts, author=token_id, on_commit=answer)
         except StoreError as exc:
             log.error("admin API: correction of %s by %s not committed: %s", notice_id, token_id, exc)
             return _problem(503, "store_unavailable", "the correction could not be committed; try again")
-        return JSONResponse({"notice_id": notice_id, "version": version}, 201)
+        return _correction_created(notice_id, version)
+
+
+#: Records an answer to an `Idempotency-Key` inside the transaction that commits the request's notice.
+Remember = Callable[[sqlite3.Connection, Response], None]
+
+
+def _notice_created(notice_id: str) -> Response:
+    return JSONResponse({"notice_id": notice_id}, 201)
+
+
+def _correction_created(notice_id: str, version: str) -> Response:
+    return JSONResponse({"notice_id": notice_id, "version": version}, 201)
 
 
 # ------------------------------------------------------------------------------------------------------------

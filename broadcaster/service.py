@@ -158,13 +158,27 @@ def _without_resolved(corrections: dict[str, Correction], state: NetworkState) -
     return {alert_id: c for alert_id, c in corrections.items() if alert_id in state.alerts}
 
 
-def _desk_result(
-    request_id: int | None, result_of: Callable[[Sequence[Notice]], str]
+#: Writes into the transaction that commits an operator's request, given its result (a notice id or a
+#: correction's version): the admin API remembers its answer to an `Idempotency-Key` there.
+ResultHook = Callable[[sqlite3.Connection, str], None]
+
+
+def _result_record(
+    request_id: int | None, on_commit: ResultHook | None, result_of: Callable[[Sequence[Notice]], str]
 ) -> Callable[[sqlite3.Connection, Sequence[Notice]], None] | None:
-    """A `Step.record` finishing the desk request `request_id` with its result (None: not a desk request)."""
-    if request_id is None:
+    """A `Step.record` finishing the desk request `request_id` and running `on_commit` with the request's
+    result, in the transaction that commits its notice (None: neither is asked for)."""
+    if request_id is None and on_commit is None:
         return None
-    return lambda conn, notices: desk.record(conn, request_id, result=result_of(notices))
+
+    def record(conn: sqlite3.Connection, notices: Sequence[Notice]) -> None:
+        result = result_of(notices)
+        if request_id is not None:
+            desk.record(conn, request_id, result=result)
+        if on_commit is not None:
+            on_commit(conn, result)
+
+    return record
 
 
 class Broadcaster:
@@ -429,12 +443,14 @@ class Broadcaster:
         """The operator feed's snapshot carrying `alerts`, which become the operator's alerts."""
         return Step(FeedSnapshot(OPERATOR_FEED, now, alerts=tuple(alerts.values())), operator_alerts=alerts)
 
-    async def announce(self, notice: ManualNotice, *, request_id: int | None = None) -> str:
+    async def announce(
+        self, notice: ManualNotice, *, request_id: int | None = None, on_commit: ResultHook | None = None
+    ) -> str:
         """Publish an operator's notice through the pipeline; returns its notice id once it is committed.
 
         It becomes an alert of the `operator` feed: retained on its lines' alert topics and station displays,
         posted on every channel, resolved when `until` passes (or by `withdraw`). The desk request `request_id`
-        is finished in the same transaction.
+        is finished, and `on_commit` runs with the notice id, in the same transaction.
         """
         now = self.clock.now()
         alert = notice.as_alert(now)
@@ -442,7 +458,7 @@ class Broadcaster:
 
         def step() -> Step:
             return replace(self._operator_step(now, {**self.operator_alerts, alert.id: alert}),
-                           record=_desk_result(request_id, lambda _: notice_id))
+                           record=_result_record(request_id, on_commit, lambda _: notice_id))
 
         await self._advance(step, now)
         self.audit("announce", notice.author, alert.id, dict(notice.texts))
@@ -480,7 +496,7 @@ class Broadcaster:
 
     async def correct(
         self, notice_id: str, texts: Mapping[str, str], *, author: str = "operator", delete_originals: bool = False,
-        request_id: int | None = None,
+        request_id: int | None = None, on_commit: ResultHook | None = None,
     ) -> str:
         """Correct an earlier notice everywhere it went; returns the correction's version once committed.
 
@@ -488,7 +504,7 @@ class Broadcaster:
         state is replaced, and the correction is posted as a reply under the alert's first post on every
         channel; later polls keep the correction while the feed sends the version that was corrected (see
         `_with_corrections`). For any other notice the correction is posted as a reply. The desk request
-        `request_id` is finished in the same transaction.
+        `request_id` is finished, and `on_commit` runs with the version, in the same transaction.
         """
         now = self.clock.now()
         deletions = self._deletions(notice_id, now) if delete_originals else []
@@ -498,7 +514,7 @@ class Broadcaster:
 
         def step() -> Step:
             return replace(self._correction_step(notice_id, texts, now, deletions),
-                           record=_desk_result(request_id, version_of))
+                           record=_result_record(request_id, on_commit, version_of))
 
         _, notices = await self._advance(step, now)
         version = version_of(notices)

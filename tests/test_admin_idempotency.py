@@ -173,3 +173,24 @@ async def test_concurrent_command_line_requests_with_one_key_through_a_running_b
             await process.wait()
     assert len(streamed) == 1
     assert len(server.mastodon_statuses()) == 1
+
+
+async def test_an_answer_that_cannot_be_remembered_commits_nothing_and_the_retry_makes_one_notice(rig: Rig) -> None:
+    # The answer to a key is remembered in the transaction that commits the notice: if that write fails, the
+    # notice is not committed either (503), so a client's retry can never meet a queued notice with no record of
+    # its key and make a second one.
+    async with api(admin_config(rig)) as (b, http):
+        await poll_all(b)
+        b.db.conn.execute("CREATE TEMP TRIGGER refuse_keys BEFORE INSERT ON idempotency"
+                          " BEGIN SELECT RAISE(ABORT, 'disk trouble'); END")
+        failed = await http.post("/v1/notices", json=NOTICE, headers=keyed("atomic-1"))
+        assert failed.status_code == 503, failed.text
+        assert b.db.conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0
+        assert not b.operator_alerts
+        b.db.conn.execute("DROP TRIGGER refuse_keys")
+        retried = await http.post("/v1/notices", json=NOTICE, headers=keyed("atomic-1"))
+        assert retried.status_code == 201, retried.text
+        replayed = await http.post("/v1/notices", json=NOTICE, headers=keyed("atomic-1"))
+        assert replayed.json() == retried.json()
+        notices = b.db.conn.execute("SELECT DISTINCT notice_id FROM outbox").fetchall()
+    assert notices == [(retried.json()["notice_id"],)]
