@@ -21,7 +21,7 @@ from typing import Protocol
 
 import orjson
 
-from broadcaster import desk
+from broadcaster import __version__, desk
 from broadcaster.budget import allowance, budget_for, merge, mergeable
 from broadcaster.channels.base import DELETE_KIND, DeletingChannel, NoticeChannel, Post, PostingChannel, ThreadRefs
 from broadcaster.channels.mqtt import MqttLink, MqttNoticeChannel
@@ -83,6 +83,15 @@ log = logging.getLogger(__name__)
 
 def _digest(body: bytes) -> bytes:
     return hashlib.blake2b(body, digest_size=16).digest()
+
+
+def parse_keys(config: Config, network: Network) -> dict[str, bytes]:
+    """Feed name -> a hash of everything its parse depends on besides the body: the release, the feed's kind
+    and settings, the default language and the network's ids. A stored snapshot is applied again on a 304
+    only under the same key (a new GTFS or config, then a restart: the next fetch is unconditional)."""
+    ids = orjson.dumps([__version__, config.network.default_language, list(network.lines),
+                        dict(network.stop_to_station), dict(network.trip_to_line), dict(network.trip_direction)])
+    return {f.name: _digest(ids + orjson.dumps([f.kind, sorted(f.contains)])) for f in config.feeds}
 
 
 class Clock(Protocol):
@@ -170,7 +179,8 @@ class Broadcaster:
         self._wake = {ch.name: asyncio.Event() for ch in self.channels}
         self._drain_locks = {ch.name: asyncio.Lock() for ch in self.channels}
         # feed -> hash of the body last parsed and committed; its snapshot is in memory or in the database
-        self._body_digests: dict[str, bytes] = load_snapshot_digests(db.conn)
+        self._parse_keys = parse_keys(config, network)
+        self._body_digests: dict[str, bytes] = load_snapshot_digests(db.conn, self._parse_keys)
         # The canary: the first line's status and the first station's display come back through our own
         # subscription, or the broker is dropping what it acknowledges.
         first_line = next(iter(network.lines), None)
@@ -295,7 +305,7 @@ class Broadcaster:
         def record_fetch(conn: sqlite3.Connection) -> None:
             save_feed(conn, good)
             if body_digest is not None:
-                save_snapshot(conn, body_digest, snapshot)
+                save_snapshot(conn, body_digest, self._parse_keys[feed.name], snapshot)
 
         try:
             transition, notices = await self._advance(

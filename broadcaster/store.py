@@ -53,7 +53,10 @@ CREATE TABLE IF NOT EXISTS feeds (
 );
 -- The snapshot each feed's last committed fetch parsed to, with a hash of its body: a 304 Not Modified (or the
 -- same bytes again) re-applies it, in a new process too, so it counts as a good fetch of the same content.
-CREATE TABLE IF NOT EXISTS feed_snapshots (name TEXT PRIMARY KEY, digest BLOB NOT NULL, snapshot BLOB NOT NULL);
+-- `parse_key` hashes what the parse depended on (the network's ids, the feed's settings, the release).
+CREATE TABLE IF NOT EXISTS feed_snapshots (
+    name TEXT PRIMARY KEY, digest BLOB NOT NULL, parse_key BLOB NOT NULL, snapshot BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS outbox (
     key TEXT PRIMARY KEY,
     notice_id TEXT NOT NULL, version TEXT NOT NULL, channel TEXT NOT NULL, part INTEGER NOT NULL,
@@ -242,19 +245,22 @@ def save_feed(conn: sqlite3.Connection, feed: FeedRecord) -> None:
     )
 
 
-def load_snapshot_digests(conn: sqlite3.Connection) -> dict[str, bytes]:
-    """Feed name -> hash of the body whose snapshot is stored (the snapshots themselves are read on demand)."""
-    return {name: bytes(digest) for name, digest in conn.execute("SELECT name, digest FROM feed_snapshots")}
+def load_snapshot_digests(conn: sqlite3.Connection, parse_keys: Mapping[str, bytes]) -> dict[str, bytes]:
+    """Feed name -> hash of the body whose snapshot is stored, for the feeds whose snapshot was parsed the way
+    this process parses (`parse_keys`, feed name -> key): one parsed against another network or other feed
+    settings must not be applied again. The snapshots themselves are read on demand."""
+    rows = conn.execute("SELECT name, digest, parse_key FROM feed_snapshots")
+    return {name: bytes(digest) for name, digest, key in rows if parse_keys.get(name) == bytes(key)}
 
 
-def save_snapshot(conn: sqlite3.Connection, digest: bytes, snapshot: FeedSnapshot) -> None:
+def save_snapshot(conn: sqlite3.Connection, digest: bytes, parse_key: bytes, snapshot: FeedSnapshot) -> None:
     """Store what a fetch parsed to, inside the caller's transaction (the one that commits the feed record).
 
     The parsed snapshot, not the body: a trip-updates body of a large city is megabytes, its snapshot a few
     aggregates per line, so this costs a tick well under a millisecond where the body would cost ten or more.
     """
-    conn.execute("INSERT OR REPLACE INTO feed_snapshots (name, digest, snapshot) VALUES (?, ?, ?)",
-                 (snapshot.feed, digest, encode_snapshot(snapshot)))
+    conn.execute("INSERT OR REPLACE INTO feed_snapshots (name, digest, parse_key, snapshot) VALUES (?, ?, ?, ?)",
+                 (snapshot.feed, digest, parse_key, encode_snapshot(snapshot)))
 
 
 def load_snapshot(conn: sqlite3.Connection, name: str) -> FeedSnapshot | None:

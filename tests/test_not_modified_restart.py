@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import orjson
-from rig import Rig
+from rig import NETWORK_DIR, Rig
 from support import MessageRecorder, collect_retained
 from support.gtfs_rt_builders import alert_entity, selector
 from support.microblog_fixture import MicroblogServer
@@ -142,3 +143,26 @@ async def test_removed_alert_resolves_across_a_restarted_run_answered_304(rig: R
         assert _missing(rig) is None
         assert _answered_304_since(rig, first_304) >= 2
         await _assert_resolved_once(rig, server, notices)
+
+
+async def test_a_snapshot_parsed_against_another_network_is_not_applied_again(
+    rig: Rig, server: MicroblogServer
+) -> None:
+    """A new static GTFS, then a restart: the stored snapshot names the old network's ids, so the next fetch is
+    unconditional (a 200 to parse against the new network), not a 304 that would re-apply it."""
+    config = _write_config(rig, server)
+    rig.serve_rt(alert_entity(ALERT, header={"en": "Escalator out of order"}, informed=[selector(route_id="1")]),
+                 etag='"v1"')
+    await _once(config)
+    await _once(config)
+    assert [r.header("if-none-match") for r in rig.server.requests_for("/rt.pb")] == [None, '"v1"']
+    network = rig.tmp_path / "network"
+    shutil.copytree(NETWORK_DIR, network)
+    with (network / "stops.txt").open("a", encoding="utf-8") as stops:
+        stops.write("S60,新站,30.6,114.3,1,,\n")
+    config.write_text(config.read_text(encoding="utf-8").replace(NETWORK_DIR.as_posix(), network.as_posix()),
+                      encoding="utf-8")
+    await _once(config)
+    await _once(config)
+    assert [r.header("if-none-match") for r in rig.server.requests_for("/rt.pb")][2:] == [None, '"v1"']
+    assert _missing(rig) == 0
