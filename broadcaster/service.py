@@ -301,10 +301,13 @@ class Broadcaster:
                         "; ".join(snapshot.problems))
         good = replace(good, feed_timestamp=snapshot.timestamp, problems=snapshot.problems)
         body_digest = _digest(result.body) if result.body is not None else None
+        # Only a server that gave a validator can answer the next fetch with a 304; without one, a new process
+        # fetches the body and parses it, so storing the snapshot would cost every tick for nothing.
+        keep_snapshot = body_digest is not None and (result.etag is not None or result.last_modified is not None)
 
         def record_fetch(conn: sqlite3.Connection) -> None:
             save_feed(conn, good)
-            if body_digest is not None:
+            if keep_snapshot and body_digest is not None:
                 save_snapshot(conn, body_digest, self._parse_keys[feed.name], snapshot)
 
         try:
