@@ -209,6 +209,7 @@ def _feed(feed: FeedHealth, *, detail: bool) -> dict[str, Any]:
     }
     if detail:  # error texts name internal URLs and paths: only for authenticated callers
         out["last_error"] = feed.last_error
+        out["problems"] = list(feed.problems)
     return out
 
 

@@ -221,7 +221,9 @@ def _cmd_preview(args: argparse.Namespace) -> int:
 
     report = asyncio.run(preview(_load(args)))
     print(as_json(report) if args.json else render_for_people(report))
-    return EXIT_OK
+    for name in report.failed_feeds():
+        print(f"broadcaster: feed {name!r}: {report.feeds[name]}", file=sys.stderr)
+    return EXIT_FAILURE if report.failed_feeds() else EXIT_OK
 
 
 def _cmd_schemas(args: argparse.Namespace) -> int:

@@ -82,6 +82,8 @@ class FeedHealth:
     last_ok_at: datetime | None
     consecutive_failures: int
     last_error: str | None
+    #: The records the last good fetch skipped, one line each naming the record and the reason.
+    problems: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +115,7 @@ def feed_health(feed: FeedConfig, record: FeedRecord | None, now: datetime) -> F
     age = (now - record.feed_timestamp).total_seconds() if record.feed_timestamp is not None else None
     healthy = record.healthy and age is not None and age <= feed.max_age_seconds
     return FeedHealth(feed.name, feed.kind, healthy, age, record.last_ok_at, record.consecutive_failures,
-                      record.last_error)
+                      record.last_error, record.problems)
 
 
 def outbox_depth(conn: sqlite3.Connection, channels: Iterable[str], now: datetime) -> dict[str, OutboxDepth]:

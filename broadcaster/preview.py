@@ -32,6 +32,8 @@ from broadcaster.service import emergency_rule, fallback_text, state_policy
 from broadcaster.state import Change, NetworkState, apply_snapshot
 from broadcaster.store import Database, StateStore
 
+OK = "ok"
+
 
 @dataclass
 class PreviewPost:
@@ -51,9 +53,20 @@ class PreviewReport:
     notices: list[str] = field(default_factory=list)
     posts: list[PreviewPost] = field(default_factory=list)
     mqtt: dict[str, Any] = field(default_factory=dict)  # topic -> payload body that would be published
+    #: name -> the records its fetch skipped, one line each naming the record and the reason ([] for a failed feed)
+    problems: dict[str, list[str]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def failed_feeds(self) -> list[str]:
+        return [name for name, outcome in self.feeds.items() if outcome != OK]
+
+    def verdict(self, feed: str) -> str:
+        """"ok", "ok, N record(s) skipped", or why the feed failed."""
+        skipped = len(self.problems.get(feed, []))
+        outcome = self.feeds[feed]
+        return f"{outcome}, {skipped} record(s) skipped" if outcome == OK and skipped else outcome
 
 
 def _render(renderer: Renderer, notice: Notice, language: str, detail: int) -> str:
@@ -95,8 +108,10 @@ async def preview(config: Config, *, now: datetime | None = None) -> PreviewRepo
                 check_freshness(feed.name, snapshot.timestamp, now=now, max_age_s=feed.max_age_seconds, previous=None)
             except FeedError as exc:
                 report.feeds[feed.name] = exc.reason
+                report.problems[feed.name] = []
                 continue
-            report.feeds[feed.name] = "ok"
+            report.feeds[feed.name] = OK
+            report.problems[feed.name] = list(snapshot.problems)
             transition = apply_snapshot(state, snapshot, network=network, now=now, policy=policy)
             changes += transition.changes
             state = transition.state
@@ -140,9 +155,17 @@ def render_for_people(report: PreviewReport) -> str:
     feeds = Table(title="feeds", show_lines=False)
     feeds.add_column("feed")
     feeds.add_column("result")
-    for name, outcome in report.feeds.items():
-        feeds.add_row(escape(name), escape(outcome))
+    for name in report.feeds:
+        feeds.add_row(escape(name), escape(report.verdict(name)))
     console.print(feeds)
+    skipped = [(name, problem) for name, problems in report.problems.items() for problem in problems]
+    if skipped:
+        table = Table(title="skipped records (the rest of each feed is used)", show_lines=False)
+        table.add_column("feed")
+        table.add_column("record: reason", overflow="fold")
+        for name, problem in skipped:
+            table.add_row(escape(name), escape(problem))
+        console.print(table)
     posts = Table(title=f"{len(report.notices)} notice(s): posts per channel (nothing is sent)", show_lines=True)
     for column in ("channel", "notice", "part", "count / limit", "text"):
         posts.add_column(column, overflow="fold")

@@ -21,7 +21,7 @@ from typing import Protocol
 
 import orjson
 
-from broadcaster import desk
+from broadcaster import __version__, desk
 from broadcaster.budget import allowance, budget_for, merge, mergeable
 from broadcaster.channels.base import DELETE_KIND, DeletingChannel, NoticeChannel, Post, PostingChannel, ThreadRefs
 from broadcaster.channels.mqtt import MqttLink, MqttNoticeChannel
@@ -80,7 +80,10 @@ from broadcaster.store import (
     encode_alert,
     iso,
     load_feeds,
+    load_snapshot,
+    load_snapshot_digests,
     save_feed,
+    save_snapshot,
 )
 
 log = logging.getLogger(__name__)
@@ -88,6 +91,15 @@ log = logging.getLogger(__name__)
 
 def _digest(body: bytes) -> bytes:
     return hashlib.blake2b(body, digest_size=16).digest()
+
+
+def parse_keys(config: Config, network: Network) -> dict[str, bytes]:
+    """Feed name -> a hash of everything its parse depends on besides the body: the release, the feed's kind
+    and settings, the default language and the network's ids. A stored snapshot is applied again on a 304
+    only under the same key (a new GTFS or config, then a restart: the next fetch is unconditional)."""
+    ids = orjson.dumps([__version__, config.network.default_language, list(network.lines),
+                        dict(network.stop_to_station), dict(network.trip_to_line), dict(network.trip_direction)])
+    return {f.name: _digest(ids + orjson.dumps([f.kind, sorted(f.contains)])) for f in config.feeds}
 
 
 class Clock(Protocol):
@@ -222,7 +234,9 @@ class Broadcaster:
         self.channels: list[NoticeChannel] = [MqttNoticeChannel(link), *(c for c, _ in self.posting)]
         self._wake = {ch.name: asyncio.Event() for ch in self.channels}
         self._drain_locks = {ch.name: asyncio.Lock() for ch in self.channels}
-        self._body_digests: dict[str, bytes] = {}  # feed -> hash of the body last parsed and committed
+        # feed -> hash of the body last parsed and committed; its snapshot is in memory or in the database
+        self._parse_keys = parse_keys(config, network)
+        self._body_digests: dict[str, bytes] = load_snapshot_digests(db.conn, self._parse_keys)
         # The canary: the first line's status and the first station's display come back through our own
         # subscription, or the broker is dropping what it acknowledges.
         first_line = next(iter(network.lines), None)
@@ -287,11 +301,15 @@ class Broadcaster:
         `publish=False` leaves the retained topics to the caller (`poll_round`).
         """
         record = self.feeds.get(feed.name) or FeedRecord(feed.name)
+        # A conditional fetch only when the last committed content can be applied again on a 304: its snapshot
+        # is kept with the feed record (in this process's memory, or in the database for a new process).
+        conditional = feed.name in self._body_digests
         started = time.perf_counter()
         try:
             result = await self.fetcher.fetch(
                 feed.name, feed.url, timeout_s=feed.timeout_seconds, max_bytes=feed.max_bytes,
-                etag=record.etag, last_modified=record.last_modified,
+                etag=record.etag if conditional else None,
+                last_modified=record.last_modified if conditional else None,
             )
             now = self.clock.now()
             if result.body is not None and record.feed_timestamp is not None and \
@@ -301,12 +319,13 @@ class Broadcaster:
                 result = replace(result, body=None)
             if result.body is None:
                 # Not modified: still good, as long as the content we hold is not too old. The snapshot parsed
-                # last time is applied again (no parsing): time alone can change things, an alert whose active
-                # period begins or ends while the feed stays the same.
+                # last time is applied again (no parsing), so this fetch counts like any good one: an alert
+                # missing from it draws nearer to its all-clear, and time alone can change things (an active
+                # period beginning or ending while the feed stays the same).
                 if record.feed_timestamp is not None:
                     check_freshness(feed.name, record.feed_timestamp, now=now, max_age_s=feed.max_age_seconds,
                                     previous=None)
-                snapshot = self._snapshots.get(feed.name)
+                snapshot = self._last_snapshot(feed.name)
             else:
                 snapshot = self._parse(feed, result.body)
                 check_freshness(
@@ -322,8 +341,9 @@ class Broadcaster:
             last_error=None, consecutive_failures=0,
         )
         if snapshot is None:
-            # Not modified and nothing parsed since start-up: nothing to diff, but the feed is healthy and its
-            # retained topics may be due a refresh.
+            # Not modified, and the stored snapshot is unreadable (or the server ignored that the fetch was
+            # unconditional): nothing to diff, but the feed is healthy and its retained topics may be due a
+            # refresh. The next fetch is unconditional (`_last_snapshot` forgot the digest).
             self.feeds[feed.name] = good
             try:
                 with self.db.transaction() as conn:
@@ -334,15 +354,22 @@ class Broadcaster:
                 await self.publish_retained()
             return PollOutcome(feed.name, True)
         if snapshot.problems and result.body is not None:
-            shown = "; ".join(snapshot.problems[:3])
-            more = f" (+{len(snapshot.problems) - 3} more)" if len(snapshot.problems) > 3 else ""
-            log.warning("feed %r: skipped %d entit(ies): %s%s", feed.name, len(snapshot.problems), shown, more)
-        good = replace(good, feed_timestamp=snapshot.timestamp)
+            log.warning("feed %r: skipped %d record(s): %s", feed.name, len(snapshot.problems),
+                        "; ".join(snapshot.problems))
+        good = replace(good, feed_timestamp=snapshot.timestamp, problems=snapshot.problems)
         body_digest = _digest(result.body) if result.body is not None else None
+        # Only a server that gave a validator can answer the next fetch with a 304; without one, a new process
+        # fetches the body and parses it, so storing the snapshot would cost every tick for nothing.
+        keep_snapshot = body_digest is not None and (result.etag is not None or result.last_modified is not None)
+
+        def record_fetch(conn: sqlite3.Connection) -> None:
+            save_feed(conn, good)
+            if keep_snapshot and body_digest is not None:
+                save_snapshot(conn, body_digest, self._parse_keys[feed.name], snapshot)
+
         try:
             transition, notices = await self._advance(
-                lambda: self._with_corrections(snapshot), now, on_commit=lambda conn: save_feed(conn, good),
-                publish=publish,
+                lambda: self._with_corrections(snapshot), now, on_commit=record_fetch, publish=publish,
             )
         except StoreError as exc:
             # Nothing was committed: the state stays as it was and the next poll tries again.
@@ -355,6 +382,22 @@ class Broadcaster:
         if transition.changes:
             log.info("feed %r: %d change(s), %d notice(s)", feed.name, len(transition.changes), len(notices))
         return PollOutcome(feed.name, True, len(transition.changes), len(notices))
+
+    def _last_snapshot(self, feed: str) -> FeedSnapshot | None:
+        """The snapshot of the feed's last committed body: from memory, else (a new process) from the database.
+
+        None when there is none or it cannot be read; the digest is then forgotten, so the next fetch is
+        unconditional and brings a body to parse.
+        """
+        snapshot = self._snapshots.get(feed)
+        if snapshot is None and feed in self._body_digests:
+            snapshot = load_snapshot(self.db.conn, feed)
+            if snapshot is None:
+                log.warning("feed %r: the stored snapshot cannot be read; fetching the feed in full", feed)
+                del self._body_digests[feed]
+            else:
+                self._snapshots[feed] = snapshot
+        return snapshot
 
     async def _advance(
         self,

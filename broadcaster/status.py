@@ -1,5 +1,6 @@
-"""`broadcaster status`: feed health, outbox depth per channel, parked posts and the latest posts, read from the
-state database (safe while a broadcaster runs: SQLite in WAL mode lets readers in)."""
+"""`broadcaster status`: feed health (with the records each feed's last good fetch skipped), outbox depth per
+channel, parked posts and the latest posts, read from the state database (safe while a broadcaster runs: SQLite
+in WAL mode lets readers in)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import orjson
 
 from broadcaster.config import Config
-from broadcaster.store import Database, from_iso, load_feeds
+from broadcaster.store import Database, FeedRecord, from_iso, load_feeds
 
 
 @dataclass
@@ -21,6 +22,17 @@ class FeedLine:
     feed_age_s: float | None
     consecutive_failures: int
     last_error: str | None
+    #: The records the last good fetch skipped, one line each naming the record and the reason.
+    problems: list[str] = field(default_factory=list)
+    #: Not fetched yet, well or badly (a fresh install, or a feed just added to the config).
+    never_fetched: bool = False
+
+    def verdict(self) -> str:
+        if self.never_fetched:
+            return "never fetched"
+        if not self.healthy:
+            return f"FAILING x{self.consecutive_failures}: {self.last_error}"
+        return f"ok, {len(self.problems)} record(s) skipped" if self.problems else "ok"
 
 
 @dataclass
@@ -47,8 +59,8 @@ class StatusReport:
         out = ["feeds:"]
         for f in self.feeds:
             age = f"{f.feed_age_s:.0f} s old" if f.feed_age_s is not None else "no data yet"
-            state = "ok" if f.healthy else f"FAILING x{f.consecutive_failures}: {f.last_error}"
-            out.append(f"  {f.name:<20} {state:<40} content {age}")
+            out.append(f"  {f.name:<20} {f.verdict():<40} content {age}")
+            out += [f"    skipped: {problem}" for problem in f.problems]
         out.append("outbox (pending / sent / parked / merged):")
         for channel, counts in sorted(self.outbox.items()):
             out.append(f"  {channel:<20} " + " / ".join(str(counts.get(s, 0)) for s in ("pending", "sent", "parked",
@@ -81,12 +93,12 @@ def status_report(config: Config, *, now: datetime | None = None, latest: int = 
         report = StatusReport()
         feeds = load_feeds(db.conn)
         for feed in config.feeds:
-            record = feeds.get(feed.name)
+            record = feeds.get(feed.name) or FeedRecord(feed.name)
             report.feeds.append(FeedLine(
-                feed.name, bool(record and record.healthy),
-                record.last_ok_at.isoformat() if record and record.last_ok_at else None,
-                (now - record.feed_timestamp).total_seconds() if record and record.feed_timestamp else None,
-                record.consecutive_failures if record else 0, record.last_error if record else None,
+                feed.name, record.healthy,
+                record.last_ok_at.isoformat() if record.last_ok_at else None,
+                (now - record.feed_timestamp).total_seconds() if record.feed_timestamp else None,
+                record.consecutive_failures, record.last_error, list(record.problems), record.never_fetched,
             ))
         for channel, status, count in db.conn.execute(
             "SELECT channel, status, COUNT(*) FROM outbox GROUP BY channel, status"
