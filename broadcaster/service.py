@@ -234,6 +234,10 @@ class Broadcaster:
         self.channels: list[NoticeChannel] = [MqttNoticeChannel(link), *(c for c, _ in self.posting)]
         self._wake = {ch.name: asyncio.Event() for ch in self.channels}
         self._drain_locks = {ch.name: asyncio.Lock() for ch in self.channels}
+        # One poll per feed at a time: a poll reads the feed's record (validators, last timestamp) before its fetch
+        # and writes it after, so a second poll of the same feed (the start-up round beside a scheduled job) must
+        # wait, or an older answer arriving late would be applied over a newer one.
+        self._poll_locks = {f.name: asyncio.Lock() for f in config.feeds}
         # feed -> hash of the body last parsed and committed; its snapshot is in memory or in the database
         self._parse_keys = parse_keys(config, network)
         self._body_digests: dict[str, bytes] = load_snapshot_digests(db.conn, self._parse_keys)
@@ -300,6 +304,10 @@ class Broadcaster:
 
         `publish=False` leaves the retained topics to the caller (`poll_round`).
         """
+        async with self._poll_locks.setdefault(feed.name, asyncio.Lock()):
+            return await self._poll(feed, publish=publish)
+
+    async def _poll(self, feed: FeedConfig, *, publish: bool) -> PollOutcome:
         record = self.feeds.get(feed.name) or FeedRecord(feed.name)
         # A conditional fetch only when the last committed content can be applied again on a 304: its snapshot
         # is kept with the feed record (in this process's memory, or in the database for a new process).
