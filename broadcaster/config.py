@@ -77,6 +77,16 @@ class SecretRef(_Section):
         assert self.file is not None
         return Secret(read_secret_file(resolve_secret_file(self.file, config_dir=config_dir)))
 
+    def require(self, source: Path, key: str) -> Secret:
+        """The secret's value, or a ConfigError naming the config key (never the value) when it cannot be had."""
+        try:
+            secret = self.load(source.parent)
+        except OSError as exc:
+            raise ConfigError(source, key, f"cannot read {self.file}: {exc.strerror}") from None
+        if secret is None:
+            raise ConfigError(source, key, f"environment variable {self.env} is not set")
+        return secret
+
 
 class NetworkConfig(_Section):
     gtfs: Path

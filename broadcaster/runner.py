@@ -46,8 +46,9 @@ async def open_broadcaster(config: Config, *, clock: Clock | None = None) -> Asy
             db = Database(config.database_path)
             stack.callback(db.close)
             fetcher = await stack.enter_async_context(FeedFetcher(user_agent=f"broadcaster/{__version__}"))
-            username = config.mqtt.username.load(config.source.parent) if config.mqtt.username else None
-            password = config.mqtt.password.load(config.source.parent) if config.mqtt.password else None
+            # A secret the config names but the machine lacks is a configuration error, never an anonymous login.
+            username = config.mqtt.username.require(config.source, "mqtt.username") if config.mqtt.username else None
+            password = config.mqtt.password.require(config.source, "mqtt.password") if config.mqtt.password else None
             holder: list[Broadcaster] = []
 
             async def on_connected() -> None:

@@ -9,6 +9,7 @@ import contextlib
 import copy
 import io
 import logging
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from rig import toml_value
+from rig import Rig, toml_value
 
 from broadcaster.cli import main
 from broadcaster.resources import data_dir
@@ -245,3 +246,16 @@ def test_the_base_document_is_valid() -> None:
     from broadcaster.config import parse_config
 
     parse_config(copy.deepcopy(base_document()), Path("base.toml"))
+
+
+def test_run_and_once_refuse_an_mqtt_secret_the_machine_lacks_instead_of_logging_in_anonymously(rig: Rig) -> None:
+    # A broker password named in the config but missing on the machine is a configuration error (exit 2, naming
+    # the key and the variable), never a silent anonymous login.
+    path = rig.write_config(mqtt={"username": {"env": "T_UNSET_MQTT_USER"}, "password": {"env": "T_UNSET_MQTT_PW"}})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("T_UNSET_")}
+    for command in ("once", "run"):
+        done = subprocess.run([sys.executable, "-m", "broadcaster", command, "-c", str(path)],
+                              capture_output=True, text=True, timeout=60, env=env)
+        assert done.returncode == 2, (command, done.stderr)
+        assert "mqtt.username" in done.stderr
+        assert "T_UNSET_MQTT_USER" in done.stderr

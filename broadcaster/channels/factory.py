@@ -32,12 +32,7 @@ from broadcaster.store import KeyValueStore
 def _secret(config: Config, index: int, key: str, ref: SecretRef, *, header: bool = False) -> Secret:
     """A channel's secret; errors name the config key and never the value."""
     where = f"channels[{index}].{key}"
-    try:
-        secret = ref.load(config.source.parent)
-    except OSError as exc:
-        raise ConfigError(config.source, where, f"cannot read {ref.file}: {exc.strerror}") from None
-    if secret is None:
-        raise ConfigError(config.source, where, f"environment variable {ref.env} is not set")
+    secret = ref.require(config.source, where)
     if header and not is_header_safe(secret.reveal()):
         # An HTTP library refusing such a header quotes it whole, token included: refuse it here instead.
         raise ConfigError(config.source, where, "contains spaces or characters an HTTP header cannot carry")
