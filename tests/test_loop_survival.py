@@ -1,0 +1,54 @@
+"""A long-running loop that fails is logged, counted and retried: here a drain loop meeting a database another
+writer holds (a backup, a stuck tool) for longer than SQLite's busy timeout, mid-retry."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+from collections.abc import Callable
+
+from rig import Rig, poll_all, running
+from support.microblog_server import MicroblogServer
+from test_channels import SIGNAL, alert, channels
+
+from broadcaster.service import Broadcaster
+
+
+def loop_errors(b: Broadcaster, loop: str) -> float:
+    """broadcaster_loop_errors_total{loop=`loop`} as scraped."""
+    scrape = b.metrics.render().decode()
+    match = re.search(rf'^broadcaster_loop_errors_total{{loop="{re.escape(loop)}"}} (\S+)$', scrape, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 20.0) -> None:  # noqa: ASYNC109
+    """Look (bounded) until `condition` holds: a metric and a server's log have no event to wait on."""
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110 (nothing to wait on; the drain loop's own timers decide)
+            await asyncio.sleep(0.05)
+
+
+async def test_a_drain_loop_that_fails_is_counted_and_retried_and_then_delivers(
+    rig: Rig, server: MicroblogServer
+) -> None:
+    mastodon = [table for table in channels(server) if table["name"] == "mastodon"]
+    config = rig.config(channels=mastodon)
+    server.set_down("mastodon")  # the first attempt fails, so the next one comes from the drain loop's timer
+    rig.serve_rt(alert(SIGNAL))
+    async with running(config) as b:
+        await poll_all(b)
+        await asyncio.to_thread(server.wait_for, lambda log: any(r.status == 503 for r in log), 10)
+        blocker = sqlite3.connect(config.database_path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        server.set_down("mastodon", down=False)
+        try:
+            # The retry cannot record its attempt: the loop fails (after SQLite's 5 s busy wait), counts it, goes on.
+            await eventually(lambda: loop_errors(b, "drain:mastodon") >= 1)
+            assert server.mastodon_statuses() == []  # nothing was sent without its durable attempt record
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        await eventually(lambda: len(server.mastodon_statuses()) == 1)
+        assert loop_errors(b, "drain:mqtt") == 0
+    assert len(server.mastodon_statuses()) == 1
