@@ -734,7 +734,16 @@ class Broadcaster:
         while channel.ready:
             progress = False
             for entry in self.outbox.due(channel.name, self.clock.now(), limit=50):
-                thread = self.thread_of(channel, entry)
+                try:
+                    thread = self.thread_of(channel, entry)
+                except (ValueError, KeyError, TypeError) as exc:
+                    # A row no code of ours can read (hand-edited, or from a broken build): it can never be sent,
+                    # and retrying it would hold the channel's whole queue behind it.
+                    self.metrics.post(channel.name, "parked")
+                    self.outbox.park(entry.key, f"the outbox entry cannot be read: {type(exc).__name__}: {exc}")
+                    log.error("%s: parked unreadable outbox entry %s/%s part %d: %s",
+                              channel.name, entry.notice_id, entry.version, entry.part, exc)
+                    continue
                 if thread is None:
                     continue  # its parent goes first
                 progress = True
