@@ -10,9 +10,12 @@ import sqlite3
 from collections.abc import Callable
 
 from rig import Rig, poll_all, running
+from support import MosquittoBroker
 from support.microblog_server import MicroblogServer
 from test_channels import SIGNAL, alert, channels
 
+from broadcaster.channels.mqtt import MqttLink
+from broadcaster.config import MqttConfig
 from broadcaster.outbox import Outbox, OutgoingMessage
 from broadcaster.service import Broadcaster
 
@@ -70,3 +73,34 @@ async def test_an_unreadable_outbox_entry_is_parked_and_the_channel_goes_on(rig:
         await eventually(lambda: len(server.mastodon_statuses()) == 1)
         assert b.outbox.status_of("alert-broken", "v1", "mastodon", 0) == ("parked", None)
         assert loop_errors(b, "drain:mastodon") == 0
+
+
+async def test_the_broker_links_loop_survives_a_failing_session_and_reconnects(
+    mosquitto: MosquittoBroker, topic_prefix: str
+) -> None:
+    """The session's work (`on_connected`: the service republishes its retained state) failing with something
+    that is no broker error used to end `MqttLink.run`, and with it the service's task group."""
+    calls: list[int] = []
+    failures: list[int] = []
+
+    async def on_connected() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the session's work")
+
+    config = MqttConfig(url=mosquitto.url, topic_prefix=topic_prefix, client_id=f"loop-{topic_prefix[-8:]}",
+                        reconnect_max_seconds=1, will_delay_seconds=0)
+    link = MqttLink(config, on_connected=on_connected)
+    link.on_loop_error = lambda: failures.append(1)
+    stop = asyncio.Event()
+    run = asyncio.create_task(link.run(stop))
+    try:
+        async with asyncio.timeout(10):
+            await link.wait_for_session(2)  # it reconnected after the failure
+            await link.connected.wait()
+        assert not run.done()
+        assert (len(calls), len(failures)) == (2, 1)
+    finally:
+        stop.set()
+        async with asyncio.timeout(10):
+            await run
