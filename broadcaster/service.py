@@ -832,19 +832,18 @@ class Broadcaster:
             try:
                 await self.drain_due(channel)
                 failures = 0
+                timeout = 30.0
+                next_at = self.outbox.next_due_at(channel.name)
+                if next_at is not None:
+                    timeout = min(timeout, max(0.05, (next_at - self.clock.now()).total_seconds()))
             except Exception:
-                # Whatever went wrong (a bug, a full disk, an answer nobody foresaw), this channel tries again after
-                # a backoff and every other channel and the broker link go on: one loop's failure is not the
-                # service's.
+                # Whatever went wrong (a bug, a database held by another writer, an answer nobody foresaw), this
+                # channel tries again after a backoff and every other channel and the broker link go on: one
+                # loop's failure is not the service's.
                 failures += 1
                 log.exception("%s: drain failed (%d in a row)", channel.name, failures)
                 self.metrics.loop_error(f"drain:{channel.name}")
-            timeout = 30.0
-            next_at = self.outbox.next_due_at(channel.name)
-            if next_at is not None:
-                timeout = min(timeout, max(0.05, (next_at - self.clock.now()).total_seconds()))
-            if failures:
-                timeout = max(timeout, min(DRAIN_RETRY_MAX_S, 0.5 * 2.0 ** min(failures, 10)))
+                timeout = min(DRAIN_RETRY_MAX_S, 0.5 * 2.0 ** min(failures, 10))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await _first_of(wake, stop)
