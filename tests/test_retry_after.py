@@ -29,6 +29,8 @@ EXTREMES = [
     "Thu, 03 Dec 2026 10:00:30 GMT", "Fri, 31 Dec 9999 23:59:59 GMT", "Mon, 01 Jan 0001 00:00:00 GMT",
     "Thu, 32 Dec 2026 10:00:30 GMT", "Thursday, 03-Dec-26 10:00:30 GMT", "Thu Dec  3 10:00:30 2026",
     "Thu, 03 Dec 2026 10:00:30 +0000", "1796293200", "17962932000000000000", "1796293200.5",
+    "9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59", "2026-12-03T10:00:30+99:00",
+    "Mon, 00 Jan 0000 00:00:00 GMT", "0000000000000000005",
 ]
 
 
@@ -49,6 +51,7 @@ def test_any_rate_limit_header_gives_none_or_a_wait_within_the_ceiling(headers: 
     ({"retry-after": "9" * 5000}, MAX_SERVER_WAIT_S),  # past Python's int() digit limit
     ({"retry-after": "120"}, 120.0),
     ({"retry-after": "0"}, 0.0),
+    ({"retry-after": "0000000000000000005"}, 5.0),  # leading zeros are still five seconds
     ({"retry-after": "²"}, None),  # a superscript two: str.isdigit() says yes, int() says no
     ({"retry-after": "٣"}, None),  # an Arabic-Indic three: not the ASCII digits RFC 9110 allows
     ({"retry-after": "inf"}, None),
