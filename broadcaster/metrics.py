@@ -261,6 +261,10 @@ class Metrics:
             "broadcaster_audit_failures", "Operator actions committed whose audit line could not be appended to "
             "state/audit.log (the entry went to the service log instead).", registry=r,
         )
+        self._loop_errors = Counter(
+            "broadcaster_loop_errors", "Unexpected failures of a long-running loop, which then retries: loop is "
+            "drain:<channel>, poll:<feed>, digest:<name>, job:<name> or mqtt.", ["loop"], registry=r,
+        )
         r.register(_HealthCollector(health))
         self._children: dict[tuple[object, ...], Counter | Histogram] = {}
         self._origins: dict[tuple[str, str], datetime] = {}
@@ -305,6 +309,10 @@ class Metrics:
     def post(self, channel: str, outcome: str, count: int = 1) -> None:
         """`count` outbox entries of `channel` had `outcome` (one of POST_OUTCOMES)."""
         self._inc(self._posts, channel, outcome, amount=count)
+
+    def loop_error(self, loop: str) -> None:
+        """The loop `loop` (see broadcaster_loop_errors) failed unexpectedly and will try again."""
+        self._inc(self._loop_errors, loop)
 
     def delivery_latency(self, channel: str, seconds: float) -> None:
         self._observe(self._latency, max(0.0, seconds), channel)

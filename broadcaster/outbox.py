@@ -9,6 +9,7 @@ failures are retried with capped exponential backoff and jitter; permanent ones 
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import sqlite3
 from collections.abc import Iterable
@@ -73,17 +74,36 @@ class OutboxEntry:
     uncertain: bool = False
 
 
+#: The longest wait a platform may impose (Retry-After and the rate-limit resets; docs/channels.md). A longer one
+#: is cut to this: the retry then asks again, so a header that says "in 3000 years" costs one request an hour.
+MAX_SERVER_WAIT_S = 3600.0
+#: The longest an emergency waits because a platform said so (its own answer, or a wait imposed on a routine
+#: post of the same channel): a 429 costs one cheap request, a late emergency costs riders.
+EMERGENCY_MAX_WAIT_S = 10.0
+
+
+def server_wait(retry_after: float | None, *, emergency: bool = False) -> float | None:
+    """A platform's requested wait made safe to schedule: None stays None (NaN too), anything else is clamped to
+    [0, MAX_SERVER_WAIT_S], and to EMERGENCY_MAX_WAIT_S for an emergency."""
+    if retry_after is None or math.isnan(retry_after):
+        return None
+    ceiling = EMERGENCY_MAX_WAIT_S if emergency else MAX_SERVER_WAIT_S
+    return min(max(retry_after, 0.0), ceiling)
+
+
 @dataclass(frozen=True, slots=True)
 class Backoff:
-    """Capped exponential backoff with full jitter; a peer's Retry-After wins when it asks for longer."""
+    """Capped exponential backoff with full jitter; a peer's Retry-After wins when it asks for longer, up to
+    MAX_SERVER_WAIT_S (EMERGENCY_MAX_WAIT_S for an emergency)."""
 
     base_s: float = 1.0
     cap_s: float = 300.0
 
-    def delay(self, attempts: int, retry_after: float | None, rng: random.Random) -> float:
+    def delay(self, attempts: int, retry_after: float | None, rng: random.Random, *, emergency: bool = False) -> float:
         ceiling = min(self.cap_s, self.base_s * (2 ** min(attempts, 30)))
         jittered = rng.uniform(ceiling / 2, ceiling)
-        return max(jittered, retry_after) if retry_after is not None else jittered
+        wait = server_wait(retry_after, emergency=emergency)
+        return max(jittered, wait) if wait is not None else jittered
 
 
 class Outbox:
@@ -181,11 +201,16 @@ class Outbox:
             )
         return cursor.rowcount
 
-    def begin_attempt(self, key: str) -> None:
-        """Record, durably, that an attempt is about to leave: if we crash before its outcome is known, the next
-        run treats the entry as possibly delivered and checks before posting again."""
+    def begin_attempt(self, key: str, in_flight_until: datetime) -> None:
+        """Record, durably, that an attempt is about to leave and may be in flight until `in_flight_until` (its
+        start plus its deadline). If we crash before its outcome is known, the next run treats the entry as
+        possibly delivered and checks before posting again, and does not try it before that time: a platform that
+        stores an idempotency key only once the post is made (older Mastodon) may still be making it, and a
+        second request with the same key would then make a second post. The outcome (sent, retry, parked)
+        overwrites the time."""
         with self.db.transaction() as conn:
-            conn.execute("UPDATE outbox SET uncertain = 1 WHERE key = ?", (key,))
+            conn.execute("UPDATE outbox SET uncertain = 1, next_attempt_at = ? WHERE key = ?",
+                         (iso(in_flight_until), key))
 
     def mark_sent(self, key: str, now: datetime, remote_id: str | None = None) -> None:
         with self.db.transaction() as conn:
@@ -203,7 +228,8 @@ class Outbox:
         `uncertain`: the attempt may have reached the platform (it timed out, or the connection broke after the
         request was sent), which the channel must keep in mind before sending again.
         """
-        at = now + timedelta(seconds=self.backoff.delay(entry.attempts, retry_after, self.rng))
+        delay = self.backoff.delay(entry.attempts, retry_after, self.rng, emergency=entry.priority == 0)
+        at = now + timedelta(seconds=delay)
         with self.db.transaction() as conn:
             conn.execute(
                 "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, error = ?, uncertain = ?"

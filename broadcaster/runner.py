@@ -222,9 +222,11 @@ async def serve(
         # The first poll of every feed is one round (below), so the schedule starts one interval later.
         scheduler.every(f"poll:{feed.name}", feed.poll_seconds, _poll_job(b, feed), now=False)
     for digest in b.config.digests:
-        scheduler.on_cron(f"digest:{digest.name}", digest.cron, b.config.zone, _guarded(b.digest, digest))
-    scheduler.every("operator:expire", 60, _guarded(b.expire_operator_notices), now=False)
-    scheduler.every("operator:requests", 1, _guarded(b.process_requests))
+        scheduler.on_cron(f"digest:{digest.name}", digest.cron, b.config.zone,
+                          _guarded(b, f"digest:{digest.name}", b.digest, digest))
+    scheduler.every("operator:expire", 60, _guarded(b, "job:operator:expire", b.expire_operator_notices), now=False)
+    scheduler.every("operator:requests", 1, _guarded(b, "job:operator:requests", b.process_requests))
+    b.link.on_loop_error = lambda: b.metrics.loop_error("mqtt")
     link_stop = asyncio.Event()
     try:
         async with asyncio.TaskGroup() as tg:
@@ -232,7 +234,7 @@ async def serve(
             drains = [tg.create_task(b.drain_loop(ch, stop)) for ch in b.channels]
             if admin is not None:
                 await admin.wait_started(tg.create_task(admin.serve()))
-            tg.create_task(_guarded(b.poll_round)())
+            tg.create_task(_guarded(b, "job:first-poll", b.poll_round)())
             scheduler.start()
             log.info("broadcaster running: %d feed(s), %d channel(s), MQTT %s",
                      len(b.config.feeds), len(b.channels), b.config.mqtt.url)
@@ -272,26 +274,31 @@ async def run_forever(config: Config, *, stop: asyncio.Event | None = None, grac
     return 0
 
 
-def _guarded(job: Callable[..., Awaitable[object]], *args: object) -> Callable[[], Coroutine[Any, Any, None]]:
-    """A scheduler job that logs instead of raising, so one bad run never stops the schedule."""
+def _guarded(
+    b: Broadcaster, loop: str, job: Callable[..., Awaitable[object]], *args: object
+) -> Callable[[], Coroutine[Any, Any, None]]:
+    """A scheduler job that logs and counts (broadcaster_loop_errors{loop=`loop`}) instead of raising, so one bad
+    run never stops the schedule: its next run is the retry."""
 
     async def run() -> None:
         try:
             await job(*args)
         except Exception:
-            log.exception("scheduled job %s failed", getattr(job, "__name__", job))
+            log.exception("scheduled job %s failed; it runs again on schedule", loop)
+            b.metrics.loop_error(loop)
 
     return run
 
 
 def _poll_job(b: Broadcaster, feed: FeedConfig) -> Callable[[], Awaitable[None]]:
     """A poll as a scheduler job: a coroutine function (APScheduler only awaits those), catching everything so
-    one bad tick never kills the schedule."""
+    one bad tick never kills the schedule (the next tick, `poll_seconds` later, is the retry)."""
 
     async def poll() -> None:
         try:
             await b.poll(feed)
         except Exception:
-            log.exception("poll of feed %r failed unexpectedly", feed.name)
+            log.exception("poll of feed %r failed unexpectedly; it is polled again on schedule", feed.name)
+            b.metrics.loop_error(f"poll:{feed.name}")
 
     return poll

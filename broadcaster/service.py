@@ -66,7 +66,7 @@ from broadcaster.operator import (
     has_ended,
     queued_correction_texts,
 )
-from broadcaster.outbox import PENDING, SENT, Outbox, OutboxEntry, OutgoingMessage
+from broadcaster.outbox import EMERGENCY_MAX_WAIT_S, PENDING, SENT, Outbox, OutboxEntry, OutgoingMessage
 from broadcaster.payloads import PayloadBuilder
 from broadcaster.render import Renderer
 from broadcaster.render.posts import FULL, posts_for
@@ -87,6 +87,13 @@ from broadcaster.store import (
 )
 
 log = logging.getLogger(__name__)
+
+#: How many requests one attempt at a post may make, per channel kind: Mastodon posts again without the reply
+#: when the status it answers is gone; Bluesky may log in, renew its session and look the record up around
+#: createRecord. The attempt's deadline is that many `timeout_seconds` (`Broadcaster._attempt_deadline_s`).
+REQUESTS_PER_ATTEMPT = {"mastodon": 2, "bluesky": 6}
+#: The longest a drain loop waits after its own failure (it doubles from half a second).
+DRAIN_RETRY_MAX_S = 60.0
 
 
 def _digest(body: bytes) -> bytes:
@@ -904,24 +911,40 @@ class Broadcaster:
         while channel.ready:
             progress = False
             for entry in self.outbox.due(channel.name, self.clock.now(), limit=50):
-                thread = self.thread_of(channel, entry)
+                try:
+                    thread = self.thread_of(channel, entry)
+                except (ValueError, KeyError, TypeError) as exc:
+                    # A row no code of ours can read (hand-edited, or from a broken build): it can never be sent,
+                    # and retrying it would hold the channel's whole queue behind it.
+                    self.metrics.post(channel.name, "parked")
+                    self.outbox.park(entry.key, f"the outbox entry cannot be read: {type(exc).__name__}: {exc}")
+                    log.error("%s: parked unreadable outbox entry %s/%s part %d: %s",
+                              channel.name, entry.notice_id, entry.version, entry.part, exc)
+                    continue
                 if thread is None:
                     continue  # its parent goes first
                 progress = True
-                if channel.name != MqttNoticeChannel.name:
-                    # Posts are visible and few: pay one fsync so a crash mid-request is known after restart.
-                    # (MQTT consumers deduplicate on notice_id and version instead.)
-                    self.outbox.begin_attempt(entry.key)
+                deadline_s = self._attempt_deadline_s(channel)
+                if deadline_s is not None:
+                    # Posts are visible and few: pay one fsync so a crash mid-request is known after restart, and
+                    # not retried while the request may still be in flight. (MQTT consumers deduplicate on
+                    # notice_id and version instead.)
+                    self.outbox.begin_attempt(entry.key, self.clock.now() + timedelta(seconds=deadline_s))
                 try:
-                    remote_id = await self._send(channel, entry, thread)
+                    remote_id = await self._attempt(channel, entry, thread, deadline_s)
                 except TransientDeliveryError as exc:
                     self.metrics.post(channel.name, "retry")
-                    at = self.outbox.retry_later(entry, self.clock.now(), exc.reason, exc.retry_after,
+                    now = self.clock.now()
+                    at = self.outbox.retry_later(entry, now, exc.reason, exc.retry_after,
                                                  uncertain=exc.maybe_delivered)
                     # The channel is struggling, not this entry: everything it owes waits until then, so when the
                     # platform is back the queue goes out in priority order (an emergency backing off must not
-                    # be overtaken by a routine post whose own retry happened to come due first).
-                    self.outbox.hold(channel.name, at, below_priority=-1)
+                    # be overtaken by a routine post whose own retry happened to come due first). Emergencies wait
+                    # for a routine post's failure at most EMERGENCY_MAX_WAIT_S.
+                    self.outbox.hold(channel.name, at)
+                    emergency_cap = now + timedelta(seconds=EMERGENCY_MAX_WAIT_S)
+                    self.outbox.hold(channel.name, at if entry.priority == 0 else min(at, emergency_cap),
+                                     below_priority=-1)
                     log.warning("%s: %s; retrying at %s", channel.name, exc.reason, at.isoformat(timespec="seconds"))
                     return sent
                 except PermanentDeliveryError as exc:
@@ -937,6 +960,27 @@ class Broadcaster:
             if not progress:
                 break
         return sent
+
+    def _attempt_deadline_s(self, channel: NoticeChannel) -> float | None:
+        """How long one attempt at a post on `channel` may take, all its requests together (None: MQTT, which
+        records no attempts): `timeout_seconds` per request it may make, and a second for the rest."""
+        config = self.channel_configs.get(channel.name)
+        if config is None:
+            return None
+        return config.timeout_seconds * REQUESTS_PER_ATTEMPT.get(config.kind, 1) + 1.0
+
+    async def _attempt(
+        self, channel: NoticeChannel, entry: OutboxEntry, thread: ThreadRefs, deadline_s: float | None
+    ) -> str | None:
+        """`_send` within the attempt's deadline: the time `begin_attempt` recorded is then a true bound."""
+        if deadline_s is None:
+            return await self._send(channel, entry, thread)
+        try:
+            async with asyncio.timeout(deadline_s):
+                return await self._send(channel, entry, thread)
+        except TimeoutError:
+            raise TransientDeliveryError(channel.name, f"no outcome within the attempt's {deadline_s:g} s",
+                                         maybe_delivered=True) from None
 
     async def _send(self, channel: NoticeChannel, entry: OutboxEntry, thread: ThreadRefs) -> str | None:
         """Send one entry; an entry of kind "delete" takes down the posts of its notice instead."""
@@ -959,16 +1003,24 @@ class Broadcaster:
     async def drain_loop(self, channel: NoticeChannel, stop: asyncio.Event) -> None:
         """Deliver `channel`'s outbox until `stop`; wakes on new notices, on reconnects and when retries are due."""
         wake = self._wake[channel.name]
+        failures = 0
         while not stop.is_set():
             wake.clear()
             try:
                 await self.drain_due(channel)
-            except BroadcasterError as exc:
-                log.error("%s: drain failed: %s", channel.name, exc)
-            next_at = self.outbox.next_due_at(channel.name)
-            timeout = 30.0
-            if next_at is not None:
-                timeout = min(timeout, max(0.05, (next_at - self.clock.now()).total_seconds()))
+                failures = 0
+                timeout = 30.0
+                next_at = self.outbox.next_due_at(channel.name)
+                if next_at is not None:
+                    timeout = min(timeout, max(0.05, (next_at - self.clock.now()).total_seconds()))
+            except Exception:
+                # Whatever went wrong (a bug, a database held by another writer, an answer nobody foresaw), this
+                # channel tries again after a backoff and every other channel and the broker link go on: one
+                # loop's failure is not the service's.
+                failures += 1
+                log.exception("%s: drain failed (%d in a row)", channel.name, failures)
+                self.metrics.loop_error(f"drain:{channel.name}")
+                timeout = min(DRAIN_RETRY_MAX_S, 0.5 * 2.0 ** min(failures, 10))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await _first_of(wake, stop)

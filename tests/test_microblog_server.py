@@ -716,3 +716,40 @@ def test_request_log_uses_the_server_clock(microblog: MicroblogServer, mastodon:
     assert entry.monotonic > 0
     assert entry.status == 200
     assert entry.header("Authorization") == f"Bearer {microblog.mastodon_token}"
+
+
+def test_older_mastodon_stores_the_key_only_once_the_status_is_made(microblog: MicroblogServer) -> None:
+    """`mastodon_key_after_create_s`: a repeat of the key while the first status is being made makes a second
+    status (the duplicate the real servers produce); a repeat after that gets the first one back."""
+    microblog.mastodon_key_after_create_s = 1.0
+    auth = {"Authorization": f"Bearer {microblog.mastodon_token}", "Idempotency-Key": "k-1"}
+    answers: list[httpx.Response] = []
+
+    def post() -> None:
+        with httpx.Client(base_url=microblog.url, headers=auth, timeout=5) as client:
+            answers.append(client.post("/api/v1/statuses", data={"status": "Line 2 suspended"}))
+
+    first = threading.Thread(target=post)
+    first.start()
+    microblog.wait_for(lambda log: any(r.fault == "slow_create" for r in log))
+    post()  # while the first is still being made
+    first.join(timeout=10)
+    assert len(microblog.mastodon_statuses()) == 2
+    post()  # now the key is stored
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert len(microblog.mastodon_statuses()) == 2
+    assert answers[2].json()["id"] in {s.id for s in microblog.mastodon_statuses()}
+
+
+def test_a_replayed_answer_meets_only_its_path_and_a_truncated_one_is_cut_off(
+    microblog: MicroblogServer, mastodon: httpx.Client
+) -> None:
+    microblog.push_fault("mastodon", 429, {"Retry-After": "99999999999999"}, path="/api/v1/statuses")
+    assert mastodon.get("/api/v2/instance").status_code == 200  # another path: the real answer
+    refused = mastodon.post("/api/v1/statuses", data={"status": "x"})
+    assert (refused.status_code, refused.headers["retry-after"]) == (429, "99999999999999")
+    assert "x-ratelimit-reset" not in refused.headers  # exactly the given headers
+    microblog.push_fault("mastodon", 200, {}, {"id": "1", "content": "a long enough body"}, truncate=True)
+    with pytest.raises(httpx.TransportError):  # the announced length never arrives: the connection is reset
+        mastodon.post("/api/v1/statuses", data={"status": "y"})
+    assert microblog.mastodon_statuses() == []  # nothing happened on the platform

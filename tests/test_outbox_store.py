@@ -205,13 +205,13 @@ def test_in_flight_mark_survives_a_crash_and_a_clear_failure_removes_it(db: Data
         Outbox.enqueue(conn, [message("a", channel="mastodon")], T0)
     entry = outbox.due("mastodon", T0)[0]
     assert not entry.uncertain
-    outbox.begin_attempt(entry.key)
+    outbox.begin_attempt(entry.key, T0)
     # A crash now: the next run sees the attempt may have landed.
     assert Outbox(db).due("mastodon", T0)[0].uncertain
     # The attempt failed in a way that proves it did not land (connection refused): not uncertain.
     outbox.retry_later(entry, T0, "refused", retry_after=0, uncertain=False)
     assert not outbox.due("mastodon", T0 + timedelta(minutes=10))[0].uncertain
     again = outbox.due("mastodon", T0 + timedelta(minutes=10))[0]
-    outbox.begin_attempt(again.key)
+    outbox.begin_attempt(again.key, T0)
     outbox.retry_later(again, T0, "timeout", retry_after=0, uncertain=True)
     assert outbox.due("mastodon", T0 + timedelta(hours=1))[0].uncertain

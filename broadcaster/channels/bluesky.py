@@ -106,8 +106,11 @@ class BlueskyChannel(HttpChannel[BlueskyChannelConfig]):
         self._take_session(reply)
 
     def _take_session(self, reply: HttpReply) -> None:
-        body = reply.json() or {}
-        self._access, self._refresh, self.did = body.get("accessJwt"), body.get("refreshJwt"), body.get("did")
+        body = reply.object()
+        access, refresh, did = body.get("accessJwt"), body.get("refreshJwt"), body.get("did")
+        self._access, self._refresh, self.did = (
+            (access, refresh, did) if all(isinstance(v, str) for v in (access, refresh, did)) else (None, None, None)
+        )
         if not (self._access and self._refresh and self.did):
             raise PermanentDeliveryError(self.name, f"session answer without tokens: {reply.snippet()}")
         if self.sessions is not None:
@@ -138,10 +141,10 @@ class BlueskyChannel(HttpChannel[BlueskyChannelConfig]):
                                    params={"repo": self.did or self.config.identifier, "collection": COLLECTION,
                                            "rkey": rkey})
         if reply.status == 200:
-            body = reply.json() or {}
-            if body.get("uri") and body.get("cid"):
+            body = reply.object()
+            if _is_ref(body):
                 return orjson.dumps({"uri": body["uri"], "cid": body["cid"]}).decode()
-        if reply.status == 400 and (reply.json() or {}).get("error") == "RecordNotFound":
+        if reply.status == 400 and reply.object().get("error") == "RecordNotFound":
             return None
         check_status(self.name, reply, self.clock())
         return None
@@ -178,8 +181,8 @@ class BlueskyChannel(HttpChannel[BlueskyChannelConfig]):
             if found is not None:
                 return found
             raise
-        body = reply.json() or {}
-        if not body.get("uri") or not body.get("cid"):
+        body = reply.object()
+        if not _is_ref(body):
             raise PermanentDeliveryError(self.name, f"createRecord answered without uri/cid: {reply.snippet()}")
         return orjson.dumps({"uri": body["uri"], "cid": body["cid"]}).decode()
 
@@ -198,6 +201,12 @@ class BlueskyChannel(HttpChannel[BlueskyChannelConfig]):
                                    json={"repo": self.did or self.config.identifier, "collection": COLLECTION,
                                          "rkey": _rkey(remote_id)})
         check_status(self.name, reply, self.clock())
+
+
+def _is_ref(body: dict[str, Any]) -> bool:
+    """The answer names a record: a non-empty string uri and cid."""
+    uri, cid = body.get("uri"), body.get("cid")
+    return isinstance(uri, str) and isinstance(cid, str) and bool(uri) and bool(cid)
 
 
 def _rkey(remote_id: str) -> str:

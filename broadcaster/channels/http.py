@@ -6,15 +6,16 @@ otherwise), and turns transport failures and HTTP statuses into the two delivery
 
 - `TransientDeliveryError`: 408, 425, 429, 5xx, timeouts and broken connections. `retry_after` comes from
   `Retry-After` (seconds or an HTTP date), Mastodon's `X-RateLimit-Reset` (ISO 8601) or Bluesky's
-  `ratelimit-reset` (epoch seconds). `maybe_delivered` is set when the request may have been processed.
+  `ratelimit-reset` (epoch seconds), read strictly and clamped to `MAX_SERVER_WAIT_S` (`retry_after_seconds`).
+  `maybe_delivered` is set when the request may have been processed.
 - `PermanentDeliveryError`: any other 4xx; retrying the same request will fail again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ import orjson
 
 from broadcaster import __version__
 from broadcaster.errors import PermanentDeliveryError, TransientDeliveryError
+from broadcaster.outbox import MAX_SERVER_WAIT_S
 
 if TYPE_CHECKING:
     from broadcaster.render.length import PlatformProfile
@@ -56,41 +58,94 @@ class HttpReply:
         except orjson.JSONDecodeError:
             return None
 
+    def object(self) -> dict[str, Any]:
+        """The body as a JSON object; {} when it is not one (a list, a string, not JSON): a platform's answer is
+        data, so a field read from it is checked, never assumed."""
+        body = self.json()
+        return body if isinstance(body, dict) else {}
+
     def snippet(self, limit: int = 200) -> str:
         """The start of the body on one line, for error messages."""
         return " ".join(self.body[:limit].decode("utf-8", "replace").split())
 
 
 def retry_after_seconds(headers: Mapping[str, str], now: datetime) -> float | None:
-    """How long the server asked us to wait, from whichever rate-limit header it sent; None if none."""
-    value = headers.get("retry-after")
-    if value:
-        value = value.strip()
-        if value.isdigit():
-            return float(value)
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            when = None
-        if when is not None:
-            if when.tzinfo is None:
-                when = when.replace(tzinfo=UTC)
-            return max(0.0, (when - now).total_seconds())
-    reset = headers.get("x-ratelimit-reset")  # Mastodon: ISO 8601
-    if reset:
-        try:
-            when = datetime.fromisoformat(reset.strip().replace("Z", "+00:00"))
-        except ValueError:
-            when = None
-        if when is not None:
-            return max(0.0, (when - now).total_seconds())
-    reset = headers.get("ratelimit-reset")  # Bluesky: epoch seconds
-    if reset:
-        try:
-            return max(0.0, float(reset) - now.timestamp())
-        except ValueError:
-            return None
+    """How long the server asked us to wait, from the first rate-limit header it sent in a form we can read; None if
+    none. Every form is read strictly (ASCII digits, a real instant) and the result lies in [0, MAX_SERVER_WAIT_S]:
+    a header can neither stop the service nor hold a channel for longer than that (docs/channels.md)."""
+    for name, parse in _WAIT_HEADERS:
+        value = headers.get(name)
+        wait = parse(value.strip(" \t"), now) if value else None
+        if wait is not None:
+            return min(max(wait, 0.0), MAX_SERVER_WAIT_S)
     return None
+
+
+#: Longer numbers are past any ceiling anyway; int() of thousands of digits raises.
+_MAX_DIGITS = 12
+_DIGITS = re.compile(r"[0-9]+")  # re's [0-9] is ASCII only (str.isdigit() takes "²" and "٣")
+_EPOCH = re.compile(r"([0-9]+)(?:\.[0-9]{1,9})?")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_IMF_FIXDATE = re.compile(
+    r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), ([0-9]{2}) (" + "|".join(_MONTHS) + r") ([0-9]{4})"
+    r" ([0-9]{2}):([0-9]{2}):([0-9]{2}) GMT"
+)
+_ISO_INSTANT = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?(?:Z|[+-][0-9]{2}:[0-9]{2})"
+)
+#: A bare number below this cannot be an epoch time (it is before 2001): it is a delta in seconds.
+_EPOCH_FLOOR = 1_000_000_000
+
+
+def _seconds_until(when: datetime, now: datetime) -> float:
+    return (when - now).total_seconds()
+
+
+def _retry_after(value: str, now: datetime) -> float | None:
+    """RFC 9110 section 10.2.3: delta-seconds (1*DIGIT) or an HTTP-date; the obsolete date forms are not read
+    (no server of ours sends them: our own backoff applies instead)."""
+    if _DIGITS.fullmatch(value):
+        return MAX_SERVER_WAIT_S if len(value.lstrip("0")) > _MAX_DIGITS else float(int(value))
+    match = _IMF_FIXDATE.fullmatch(value)
+    if match is None:
+        return None
+    day, month, year, hour, minute, second = match.groups()
+    try:
+        when = datetime(int(year), _MONTHS.index(month) + 1, int(day), int(hour), int(minute), int(second),
+                        tzinfo=UTC)
+    except ValueError:  # 32 Dec, 25:00, year 0
+        return None
+    return _seconds_until(when, now)
+
+
+def _epoch_or_delta(value: str, now: datetime) -> float | None:
+    match = _EPOCH.fullmatch(value)
+    if match is None:
+        return None
+    if len(match.group(1).lstrip("0")) > _MAX_DIGITS:
+        return MAX_SERVER_WAIT_S
+    number = float(value)
+    return number if number < _EPOCH_FLOOR else number - now.timestamp()
+
+
+def _ratelimit_reset(value: str, now: datetime) -> float | None:
+    """Mastodon's X-RateLimit-Reset is an ISO 8601 instant (with a zone: one without names no instant); other
+    servers send epoch seconds, or seconds from now."""
+    if _ISO_INSTANT.fullmatch(value):
+        try:
+            when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:  # 30 February
+            return None
+        return _seconds_until(when, now)
+    return _epoch_or_delta(value, now)
+
+
+#: Which header is read first, and how: the standard one, then Mastodon's, then Bluesky's (epoch seconds).
+_WAIT_HEADERS: tuple[tuple[str, Callable[[str, datetime], float | None]], ...] = (
+    ("retry-after", _retry_after),
+    ("x-ratelimit-reset", _ratelimit_reset),
+    ("ratelimit-reset", _epoch_or_delta),
+)
 
 
 def check_status(channel: str, reply: HttpReply, now: datetime) -> None:

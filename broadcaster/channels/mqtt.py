@@ -85,6 +85,8 @@ class MqttLink:
         self.observed_seq: dict[str, int] = {}
         self._session_started = asyncio.Condition()
         self.last_error: str | None = None
+        #: Called when a session fails with something other than a broker error (the service counts it).
+        self.on_loop_error: Callable[[], None] | None = None
         self._started = datetime.now(UTC)
         #: A one-shot run (`once`): its status says mode "batch", and its clean end leaves `online` until the
         #: state it published expires instead of `offline`, so displays do not go blank between cron runs.
@@ -274,6 +276,16 @@ class MqttLink:
                     log.warning("MQTT connection to %s lost: %s", self.config.url, exc)
                 else:
                     log.warning("MQTT connection to %s failed: %s (retrying in %.1f s)", self.config.url, exc, delay)
+            except IdentityConflict:
+                raise
+            except Exception as exc:
+                # Anything else (a bug in a session's work, e.g. on_connected) ends this session, not the link:
+                # it reconnects after the backoff, and the drain loops and polls go on meanwhile.
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("MQTT session with %s failed unexpectedly (reconnecting in %.1f s)",
+                              self.config.url, delay)
+                if self.on_loop_error is not None:
+                    self.on_loop_error()
             finally:
                 self._client = None
                 self.connected.clear()

@@ -66,7 +66,12 @@ Webhooks (``POST /hooks/{name}``): body and headers are recorded and 204 returne
 whether it verified. A dry run (``X-Broadcaster-Dry-Run: 1``, what `broadcaster check` sends) is answered 401 when
 a secret is set and the signature does not verify, else 204, and is kept apart (`webhook_dry_runs`), not delivered.
 
-Faults for every platform: `MicroblogServer.push_fault` (canned responses, exactly the given headers),
+Older Mastodon (`MicroblogServer.mastodon_key_after_create_s`): the key is looked up when a status request arrives
+but stored only once the status is made, that many seconds later; a repeat of the key meanwhile makes a second
+status (current Mastodon holds a lock instead).
+
+Faults for every platform: `MicroblogServer.push_fault` (replays any given status, headers and body, optionally to
+one path only, optionally truncated mid-body),
 `MicroblogServer.hang`, `MicroblogServer.drip` (status line and headers at once, then the body a few bytes at a
 time), `MicroblogServer.reset_connections` and `MicroblogServer.set_down`. The server clock
 (`MicroblogServer.now`) is real UTC time plus whatever `MicroblogServer.advance` added, so an hour passes at once.
@@ -137,9 +142,9 @@ class LoggedRequest:
 
     ``status`` is None while the request is in flight, after a connection reset, or when the client left during a
     hang (a drip logs its status as soon as the status line is out); ``fault`` names the fault that answered it
-    ("down", "reset", "hang", "drip", "fault", "rate_limited") or is None. ``client_left`` is the
-    ``time.monotonic()`` at which the server saw the client go away before its answer was complete (a hang or a
-    drip it gave up on), else None.
+    ("down", "reset", "hang", "drip", "fault", "truncated", "rate_limited", "slow_create") or is None.
+    ``client_left`` is the ``time.monotonic()`` at which the server saw the client go away before its answer was
+    complete (a hang or a drip it gave up on), else None.
     """
 
     platform: Platform
@@ -492,6 +497,11 @@ class _Fault:
     status: int
     headers: Mapping[str, str]
     body: bytes | None  # None: the platform's usual error body for the status
+    path: str | None = None  # None: any request to the platform
+    truncate: bool = False  # announce the whole body, send half of it, then drop the connection
+
+    def applies_to(self, path: str) -> bool:
+        return self.path is None or self.path == path
 
 
 @dataclass(frozen=True)
@@ -704,6 +714,8 @@ class MicroblogServer:
         self.webhook_signature_header = webhook_signature_header
         self.webhook_timestamp_header = webhook_timestamp_header
         self.startup_timeout_s = startup_timeout_s
+        #: Older Mastodon: None, or the seconds a status takes to be made, the Idempotency-Key stored only then.
+        self.mastodon_key_after_create_s: float | None = None
         self._clock = clock or (lambda: datetime.now(UTC))
         self._offset = timedelta()
 
@@ -763,11 +775,17 @@ class MicroblogServer:
         headers: Mapping[str, str] | None = None,
         body: bytes | str | Mapping[str, Any] | None = None,
         count: int = 1,
+        *,
+        path: str | None = None,
+        truncate: bool = False,
     ) -> None:
-        """Answer the next `count` requests to `platform` with this response instead (FIFO with earlier faults).
+        """Answer the next `count` requests to `platform` (to `path` only, if given) with this response instead
+        (FIFO with earlier faults): the replay mode, for any answer a platform might give.
 
-        The response carries exactly `headers` (no rate-limit headers are added). A `body` of None means the
-        platform's usual error body for `status`; a mapping is sent as JSON.
+        The response carries exactly `headers` (no rate-limit headers are added; any legal value, e.g.
+        ``Retry-After: 99999999999999``). A `body` of None means the platform's usual error body for `status`; a
+        mapping is sent as JSON. With `truncate` the headers announce the whole body, half of it is sent and the
+        connection is dropped (a proxy or server dying mid-answer). Nothing happens on the platform.
         """
         if isinstance(body, str):
             raw: bytes | None = body.encode()
@@ -776,7 +794,9 @@ class MicroblogServer:
         else:
             raw = json.dumps(body, ensure_ascii=False).encode()
         with self._lock:
-            self._faults[platform].faults.extend(_Fault(status, dict(headers or {}), raw) for _ in range(count))
+            self._faults[platform].faults.extend(
+                _Fault(status, dict(headers or {}), raw, path, truncate) for _ in range(count)
+            )
 
     def hang(self, platform: Platform, seconds: float, *, count: int = 1, commit: bool = False) -> None:
         """Read the next `count` requests, then hold each response for `seconds` (other requests go on).
@@ -980,7 +1000,11 @@ class MicroblogServer:
                 faults.resets -= 1
             held = faults.hangs.popleft() if not (down or reset) and faults.hangs else None
             dripping = faults.drips.popleft() if not (down or reset or held) and faults.drips else None
-            canned = faults.faults.popleft() if not (down or reset or held or dripping) and faults.faults else None
+            canned = None if down or reset or held or dripping else self._take_fault(faults.faults, path)
+            slow_create = (
+                platform == "mastodon" and self.mastodon_key_after_create_s is not None and canned is None
+                and not (down or reset or held or dripping) and request.method == "POST" and path == "/api/v1/statuses"
+            )
 
         tag: str | None = None
         if reset:
@@ -992,6 +1016,12 @@ class MicroblogServer:
         elif canned is not None:
             response = self._error_response(platform, canned.status, canned.headers, canned.body, path)
             tag = "fault"
+            if canned.truncate:
+                self._finish(index, response.status_code, "truncated")
+                await self._truncated(receive, send, response)
+                return
+        elif slow_create:
+            response, tag = await self._mastodon_create_slowly(index, request.url.query, headers, body), "slow_create"
         elif dripping is not None:
             call = (platform, request.method, path, request.url.query, headers, body)
             if dripping.commit:
@@ -1017,6 +1047,46 @@ class MicroblogServer:
         # Logged before sending, so a client that has its answer also finds it in the log.
         self._finish(index, response.status_code, tag)
         await response(scope, receive, send)
+
+    @staticmethod
+    def _take_fault(faults: deque[_Fault], path: str) -> _Fault | None:
+        """The first programmed fault for `path`, taken off the queue (under the lock)."""
+        for fault in faults:
+            if fault.applies_to(path):
+                faults.remove(fault)
+                return fault
+        return None
+
+    async def _truncated(self, receive: Receive, send: Send, response: Response) -> None:
+        """Announce `response`'s whole body, send half of it, and drop the connection."""
+        data = bytes(response.body)
+        raw_headers = [(name, value) for name, value in response.raw_headers if name.lower() != b"content-length"]
+        raw_headers.append((b"content-length", str(len(data) + 1).encode()))  # never complete, even when empty
+        await send({"type": "http.response.start", "status": response.status_code, "headers": raw_headers})
+        await send({"type": "http.response.body", "body": data[: len(data) // 2], "more_body": True})
+        await self._reset_connection(receive)
+
+    async def _mastodon_create_slowly(
+        self, index: int, query: str, headers: Mapping[str, str], body: bytes
+    ) -> Response:
+        """Older Mastodon (and other Mastodon-API servers): the Idempotency-Key is looked up when the request
+        arrives but stored only once the status is made, `mastodon_key_after_create_s` later. A request with the
+        same key arriving meanwhile makes a second status. The work goes on if the client leaves."""
+        assert self.mastodon_key_after_create_s is not None
+        with self._lock:
+            key = headers.get("idempotency-key") or None
+            known = self._known_idempotency(key) if key is not None else None
+            if known is not None:
+                return _json(200, self._mastodon_status_json(known), {})
+        self._finish(index, None, "slow_create")  # visible as in progress
+        await asyncio.sleep(self.mastodon_key_after_create_s)
+        return self._handle("mastodon", "POST", "/api/v1/statuses", query, headers, body, key_checked=True)[0]
+
+    def _known_idempotency(self, key: str) -> MastodonStatus | None:
+        cached = self._idempotency.get(key)
+        if cached is not None and (self.now() - cached[1]).total_seconds() < MASTODON_IDEMPOTENCY_TTL_S:
+            return self._mastodon_by_id.get(cached[0])
+        return None
 
     def _stopping(self) -> bool:
         server = self._server
@@ -1127,7 +1197,8 @@ class MicroblogServer:
     # -- dispatch ----------------------------------------------------------------------------------------------
 
     def _handle(
-        self, platform: Platform, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes
+        self, platform: Platform, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes,
+        *, key_checked: bool = False,
     ) -> tuple[Response, bool]:
         """Answer one request under the lock; also say whether the platform's rate limit refused it."""
         with self._lock:
@@ -1140,7 +1211,7 @@ class MicroblogServer:
                     return self._rate_limited(platform, rate, path), True
             try:
                 if platform == "mastodon":
-                    return self._mastodon(method, path, query, headers, body, rate), False
+                    return self._mastodon(method, path, query, headers, body, rate, key_checked=key_checked), False
                 if platform == "bluesky":
                     return self._bluesky(method, path, query, headers, body, rate), False
                 if platform == "weibo":
@@ -1172,13 +1243,14 @@ class MicroblogServer:
         }
 
     def _mastodon(
-        self, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes, rate: _RateInfo | None
+        self, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes, rate: _RateInfo | None,
+        *, key_checked: bool = False,
     ) -> Response:
         extra = self._mastodon_rate_headers(rate)
         if method == "GET" and path == "/api/v2/instance":
             return _json(200, self._mastodon_instance(), extra)
         if method == "POST" and path == "/api/v1/statuses":
-            return self._mastodon_create(query, headers, body, extra)
+            return self._mastodon_create(query, headers, body, extra, key_checked=key_checked)
         if method == "DELETE" and path.startswith("/api/v1/statuses/"):
             # Mastodon answers with the deleted status (source text included, for "delete and redraft").
             self._mastodon_authorize(headers, extra)
@@ -1246,7 +1318,8 @@ class MicroblogServer:
         }
 
     def _mastodon_create(
-        self, query: str, headers: Mapping[str, str], body: bytes, extra: Mapping[str, str]
+        self, query: str, headers: Mapping[str, str], body: bytes, extra: Mapping[str, str], *,
+        key_checked: bool = False,
     ) -> Response:
         self._mastodon_authorize(headers, extra)
         params = _mastodon_params(query, headers, body, extra)
@@ -1256,7 +1329,7 @@ class MicroblogServer:
             error = "The post you are trying to reply to does not appear to exist."
             return _json(404, {"error": error}, extra)
         key = headers.get("idempotency-key") or None
-        if key is not None:
+        if key is not None and not key_checked:  # (a slow create looked it up when the request arrived)
             cached = self._idempotency.get(key)
             if cached is not None and (now - cached[1]).total_seconds() < MASTODON_IDEMPOTENCY_TTL_S:
                 return _json(200, self._mastodon_status_json(self._mastodon_by_id[cached[0]]), extra)
