@@ -132,10 +132,12 @@ class Outbox:
         return conn.total_changes - before
 
     def due(self, channel: str, now: datetime, limit: int = 100) -> list[OutboxEntry]:
-        """Pending entries whose retry time has come: emergencies first, then oldest first."""
+        """Pending entries whose retry time has come: one whose earlier attempt may have landed first (its doubt is
+        settled before anything else goes: Weibo recognises a repeat only of the account's latest status), then
+        emergencies, then oldest first."""
         rows = self.db.conn.execute(
             f"SELECT {_ENTRY_COLUMNS} FROM outbox WHERE status = ? AND channel = ? AND next_attempt_at <= ?"  # noqa: S608 (a constant column list)
-            " ORDER BY priority, created_at, notice_id, version, part LIMIT ?",
+            " ORDER BY uncertain DESC, priority, created_at, notice_id, version, part LIMIT ?",
             (PENDING, channel, iso(now), limit),
         ).fetchall()
         return [_entry(r) for r in rows]
@@ -200,6 +202,16 @@ class Outbox:
                 (iso(until), channel, PENDING, below_priority, iso(until)),
             )
         return cursor.rowcount
+
+    def doubtful_until(self, channel: str, now: datetime) -> datetime | None:
+        """When the last of `channel`'s pending posts whose earlier attempt may have landed comes due (None: no
+        such post waits). After a crash it is the deadline of the attempt that was in flight (`begin_attempt`)."""
+        row = self.db.conn.execute(
+            "SELECT MAX(next_attempt_at) FROM outbox WHERE channel = ? AND status = ? AND uncertain = 1"
+            " AND next_attempt_at > ?",
+            (channel, PENDING, iso(now)),
+        ).fetchone()
+        return from_iso(str(row[0])) if row is not None and row[0] is not None else None
 
     def begin_attempt(self, key: str, in_flight_until: datetime) -> None:
         """Record, durably, that an attempt is about to leave and may be in flight until `in_flight_until` (its

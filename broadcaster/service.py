@@ -904,7 +904,17 @@ class Broadcaster:
         if config is not None and self.in_quiet(config, now):
             self.outbox.hold(channel.name, self.quiet_until(config, now))
 
+    def _hold_behind_doubt(self, channel: NoticeChannel) -> None:
+        """While a post of `channel` whose earlier attempt may have landed waits for its retry (a backoff, or after a
+        crash the deadline of the attempt that was in flight), routine and normal posts queue behind it, including
+        those queued since: its retry must come first, as Weibo recognises a repeat only of the account's latest
+        status. Emergencies are not held by it (at worst a doubtful post shows twice on Weibo)."""
+        until = self.outbox.doubtful_until(channel.name, self.clock.now())
+        if until is not None:
+            self.outbox.hold(channel.name, until)
+
     async def _drain_due(self, channel: NoticeChannel) -> int:
+        self._hold_behind_doubt(channel)
         self._apply_quiet(channel)
         self._apply_budget(channel)
         sent = 0

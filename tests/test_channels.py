@@ -256,6 +256,30 @@ async def test_weibo_repeat_content_after_an_uncertain_attempt_counts_as_deliver
     assert len(server.requests("weibo")) == 2
 
 
+async def test_a_post_queued_behind_a_doubtful_weibo_post_waits_for_its_retry(
+    rig: Rig, server: MicroblogServer
+) -> None:
+    # Weibo recognises a repeat only of the account's latest status: if a newer post went out between a doubtful
+    # attempt (it landed, the answer never came) and its retry, the retry would post the same text again.
+    server.hang("weibo", 3, commit=True)
+    rig.serve_rt(alert(SIGNAL))
+    async with running(rig.config(channels=channels(server))) as b:
+        await poll_all(b)
+        def first_attempt_failed() -> bool:
+            return bool(b.db.conn.execute("SELECT MAX(attempts) FROM outbox WHERE channel = 'weibo'").fetchone()[0])
+
+        await until(first_attempt_failed, b, timeout=20)  # its retry now waits out a backoff
+        rig.serve_rt(alert(SIGNAL), alert({"zh": "2号线：晚点", "en": "Line 2: late"}, alert_id="A-BEHIND"))
+        await poll_all(b)  # a new notice while the first one's retry waits
+        await until(lambda: b.outbox.depth().get(("weibo", "sent")) == 2, b, timeout=30)
+    texts = [s.text for s in server.weibo_statuses()]
+    assert len(texts) == 2
+    assert len(set(texts)) == 2
+    # The doubtful post's retry went first and was refused as a repeat (20019), proving it had landed.
+    statuses = [r.status for r in server.requests("weibo")]
+    assert statuses[1:] == [400, 200]  # the first answer never reached the client
+
+
 async def test_permanent_errors_are_parked_and_reported(
     rig: Rig, server: MicroblogServer, caplog: pytest.LogCaptureFixture
 ) -> None:
