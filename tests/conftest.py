@@ -15,6 +15,18 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
+#: The admin API's bearer tokens in tests, unique per run so a leak of either is found by searching for it.
+ADMIN_TOKEN = f"sentinel-admin-token-{uuid.uuid4().hex}"
+OTHER_ADMIN_TOKEN = f"other-desk-token-{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def admin_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environment the admin test configs name their tokens by (`T_ADMIN`, `T_ADMIN_OTHER`)."""
+    monkeypatch.setenv("T_ADMIN", ADMIN_TOKEN)
+    monkeypatch.setenv("T_ADMIN_OTHER", OTHER_ADMIN_TOKEN)
+
+
 class MosquittoFactory(Protocol):
     """Starts a broker with the given `MosquittoBroker` options; the fixture stops it after the test."""
 

@@ -6,17 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
+from conftest import ADMIN_TOKEN, OTHER_ADMIN_TOKEN
 from rig import Rig, poll_all, running, toml_value
-from support import LoopbackHttpServer, MessageRecorder, MosquittoBroker, collect_retained, free_port
+from support import MessageRecorder, collect_retained, free_port
 from support.microblog_server import MicroblogServer
 from test_channels import SIGNAL, alert, channels, until
 
@@ -27,19 +26,12 @@ from broadcaster.runner import serve
 from broadcaster.service import Broadcaster
 
 #: Planted where the admin token goes; it must never show up in a file, a log line or a response.
-SENTINEL = f"sentinel-admin-token-{uuid.uuid4().hex}"
-OTHER = f"other-desk-token-{uuid.uuid4().hex}"
+SENTINEL = ADMIN_TOKEN
+OTHER = OTHER_ADMIN_TOKEN
 
 
-@pytest.fixture
-def rig(tmp_path: Path, http_server: LoopbackHttpServer, mosquitto: MosquittoBroker, topic_prefix: str,
-        monkeypatch: pytest.MonkeyPatch) -> Rig:
-    monkeypatch.setenv("T_ADMIN", SENTINEL)
-    monkeypatch.setenv("T_ADMIN_OTHER", OTHER)
-    r = Rig(tmp_path, http_server, mosquitto.url, topic_prefix)
-    r.serve_rt()
-    r.serve_flow({"S04": "FEW_SEATS_AVAILABLE"})
-    return r
+# The admin tokens' environment (T_ADMIN, T_ADMIN_OTHER) for every test here; the `rig` is conftest's.
+pytestmark = pytest.mark.usefixtures("admin_tokens")
 
 
 def admin_config(rig: Rig, *, channels: Sequence[Mapping[str, Any]] = (), **admin: Any) -> Config:

@@ -8,28 +8,20 @@ import asyncio
 import subprocess
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import orjson
 import pytest
 from rig import Rig, poll_all
-from support import LoopbackHttpServer, MessageRecorder, MosquittoBroker, ReceivedMessage
+from support import MessageRecorder, ReceivedMessage
 from support.microblog_server import MicroblogServer
-from test_admin import NOTICE, OTHER, SENTINEL, admin_config, api, bearer
+from test_admin import NOTICE, SENTINEL, admin_config, api, bearer
 from test_channels import channels, until
 
 MASTODON_ONLY = ["mastodon"]
 
 
-@pytest.fixture
-def rig(tmp_path: Path, http_server: LoopbackHttpServer, mosquitto: MosquittoBroker, topic_prefix: str,
-        monkeypatch: pytest.MonkeyPatch) -> Rig:
-    monkeypatch.setenv("T_ADMIN", SENTINEL)
-    monkeypatch.setenv("T_ADMIN_OTHER", OTHER)
-    r = Rig(tmp_path, http_server, mosquitto.url, topic_prefix)
-    r.serve_rt()
-    r.serve_flow({"S04": "FEW_SEATS_AVAILABLE"})
-    return r
+# The admin tokens' environment (T_ADMIN, T_ADMIN_OTHER) for every test here; the `rig` is conftest's.
+pytestmark = pytest.mark.usefixtures("admin_tokens")
 
 
 def mastodon(server: MicroblogServer) -> list[dict[str, object]]:

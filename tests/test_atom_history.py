@@ -13,8 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rig import Rig
-from support import LoopbackHttpServer, MosquittoBroker
-from test_admin import OTHER, SENTINEL, admin_config, api, bearer, parse_metrics
+from test_admin import admin_config, api, bearer, parse_metrics
 from test_channels import until
 
 from broadcaster.channels.atom import AtomChannel
@@ -93,15 +92,8 @@ def test_a_timeline_that_cannot_be_read_is_kept_aside_not_lost(
     assert contents(path) == ["Exit B open", "Exit B closed"]
 
 
-@pytest.fixture
-def rig(tmp_path: Path, http_server: LoopbackHttpServer, mosquitto: MosquittoBroker, topic_prefix: str,
-        monkeypatch: pytest.MonkeyPatch) -> Rig:
-    monkeypatch.setenv("T_ADMIN", SENTINEL)
-    monkeypatch.setenv("T_ADMIN_OTHER", OTHER)
-    r = Rig(tmp_path, http_server, mosquitto.url, topic_prefix)
-    r.serve_rt()
-    r.serve_flow({"S04": "FEW_SEATS_AVAILABLE"})
-    return r
+# The admin tokens' environment (T_ADMIN, T_ADMIN_OTHER) for every test here; the `rig` is conftest's.
+pytestmark = pytest.mark.usefixtures("admin_tokens")
 
 
 async def test_a_timeline_set_aside_shows_in_the_metrics_and_the_status(rig: Rig) -> None:

@@ -24,8 +24,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rig import Rig, running
-from support import LoopbackHttpServer, MessageRecorder, MosquittoBroker, free_port
-from test_admin import OTHER, SENTINEL, admin_config, bearer
+from support import MessageRecorder, free_port
+from test_admin import admin_config, bearer
 
 from broadcaster.admin import AdminServer
 from broadcaster.config import Config
@@ -45,15 +45,8 @@ def run_cli(*args: str, timeout: float = 60) -> tuple[int, str, str, float]:
     return done.returncode, done.stdout, done.stderr, time.monotonic() - started
 
 
-@pytest.fixture
-def rig(tmp_path: Path, http_server: LoopbackHttpServer, mosquitto: MosquittoBroker, topic_prefix: str,
-        monkeypatch: pytest.MonkeyPatch) -> Rig:
-    monkeypatch.setenv("T_ADMIN", SENTINEL)
-    monkeypatch.setenv("T_ADMIN_OTHER", OTHER)
-    r = Rig(tmp_path, http_server, mosquitto.url, topic_prefix)
-    r.serve_rt()
-    r.serve_flow({"S04": "FEW_SEATS_AVAILABLE"})
-    return r
+# The admin tokens' environment (T_ADMIN, T_ADMIN_OTHER) for every test here; the `rig` is conftest's.
+pytestmark = pytest.mark.usefixtures("admin_tokens")
 
 
 def no_broker(rig: Rig) -> Path:

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -19,9 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rig import Rig, poll_all, running
-from support import LoopbackHttpServer, MessageRecorder, MosquittoBroker, collect_retained
+from support import MessageRecorder, collect_retained
 from support.microblog_server import MicroblogServer
-from test_admin import OTHER, SENTINEL, admin_config, api, bearer
+from test_admin import admin_config, api, bearer
 from test_channels import channels, until
 
 from broadcaster import desk
@@ -34,15 +33,8 @@ EVIL = ("Line 2 \x0bdelayed \u202eby a fault\u202c, ask @metro_ops <script>alert
 FIRST = {"en": "Exit B closed", "zh": "B口关闭"}
 
 
-@pytest.fixture
-def rig(tmp_path: Path, http_server: LoopbackHttpServer, mosquitto: MosquittoBroker, topic_prefix: str,
-        monkeypatch: pytest.MonkeyPatch) -> Rig:
-    monkeypatch.setenv("T_ADMIN", SENTINEL)
-    monkeypatch.setenv("T_ADMIN_OTHER", OTHER)
-    r = Rig(tmp_path, http_server, mosquitto.url, topic_prefix)
-    r.serve_rt()
-    r.serve_flow({"S04": "FEW_SEATS_AVAILABLE"})
-    return r
+# The admin tokens' environment (T_ADMIN, T_ADMIN_OTHER) for every test here; the `rig` is conftest's.
+pytestmark = pytest.mark.usefixtures("admin_tokens")
 
 
 def outlets(rig: Rig, server: MicroblogServer) -> list[dict[str, Any]]:
