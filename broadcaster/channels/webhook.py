@@ -54,26 +54,22 @@ class WebhookChannel(HttpChannel[WebhookChannelConfig]):
         if not self.config.check_dry_run:
             return "not called: check_dry_run is off"
         now = self.clock()
-        timestamp = str(int(now.timestamp()))
         body = orjson.dumps({"schema": SCHEMA, "kind": "check", "dry_run": True, "issued_at": iso(now)})
-        headers = {"Content-Type": "application/json", "X-Broadcaster-Dry-Run": "1",
-                   "X-Broadcaster-Timestamp": timestamp}
-        if self._secret is not None:
-            headers["X-Broadcaster-Signature"] = signature(self._secret.reveal(), timestamp, body)
-        reply = await self.http.request(self.name, "POST", self.config.url, content=body, headers=headers,
-                                        deadline_s=self.config.timeout_seconds)
-        check_status(self.name, reply, now)
-        return f"dry run answered HTTP {reply.status}"
+        status = await self._post(body, {"X-Broadcaster-Dry-Run": "1"}, now)
+        return f"dry run answered HTTP {status}"
 
     async def send(self, entry: OutboxEntry, thread: ThreadRefs) -> str | None:
-        body = self.body(entry, thread)
-        now = self.clock()
+        await self._post(self.body(entry, thread), {"Idempotency-Key": entry.key}, self.clock())
+        return entry.key
+
+    async def _post(self, body: bytes, extra_headers: dict[str, str], now: datetime) -> int:
+        """POST `body`, timestamped and signed (docs/channels.md); returns the 2xx status or raises the delivery
+        error its answer means."""
         timestamp = str(int(now.timestamp()))
-        headers = {"Content-Type": "application/json", "Idempotency-Key": entry.key,
-                   "X-Broadcaster-Timestamp": timestamp}
+        headers = {"Content-Type": "application/json", "X-Broadcaster-Timestamp": timestamp, **extra_headers}
         if self._secret is not None:
             headers["X-Broadcaster-Signature"] = signature(self._secret.reveal(), timestamp, body)
         reply = await self.http.request(self.name, "POST", self.config.url, content=body, headers=headers,
                                         deadline_s=self.config.timeout_seconds)
         check_status(self.name, reply, now)
-        return entry.key
+        return reply.status
