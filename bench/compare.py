@@ -22,8 +22,9 @@ HEADLINES: tuple[str, ...] = (
 )
 #: A quick run worse than the committed figure by more than this is flagged.
 WORSE_BY = 0.15
-#: The quick set: k = 1 only, one cold start, a few ticks and emergencies (about half a minute on 2 cores).
-QUICK_ARGS = ["--scales", "1", "--reps", "1", "--ticks", "2", "--rounds", "10"]
+#: The quick set: k = 1 only, three cold starts (a single one swings most), a few ticks and twenty emergencies
+#: (about 15 s on 2 cores).
+QUICK_ARGS = ["--scales", "1", "--reps", "3", "--ticks", "2", "--rounds", "20"]
 
 HISTORY = paths.RESULTS / "history.csv"
 HISTORY_COLUMNS = ("date", "commit", "machine", *HEADLINES)
