@@ -51,8 +51,8 @@ from broadcaster.operator import (
     correction_request,
     notice_request,
 )
-from broadcaster.outbox import PARKED
 from broadcaster.service import Broadcaster
+from broadcaster.store import iso
 from broadcaster.webserver import InLoopServer
 
 log = logging.getLogger(__name__)
@@ -332,14 +332,10 @@ class AdminApi:
         for (channel, status), count in self.b.outbox.depth().items():
             by_channel.setdefault(channel, {})[status] = count
         body["outbox_by_status"] = by_channel
-        rows = self.b.db.conn.execute(
-            "SELECT key, channel, notice_id, version, part, attempts, created_at, error FROM outbox"
-            " WHERE status = ? ORDER BY created_at DESC LIMIT 50", (PARKED,),
-        )
         body["parked"] = [
-            {"key": r[0], "channel": r[1], "notice_id": r[2], "version": r[3], "part": r[4], "attempts": r[5],
-             "created_at": r[6], "error": r[7]}
-            for r in rows
+            {"key": r.key, "channel": r.channel, "notice_id": r.notice_id, "version": r.version, "part": r.part,
+             "attempts": r.attempts, "created_at": iso(r.created_at), "error": r.error}
+            for r in self.b.outbox.parked(limit=50)
         ]
         body["atom_set_aside"] = {a.name: [str(p) for p in a.set_aside] for a in atom_channels(self.b)}
         body["version"] = __version__

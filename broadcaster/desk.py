@@ -25,7 +25,8 @@ import orjson
 from broadcaster import idempotency
 from broadcaster.channels.mqtt import CHANNEL_NAME as NOTICE_STREAM  # every notice ever issued has a row there
 from broadcaster.errors import BroadcasterError, IdempotencyKeyReused
-from broadcaster.store import Database, iso
+from broadcaster.outbox import Outbox
+from broadcaster.store import Database, alert_stored, iso
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +79,9 @@ def _status(conn: sqlite3.Connection, request_id: int) -> str | None:
 
 def notice_known(db: Database, notice_id: str) -> bool:
     """Whether `notice_id` was ever issued: an active alert, or any notice on the notice stream."""
-    if notice_id.startswith("alert-") and db.conn.execute(
-        "SELECT 1 FROM state WHERE kind = 'alert' AND key = ?", (notice_id.removeprefix("alert-"),)
-    ).fetchone():
+    if notice_id.startswith("alert-") and alert_stored(db, notice_id.removeprefix("alert-")):
         return True
-    return db.conn.execute(
-        "SELECT 1 FROM outbox WHERE channel = ? AND notice_id = ? LIMIT 1", (NOTICE_STREAM, notice_id)
-    ).fetchone() is not None
+    return Outbox(db).issued(NOTICE_STREAM, notice_id)
 
 
 def pending(db: Database) -> list[DeskRequest]:
@@ -103,6 +100,14 @@ def record(conn: sqlite3.Connection, request_id: int, *, result: str | None = No
     )
 
 
+def outcome(db: Database, request_id: int) -> tuple[str, str | None, str | None]:
+    """(status, result, error) of request `request_id`."""
+    status, result, error = db.conn.execute(
+        "SELECT status, result, error FROM requests WHERE id = ?", (request_id,)
+    ).fetchone()
+    return str(status), result, error
+
+
 def finish(db: Database, request_id: int, *, result: str | None = None, error: str | None = None) -> None:
     with db.transaction() as conn:
         record(conn, request_id, result=result, error=error)
@@ -117,8 +122,7 @@ async def wait_for(db: Database, request_id: int, timeout: float) -> str:  # noq
     try:
         async with asyncio.timeout(timeout):
             while True:
-                row = db.conn.execute("SELECT status, result, error FROM requests WHERE id = ?", (request_id,))
-                status, result, error = row.fetchone()
+                status, result, error = outcome(db, request_id)
                 if status == DONE:
                     return str(result)
                 if status == FAILED:

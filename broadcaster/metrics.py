@@ -15,7 +15,6 @@ stands in.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,9 +28,9 @@ from broadcaster import __version__
 from broadcaster.compose import Notice, NoticeKind
 from broadcaster.config import FeedConfig
 from broadcaster.errors import FeedError, FeedFormatError, FetchError, StaleFeedError
-from broadcaster.outbox import PARKED, PENDING, OutboxEntry
+from broadcaster.outbox import PARKED, PENDING, Outbox, OutboxEntry
 from broadcaster.state import AlertChange, Change, CrowdingChange, LineStatusChange
-from broadcaster.store import FeedRecord, from_iso
+from broadcaster.store import FeedRecord
 
 # No `*_created` series: they double the exposition and Prometheus needs none of them. (A process-wide
 # switch; this is the only module that uses prometheus_client.)
@@ -118,16 +117,11 @@ def feed_health(feed: FeedConfig, record: FeedRecord | None, now: datetime) -> F
                       record.last_error, record.problems)
 
 
-def outbox_depth(conn: sqlite3.Connection, channels: Iterable[str], now: datetime) -> dict[str, OutboxDepth]:
-    """Pending and parked entries per channel. Sent rows, which accumulate, are never counted: the query stays
-    within the (status, channel, ...) index whatever the outbox's history."""
-    counts: dict[str, dict[str, tuple[int, str]]] = {}
-    rows = conn.execute(
-        "SELECT channel, status, COUNT(*), MIN(created_at) FROM outbox WHERE status IN (?, ?) GROUP BY channel, status",
-        (PENDING, PARKED),
-    )
-    for channel, status, count, oldest in rows:
-        counts.setdefault(channel, {})[status] = (count, oldest)
+def outbox_depth(outbox: Outbox, channels: Iterable[str], now: datetime) -> dict[str, OutboxDepth]:
+    """Pending and parked entries per channel (`Outbox.backlog`: sent rows are never counted)."""
+    counts: dict[str, dict[str, tuple[int, datetime]]] = {}
+    for (channel, status), count_oldest in outbox.backlog().items():
+        counts.setdefault(channel, {})[status] = count_oldest
     out: dict[str, OutboxDepth] = {}
     for channel in dict.fromkeys([*channels, *counts]):
         seen = counts.get(channel, {})
@@ -135,7 +129,7 @@ def outbox_depth(conn: sqlite3.Connection, channels: Iterable[str], now: datetim
         out[channel] = OutboxDepth(
             pending=pending[0] if pending else 0,
             parked=seen[PARKED][0] if PARKED in seen else 0,
-            oldest_pending_seconds=max(0.0, (now - from_iso(pending[1])).total_seconds()) if pending else None,
+            oldest_pending_seconds=max(0.0, (now - pending[1]).total_seconds()) if pending else None,
         )
     return out
 
@@ -144,7 +138,7 @@ def read_health(
     feeds: Sequence[FeedConfig],
     records: Mapping[str, FeedRecord],
     channels: Iterable[str],
-    conn: sqlite3.Connection,
+    outbox: Outbox,
     mqtt_connected: bool,
     now: datetime,
     *,
@@ -154,7 +148,7 @@ def read_health(
     return Health(
         tuple(feed_health(f, records.get(f.name), now) for f in feeds),
         mqtt_connected,
-        outbox_depth(conn, channels, now),
+        outbox_depth(outbox, channels, now),
         mqtt_delivering,
     )
 

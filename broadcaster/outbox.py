@@ -15,14 +15,30 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from broadcaster.store import Database, from_iso, iso
 
-PENDING = "pending"
-SENT = "sent"
-PARKED = "parked"
-MERGED = "merged"  # said as part of another (merged) post, whose notice id is in remote_id
+
+class OutboxStatus(StrEnum):
+    """Where an outbox entry stands; the values are what the `status` column holds (and what reports show)."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    PARKED = "parked"
+    MERGED = "merged"  # said as part of another (merged) post, whose notice id is in remote_id
+
+
+PENDING = OutboxStatus.PENDING
+SENT = OutboxStatus.SENT
+PARKED = OutboxStatus.PARKED
+MERGED = OutboxStatus.MERGED
+
+#: Versions of entries that are not an original post: a correction's (compose.py makes "correction-...") and a
+#: deletion's (`Broadcaster._deletions`). `Outbox.original_remote_ids` leaves both out.
+CORRECTION_VERSION_PREFIX = "correction-"
+DELETION_VERSION_PREFIX = "delete-"
 
 
 _ENTRY_COLUMNS = (
@@ -57,6 +73,30 @@ class OutgoingMessage:
     @property
     def key(self) -> str:
         return idempotency_key(self.notice_id, self.version, self.channel, self.part)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRecord:
+    """One row as an operator's report shows it (`broadcaster status`, the admin API's status)."""
+
+    key: str
+    channel: str
+    notice_id: str
+    version: str
+    part: int
+    payload: bytes
+    attempts: int
+    created_at: datetime
+    sent_at: datetime | None
+    error: str | None
+
+
+_RECORD_COLUMNS = "key, channel, notice_id, version, part, payload, attempts, created_at, sent_at, error"
+
+
+def _record(r: Any) -> OutboxRecord:  # a sqlite3 row of _RECORD_COLUMNS
+    return OutboxRecord(r[0], r[1], r[2], r[3], r[4], bytes(r[5]), r[6], from_iso(r[7]),
+                        from_iso(r[8]) if r[8] else None, r[9])
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,3 +312,58 @@ class Outbox:
                 "SELECT COUNT(*) FROM outbox WHERE status = ? AND channel = ?", (PENDING, channel)
             ).fetchone()
         return int(row[0])
+
+    def backlog(self) -> dict[tuple[str, str], tuple[int, datetime]]:
+        """(count, oldest created_at) per (channel, status) of pending and parked rows. Sent rows, which
+        accumulate, are never counted: the query stays within the (status, channel, ...) index whatever the
+        outbox's history."""
+        rows = self.db.conn.execute(
+            "SELECT channel, status, COUNT(*), MIN(created_at) FROM outbox WHERE status IN (?, ?)"
+            " GROUP BY channel, status",
+            (PENDING, PARKED),
+        )
+        return {(c, s): (n, from_iso(oldest)) for c, s, n, oldest in rows}
+
+    def parked(self, limit: int) -> list[OutboxRecord]:
+        """The latest `limit` parked rows, newest first (they need an operator)."""
+        rows = self.db.conn.execute(
+            f"SELECT {_RECORD_COLUMNS} FROM outbox WHERE status = ? ORDER BY created_at DESC LIMIT ?",  # noqa: S608 (a constant column list)
+            (PARKED, limit),
+        )
+        return [_record(r) for r in rows]
+
+    def latest_sent(self, limit: int) -> list[OutboxRecord]:
+        """The last `limit` rows acknowledged, latest first."""
+        rows = self.db.conn.execute(
+            f"SELECT {_RECORD_COLUMNS} FROM outbox WHERE status = ? ORDER BY sent_at DESC LIMIT ?",  # noqa: S608 (a constant column list)
+            (SENT, limit),
+        )
+        return [_record(r) for r in rows]
+
+    def latest_payload(self, channel: str, notice_id: str) -> bytes | None:
+        """The payload of the latest entry about `notice_id` queued for `channel`, whatever its status."""
+        row = self.db.conn.execute(
+            "SELECT payload FROM outbox WHERE notice_id = ? AND channel = ? ORDER BY created_at DESC LIMIT 1",
+            (notice_id, channel),
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def issued(self, channel: str, notice_id: str) -> bool:
+        """Whether any entry about `notice_id` was ever queued for `channel`."""
+        return self.db.conn.execute(
+            "SELECT 1 FROM outbox WHERE channel = ? AND notice_id = ? LIMIT 1", (channel, notice_id)
+        ).fetchone() is not None
+
+    def original_remote_ids(self, channel: str, notice_id: str) -> list[str]:
+        """The platform ids of the original posts about `notice_id` on `channel` (what a deletion takes down).
+
+        The one place that says what an original is: an entry that was sent and got a remote id, and whose
+        version is neither a correction's nor a deletion's (`CORRECTION_VERSION_PREFIX`,
+        `DELETION_VERSION_PREFIX`): a correction stays up, and a deletion has no post of its own.
+        """
+        rows = self.db.conn.execute(
+            "SELECT remote_id FROM outbox WHERE channel = ? AND notice_id = ? AND status = ? AND remote_id IS NOT NULL"
+            " AND version NOT LIKE ? AND version NOT LIKE ?",
+            (channel, notice_id, SENT, CORRECTION_VERSION_PREFIX + "%", DELETION_VERSION_PREFIX + "%"),
+        ).fetchall()
+        return [str(r[0]) for r in rows]

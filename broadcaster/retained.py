@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 import orjson
 
 from broadcaster.payloads import Body, RetainedItem
-from broadcaster.store import iso
+from broadcaster.store import iso, load_retained, save_retained
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +89,8 @@ class RetainedPlanner:
         self._serialised: dict[str, tuple[Body, bytes, str]] = {}
 
     def load(self, conn: sqlite3.Connection) -> None:
-        self.published = {t: _Published(d, None) for t, d in conn.execute("SELECT topic, digest FROM retained")}
-        self.cleared = {t: datetime.fromisoformat(at)
-                        for t, at in conn.execute("SELECT topic, cleared_at FROM retained_cleared")}
+        published, self.cleared = load_retained(conn)
+        self.published = {t: _Published(d, None) for t, d in published.items()}
 
     def plan(
         self, items: Iterable[RetainedItem], now: datetime, *, fresh_sources: set[str], full: bool
@@ -158,7 +157,4 @@ class RetainedPlanner:
         forget = [(t,) for t, at in self.cleared.items() if t in self.published or now - at >= self.ttl]
         for (topic,) in forget:
             del self.cleared[topic]
-        conn.executemany("INSERT OR REPLACE INTO retained (topic, digest) VALUES (?, ?)", upserts)
-        conn.executemany("DELETE FROM retained WHERE topic = ?", deletes)
-        conn.executemany("INSERT OR IGNORE INTO retained_cleared (topic, cleared_at) VALUES (?, ?)", cleared)
-        conn.executemany("DELETE FROM retained_cleared WHERE topic = ?", forget)
+        save_retained(conn, published=upserts, unpublished=deletes, cleared=cleared, forgotten=forget)

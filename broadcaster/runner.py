@@ -189,12 +189,12 @@ async def run_request(config: Config, action: str, body: Mapping[str, Any], *, w
     async with open_broadcaster(config) as b, _linked(b):
         await b.process_requests()
         await _deliver(b, failures, wait_seconds)
-        row = b.db.conn.execute("SELECT status, result, error FROM requests WHERE id = ?", (request_id,)).fetchone()
+        status, result, error = desk.outcome(b.db, request_id)
     for line in failures:
         log.warning("%s (it stays queued and goes out with the next run)", line)
-    if row[0] != desk.DONE:
-        raise desk.RequestFailed(str(row[2]))
-    return str(row[1])
+    if status != desk.DONE:
+        raise desk.RequestFailed(str(error))
+    return str(result)
 
 
 async def serve(

@@ -66,7 +66,15 @@ from broadcaster.operator import (
     has_ended,
     queued_correction_texts,
 )
-from broadcaster.outbox import EMERGENCY_MAX_WAIT_S, PENDING, SENT, Outbox, OutboxEntry, OutgoingMessage
+from broadcaster.outbox import (
+    DELETION_VERSION_PREFIX,
+    EMERGENCY_MAX_WAIT_S,
+    PENDING,
+    SENT,
+    Outbox,
+    OutboxEntry,
+    OutgoingMessage,
+)
 from broadcaster.payloads import PayloadBuilder
 from broadcaster.render import Renderer
 from broadcaster.render.posts import FULL, posts_for
@@ -75,6 +83,7 @@ from broadcaster.state import NetworkState, StatePolicy, Transition, alert_versi
 from broadcaster.store import (
     Database,
     FeedRecord,
+    KeyValueStore,
     StateStore,
     decode_alert,
     encode_alert,
@@ -263,11 +272,12 @@ class Broadcaster:
         self.budgets = {c.name: budget_for(c) for c in config.channels}
         self.channel_configs: dict[str, ChannelConfig] = {c.name: c for c in config.channels}
         # The operator's state: read and replaced only inside `_advance`'s critical section (see `Step`).
+        self.operator_meta = KeyValueStore(db, "operator")
         self.operator_alerts: dict[str, Alert] = {}
         self.corrections: dict[str, Correction] = {}
         self._load_operator()
-        marks = db.conn.execute("SELECT value FROM meta WHERE key = 'operator:digests'").fetchone()
-        self.digest_marks: dict[str, str] = orjson.loads(marks[0]) if marks else {}
+        marks = self.operator_meta.get("digests")
+        self.digest_marks: dict[str, str] = orjson.loads(marks) if marks else {}
         self._state_lock = asyncio.Lock()
         self._publish_lock = asyncio.Lock()
         self.metrics = Metrics(self.health, feeds=[f.name for f in config.feeds],
@@ -547,7 +557,7 @@ class Broadcaster:
         """One "delete" entry per posting channel, drained after the correction (same priority, later version)."""
         post = Post(notice_id, DELETE_KIND, "", self.config.network.default_language)
         return [
-            OutgoingMessage(notice_id, f"delete-{int(now.timestamp())}", c.name, post.to_payload(), 0,
+            OutgoingMessage(notice_id, f"{DELETION_VERSION_PREFIX}{int(now.timestamp())}", c.name, post.to_payload(), 0,
                             starts_thread=False)
             for c in self.config.channels
         ]
@@ -634,32 +644,25 @@ class Broadcaster:
         return done
 
     def _lines_of_notice(self, notice_id: str) -> tuple[str, ...]:
-        row = self.db.conn.execute(
-            "SELECT payload FROM outbox WHERE notice_id = ? AND channel = ? ORDER BY created_at DESC LIMIT 1",
-            (notice_id, MqttNoticeChannel.name),
-        ).fetchone()
-        if row is None:
+        """The lines the latest MQTT notice about `notice_id` named (none when there is none or it is unreadable)."""
+        payload = self.outbox.latest_payload(MqttNoticeChannel.name, notice_id)
+        if payload is None:
             return ()
         try:
-            return tuple(orjson.loads(bytes(row[0])).get("lines", ()))
+            return tuple(orjson.loads(payload).get("lines", ()))
         except orjson.JSONDecodeError:
             return ()
 
     def _save_operator(self, conn: sqlite3.Connection, alerts: Mapping[str, Alert]) -> None:
-        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('operator:alerts', ?)",
-                     (orjson.dumps([encode_alert(a) for a in alerts.values()]).decode(),))
+        self.operator_meta.save(conn, "alerts", orjson.dumps([encode_alert(a) for a in alerts.values()]).decode())
 
     def _save_corrections(self, conn: sqlite3.Connection, corrections: Mapping[str, Correction]) -> None:
-        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('operator:corrections', ?)",
-                     (encode_corrections(corrections),))
+        self.operator_meta.save(conn, "corrections", encode_corrections(corrections))
 
     def _load_operator(self) -> None:
-        kv = dict(self.db.conn.execute(
-            "SELECT key, value FROM meta WHERE key IN ('operator:alerts', 'operator:corrections')"
-        ).fetchall())
-        alerts = [decode_alert(d) for d in orjson.loads(kv.get("operator:alerts", "[]"))]
+        alerts = [decode_alert(d) for d in orjson.loads(self.operator_meta.get("alerts") or "[]")]
         self.operator_alerts = {a.id: a for a in alerts}
-        self.corrections = decode_corrections(kv.get("operator:corrections", "{}"))
+        self.corrections = decode_corrections(self.operator_meta.get("corrections") or "{}")
 
     def in_quiet(self, channel: ChannelConfig, at: datetime) -> bool:
         local = at.astimezone(self.config.zone).time()
@@ -705,8 +708,7 @@ class Broadcaster:
             marks = {**self.digest_marks, **{f"{digest.name}:{name}": fingerprint for name in targets}}
             with self.db.transaction() as conn:
                 Outbox.enqueue(conn, messages, slot)
-                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('operator:digests', ?)",
-                             (orjson.dumps(marks).decode(),))
+                self.operator_meta.save(conn, "digests", orjson.dumps(marks).decode())
             self.digest_marks = marks
         self.wake()
         return targets
@@ -1001,12 +1003,7 @@ class Broadcaster:
                 return await channel.send(entry, thread)  # the receiver gets a "delete" event and acts on it
             raise PermanentDeliveryError(channel.name, "this platform's posts cannot be deleted by broadcaster;"
                                                        " delete them by hand")
-        rows = self.db.conn.execute(
-            "SELECT remote_id FROM outbox WHERE channel = ? AND notice_id = ? AND status = ? AND remote_id IS NOT NULL"
-            " AND version NOT LIKE 'correction-%' AND version NOT LIKE 'delete-%'",
-            (channel.name, entry.notice_id, SENT),
-        ).fetchall()
-        for (remote_id,) in rows:
+        for remote_id in self.outbox.original_remote_ids(channel.name, entry.notice_id):
             await channel.delete(remote_id)
         return None
 
@@ -1040,7 +1037,7 @@ class Broadcaster:
 
     def health(self) -> Health:
         """Feeds, the broker link and the outbox now (the admin API's health and status, the metrics' gauges)."""
-        return read_health(self.config.feeds, self.feeds, [c.name for c in self.channels], self.db.conn,
+        return read_health(self.config.feeds, self.feeds, [c.name for c in self.channels], self.outbox,
                            self.link.connected.is_set(), self.clock.now(), mqtt_delivering=self.mqtt_delivering)
 
 

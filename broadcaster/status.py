@@ -11,7 +11,8 @@ from typing import Any
 import orjson
 
 from broadcaster.config import Config
-from broadcaster.store import Database, FeedRecord, from_iso, load_feeds
+from broadcaster.outbox import Outbox, OutboxStatus
+from broadcaster.store import Database, FeedRecord, load_feeds
 
 
 @dataclass
@@ -61,10 +62,9 @@ class StatusReport:
             age = f"{f.feed_age_s:.0f} s old" if f.feed_age_s is not None else "no data yet"
             out.append(f"  {f.name:<20} {f.verdict():<40} content {age}")
             out += [f"    skipped: {problem}" for problem in f.problems]
-        out.append("outbox (pending / sent / parked / merged):")
+        out.append(f"outbox ({' / '.join(OutboxStatus)}):")
         for channel, counts in sorted(self.outbox.items()):
-            out.append(f"  {channel:<20} " + " / ".join(str(counts.get(s, 0)) for s in ("pending", "sent", "parked",
-                                                                                         "merged")))
+            out.append(f"  {channel:<20} " + " / ".join(str(counts.get(s, 0)) for s in OutboxStatus))
         if self.parked:
             out.append("parked posts (need an operator):")
             out += [f"  {p.channel:<12} {p.notice_id} part {p.part}: {p.error}" for p in self.parked]
@@ -100,21 +100,15 @@ def status_report(config: Config, *, now: datetime | None = None, latest: int = 
                 (now - record.feed_timestamp).total_seconds() if record.feed_timestamp else None,
                 record.consecutive_failures, record.last_error, list(record.problems), record.never_fetched,
             ))
-        for channel, status, count in db.conn.execute(
-            "SELECT channel, status, COUNT(*) FROM outbox GROUP BY channel, status"
-        ):
+        outbox = Outbox(db)
+        for (channel, status), count in outbox.depth().items():
             report.outbox.setdefault(channel, {})[status] = count
-        for channel, notice_id, part, payload, error in db.conn.execute(
-            "SELECT channel, notice_id, part, payload, error FROM outbox WHERE status = 'parked'"
-            " ORDER BY created_at DESC LIMIT 20"
-        ):
-            report.parked.append(PostLine(channel, notice_id, part, None, _excerpt(channel, payload), error))
-        for channel, notice_id, part, payload, sent_at in db.conn.execute(
-            "SELECT channel, notice_id, part, payload, sent_at FROM outbox WHERE status = 'sent'"
-            " ORDER BY sent_at DESC LIMIT ?", (latest,)
-        ):
-            report.latest.append(PostLine(channel, notice_id, part, from_iso(sent_at).isoformat(timespec="seconds"),
-                                          _excerpt(channel, payload)))
+        for r in outbox.parked(limit=20):
+            report.parked.append(
+                PostLine(r.channel, r.notice_id, r.part, None, _excerpt(r.channel, r.payload), r.error))
+        for r in outbox.latest_sent(limit=latest):
+            sent_at = r.sent_at.isoformat(timespec="seconds") if r.sent_at else None
+            report.latest.append(PostLine(r.channel, r.notice_id, r.part, sent_at, _excerpt(r.channel, r.payload)))
         return report
     finally:
         db.close()

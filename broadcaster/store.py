@@ -10,7 +10,7 @@ notice must survive a power cut.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -174,8 +174,9 @@ class Database:
 
 
 class KeyValueStore:
-    """Small values that must survive a restart (a platform session, so a crash loop does not log in again
-    and again). They may be credentials: the database file is created readable by its owner only."""
+    """Small values that must survive a restart, in the `meta` table under "<namespace>:<key>": a platform
+    session (so a crash loop does not log in again and again), the operator's alerts, corrections and digest
+    marks. They may be credentials: the database file is created readable by its owner only."""
 
     def __init__(self, db: Database, namespace: str) -> None:
         self.db = db
@@ -186,11 +187,43 @@ class KeyValueStore:
         return str(row[0]) if row else None
 
     def put(self, key: str, value: str | None) -> None:
+        """Write (None: delete) one value in a transaction of its own."""
         with self.db.transaction() as conn:
-            if value is None:
-                conn.execute("DELETE FROM meta WHERE key = ?", (self.prefix + key,))
-            else:
-                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (self.prefix + key, value))
+            self.save(conn, key, value)
+
+    def save(self, conn: sqlite3.Connection, key: str, value: str | None) -> None:
+        """Write (None: delete) one value inside the caller's transaction."""
+        if value is None:
+            conn.execute("DELETE FROM meta WHERE key = ?", (self.prefix + key,))
+        else:
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (self.prefix + key, value))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Retained topics: what the broker holds (broadcaster/retained.py plans, these two remember)
+
+
+def load_retained(conn: sqlite3.Connection) -> tuple[dict[str, str], dict[str, datetime]]:
+    """(topic -> digest of the retained payload on the broker, topic -> when its clear was acknowledged)."""
+    published = {str(t): str(d) for t, d in conn.execute("SELECT topic, digest FROM retained")}
+    cleared = {str(t): from_iso(at) for t, at in conn.execute("SELECT topic, cleared_at FROM retained_cleared")}
+    return published, cleared
+
+
+def save_retained(
+    conn: sqlite3.Connection,
+    *,
+    published: Iterable[tuple[str, str]],
+    unpublished: Iterable[tuple[str]],
+    cleared: Iterable[tuple[str, str]],
+    forgotten: Iterable[tuple[str]],
+) -> None:
+    """Record acknowledged publications inside the caller's transaction: (topic, digest) published,
+    (topic,) no longer published, (topic, iso time) clears to remember, (topic,) clears to forget."""
+    conn.executemany("INSERT OR REPLACE INTO retained (topic, digest) VALUES (?, ?)", published)
+    conn.executemany("DELETE FROM retained WHERE topic = ?", unpublished)
+    conn.executemany("INSERT OR IGNORE INTO retained_cleared (topic, cleared_at) VALUES (?, ?)", cleared)
+    conn.executemany("DELETE FROM retained_cleared WHERE topic = ?", forgotten)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -492,3 +525,8 @@ class StateStore:
 
     def committed(self) -> None:
         self._persisted = self._pending
+
+
+def alert_stored(db: Database, alert_id: str) -> bool:
+    """Whether the committed state holds the alert `alert_id` (without loading the state)."""
+    return db.conn.execute("SELECT 1 FROM state WHERE kind = 'alert' AND key = ?", (alert_id,)).fetchone() is not None

@@ -136,6 +136,52 @@ def test_sent_and_parked_entries_are_never_due_again(db: Database) -> None:
     assert row[0] == "109876"
 
 
+def test_original_remote_ids_are_the_sent_posts_that_are_neither_corrections_nor_deletions(db: Database) -> None:
+    """What a deletion takes down: the notice's posts on that channel that were sent, not its correction (which
+    stays up), not a deletion entry, not one still queued or parked, and nothing on another channel."""
+    outbox = Outbox(db)
+    rows = {
+        "first": message("n1", channel="mastodon", version="new-abc-1"),
+        "update": message("n1", channel="mastodon", version="updated-def-1"),
+        "correction": message("n1", channel="mastodon", version="correction-1700000000"),
+        "deletion": message("n1", channel="mastodon", version="delete-1700000001"),
+        "queued": message("n1", channel="mastodon", version="updated-ghi-1"),
+        "parked": message("n1", channel="mastodon", version="updated-jkl-1"),
+        "elsewhere": message("n1", channel="bluesky", version="new-abc-1"),
+        "other notice": message("n2", channel="mastodon", version="new-abc-1"),
+    }
+    with db.transaction() as conn:
+        Outbox.enqueue(conn, rows.values(), T0)
+    for name, m in rows.items():
+        if name == "parked":
+            outbox.park(m.key, "HTTP 422")
+        elif name != "queued":
+            outbox.mark_sent(m.key, T0, remote_id=f"id-{name}")
+    assert sorted(outbox.original_remote_ids("mastodon", "n1")) == ["id-first", "id-update"]
+    assert outbox.original_remote_ids("mastodon", "n3") == []
+
+
+def test_operator_reports_read_parked_and_latest_sent_rows(db: Database) -> None:
+    outbox = Outbox(db)
+    with db.transaction() as conn:
+        Outbox.enqueue(conn, [message("a"), message("b"), message("c")], T0)
+    by_id = {e.notice_id: e for e in outbox.due("mqtt", T0)}
+    outbox.mark_sent(by_id["a"].key, T0 + timedelta(seconds=1), remote_id="r-a")
+    outbox.mark_sent(by_id["b"].key, T0 + timedelta(seconds=2))
+    outbox.park(by_id["c"].key, "HTTP 422: text too long")
+    assert [(r.notice_id, r.sent_at) for r in outbox.latest_sent(limit=10)] == [
+        ("b", T0 + timedelta(seconds=2)), ("a", T0 + timedelta(seconds=1))]
+    assert [r.notice_id for r in outbox.latest_sent(limit=1)] == ["b"]
+    [parked] = outbox.parked(limit=10)
+    assert (parked.notice_id, parked.error, parked.attempts, parked.payload) == (
+        "c", "HTTP 422: text too long", 1, b"payload c")
+    assert outbox.backlog() == {("mqtt", "parked"): (1, T0)}
+    assert outbox.latest_payload("mqtt", "a") == b"payload a"
+    assert outbox.latest_payload("mqtt", "missing") is None
+    assert outbox.issued("mqtt", "c")
+    assert not outbox.issued("mastodon", "c")
+
+
 def sample_state() -> NetworkState:
     alert = Alert(
         "a1", "TECHNICAL_PROBLEM", "NO_SERVICE", Severity.SEVERE,
