@@ -686,7 +686,7 @@ class Broadcaster:
         if not self.config.service_hours.contains(slot.astimezone(self.config.zone).time()):
             return []
         notice = compose_digest(self.state, name=digest.name, network=self.network, slot=slot,
-                                policy=self.compose_policy, top_crowded=digest.top_crowded)
+                                policy=self.compose_policy, top_crowded=digest.top_crowded, template=digest.template)
         fingerprint = digest_fingerprint(self.state, digest.top_crowded)
         wanted = set(digest.channels) or {c.name for c in self.config.channels} | {MqttNoticeChannel.name}
         targets: list[str] = []
@@ -732,7 +732,7 @@ class Broadcaster:
         """The notice's text in one language at one detail level, falling back rather than failing."""
         context = {**notice.contexts[language], "detail": detail}
         try:
-            return self.renderer.render(notice.kind.value, language, context)
+            return self.renderer.render(notice.template_base, language, context)
         except TemplateProblem as problem:
             log.error("%s; sending the plain fallback text", problem)
             return fallback_text(notice, language)

@@ -129,6 +129,24 @@ def test_check_reports_a_broken_operator_template_with_file_and_line(
     assert "'no_such_variable' is undefined" in err
 
 
+def test_check_renders_each_digests_named_template_and_exits_2_naming_a_missing_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    for lang in ("zh", "en"):
+        (templates / f"weekly.{lang}.j2").write_text("Weekly {{ as_of }}: {{ lines | length }} lines\n",
+                                                     encoding="utf-8")
+    digests = '[[digests]]\nname = "week"\ntemplate = "weekly"\n\n[[digests]]\nname = "night"\ntemplate = "nightly"\n'
+    path = write_config(tmp_path, FEED + f'\n[templates]\ndirectory = "{templates.as_posix()}"\n\n' + digests)
+    assert main(["check", "--offline", "-c", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert "--- digest (weekly) [en]\nWeekly " in out  # the operator's template, rendered on the samples
+    assert (f"{path}: digests[1].template: 'nightly': no template nightly.zh.j2, nightly.en.j2 in {templates}"
+            " or the built-in templates") in err
+    assert "digests[0]" not in err
+
+
 def test_check_reports_a_missing_sample_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_config(tmp_path, FEED.replace("https://feeds.example.org/rt.pb", "file://missing.pb"))
     assert main(["check", "--offline", "-c", str(path)]) == 2
