@@ -126,6 +126,7 @@ def state_policy(config: Config) -> StatePolicy:
         crowding_hysteresis_percent=s.crowding_hysteresis_percent,
         crowding_trend_window=timedelta(seconds=s.crowding_trend_window_seconds),
         delay_threshold_s=int(s.delay_threshold_seconds),
+        severe_delay_threshold_s=int(s.severe_delay_threshold_seconds),
     )
 
 
