@@ -733,7 +733,7 @@ class Broadcaster:
         """The notice's text in one language at one detail level, falling back rather than failing."""
         context = {**notice.contexts[language], "detail": detail}
         try:
-            return self.renderer.render(notice.template_base, language, context)
+            return self.renderer.render(notice.template_base, language, context, builtin=notice.kind.value)
         except TemplateProblem as problem:
             log.error("%s; sending the plain fallback text", problem)
             return fallback_text(notice, language)

@@ -87,6 +87,25 @@ async def test_a_digest_posts_with_the_template_its_config_names(
     assert notice["text"]["en"].startswith("This week 08:00: Line 1"), notice["text"]
 
 
+async def test_a_digest_whose_template_is_gone_in_service_posts_with_the_built_in_digest_template(
+    rig: Rig, server: MicroblogServer, tmp_path: Path
+) -> None:
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "weekly.zh.j2").write_text("{{ no_such_variable }}\n", encoding="utf-8")  # fails; en: none at all
+    config = rig.config(channels=tables(server)[:1], templates={"directory": str(templates)},
+                        digests=[{"name": "week", "template": "weekly", "channels": ["mastodon", "mqtt"]}])
+    async with running(config) as b, MessageRecorder(rig.mqtt_url, rig.topic("notices")) as notices:
+        await poll_all(b)
+        await b.digest(config.digests[0], local(8, 0))
+        await until(lambda: b.pending() == 0, b)
+        streamed = await notices.wait_for(lambda got: any(p["kind"] == "digest" for p in payloads(got)))
+    [status] = server.mastodon_statuses()
+    assert status.text.startswith("【运营快报 08:00】"), status.text  # not the bare "digest (08:00)"
+    [notice] = [p for p in payloads(streamed) if p["kind"] == "digest"]
+    assert notice["text"]["en"].startswith("Service update 08:00"), notice["text"]
+
+
 async def test_quiet_windows_hold_routine_posts_but_not_emergencies(rig: Rig, server: MicroblogServer) -> None:
     quiet = tables(server)
     quiet[0]["quiet"] = [{"start": "00:00", "end": "23:59"}]  # Mastodon is quiet all day
