@@ -11,7 +11,7 @@ link's client, the channels' own HTTP client), so what passes here works there. 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
 from broadcaster import __version__
-from broadcaster.compose import ComposePolicy, Notice, compose, compose_correction, compose_digest
+from broadcaster.compose import ComposePolicy, Notice, NoticeKind, compose, compose_correction, compose_digest
 from broadcaster.config import (
     BlueskyChannelConfig,
     Config,
@@ -40,6 +40,7 @@ from broadcaster.feeds.network import load_network
 from broadcaster.feeds.passenger_flow import parse_passenger_flow
 from broadcaster.model import ActivePeriod, Alert, InformedEntity, LocalizedText, Network, Occupancy, Severity
 from broadcaster.render import Renderer
+from broadcaster.render.engine import template_name
 from broadcaster.render.posts import DETAIL_LEVELS, FULL
 from broadcaster.scheduler import CronSchedule
 from broadcaster.state import (
@@ -146,7 +147,13 @@ def sample_changes(network: Network, now: datetime) -> list[Change]:
     ]
 
 
-def sample_notices(config: Config, network: Network, now: datetime) -> list[Notice]:
+def sample_notices(
+    config: Config, network: Network, now: datetime, digest_templates: Sequence[str] | None = None
+) -> list[Notice]:
+    """A notice of every kind from `sample_changes`, a digest per template in `digest_templates` (by default each
+    template the config's digests name, or the built-in "digest" when it names none) and a correction."""
+    if digest_templates is None:
+        digest_templates = _digest_templates(config)
     policy = ComposePolicy(config.zone, config.network.languages)
     changes = sample_changes(network, now)
     notices = compose(changes, network=network, now=now, policy=policy)
@@ -158,13 +165,33 @@ def sample_notices(config: Config, network: Network, now: datetime) -> list[Noti
             state = replace(state, lines={**state.lines, change.line_id: change.after})
         elif isinstance(change, CrowdingChange) and change.record.level.rank >= Occupancy.STANDING_ROOM_ONLY.rank:
             state = replace(state, crowding={change.station_id: change.record})
-    notices.append(compose_digest(state, name="digest", network=network, slot=now, policy=policy))
+    notices += [compose_digest(state, name=template, network=network, slot=now, policy=policy, template=template)
+                for template in digest_templates]
     notices.append(compose_correction(
         "alert-sample-1",
         {"zh": "此前通告有误：1号线运营正常。", "en": "The earlier notice was wrong: Line 1 runs normally."},
         line_ids=tuple(network.lines)[:1], network=network, now=now, policy=policy,
     ))
     return sorted(notices, key=lambda n: n.kind.value)  # compose orders by priority; a report reads better by kind
+
+
+def _digest_templates(config: Config) -> list[str]:
+    """The template base names the config's digests use, each once, in config order."""
+    named = [digest.template for digest in config.digests] or [NoticeKind.DIGEST.value]
+    return list(dict.fromkeys(named))
+
+
+def _missing_digest_templates(config: Config, renderer: Renderer) -> dict[int, list[str]]:
+    """Each digest (by index) whose template is missing for some language, with the missing file names: neither
+    the operator's folder nor the built-in set has them."""
+    folders = [d for d in (renderer.operator_dir, renderer.builtin_dir) if d is not None]
+    missing: dict[int, list[str]] = {}
+    for i, digest in enumerate(config.digests):
+        names = [template_name(digest.template, lang) for lang in config.network.languages]
+        absent = [name for name in names if not any((folder / name).is_file() for folder in folders)]
+        if absent:
+            missing[i] = absent
+    return missing
 
 
 def _feed_problems(config: Config) -> list[str]:
@@ -220,17 +247,26 @@ def check_offline(config: Config, now: datetime | None = None) -> CheckReport:
         report.offline_problems = len(report.problems)
         return report
     renderer = Renderer(config.templates.directory)
-    for notice in sample_notices(config, network, now):
+    missing = _missing_digest_templates(config, renderer)
+    for i, names in missing.items():
+        where = f"in {config.templates.directory} or the built-in templates" if config.templates.directory \
+            else "among the built-in templates (templates.directory is not set)"
+        report.problems.append(f"{path}: digests[{i}].template: {config.digests[i].template!r}: no template"
+                               f" {', '.join(names)} {where}")
+    unusable = {config.digests[i].template for i in missing}  # reported once above, not again per language
+    for notice in sample_notices(config, network, now, [t for t in _digest_templates(config) if t not in unusable]):
+        kind = notice.kind.value
+        label = kind if notice.template_base == kind else f"{kind} ({notice.template_base})"
         for lang, context in notice.contexts.items():
             # Every detail level a channel's length rule may ask for must render; the report shows the full one.
             for detail in DETAIL_LEVELS:
                 try:
-                    text = renderer.check(notice.kind.value, lang, {**context, "detail": detail})
+                    text = renderer.check(notice.template_base, lang, {**context, "detail": detail})
                 except TemplateProblem as problem:
                     report.problems.append(f"{problem} (detail={detail})")
                     break
                 if detail == FULL:
-                    report.rendered.append((notice.kind.value, lang, text))
+                    report.rendered.append((label, lang, text))
     report.offline_problems = len(report.problems)
     return report
 

@@ -73,6 +73,13 @@ class Notice:
     severity: Severity
     contexts: Mapping[str, TemplateContext]  # language -> template variables
     alert_id: str | None = None
+    #: The template base name ({template}.{language}.j2) when not the kind's own: a digest's config may name one.
+    template: str | None = None
+
+    @property
+    def template_base(self) -> str:
+        """The base name of the templates this notice is rendered with."""
+        return self.template or self.kind.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,9 +351,11 @@ def _most_crowded(state: NetworkState, top: int) -> list[CrowdingRecord]:
 
 
 def compose_digest(
-    state: NetworkState, *, name: str, network: Network, slot: datetime, policy: ComposePolicy, top_crowded: int = 3
+    state: NetworkState, *, name: str, network: Network, slot: datetime, policy: ComposePolicy, top_crowded: int = 3,
+    template: str = NoticeKind.DIGEST.value,
 ) -> Notice:
-    """The network-wide summary for one digest slot: every line's status and the most crowded stations.
+    """The network-wide summary for one digest slot: every line's status and the most crowded stations, to be
+    rendered with the `template` base name (the digest config's `template`).
 
     Its version is the slot, so a slot posts once whatever happens, and its "as of HH:MM" differs from the
     previous slot's, so consecutive digests are never identical (platforms refuse repeats).
@@ -379,7 +388,7 @@ def compose_digest(
         id=f"digest-{name}", version=slot.astimezone(policy.timezone).strftime("%Y-%m-%dT%H:%M"),
         kind=NoticeKind.DIGEST, priority=Priority.ROUTINE, issued_at=slot, line_ids=tuple(disrupted),
         station_ids=tuple(r.station_id for r in crowded), severity=Severity.INFO,
-        contexts=_contexts(policy, slot, variables),
+        contexts=_contexts(policy, slot, variables), template=template,
     )
 
 

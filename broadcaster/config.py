@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Sequence
 from datetime import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -49,6 +50,23 @@ class _Section(BaseModel):
 
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+def _within(start: time, end: time, at: time) -> bool:
+    """True from `start` (inclusive) to `end` (exclusive); when `end` comes first the window runs past midnight."""
+    if start <= end:
+        return start <= at < end
+    return at >= start or at < end
+
+
+def _require_unique(values: Sequence[str], field: str, section: str) -> None:
+    """Refuse the first value met a second time, naming both places: "the name of feeds[2] is used twice
+    (feeds[0] has it too)"."""
+    first_at: dict[str, int] = {}
+    for i, value in enumerate(values):
+        if value in first_at:
+            raise ValueError(f"the {field} of {section}[{i}] is used twice ({section}[{first_at[value]}] has it too)")
+        first_at[value] = i
 
 
 class SecretRef(_Section):
@@ -119,9 +137,7 @@ class ServiceHours(_Section):
 
     def contains(self, at: time) -> bool:
         """True inside service hours; a window like 05:00-01:00 runs past midnight."""
-        if self.start <= self.end:
-            return self.start <= at < self.end
-        return at >= self.start or at < self.end
+        return _within(self.start, self.end, at)
 
 
 class StateConfig(_Section):
@@ -200,9 +216,9 @@ class QuietWindow(_Section):
     end: time
 
     def contains(self, at: time) -> bool:
-        if self.start <= self.end:
-            return self.start <= at < self.end
-        return at >= self.start or at < self.end
+        return _within(self.start, self.end, at)
+
+
 ChannelName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
 
 
@@ -352,10 +368,7 @@ class AdminConfig(_Section):
     @field_validator("tokens")
     @classmethod
     def _unique_token_ids(cls, tokens: tuple[AdminToken, ...]) -> tuple[AdminToken, ...]:
-        ids = [t.id for t in tokens]
-        for i, token_id in enumerate(ids):
-            if token_id in ids[:i]:
-                raise ValueError(f"the id of tokens[{i}] is used twice (tokens[{ids.index(token_id)}] has it too)")
+        _require_unique([t.id for t in tokens], "id", "tokens")
         return tokens
 
     @property
@@ -397,11 +410,10 @@ class Config(_Section):
     @classmethod
     def _unique_channel_names(cls, channels: tuple[ChannelConfig, ...]) -> tuple[ChannelConfig, ...]:
         names = [c.name for c in channels]
-        for i, name in enumerate(names):
-            if name == "mqtt":
-                raise ValueError("channel name 'mqtt' is taken by the MQTT notice stream")
-            if name in names[:i]:
-                raise ValueError(f"the name of channels[{i}] is used twice (channels[{names.index(name)}] has it too)")
+        reserved_at = names.index("mqtt") if "mqtt" in names else len(names)
+        _require_unique(names[:reserved_at], "name", "channels")  # whichever problem comes first is reported
+        if reserved_at < len(names):
+            raise ValueError("channel name 'mqtt' is taken by the MQTT notice stream")
         return channels
 
     @model_validator(mode="after")
@@ -416,10 +428,7 @@ class Config(_Section):
     @field_validator("feeds")
     @classmethod
     def _unique_feed_names(cls, feeds: tuple[FeedConfig, ...]) -> tuple[FeedConfig, ...]:
-        names = [feed.name for feed in feeds]
-        for i, name in enumerate(names):
-            if name in names[:i]:
-                raise ValueError(f"the name of feeds[{i}] is used twice (feeds[{names.index(name)}] has it too)")
+        _require_unique([feed.name for feed in feeds], "name", "feeds")
         return feeds
 
     @property

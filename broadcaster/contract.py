@@ -73,8 +73,9 @@ class _Model(BaseModel):
 Texts = dict[str, str]  # language subtag -> text, e.g. {"zh": "...", "en": "..."}
 
 LineStatusCode = Literal["normal", "delayed", "partly_suspended", "suspended"]
-#: since v1.2: `good`; `changes` (service changes riders feel, trains still run: a detour, a moved stop, a
-#: broken lift; `status` stays `normal`); `disrupted` (every status but `normal`).
+#: since v1.2: `good`; `changes` (trains still run: service changes riders feel, such as a detour, a moved stop
+#: or a broken lift, with `status` `normal`; or measured delays below `state.severe_delay_threshold_seconds`,
+#: with `status` `delayed`); `disrupted` (every other status but `normal`).
 ServiceLevel = Literal["good", "changes", "disrupted"]
 OccupancyName = Literal[
     "EMPTY", "MANY_SEATS_AVAILABLE", "FEW_SEATS_AVAILABLE", "STANDING_ROOM_ONLY", "CRUSHED_STANDING_ROOM_ONLY",
@@ -113,8 +114,8 @@ class LineStatusPayload(Envelope):
     status: LineStatusCode
     level: ServiceLevel | None = Field(
         default=None,
-        description="since v1.2: good, changes (service changes, trains still run; status stays normal) or"
-        " disrupted",
+        description="since v1.2: good, changes (trains still run: service changes with status normal, or measured"
+        " delays below the severe threshold with status delayed) or disrupted",
     )
     status_text: Texts = Field(description="The level in words (since v1.2 'Service changes' for changes)")
     reason: Texts = Field(description="Why, in each language: the main alert's header or the delay; {} if good")

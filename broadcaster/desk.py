@@ -24,7 +24,7 @@ import orjson
 
 from broadcaster import idempotency
 from broadcaster.channels.mqtt import CHANNEL_NAME as NOTICE_STREAM  # every notice ever issued has a row there
-from broadcaster.errors import BroadcasterError, IdempotencyKeyReused
+from broadcaster.errors import IdempotencyKeyReused, RequestFailed
 from broadcaster.outbox import Outbox
 from broadcaster.store import Database, alert_stored, iso
 
@@ -40,10 +40,6 @@ class DeskRequest:
     id: int
     action: str  # "announce" or "correct"
     body: Mapping[str, Any]
-
-
-class RequestFailed(BroadcasterError):
-    """The broadcaster could not carry out an operator request."""
 
 
 def submit(db: Database, action: str, body: Mapping[str, Any]) -> int:

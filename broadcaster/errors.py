@@ -13,11 +13,18 @@
     ├── RequestInvalid         an operator request has invalid fields (.problems: field and message each)
     ├── UnknownNotice          an operator request names a notice that was never issued (.notice_id)
     ├── IdempotencyKeyReused   an idempotency key comes back with a different request (.key)
+    ├── RequestFailed          an operator request queued for the running broadcaster failed or was not taken
+    ├── ProtocolViolation      the demo's MQTT 5 relay met a packet it cannot translate (the connection closes)
     └── DeliveryError          a channel could not deliver a message (.channel)
         ├── TransientDeliveryError   try again later (.retry_after seconds or None, .maybe_delivered)
         └── PermanentDeliveryError   retrying will not help: park and report
 
 Callers catch the narrowest type they can act on; nobody parses messages.
+
+Not here, on purpose: the render sandbox's `TemplateLimitExceeded` and `UnsafeTemplateError` (render/sandbox.py)
+must be Jinja2's own `SecurityError` and `TemplateSyntaxError` for Jinja2 to handle them, and never leave the
+render engine, which turns them into `TemplateProblem`; and module-private signals (`_InvalidAlert`, `_TooLarge`)
+that never leave their module.
 """
 
 from __future__ import annotations
@@ -142,6 +149,14 @@ class IdempotencyKeyReused(BroadcasterError):
         self.key = key
         super().__init__("this idempotency key was used for a different request within the last 24 hours;"
                          " use a new key for a new request")
+
+
+class RequestFailed(BroadcasterError):
+    """The broadcaster could not carry out an operator request (`announce`, `correct` on the command line)."""
+
+
+class ProtocolViolation(BroadcasterError):
+    """A packet the demo's MQTT 5 relay cannot translate: the connection is closed."""
 
 
 class DeliveryError(BroadcasterError):

@@ -23,7 +23,15 @@ from broadcaster.contract import (
     Topics,
 )
 from broadcaster.model import Alert, Line, LocalizedText, Network, Station
-from broadcaster.state import AlertRecord, CrowdingRecord, LineStatusKind, NetworkState, StatePolicy, crowding_trend
+from broadcaster.state import (
+    AlertRecord,
+    CrowdingRecord,
+    LineStatus,
+    LineStatusKind,
+    NetworkState,
+    StatePolicy,
+    crowding_trend,
+)
 from broadcaster.store import iso
 from broadcaster.vocabulary import word
 
@@ -61,11 +69,9 @@ def published_status(kind: LineStatusKind) -> str:
     return LineStatusKind.NORMAL.value if kind is LineStatusKind.CHANGES else kind.value
 
 
-def service_level(kind: LineStatusKind) -> str:
-    """The contract's `level` (since v1.2): good, changes, or disrupted."""
-    if kind is LineStatusKind.NORMAL:
-        return "good"
-    return "changes" if kind is LineStatusKind.CHANGES else "disrupted"
+def service_level(status: LineStatus) -> str:
+    """The contract's `level` (since v1.2): good, changes, or disrupted (`LineStatus.level`)."""
+    return status.level.value
 
 
 class PayloadBuilder:
@@ -190,7 +196,7 @@ class PayloadBuilder:
             "schema": SCHEMA_LINE_STATUS,
             "line": line_ref(line, self.languages),
             "status": published_status(status.kind),
-            "level": service_level(status.kind),
+            "level": service_level(status),
             "status_text": words(status.kind.value, self.languages),
             "reason": reason,
             "alert_ids": list(status.alert_ids),
@@ -248,10 +254,10 @@ class PayloadBuilder:
         status_rows: dict[str, list[str]] = {lang: [] for lang in langs}
         for line_id in self._lines_at.get(station.id, ()):
             line = self.network.lines[line_id]
-            kind = state.line_status(line_id).kind
-            status_text = self._words_for(kind.value)
-            lines.append({"line": self._line_refs[line_id], "status": published_status(kind),
-                          "level": service_level(kind), "status_text": status_text})
+            status = state.line_status(line_id)
+            status_text = self._words_for(status.kind.value)
+            lines.append({"line": self._line_refs[line_id], "status": published_status(status.kind),
+                          "level": service_level(status), "status_text": status_text})
             for lang in langs:
                 colon = "：" if lang == "zh" else ": "
                 status_rows[lang].append(f"{line.names.get(lang, 'en') or line.short_name}{colon}{status_text[lang]}")

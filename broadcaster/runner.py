@@ -22,7 +22,7 @@ from broadcaster.channels.factory import build_channel
 from broadcaster.channels.http import HttpChannelClient
 from broadcaster.channels.mqtt import MqttLink
 from broadcaster.config import Config, FeedConfig
-from broadcaster.errors import BroadcasterError, IdentityConflict
+from broadcaster.errors import BroadcasterError, IdentityConflict, RequestFailed
 from broadcaster.feeds.fetch import FeedFetcher
 from broadcaster.feeds.network import load_network
 from broadcaster.lock import InstanceLock
@@ -176,7 +176,7 @@ async def run_request(config: Config, action: str, body: Mapping[str, Any], *, w
     carries the request out; otherwise this process does, and delivers the outbox before returning.
 
     Raises:
-        desk.RequestFailed: it failed, or the running broadcaster did not take it within `wait_seconds`.
+        RequestFailed: it failed, or the running broadcaster did not take it within `wait_seconds`.
     """
     db = Database(config.database_path)
     try:
@@ -193,7 +193,7 @@ async def run_request(config: Config, action: str, body: Mapping[str, Any], *, w
     for line in failures:
         log.warning("%s (it stays queued and goes out with the next run)", line)
     if status != desk.DONE:
-        raise desk.RequestFailed(str(error))
+        raise RequestFailed(str(error))
     return str(result)
 
 

@@ -135,6 +135,7 @@ def state_policy(config: Config) -> StatePolicy:
         crowding_hysteresis_percent=s.crowding_hysteresis_percent,
         crowding_trend_window=timedelta(seconds=s.crowding_trend_window_seconds),
         delay_threshold_s=int(s.delay_threshold_seconds),
+        severe_delay_threshold_s=int(s.severe_delay_threshold_seconds),
     )
 
 
@@ -689,7 +690,7 @@ class Broadcaster:
         if not self.config.service_hours.contains(slot.astimezone(self.config.zone).time()):
             return []
         notice = compose_digest(self.state, name=digest.name, network=self.network, slot=slot,
-                                policy=self.compose_policy, top_crowded=digest.top_crowded)
+                                policy=self.compose_policy, top_crowded=digest.top_crowded, template=digest.template)
         fingerprint = digest_fingerprint(self.state, digest.top_crowded)
         wanted = set(digest.channels) or {c.name for c in self.config.channels} | {MqttNoticeChannel.name}
         targets: list[str] = []
@@ -734,7 +735,7 @@ class Broadcaster:
         """The notice's text in one language at one detail level, falling back rather than failing."""
         context = {**notice.contexts[language], "detail": detail}
         try:
-            return self.renderer.render(notice.kind.value, language, context)
+            return self.renderer.render(notice.template_base, language, context, builtin=notice.kind.value)
         except TemplateProblem as problem:
             log.error("%s; sending the plain fallback text", problem)
             return fallback_text(notice, language)

@@ -84,6 +84,14 @@ class LineStatusKind(enum.StrEnum):
         return list(LineStatusKind).index(self)
 
 
+class ServiceLevel(enum.StrEnum):
+    """How hard a line's condition hits riders, mildest first: the MQTT contract's `level` (v1.2)."""
+
+    GOOD = "good"
+    CHANGES = "changes"
+    DISRUPTED = "disrupted"
+
+
 @dataclass(frozen=True, slots=True)
 class LineStatus:
     """A line's derived status and why: the alerts behind it, or the measured delay."""
@@ -92,6 +100,18 @@ class LineStatus:
     alert_ids: tuple[str, ...] = ()
     max_delay_s: int = 0
     cause: str | None = None
+    #: Delayed by measured trip delays alone, below `state.severe_delay_threshold_seconds`: trains run late but
+    #: run, so the level reads `changes`; from that threshold on (or when an alert declares the delays) it reads
+    #: `disrupted`.
+    moderate: bool = False
+
+    @property
+    def level(self) -> ServiceLevel:
+        if self.kind is LineStatusKind.NORMAL:
+            return ServiceLevel.GOOD
+        if self.kind is LineStatusKind.CHANGES or self.moderate:
+            return ServiceLevel.CHANGES
+        return ServiceLevel.DISRUPTED
 
 
 NORMAL = LineStatus(LineStatusKind.NORMAL)
@@ -161,6 +181,7 @@ class StatePolicy:
     crowding_hysteresis_percent: int = 5
     crowding_trend_window: timedelta = timedelta(minutes=15)
     delay_threshold_s: int = 300
+    severe_delay_threshold_s: int = 900
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -389,10 +410,12 @@ def derive_line_statuses(
             status = LineStatus(kind, tuple(alert_id for alert_id, _ in ranked), 0,
                                 cause if kind is not LineStatusKind.NORMAL else None)
         per_direction = delays.get(line_id, ())
-        if per_direction and max(d.median_delay_s for d in per_direction) >= policy.delay_threshold_s:
+        median = max((d.median_delay_s for d in per_direction), default=0)  # the worse direction's
+        if per_direction and median >= policy.delay_threshold_s:
             longest = max(d.max_delay_s for d in per_direction)
             if status.kind.rank < LineStatusKind.DELAYED.rank:
-                status = LineStatus(LineStatusKind.DELAYED, status.alert_ids, longest, None)
+                status = LineStatus(LineStatusKind.DELAYED, status.alert_ids, longest, None,
+                                    moderate=median < policy.severe_delay_threshold_s)
             else:
                 status = replace(status, max_delay_s=longest)
         out[line_id] = status

@@ -405,7 +405,8 @@ def _encode_occupancy(os_: tuple[LineOccupancy, ...]) -> list[Any]:
 
 
 def _encode_line(s: LineStatus) -> dict[str, Any]:
-    return {"kind": s.kind.value, "alert_ids": list(s.alert_ids), "max_delay_s": s.max_delay_s, "cause": s.cause}
+    encoded = {"kind": s.kind.value, "alert_ids": list(s.alert_ids), "max_delay_s": s.max_delay_s, "cause": s.cause}
+    return {**encoded, "moderate": True} if s.moderate else encoded  # rows from before it read False
 
 
 def _encode_optional(items: tuple[Any, ...] | None, encode: Callable[[Any], Any]) -> Any:
@@ -474,7 +475,8 @@ class StateStore:
             elif kind == "occupancy":
                 occupancy[key] = tuple(LineOccupancy(v[0], v[1], Occupancy(v[2]), v[3]) for v in d)
             elif kind == "line":
-                lines[key] = LineStatus(LineStatusKind(d["kind"]), tuple(d["alert_ids"]), d["max_delay_s"], d["cause"])
+                lines[key] = LineStatus(LineStatusKind(d["kind"]), tuple(d["alert_ids"]), d["max_delay_s"], d["cause"],
+                                        d.get("moderate", False))
             elif kind == "meta" and key == "as_of":
                 as_of = from_iso(d)
         return NetworkState(

@@ -84,6 +84,12 @@ class Rig:
         lines.append("[mqtt]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in mqtt.items()))
         for channel in overrides.pop("channels", []):
             lines.append("[[channels]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in channel.items()))
+        for digest in overrides.pop("digests", []):
+            lines.append("[[digests]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in digest.items()))
+        if "templates" in overrides:
+            templates = overrides.pop("templates")
+            lines.append("[templates]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in templates.items()))
+        assert not overrides, f"the rig does not write {sorted(overrides)}"
         self.config_path.write_text("\n".join(lines), encoding="utf-8")
         return self.config_path
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from broadcaster.cli import main
-from broadcaster.config import Secret, SecretRef, load_config
+from broadcaster.config import QuietWindow, Secret, SecretRef, ServiceHours, load_config
 from broadcaster.errors import ConfigError
 from broadcaster.resources import data_dir
 
@@ -31,6 +34,8 @@ name = "ops"
 kind = "gtfs-rt"
 url = "https://feeds.example.org/rt.pb"
 """
+
+HOOK = '\n[[channels]]\nname = "{}"\nkind = "webhook"\nurl = "https://h.example"\n'
 
 
 def test_example_config_loads_and_resolves_relative_paths() -> None:
@@ -57,6 +62,12 @@ def test_example_config_loads_and_resolves_relative_paths() -> None:
          "channels[0].token", 'token = { env = "METRO_MASTODON_TOKEN" }'),
         (FEED + '\n[[channels]]\nname = "mqtt"\nkind = "webhook"\nurl = "https://h.example"\n',
          "channels", "taken by the MQTT notice stream"),
+        (FEED + HOOK.format("a") + HOOK.format("b") + HOOK.format("a") + HOOK.format("mqtt"),
+         "channels", "the name of channels[2] is used twice (channels[0] has it too)"),
+        (FEED + HOOK.format("a") + HOOK.format("mqtt") + HOOK.format("a"), "channels", "taken by the MQTT notice"),
+        (FEED + '\n[admin]\ntokens = [{ id = "desk", token = { env = "A" } }, { id = "ops", token = { env = "B" } },'
+                ' { id = "desk", token = { env = "C" } }]\n',
+         "admin.tokens", "the id of tokens[2] is used twice (tokens[0] has it too)"),
         (FEED.replace('kind = "gtfs-rt"', 'kind = "gtfs-rt"\npoll_seconds = -1'), "feeds[0].poll_seconds",
          "greater than 0"),
     ],
@@ -118,6 +129,24 @@ def test_check_reports_a_broken_operator_template_with_file_and_line(
     assert "'no_such_variable' is undefined" in err
 
 
+def test_check_renders_each_digests_named_template_and_exits_2_naming_a_missing_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    for lang in ("zh", "en"):
+        (templates / f"weekly.{lang}.j2").write_text("Weekly {{ as_of }}: {{ lines | length }} lines\n",
+                                                     encoding="utf-8")
+    digests = '[[digests]]\nname = "week"\ntemplate = "weekly"\n\n[[digests]]\nname = "night"\ntemplate = "nightly"\n'
+    path = write_config(tmp_path, FEED + f'\n[templates]\ndirectory = "{templates.as_posix()}"\n\n' + digests)
+    assert main(["check", "--offline", "-c", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert "--- digest (weekly) [en]\nWeekly " in out  # the operator's template, rendered on the samples
+    assert (f"{path}: digests[1].template: 'nightly': no template nightly.zh.j2, nightly.en.j2 in {templates}"
+            " or the built-in templates") in err
+    assert "digests[0]" not in err
+
+
 def test_check_reports_a_missing_sample_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_config(tmp_path, FEED.replace("https://feeds.example.org/rt.pb", "file://missing.pb"))
     assert main(["check", "--offline", "-c", str(path)]) == 2
@@ -146,3 +175,15 @@ def test_python_dash_m_entry_point_runs() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert '"ok": true' in result.stdout
+
+
+@given(st.times(), st.times(), st.times())
+def test_service_hours_and_quiet_windows_share_one_rule_start_in_end_out_past_midnight(
+    start: time, end: time, at: time
+) -> None:
+    inside = ServiceHours(start=start, end=end).contains(at)
+    assert QuietWindow(start=start, end=end).contains(at) == inside
+    if start <= end:
+        assert inside == (start <= at < end)
+    else:  # 22:00-06:00: the night, across midnight
+        assert inside == (at >= start or at < end)

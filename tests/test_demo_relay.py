@@ -14,7 +14,6 @@ from paho.mqtt.properties import Properties
 from broadcaster.demo.broker import EmbeddedBroker
 from broadcaster.demo.relay import (
     Mqtt5Relay,
-    ProtocolViolation,
     Translator,
     connect_to_v311,
     decode_varint,
@@ -22,6 +21,7 @@ from broadcaster.demo.relay import (
     packet,
     parse_properties,
 )
+from broadcaster.errors import ProtocolViolation
 
 
 def utf8(text: str) -> bytes:

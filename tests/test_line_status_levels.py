@@ -16,14 +16,16 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from rig import Rig
 from support import LoopbackHttpServer, MosquittoBroker, collect_retained
-from support.gtfs_rt_builders import alert_entity, selector
+from support.gtfs_rt_builders import alert_entity, selector, trip_update_entity
 from support.tiny_network import tiny_network
 
 from broadcaster.contract import LineStatusPayload, StationDisplayPayload, Topics, json_schemas
 from broadcaster.model import Alert, FeedSnapshot, InformedEntity, LineDelay, LocalizedText, Severity
-from broadcaster.payloads import PayloadBuilder
+from broadcaster.payloads import PayloadBuilder, published_status, service_level
 from broadcaster.retained import serialise, with_envelope
 from broadcaster.state import NetworkState, StatePolicy, apply_snapshot
 
@@ -104,12 +106,54 @@ def test_every_alert_on_the_line_is_listed_worst_first_and_the_worst_sets_the_le
     assert payload["reason"]["en"] == "Signal fault"
 
 
-def test_measured_delays_over_a_detour_are_disrupted_and_say_the_delay() -> None:
-    state = state_with(alert("A-detour", "DETOUR"), delays=(LineDelay("L1", 0, 3, 400, 720),))
+@pytest.mark.parametrize(("median_s", "level"), [(400, "changes"), (900, "disrupted")])
+def test_measured_delays_over_a_detour_take_the_status_and_say_the_delay(median_s: int, level: str) -> None:
+    state = state_with(alert("A-detour", "DETOUR"), delays=(LineDelay("L1", 0, 3, median_s, 1000),))
     payload = line_payload(state)
-    assert (payload["status"], payload["level"]) == ("delayed", "disrupted")
+    assert (payload["status"], payload["level"]) == ("delayed", level)
     assert payload["alert_ids"] == ["A-detour"]
-    assert payload["reason"]["en"] == "Delays of up to 12 min"
+    assert payload["reason"]["en"] == "Delays of up to 17 min"
+
+
+SEVERITIES = StatePolicy(delay_threshold_s=300, severe_delay_threshold_s=900)
+
+
+@given(st.integers(min_value=0, max_value=3600), st.integers(min_value=0, max_value=3600))
+def test_measured_median_delay_sets_the_level_at_the_two_thresholds(median_s: int, other_median_s: int) -> None:
+    """Under `delay_threshold_seconds`: good; from it: status delayed at level changes (trains run late); from
+    `severe_delay_threshold_seconds`: disrupted. The worse direction decides."""
+    delays = (LineDelay("L1", 0, 3, median_s, median_s + 60), LineDelay("L1", 1, 3, other_median_s, 60))
+    state = apply_snapshot(NetworkState(), FeedSnapshot("ops", T0, alerts=(), delays=delays), network=NETWORK,
+                           now=T0, policy=SEVERITIES).state
+    status = state.line_status("L1")
+    worst = max(median_s, other_median_s)
+    expected = "good" if worst < 300 else "changes" if worst < 900 else "disrupted"
+    assert (published_status(status.kind), service_level(status)) == (
+        "normal" if worst < 300 else "delayed", expected)
+
+
+def test_an_alert_that_declares_delays_is_disrupted_whatever_the_measured_delay() -> None:
+    declared = apply_snapshot(NetworkState(), FeedSnapshot(
+        "ops", T0, alerts=(alert("A-slow", "SIGNIFICANT_DELAYS"),), delays=(LineDelay("L1", 0, 3, 400, 500),)),
+        network=NETWORK, now=T0, policy=SEVERITIES).state
+    assert service_level(declared.line_status("L1")) == "disrupted"
+
+
+def test_crossing_the_severe_threshold_is_a_change_and_survives_a_restart(tmp_path: Path) -> None:
+    from broadcaster.state import LineStatusChange
+    from broadcaster.store import Database, StateStore
+
+    moderate = apply_snapshot(NetworkState(), FeedSnapshot("ops", T0, delays=(LineDelay("L1", 0, 3, 400, 500),)),
+                              network=NETWORK, now=T0, policy=SEVERITIES)
+    severe = apply_snapshot(moderate.state, FeedSnapshot("ops", T0, delays=(LineDelay("L1", 0, 3, 950, 500),)),
+                            network=NETWORK, now=T0, policy=SEVERITIES)
+    [change] = [c for c in severe.changes if isinstance(c, LineStatusChange)]
+    assert (service_level(change.before), service_level(change.after)) == ("changes", "disrupted")
+    db = Database(tmp_path / "state.db")
+    with db.transaction() as conn:
+        StateStore(db).save(conn, moderate.state)
+    assert service_level(StateStore(db).load().line_status("L1")) == "changes"
+    db.close()
 
 
 def test_the_station_display_shows_service_changes_under_the_detour() -> None:
@@ -153,6 +197,29 @@ async def test_a_detour_reaches_the_line_status_topic_as_service_changes(rig: Ri
     assert (status["status"], status["level"]) == ("normal", "changes")
     assert status["alert_ids"] == ["A-17-detour"]
     assert status["status_text"]["en"] == "Service changes"
+
+
+async def test_a_severe_measured_delay_reaches_the_broker_as_disrupted_and_a_moderate_one_as_changes(
+    rig: Rig,
+) -> None:
+    trips = [trip_update_entity(f"T1-{i}", trip_id=f"x1-{i}", route_id="1", direction_id=0, delay=700)
+             for i in range(3)]
+    trips += [trip_update_entity(f"T2-{i}", trip_id=f"x2-{i}", route_id="2", direction_id=0, delay=300)
+              for i in range(3)]
+    rig.serve_rt(*trips)
+    rig.serve_flow({"S04": "MANY_SEATS_AVAILABLE"})
+    config = rig.write_config(state={"delay_threshold_seconds": 120, "severe_delay_threshold_seconds": 600})
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "broadcaster", "once", "-c", str(config),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    async with asyncio.timeout(60):
+        output, _ = await process.communicate()
+    assert process.returncode == 0, output.decode()
+    retained = await collect_retained(rig.mqtt_url, rig.topic("lines/+/status"))
+    line_1, line_2 = (orjson.loads(retained[rig.topic(f"lines/{n}/status")]) for n in (1, 2))
+    assert (line_1["status"], line_1["level"], line_1["max_delay_s"]) == ("delayed", "disrupted", 700)
+    assert (line_2["status"], line_2["level"], line_2["max_delay_s"]) == ("delayed", "changes", 300)
+    assert line_2["status_text"]["en"] == "Delays"
 
 
 def test_measured_delays_on_a_line_with_a_detour_are_still_announced_and_their_end_too() -> None:

@@ -4,12 +4,13 @@ notices and corrections, all through the one pipeline to real loopback platforms
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
-from rig import Rig, SteppedClock, poll_all, running
-from support import collect_retained
+from rig import Rig, SteppedClock, payloads, poll_all, running
+from support import MessageRecorder, collect_retained
 from support.microblog_server import MicroblogServer
 from test_channels import SIGNAL, alert, channels, until
 
@@ -62,6 +63,47 @@ async def test_digests_post_every_slot_or_only_on_change_and_never_repeat(rig: R
     assert "08:15" in digests[1]
     assert "2号线列车延误" in digests[2]
     assert "信号故障" in digests[2]
+
+
+async def test_a_digest_posts_with_the_template_its_config_names(
+    rig: Rig, server: MicroblogServer, tmp_path: Path
+) -> None:
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    for lang, title in (("zh", "本周线网"), ("en", "This week")):
+        (templates / f"weekly.{lang}.j2").write_text(
+            title + " {{ as_of }}: {% for l in lines %}{{ l.name }} {{ l.status }}; {% endfor %}\n", encoding="utf-8")
+    config = rig.config(channels=tables(server)[:1], templates={"directory": str(templates)},
+                        digests=[{"name": "week", "template": "weekly", "channels": ["mastodon", "mqtt"]}])
+    async with running(config) as b, MessageRecorder(rig.mqtt_url, rig.topic("notices")) as notices:
+        await poll_all(b)
+        assert sorted(await b.digest(config.digests[0], local(8, 0))) == ["mastodon", "mqtt"]
+        await until(lambda: b.pending() == 0, b)
+        streamed = await notices.wait_for(lambda got: any(p["kind"] == "digest" for p in payloads(got)))
+    [status] = server.mastodon_statuses()
+    assert status.text.startswith("本周线网 08:00: 1号线"), status.text
+    assert "运营快报" not in status.text  # the built-in digest template was not used
+    [notice] = [p for p in payloads(streamed) if p["kind"] == "digest"]
+    assert notice["text"]["en"].startswith("This week 08:00: Line 1"), notice["text"]
+
+
+async def test_a_digest_whose_template_is_gone_in_service_posts_with_the_built_in_digest_template(
+    rig: Rig, server: MicroblogServer, tmp_path: Path
+) -> None:
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "weekly.zh.j2").write_text("{{ no_such_variable }}\n", encoding="utf-8")  # fails; en: none at all
+    config = rig.config(channels=tables(server)[:1], templates={"directory": str(templates)},
+                        digests=[{"name": "week", "template": "weekly", "channels": ["mastodon", "mqtt"]}])
+    async with running(config) as b, MessageRecorder(rig.mqtt_url, rig.topic("notices")) as notices:
+        await poll_all(b)
+        await b.digest(config.digests[0], local(8, 0))
+        await until(lambda: b.pending() == 0, b)
+        streamed = await notices.wait_for(lambda got: any(p["kind"] == "digest" for p in payloads(got)))
+    [status] = server.mastodon_statuses()
+    assert status.text.startswith("【运营快报 08:00】"), status.text  # not the bare "digest (08:00)"
+    [notice] = [p for p in payloads(streamed) if p["kind"] == "digest"]
+    assert notice["text"]["en"].startswith("Service update 08:00"), notice["text"]
 
 
 async def test_quiet_windows_hold_routine_posts_but_not_emergencies(rig: Rig, server: MicroblogServer) -> None:

@@ -19,6 +19,8 @@ import logging
 import struct
 from dataclasses import dataclass, field
 
+from broadcaster.errors import ProtocolViolation
+
 log = logging.getLogger(__name__)
 
 CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
@@ -36,10 +38,6 @@ SESSION_EXPIRY, TOPIC_ALIAS = 0x11, 0x23
 # CONNACK return codes of 3.1.1 -> reason codes of 5.
 _CONNACK_REASONS = {0: 0x00, 1: 0x84, 2: 0x85, 3: 0x88, 4: 0x86, 5: 0x87}
 _DISCONNECT_WITH_WILL = 0x04
-
-
-class ProtocolViolation(Exception):
-    """A packet the relay cannot translate: the connection is closed."""
 
 
 # -- wire format -----------------------------------------------------------------------------------------------

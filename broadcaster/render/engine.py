@@ -98,8 +98,11 @@ class Renderer:
                 template.filename or name, f"{type(exc).__name__}: {exc}", _error_line(exc, template.filename)
             ) from exc
 
-    def render(self, kind: str, language: str, context: Mapping[str, object]) -> str:
+    def render(self, kind: str, language: str, context: Mapping[str, object], *, builtin: str | None = None) -> str:
         """The post text for one notice in one language.
+
+        `builtin` names the built-in template base to fall back to when `kind` has no built-in template of its
+        own (a digest's configured `template` falls back to the built-in `digest`, which takes the same variables).
 
         Raises:
             TemplateProblem: when neither the operator's template nor the built-in one can render it.
@@ -108,9 +111,11 @@ class Renderer:
         try:
             return self._render(self._template(self.env, name), name, context)
         except TemplateProblem as problem:
-            if self.operator_dir is None or not (self.operator_dir / name).is_file():
+            if not (self.builtin_dir / name).is_file() and builtin is not None:
+                name = template_name(builtin, language)
+            elif self.operator_dir is None or not (self.operator_dir / name).is_file():
                 raise
-            log.error("%s; using the built-in template instead", problem)
+            log.error("%s; using the built-in template %s instead", problem, name)
         return self._render(self._template(self.builtin_env, name), name, context)
 
     def check(self, kind: str, language: str, context: Mapping[str, object]) -> str:
