@@ -204,7 +204,9 @@ class NoticePayload(Envelope):
     schema_: Literal["broadcaster.mqtt.notice/1"] = Field(alias="schema")
     notice_id: str
     version: str
-    kind: Literal["alert_new", "alert_updated", "alert_resolved", "line_status", "crowding"]
+    kind: Literal["alert_new", "alert_updated", "alert_resolved", "line_status", "crowding", "digest", "correction"] = (
+        Field(description="'digest' and 'correction' were sent since v1.0 but only listed in the schema from v1.2")
+    )
     priority: Literal["emergency", "normal", "routine"]
     alert_id: str | None
     lines: list[str]

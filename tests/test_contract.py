@@ -12,7 +12,7 @@ import pytest
 from pydantic import BaseModel
 
 from broadcaster.checking import sample_changes
-from broadcaster.compose import ComposePolicy, compose
+from broadcaster.compose import ComposePolicy, compose, compose_correction, compose_digest
 from broadcaster.contract import (
     AlertPayload,
     BroadcasterStatusPayload,
@@ -114,6 +114,21 @@ def test_notice_and_status_payloads_match_their_models() -> None:
         payload = orjson.loads(with_envelope(serialise(body), 1, T0, None))
         NoticePayload.model_validate(payload)
     BroadcasterStatusPayload.model_validate(status_body("offline", "b1", T0))
+
+
+def test_digest_and_correction_notices_match_the_published_schema() -> None:
+    # Both go out on the notice stream (docs/mqtt.md lists them): a consumer validating against the schema must
+    # not reject them.
+    policy = ComposePolicy(timezone=ZoneInfo("Asia/Shanghai"))
+    digest = compose_digest(NetworkState(), name="rush", network=NETWORK, slot=T0, policy=policy)
+    correction = compose_correction("alert-A1", {"zh": "更正", "en": "Correction"}, line_ids=["1"], network=NETWORK,
+                                    now=T0, policy=policy)
+    schema = NoticePayload.model_json_schema(by_alias=True)
+    for notice in (digest, correction):
+        payload = orjson.loads(with_envelope(serialise(PayloadBuilder.notice(notice, {"zh": "文", "en": "t"})), 1, T0,
+                                             None))
+        NoticePayload.model_validate(payload)
+        assert payload["kind"] in schema["properties"]["kind"]["enum"]
 
 
 def test_envelope_splices_onto_an_empty_body() -> None:
