@@ -241,6 +241,8 @@ def _line_notice(change: LineStatusChange, network: Network, now: datetime, poli
         return None
     if LineStatusKind.DELAYED not in (change.after.kind, change.before.kind):
         return None
+    if change.after.kind is change.before.kind and change.after.level is change.before.level:
+        return None  # the measured delay drifts (it does at every poll): the retained status shows it, no post
     contexts = _contexts(policy, now, lambda lang: {
         "line": _line_names(network, [change.line_id], lang)[0],
         "lines": _line_names(network, [change.line_id], lang),

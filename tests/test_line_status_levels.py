@@ -239,3 +239,26 @@ def test_measured_delays_on_a_line_with_a_detour_are_still_announced_and_their_e
         notices = [n for n in compose(changes, network=NETWORK, now=T0, policy=policy)
                    if n.kind is NoticeKind.LINE_STATUS]
         assert [n.contexts["en"]["status_code"] for n in notices] == [code]
+
+
+def test_a_delay_that_drifts_is_announced_once_not_at_every_poll() -> None:
+    # Measured delays move a little at every poll; a post for each would flood every channel while a line runs
+    # late. Announced: entering the delay, crossing the severe threshold (the level changes), and its end.
+    from zoneinfo import ZoneInfo
+
+    from broadcaster.compose import ComposePolicy, NoticeKind, compose
+
+    policy = ComposePolicy(timezone=ZoneInfo("Asia/Shanghai"))
+    state = NetworkState()
+    announced: list[tuple[str, str]] = []
+    for minute, median_s in enumerate((0, 400, 430, 470, 455, 1000, 1040, 0)):
+        now = T0 + timedelta(minutes=minute)
+        delays = (LineDelay("L1", 0, 3, median_s, median_s + 60),) if median_s else ()
+        transition = apply_snapshot(state, FeedSnapshot("ops", now, delays=delays), network=NETWORK, now=now,
+                                    policy=POLICY)
+        state = transition.state
+        notices = compose(transition.changes, network=NETWORK, now=now, policy=policy)
+        announced += [(n.contexts["en"]["status_code"], str(n.contexts["en"]["delay_minutes"]))
+                      for n in notices if n.kind is NoticeKind.LINE_STATUS]
+    assert [code for code, _ in announced] == ["delayed", "delayed", "normal"]
+    assert announced[1][1] == "18"  # the severe crossing says the delay it crossed at (1,060 s)
