@@ -258,7 +258,7 @@ def test_a_delay_that_drifts_is_announced_once_not_at_every_poll() -> None:
                                     policy=POLICY)
         state = transition.state
         notices = compose(transition.changes, network=NETWORK, now=now, policy=policy)
-        announced += [(n.contexts["en"]["status_code"], str(n.contexts["en"]["delay_minutes"]))
+        announced += [(str(n.contexts["en"]["status_code"]), str(n.contexts["en"]["delay_minutes"]))
                       for n in notices if n.kind is NoticeKind.LINE_STATUS]
     assert [code for code, _ in announced] == ["delayed", "delayed", "normal"]
     assert announced[1][1] == "18"  # the severe crossing says the delay it crossed at (1,060 s)
