@@ -1,4 +1,9 @@
-"""uvicorn inside the broadcaster's own event loop, for the admin API and the demo's pages."""
+"""uvicorn inside the broadcaster's own event loop, for the admin API and the demo's pages (the only module that
+imports uvicorn).
+
+Both bind their socket first (so its port is known, and a taken address is an error before anything runs),
+then serve an ASGI app on it until told to stop.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,27 @@ import socket
 from collections.abc import Iterator
 
 import uvicorn
+from starlette.types import ASGIApp
+
+START_TIMEOUT_SECONDS = 10.0
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket listening on `host:port` (0: a free port; an address with a colon: IPv6).
+
+    Raises:
+        OSError: the address cannot be listened on (taken, or not this machine's).
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
 
 
 class InLoopServer(uvicorn.Server):
@@ -25,3 +51,70 @@ class InLoopServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         self.ready.set()
+
+
+class WebServer:
+    """`app` on an already listening socket, in this event loop.
+
+    Either `serve()` as a task of the caller's (a TaskGroup's), `wait_started(task)`, and `shutdown()`; or
+    `start()` and `stop()`, which own the task. The socket is closed when serving ends.
+    """
+
+    def __init__(self, app: ASGIApp, sock: socket.socket, *, grace_seconds: int, name: str = "web server") -> None:
+        """`grace_seconds`: how long requests in flight may take to finish after `shutdown()`."""
+        self.sock = sock
+        self.name = name
+        # No logging configuration of uvicorn's own (the process has one), no Server header.
+        self._server = InLoopServer(uvicorn.Config(
+            app, log_config=None, log_level="warning", access_log=False, lifespan="off", http="h11", ws="none",
+            server_header=False, timeout_graceful_shutdown=grace_seconds,
+        ))
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        port: int = self.sock.getsockname()[1]
+        return port
+
+    async def serve(self) -> None:
+        """Serve until `shutdown()`."""
+        try:
+            await self._server.serve(sockets=[self.sock])
+        finally:
+            self.sock.close()
+
+    async def wait_started(self, task: asyncio.Task[None], timeout: float = START_TIMEOUT_SECONDS) -> None:  # noqa: ASYNC109 (a bound on start-up, not an I/O knob)
+        """Return once the server accepts requests; raise if `task` (running `serve()`) ended instead."""
+        waiter = asyncio.ensure_future(self._server.ready.wait())
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if task.done():
+            task.result()
+            raise RuntimeError(f"the {self.name} stopped during start-up")
+
+    def shutdown(self, *, force: bool = False) -> None:
+        """Stop taking requests; those in flight finish within the grace period, or at once with `force`."""
+        self._server.should_exit = True
+        if force:
+            self._server.force_exit = True
+
+    async def start(self, timeout: float = START_TIMEOUT_SECONDS) -> None:  # noqa: ASYNC109 (as wait_started)
+        """Serve in a task of its own, returning once requests are accepted (stopped again if they are not)."""
+        self._task = asyncio.create_task(self.serve(), name=self.name)
+        try:
+            await self.wait_started(self._task, timeout)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.stop(force=True)
+            raise
+
+    async def stop(self, *, force: bool = False) -> None:
+        """`shutdown()` and wait until the task `start()` made has ended (raising what ended it)."""
+        if self._task is None:
+            return
+        self.shutdown(force=force)
+        task, self._task = self._task, None
+        await task

@@ -26,12 +26,12 @@ from broadcaster.demo.recorder import PostLog
 from broadcaster.demo.relay import Mqtt5Relay
 from broadcaster.demo.scenario import Scenario
 from broadcaster.demo.script import MORNING, Script
-from broadcaster.demo.server import WebServer, bind
 from broadcaster.demo.settings import NETWORK_DIR, TOPIC_PREFIX, DemoEndpoints, timeline_path, write_config
 from broadcaster.demo.status import dashboard_status
 from broadcaster.demo.web import build_app
 from broadcaster.feeds.network import load_network
 from broadcaster.model import Network
+from broadcaster.webserver import WebServer, listening_socket
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class Demo:
 
     async def _start(self) -> None:
         o = self.options
-        sock = bind(o.host, o.port)
+        sock = listening_socket(o.host, o.port)
         self._stack.callback(sock.close)
         web_port: int = sock.getsockname()[1]
         broker = EmbeddedBroker(o.host, tcp_port=o.port + 1 if o.port else 0, ws_port=o.port + 2 if o.port else 0)
@@ -122,9 +122,10 @@ class Demo:
             state_dir=state_dir, poll_seconds=o.poll_seconds,
         ))
 
-        web = WebServer(build_app(self), sock)
+        # A browser's open keep-alive connections must not hold the exit: the stop is forced.
+        web = WebServer(build_app(self), sock, grace_seconds=1)
         await web.start()
-        self._stack.push_async_callback(web.stop)
+        self._stack.push_async_callback(web.stop, force=True)
         self._web = web
 
         runner = PipelineRunner(self._config, self.posts)
