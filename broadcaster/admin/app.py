@@ -1,0 +1,166 @@
+"""The Starlette app: the routes, each behind the token check unless public, and the reading endpoints (health,
+status, Prometheus metrics, the OpenAPI description).
+
+Every handler is a coroutine, so it runs on the loop's thread and may use the broadcaster's state directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from broadcaster import __version__
+from broadcaster.admin.answers import problem
+from broadcaster.admin.auth import Gate
+from broadcaster.admin.openapi import openapi_document
+from broadcaster.admin.requests import OperatorRequests
+from broadcaster.channels.atom import AtomChannel
+from broadcaster.config import AdminConfig
+from broadcaster.metrics import CONTENT_TYPE, FeedHealth, Health
+from broadcaster.service import Broadcaster
+from broadcaster.store import iso
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+#: An endpoint's work once the request is admitted; it receives the token's id (None on a public endpoint).
+Handler = Callable[[Request, str | None], Awaitable[Response]]
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.astimezone(UTC).isoformat() if at is not None else None
+
+
+def _feed(feed: FeedHealth, *, detail: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": feed.name, "kind": feed.kind, "healthy": feed.healthy, "age_seconds": feed.age_seconds,
+        "last_ok_at": _iso(feed.last_ok_at), "consecutive_failures": feed.consecutive_failures,
+    }
+    if detail:  # error texts name internal URLs and paths: only for authenticated callers
+        out["last_error"] = feed.last_error
+        out["problems"] = list(feed.problems)
+    return out
+
+
+def _health_body(health: Health, *, detail: bool) -> dict[str, Any]:
+    return {
+        "healthy": health.healthy,
+        "mqtt": {"connected": health.mqtt_connected, "delivering": health.mqtt_delivering},
+        "feeds": [_feed(f, detail=detail) for f in health.feeds],
+        "outbox": {
+            channel: {"pending": d.pending, "parked": d.parked, "oldest_pending_seconds": d.oldest_pending_seconds}
+            for channel, d in health.outbox.items()
+        },
+    }
+
+
+class SetAsideCollector(Collector):
+    """`broadcaster_atom_files_set_aside_total{channel}`: Atom timelines moved aside because they could not be
+    read (`AtomChannel.set_aside`), since start-up. Anything above 0 wants an operator's look."""
+
+    def __init__(self, atoms: Sequence[AtomChannel]) -> None:
+        self._atoms = list(atoms)
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterable[Metric]:
+        return [self._family(counting=True)]
+
+    def _family(self, *, counting: bool = False) -> CounterMetricFamily:
+        family = CounterMetricFamily("broadcaster_atom_files_set_aside",
+                                     "Atom timeline files that could not be read and were moved aside.",
+                                     labels=["channel"])
+        for atom in self._atoms if counting else ():
+            family.add_metric([atom.name], len(atom.set_aside))
+        return family
+
+
+def atom_channels(b: Broadcaster) -> list[AtomChannel]:
+    return [c for c in b.channels if isinstance(c, AtomChannel)]
+
+
+class AdminApi:
+    """The routes, over one running broadcaster."""
+
+    def __init__(self, b: Broadcaster, config: AdminConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+        """Raises ConfigError: a token cannot be read (`TokenRing`)."""
+        self.b = b
+        self.config = config
+        self.gate = Gate(config, b.config.source, clock)
+        self.public = frozenset(config.public)
+        self.requests = OperatorRequests(b)
+        with contextlib.suppress(ValueError):  # an earlier AdminApi over this broadcaster registered it already
+            b.metrics.registry.register(SetAsideCollector(atom_channels(b)))
+
+    def app(self) -> Starlette:
+        routes = [
+            Route("/v1/health", self._guard("/v1/health", self.health), methods=["GET"]),
+            Route("/metrics", self._guard("/metrics", self.metrics), methods=["GET"]),
+            Route("/openapi.json", self._guard("/openapi.json", self.openapi), methods=["GET"]),
+            Route("/v1/status", self._guard("/v1/status", self.status), methods=["GET"]),
+            Route("/v1/notices", self._guard("/v1/notices", self.requests.announce), methods=["POST"]),
+            Route("/v1/notices/{notice_id:path}/corrections", self._guard("corrections", self.requests.correct),
+                  methods=["POST"]),
+        ]
+        return Starlette(routes=routes, exception_handlers={404: self._not_found, 405: self._not_allowed})
+
+    @staticmethod
+    async def _not_found(request: Request, exc: Exception) -> Response:
+        return problem(404, "not_found", f"no such endpoint: {request.url.path}")
+
+    @staticmethod
+    async def _not_allowed(request: Request, exc: Exception) -> Response:
+        return problem(405, "method_not_allowed", f"{request.method} is not allowed on {request.url.path}")
+
+    def _guard(self, name: str, handler: Handler) -> Endpoint:
+        """`handler` behind the gate, unless `name` is public; it receives the token id."""
+        public = name in self.public
+
+        async def endpoint(request: Request) -> Response:
+            if public:
+                return await handler(request, None)
+            admitted = self.gate.admit(request)
+            if isinstance(admitted, Response):
+                return admitted
+            return await handler(request, admitted)
+
+        return endpoint
+
+    # -- reading -----------------------------------------------------------------------------------------
+
+    async def health(self, request: Request, token_id: str | None) -> Response:
+        health = self.b.health()
+        return JSONResponse(_health_body(health, detail=False), 200 if health.healthy else 503)
+
+    async def metrics(self, request: Request, token_id: str | None) -> Response:
+        return Response(self.b.metrics.render(), 200, media_type=CONTENT_TYPE)
+
+    async def openapi(self, request: Request, token_id: str | None) -> Response:
+        return JSONResponse(openapi_document(self.public))
+
+    async def status(self, request: Request, token_id: str | None) -> Response:
+        health = self.b.health()
+        body = _health_body(health, detail=True)
+        body["mqtt"].update(url=self.b.config.mqtt.url, sessions=self.b.link.sessions,
+                            last_error=self.b.link.last_error)
+        by_channel: dict[str, dict[str, int]] = {}
+        for (channel, status), count in self.b.outbox.depth().items():
+            by_channel.setdefault(channel, {})[status] = count
+        body["outbox_by_status"] = by_channel
+        body["parked"] = [
+            {"key": r.key, "channel": r.channel, "notice_id": r.notice_id, "version": r.version, "part": r.part,
+             "attempts": r.attempts, "created_at": iso(r.created_at), "error": r.error}
+            for r in self.b.outbox.parked(limit=50)
+        ]
+        body["atom_set_aside"] = {a.name: [str(p) for p in a.set_aside] for a in atom_channels(self.b)}
+        body["version"] = __version__
+        return JSONResponse(body, 200)

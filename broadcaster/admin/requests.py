@@ -1,0 +1,136 @@
+"""The writing requests: an operator notice (`POST /v1/notices`) and a correction
+(`POST /v1/notices/{id}/corrections`), each carried out at most once per `Idempotency-Key`.
+
+The request models and their checks are broadcaster.operator's (the command line uses the same); this module
+reads the body, answers, and records each refusal in the audit log under the token's id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from broadcaster import desk, idempotency
+from broadcaster.admin.answers import correction_created, notice_created, problem
+from broadcaster.errors import IdempotencyKeyReused, RequestInvalid, StoreError, UnknownNotice
+from broadcaster.operator import ManualNotice, correction_request, notice_request
+from broadcaster.service import Broadcaster
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+#: Records an answer to an `Idempotency-Key` inside the transaction that commits the request's notice.
+Remember = Callable[[sqlite3.Connection, Response], None]
+
+
+async def read_json(request: Request) -> Any | Response:
+    """The request's body as JSON, or the 413 / 400 answer when it is too large or not JSON."""
+    size = 0
+    chunks: list[bytes] = []
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return problem(413, "too_large", f"the body exceeds {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    try:
+        return orjson.loads(b"".join(chunks))
+    except orjson.JSONDecodeError as exc:
+        return problem(400, "invalid_json", f"the body is not JSON: {exc}")
+
+
+class OperatorRequests:
+    """Announcements and corrections over one running broadcaster."""
+
+    def __init__(self, b: Broadcaster) -> None:
+        self.b = b
+        self._keyed = asyncio.Lock()  # requests with an Idempotency-Key, one at a time
+
+    async def announce(self, request: Request, token_id: str | None) -> Response:
+        assert token_id is not None
+        return await self._once(request, token_id, "announce", "", self._announce)
+
+    async def correct(self, request: Request, token_id: str | None) -> Response:
+        assert token_id is not None
+        notice_id = str(request.path_params["notice_id"])
+
+        async def carry_out(body: Any, token: str, remember: Remember | None) -> Response:
+            return await self._correct(body, token, notice_id, remember)
+
+        return await self._once(request, token_id, "correct", notice_id, carry_out)
+
+    def _refused(self, action: str, token_id: str, subject: str, errors: Sequence[Mapping[str, str]]) -> Response:
+        self.b.audit(f"{action}-refused", token_id, subject, {"errors": list(errors)})
+        return problem(422, "invalid_request", "the request has invalid fields", errors=errors)
+
+    async def _once(self, request: Request, token_id: str, action: str, subject: str,
+                    handler: Callable[[Any, str, Remember | None], Awaitable[Response]]) -> Response:
+        """`handler` on the request's JSON body, at most once per `Idempotency-Key` (docs/admin.md).
+
+        Without the header every request is carried out. With it, the first successful answer is stored with a
+        fingerprint of the request and given again, for 24 hours, to every request with the same key and the
+        same body (`Idempotent-Replayed: true`); another body gets 422. Keyed requests run one at a time, so
+        concurrent duplicates wait for the first and get its answer. The answer is remembered in the transaction
+        that commits the notice: a crash can lose neither one without the other, so a retry never makes a second.
+        """
+        body = await read_json(request)
+        if isinstance(body, Response):
+            return body
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        if key is None:
+            return await handler(body, token_id, None)
+        if not idempotency.valid_key(key):
+            return problem(400, "invalid_idempotency_key", f"{IDEMPOTENCY_HEADER}: {idempotency.KEY_RULE}")
+        scope, fingerprint = f"api:{token_id}", idempotency.fingerprint(action, subject, body)
+        async with self._keyed:
+            earlier = idempotency.recall(self.b.db.conn, scope, key, self.b.clock.now())
+            if earlier is not None:
+                if earlier.fingerprint != fingerprint:
+                    return problem(422, "idempotency_key_reused", str(IdempotencyKeyReused(key)))
+                return Response(earlier.body, earlier.status or 200, media_type="application/json",
+                                headers={"Idempotent-Replayed": "true"})
+
+            def remember(conn: sqlite3.Connection, response: Response) -> None:
+                idempotency.remember(conn, scope, key, fingerprint, self.b.clock.now(),
+                                     status=response.status_code, body=bytes(response.body))
+
+            return await handler(body, token_id, remember)
+
+    async def _announce(self, body: Any, token_id: str, remember: Remember | None) -> Response:
+        try:
+            notice = notice_request(body, network=self.b.network, languages=self.b.config.network.languages,
+                                    now=self.b.clock.now())
+        except RequestInvalid as exc:
+            return self._refused("announce", token_id, "", exc.problems)
+        try:
+            notice_id = await self.b.announce(  # once committed, with the answer remembered in that transaction
+                ManualNotice.of(notice, author=token_id),
+                on_commit=None if remember is None else lambda conn, id_: remember(conn, notice_created(id_)),
+            )
+        except StoreError as exc:
+            log.error("admin API: announce by %s not committed: %s", token_id, exc)
+            return problem(503, "store_unavailable", "the notice could not be committed; try again")
+        return notice_created(notice_id)
+
+    async def _correct(self, body: Any, token_id: str, notice_id: str, remember: Remember | None) -> Response:
+        try:
+            correction = correction_request(body, languages=self.b.config.network.languages)
+        except RequestInvalid as exc:
+            return self._refused("correct", token_id, notice_id, exc.problems)
+        if not desk.notice_known(self.b.db, notice_id):
+            return problem(404, "unknown_notice", str(UnknownNotice(notice_id)))
+        try:
+            answer = None if remember is None else lambda conn, v: remember(conn, correction_created(notice_id, v))
+            version = await self.b.correct(notice_id, correction.texts, author=token_id, on_commit=answer)
+        except StoreError as exc:
+            log.error("admin API: correction of %s by %s not committed: %s", notice_id, token_id, exc)
+            return problem(503, "store_unavailable", "the correction could not be committed; try again")
+        return correction_created(notice_id, version)
