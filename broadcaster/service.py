@@ -68,6 +68,7 @@ from broadcaster.outbox import (
     OutgoingMessage,
 )
 from broadcaster.payloads import PayloadBuilder
+from broadcaster.publisher import RetainedPublisher
 from broadcaster.render import Renderer
 from broadcaster.render.posts import FULL, posts_for
 from broadcaster.retained import RetainedPlanner, SequenceClock, serialise, with_envelope
@@ -241,17 +242,6 @@ class Broadcaster:
         # feed -> hash of the body last parsed and committed; its snapshot is in memory or in the database
         self._parse_keys = parse_keys(config, network)
         self._body_digests: dict[str, bytes] = load_snapshot_digests(db.conn, self._parse_keys)
-        # The canary: the first line's status and the first station's display come back through our own
-        # subscription, or the broker is dropping what it acknowledges.
-        first_line = next(iter(network.lines), None)
-        first_station = next(iter(network.stations), None)
-        link.canary_topics = tuple(
-            t for t in (self.topics.line_status(first_line) if first_line else None,
-                        self.topics.station_display(first_station) if first_station else None) if t
-        )
-        self._canary_expected: dict[str, tuple[int, int]] = {}  # topic -> (seq published, in which round)
-        self._canary_round = 0
-        self.mqtt_delivering = True
         self._snapshots: dict[str, FeedSnapshot] = {}  # feed -> what that body said
         # The operator's state: read and replaced only inside `_advance`'s critical section (see `Step`).
         self.operator_meta = KeyValueStore(db, "operator")
@@ -261,12 +251,15 @@ class Broadcaster:
         marks = self.operator_meta.get("digests")
         self.digest_marks: dict[str, str] = orjson.loads(marks) if marks else {}
         self._state_lock = asyncio.Lock()
-        self._publish_lock = asyncio.Lock()
         self.metrics = Metrics(self.health, feeds=[f.name for f in config.feeds],
                                channels=[c.name for c in self.channels])
         self.delivery_policy = DeliveryPolicy(config)
         self.dispatcher = Dispatcher(config, self.outbox, self.channels, self.posting, self.delivery_policy,
                                      self.metrics, self.clock.now)
+        self.publisher = RetainedPublisher(config, network, self.topics, link, self.planner, self.builder, db,
+                                           self.metrics, feeds=self.feeds, state=lambda: self.state,
+                                           now=self.clock.now)
+        link.watch_canaries(self.publisher.canary_topics)
 
     # -- fetch -> state -> compose -> render -> outbox -------------------------------------------------------
 
@@ -734,57 +727,13 @@ class Broadcaster:
 
     # -- retained state --------------------------------------------------------------------------------------
 
-    def fresh_sources(self, now: datetime) -> set[str]:
-        """Feed kinds with at least one feed whose content is within its maximum age."""
-        fresh: set[str] = set()
-        for feed in self.config.feeds:
-            record = self.feeds.get(feed.name)
-            if record is None or record.feed_timestamp is None or not record.healthy:
-                continue
-            if (now - record.feed_timestamp).total_seconds() <= feed.max_age_seconds:
-                fresh.add(feed.kind)
-        return fresh
-
-    def _check_canary(self) -> None:
-        """Each canary topic published two rounds ago or more must have come back through our subscription.
-
-        aiomqtt 2.x does not surface PUBACK reason codes, and a broker denying a topic by ACL acknowledges the
-        publish and drops it: this is how such a silent loss shows, within two ticks, in health and metrics.
-        """
-        self._canary_round += 1
-        missing = [topic for topic, (seq, published_round) in self._canary_expected.items()
-                   if self._canary_round - published_round >= 2 and self.link.observed_seq.get(topic, 0) < seq]
-        if missing and self.mqtt_delivering:
-            log.error("MQTT publishes are acknowledged but do not arrive (%s): check the broker's ACL for this"
-                      " account", ", ".join(missing))
-        elif not missing and not self.mqtt_delivering:
-            log.info("MQTT publishes arrive again")
-        self.mqtt_delivering = not missing
+    @property
+    def mqtt_delivering(self) -> bool:
+        """Whether the canary's publishes come back (health, metrics and the tests read it here)."""
+        return self.publisher.mqtt_delivering
 
     async def publish_retained(self, *, full: bool = False) -> int:
-        """Publish the retained topics that changed (all of them when `full`); returns how many were acked."""
-        async with self._publish_lock:
-            if not self.link.connected.is_set():
-                return 0  # the next session starts with a full publish
-            self._check_canary()
-            now = self.clock.now()
-            publications = self.planner.plan(
-                self.builder.retained(self.state, now), now, fresh_sources=self.fresh_sources(now), full=full
-            )
-            if not publications:
-                return 0
-            acked = await self.link.publish_many(publications)
-            for publication in acked:
-                if publication.topic in self.link.canary_topics and publication.payload:
-                    seq = int(orjson.loads(publication.payload)["seq"])
-                    self._canary_expected[publication.topic] = (seq, self._canary_round)
-            self.metrics.retained(len(acked), len(publications) - len(acked))
-            try:
-                with self.db.transaction() as conn:
-                    self.planner.confirm(acked, now, conn)
-            except StoreError as exc:
-                log.error("could not record retained publications: %s", exc)
-            return len(acked)
+        return await self.publisher.publish_retained(full=full)
 
     async def on_connected(self) -> None:
         """A new broker session: the broker may have lost retained state, and queued notices can go now."""
