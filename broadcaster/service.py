@@ -8,7 +8,6 @@ the drain loops (notices) and publishes the retained topics that changed (state)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import sqlite3
@@ -22,10 +21,8 @@ from typing import Protocol
 import orjson
 
 from broadcaster import __version__, desk
-from broadcaster.budget import allowance, budget_for, merge, mergeable
-from broadcaster.channels.base import DELETE_KIND, DeletingChannel, NoticeChannel, Post, PostingChannel, ThreadRefs
+from broadcaster.channels.base import DELETE_KIND, NoticeChannel, Post, PostingChannel
 from broadcaster.channels.mqtt import MqttLink, MqttNoticeChannel
-from broadcaster.channels.webhook import WebhookChannel
 from broadcaster.compose import (
     ComposePolicy,
     EmergencyRule,
@@ -37,13 +34,12 @@ from broadcaster.compose import (
 )
 from broadcaster.config import ChannelConfig, Config, DigestConfig, FeedConfig
 from broadcaster.contract import Topics
+from broadcaster.dispatcher import DeliveryPolicy, Dispatcher
 from broadcaster.errors import (
     BroadcasterError,
     FeedError,
-    PermanentDeliveryError,
     StoreError,
     TemplateProblem,
-    TransientDeliveryError,
 )
 from broadcaster.feeds.fetch import FeedFetcher
 from broadcaster.feeds.freshness import check_freshness
@@ -68,14 +64,11 @@ from broadcaster.operator import (
 )
 from broadcaster.outbox import (
     DELETION_VERSION_PREFIX,
-    EMERGENCY_MAX_WAIT_S,
-    PENDING,
-    SENT,
     Outbox,
-    OutboxEntry,
     OutgoingMessage,
 )
 from broadcaster.payloads import PayloadBuilder
+from broadcaster.publisher import RetainedPublisher
 from broadcaster.render import Renderer
 from broadcaster.render.posts import FULL, posts_for
 from broadcaster.retained import RetainedPlanner, SequenceClock, serialise, with_envelope
@@ -96,13 +89,6 @@ from broadcaster.store import (
 )
 
 log = logging.getLogger(__name__)
-
-#: How many requests one attempt at a post may make, per channel kind: Mastodon posts again without the reply
-#: when the status it answers is gone; Bluesky may log in, renew its session and look the record up around
-#: createRecord. The attempt's deadline is that many `timeout_seconds` (`Broadcaster._attempt_deadline_s`).
-REQUESTS_PER_ATTEMPT = {"mastodon": 2, "bluesky": 6}
-#: The longest a drain loop waits after its own failure (it doubles from half a second).
-DRAIN_RETRY_MAX_S = 60.0
 
 
 def _digest(body: bytes) -> bytes:
@@ -249,8 +235,6 @@ class Broadcaster:
             zip(posting or (), config.channels, strict=True)
         )
         self.channels: list[NoticeChannel] = [MqttNoticeChannel(link), *(c for c, _ in self.posting)]
-        self._wake = {ch.name: asyncio.Event() for ch in self.channels}
-        self._drain_locks = {ch.name: asyncio.Lock() for ch in self.channels}
         # One poll per feed at a time: a poll reads the feed's record (validators, last timestamp) before its fetch
         # and writes it after, so a second poll of the same feed (the start-up round beside a scheduled job) must
         # wait, or an older answer arriving late would be applied over a newer one.
@@ -258,20 +242,7 @@ class Broadcaster:
         # feed -> hash of the body last parsed and committed; its snapshot is in memory or in the database
         self._parse_keys = parse_keys(config, network)
         self._body_digests: dict[str, bytes] = load_snapshot_digests(db.conn, self._parse_keys)
-        # The canary: the first line's status and the first station's display come back through our own
-        # subscription, or the broker is dropping what it acknowledges.
-        first_line = next(iter(network.lines), None)
-        first_station = next(iter(network.stations), None)
-        link.canary_topics = tuple(
-            t for t in (self.topics.line_status(first_line) if first_line else None,
-                        self.topics.station_display(first_station) if first_station else None) if t
-        )
-        self._canary_expected: dict[str, tuple[int, int]] = {}  # topic -> (seq published, in which round)
-        self._canary_round = 0
-        self.mqtt_delivering = True
         self._snapshots: dict[str, FeedSnapshot] = {}  # feed -> what that body said
-        self.budgets = {c.name: budget_for(c) for c in config.channels}
-        self.channel_configs: dict[str, ChannelConfig] = {c.name: c for c in config.channels}
         # The operator's state: read and replaced only inside `_advance`'s critical section (see `Step`).
         self.operator_meta = KeyValueStore(db, "operator")
         self.operator_alerts: dict[str, Alert] = {}
@@ -280,9 +251,15 @@ class Broadcaster:
         marks = self.operator_meta.get("digests")
         self.digest_marks: dict[str, str] = orjson.loads(marks) if marks else {}
         self._state_lock = asyncio.Lock()
-        self._publish_lock = asyncio.Lock()
         self.metrics = Metrics(self.health, feeds=[f.name for f in config.feeds],
                                channels=[c.name for c in self.channels])
+        self.delivery_policy = DeliveryPolicy(config)
+        self.dispatcher = Dispatcher(config, self.outbox, self.channels, self.posting, self.delivery_policy,
+                                     self.metrics, self.clock.now)
+        self.publisher = RetainedPublisher(config, network, self.topics, link, self.planner, self.builder, db,
+                                           self.metrics, feeds=self.feeds, state=lambda: self.state,
+                                           now=self.clock.now)
+        link.watch_canaries(self.publisher.canary_topics)
 
     # -- fetch -> state -> compose -> render -> outbox -------------------------------------------------------
 
@@ -665,21 +642,6 @@ class Broadcaster:
         self.operator_alerts = {a.id: a for a in alerts}
         self.corrections = decode_corrections(self.operator_meta.get("corrections") or "{}")
 
-    def in_quiet(self, channel: ChannelConfig, at: datetime) -> bool:
-        local = at.astimezone(self.config.zone).time()
-        if channel.quiet_outside_service_hours and not self.config.service_hours.contains(local):
-            return True
-        return any(window.contains(local) for window in channel.quiet)
-
-    def quiet_until(self, channel: ChannelConfig, at: datetime) -> datetime:
-        """The first minute after `at` that is outside every quiet window of `channel`."""
-        probe = at.replace(second=0, microsecond=0) + timedelta(minutes=1)
-        for _ in range(24 * 60):
-            if not self.in_quiet(channel, probe):
-                return probe
-            probe += timedelta(minutes=1)
-        return probe  # quiet all day: try again tomorrow
-
     async def digest(self, digest: DigestConfig, slot: datetime | None = None) -> list[str]:
         """Post one digest slot on the channels it names; returns the channels it was queued for.
 
@@ -697,7 +659,7 @@ class Broadcaster:
         for name in sorted(wanted):
             config = next((c for c in self.config.channels if c.name == name), None)
             if config is not None:
-                if self.in_quiet(config, slot):
+                if self.delivery_policy.in_quiet(config, slot):
                     continue
                 if config.digest_mode == "on-change" and self.digest_marks.get(f"{digest.name}:{name}") == fingerprint:
                     continue
@@ -765,57 +727,13 @@ class Broadcaster:
 
     # -- retained state --------------------------------------------------------------------------------------
 
-    def fresh_sources(self, now: datetime) -> set[str]:
-        """Feed kinds with at least one feed whose content is within its maximum age."""
-        fresh: set[str] = set()
-        for feed in self.config.feeds:
-            record = self.feeds.get(feed.name)
-            if record is None or record.feed_timestamp is None or not record.healthy:
-                continue
-            if (now - record.feed_timestamp).total_seconds() <= feed.max_age_seconds:
-                fresh.add(feed.kind)
-        return fresh
-
-    def _check_canary(self) -> None:
-        """Each canary topic published two rounds ago or more must have come back through our subscription.
-
-        aiomqtt 2.x does not surface PUBACK reason codes, and a broker denying a topic by ACL acknowledges the
-        publish and drops it: this is how such a silent loss shows, within two ticks, in health and metrics.
-        """
-        self._canary_round += 1
-        missing = [topic for topic, (seq, published_round) in self._canary_expected.items()
-                   if self._canary_round - published_round >= 2 and self.link.observed_seq.get(topic, 0) < seq]
-        if missing and self.mqtt_delivering:
-            log.error("MQTT publishes are acknowledged but do not arrive (%s): check the broker's ACL for this"
-                      " account", ", ".join(missing))
-        elif not missing and not self.mqtt_delivering:
-            log.info("MQTT publishes arrive again")
-        self.mqtt_delivering = not missing
+    @property
+    def mqtt_delivering(self) -> bool:
+        """Whether the canary's publishes come back (health, metrics and the tests read it here)."""
+        return self.publisher.mqtt_delivering
 
     async def publish_retained(self, *, full: bool = False) -> int:
-        """Publish the retained topics that changed (all of them when `full`); returns how many were acked."""
-        async with self._publish_lock:
-            if not self.link.connected.is_set():
-                return 0  # the next session starts with a full publish
-            self._check_canary()
-            now = self.clock.now()
-            publications = self.planner.plan(
-                self.builder.retained(self.state, now), now, fresh_sources=self.fresh_sources(now), full=full
-            )
-            if not publications:
-                return 0
-            acked = await self.link.publish_many(publications)
-            for publication in acked:
-                if publication.topic in self.link.canary_topics and publication.payload:
-                    seq = int(orjson.loads(publication.payload)["seq"])
-                    self._canary_expected[publication.topic] = (seq, self._canary_round)
-            self.metrics.retained(len(acked), len(publications) - len(acked))
-            try:
-                with self.db.transaction() as conn:
-                    self.planner.confirm(acked, now, conn)
-            except StoreError as exc:
-                log.error("could not record retained publications: %s", exc)
-            return len(acked)
+        return await self.publisher.publish_retained(full=full)
 
     async def on_connected(self) -> None:
         """A new broker session: the broker may have lost retained state, and queued notices can go now."""
@@ -826,228 +744,21 @@ class Broadcaster:
             log.error("could not reschedule queued notices: %s", exc)
         self.wake()
 
-    # -- outbox -> channels ----------------------------------------------------------------------------------
+    # -- outbox -> channels: the dispatcher's; these delegate for the runner and the tests --------------------
 
     def wake(self) -> None:
-        for event in self._wake.values():
-            event.set()
-
-    def thread_of(self, channel: NoticeChannel, entry: OutboxEntry) -> ThreadRefs | None:
-        """Where `entry` goes in a thread on `channel`, or None while a post it answers is still queued.
-
-        A part after the first answers the previous part; an update or all-clear answers the first post about
-        the same subject. When that post was parked (or never made on this channel), this one stands alone.
-        """
-        if channel.name == MqttNoticeChannel.name:
-            return ThreadRefs()
-        post = Post.from_payload(entry.payload)
-        root: str | None = None
-        if post.reply_to_notice is not None:
-            found = self.outbox.thread_root(post.reply_to_notice, channel.name, before=entry.created_at)
-            if found is not None and found[0] == PENDING:
-                return None
-            if found is not None and found[0] == SENT:
-                root = found[1]
-        if post.part == 0:
-            return ThreadRefs(root, root)
-        previous = self.outbox.status_of(entry.notice_id, entry.version, channel.name, post.part - 1)
-        if previous is not None and previous[0] == PENDING:
-            return None
-        parent = previous[1] if previous is not None and previous[0] == SENT else None
-        if root is None:
-            first = self.outbox.status_of(entry.notice_id, entry.version, channel.name, 0)
-            root = first[1] if first is not None and first[0] == SENT else parent
-        return ThreadRefs(root or parent, parent)
+        self.dispatcher.wake()
 
     async def drain_due(self, channel: NoticeChannel) -> int:
-        """Send every entry of `channel` that is due now, one at a time; returns how many were acknowledged.
-
-        Callers may overlap (the drain loop, `once`, a reconnect): the channel's lock keeps one attempt in
-        flight per channel, so no key is ever sent twice at the same time.
-        """
-        async with self._drain_locks[channel.name]:
-            return await self._drain_due(channel)
-
-    def _apply_budget(self, channel: NoticeChannel) -> None:
-        """Keep `channel` within its account's posting budget: merge a backlog that would overrun it, and hold
-        non-emergency posts while the budget is spent. Emergencies are never merged or held."""
-        limits = self.budgets.get(channel.name)
-        if not limits:
-            return
-        now = self.clock.now()
-        longest = max(timedelta(seconds=limit.seconds) for limit in limits)
-        room = allowance(limits, self.outbox.sent_times(channel.name, now - longest), now)
-        due = self.outbox.due(channel.name, now, limit=1000)
-        emergencies = sum(1 for e in due if e.priority == 0)
-        candidates = [e for e in due if mergeable(e)]
-        others = len(due) - emergencies
-        if others > room.posts - emergencies and len(candidates) >= 2:
-            posting = next((c for c, _ in self.posting if c.name == channel.name), None)
-            posts = merge(candidates, posting.profile if posting else None)
-            priority = min(e.priority for e in candidates)
-            self.outbox.replace_with_merged(
-                candidates,
-                [OutgoingMessage(p.notice_id, "v1", channel.name, p.to_payload(), priority, part=p.part)
-                 for p in posts],
-                now,
-            )
-            self.metrics.merged(channel.name, candidates, [(p.notice_id, "v1") for p in posts])
-            log.warning("%s: %d queued posts exceed the posting budget (%d left); merged into %d",
-                        channel.name, len(candidates), room.posts, len(posts))
-        if room.posts <= 0 and room.next_slot_at is not None:
-            held = self.outbox.hold(channel.name, room.next_slot_at)
-            if held:
-                log.warning("%s: posting budget spent; %d post(s) wait until %s (emergencies still go)",
-                            channel.name, held, room.next_slot_at.isoformat(timespec="seconds"))
-
-    def _apply_quiet(self, channel: NoticeChannel) -> None:
-        """In a quiet window, routine and normal posts wait for its end; emergencies go."""
-        config = self.channel_configs.get(channel.name)
-        now = self.clock.now()
-        if config is not None and self.in_quiet(config, now):
-            self.outbox.hold(channel.name, self.quiet_until(config, now))
-
-    def _hold_behind_doubt(self, channel: NoticeChannel) -> None:
-        """While a post of `channel` whose earlier attempt may have landed waits for its retry (a backoff, or after a
-        crash the deadline of the attempt that was in flight), routine and normal posts queue behind it, including
-        those queued since: its retry must come first, as Weibo recognises a repeat only of the account's latest
-        status. Emergencies are not held by it (at worst a doubtful post shows twice on Weibo)."""
-        until = self.outbox.doubtful_until(channel.name, self.clock.now())
-        if until is not None:
-            self.outbox.hold(channel.name, until)
-
-    async def _drain_due(self, channel: NoticeChannel) -> int:
-        self._hold_behind_doubt(channel)
-        self._apply_quiet(channel)
-        self._apply_budget(channel)
-        sent = 0
-        while channel.ready:
-            progress = False
-            for entry in self.outbox.due(channel.name, self.clock.now(), limit=50):
-                try:
-                    thread = self.thread_of(channel, entry)
-                except (ValueError, KeyError, TypeError) as exc:
-                    # A row no code of ours can read (hand-edited, or from a broken build): it can never be sent,
-                    # and retrying it would hold the channel's whole queue behind it.
-                    self.metrics.post(channel.name, "parked")
-                    self.outbox.park(entry.key, f"the outbox entry cannot be read: {type(exc).__name__}: {exc}")
-                    log.error("%s: parked unreadable outbox entry %s/%s part %d: %s",
-                              channel.name, entry.notice_id, entry.version, entry.part, exc)
-                    continue
-                if thread is None:
-                    continue  # its parent goes first
-                progress = True
-                deadline_s = self._attempt_deadline_s(channel)
-                if deadline_s is not None:
-                    # Posts are visible and few: pay one fsync so a crash mid-request is known after restart, and
-                    # not retried while the request may still be in flight. (MQTT consumers deduplicate on
-                    # notice_id and version instead.)
-                    self.outbox.begin_attempt(entry.key, self.clock.now() + timedelta(seconds=deadline_s))
-                try:
-                    remote_id = await self._attempt(channel, entry, thread, deadline_s)
-                except TransientDeliveryError as exc:
-                    self.metrics.post(channel.name, "retry")
-                    now = self.clock.now()
-                    at = self.outbox.retry_later(entry, now, exc.reason, exc.retry_after,
-                                                 uncertain=exc.maybe_delivered)
-                    # The channel is struggling, not this entry: everything it owes waits until then, so when the
-                    # platform is back the queue goes out in priority order (an emergency backing off must not
-                    # be overtaken by a routine post whose own retry happened to come due first). Emergencies wait
-                    # for a routine post's failure at most EMERGENCY_MAX_WAIT_S.
-                    self.outbox.hold(channel.name, at)
-                    emergency_cap = now + timedelta(seconds=EMERGENCY_MAX_WAIT_S)
-                    self.outbox.hold(channel.name, at if entry.priority == 0 else min(at, emergency_cap),
-                                     below_priority=-1)
-                    log.warning("%s: %s; retrying at %s", channel.name, exc.reason, at.isoformat(timespec="seconds"))
-                    return sent
-                except PermanentDeliveryError as exc:
-                    self.metrics.post(channel.name, "parked")
-                    self.outbox.park(entry.key, exc.reason)
-                    log.error("%s: parked notice %s/%s part %d: %s",
-                              channel.name, entry.notice_id, entry.version, entry.part, exc.reason)
-                    continue
-                acked_at = self.clock.now()
-                self.outbox.mark_sent(entry.key, acked_at, remote_id)
-                self.metrics.sent(channel.name, entry, acked_at)
-                sent += 1
-            if not progress:
-                break
-        return sent
-
-    def _attempt_deadline_s(self, channel: NoticeChannel) -> float | None:
-        """How long one attempt at a post on `channel` may take, all its requests together (None: MQTT, which
-        records no attempts): `timeout_seconds` per request it may make, and a second for the rest."""
-        config = self.channel_configs.get(channel.name)
-        if config is None:
-            return None
-        return config.timeout_seconds * REQUESTS_PER_ATTEMPT.get(config.kind, 1) + 1.0
-
-    async def _attempt(
-        self, channel: NoticeChannel, entry: OutboxEntry, thread: ThreadRefs, deadline_s: float | None
-    ) -> str | None:
-        """`_send` within the attempt's deadline: the time `begin_attempt` recorded is then a true bound."""
-        if deadline_s is None:
-            return await self._send(channel, entry, thread)
-        try:
-            async with asyncio.timeout(deadline_s):
-                return await self._send(channel, entry, thread)
-        except TimeoutError:
-            raise TransientDeliveryError(channel.name, f"no outcome within the attempt's {deadline_s:g} s",
-                                         maybe_delivered=True) from None
-
-    async def _send(self, channel: NoticeChannel, entry: OutboxEntry, thread: ThreadRefs) -> str | None:
-        """Send one entry; an entry of kind "delete" takes down the posts of its notice instead."""
-        if channel.name == MqttNoticeChannel.name or Post.from_payload(entry.payload).kind != DELETE_KIND:
-            return await channel.send(entry, thread)
-        if not isinstance(channel, DeletingChannel):
-            if isinstance(channel, WebhookChannel):
-                return await channel.send(entry, thread)  # the receiver gets a "delete" event and acts on it
-            raise PermanentDeliveryError(channel.name, "this platform's posts cannot be deleted by broadcaster;"
-                                                       " delete them by hand")
-        for remote_id in self.outbox.original_remote_ids(channel.name, entry.notice_id):
-            await channel.delete(remote_id)
-        return None
+        return await self.dispatcher.drain_due(channel)
 
     async def drain_loop(self, channel: NoticeChannel, stop: asyncio.Event) -> None:
-        """Deliver `channel`'s outbox until `stop`; wakes on new notices, on reconnects and when retries are due."""
-        wake = self._wake[channel.name]
-        failures = 0
-        while not stop.is_set():
-            wake.clear()
-            try:
-                await self.drain_due(channel)
-                failures = 0
-                timeout = 30.0
-                next_at = self.outbox.next_due_at(channel.name)
-                if next_at is not None:
-                    timeout = min(timeout, max(0.05, (next_at - self.clock.now()).total_seconds()))
-            except Exception:
-                # Whatever went wrong (a bug, a database held by another writer, an answer nobody foresaw), this
-                # channel tries again after a backoff and every other channel and the broker link go on: one
-                # loop's failure is not the service's.
-                failures += 1
-                log.exception("%s: drain failed (%d in a row)", channel.name, failures)
-                self.metrics.loop_error(f"drain:{channel.name}")
-                timeout = min(DRAIN_RETRY_MAX_S, 0.5 * 2.0 ** min(failures, 10))
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await _first_of(wake, stop)
+        await self.dispatcher.drain_loop(channel, stop)
 
     def pending(self) -> int:
-        return self.outbox.pending_count()
+        return self.dispatcher.pending()
 
     def health(self) -> Health:
         """Feeds, the broker link and the outbox now (the admin API's health and status, the metrics' gauges)."""
         return read_health(self.config.feeds, self.feeds, [c.name for c in self.channels], self.outbox,
                            self.link.connected.is_set(), self.clock.now(), mqtt_delivering=self.mqtt_delivering)
-
-
-async def _first_of(*events: asyncio.Event) -> None:
-    tasks = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in tasks:
-            t.cancel()
-
-

@@ -21,13 +21,13 @@ from support import LoopbackHttpServer, MosquittoBroker
 from support.gtfs_rt_builders import alert_entity, selector
 from support.microblog_server import LoggedRequest, MicroblogServer
 
-from broadcaster.service import REQUESTS_PER_ATTEMPT
+from broadcaster.dispatcher import REQUESTS_PER_ATTEMPT
 
 #: The status takes this long to be made (and its key to be stored).
 CREATE_S = 2.5
 #: The channel's per-request timeout: longer than the create, so an undisturbed attempt succeeds.
 TIMEOUT_S = 3.0
-#: How long one attempt may be in flight (`Broadcaster._attempt_deadline_s`).
+#: How long one attempt may be in flight (`Dispatcher._attempt_deadline_s`).
 ATTEMPT_DEADLINE_S = TIMEOUT_S * REQUESTS_PER_ATTEMPT["mastodon"] + 1.0
 STATUSES = "/api/v1/statuses"
 

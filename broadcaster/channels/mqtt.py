@@ -92,6 +92,11 @@ class MqttLink:
         #: state it published expires instead of `offline`, so displays do not go blank between cron runs.
         self.batch = False
 
+    def watch_canaries(self, topics: tuple[str, ...]) -> None:
+        """Subscribe, from the next session on, to these retained topics of ours (set once, by whoever builds
+        the retained publisher that chose them)."""
+        self.canary_topics = topics
+
     # -- connection ------------------------------------------------------------------------------------------
 
     def _new_client(

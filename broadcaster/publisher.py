@@ -1,0 +1,124 @@
+"""The retained publisher: the network's state on its retained MQTT topics, and the canary that checks it arrives.
+
+It owns the publish lock (one round of publications at a time: a round plans from what the previous one
+confirmed) and the canary's bookkeeping. The state it publishes is the pipeline's, read when a round starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from datetime import datetime
+
+import orjson
+
+from broadcaster.channels.mqtt import MqttLink
+from broadcaster.config import Config
+from broadcaster.contract import Topics
+from broadcaster.errors import StoreError
+from broadcaster.metrics import Metrics
+from broadcaster.model import Network
+from broadcaster.payloads import PayloadBuilder
+from broadcaster.retained import RetainedPlanner
+from broadcaster.state import NetworkState
+from broadcaster.store import Database, FeedRecord
+
+log = logging.getLogger(__name__)
+
+
+def canary_topics(topics: Topics, network: Network) -> tuple[str, ...]:
+    """The canary: the first line's status and the first station's display come back through our own
+    subscription, or the broker is dropping what it acknowledges."""
+    first_line = next(iter(network.lines), None)
+    first_station = next(iter(network.stations), None)
+    return tuple(
+        t for t in (topics.line_status(first_line) if first_line else None,
+                    topics.station_display(first_station) if first_station else None) if t
+    )
+
+
+class RetainedPublisher:
+    """Publishes the retained topics that changed, and tells from the canary whether publishes arrive."""
+
+    def __init__(
+        self,
+        config: Config,
+        network: Network,
+        topics: Topics,
+        link: MqttLink,
+        planner: RetainedPlanner,
+        builder: PayloadBuilder,
+        db: Database,
+        metrics: Metrics,
+        *,
+        feeds: Mapping[str, FeedRecord],
+        state: Callable[[], NetworkState],
+        now: Callable[[], datetime],
+    ) -> None:
+        self.config = config
+        self.link = link
+        self.planner = planner
+        self.builder = builder
+        self.db = db
+        self.metrics = metrics
+        self.feeds = feeds  # the poller's records, updated in place
+        self.current_state = state
+        self.now = now
+        self.canary_topics = canary_topics(topics, network)
+        self._canary_expected: dict[str, tuple[int, int]] = {}  # topic -> (seq published, in which round)
+        self._canary_round = 0
+        self.mqtt_delivering = True
+        self._publish_lock = asyncio.Lock()
+
+    def fresh_sources(self, now: datetime) -> set[str]:
+        """Feed kinds with at least one feed whose content is within its maximum age."""
+        fresh: set[str] = set()
+        for feed in self.config.feeds:
+            record = self.feeds.get(feed.name)
+            if record is None or record.feed_timestamp is None or not record.healthy:
+                continue
+            if (now - record.feed_timestamp).total_seconds() <= feed.max_age_seconds:
+                fresh.add(feed.kind)
+        return fresh
+
+    def _check_canary(self) -> None:
+        """Each canary topic published two rounds ago or more must have come back through our subscription.
+
+        aiomqtt 2.x does not surface PUBACK reason codes, and a broker denying a topic by ACL acknowledges the
+        publish and drops it: this is how such a silent loss shows, within two ticks, in health and metrics.
+        """
+        self._canary_round += 1
+        missing = [topic for topic, (seq, published_round) in self._canary_expected.items()
+                   if self._canary_round - published_round >= 2 and self.link.observed_seq.get(topic, 0) < seq]
+        if missing and self.mqtt_delivering:
+            log.error("MQTT publishes are acknowledged but do not arrive (%s): check the broker's ACL for this"
+                      " account", ", ".join(missing))
+        elif not missing and not self.mqtt_delivering:
+            log.info("MQTT publishes arrive again")
+        self.mqtt_delivering = not missing
+
+    async def publish_retained(self, *, full: bool = False) -> int:
+        """Publish the retained topics that changed (all of them when `full`); returns how many were acked."""
+        async with self._publish_lock:
+            if not self.link.connected.is_set():
+                return 0  # the next session starts with a full publish
+            self._check_canary()
+            now = self.now()
+            publications = self.planner.plan(
+                self.builder.retained(self.current_state(), now), now, fresh_sources=self.fresh_sources(now), full=full
+            )
+            if not publications:
+                return 0
+            acked = await self.link.publish_many(publications)
+            for publication in acked:
+                if publication.topic in self.canary_topics and publication.payload:
+                    seq = int(orjson.loads(publication.payload)["seq"])
+                    self._canary_expected[publication.topic] = (seq, self._canary_round)
+            self.metrics.retained(len(acked), len(publications) - len(acked))
+            try:
+                with self.db.transaction() as conn:
+                    self.planner.confirm(acked, now, conn)
+            except StoreError as exc:
+                log.error("could not record retained publications: %s", exc)
+            return len(acked)
