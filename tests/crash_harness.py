@@ -155,18 +155,21 @@ def crash_loop(
             [sys.executable, "-m", "broadcaster", "--log-level", "error", "run", "-c", str(config)],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        # The kill lands at a random moment after this run has committed its new notices, so it catches the
-        # drain (a start-up slowed by a loaded machine must not turn every kill into one before any work).
-        wait_for_pending(process, db, previous_total=total_queued(db), timeout=30)
         try:
-            process.wait(timeout=rng.uniform(0.0, 0.8))  # it should not exit on its own
-            raise RuntimeError(f"broadcaster exited by itself with status {process.returncode}")
-        except subprocess.TimeoutExpired:
-            pass
-        if pending_posts(db):
-            report.killed_with_work_pending += 1
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
+            # The kill lands at a random moment after this run has committed its new notices, so it catches the
+            # drain (a start-up slowed by a loaded machine must not turn every kill into one before any work).
+            wait_for_pending(process, db, previous_total=total_queued(db), timeout=30)
+            try:
+                process.wait(timeout=rng.uniform(0.0, 0.8))  # it should not exit on its own
+                raise RuntimeError(f"broadcaster exited by itself with status {process.returncode}")
+            except subprocess.TimeoutExpired:
+                pass
+            if pending_posts(db):
+                report.killed_with_work_pending += 1
+        finally:  # a failed iteration must not leave a broadcaster running after the test
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
         report.kills += 1
     for platform in PLATFORMS:
         server.clear_faults(platform)
