@@ -227,13 +227,13 @@ class Stopwatch:
     progress: asyncio.Event = field(default_factory=asyncio.Event)
 
     def attach(self, b: Broadcaster) -> None:
-        committed = b.store.committed
+        committed = b.pipeline.store.committed
 
         def stamped() -> None:
             committed()
             self.committed_at = time.perf_counter()
 
-        setattr(b.store, "committed", stamped)  # noqa: B010 (wrapping a bound method from outside)
+        setattr(b.pipeline.store, "committed", stamped)  # noqa: B010 (wrapping a bound method from outside)
         for channel in b.channels:
             if channel.name in MEASURED:
                 setattr(channel, "send", self._timed(channel.name, channel.send))  # noqa: B010

@@ -32,7 +32,8 @@ from typing import Any, ParamSpec, TypeVar
 
 import orjson
 
-import broadcaster.service as service
+import broadcaster.pipeline as pipeline_module
+import broadcaster.poller as poller_module
 from bench import messages
 from bench.city import FEEDS, CityFiles, Shape
 from bench.rss import peak_rss_mb
@@ -112,16 +113,18 @@ STAGE_CLOCK = Stages()
 
 def instrument_module() -> None:
     """Time the pure stages where the service calls them (its module globals), once per process."""
-    for name, stage in (("parse_gtfs_rt", "parse"), ("parse_passenger_flow", "parse"), ("check_freshness", "parse"),
-                        ("apply_snapshot", "diff"), ("compose", "compose")):
-        setattr(service, name, STAGE_CLOCK.sync(stage, getattr(service, name)))
+    for module, name, stage in ((poller_module, "parse_gtfs_rt", "parse"),
+                                (poller_module, "parse_passenger_flow", "parse"),
+                                (poller_module, "check_freshness", "parse"),
+                                (pipeline_module, "apply_snapshot", "diff"), (pipeline_module, "compose", "compose")):
+        setattr(module, name, STAGE_CLOCK.sync(stage, getattr(module, name)))
 
 
 def instrument(b: Broadcaster) -> None:
     """Time the stages that live on one broadcaster's parts."""
     s = STAGE_CLOCK
     setattr(b.fetcher, "fetch", s.coroutine("fetch", b.fetcher.fetch))  # noqa: B010 (wrapping a bound method)
-    setattr(b, "_messages", s.sync("render_notices", b._messages))  # noqa: B010
+    setattr(b.messages, "messages", s.sync("render_notices", b.messages.messages))  # noqa: B010
     setattr(b.planner, "plan", s.sync("render_retained", b.planner.plan))  # noqa: B010
     setattr(b.db, "transaction", s.context("outbox", b.db.transaction))  # noqa: B010
     publish_many = s.coroutine("publish", b.link.publish_many)

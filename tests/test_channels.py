@@ -63,7 +63,7 @@ async def until(condition: Callable[[], bool], b: Broadcaster, timeout: float = 
     """Drain every channel until `condition` holds (bounded); the drain loops also run, this just nudges them."""
     async with asyncio.timeout(timeout):
         while not condition():
-            b.wake()
+            b.dispatcher.wake()
             for channel in b.channels:
                 await b.drain_due(channel)
             if not condition():
@@ -182,7 +182,7 @@ async def test_one_channel_down_for_an_hour_does_not_hold_up_the_others(rig: Rig
                     == {"bluesky": 1, "weibo": 1, "webhook": 1}, b)
         for _ in range(12):  # an hour of five-minute steps: every retry fails, nothing is posted twice
             clock.offset += timedelta(minutes=5)
-            b.wake()
+            b.dispatcher.wake()
             await b.drain_due(b.channels[1])
         assert counts(server)["mastodon"] == 0
         server.set_down("mastodon", False)

@@ -61,7 +61,7 @@ async def settle(
         while not condition():
             if step is not None:
                 step()
-            b.wake()
+            b.dispatcher.wake()
             await asyncio.sleep(0.02)  # let the drain loops and the server thread run; bounded above
 
 

@@ -350,16 +350,16 @@ async def test_an_alert_ending_while_the_feed_stays_the_same_is_resolved(rig: Ri
 async def test_an_identical_body_without_etag_is_not_parsed_again(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import broadcaster.service as service
+    import broadcaster.poller as poller
 
     parsed: list[str] = []
-    real = getattr(service, "parse_gtfs_rt")  # the name the service calls it by  # noqa: B009
+    real = getattr(poller, "parse_gtfs_rt")  # the name the poller calls it by  # noqa: B009
 
     def counting(feed: str, *args: Any, **kwargs: Any) -> Any:
         parsed.append(feed)
         return real(feed, *args, **kwargs)
 
-    monkeypatch.setattr(service, "parse_gtfs_rt", counting)  # counts calls; the real parser still runs
+    monkeypatch.setattr(poller, "parse_gtfs_rt", counting)  # counts calls; the real parser still runs
     rig.serve_rt(line2_alert())  # no ETag, no Last-Modified
     async with running(rig.config()) as b:
         for _ in range(3):

@@ -10,8 +10,7 @@ from datetime import UTC, datetime
 from functools import cache
 from importlib.metadata import version
 from pathlib import Path
-from types import SimpleNamespace
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import jinja2
 import pytest
@@ -23,12 +22,12 @@ from broadcaster.compose import Notice, NoticeKind
 from broadcaster.config import load_config
 from broadcaster.errors import TemplateProblem
 from broadcaster.feeds.network import load_network
+from broadcaster.messages import fallback_text, render_text
 from broadcaster.render import Renderer, builtin_templates_dir
 from broadcaster.render.engine import suffixed, tidy
 from broadcaster.render.posts import DETAIL_LEVELS, FULL
 from broadcaster.render.sandbox import BoundedSandbox, RenderLimits, TemplateLimitExceeded
 from broadcaster.resources import data_dir
-from broadcaster.service import Broadcaster, fallback_text
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -297,12 +296,6 @@ def test_each_render_gets_a_fresh_budget() -> None:
 
 
 # -- the notice goes out anyway ------------------------------------------------------------------------------------
-
-
-def render_text(renderer: Renderer, notice: Notice, language: str) -> str:
-    """The service's own render_text (it only uses the renderer), so the fallback tested is the real one."""
-    service = cast(Broadcaster, SimpleNamespace(renderer=renderer))
-    return Broadcaster.render_text(service, notice, language)
 
 
 def test_when_the_built_in_template_fails_too_the_plain_fallback_text_goes_out(tmp_path: Path) -> None:
