@@ -1,36 +1,33 @@
 """`broadcaster preview`: fetch every feed once and show exactly what would be posted, and where; publish nothing.
 
-The feeds go through the same parse, diff, compose and render steps as in service, against the committed
-state, but nothing is committed, queued, published or sent.
+The real pipeline runs on a throw-away copy of the committed state: nothing is committed, queued,
+published or sent.
 """
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
 
 from broadcaster import __version__
+from broadcaster.channels.base import DELETE_KIND, Post, ThreadRefs
 from broadcaster.channels.factory import default_profile
-from broadcaster.compose import ComposePolicy, Notice, compose
-from broadcaster.config import Config
-from broadcaster.contract import Topics
-from broadcaster.errors import FeedError, TemplateProblem
+from broadcaster.channels.mqtt import MqttLink
+from broadcaster.config import ChannelConfig, Config
 from broadcaster.feeds.fetch import FeedFetcher
-from broadcaster.feeds.freshness import check_freshness
-from broadcaster.feeds.gtfs_rt import parse_gtfs_rt
 from broadcaster.feeds.network import load_network
-from broadcaster.feeds.passenger_flow import parse_passenger_flow
-from broadcaster.model import FeedSnapshot
-from broadcaster.payloads import PayloadBuilder
+from broadcaster.outbox import OutboxEntry
 from broadcaster.render import Renderer
-from broadcaster.render.posts import FULL, posts_for
-from broadcaster.retained import RetainedPlanner, SequenceClock
-from broadcaster.service import emergency_rule, fallback_text, state_policy
-from broadcaster.state import Change, NetworkState, apply_snapshot
-from broadcaster.store import Database, StateStore
+from broadcaster.render.length import PlatformProfile
+from broadcaster.retained import Publication
+from broadcaster.service import Broadcaster
+from broadcaster.store import Database, copy_database
 
 OK = "ok"
 
@@ -45,6 +42,8 @@ class PreviewPost:
     text: str
     count: int | None  # in the platform's own unit; None for channels without a length rule
     limit: int | None
+    #: When a quiet window or the posting budget would hold it back (ISO 8601); None: it would go now.
+    held_until: str | None = None
 
 
 @dataclass
@@ -52,7 +51,7 @@ class PreviewReport:
     feeds: dict[str, str] = field(default_factory=dict)  # name -> "ok" or the reason it failed
     notices: list[str] = field(default_factory=list)
     posts: list[PreviewPost] = field(default_factory=list)
-    mqtt: dict[str, Any] = field(default_factory=dict)  # topic -> payload body that would be published
+    mqtt: dict[str, Any] = field(default_factory=dict)  # topic -> payload that would be published
     #: name -> the records its fetch skipped, one line each naming the record and the reason ([] for a failed feed)
     problems: dict[str, list[str]] = field(default_factory=dict)
 
@@ -69,76 +68,111 @@ class PreviewReport:
         return f"{outcome}, {skipped} record(s) skipped" if outcome == OK and skipped else outcome
 
 
-def _render(renderer: Renderer, notice: Notice, language: str, detail: int) -> str:
-    try:
-        return renderer.render(notice.kind.value, language, {**notice.contexts[language], "detail": detail})
-    except TemplateProblem:
-        return fallback_text(notice, language)
+class _FixedClock:
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+
+    def now(self) -> datetime:
+        return self.at
+
+
+class RecordingLink(MqttLink):
+    """The broker link as the pipeline sees it, always connected, recording every publication instead of
+    sending it (the one seam `preview` replaces)."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config.mqtt)
+        self.connected.set()
+        self.recorded: list[Publication] = []
+
+    async def publish(self, pub: Publication) -> None:
+        self.recorded.append(pub)
+
+
+class RecordingChannel:
+    """A posting channel that records each post instead of sending it, with the length rule as configured."""
+
+    def __init__(self, config: ChannelConfig) -> None:
+        self.name = config.name
+        self.profile: PlatformProfile | None = default_profile(config)
+        self.posts: list[Post] = []
+        self.deleted: list[str] = []
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    async def start(self) -> None:
+        return None
+
+    async def send(self, entry: OutboxEntry, thread: ThreadRefs) -> str | None:
+        self.posts.append(Post.from_payload(entry.payload))
+        return f"preview-{entry.key}"
+
+    async def delete(self, remote_id: str) -> None:
+        self.deleted.append(remote_id)
+
+
+def _post_row(channel: RecordingChannel, post: Post, held_until: datetime | None = None) -> PreviewPost:
+    profile = channel.profile
+    return PreviewPost(
+        channel.name, post.notice_id, post.kind, post.part, post.parts, post.text,
+        profile.count(post.text) if profile else None, profile.limit if profile else None,
+        held_until.isoformat(timespec="seconds") if held_until else None,
+    )
+
+
+def _report_mqtt(report: PreviewReport, b: Broadcaster, publications: Sequence[Publication]) -> None:
+    notices_topic = b.publisher.builder.topics.notices
+    for publication in publications:
+        body = orjson.loads(publication.payload) if publication.payload else None
+        if publication.topic != notices_topic or body is None:
+            report.mqtt[publication.topic] = body
+            continue
+        report.mqtt[f"{notices_topic} ({body['notice_id']})"] = body
+        report.notices.append(f"{body['notice_id']} {body['version']}")
+        report.posts += [PreviewPost("mqtt", body["notice_id"], body["kind"], 0, 1, f"[{lang}] {text}", None, None)
+                         for lang, text in body["text"].items()]
+
+
+async def _run(config: Config, db: Database, now: datetime, report: PreviewReport) -> None:
+    network = load_network(config.network.gtfs, config.network.default_language)
+    link = RecordingLink(config)
+    channels = [RecordingChannel(c) for c in config.channels]
+    async with FeedFetcher(user_agent=f"broadcaster/{__version__} (preview)") as fetcher:
+        b = Broadcaster(config, network, Renderer(config.templates.directory), db, fetcher, link,
+                        posting=channels, clock=_FixedClock(now))
+        outcomes = await b.poll_round()
+    for outcome in outcomes:
+        report.feeds[outcome.feed] = OK if outcome.ok else str(outcome.error)
+        record = b.feeds.get(outcome.feed)
+        report.problems[outcome.feed] = list(record.problems) if outcome.ok and record is not None else []
+    for channel in b.channels:
+        await b.drain_due(channel)
+    _report_mqtt(report, b, link.recorded)
+    for recording in channels:
+        report.posts += [_post_row(recording, post) for post in recording.posts if post.kind != DELETE_KIND]
+        for entry in b.outbox.due(recording.name, datetime.max.replace(tzinfo=UTC), limit=1000):
+            report.posts.append(_post_row(recording, Post.from_payload(entry.payload), entry.next_attempt_at))
 
 
 async def preview(config: Config, *, now: datetime | None = None) -> PreviewReport:
-    """What the next poll of every feed would post and publish, without doing any of it."""
-    now = now or datetime.now(UTC)
-    network = load_network(config.network.gtfs, config.network.default_language)
-    renderer = Renderer(config.templates.directory)
-    policy = state_policy(config)
+    """What the next poll of every feed would post and publish, without doing any of it.
+
+    The real pipeline runs (poll, state, compose, render, outbox, dispatch) against a throw-away copy of the
+    state database, so corrections, operator notices, quiet windows and what is already on the broker count as
+    they would in `run`; the broker link and the posting channels record instead of sending.
+    """
     report = PreviewReport()
-    state = NetworkState()
-    planner = RetainedPlanner(timedelta(seconds=config.mqtt.retained_ttl_seconds), config.mqtt.max_payload_bytes,
-                              SequenceClock())
-    if config.database_path.exists():
-        db = Database(config.database_path)
+    with tempfile.TemporaryDirectory(prefix="broadcaster-preview-") as scratch:
+        copy = Path(scratch) / "state.db"
+        if config.database_path.exists():
+            copy_database(config.database_path, copy)
+        db = Database(copy)
         try:
-            state = StateStore(db).load()
-            planner.load(db.conn)
+            await _run(config, db, now or datetime.now(UTC), report)
         finally:
             db.close()
-    changes: list[Change] = []
-    async with FeedFetcher(user_agent=f"broadcaster/{__version__} (preview)") as fetcher:
-        for feed in config.feeds:
-            try:
-                result = await fetcher.fetch(feed.name, feed.url, timeout_s=feed.timeout_seconds,
-                                             max_bytes=feed.max_bytes)
-                body = result.body or b""
-                snapshot: FeedSnapshot = (
-                    parse_gtfs_rt(feed.name, body, network, carries=frozenset(feed.contains),
-                                  default_language=config.network.default_language)
-                    if feed.kind == "gtfs-rt" else parse_passenger_flow(feed.name, body, network)
-                )
-                check_freshness(feed.name, snapshot.timestamp, now=now, max_age_s=feed.max_age_seconds, previous=None)
-            except FeedError as exc:
-                report.feeds[feed.name] = exc.reason
-                report.problems[feed.name] = []
-                continue
-            report.feeds[feed.name] = OK
-            report.problems[feed.name] = list(snapshot.problems)
-            transition = apply_snapshot(state, snapshot, network=network, now=now, policy=policy)
-            changes += transition.changes
-            state = transition.state
-    compose_policy = ComposePolicy(config.zone, config.network.languages, emergency=emergency_rule(config))
-    notices = compose(changes, network=network, now=now, policy=compose_policy)
-    builder = PayloadBuilder(network, Topics(config.mqtt.topic_prefix), config.network.languages, policy,
-                             emergency=emergency_rule(config))
-    for notice in notices:
-        report.notices.append(f"{notice.id} {notice.version}")
-        texts = {lang: _render(renderer, notice, lang, FULL) for lang in notice.contexts}
-        report.mqtt[f"{builder.topics.notices} ({notice.id})"] = builder.notice(notice, texts)
-        report.posts += [PreviewPost("mqtt", notice.id, notice.kind.value, 0, 1, f"[{lang}] {text}", None, None)
-                         for lang, text in texts.items()]
-
-        def render(language: str, detail: int, notice: Notice = notice) -> str:
-            return _render(renderer, notice, language, detail)
-
-        for channel in config.channels:
-            profile = default_profile(channel)
-            for post in posts_for(notice, channel, profile, render, config.network.default_language):
-                report.posts.append(PreviewPost(
-                    channel.name, notice.id, notice.kind.value, post.part, post.parts, post.text,
-                    profile.count(post.text) if profile else None, profile.limit if profile else None,
-                ))
-    for publication in planner.plan(builder.retained(state, now), now,
-                                    fresh_sources={"gtfs-rt", "passenger-flow"}, full=False):
-        report.mqtt[publication.topic] = orjson.loads(publication.payload) if publication.payload else None
     return report
 
 
@@ -167,12 +201,13 @@ def render_for_people(report: PreviewReport) -> str:
             table.add_row(escape(name), escape(problem))
         console.print(table)
     posts = Table(title=f"{len(report.notices)} notice(s): posts per channel (nothing is sent)", show_lines=True)
-    for column in ("channel", "notice", "part", "count / limit", "text"):
+    for column in ("channel", "notice", "part", "count / limit", "goes", "text"):
         posts.add_column(column, overflow="fold")
     for p in report.posts:
         part = f"{p.part + 1}/{p.parts}"
         count = f"{p.count} / {p.limit}" if p.limit else "-"
-        posts.add_row(escape(p.channel), escape(p.notice_id), part, count, escape(p.text))
+        goes = f"held until {p.held_until}" if p.held_until else "now"
+        posts.add_row(escape(p.channel), escape(p.notice_id), part, count, goes, escape(p.text))
     console.print(posts)
     console.print(f"MQTT: {len(report.mqtt)} message(s) would be published; --json shows them")
     for topic in list(report.mqtt)[:20]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -532,3 +532,18 @@ class StateStore:
 def alert_stored(db: Database, alert_id: str) -> bool:
     """Whether the committed state holds the alert `alert_id` (without loading the state)."""
     return db.conn.execute("SELECT 1 FROM state WHERE kind = 'alert' AND key = ?", (alert_id,)).fetchone() is not None
+
+
+def copy_database(source: Path, target: Path) -> None:
+    """A consistent copy of the database at `source` in a new file `target`, read without writing to `source`
+    (`preview` runs the pipeline on such a copy while the service may be using the original).
+
+    Raises:
+        StoreError: `source` cannot be read or `target` written.
+    """
+    try:
+        with closing(sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True)) as original, \
+                closing(sqlite3.connect(target)) as copy:
+            original.backup(copy)
+    except sqlite3.Error as exc:
+        raise StoreError(source, f"cannot copy the state database: {exc}") from exc

@@ -1,0 +1,68 @@
+"""`preview` runs the real pipeline (issue 13, item 2): on a throw-away copy of the state, with channels that
+record, so what it shows agrees with what `run` would do next: a correction the operator made stays corrected,
+an operator's notice is not taken for a feed's, a quiet window holds a post, and the state is left untouched."""
+
+from __future__ import annotations
+
+import hashlib
+
+from rig import Rig, poll_all, running
+from support import collect_retained
+from support.microblog_server import MicroblogServer
+from test_channels import SIGNAL, alert, until
+from test_operator import tables
+
+from broadcaster.model import Severity
+from broadcaster.operator import ManualNotice
+from broadcaster.preview import preview, render_for_people
+
+WRONG = {"zh": "2号线全线停运", "en": "Line 2 suspended"}
+FIXED = {"zh": "2号线部分列车晚点，并未停运", "en": "Line 2: some delays, not suspended"}
+
+
+async def test_preview_keeps_a_correction_and_the_operators_notice_as_run_does(
+    rig: Rig, server: MicroblogServer
+) -> None:
+    rig.serve_rt(alert(WRONG, effect="NO_SERVICE", severity="SEVERE"))
+    config = rig.config(channels=tables(server))
+    async with running(config) as b:
+        await poll_all(b)
+        await b.correct("alert-A-L2", FIXED, author="duty-officer")
+        await b.announce(ManualNotice(line_ids=("2",), texts={"zh": "末班车延后", "en": "Last trains later"},
+                                      severity=Severity.INFO, author="duty-officer"))
+        await until(lambda: b.pending() == 0, b)
+        operator_alerts = set(b.operator_alerts)
+    assert operator_alerts
+    requests_before = len(server.requests())
+    database = config.database_path
+    before = hashlib.sha256(database.read_bytes()).hexdigest()
+    retained = await collect_retained(rig.mqtt_url, rig.topic("#"))
+    report = await preview(config)  # the feed still says "suspended"
+    assert await collect_retained(rig.mqtt_url, rig.topic("#")) == retained
+    # As `run`: the correction holds while the feed sends the version it corrected, and the operator's notice is
+    # not resolved for being absent from the feed; so nothing is to be posted at all.
+    assert report.feeds == {"ops": "ok", "flow": "ok"}
+    assert report.notices == [], report.notices
+    assert [p for p in report.posts if p.channel != "mqtt"] == []
+    assert not any(WRONG["en"] in str(body) or WRONG["zh"] in str(body) for body in report.mqtt.values())
+    assert len(server.requests()) == requests_before
+    assert hashlib.sha256(database.read_bytes()).hexdigest() == before
+
+
+async def test_preview_shows_a_post_a_quiet_window_would_hold_and_until_when(
+    rig: Rig, server: MicroblogServer
+) -> None:
+    quiet = tables(server)
+    quiet[0]["quiet"] = [{"start": "00:00", "end": "23:59"}]  # Mastodon is quiet all day
+    rig.serve_rt(alert(SIGNAL))
+    report = await preview(rig.config(channels=quiet))
+    mastodon = [p for p in report.posts if p.channel == "mastodon"]
+    bluesky = [p for p in report.posts if p.channel == "bluesky"]
+    assert mastodon
+    assert all(p.held_until is not None for p in mastodon)
+    assert bluesky
+    assert all(p.held_until is None for p in bluesky)
+    assert {p.notice_id for p in mastodon} == {p.notice_id for p in bluesky}
+    mastodon_rows = [line for line in render_for_people(report).splitlines() if "│ mastodon" in line]
+    assert mastodon_rows
+    assert all("held" in row for row in mastodon_rows)
