@@ -123,7 +123,7 @@ def instrument_module() -> None:
 def instrument(b: Broadcaster) -> None:
     """Time the stages that live on one broadcaster's parts."""
     s = STAGE_CLOCK
-    setattr(b.fetcher, "fetch", s.coroutine("fetch", b.fetcher.fetch))  # noqa: B010 (wrapping a bound method)
+    setattr(b.poller.fetcher, "fetch", s.coroutine("fetch", b.poller.fetcher.fetch))  # noqa: B010 (wrapping a bound method)
     setattr(b.messages, "messages", s.sync("render_notices", b.messages.messages))  # noqa: B010
     setattr(b.planner, "plan", s.sync("render_retained", b.planner.plan))  # noqa: B010
     setattr(b.db, "transaction", s.context("outbox", b.db.transaction))  # noqa: B010
@@ -325,7 +325,7 @@ async def emergency(args: Args) -> dict[str, Any]:
     samples: dict[str, list[float]] = {"alert_topic_ms": [], "displays_ms": [], "all_retained_ms": [],
                                        "microblog_ms": [], "poll_ms": []}
     async with running(config) as b:
-        fetch = b.fetcher.fetch
+        fetch = b.poller.fetcher.fetch
 
         async def fetch_timed(*a: Any, **kw: Any) -> Any:
             result = await fetch(*a, **kw)
@@ -338,7 +338,7 @@ async def emergency(args: Args) -> dict[str, Any]:
             await publish(pub)
             acked[pub.topic] = time.perf_counter()
 
-        setattr(b.fetcher, "fetch", fetch_timed)  # noqa: B010
+        setattr(b.poller.fetcher, "fetch", fetch_timed)  # noqa: B010
         setattr(b.link, "publish", publish_timed)  # noqa: B010
         mastodon = next(c for c in b.channels if c.name == "mastodon")
         send = mastodon.send

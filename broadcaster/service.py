@@ -142,14 +142,6 @@ class Broadcaster:
         return self.poller.records
 
     @property
-    def fetcher(self) -> FeedFetcher:
-        return self.poller.fetcher
-
-    @property
-    def digest_marks(self) -> Mapping[str, str]:
-        return self.digests.marks
-
-    @property
     def mqtt_delivering(self) -> bool:
         """Whether the canary's publishes come back (health, metrics and the tests read it here)."""
         return self.publisher.mqtt_delivering
@@ -182,9 +174,6 @@ class Broadcaster:
 
     async def digest(self, digest: DigestConfig, slot: datetime | None = None) -> list[str]:
         return await self.digests.digest(digest, slot)
-
-    def audit(self, action: str, author: str, subject: str, detail: Mapping[str, object]) -> None:
-        self.desk.audit(action, author, subject, detail)
 
     # -- retained state and delivery ----------------------------------------------------------------------------
 

@@ -203,4 +203,4 @@ async def _interleave(rig: Rig, order: list[str]) -> None:
         kinds = streamed(b)
         assert [k for n, k in kinds if n in announced] == ["alert_new"] * 3
         assert [n for n, k in kinds if k == "alert_resolved"] == [ending]
-        assert {k.split(":")[0] for k in b.digest_marks} == {"morning", "evening"}
+        assert {k.split(":")[0] for k in b.digests.marks} == {"morning", "evening"}

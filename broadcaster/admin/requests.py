@@ -68,7 +68,7 @@ class OperatorRequests:
         return await self._once(request, token_id, "correct", notice_id, carry_out)
 
     def _refused(self, action: str, token_id: str, subject: str, errors: Sequence[Mapping[str, str]]) -> Response:
-        self.b.audit(f"{action}-refused", token_id, subject, {"errors": list(errors)})
+        self.b.desk.audit(f"{action}-refused", token_id, subject, {"errors": list(errors)})
         return problem(422, "invalid_request", "the request has invalid fields", errors=errors)
 
     async def _once(self, request: Request, token_id: str, action: str, subject: str,
