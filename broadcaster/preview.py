@@ -90,7 +90,7 @@ async def preview(config: Config, *, now: datetime | None = None) -> PreviewRepo
         db = Database(config.database_path)
         try:
             state = StateStore(db).load()
-            planner.load(db.conn)
+            planner.load(db)
         finally:
             db.close()
     changes: list[Change] = []

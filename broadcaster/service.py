@@ -224,11 +224,11 @@ class Broadcaster:
         self.seq = SequenceClock()
         self.store = StateStore(db)
         self.state: NetworkState = self.store.load()
-        self.feeds: dict[str, FeedRecord] = load_feeds(db.conn)
+        self.feeds: dict[str, FeedRecord] = load_feeds(db)
         self.outbox = Outbox(db)
         ttl = timedelta(seconds=config.mqtt.retained_ttl_seconds)
         self.planner = RetainedPlanner(ttl, config.mqtt.max_payload_bytes, self.seq)
-        self.planner.load(db.conn)
+        self.planner.load(db)
         self.builder = PayloadBuilder(network, self.topics, config.network.languages, self.policy,
                                       emergency=emergency_rule(config))
         self.posting: list[tuple[PostingChannel, ChannelConfig]] = list(
@@ -241,7 +241,7 @@ class Broadcaster:
         self._poll_locks = {f.name: asyncio.Lock() for f in config.feeds}
         # feed -> hash of the body last parsed and committed; its snapshot is in memory or in the database
         self._parse_keys = parse_keys(config, network)
-        self._body_digests: dict[str, bytes] = load_snapshot_digests(db.conn, self._parse_keys)
+        self._body_digests: dict[str, bytes] = load_snapshot_digests(db, self._parse_keys)
         self._snapshots: dict[str, FeedSnapshot] = {}  # feed -> what that body said
         # The operator's state: read and replaced only inside `_advance`'s critical section (see `Step`).
         self.operator_meta = KeyValueStore(db, "operator")
@@ -394,7 +394,7 @@ class Broadcaster:
         """
         snapshot = self._snapshots.get(feed)
         if snapshot is None and feed in self._body_digests:
-            snapshot = load_snapshot(self.db.conn, feed)
+            snapshot = load_snapshot(self.db, feed)
             if snapshot is None:
                 log.warning("feed %r: the stored snapshot cannot be read; fetching the feed in full", feed)
                 del self._body_digests[feed]
