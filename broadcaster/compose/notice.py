@@ -60,6 +60,8 @@ class Notice:
     alert_id: str | None = None
     #: The template base name ({template}.{language}.j2) when not the kind's own: a digest's config may name one.
     template: str | None = None
+    #: The channels it goes to (None: every channel); a digest slot goes only where it is due.
+    audience: frozenset[str] | None = None
 
     @property
     def template_base(self) -> str:

@@ -8,7 +8,7 @@ One job per module: `database` (the file, its schema and transactions), `codec` 
 """
 
 from broadcaster.store.codec import decode_alert, decode_snapshot, encode_alert, encode_snapshot, from_iso, iso
-from broadcaster.store.database import SCHEMA_VERSION, Database
+from broadcaster.store.database import SCHEMA_VERSION, Database, copy_database
 from broadcaster.store.feeds import (
     FeedRecord,
     load_feeds,
@@ -28,6 +28,7 @@ __all__ = [
     "KeyValueStore",
     "StateStore",
     "alert_stored",
+    "copy_database",
     "decode_alert",
     "decode_snapshot",
     "encode_alert",

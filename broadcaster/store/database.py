@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 from broadcaster.errors import StoreError
@@ -149,3 +149,17 @@ class Database:
     def close(self) -> None:
         self.conn.close()
 
+
+def copy_database(source: Path, target: Path) -> None:
+    """A consistent copy of the database at `source` in a new file `target`, read without writing to `source`
+    (`preview` runs the pipeline on such a copy while the service may be using the original).
+
+    Raises:
+        StoreError: `source` cannot be read or `target` written.
+    """
+    try:
+        with closing(sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True)) as original, \
+                closing(sqlite3.connect(target)) as copy:
+            original.backup(copy)
+    except sqlite3.Error as exc:
+        raise StoreError(source, f"cannot copy the state database: {exc}") from exc
