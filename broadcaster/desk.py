@@ -53,7 +53,7 @@ def submit(db: Database, action: str, body: Mapping[str, Any]) -> int:
     with db.transaction() as conn:  # BEGIN IMMEDIATE: two commands with one key queue one request
         if key is not None:
             fingerprint = idempotency.fingerprint(action, "", {k: v for k, v in body.items() if k != "idempotency_key"})
-            earlier = idempotency.recall(conn, DESK_SCOPE, str(key), now)
+            earlier = idempotency.recall(db, DESK_SCOPE, str(key), now)
             if earlier is not None and earlier.fingerprint != fingerprint:
                 raise IdempotencyKeyReused(str(key))
             if earlier is not None and earlier.request_id is not None and _status(conn, earlier.request_id) != FAILED:

@@ -18,7 +18,7 @@ from typing import Any, Final
 
 import orjson
 
-from broadcaster.store import iso
+from broadcaster.store import Database, iso
 
 #: How long a key is remembered.
 KEEP: Final = timedelta(hours=24)
@@ -45,9 +45,10 @@ def fingerprint(action: str, subject: str, body: Any) -> str:
     return hashlib.sha256(canonical).hexdigest()
 
 
-def recall(conn: sqlite3.Connection, scope: str, key: str, now: datetime) -> Remembered | None:
-    """The key's record if it was used within `KEEP`."""
-    row = conn.execute(
+def recall(db: Database, scope: str, key: str, now: datetime) -> Remembered | None:
+    """The key's record if it was used within `KEEP` (inside an open transaction, as that transaction sees it:
+    the database has one connection)."""
+    row = db.conn.execute(
         "SELECT fingerprint, status, body, request_id FROM idempotency WHERE scope = ? AND key = ? AND created_at >= ?",
         (scope, key, iso(now - KEEP)),
     ).fetchone()

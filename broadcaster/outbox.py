@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from broadcaster.compose import CORRECTION_VERSION_PREFIX
 from broadcaster.store import Database, from_iso, iso
 
 
@@ -35,9 +36,8 @@ SENT = OutboxStatus.SENT
 PARKED = OutboxStatus.PARKED
 MERGED = OutboxStatus.MERGED
 
-#: Versions of entries that are not an original post: a correction's (compose.py makes "correction-...") and a
-#: deletion's (`Broadcaster._deletions`). `Outbox.original_remote_ids` leaves both out.
-CORRECTION_VERSION_PREFIX = "correction-"
+#: Versions of entries that are not an original post: a correction's (`CORRECTION_VERSION_PREFIX`, compose owns
+#: notice versions) and a deletion's (`Broadcaster._deletions`). `Outbox.original_remote_ids` leaves both out.
 DELETION_VERSION_PREFIX = "delete-"
 
 

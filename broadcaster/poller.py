@@ -94,13 +94,13 @@ class FeedPoller:
         self._metrics = metrics
         self._now = now
         self._publish = publish
-        self.records: dict[str, FeedRecord] = load_feeds(db.conn)
+        self.records: dict[str, FeedRecord] = load_feeds(db)
         # One poll per feed at a time: a second poll of the same feed (the start-up round beside a scheduled job)
         # must wait, or an older answer arriving late would be applied over a newer one.
         self._locks = {f.name: asyncio.Lock() for f in config.feeds}
         # feed -> hash of the body last parsed and committed; its snapshot is in memory or in the database
         self._parse_keys = parse_keys(config, network)
-        self._body_digests: dict[str, bytes] = load_snapshot_digests(db.conn, self._parse_keys)
+        self._body_digests: dict[str, bytes] = load_snapshot_digests(db, self._parse_keys)
         self._snapshots: dict[str, FeedSnapshot] = {}  # feed -> what that body said
 
     async def poll_round(self, feeds: Sequence[FeedConfig] | None = None) -> list[PollOutcome]:
@@ -226,7 +226,7 @@ class FeedPoller:
         """
         snapshot = self._snapshots.get(feed)
         if snapshot is None and feed in self._body_digests:
-            snapshot = load_snapshot(self._db.conn, feed)
+            snapshot = load_snapshot(self._db, feed)
             if snapshot is None:
                 log.warning("feed %r: the stored snapshot cannot be read; fetching the feed in full", feed)
                 del self._body_digests[feed]

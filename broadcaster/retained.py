@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 import orjson
 
 from broadcaster.payloads import Body, RetainedItem
-from broadcaster.store import iso, load_retained, save_retained
+from broadcaster.store import Database, iso, load_retained, save_retained
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,9 @@ class RetainedPlanner:
         # its content is unchanged, so it is serialised and hashed once, not on every poll.
         self._serialised: dict[str, tuple[Body, bytes, str]] = {}
 
-    def load(self, conn: sqlite3.Connection) -> None:
-        published, self.cleared = load_retained(conn)
+    def load(self, db: Database) -> None:
+        """Take up what the broker holds, as the database remembers it."""
+        published, self.cleared = load_retained(db)
         self.published = {t: _Published(d, None) for t, d in published.items()}
 
     def plan(

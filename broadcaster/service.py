@@ -104,7 +104,7 @@ class Broadcaster:
         self.outbox = Outbox(db)
         self.planner = RetainedPlanner(timedelta(seconds=config.mqtt.retained_ttl_seconds),
                                        config.mqtt.max_payload_bytes, seq)
-        self.planner.load(db.conn)
+        self.planner.load(db)
         builder = PayloadBuilder(network, topics, config.network.languages, policy, emergency=emergency_rule(config))
         self.posting: list[tuple[PostingChannel, ChannelConfig]] = list(zip(posting, config.channels, strict=True))
         self.channels: list[NoticeChannel] = [MqttNoticeChannel(link), *(c for c, _ in self.posting)]

@@ -91,7 +91,7 @@ def status_report(config: Config, *, now: datetime | None = None, latest: int = 
     db = Database(config.database_path)
     try:
         report = StatusReport()
-        feeds = load_feeds(db.conn)
+        feeds = load_feeds(db)
         for feed in config.feeds:
             record = feeds.get(feed.name) or FeedRecord(feed.name)
             report.feeds.append(FeedLine(

@@ -1,4 +1,5 @@
-"""Every SQL statement lives in a storage module (docs/design.md, "Storage").
+"""Every SQL statement lives in a storage module (docs/design.md, "Storage"), and only storage modules touch the
+database's connection.
 
 The storage modules are `STORAGE_MODULES`; every other module under broadcaster/ calls their named methods and
 holds no SQL. The rule, checked on each module's syntax tree (so comments never count):
@@ -9,6 +10,10 @@ holds no SQL. The rule, checked on each module's syntax tree (so comments never 
   `UPDATE <table> SET`, `DELETE FROM`, `CREATE [UNIQUE|TEMP] TABLE|INDEX|TRIGGER|VIEW`, `DROP TABLE|...`,
   `ALTER TABLE`, `PRAGMA <name>`, `BEGIN [IMMEDIATE|...]`/`COMMIT`/`ROLLBACK` alone.
 
+A second rule: no other module reads an attribute named `conn` (`Database.conn`, the one SQLite connection): reads
+go through the storage modules' functions, which take the `Database`; writes get the connection a transaction
+hands out (`with db.transaction() as conn`) and pass it back to them, which never names `.conn`.
+
 Upper case and the statement's shape are what tell SQL from prose: a docstring that says "select the due rows"
 or "the update is sent", and an HTTP method `"DELETE"`, are not statements. Docstrings are skipped as well, so
 one may quote a query when explaining it.
@@ -18,13 +23,17 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "broadcaster"
 
-#: The modules that may hold SQL (paths relative to broadcaster/).
-STORAGE_MODULES = frozenset({"store.py", "outbox.py", "desk.py", "idempotency.py"})
+#: The modules that may hold SQL and use the database's connection (paths relative to broadcaster/).
+STORAGE_MODULES = frozenset({
+    "store/database.py", "store/state.py", "store/feeds.py", "store/retained.py", "store/meta.py",
+    "outbox.py", "desk.py", "idempotency.py",
+})
 
 _SQL_CALLS = frozenset({"execute", "executemany", "executescript"})
 _SQL = re.compile(
@@ -75,16 +84,43 @@ def sql_in(source: str) -> list[str]:
     return found
 
 
-def test_no_module_outside_storage_holds_sql() -> None:
+def connection_uses_in(source: str) -> list[str]:
+    """Where `source` reads an attribute named `conn` (the database's connection): one "line N: .conn" each."""
+    return [f"line {node.lineno}: .conn" for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Attribute) and node.attr == "conn"]
+
+
+def _outside_storage(find: Callable[[str], list[str]]) -> dict[str, list[str]]:
+    """Each module under broadcaster/ outside `STORAGE_MODULES` where `find` finds something, with what."""
     modules = sorted(PACKAGE.rglob("*.py"))
     assert len(modules) > 30  # the scan found the package
-    offenders = {
-        str(path.relative_to(PACKAGE)): found
+    return {
+        path.relative_to(PACKAGE).as_posix(): found
         for path in modules
-        if str(path.relative_to(PACKAGE)) not in STORAGE_MODULES
-        and (found := sql_in(path.read_text(encoding="utf-8")))
+        if path.relative_to(PACKAGE).as_posix() not in STORAGE_MODULES
+        and (found := find(path.read_text(encoding="utf-8")))
     }
+
+
+def test_no_module_outside_storage_holds_sql() -> None:
+    offenders = _outside_storage(sql_in)
     assert offenders == {}, "SQL outside the storage modules (move it behind store/outbox/desk/idempotency)"
+
+
+def test_no_module_outside_storage_touches_the_database_connection() -> None:
+    offenders = _outside_storage(connection_uses_in)
+    assert offenders == {}, "db.conn outside the storage modules (call a storage function that takes the Database)"
+
+
+def test_a_connection_use_is_found_in_any_form() -> None:
+    source = '''
+def f(db, b):
+    rows = load_feeds(db.conn)  # passed on
+    b.db.conn.execute("x")  # reached through an attribute
+    with db.transaction() as conn:  # the transaction's connection: fine
+        save_feed(conn, record)
+'''
+    assert connection_uses_in(source) == ["line 3: .conn", "line 4: .conn"]
 
 
 def test_every_storage_module_exists_and_holds_sql() -> None:

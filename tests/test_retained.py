@@ -105,7 +105,7 @@ def test_what_is_on_the_broker_survives_a_restart(tmp_path: Path) -> None:
     db.close()
     db = Database(path)
     planner = RetainedPlanner(TTL, 10_000, SequenceClock())
-    planner.load(db.conn)
+    planner.load(db)
     # After a restart, an alert resolved while we were down is still cleared.
     pubs = publish(planner, db, items(alert=False), T0 + timedelta(minutes=1), full=True)
     assert ("m/v1/lines/1/alerts/A", b"") in {(p.topic, p.payload) for p in pubs}
@@ -137,7 +137,7 @@ def test_a_cleared_topic_is_cleared_again_on_every_full_publish_for_one_ttl(tmp_
     db.close()
     db = Database(path)  # and after a restart of broadcaster too
     planner = RetainedPlanner(TTL, 10_000, SequenceClock())
-    planner.load(db.conn)
+    planner.load(db)
     # Re-sending the clear does not extend the memory: one TTL from the first clear (minute 1), then forgotten.
     assert clears(publish(planner, db, items(alert=False), T0 + timedelta(minutes=30), full=True)) == {ALERT}
     assert clears(publish(planner, db, items(alert=False), T0 + timedelta(minutes=31), full=True)) == set()

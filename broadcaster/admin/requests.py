@@ -91,7 +91,7 @@ class OperatorRequests:
             return problem(400, "invalid_idempotency_key", f"{IDEMPOTENCY_HEADER}: {idempotency.KEY_RULE}")
         scope, fingerprint = f"api:{token_id}", idempotency.fingerprint(action, subject, body)
         async with self._keyed:
-            earlier = idempotency.recall(self.b.db.conn, scope, key, self.b.clock.now())
+            earlier = idempotency.recall(self.b.db, scope, key, self.b.clock.now())
             if earlier is not None:
                 if earlier.fingerprint != fingerprint:
                     return problem(422, "idempotency_key_reused", str(IdempotencyKeyReused(key)))

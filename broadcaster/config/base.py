@@ -1,0 +1,95 @@
+"""What every config section shares: strictness, the shared value types and validators, and secrets."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from datetime import time
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from broadcaster.errors import ConfigError
+
+
+class Secret:
+    """A secret value whose repr and str are masked, so it never reaches a log line or a traceback."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+
+class Section(BaseModel):
+    # Unknown keys are errors: a typo ("pol_seconds") must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+ChannelName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
+
+
+def within(start: time, end: time, at: time) -> bool:
+    """True from `start` (inclusive) to `end` (exclusive); when `end` comes first the window runs past midnight."""
+    if start <= end:
+        return start <= at < end
+    return at >= start or at < end
+
+
+def require_unique(values: Sequence[str], field: str, section: str) -> None:
+    """Refuse the first value met a second time, naming both places: "the name of feeds[2] is used twice
+    (feeds[0] has it too)"."""
+    first_at: dict[str, int] = {}
+    for i, value in enumerate(values):
+        if value in first_at:
+            raise ValueError(f"the {field} of {section}[{i}] is used twice ({section}[{first_at[value]}] has it too)")
+        first_at[value] = i
+
+
+class SecretRef(Section):
+    """Where a secret comes from: an environment variable or a file (systemd credentials, Docker secrets)."""
+
+    env: str | None = None
+    file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretRef:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of 'env' or 'file'")
+        return self
+
+    def load(self, config_dir: Path | None = None) -> Secret | None:
+        """The secret's value without surrounding white space, or None when the variable is unset.
+
+        A relative file name is looked for in `$CREDENTIALS_DIRECTORY` (systemd), then `/run/secrets`
+        (containers), then `config_dir`. A named file that cannot be read raises OSError.
+        """
+        from broadcaster.secretfiles import read_secret_file, resolve_secret_file
+
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            return Secret(value.strip()) if value is not None else None
+        assert self.file is not None
+        return Secret(read_secret_file(resolve_secret_file(self.file, config_dir=config_dir)))
+
+    def require(self, source: Path, key: str) -> Secret:
+        """The secret's value, or a ConfigError naming the config key (never the value) when it cannot be had."""
+        try:
+            secret = self.load(source.parent)
+        except OSError as exc:
+            raise ConfigError(source, key, f"cannot read {self.file}: {exc.strerror}") from None
+        if secret is None:
+            raise ConfigError(source, key, f"environment variable {self.env} is not set")
+        return secret
+

@@ -1,0 +1,88 @@
+"""The whole file: `Config`, its sections, and the rules that span sections."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, field_validator, model_validator
+
+from broadcaster.config.base import Section, require_unique
+from broadcaster.config.channels import ChannelConfig
+from broadcaster.config.sections import (
+    AdminConfig,
+    DigestConfig,
+    EmergencyConfig,
+    FeedConfig,
+    MqttConfig,
+    NetworkConfig,
+    ServiceHours,
+    StateConfig,
+    TemplatesConfig,
+)
+
+#: The config format's version. Bump it (and document the change in docs/configuration.md) on any change that
+#: makes an old file invalid or mean something else.
+CONFIG_VERSION = 1
+
+
+class Config(Section):
+    config_version: Literal[1] = 1
+    timezone: str = "Asia/Shanghai"
+    service_hours: ServiceHours = ServiceHours()
+    network: NetworkConfig
+    feeds: Annotated[tuple[FeedConfig, ...], Field(min_length=1)]
+    state: StateConfig = StateConfig()
+    mqtt: MqttConfig = MqttConfig()
+    templates: TemplatesConfig = TemplatesConfig()
+    channels: tuple[ChannelConfig, ...] = ()
+    digests: tuple[DigestConfig, ...] = ()
+    emergency: EmergencyConfig = EmergencyConfig()
+    #: The HTTP admin API; None: not served.
+    admin: AdminConfig | None = None
+    #: The file this was read from; set by `load_config`, not by the operator.
+    source: Path = Field(default=Path("<memory>"), exclude=True)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("is not an IANA time zone name such as 'Asia/Shanghai'") from None
+        return name
+
+    @field_validator("channels")
+    @classmethod
+    def _unique_channel_names(cls, channels: tuple[ChannelConfig, ...]) -> tuple[ChannelConfig, ...]:
+        names = [c.name for c in channels]
+        reserved_at = names.index("mqtt") if "mqtt" in names else len(names)
+        require_unique(names[:reserved_at], "name", "channels")  # whichever problem comes first is reported
+        if reserved_at < len(names):
+            raise ValueError("channel name 'mqtt' is taken by the MQTT notice stream")
+        return channels
+
+    @model_validator(mode="after")
+    def _digest_channels_exist(self) -> Config:
+        names = {c.name for c in self.channels}
+        for d, digest in enumerate(self.digests):
+            for c, name in enumerate(digest.channels):
+                if name not in names and name != "mqtt":
+                    raise ValueError(f"digests[{d}].channels[{c}] names a channel that is not configured")
+        return self
+
+    @field_validator("feeds")
+    @classmethod
+    def _unique_feed_names(cls, feeds: tuple[FeedConfig, ...]) -> tuple[FeedConfig, ...]:
+        require_unique([feed.name for feed in feeds], "name", "feeds")
+        return feeds
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def database_path(self) -> Path:
+        return self.state.directory / "broadcaster.db"
+

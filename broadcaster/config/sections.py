@@ -1,0 +1,187 @@
+"""The config's sections other than the channels: network, feeds, hours, state, broker, templates, digests,
+emergencies and the admin API."""
+
+from __future__ import annotations
+
+from datetime import time
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+
+from broadcaster.config.base import ChannelName, PositiveSeconds, SecretRef, Section, require_unique, within
+
+FeedContent = Literal["alerts", "trip-updates", "vehicle-positions"]
+FEED_CONTENTS: tuple[FeedContent, ...] = ("alerts", "trip-updates", "vehicle-positions")
+
+
+class NetworkConfig(Section):
+    gtfs: Path
+    default_language: str = "zh"
+    languages: tuple[str, ...] = ("zh", "en")
+
+
+class FeedConfig(Section):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    kind: Literal["gtfs-rt", "passenger-flow"]
+    url: str
+    contains: tuple[FeedContent, ...] = FEED_CONTENTS
+    poll_seconds: PositiveSeconds = 30
+    timeout_seconds: PositiveSeconds = 10
+    max_bytes: Annotated[int, Field(gt=0)] = 16 * 1024 * 1024
+    max_age_seconds: PositiveSeconds = 300
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        scheme = urlsplit(url).scheme
+        if scheme not in ("http", "https", "file"):
+            raise ValueError("must start with http://, https:// or file://")
+        return url
+
+
+class ServiceHours(Section):
+    start: time = time(5, 0)
+    end: time = time(23, 30)
+
+    def contains(self, at: time) -> bool:
+        """True inside service hours; a window like 05:00-01:00 runs past midnight."""
+        return within(self.start, self.end, at)
+
+
+class StateConfig(Section):
+    directory: Path = Path("state")
+    resolve_after_missing: Annotated[int, Field(ge=1)] = 3
+    crowding_min_dwell_seconds: Annotated[float, Field(ge=0)] = 120
+    crowding_hysteresis_percent: Annotated[int, Field(ge=0, le=100)] = 5
+    crowding_trend_window_seconds: PositiveSeconds = 900
+    delay_threshold_seconds: PositiveSeconds = 300
+    severe_delay_threshold_seconds: PositiveSeconds = 900
+
+
+class MqttConfig(Section):
+    url: str = "mqtt://127.0.0.1:1883"
+    topic_prefix: Annotated[str, Field(pattern=r"^[^#+\s]+$")] = "metro"
+    client_id: Annotated[str, Field(min_length=1, max_length=64)] = "broadcaster"
+    username: SecretRef | None = None
+    password: SecretRef | None = None
+    tls_ca_file: Path | None = None
+    keepalive_seconds: Annotated[int, Field(ge=5, le=3600)] = 30
+    #: After a lost connection the broker announces "offline" only after this long (MQTT 5 Will Delay), so
+    #: a quick reconnect causes no "information unavailable" flicker on displays.
+    will_delay_seconds: Annotated[int, Field(ge=0, le=3600)] = 30
+    retained_ttl_seconds: Annotated[int, Field(ge=60)] = 1800
+    max_payload_bytes: Annotated[int, Field(ge=1024, le=268_435_455)] = 256 * 1024
+    publish_window: Annotated[int, Field(ge=1, le=1000)] = 32
+    publish_timeout_seconds: PositiveSeconds = 10
+    #: How long `broadcaster once` waits for the broker before it gives up with exit status 1.
+    connect_timeout_seconds: PositiveSeconds = 10
+    reconnect_max_seconds: PositiveSeconds = 30
+
+    @field_validator("url")
+    @classmethod
+    def _mqtt_scheme(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if "@" in parts.netloc:
+            raise ValueError("must not carry credentials; give them as mqtt.username and mqtt.password, each"
+                             ' { env = "VAR" } or { file = "/run/secrets/..." }')
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError("must start with mqtt:// or mqtts://")
+        if not parts.hostname:
+            raise ValueError("names no host")
+        return url
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
+
+
+class TemplatesConfig(Section):
+    #: A folder of operator templates; a template found there replaces the built-in one of the same name.
+    directory: Path | None = None
+
+
+class DigestConfig(Section):
+    """A scheduled network-wide summary."""
+
+    name: ChannelName = "digest"
+    #: Standard five-field cron, in the config's timezone; slots outside service hours are skipped.
+    cron: str = "*/15 * * * *"
+    #: Channel names; empty: every channel.
+    channels: tuple[str, ...] = ()
+    #: The template base name ({template}.{language}.j2).
+    template: Annotated[str, Field(pattern=r"^[a-z0-9_]+$")] = "digest"
+    #: How many of the most crowded stations to list.
+    top_crowded: Annotated[int, Field(ge=0, le=20)] = 3
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, cron: str) -> str:
+        from broadcaster.scheduler import validate_cron
+
+        validate_cron(cron)
+        return cron
+
+
+class EmergencyConfig(Section):
+    """What jumps the queue and skips quiet windows, on every channel."""
+
+    min_severity: Literal["INFO", "WARNING", "SEVERE"] = "SEVERE"
+    effects: tuple[str, ...] = ("NO_SERVICE",)
+
+
+AdminEndpoint = Literal["/v1/health", "/metrics", "/openapi.json"]
+
+
+class AdminToken(Section):
+    """One bearer token of the admin API. `id` names its holder in the audit log; the token never appears."""
+
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")]
+    token: SecretRef
+
+
+class AdminConfig(Section):
+    """The HTTP admin API (docs/admin.md): operator notices, corrections, health, status, Prometheus metrics."""
+
+    #: host:port to listen on ("[::1]:8787" for IPv6; port 0 picks a free one).
+    listen: str = "127.0.0.1:8787"
+    tokens: tuple[AdminToken, ...] = ()
+    #: Endpoints served without a token; the others (notices, corrections, status) always need one.
+    public: tuple[AdminEndpoint, ...] = ("/v1/health", "/metrics", "/openapi.json")
+    #: After this many failed authentications from one client address within `failure_window_seconds`,
+    #: that address gets 429 (with Retry-After) until the oldest failure leaves the window.
+    max_failures: Annotated[int, Field(ge=1)] = 10
+    failure_window_seconds: PositiveSeconds = 60
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, listen: str) -> str:
+        host, _, port = listen.rpartition(":")
+        if not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError("must be host:port, e.g. 127.0.0.1:8787 or [::1]:8787")
+        return listen
+
+    @field_validator("tokens")
+    @classmethod
+    def _unique_token_ids(cls, tokens: tuple[AdminToken, ...]) -> tuple[AdminToken, ...]:
+        require_unique([t.id for t in tokens], "id", "tokens")
+        return tokens
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].removeprefix("[").removesuffix("]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+

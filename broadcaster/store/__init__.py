@@ -1,0 +1,45 @@
+"""The state database: its transactions, the network state, feed records and snapshots, retained topics and the
+`meta` table's small values. Import from here.
+
+One job per module: `database` (the file, its schema and transactions), `codec` (how values are written),
+`state` (the network state), `feeds` (feed records and stored snapshots), `retained` (retained topics) and
+`meta` (`KeyValueStore`). The outbox, the operator's desk and idempotency keys have their own storage modules
+(`broadcaster/outbox.py`, `desk.py`, `idempotency.py`).
+"""
+
+from broadcaster.store.codec import decode_alert, decode_snapshot, encode_alert, encode_snapshot, from_iso, iso
+from broadcaster.store.database import SCHEMA_VERSION, Database, copy_database
+from broadcaster.store.feeds import (
+    FeedRecord,
+    load_feeds,
+    load_snapshot,
+    load_snapshot_digests,
+    save_feed,
+    save_snapshot,
+)
+from broadcaster.store.meta import KeyValueStore
+from broadcaster.store.retained import load_retained, save_retained
+from broadcaster.store.state import StateStore, alert_stored
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Database",
+    "FeedRecord",
+    "KeyValueStore",
+    "StateStore",
+    "alert_stored",
+    "copy_database",
+    "decode_alert",
+    "decode_snapshot",
+    "encode_alert",
+    "encode_snapshot",
+    "from_iso",
+    "iso",
+    "load_feeds",
+    "load_retained",
+    "load_snapshot",
+    "load_snapshot_digests",
+    "save_feed",
+    "save_retained",
+    "save_snapshot",
+]

@@ -1,0 +1,34 @@
+"""The `meta` table: small values kept under a namespace (`KeyValueStore`)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from broadcaster.store.database import Database
+
+
+class KeyValueStore:
+    """Small values that must survive a restart, in the `meta` table under "<namespace>:<key>": a platform
+    session (so a crash loop does not log in again and again), the operator's alerts, corrections and digest
+    marks. They may be credentials: the database file is created readable by its owner only."""
+
+    def __init__(self, db: Database, namespace: str) -> None:
+        self.db = db
+        self.prefix = f"{namespace}:"
+
+    def get(self, key: str) -> str | None:
+        row = self.db.conn.execute("SELECT value FROM meta WHERE key = ?", (self.prefix + key,)).fetchone()
+        return str(row[0]) if row else None
+
+    def put(self, key: str, value: str | None) -> None:
+        """Write (None: delete) one value in a transaction of its own."""
+        with self.db.transaction() as conn:
+            self.save(conn, key, value)
+
+    def save(self, conn: sqlite3.Connection, key: str, value: str | None) -> None:
+        """Write (None: delete) one value inside the caller's transaction."""
+        if value is None:
+            conn.execute("DELETE FROM meta WHERE key = ?", (self.prefix + key,))
+        else:
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (self.prefix + key, value))
+

@@ -1,0 +1,34 @@
+"""Retained topics: what the broker holds (broadcaster/retained.py plans, these two remember)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from datetime import datetime
+
+from broadcaster.store.codec import from_iso
+from broadcaster.store.database import Database
+
+
+def load_retained(db: Database) -> tuple[dict[str, str], dict[str, datetime]]:
+    """(topic -> digest of the retained payload on the broker, topic -> when its clear was acknowledged)."""
+    published = {str(t): str(d) for t, d in db.conn.execute("SELECT topic, digest FROM retained")}
+    cleared = {str(t): from_iso(at) for t, at in db.conn.execute("SELECT topic, cleared_at FROM retained_cleared")}
+    return published, cleared
+
+
+def save_retained(
+    conn: sqlite3.Connection,
+    *,
+    published: Iterable[tuple[str, str]],
+    unpublished: Iterable[tuple[str]],
+    cleared: Iterable[tuple[str, str]],
+    forgotten: Iterable[tuple[str]],
+) -> None:
+    """Record acknowledged publications inside the caller's transaction: (topic, digest) published,
+    (topic,) no longer published, (topic, iso time) clears to remember, (topic,) clears to forget."""
+    conn.executemany("INSERT OR REPLACE INTO retained (topic, digest) VALUES (?, ?)", published)
+    conn.executemany("DELETE FROM retained WHERE topic = ?", unpublished)
+    conn.executemany("INSERT OR IGNORE INTO retained_cleared (topic, cleared_at) VALUES (?, ?)", cleared)
+    conn.executemany("DELETE FROM retained_cleared WHERE topic = ?", forgotten)
+
