@@ -222,7 +222,7 @@ class Dispatcher:
                               channel.name, entry.notice_id, entry.version, entry.part, exc.reason)
                     continue
                 acked_at = self.now()
-                self.outbox.mark_sent(entry.key, acked_at, remote_id)
+                self.outbox.mark_sent(entry.key, acked_at, remote_id, durable=deadline_s is not None)
                 self.metrics.sent(channel.name, entry, acked_at)
                 sent += 1
             if not progress:

@@ -264,8 +264,10 @@ class Outbox:
             conn.execute("UPDATE outbox SET uncertain = 1, next_attempt_at = ? WHERE key = ?",
                          (iso(in_flight_until), key))
 
-    def mark_sent(self, key: str, now: datetime, remote_id: str | None = None) -> None:
-        with self.db.transaction() as conn:
+    def mark_sent(self, key: str, now: datetime, remote_id: str | None = None, *, durable: bool = True) -> None:
+        """Record the platform's acknowledgement. `durable=False` for a channel whose consumers deduplicate (MQTT):
+        should a power cut lose the mark, the notice is sent again, never lost (see `Database.transaction`)."""
+        with self.db.transaction(durable=durable) as conn:
             conn.execute(
                 "UPDATE outbox SET status = ?, sent_at = ?, remote_id = ?, attempts = attempts + 1, error = NULL"
                 " WHERE key = ?",

@@ -145,7 +145,12 @@ class Pipeline:
             operator_alerts = self.operator_alerts if planned.operator_alerts is None else dict(planned.operator_alerts)
             corrections = _without_resolved(
                 self.corrections if planned.corrections is None else dict(planned.corrections), transition.state)
-            with self._db.transaction() as conn:
+            # A commit that queues nothing and records no request only moves the state along (a steady tick): it
+            # need not wait for the disk. Lost to a power cut, the next poll derives the same state again; a
+            # commit that queues a notice is durable, and carries every earlier commit to the disk with it.
+            durable = bool(messages) or planned.record is not None or (
+                operator_alerts is not self.operator_alerts or corrections is not self.corrections)
+            with self._db.transaction(durable=durable) as conn:
                 if snapshot is not None:
                     self.store.save(conn, transition.state)
                 Outbox.enqueue(conn, messages, now)

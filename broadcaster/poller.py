@@ -128,7 +128,7 @@ class FeedPoller:
             feed.name, reason, failed.consecutive_failures,
         )
         try:
-            with self._db.transaction() as conn:
+            with self._db.transaction(durable=False) as conn:  # bookkeeping: see Database.transaction
                 save_feed(conn, failed)
         except StoreError as exc:
             log.error("could not record the failure of feed %r: %s", feed.name, exc)
@@ -181,7 +181,7 @@ class FeedPoller:
             # refresh. The next fetch is unconditional (`_last_snapshot` forgot the digest).
             self.records[feed.name] = good
             try:
-                with self._db.transaction() as conn:
+                with self._db.transaction(durable=False) as conn:  # bookkeeping: see Database.transaction
                     save_feed(conn, good)
             except StoreError as exc:
                 log.error("feed %r: could not record the fetch: %s", feed.name, exc)

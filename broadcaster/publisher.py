@@ -117,7 +117,8 @@ class RetainedPublisher:
                     self._canary_expected[publication.topic] = (seq, self._canary_round)
             self.metrics.retained(len(acked), len(publications) - len(acked))
             try:
-                with self.db.transaction() as conn:
+                # Not durable: a lost record only means a republish, and every new session republishes in full.
+                with self.db.transaction(durable=False) as conn:
                     self.planner.confirm(acked, now, conn)
             except StoreError as exc:
                 log.error("could not record retained publications: %s", exc)

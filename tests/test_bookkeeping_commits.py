@@ -1,0 +1,79 @@
+"""Bookkeeping commits skip the fsync (issue 16): an MQTT notice marked sent, the record of retained
+publications, a feed's fetch record and a steady tick's state commit with `synchronous=NORMAL`, every other
+commit with FULL. NORMAL in WAL mode still survives the process being killed; these tests kill a real one."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from broadcaster.outbox import Outbox, OutgoingMessage
+from broadcaster.store import Database, KeyValueStore
+
+FULL, NORMAL = 2, 1
+
+
+def synchronous(db: Database) -> int:
+    return int(db.conn.execute("PRAGMA synchronous").fetchone()[0])
+
+
+def test_a_bookkeeping_commit_skips_the_fsync_and_full_sync_comes_back(tmp_path: Path) -> None:
+    db = Database(tmp_path / "state.db")
+    with db.transaction(durable=False):
+        assert synchronous(db) == NORMAL
+    assert synchronous(db) == FULL
+    with pytest.raises(RuntimeError), db.transaction(durable=False):
+        raise RuntimeError("a failure inside")
+    assert synchronous(db) == FULL  # a failed bookkeeping commit leaves the next commit durable
+    with db.transaction():
+        assert synchronous(db) == FULL
+
+
+def test_an_mqtt_mark_is_bookkeeping_and_a_post_mark_is_durable(tmp_path: Path) -> None:
+    db = Database(tmp_path / "state.db")
+    outbox = Outbox(db)
+    now = datetime.now(UTC)
+    with db.transaction() as conn:
+        Outbox.enqueue(conn, [OutgoingMessage("n1", "v1", "mqtt", b"{}", 1),
+                              OutgoingMessage("n1", "v1", "mastodon", b"{}", 1)], now)
+    seen: list[int] = []
+    db.conn.set_trace_callback(lambda statement: seen.append(synchronous_now(db)) if statement == "COMMIT" else None)
+    mqtt, mastodon = (e.key for e in outbox.due("mqtt", now) + outbox.due("mastodon", now))
+    outbox.mark_sent(mqtt, now, durable=False)
+    outbox.mark_sent(mastodon, now, "remote-1")
+    db.conn.set_trace_callback(None)
+    assert seen == [NORMAL, FULL]
+
+
+def synchronous_now(db: Database) -> int:
+    # Read through a second cursor of the same connection: the trace callback runs inside the COMMIT's execute.
+    return int(db.conn.cursor().execute("PRAGMA synchronous").fetchone()[0])
+
+
+async def test_a_bookkeeping_commit_survives_the_process_being_killed(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    Database(path).close()
+    script = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from broadcaster.store import Database, KeyValueStore\n"
+        "db = Database(Path(sys.argv[1]))\n"
+        "meta = KeyValueStore(db, 'test')\n"
+        "with db.transaction(durable=False) as conn:\n"
+        "    meta.save(conn, 'mark', 'kept')\n"
+        "print('committed', flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    process = await asyncio.create_subprocess_exec(sys.executable, "-c", script, str(path),
+                                                   stdout=asyncio.subprocess.PIPE)
+    stdout, _ = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert stdout == b"committed\n"
+    assert process.returncode == -9
+    with sqlite3.connect(path) as check:  # the WAL the killed process left is read (and checkpointed) on open
+        assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert KeyValueStore(Database(path), "test").get("mark") == "kept"
