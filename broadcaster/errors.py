@@ -21,7 +21,7 @@
 
 Callers catch the narrowest type they can act on; nobody parses messages.
 
-Not here, on purpose: the render sandbox's `TemplateLimitExceeded` and `UnsafeTemplateError` (render/sandbox.py)
+Not here, on purpose: the render sandbox's `TemplateLimitExceeded` and `UnsafeTemplateError` (render/sandbox/)
 must be Jinja2's own `SecurityError` and `TemplateSyntaxError` for Jinja2 to handle them, and never leave the
 render engine, which turns them into `TemplateProblem`; and module-private signals (`_InvalidAlert`, `_TooLarge`)
 that never leave their module.

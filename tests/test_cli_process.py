@@ -165,7 +165,8 @@ def test_wheel_ships_templates_and_example_config(tmp_path: Path) -> None:
     expected |= {"broadcaster/_data/config/example.toml", "broadcaster/_data/config/network/stops.txt",
                  "broadcaster/_data/config/samples/gtfs-rt.pb"}
     assert expected <= names
-    assert not any("/state/" in n or n.endswith(".db") for n in names)
+    # No runtime state travels: no database, no state directory (the code package broadcaster/state/ is not one).
+    assert not any(n.endswith(".db") or ("/state/" in n and not n.startswith("broadcaster/state/")) for n in names)
 
 
 async def test_announce_and_correct_without_a_running_broadcaster(rig: Rig) -> None:

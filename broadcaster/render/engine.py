@@ -1,6 +1,6 @@
 """The one sandboxed Jinja2 environment: compile each template once, render with strict undefined variables.
 
-Templates are operator data and may be hostile, so they run in `BoundedSandbox` (render/sandbox.py): Jinja2's
+Templates are operator data and may be hostile, so they run in `BoundedSandbox` (render/sandbox/): Jinja2's
 immutable sandbox, with the known escapes refused at compile time and every render bounded in time and size.
 A template missing for an operator is taken from the built-in set; an operator template that is refused or fails
 at render time falls back to the built-in one, so a notice is never lost to a template mistake (the failure is

@@ -1,4 +1,4 @@
-"""The MQTT link (the only module that imports aiomqtt and paho): one kept connection, reconnects, publishing.
+"""The MQTT link: one kept connection to the broker, its reconnects, and publishing over it.
 
 `MqttLink.run()` keeps a connection to the broker with capped exponential backoff between attempts. Each
 session announces `online` (retained) on the status topic, with `offline` as its Last Will, and then calls
@@ -13,43 +13,25 @@ is slow, and gathering thousands at once is quadratic in aiomqtt (docs/design.md
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import secrets
-import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import aiomqtt
 import orjson
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
-from broadcaster.channels.base import ThreadRefs
+from broadcaster.channels.mqtt.clients import expiry, new_client, session_client
+from broadcaster.channels.mqtt.identity import conflict_in, read_status
 from broadcaster.config import MqttConfig
 from broadcaster.contract import Topics
 from broadcaster.errors import IdentityConflict, TransientDeliveryError
-from broadcaster.outbox import OutboxEntry
 from broadcaster.payloads import status_body
 from broadcaster.retained import Publication, serialise
 
 log = logging.getLogger(__name__)
-# aiomqtt warns on every publish past ten pending; a bounded window of 32 is by design, so only errors show.
-_client_log = logging.getLogger("broadcaster.mqtt.client")
-_client_log.setLevel(logging.ERROR)
 
 CHANNEL_NAME = "mqtt"
-
-
-@functools.lru_cache(maxsize=256)
-def _expiry(seconds: int | None) -> Properties | None:
-    # One Properties per distinct expiry, shared by every publish (paho only reads it): building one costs
-    # ~20 us, a tenth of a whole publish (bench/).
-    if seconds is None:
-        return None
-    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-    props.MessageExpiryInterval = max(1, seconds)
-    return props
 
 
 class MqttLink:
@@ -99,109 +81,48 @@ class MqttLink:
 
     # -- connection ------------------------------------------------------------------------------------------
 
-    def _new_client(
-        self,
-        identifier: str,
-        *,
-        will: aiomqtt.Will | None = None,
-        clean_start: bool = True,
-        properties: Properties | None = None,
-    ) -> aiomqtt.Client:
-        tls_context = None
-        if self.config.tls:
-            tls_context = ssl.create_default_context(
-                cafile=str(self.config.tls_ca_file) if self.config.tls_ca_file else None
-            )
-        return aiomqtt.Client(
-            self.config.host,
-            self.config.port,
-            identifier=identifier,
-            logger=_client_log,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            username=self._username,
-            password=self._password,
-            will=will,
-            clean_start=clean_start,
-            properties=properties,
-            keepalive=self.config.keepalive_seconds,
-            timeout=self.config.publish_timeout_seconds,
-            tls_context=tls_context,
-            # paho's message ids wrap at 65,535 in-flight QoS 1 messages; we never come near with the window.
-            max_inflight_messages=max(20, self.config.publish_window),
-        )
+    def _new_client(self, identifier: str) -> aiomqtt.Client:
+        return new_client(self.config, identifier, username=self._username, password=self._password)
 
     def _status(self, status: str, since: datetime, valid_until: datetime | None = None) -> bytes:
         mode = "batch" if self.batch else "service"
         return serialise(status_body(status, self.config.client_id, since, self.instance, mode=mode,
                                      valid_until=valid_until))
 
-    def _farewell(self) -> tuple[bytes, Properties | None]:
+    def _farewell(self) -> tuple[bytes, int | None]:
         """What a clean end leaves on the status topic: `offline` for a service; for a batch run, `online` until
-        the retained state it published expires (and the message expires with it)."""
+        the retained state it published expires (and the message expires with it), with that expiry in seconds."""
         now = datetime.now(UTC)
         if not self.batch:
             return self._status("offline", now), None
         ttl = self.config.retained_ttl_seconds
-        return self._status("online", now, valid_until=now + timedelta(seconds=ttl)), _expiry(ttl)
+        return self._status("online", now, valid_until=now + timedelta(seconds=ttl)), ttl
 
     def _client_for_session(self) -> aiomqtt.Client:
-        # MQTT 5 Will Delay: the broker says "offline" only if we stay away that long, so a quick reconnect
-        # (a restart, a network blip) does not make every display flash "information unavailable". The delay
-        # only holds while the session lives, hence a session expiry at least as long and no clean start.
-        will_properties = Properties(PacketTypes.WILLMESSAGE)  # type: ignore[no-untyped-call]
-        will_properties.WillDelayInterval = self.config.will_delay_seconds
-        will = aiomqtt.Will(
-            self.topics.status, self._status("offline", self._started), qos=1, retain=True,
-            properties=will_properties,
-        )
-        connect_properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        connect_properties.SessionExpiryInterval = self.config.will_delay_seconds + 30
-        return self._new_client(self.config.client_id, will=will, clean_start=False, properties=connect_properties)
+        return session_client(self.config, self.topics.status, self._status("offline", self._started),
+                              username=self._username, password=self._password)
 
     async def _check_identity(self) -> None:
-        """Read the retained status under a throwaway client id; raise if another installation holds ours.
-
-        Connecting with our own client id to find out would take the other one's session over. A retained
-        `online` from our own instance is a restart within the Will Delay (after a crash), which is fine.
-        The outcome is kept: checked once, or the refusal that `wait_connected` raises too.
+        """Read the retained status under a throwaway client id; raise if another installation holds ours
+        (`identity.py` says why and how). The outcome is kept: checked once, or the refusal that
+        `wait_connected` raises too.
 
         Raises:
             IdentityConflict: the status says `online`, with our client id and another instance.
             aiomqtt.MqttError: the broker cannot be reached (`run` retries).
         """
         probe_id = f"{self.config.client_id[:40]}-check-{secrets.token_hex(4)}"
-        # The broker sends a subscription's retained messages before it handles anything we publish after
-        # the SUBACK, so our own probe coming back means the retained status, if any, has arrived.
         probe_topic = self.topics.probe(probe_id)
-        status: bytes | None = None
-        echoed = False
         async with self._new_client(probe_id) as client:
-            await client.subscribe(self.topics.status, qos=1)
-            await client.subscribe(probe_topic, qos=1)
-            await client.publish(probe_topic, b"", qos=1)
-            try:
-                async with asyncio.timeout(self.config.publish_timeout_seconds):
-                    async for message in client.messages:
-                        if message.topic.value == probe_topic:
-                            echoed = True
-                            break
-                        if isinstance(message.payload, bytes | bytearray):
-                            status = bytes(message.payload)
-            except TimeoutError:
-                pass
+            status, echoed = await read_status(client, self.topics.status, probe_topic,
+                                               self.config.publish_timeout_seconds)
         if not echoed:
             log.warning("could not confirm that client id %r is free: the probe on %s did not come back (does"
                         " the broker's ACL let broadcaster read what it writes?)", self.config.client_id,
                         probe_topic)
-        try:
-            current = orjson.loads(status) if status else None
-        except orjson.JSONDecodeError:
-            current = None
-        other = current.get("instance") if isinstance(current, dict) and current.get("status") == "online" else None
-        if (isinstance(current, dict) and current.get("client_id") == self.config.client_id
-                and isinstance(other, str) and other != self.instance):
-            self.refusal = IdentityConflict(self.config.client_id, other, str(current.get("since")),
-                                            self.config.will_delay_seconds)
+        refusal = conflict_in(status, self.config, self.instance)
+        if refusal is not None:
+            self.refusal = refusal
             self._refused.set()
             raise self.refusal
         self._identity_checked = True  # later sessions find our own `online`
@@ -330,13 +251,13 @@ class MqttLink:
         if stop.is_set():
             # A clean disconnect does not fire the Last Will, so say it ourselves.
             self.connected.clear()
-            farewell, expiry = self._farewell()
+            farewell, expiry_s = self._farewell()
             await client.publish(
                 self.topics.status,
                 farewell,
                 qos=1,
                 retain=True,
-                properties=expiry,
+                properties=expiry(expiry_s),
                 timeout=self.config.publish_timeout_seconds,
             )
 
@@ -367,7 +288,7 @@ class MqttLink:
         if client is None or not self.connected.is_set():
             raise TransientDeliveryError(CHANNEL_NAME, "not connected to the broker")
         try:
-            await client.publish(pub.topic, pub.payload, qos=1, retain=pub.retain, properties=_expiry(pub.expiry_s))
+            await client.publish(pub.topic, pub.payload, qos=1, retain=pub.retain, properties=expiry(pub.expiry_s))
         except aiomqtt.MqttError as exc:
             raise TransientDeliveryError(CHANNEL_NAME, f"publish to {pub.topic} failed: {exc}") from exc
 
@@ -394,20 +315,3 @@ class MqttLink:
             log.warning("%d of %d retained publications not acknowledged: %s",
                         acked.count(False), len(publications), failures[0].reason)
         return [p for p, ok in zip(publications, acked, strict=True) if ok]
-
-
-class MqttNoticeChannel:
-    """Delivers outbox notices to the non-retained `{prefix}/v1/notices` stream over the shared link."""
-
-    name = CHANNEL_NAME
-
-    def __init__(self, link: MqttLink) -> None:
-        self.link = link
-
-    @property
-    def ready(self) -> bool:
-        return self.link.connected.is_set()
-
-    async def send(self, entry: OutboxEntry, thread: ThreadRefs) -> str | None:
-        await self.link.publish(Publication(self.link.topics.notices, entry.payload, retain=False))
-        return None  # MQTT has no remote id; the PUBACK was the acknowledgement
