@@ -146,12 +146,12 @@ class Dispatcher:
         room = allowance(limits, self.outbox.sent_times(channel.name, now - longest), now)
         due = self.outbox.due(channel.name, now, limit=1000)
         emergencies = sum(1 for e in due if e.priority == 0)
-        candidates = [e for e in due if mergeable(Post.from_payload(e.payload), priority=e.priority,
-                                                  tried=bool(e.attempts or e.uncertain))]
+        merging = _mergeable(due)
+        candidates = [e for e, _ in merging]
         if should_merge(len(due), emergencies, len(candidates), room):
             posting = next((c for c, _ in self.posting if c.name == channel.name), None)
-            posts = merged_posts([Post.from_payload(e.payload) for e in candidates],
-                                 posting.profile if posting else None, merged_notice_id([e.key for e in candidates]))
+            posts = merged_posts([p for _, p in merging], posting.profile if posting else None,
+                                 merged_notice_id([e.key for e in candidates]))
             priority = min(e.priority for e in candidates)
             self.outbox.replace_with_merged(
                 candidates,
@@ -303,6 +303,22 @@ class Dispatcher:
 
     def pending(self) -> int:
         return self.outbox.pending_count()
+
+def _mergeable(due: Sequence[OutboxEntry]) -> list[tuple[OutboxEntry, Post]]:
+    """The entries a budget may merge, with their posts, in queue order. An emergency's row is never read here,
+    nor is a row no code can read: the drain loop parks that one and goes on."""
+    found: list[tuple[OutboxEntry, Post]] = []
+    for entry in due:
+        if entry.priority == 0:
+            continue
+        try:
+            post = Post.from_payload(entry.payload)
+        except (ValueError, KeyError, TypeError):
+            continue
+        if mergeable(post, priority=entry.priority, tried=bool(entry.attempts or entry.uncertain)):
+            found.append((entry, post))
+    return found
+
 
 async def _first_of(*events: asyncio.Event) -> None:
     tasks = [asyncio.ensure_future(e.wait()) for e in events]
