@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,12 +14,14 @@ from support import LoopbackHttpServer, MosquittoBroker
 from support.gtfs_rt_builders import alert_entity, selector
 from support.microblog_server import MicroblogServer, mastodon_length
 from test_channels import until
+from test_no_doubled_words import alert_notice, render
 
 from broadcaster.budget import allowance, mergeable
-from broadcaster.config import BudgetLimit
+from broadcaster.compose import NoticeKind, Priority
+from broadcaster.config import BudgetLimit, WeiboChannelConfig
 from broadcaster.posts import MERGED_KIND, Post
 from broadcaster.render.length import weibo
-from broadcaster.render.posts import merged_posts
+from broadcaster.render.posts import HEADLINE, merged_posts, posts_for
 
 T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 
@@ -69,6 +72,21 @@ def test_only_untried_standalone_routine_posts_are_mergeable() -> None:
     assert not mergeable(Post("a", "alert_new", "x", "zh", parts=2), priority=2, tried=False)
     assert not mergeable(Post("a", "alert_updated", "x", "zh", reply_to_notice="a"), priority=2, tried=False)
     assert not mergeable(Post("m", MERGED_KIND, "x", "zh"), priority=2, tried=False)
+
+
+def test_a_standalone_routine_post_carries_its_brief_form_rendered_from_the_templates() -> None:
+    notice = alert_notice(description=True)
+    weibo_channel = WeiboChannelConfig.model_validate({
+        "name": "w", "kind": "weibo", "access_token": {"env": "X"}, "languages": ["zh"],
+        "link": "https://m.example/s"})
+    at = render(notice)
+    (routine,) = posts_for(notice, weibo_channel, weibo(2000), at, "zh")
+    assert routine.brief == at("zh", HEADLINE) + "\nhttps://m.example/s"  # the headline level, with the link
+    assert routine.brief != routine.text
+    # Posts a budget never merges carry none: an emergency's, and an update's (a reply keeps its thread).
+    (emergency,) = posts_for(replace(notice, priority=Priority.EMERGENCY), weibo_channel, weibo(2000), at, "zh")
+    (update,) = posts_for(replace(notice, kind=NoticeKind.ALERT_UPDATED), weibo_channel, weibo(2000), at, "zh")
+    assert (emergency.brief, update.brief) == (None, None)
 
 
 @pytest.fixture
