@@ -205,7 +205,7 @@ async def running(config: Config) -> AsyncIterator[Broadcaster]:
             await on_connected()
             session_ready.set()
 
-        setattr(b, "on_connected", connected)  # noqa: B010 (the link calls it through the instance)
+        b.link.when_connected(connected)
         stop = asyncio.Event()
         tasks = [asyncio.create_task(b.link.run(stop))]
         tasks += [asyncio.create_task(b.drain_loop(channel, stop)) for channel in b.channels]

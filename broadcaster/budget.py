@@ -1,11 +1,13 @@
-"""Per-account posting budgets, and merging a backlog that would overrun one.
+"""Per-account posting budgets: the room left, and which queued posts may be merged when a backlog would overrun it.
 
 Platforms limit how much an account may post (Mastodon: 300 statuses per 3 hours and 300 requests per
 5 minutes; Bluesky: 5,000 points per hour and 35,000 per day, 3 points a post). When a busy hour queues more
 posts than the budget has room for, broadcaster merges the queued routine and normal posts into as few posts
-as the platform's length rule allows, rather than post some hours late or lose any. Emergencies are never
-merged and never held back by the budget: they go first, and if the platform refuses one, its own
-Retry-After is honoured.
+as the platform's length rule allows (`broadcaster.render.posts.merged_posts`, from the texts rendered at
+commit), rather than post some hours late or lose any. Emergencies are never merged and never held back by the
+budget: they go first, and if the platform refuses one, its own Retry-After is honoured.
+
+Arithmetic only: the dispatcher reads the outbox, asks here, and writes the outcome back.
 """
 
 from __future__ import annotations
@@ -15,19 +17,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from broadcaster.channels.base import Post
 from broadcaster.config import BudgetLimit, ChannelConfig
-from broadcaster.outbox import OutboxEntry
-from broadcaster.render.fit import fit
-from broadcaster.render.length import PlatformProfile
+from broadcaster.posts import MERGED_KIND, Post
 
 #: Published limits, used when the channel's config sets no `budget`.
 DEFAULT_BUDGETS: dict[str, tuple[BudgetLimit, ...]] = {
     "mastodon": (BudgetLimit(posts=300, seconds=3 * 3600), BudgetLimit(posts=300, seconds=300)),
     "bluesky": (BudgetLimit(posts=5000 // 3, seconds=3600), BudgetLimit(posts=35000 // 3, seconds=86400)),
 }
-
-MERGED_KIND = "merged"
 
 
 def budget_for(config: ChannelConfig) -> tuple[BudgetLimit, ...]:
@@ -58,35 +55,18 @@ def allowance(limits: Sequence[BudgetLimit], sent_times: Sequence[datetime], now
     return Allowance(max(0, posts), next_slot)
 
 
-def mergeable(entry: OutboxEntry) -> bool:
+def mergeable(post: Post, *, priority: int, tried: bool) -> bool:
     """Only standalone, untried, non-emergency single posts are merged: threads and replies keep their shape,
-    and an entry that may already be on the platform is never re-expressed as another post."""
-    if entry.priority == 0 or entry.attempts or entry.uncertain:
-        return False
-    post = Post.from_payload(entry.payload)
-    return post.parts == 1 and post.reply_to_notice is None and post.kind != MERGED_KIND
+    and a post that may already be on the platform (`tried`) is never re-expressed as another post."""
+    return priority != 0 and not tried and post.standalone and post.kind != MERGED_KIND
 
 
-def _headline(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else ""
+def should_merge(due: int, emergencies: int, candidates: int, room: Allowance) -> bool:
+    """Whether the `due` posts (`emergencies` of them, which go anyway) overrun the room left, with at least
+    two `candidates` to merge."""
+    return due - emergencies > room.posts - emergencies and candidates >= 2
 
 
-def merge(entries: Sequence[OutboxEntry], profile: PlatformProfile | None) -> list[Post]:
-    """One post (or as few as the length rule allows) saying what `entries` said.
-
-    The full texts are tried first, one paragraph each; then each post's first line.
-    """
-    posts = [Post.from_payload(e.payload) for e in entries]
-
-    def render(detail: int) -> str:
-        if detail >= 1:
-            return "\n\n".join(p.text.strip() for p in posts)
-        return "\n".join(_headline(p.text) for p in posts)
-
-    texts = [render(1)] if profile is None else fit(render, profile, detail_levels=(1, 0))
-    notice_id = "merged-" + hashlib.sha256("".join(e.key for e in entries).encode()).hexdigest()[:16]
-    return [
-        Post(notice_id, MERGED_KIND, text, posts[0].language, part=i, parts=len(texts),
-             visibility=posts[0].visibility)
-        for i, text in enumerate(texts)
-    ]
+def merged_notice_id(keys: Sequence[str]) -> str:
+    """The id of the post merged from the outbox entries with these keys: the same entries give the same id."""
+    return "merged-" + hashlib.sha256("".join(keys).encode()).hexdigest()[:16]

@@ -14,14 +14,21 @@ import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
-from broadcaster.budget import allowance, budget_for, merge, mergeable
-from broadcaster.channels.base import DELETE_KIND, DeletingChannel, NoticeChannel, Post, PostingChannel, ThreadRefs
-from broadcaster.channels.mqtt import MqttNoticeChannel
-from broadcaster.channels.webhook import WebhookChannel
+from broadcaster.budget import allowance, budget_for, mergeable, merged_notice_id, should_merge
+from broadcaster.channels.base import (
+    DELETE_KIND,
+    DeletingChannel,
+    DeletionNotifyingChannel,
+    NoticeChannel,
+    PostingChannel,
+    ThreadRefs,
+)
 from broadcaster.config import ChannelConfig, Config
 from broadcaster.errors import PermanentDeliveryError, TransientDeliveryError
 from broadcaster.metrics import Metrics
 from broadcaster.outbox import EMERGENCY_MAX_WAIT_S, PENDING, SENT, Outbox, OutboxEntry, OutgoingMessage
+from broadcaster.posts import Post
+from broadcaster.render.posts import merged_posts
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +94,18 @@ class Dispatcher:
         for event in self._wake.values():
             event.set()
 
+    def _carries_posts(self, channel: NoticeChannel) -> bool:
+        """Whether `channel`'s outbox entries are posts: a configured channel's are; the MQTT notice stream (the
+        one channel no `[[channels]]` entry configures) carries notice payloads, which never thread."""
+        return channel.name in self.channel_configs
+
     def thread_of(self, channel: NoticeChannel, entry: OutboxEntry) -> ThreadRefs | None:
         """Where `entry` goes in a thread on `channel`, or None while a post it answers is still queued.
 
         A part after the first answers the previous part; an update or all-clear answers the first post about
         the same subject. When that post was parked (or never made on this channel), this one stands alone.
         """
-        if channel.name == MqttNoticeChannel.name:
+        if not self._carries_posts(channel):
             return ThreadRefs()
         post = Post.from_payload(entry.payload)
         root: str | None = None
@@ -134,11 +146,12 @@ class Dispatcher:
         room = allowance(limits, self.outbox.sent_times(channel.name, now - longest), now)
         due = self.outbox.due(channel.name, now, limit=1000)
         emergencies = sum(1 for e in due if e.priority == 0)
-        candidates = [e for e in due if mergeable(e)]
-        others = len(due) - emergencies
-        if others > room.posts - emergencies and len(candidates) >= 2:
+        merging = _mergeable(due)
+        candidates = [e for e, _ in merging]
+        if should_merge(len(due), emergencies, len(candidates), room):
             posting = next((c for c, _ in self.posting if c.name == channel.name), None)
-            posts = merge(candidates, posting.profile if posting else None)
+            posts = merged_posts([p for _, p in merging], posting.profile if posting else None,
+                                 merged_notice_id([e.key for e in candidates]))
             priority = min(e.priority for e in candidates)
             self.outbox.replace_with_merged(
                 candidates,
@@ -252,16 +265,16 @@ class Dispatcher:
 
     async def _send(self, channel: NoticeChannel, entry: OutboxEntry, thread: ThreadRefs) -> str | None:
         """Send one entry; an entry of kind "delete" takes down the posts of its notice instead."""
-        if channel.name == MqttNoticeChannel.name or Post.from_payload(entry.payload).kind != DELETE_KIND:
+        if not self._carries_posts(channel) or Post.from_payload(entry.payload).kind != DELETE_KIND:
             return await channel.send(entry, thread)
-        if not isinstance(channel, DeletingChannel):
-            if isinstance(channel, WebhookChannel):
-                return await channel.send(entry, thread)  # the receiver gets a "delete" event and acts on it
-            raise PermanentDeliveryError(channel.name, "this platform's posts cannot be deleted by broadcaster;"
-                                                       " delete them by hand")
-        for remote_id in self.outbox.original_remote_ids(channel.name, entry.notice_id):
-            await channel.delete(remote_id)
-        return None
+        if isinstance(channel, DeletingChannel):
+            for remote_id in self.outbox.original_remote_ids(channel.name, entry.notice_id):
+                await channel.delete(remote_id)
+            return None
+        if isinstance(channel, DeletionNotifyingChannel):
+            return await channel.notify_deletion(entry, thread)
+        raise PermanentDeliveryError(channel.name, "this platform's posts cannot be deleted by broadcaster;"
+                                                   " delete them by hand")
 
     async def drain_loop(self, channel: NoticeChannel, stop: asyncio.Event) -> None:
         """Deliver `channel`'s outbox until `stop`; wakes on new notices, on reconnects and when retries are due."""
@@ -290,6 +303,22 @@ class Dispatcher:
 
     def pending(self) -> int:
         return self.outbox.pending_count()
+
+def _mergeable(due: Sequence[OutboxEntry]) -> list[tuple[OutboxEntry, Post]]:
+    """The entries a budget may merge, with their posts, in queue order. An emergency's row is never read here,
+    nor is a row no code can read: the drain loop parks that one and goes on."""
+    found: list[tuple[OutboxEntry, Post]] = []
+    for entry in due:
+        if entry.priority == 0:
+            continue
+        try:
+            post = Post.from_payload(entry.payload)
+        except (ValueError, KeyError, TypeError):
+            continue
+        if mergeable(post, priority=entry.priority, tried=bool(entry.attempts or entry.uncertain)):
+            found.append((entry, post))
+    return found
+
 
 async def _first_of(*events: asyncio.Event) -> None:
     tasks = [asyncio.ensure_future(e.wait()) for e in events]

@@ -49,16 +49,10 @@ async def open_broadcaster(config: Config, *, clock: Clock | None = None) -> Asy
             # A secret the config names but the machine lacks is a configuration error, never an anonymous login.
             username = config.mqtt.username.require(config.source, "mqtt.username") if config.mqtt.username else None
             password = config.mqtt.password.require(config.source, "mqtt.password") if config.mqtt.password else None
-            holder: list[Broadcaster] = []
-
-            async def on_connected() -> None:
-                await holder[0].on_connected()
-
             link = MqttLink(
                 config.mqtt,
                 username=username.reveal() if username else None,
                 password=password.reveal() if password else None,
-                on_connected=on_connected,
                 instance=installation_id(db),
             )
             the_clock = clock or SystemClock()
@@ -71,7 +65,9 @@ async def open_broadcaster(config: Config, *, clock: Clock | None = None) -> Asy
             broadcaster = Broadcaster(
                 config, network, renderer, db, fetcher, link, posting=posting, clock=the_clock
             )
-            holder.append(broadcaster)
+            # Every new broker session republishes the retained state and sends what waited for it. The link
+            # runs only after this function yields, so no session starts before this is wired.
+            link.when_connected(broadcaster.on_connected)
             yield broadcaster
     finally:
         lock.release()

@@ -17,9 +17,10 @@ from test_admin import admin_config, api, bearer, parse_metrics
 from test_channels import until
 
 from broadcaster.channels.atom import AtomChannel
-from broadcaster.channels.base import Post, ThreadRefs
+from broadcaster.channels.base import ThreadRefs
 from broadcaster.config import AtomChannelConfig
 from broadcaster.outbox import OutboxEntry
+from broadcaster.posts import Post
 
 ATOM = "{http://www.w3.org/2005/Atom}"
 NOW = datetime(2026, 12, 3, 9, 0, tzinfo=UTC)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
 import pytest
 from google.transit import gtfs_realtime_pb2 as pb
 from rig import Rig, SteppedClock, poll_all, running
@@ -12,12 +14,14 @@ from support import LoopbackHttpServer, MosquittoBroker
 from support.gtfs_rt_builders import alert_entity, selector
 from support.microblog_server import MicroblogServer, mastodon_length
 from test_channels import until
+from test_no_doubled_words import alert_notice, render
 
-from broadcaster.budget import allowance, merge
-from broadcaster.channels.base import Post
-from broadcaster.config import BudgetLimit
-from broadcaster.outbox import OutboxEntry
+from broadcaster.budget import allowance, mergeable
+from broadcaster.compose import NoticeKind, Priority
+from broadcaster.config import BudgetLimit, WeiboChannelConfig
+from broadcaster.posts import MERGED_KIND, Post
 from broadcaster.render.length import weibo
+from broadcaster.render.posts import HEADLINE, merged_posts, posts_for
 
 T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 
@@ -32,20 +36,57 @@ def test_allowance_is_the_tightest_window() -> None:
     assert allowance(limits, [], T0).posts == 2
 
 
-def entry(i: int, text: str) -> OutboxEntry:
-    post = Post(f"alert-{i}", "alert_new", text, "zh")
-    return OutboxEntry(f"k{i}", f"alert-{i}", "v", "weibo", 0, 1, post.to_payload(), T0, 0, T0)
+def post(i: int, text: str, brief: str | None = None) -> Post:
+    return Post(f"alert-{i}", "alert_new", text, "zh", brief=brief)
 
 
-def test_merge_keeps_every_headline_within_the_length_rule() -> None:
-    entries = [entry(i, f"{i}号线：设备故障，列车晚点约10分钟\n详细说明{i}" * 2) for i in range(1, 7)]
-    posts = merge(entries, weibo())
-    assert 1 <= len(posts) <= 2
-    joined = "".join(p.text for p in posts)
+def test_merge_keeps_every_brief_form_within_the_length_rule() -> None:
+    posts = [post(i, f"{i}号线：设备故障，列车晚点约10分钟\n详细说明{i}" * 2, brief=f"{i}号线：设备故障")
+             for i in range(1, 7)]
+    merged = merged_posts(posts, weibo(), "merged-1")
+    assert 1 <= len(merged) <= 2
+    joined = "".join(p.text for p in merged)
     for i in range(1, 7):
         assert f"{i}号线：设备故障" in joined
-    assert all(weibo().fits(p.text) for p in posts)
-    assert len({p.notice_id for p in posts}) == 1
+    assert "详细说明" not in joined  # the full texts did not fit together: the brief forms were joined
+    assert all(weibo().fits(p.text) for p in merged)
+    assert {p.notice_id for p in merged} == {"merged-1"}
+    assert {p.kind for p in merged} == {MERGED_KIND}
+
+
+def test_a_post_queued_before_briefs_existed_is_read_and_merged_by_its_text() -> None:
+    old = orjson.loads(post(1, "1号线：设备故障").to_payload())
+    assert "brief" not in old  # a post without a brief writes the payload as before
+    queued = Post.from_payload(orjson.dumps(old))
+    assert queued.brief is None
+    both = merged_posts([queued, post(2, "2号线：设备故障\n详细说明" * 20, brief="2号线简报")], weibo(), "m")
+    assert both[0].text == "1号线：设备故障\n2号线简报"
+    with_brief = Post("alert-3", "alert_new", "text", "zh", languages=("zh",), brief="brief")
+    assert Post.from_payload(with_brief.to_payload()) == with_brief
+
+
+def test_only_untried_standalone_routine_posts_are_mergeable() -> None:
+    assert mergeable(post(1, "x"), priority=2, tried=False)
+    assert not mergeable(post(1, "x"), priority=0, tried=False)  # an emergency
+    assert not mergeable(post(1, "x"), priority=2, tried=True)  # may already be on the platform
+    assert not mergeable(Post("a", "alert_new", "x", "zh", parts=2), priority=2, tried=False)
+    assert not mergeable(Post("a", "alert_updated", "x", "zh", reply_to_notice="a"), priority=2, tried=False)
+    assert not mergeable(Post("m", MERGED_KIND, "x", "zh"), priority=2, tried=False)
+
+
+def test_a_standalone_routine_post_carries_its_brief_form_rendered_from_the_templates() -> None:
+    notice = alert_notice(description=True)
+    weibo_channel = WeiboChannelConfig.model_validate({
+        "name": "w", "kind": "weibo", "access_token": {"env": "X"}, "languages": ["zh"],
+        "link": "https://m.example/s"})
+    at = render(notice)
+    (routine,) = posts_for(notice, weibo_channel, weibo(2000), at, "zh")
+    assert routine.brief == at("zh", HEADLINE) + "\nhttps://m.example/s"  # the headline level, with the link
+    assert routine.brief != routine.text
+    # Posts a budget never merges carry none: an emergency's, and an update's (a reply keeps its thread).
+    (emergency,) = posts_for(replace(notice, priority=Priority.EMERGENCY), weibo_channel, weibo(2000), at, "zh")
+    (update,) = posts_for(replace(notice, kind=NoticeKind.ALERT_UPDATED), weibo_channel, weibo(2000), at, "zh")
+    assert (emergency.brief, update.brief) == (None, None)
 
 
 @pytest.fixture
@@ -100,3 +141,34 @@ async def test_a_backlog_over_budget_is_merged_and_emergencies_are_never_held(
         clock.offset += timedelta(hours=3, minutes=1)
         await until(lambda: b.outbox.pending_count("mastodon") == 0, b)
     assert "第8号" in microblog.mastodon_statuses()[4].text
+
+
+#: An operator's alert template whose brief form (detail 0) is not the first line of its full text: a merge that
+#: takes first lines of the rendered posts says "第1号：电梯维修", the template says "简报：第1号：电梯维修".
+BRIEF_DIFFERS = (
+    "{% if detail == 0 %}简报：{{ header }}{% else %}{{ header }}\n"
+    "{{ '本次维修期间请改乘其他线路，给您带来不便敬请谅解。' * 6 }}{% endif %}\n"
+)
+
+
+async def test_a_merged_post_says_what_the_templates_brief_form_says(
+    rig: Rig, microblog: MicroblogServer, tmp_path: Path
+) -> None:
+    """Merging is no second renderer: when the full texts do not fit one post together, the merged post joins
+    each notice's brief form as the operator's template renders it at the headline detail, at commit."""
+    templates = tmp_path / "operator-templates"
+    templates.mkdir()
+    (templates / "alert_new.zh.j2").write_text(BRIEF_DIFFERS, encoding="utf-8")
+    channel = {"name": "mastodon", "kind": "mastodon", "url": microblog.url, "token": {"env": "T_MASTODON"},
+               "languages": ["zh"], "budget": [{"posts": 1, "seconds": 10800}]}
+    rig.serve_rt(*alerts(4))
+    async with running(rig.config(channels=[channel], templates={"directory": str(templates)}),
+                       clock=SteppedClock()) as b:
+        await poll_all(b)
+        await until(lambda: b.outbox.pending_count("mastodon") == 0, b)
+    statuses = microblog.mastodon_statuses()
+    assert len(statuses) == 1  # four notices, one post left in the budget: merged
+    for i in range(4):
+        assert f"简报：第{i}号：电梯维修" in statuses[0].text
+    assert "敬请谅解" not in statuses[0].text  # the full texts (four long paragraphs) did not fit together
+    assert mastodon_length(statuses[0].text) <= 500

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from broadcaster.channels.atom import ATOM_NS, THREAD_NS, XML_LANG, AtomChannel, entry_id
-from broadcaster.channels.base import Post, ThreadRefs
+from broadcaster.channels.base import ThreadRefs
 from broadcaster.config import AtomChannelConfig
 from broadcaster.errors import PermanentDeliveryError, TransientDeliveryError
 from broadcaster.outbox import OutboxEntry, idempotency_key
+from broadcaster.posts import Post
 
 A = f"{{{ATOM_NS}}}"
 T0 = datetime(2026, 11, 25, 0, 15, tzinfo=UTC)

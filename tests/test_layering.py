@@ -166,3 +166,129 @@ def f(db):
     assert sorted(line.split(":")[0] for line in found) == ["line 6", "line 7"]
     assert any(".execute(...)" in line for line in found)
     assert any("FROM outbox WHERE key" in line for line in found)
+
+
+# -- Import directions (docs/design.md, "Layers") ----------------------------------------------------------------
+
+#: Each module's layer, by dotted name under `broadcaster` (the longest matching prefix wins). A module imports
+#: only from its own layer or those below it: the pipeline's stages sit on the shared values below them, render
+#: knows nothing of storage or channels, the channels know the outbox but not who drains it, and only the
+#: composition root and the command line know everything.
+LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
+    # Values and utilities every layer may use. `text` cleans feed text and measures it with `render.length`,
+    # a leaf with no imports of ours; `posts` is the post value type (render's output, the channels' input).
+    ("foundation", frozenset({
+        "broadcaster", "errors", "model", "contract", "vocabulary", "resources", "secretfiles", "scheduler",
+        "lock", "webserver", "text", "render.length", "posts",
+    })),
+    # Read by every stage: the operator's configuration (models only, no behaviour of other layers).
+    ("config", frozenset({"config"})),
+    # The pure pipeline stages before rendering, and the budget's arithmetic.
+    ("domain", frozenset({"feeds", "state", "compose", "budget"})),
+    ("render", frozenset({"render"})),
+    # What the pipeline commits and reads back: the database, the outbox, MQTT payloads, metrics.
+    ("storage", frozenset({"store", "outbox", "payloads", "retained", "operator", "idempotency", "metrics",
+                           "status"})),
+    ("channels", frozenset({"channels"})),
+    # The parts that drive delivery and publishing; they know the channels only by their protocol (below).
+    ("delivery", frozenset({"dispatcher", "publisher", "desk"})),
+    ("pipeline", frozenset({"service", "preview", "checking"})),
+    ("edge", frozenset({"runner", "admin", "cli", "demo", "__main__"})),
+)
+
+#: Further rules within the order: (importer prefix, what it may import of a package: these modules only).
+ONLY_FROM: tuple[tuple[str, str, frozenset[str]], ...] = (
+    # The dispatcher drives any channel through the protocol and its capabilities, never a concrete channel.
+    ("dispatcher", "channels", frozenset({"channels.base"})),
+)
+
+
+def _matches(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def layer_of(module: str) -> int:
+    """The index in LAYERS of a dotted module name relative to broadcaster/ ("" is the package itself)."""
+    name = module or "broadcaster"
+    best: tuple[int, int] | None = None  # (prefix length, layer)
+    for index, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if _matches(name, prefix) and (best is None or len(prefix) > best[0]):
+                best = (len(prefix), index)
+    if best is None:
+        raise LookupError(f"broadcaster.{module} is in no layer: add it to LAYERS")
+    return best[1]
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports_of(source: str, package: str) -> set[str]:
+    """The modules of ours that `source` imports (anywhere: top level, TYPE_CHECKING, inside functions), dotted
+    relative to broadcaster/. `from broadcaster.x import y` counts as x.y when x/y is a module of ours."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if _matches(a.name, "broadcaster"))
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolved against the importing module's package
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            if not _matches(base, "broadcaster"):
+                continue
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                is_module = (ROOT / Path(*sub.split("."))).with_suffix(".py").exists() or (
+                    ROOT / Path(*sub.split(".")) / "__init__.py").exists()
+                found.add(sub if is_module else base)
+    return {name.removeprefix("broadcaster").removeprefix(".") for name in found}
+
+
+def layering_violations() -> list[str]:
+    out: list[str] = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = _module_name(path)
+        package = "broadcaster." + module if path.name == "__init__.py" else "broadcaster." + module.rpartition(".")[0]
+        mine = layer_of(module)
+        for imported in sorted(imports_of(path.read_text(encoding="utf-8"), package.rstrip("."))):
+            theirs = layer_of(imported)
+            if theirs > mine:
+                out.append(f"{module or 'broadcaster'} ({LAYERS[mine][0]}) imports {imported} ({LAYERS[theirs][0]})")
+            for importer, target, allowed in ONLY_FROM:
+                if _matches(module, importer) and _matches(imported, target) and imported not in allowed:
+                    out.append(f"{module} imports {imported}: only {sorted(allowed)} of {target}")
+    return out
+
+
+def test_imports_point_down_the_layers() -> None:
+    violations = layering_violations()
+    assert violations == [], "imports against the layers:\n" + "\n".join(violations)
+
+
+def test_every_module_has_a_layer() -> None:
+    modules = [_module_name(p) for p in sorted(PACKAGE.rglob("*.py"))]
+    assert len(modules) > 30
+    for module in modules:
+        layer_of(module)  # raises for a module no layer names
+
+
+def test_the_import_reader_sees_every_form() -> None:
+    source = '''
+import broadcaster.render.fit
+from broadcaster import desk, __version__
+from broadcaster.channels.base import Post
+from typing import TYPE_CHECKING
+if TYPE_CHECKING:
+    from broadcaster.outbox import OutboxEntry
+def f():
+    from . import fit
+'''
+    assert imports_of(source, "broadcaster.render") == {
+        "render.fit", "desk", "", "channels.base", "outbox"}
+    assert layer_of("render.posts") > layer_of("render.length")
+    assert layer_of("channels.mqtt") > layer_of("outbox") > layer_of("render.posts")

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.microblog_server import MicroblogServer, Platform
 
-from broadcaster.channels.base import Post, ThreadRefs
+from broadcaster.channels.base import ThreadRefs
 from broadcaster.channels.bluesky import BlueskyChannel
 from broadcaster.channels.http import HttpChannelClient
 from broadcaster.channels.mastodon import MastodonChannel
@@ -34,6 +34,7 @@ from broadcaster.config import (
 )
 from broadcaster.errors import PermanentDeliveryError, TransientDeliveryError
 from broadcaster.outbox import MAX_SERVER_WAIT_S, OutboxEntry, idempotency_key
+from broadcaster.posts import Post
 
 RATE_HEADERS = ("Retry-After", "X-RateLimit-Reset", "ratelimit-reset", "X-RateLimit-Remaining", "ratelimit-policy")
 #: Legal header values at their edges (RFC 9110 field-value: visible ASCII, obs-text, inner spaces).

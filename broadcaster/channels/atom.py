@@ -27,9 +27,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from broadcaster.channels.base import Post, ThreadRefs
+from broadcaster.channels.base import ThreadRefs
 from broadcaster.config import AtomChannelConfig
 from broadcaster.errors import PermanentDeliveryError, TransientDeliveryError
+from broadcaster.posts import Post
 
 if TYPE_CHECKING:
     from broadcaster.outbox import OutboxEntry

@@ -1,16 +1,24 @@
-"""The one protocol every notice channel implements, and the post payload the outbox stores for it."""
+"""The one protocol every notice channel implements, and the capabilities a channel may add to it.
+
+The post payload the outbox stores for a posting channel is `broadcaster.posts.Post` (re-exported here for the
+channels, which all read it).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-import orjson
-
 from broadcaster.outbox import OutboxEntry
+from broadcaster.posts import Post
 
 if TYPE_CHECKING:
     from broadcaster.render.length import PlatformProfile
+
+__all__ = [  # `Post` stays importable from here for the modules that still do
+    "DELETE_KIND", "DeletingChannel", "DeletionNotifyingChannel", "NoticeChannel", "Post", "PostingChannel",
+    "ThreadRefs", "VerifyingChannel",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,50 +28,6 @@ class ThreadRefs:
 
     root: str | None = None
     parent: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Post:
-    """What a micro-blog channel posts for one outbox entry (the entry's payload, decoded).
-
-    `text` is final: already fitted to the platform's length rule. `part`/`parts` number a thread that a long
-    notice was split into. `reply_to_notice` names the notice whose first post this one answers (an update or
-    all-clear of an alert), or None. `emergency` asks for prominence (Mastodon content warning).
-    """
-
-    notice_id: str
-    kind: str
-    text: str
-    language: str
-    part: int = 0
-    parts: int = 1
-    reply_to_notice: str | None = None
-    emergency: bool = False
-    spoiler_text: str | None = None
-    visibility: str | None = None
-    #: Every language the text holds, `language` first (a post may join several); () means `language` alone.
-    languages: tuple[str, ...] = ()
-
-    @property
-    def all_languages(self) -> tuple[str, ...]:
-        return self.languages or (self.language,)
-
-    def to_payload(self) -> bytes:
-        return orjson.dumps({
-            "notice_id": self.notice_id, "kind": self.kind, "text": self.text, "language": self.language,
-            "part": self.part, "parts": self.parts, "reply_to_notice": self.reply_to_notice,
-            "emergency": self.emergency, "spoiler_text": self.spoiler_text, "visibility": self.visibility,
-            "languages": list(self.all_languages),
-        })
-
-    @classmethod
-    def from_payload(cls, payload: bytes) -> Post:
-        d = orjson.loads(payload)
-        return cls(
-            d["notice_id"], d["kind"], d["text"], d["language"], d["part"], d["parts"], d["reply_to_notice"],
-            d["emergency"], d["spoiler_text"], d["visibility"],
-            tuple(d.get("languages") or ()),  # absent from entries queued before it existed
-        )
 
 
 class NoticeChannel(Protocol):
@@ -115,4 +79,14 @@ class DeletingChannel(Protocol):
 
     async def delete(self, remote_id: str) -> None:
         """Delete one post by the id `send` returned; a post that is already gone counts as deleted."""
+        ...
+
+
+@runtime_checkable
+class DeletionNotifyingChannel(Protocol):
+    """A channel that cannot delete posts itself but passes the deletion on to whoever can (the webhook: a
+    "delete" event its receiver acts on)."""
+
+    async def notify_deletion(self, entry: OutboxEntry, thread: ThreadRefs) -> str | None:
+        """Deliver the "delete" entry `entry` as `send` would: acknowledged, or a delivery error."""
         ...

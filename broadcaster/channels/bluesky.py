@@ -21,11 +21,12 @@ from typing import Any
 
 import orjson
 
-from broadcaster.channels.base import Post, ThreadRefs
+from broadcaster.channels.base import ThreadRefs
 from broadcaster.channels.http import HttpChannel, HttpChannelClient, HttpReply, check_status
 from broadcaster.config import BlueskyChannelConfig, Secret
 from broadcaster.errors import PermanentDeliveryError, TransientDeliveryError
 from broadcaster.outbox import OutboxEntry
+from broadcaster.posts import Post
 from broadcaster.render.length import URL_PATTERN, PlatformProfile, bluesky
 from broadcaster.store import KeyValueStore
 

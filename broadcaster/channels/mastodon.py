@@ -12,11 +12,12 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from broadcaster.channels.base import Post, ThreadRefs
+from broadcaster.channels.base import ThreadRefs
 from broadcaster.channels.http import HttpChannel, HttpChannelClient, check_status
 from broadcaster.config import MastodonChannelConfig, Secret
 from broadcaster.errors import DeliveryError, PermanentDeliveryError
 from broadcaster.outbox import OutboxEntry
+from broadcaster.posts import Post
 from broadcaster.render.length import PlatformProfile, mastodon
 
 log = logging.getLogger(__name__)

@@ -14,10 +14,11 @@ from datetime import datetime
 
 import orjson
 
-from broadcaster.channels.base import Post, ThreadRefs
+from broadcaster.channels.base import ThreadRefs
 from broadcaster.channels.http import HttpChannel, HttpChannelClient, check_status
 from broadcaster.config import Secret, WebhookChannelConfig
 from broadcaster.outbox import OutboxEntry
+from broadcaster.posts import Post
 from broadcaster.store import iso
 
 SCHEMA = "broadcaster.webhook/1"
@@ -61,6 +62,10 @@ class WebhookChannel(HttpChannel[WebhookChannelConfig]):
     async def send(self, entry: OutboxEntry, thread: ThreadRefs) -> str | None:
         await self._post(self.body(entry, thread), {"Idempotency-Key": entry.key}, self.clock())
         return entry.key
+
+    async def notify_deletion(self, entry: OutboxEntry, thread: ThreadRefs) -> str | None:
+        """A correction that deletes its notice's posts: the receiver gets a "delete" event and acts on it."""
+        return await self.send(entry, thread)
 
     async def _post(self, body: bytes, extra_headers: dict[str, str], now: datetime) -> int:
         """POST `body`, timestamped and signed (docs/channels.md); returns the 2xx status or raises the delivery

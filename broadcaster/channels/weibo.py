@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from broadcaster.channels.base import Post, ThreadRefs
+from broadcaster.channels.base import ThreadRefs
 from broadcaster.channels.http import HttpChannel, HttpChannelClient, check_status, retry_after_seconds
 from broadcaster.config import Secret, WeiboChannelConfig
 from broadcaster.errors import PermanentDeliveryError, TransientDeliveryError
 from broadcaster.outbox import OutboxEntry
+from broadcaster.posts import Post
 from broadcaster.render.length import PlatformProfile, weibo
 
 REPEAT_CONTENT = 20019

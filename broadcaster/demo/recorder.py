@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from broadcaster.channels.base import NoticeChannel, Post, ThreadRefs
+from broadcaster.channels.base import NoticeChannel, ThreadRefs
+from broadcaster.posts import Post
 
 if TYPE_CHECKING:
     from broadcaster.outbox import OutboxEntry

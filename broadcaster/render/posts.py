@@ -1,14 +1,20 @@
 """Turn one notice into the posts one channel publishes: languages joined, fitted to the platform's length
-rule by degrading detail, and split into a numbered thread only as a last resort."""
+rule by degrading detail, and split into a numbered thread only as a last resort; and fold queued posts into
+one when a posting budget asks for it.
+
+Render knows a channel only as a `PostStyle`: which notices it posts, in which languages, and the platform's
+touches (visibility, content warning, a required link). `post_style` reads it from the channel's configuration
+(config is a lower layer, read by every stage); render never imports the channels (tests/test_layering.py).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
-from broadcaster.channels.base import Post
 from broadcaster.compose import Notice, NoticeKind, Priority
 from broadcaster.config import ChannelConfig, MastodonChannelConfig, WeiboChannelConfig
+from broadcaster.posts import MERGED_KIND, Post
 from broadcaster.render.engine import tidy
 from broadcaster.render.fit import fit, thread_marker
 from broadcaster.render.length import MastodonProfile, PlatformProfile, WeiboProfile
@@ -141,10 +147,42 @@ def post_texts(
     return [text for text, _ in post_parts(notice, languages, profile, render)]
 
 
-def language_groups(channel: ChannelConfig, languages: Sequence[str]) -> list[tuple[str, ...]]:
+@dataclass(frozen=True, slots=True)
+class PostStyle:
+    """What render needs to know of one channel to make its posts."""
+
+    #: The notice kinds (values of `NoticeKind`) the channel posts.
+    notices: frozenset[str]
+    #: The languages of its posts, in order; () means the network's default language.
+    languages: tuple[str, ...] = ()
+    #: One post per language (Mastodon's `languages_per_status = "separate"`), rather than all in one.
+    separate_languages: bool = False
+    #: Visibility per notice kind, and for the rest (Mastodon); None: the platform's default.
+    visibility: Mapping[str, str] = field(default_factory=dict)
+    default_visibility: str | None = None
+    #: The content warning of an emergency's posts (Mastodon), which shares the length limit.
+    emergency_spoiler_text: str | None = None
+    #: A link every post ends with (Weibo refuses a share without a link on the app's safe domain).
+    link: str | None = None
+
+
+def post_style(channel: ChannelConfig) -> PostStyle:
+    """The style of `channel`'s posts, read from its configuration."""
+    style = PostStyle(frozenset(channel.notices), tuple(channel.languages or ()))
+    if isinstance(channel, MastodonChannelConfig):
+        visibility = {str(kind): str(value) for kind, value in channel.visibility.items()}
+        style = replace(style, separate_languages=channel.languages_per_status == "separate",
+                        visibility=visibility, default_visibility=channel.default_visibility,
+                        emergency_spoiler_text=channel.emergency_spoiler_text or None)
+    if isinstance(channel, WeiboChannelConfig) and channel.link:
+        style = replace(style, link=channel.link)
+    return style
+
+
+def language_groups(style: PostStyle, languages: Sequence[str]) -> list[tuple[str, ...]]:
     """The languages of each post of the thread: all in one, or (Mastodon's `languages_per_status =
     "separate"`: a status has one language) one status per language."""
-    if isinstance(channel, MastodonChannelConfig) and channel.languages_per_status == "separate":
+    if style.separate_languages:
         return [(lang,) for lang in languages]
     return [tuple(languages)]
 
@@ -154,27 +192,63 @@ def posts_for(
     default_language: str,
 ) -> list[Post]:
     """Every post `channel` makes of `notice`, in thread order; [] when the channel does not post this kind."""
-    if notice.kind.value not in channel.notices:
+    return styled_posts(notice, post_style(channel), profile, render, default_language)
+
+
+def styled_posts(
+    notice: Notice, style: PostStyle, profile: PlatformProfile | None, render: RenderText, default_language: str,
+) -> list[Post]:
+    """Every post a channel of `style` makes of `notice`, in thread order; [] when it does not post this kind.
+
+    A standalone post that is not an emergency also carries its brief form (`Post.brief`: the templates at
+    the headline detail), rendered now, so that a posting budget's merge later joins template texts and
+    never re-reads the rendered ones.
+    """
+    if notice.kind.value not in style.notices:
         return []
-    languages = channel.languages or (default_language,)
+    languages = style.languages or (default_language,)
     emergency = notice.priority is Priority.EMERGENCY
-    visibility = spoiler = None
-    if isinstance(channel, MastodonChannelConfig):
-        visibility = channel.visibility.get(notice.kind.value, channel.default_visibility)
-        spoiler = (channel.emergency_spoiler_text or None) if emergency else None
-        if spoiler and isinstance(profile, MastodonProfile):
+    visibility = style.visibility.get(notice.kind.value, style.default_visibility)
+    spoiler = None
+    if emergency and style.emergency_spoiler_text:
+        spoiler = style.emergency_spoiler_text
+        if isinstance(profile, MastodonProfile):
             profile = replace(profile, spoiler_text=spoiler)  # the content warning shares the limit
     suffix = ""
-    if isinstance(channel, WeiboChannelConfig) and channel.link:
-        # Weibo refuses a share without a link on the app's safe domain: every part ends with it.
-        suffix = "\n" + channel.link
+    if style.link:
+        suffix = "\n" + style.link
         if isinstance(profile, WeiboProfile):
             profile = replace(profile, limit=profile.limit - profile.count(suffix))
-    parts = [(text + suffix, langs) for group in language_groups(channel, languages)
+    parts = [(text + suffix, langs) for group in language_groups(style, languages)
              for text, langs in post_parts(notice, group, profile, render)]
     target = reply_target(notice)
+    mergeable = len(parts) == 1 and target is None and not emergency
+
+    def brief(langs: tuple[str, ...]) -> str | None:
+        return _join(notice, langs, render, HEADLINE).text + suffix if mergeable else None
+
     return [
         Post(notice.id, notice.kind.value, text, langs[0], part=i, parts=len(parts), reply_to_notice=target,
-             emergency=emergency, spoiler_text=spoiler, visibility=visibility, languages=langs)
+             emergency=emergency, spoiler_text=spoiler, visibility=visibility, languages=langs,
+             brief=brief(langs))
         for i, (text, langs) in enumerate(parts)
+    ]
+
+
+def merged_posts(posts: Sequence[Post], profile: PlatformProfile | None, notice_id: str) -> list[Post]:
+    """One post (or as few as the length rule allows) saying what `posts` said, under `notice_id`.
+
+    Only texts rendered from the templates at commit are joined: each post's full text, one paragraph each,
+    if that fits; else each post's brief form (`Post.brief`; a post queued before it existed offers its text).
+    """
+    def joined(detail: int) -> str:
+        if detail == FULL:
+            return "\n\n".join(p.text.strip() for p in posts)
+        return "\n".join((p.brief if p.brief is not None else p.text).strip() for p in posts)
+
+    texts = [joined(FULL)] if profile is None else fit(joined, profile, detail_levels=(FULL, HEADLINE))
+    first = posts[0]
+    return [
+        Post(notice_id, MERGED_KIND, text, first.language, part=i, parts=len(texts), visibility=first.visibility)
+        for i, text in enumerate(texts)
     ]

@@ -74,6 +74,11 @@ class MqttLink:
         #: state it published expires instead of `offline`, so displays do not go blank between cron runs.
         self.batch = False
 
+    def when_connected(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Await `callback` at the start of every session, before the session is served (set by whoever wires
+        the link to the part that republishes on a new session, once both exist; it replaces an earlier one)."""
+        self._on_connected = callback
+
     def watch_canaries(self, topics: tuple[str, ...]) -> None:
         """Subscribe, from the next session on, to these retained topics of ours (set once, by whoever builds
         the retained publisher that chose them)."""
