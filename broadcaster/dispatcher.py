@@ -16,7 +16,6 @@ from datetime import datetime, timedelta
 
 from broadcaster.budget import allowance, budget_for, mergeable, merged_notice_id, should_merge
 from broadcaster.channels.base import (
-    DELETE_KIND,
     DeletingChannel,
     DeletionNotifyingChannel,
     NoticeChannel,
@@ -27,7 +26,7 @@ from broadcaster.config import ChannelConfig, Config
 from broadcaster.errors import PermanentDeliveryError, TransientDeliveryError
 from broadcaster.metrics import Metrics
 from broadcaster.outbox import EMERGENCY_MAX_WAIT_S, PENDING, SENT, Outbox, OutboxEntry, OutgoingMessage
-from broadcaster.posts import Post
+from broadcaster.posts import DELETE_KIND, Post
 from broadcaster.render.posts import merged_posts
 
 log = logging.getLogger(__name__)

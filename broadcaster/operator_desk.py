@@ -15,7 +15,6 @@ from types import MappingProxyType
 import orjson
 
 from broadcaster import desk
-from broadcaster.channels.base import DELETE_KIND, Post
 from broadcaster.channels.mqtt import MqttNoticeChannel
 from broadcaster.compose import Notice, compose_correction
 from broadcaster.config import Config
@@ -25,6 +24,7 @@ from broadcaster.model import FeedSnapshot, LocalizedText, Network
 from broadcaster.operator import OPERATOR_FEED, Correction, ManualNotice, has_ended, queued_correction_texts
 from broadcaster.outbox import DELETION_VERSION_PREFIX, Outbox, OutgoingMessage
 from broadcaster.pipeline import Pipeline, ResultHook, Step, result_record
+from broadcaster.posts import DELETE_KIND, Post
 from broadcaster.store import Database, iso
 
 log = logging.getLogger(__name__)

@@ -12,6 +12,8 @@ import orjson
 
 #: The `kind` of a post that a posting budget merged from several queued ones (never merged again).
 MERGED_KIND = "merged"
+#: The `kind` of an outbox entry that takes down the posts of its notice (a correction's `delete_originals`).
+DELETE_KIND = "delete"
 
 
 @dataclass(frozen=True, slots=True)

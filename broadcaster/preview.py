@@ -16,13 +16,14 @@ from typing import Any
 import orjson
 
 from broadcaster import __version__
-from broadcaster.channels.base import DELETE_KIND, Post, ThreadRefs
+from broadcaster.channels.base import ThreadRefs
 from broadcaster.channels.factory import default_profile
 from broadcaster.channels.mqtt import MqttLink
 from broadcaster.config import ChannelConfig, Config
 from broadcaster.feeds.fetch import FeedFetcher
 from broadcaster.feeds.network import load_network
 from broadcaster.outbox import OutboxEntry
+from broadcaster.posts import DELETE_KIND, Post
 from broadcaster.render import Renderer
 from broadcaster.render.length import PlatformProfile
 from broadcaster.retained import Publication

@@ -192,6 +192,8 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("channels", frozenset({"channels"})),
     # The parts that drive delivery and publishing; they know the channels only by their protocol (below).
     ("delivery", frozenset({"dispatcher", "publisher", "desk"})),
+    # The pipeline's parts: a notice into outbox rows, the one commit path, and the triggers that use it.
+    ("parts", frozenset({"messages", "pipeline", "poller", "operator_desk", "digests"})),
     ("pipeline", frozenset({"service", "preview", "checking"})),
     ("edge", frozenset({"runner", "admin", "cli", "demo", "__main__"})),
 )

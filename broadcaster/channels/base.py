@@ -1,7 +1,6 @@
 """The one protocol every notice channel implements, and the capabilities a channel may add to it.
 
-The post payload the outbox stores for a posting channel is `broadcaster.posts.Post` (re-exported here for the
-channels, which all read it).
+The post payload the outbox stores for a posting channel is `broadcaster.posts.Post`.
 """
 
 from __future__ import annotations
@@ -10,14 +9,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from broadcaster.outbox import OutboxEntry
-from broadcaster.posts import Post
 
 if TYPE_CHECKING:
     from broadcaster.render.length import PlatformProfile
 
-__all__ = [  # `Post` stays importable from here for the modules that still do
-    "DELETE_KIND", "DeletingChannel", "DeletionNotifyingChannel", "NoticeChannel", "Post", "PostingChannel",
-    "ThreadRefs", "VerifyingChannel",
+__all__ = [
+    "DeletingChannel", "DeletionNotifyingChannel", "NoticeChannel", "PostingChannel", "ThreadRefs",
+    "VerifyingChannel",
 ]
 
 
@@ -67,10 +65,6 @@ class VerifyingChannel(Protocol):
         """A short description of what the platform confirmed (e.g. the account), or raise `DeliveryError`
         with the platform's reason (never the credential)."""
         ...
-
-
-#: The `kind` of an outbox entry that asks a channel to delete the posts of its notice (a correction's option).
-DELETE_KIND = "delete"
 
 
 @runtime_checkable
