@@ -25,7 +25,7 @@ import orjson
 from broadcaster import idempotency
 from broadcaster.channels.mqtt import CHANNEL_NAME as NOTICE_STREAM  # every notice ever issued has a row there
 from broadcaster.errors import IdempotencyKeyReused, RequestFailed
-from broadcaster.outbox import Outbox
+from broadcaster.outbox_history import OutboxHistory
 from broadcaster.store import Database, alert_stored, iso
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def notice_known(db: Database, notice_id: str) -> bool:
     """Whether `notice_id` was ever issued: an active alert, or any notice on the notice stream."""
     if notice_id.startswith("alert-") and alert_stored(db, notice_id.removeprefix("alert-")):
         return True
-    return Outbox(db).issued(NOTICE_STREAM, notice_id)
+    return OutboxHistory(db).issued(NOTICE_STREAM, notice_id)
 
 
 def pending(db: Database) -> list[DeskRequest]:

@@ -26,6 +26,7 @@ from broadcaster.config import ChannelConfig, Config
 from broadcaster.errors import PermanentDeliveryError, TransientDeliveryError
 from broadcaster.metrics import Metrics
 from broadcaster.outbox import EMERGENCY_MAX_WAIT_S, PENDING, SENT, Outbox, OutboxEntry, OutgoingMessage
+from broadcaster.outbox_history import OutboxHistory
 from broadcaster.posts import DELETE_KIND, Post
 from broadcaster.render.posts import merged_posts
 
@@ -71,6 +72,7 @@ class Dispatcher:
         self,
         config: Config,
         outbox: Outbox,
+        history: OutboxHistory,
         channels: list[NoticeChannel],
         posting: Sequence[tuple[PostingChannel, ChannelConfig]],
         policy: DeliveryPolicy,
@@ -78,6 +80,7 @@ class Dispatcher:
         now: Callable[[], datetime],
     ) -> None:
         self.outbox = outbox
+        self.history = history
         # The caller's list, not a copy: the demo swaps its entries for recording channels of the same names.
         self.channels = channels
         self.posting = posting
@@ -109,19 +112,19 @@ class Dispatcher:
         post = Post.from_payload(entry.payload)
         root: str | None = None
         if post.reply_to_notice is not None:
-            found = self.outbox.thread_root(post.reply_to_notice, channel.name, before=entry.created_at)
+            found = self.history.thread_root(post.reply_to_notice, channel.name, before=entry.created_at)
             if found is not None and found[0] == PENDING:
                 return None
             if found is not None and found[0] == SENT:
                 root = found[1]
         if post.part == 0:
             return ThreadRefs(root, root)
-        previous = self.outbox.status_of(entry.notice_id, entry.version, channel.name, post.part - 1)
+        previous = self.history.status_of(entry.notice_id, entry.version, channel.name, post.part - 1)
         if previous is not None and previous[0] == PENDING:
             return None
         parent = previous[1] if previous is not None and previous[0] == SENT else None
         if root is None:
-            first = self.outbox.status_of(entry.notice_id, entry.version, channel.name, 0)
+            first = self.history.status_of(entry.notice_id, entry.version, channel.name, 0)
             root = first[1] if first is not None and first[0] == SENT else parent
         return ThreadRefs(root or parent, parent)
 
@@ -142,7 +145,7 @@ class Dispatcher:
             return
         now = self.now()
         longest = max(timedelta(seconds=limit.seconds) for limit in limits)
-        room = allowance(limits, self.outbox.sent_times(channel.name, now - longest), now)
+        room = allowance(limits, self.history.sent_times(channel.name, now - longest), now)
         due = self.outbox.due(channel.name, now, limit=1000)
         emergencies = sum(1 for e in due if e.priority == 0)
         merging = _mergeable(due)
@@ -267,7 +270,7 @@ class Dispatcher:
         if not self._carries_posts(channel) or Post.from_payload(entry.payload).kind != DELETE_KIND:
             return await channel.send(entry, thread)
         if isinstance(channel, DeletingChannel):
-            for remote_id in self.outbox.original_remote_ids(channel.name, entry.notice_id):
+            for remote_id in self.history.original_remote_ids(channel.name, entry.notice_id):
                 await channel.delete(remote_id)
             return None
         if isinstance(channel, DeletionNotifyingChannel):

@@ -28,7 +28,8 @@ from broadcaster import __version__
 from broadcaster.compose import Notice, NoticeKind
 from broadcaster.config import FeedConfig
 from broadcaster.errors import FeedError, FeedFormatError, FetchError, StaleFeedError
-from broadcaster.outbox import PARKED, PENDING, Outbox, OutboxEntry
+from broadcaster.outbox import PARKED, PENDING, OutboxEntry
+from broadcaster.outbox_history import OutboxHistory
 from broadcaster.state import AlertChange, Change, CrowdingChange, LineStatusChange
 from broadcaster.store import FeedRecord
 
@@ -117,8 +118,8 @@ def feed_health(feed: FeedConfig, record: FeedRecord | None, now: datetime) -> F
                       record.last_error, record.problems)
 
 
-def outbox_depth(outbox: Outbox, channels: Iterable[str], now: datetime) -> dict[str, OutboxDepth]:
-    """Pending and parked entries per channel (`Outbox.backlog`: sent rows are never counted)."""
+def outbox_depth(outbox: OutboxHistory, channels: Iterable[str], now: datetime) -> dict[str, OutboxDepth]:
+    """Pending and parked entries per channel (`OutboxHistory.backlog`: sent rows are never counted)."""
     counts: dict[str, dict[str, tuple[int, datetime]]] = {}
     for (channel, status), count_oldest in outbox.backlog().items():
         counts.setdefault(channel, {})[status] = count_oldest
@@ -138,7 +139,7 @@ def read_health(
     feeds: Sequence[FeedConfig],
     records: Mapping[str, FeedRecord],
     channels: Iterable[str],
-    outbox: Outbox,
+    outbox: OutboxHistory,
     mqtt_connected: bool,
     now: datetime,
     *,

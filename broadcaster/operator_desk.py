@@ -22,7 +22,8 @@ from broadcaster.errors import BroadcasterError
 from broadcaster.metrics import Metrics
 from broadcaster.model import FeedSnapshot, LocalizedText, Network
 from broadcaster.operator import OPERATOR_FEED, Correction, ManualNotice, has_ended, queued_correction_texts
-from broadcaster.outbox import DELETION_VERSION_PREFIX, Outbox, OutgoingMessage
+from broadcaster.outbox import DELETION_VERSION_PREFIX, OutgoingMessage
+from broadcaster.outbox_history import OutboxHistory
 from broadcaster.pipeline import Pipeline, ResultHook, Step, result_record
 from broadcaster.posts import DELETE_KIND, Post
 from broadcaster.store import Database, iso
@@ -34,13 +35,14 @@ class OperatorDesk:
     """What an operator asks for (CLI, admin API, the request queue), carried through the pipeline."""
 
     def __init__(
-        self, config: Config, network: Network, db: Database, outbox: Outbox, pipeline: Pipeline, metrics: Metrics,
+        self, config: Config, network: Network, db: Database, history: OutboxHistory, pipeline: Pipeline,
+        metrics: Metrics,
         *, now: Callable[[], datetime],
     ) -> None:
         self.config = config
         self.network = network
         self._db = db
-        self._outbox = outbox
+        self._history = history
         self._pipeline = pipeline
         self._metrics = metrics
         self._now = now
@@ -185,7 +187,7 @@ class OperatorDesk:
 
     def _lines_of_notice(self, notice_id: str) -> tuple[str, ...]:
         """The lines the latest MQTT notice about `notice_id` named (none when there is none or it is unreadable)."""
-        payload = self._outbox.latest_payload(MqttNoticeChannel.name, notice_id)
+        payload = self._history.latest_payload(MqttNoticeChannel.name, notice_id)
         if payload is None:
             return ()
         try:

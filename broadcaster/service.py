@@ -37,6 +37,7 @@ from broadcaster.model import Alert, Network, Severity
 from broadcaster.operator import ManualNotice
 from broadcaster.operator_desk import OperatorDesk
 from broadcaster.outbox import Outbox
+from broadcaster.outbox_history import OutboxHistory
 from broadcaster.payloads import PayloadBuilder
 from broadcaster.pipeline import Pipeline, ResultHook
 from broadcaster.poller import FeedPoller, PollOutcome
@@ -102,6 +103,7 @@ class Broadcaster:
         topics = Topics(config.mqtt.topic_prefix)
         seq = SequenceClock()
         self.outbox = Outbox(db)
+        self.history = OutboxHistory(db)
         self.planner = RetainedPlanner(timedelta(seconds=config.mqtt.retained_ttl_seconds),
                                        config.mqtt.max_payload_bytes, seq)
         self.planner.load(db)
@@ -112,7 +114,7 @@ class Broadcaster:
                                channels=[c.name for c in self.channels])
         self.messages = MessageRenderer(config, renderer, builder, seq, self.posting)
         delivery_policy = DeliveryPolicy(config)
-        self.dispatcher = Dispatcher(config, self.outbox, self.channels, self.posting, delivery_policy,
+        self.dispatcher = Dispatcher(config, self.outbox, self.history, self.channels, self.posting, delivery_policy,
                                      self.metrics, now)
         self.pipeline = Pipeline(
             network, db, self.messages, self.metrics, policy=policy,
@@ -121,7 +123,7 @@ class Broadcaster:
         )
         self.poller = FeedPoller(config, network, db, fetcher, self.pipeline, self.metrics, now=now,
                                  publish=self.publish_retained)
-        self.desk = OperatorDesk(config, network, db, self.outbox, self.pipeline, self.metrics, now=now)
+        self.desk = OperatorDesk(config, network, db, self.history, self.pipeline, self.metrics, now=now)
         self.digests = DigestPoster(config, network, db, self.pipeline, delivery_policy, now=now)
         self.publisher = RetainedPublisher(config, network, topics, link, self.planner, builder, db, self.metrics,
                                            feeds=self.poller.records, state=lambda: self.pipeline.state, now=now)
@@ -200,5 +202,5 @@ class Broadcaster:
 
     def health(self) -> Health:
         """Feeds, the broker link and the outbox now (the admin API's health and status, the metrics' gauges)."""
-        return read_health(self.config.feeds, self.poller.records, [c.name for c in self.channels], self.outbox,
+        return read_health(self.config.feeds, self.poller.records, [c.name for c in self.channels], self.history,
                            self.link.connected.is_set(), self.clock.now(), mqtt_delivering=self.mqtt_delivering)

@@ -11,7 +11,8 @@ from typing import Any
 import orjson
 
 from broadcaster.config import Config
-from broadcaster.outbox import Outbox, OutboxStatus
+from broadcaster.outbox import OutboxStatus
+from broadcaster.outbox_history import OutboxHistory
 from broadcaster.store import Database, FeedRecord, load_feeds
 
 
@@ -100,7 +101,7 @@ def status_report(config: Config, *, now: datetime | None = None, latest: int = 
                 (now - record.feed_timestamp).total_seconds() if record.feed_timestamp else None,
                 record.consecutive_failures, record.last_error, list(record.problems), record.never_fetched,
             ))
-        outbox = Outbox(db)
+        outbox = OutboxHistory(db)
         for (channel, status), count in outbox.depth().items():
             report.outbox.setdefault(channel, {})[status] = count
         for r in outbox.parked(limit=20):

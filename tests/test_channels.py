@@ -137,7 +137,7 @@ async def test_long_chinese_and_mixed_notices_fit_every_platform_exactly(rig: Ri
     async with running(rig.config(channels=channels(server, {"bluesky": ["zh", "en"]}))) as b:
         await poll_all(b)
         await until(lambda: b.pending() == 0, b, timeout=20)
-        parked = b.outbox.depth()
+        parked = b.history.depth()
     assert not any(status == "parked" for _, status in parked), parked
     weibo = server.weibo_statuses()
     assert len(weibo) >= 2, "a 300-unit headline cannot fit Weibo's 140 in one post"
@@ -201,7 +201,7 @@ async def test_mastodon_uncertain_post_older_than_55_minutes_is_parked_not_dupli
         await poll_all(b)
         await until(lambda: len([r for r in server.requests("mastodon") if r.path == "/api/v1/statuses"]) >= 1, b)
         clock.offset += timedelta(minutes=56)
-        await until(lambda: ("mastodon", "parked") in b.outbox.depth(), b)
+        await until(lambda: ("mastodon", "parked") in b.history.depth(), b)
     assert len(server.mastodon_statuses()) == 1
 
 
@@ -212,7 +212,7 @@ async def test_mastodon_uncertain_post_retried_within_the_hour_is_deduplicated(
     async with running(rig.config(channels=channels(server))) as b:
         server.hang("mastodon", 3, commit=True)
         await poll_all(b)
-        await until(lambda: ("mastodon", "sent") in b.outbox.depth(), b, timeout=20)
+        await until(lambda: ("mastodon", "sent") in b.history.depth(), b, timeout=20)
     assert len(server.mastodon_statuses()) == 1
     posts = [r for r in server.requests("mastodon") if r.path == "/api/v1/statuses"]
     assert len(posts) >= 2
@@ -249,7 +249,7 @@ async def test_weibo_repeat_content_after_an_uncertain_attempt_counts_as_deliver
     rig.serve_rt(alert(SIGNAL))
     async with running(rig.config(channels=channels(server))) as b:
         await poll_all(b)
-        await until(lambda: ("weibo", "sent") in b.outbox.depth(), b, timeout=20)
+        await until(lambda: ("weibo", "sent") in b.history.depth(), b, timeout=20)
     assert len(server.weibo_statuses()) == 1
     # The retry was refused (20019, repeat content), which proved the first attempt had landed.
     assert [r.status for r in server.requests("weibo")][-1] == 400
@@ -271,7 +271,7 @@ async def test_a_post_queued_behind_a_doubtful_weibo_post_waits_for_its_retry(
         await until(first_attempt_failed, b, timeout=20)  # its retry now waits out a backoff
         rig.serve_rt(alert(SIGNAL), alert({"zh": "2号线：晚点", "en": "Line 2: late"}, alert_id="A-BEHIND"))
         await poll_all(b)  # a new notice while the first one's retry waits
-        await until(lambda: b.outbox.depth().get(("weibo", "sent")) == 2, b, timeout=30)
+        await until(lambda: b.history.depth().get(("weibo", "sent")) == 2, b, timeout=30)
     texts = [s.text for s in server.weibo_statuses()]
     assert len(texts) == 2
     assert len(set(texts)) == 2
@@ -289,7 +289,7 @@ async def test_permanent_errors_are_parked_and_reported(
     async with running(rig.config(channels=channels(server))) as b:
         await poll_all(b)
         await until(lambda: b.pending() == 0, b)
-        depth = b.outbox.depth()
+        depth = b.history.depth()
     assert depth[("weibo", "parked")] == 1
     assert depth[("webhook", "parked")] == 1
     assert depth[("mastodon", "sent")] == 1
@@ -322,7 +322,7 @@ async def test_weibo_posts_carry_the_safe_domain_link_and_still_fit(rig: Rig, se
     async with running(rig.config(channels=tables)) as b:
         await poll_all(b)
         await until(lambda: b.outbox.pending_count("weibo") == 0, b)
-        assert ("weibo", "parked") not in b.outbox.depth()
+        assert ("weibo", "parked") not in b.history.depth()
     statuses = server.weibo_statuses()
     assert len(statuses) >= 2  # the long headline was split, and every part carries the link
     assert all(s.text.endswith("\nhttps://metro.example/notices") for s in statuses)
@@ -335,7 +335,7 @@ async def test_mastodon_limit_is_read_from_the_instance(rig: Rig, server: Microb
     async with running(rig.config(channels=channels(server))) as b:
         await poll_all(b)
         await until(lambda: b.outbox.pending_count("mastodon") == 0, b)
-        assert ("mastodon", "parked") not in b.outbox.depth()
+        assert ("mastodon", "parked") not in b.history.depth()
     statuses = server.mastodon_statuses()
     assert len(statuses) >= 2  # 120 characters cannot hold it: a thread, each part within the instance's limit
     assert all(mastodon_length(s.text, s.spoiler_text) <= 120 for s in statuses)
@@ -349,7 +349,7 @@ async def test_weibo_repeat_content_without_an_earlier_attempt_is_parked(rig: Ri
                                               "request": "/2/statuses/share.json"})
         await poll_all(b)
         await until(lambda: b.outbox.pending_count("weibo") == 0, b)
-        assert b.outbox.depth()[("weibo", "parked")] == 1
+        assert b.history.depth()[("weibo", "parked")] == 1
     assert server.weibo_statuses() == []
 
 
@@ -375,5 +375,5 @@ async def test_connections_reset_mid_request_are_retried_without_duplicates(rig:
             server.reset_connections(platform, 2)  # read the request, then drop the connection: twice
         await poll_all(b)
         await until(lambda: b.pending() == 0, b, timeout=20)
-        assert not any(status == "parked" for _, status in b.outbox.depth())
+        assert not any(status == "parked" for _, status in b.history.depth())
     assert counts(server) == dict.fromkeys(PLATFORMS, 1)

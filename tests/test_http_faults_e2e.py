@@ -66,7 +66,7 @@ async def settle(
 
 
 def parked(b: Broadcaster) -> list[str]:
-    return [channel for (channel, status), n in b.outbox.depth().items() if status == "parked" and n]
+    return [channel for (channel, status), n in b.history.depth().items() if status == "parked" and n]
 
 
 async def test_a_dripping_answer_is_abandoned_at_the_deadline_retried_once_and_holds_nobody_up(

@@ -32,7 +32,7 @@ PACKAGE = ROOT / "broadcaster"
 #: The modules that may hold SQL and use the database's connection (paths relative to broadcaster/).
 STORAGE_MODULES = frozenset({
     "store/database.py", "store/state.py", "store/feeds.py", "store/retained.py", "store/meta.py",
-    "outbox.py", "desk.py", "idempotency.py",
+    "outbox.py", "outbox_history.py", "desk.py", "idempotency.py",
 })
 
 _SQL_CALLS = frozenset({"execute", "executemany", "executescript"})
@@ -187,8 +187,8 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("domain", frozenset({"feeds", "state", "compose", "budget"})),
     ("render", frozenset({"render"})),
     # What the pipeline commits and reads back: the database, the outbox, MQTT payloads, metrics.
-    ("storage", frozenset({"store", "outbox", "payloads", "retained", "operator", "idempotency", "metrics",
-                           "status"})),
+    ("storage", frozenset({"store", "outbox", "outbox_history", "payloads", "retained", "operator", "idempotency",
+                           "metrics", "status"})),
     ("channels", frozenset({"channels"})),
     # The parts that drive delivery and publishing; they know the channels only by their protocol (below).
     ("delivery", frozenset({"dispatcher", "publisher", "desk"})),

@@ -71,7 +71,7 @@ async def test_an_unreadable_outbox_entry_is_parked_and_the_channel_goes_on(rig:
         rig.serve_rt(alert(SIGNAL))
         await poll_all(b)
         await eventually(lambda: len(server.mastodon_statuses()) == 1)
-        assert b.outbox.status_of("alert-broken", "v1", "mastodon", 0) == ("parked", None)
+        assert b.history.status_of("alert-broken", "v1", "mastodon", 0) == ("parked", None)
         assert loop_errors(b, "drain:mastodon") == 0
 
 

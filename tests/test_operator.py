@@ -253,7 +253,7 @@ async def test_a_correction_can_take_the_originals_down(rig: Rig, server: Microb
         await b.correct("alert-A-L2", {"zh": "2号线运营正常，此前通告有误", "en": "Line 2 runs normally"},
                         delete_originals=True)
         await until(lambda: b.pending() == 0, b)
-        depth = b.outbox.depth()
+        depth = b.history.depth()
     mastodon_gone, bluesky_gone = server.deleted()
     assert [s.id for s in mastodon_gone] == [originals[0].id]
     assert [p.uri for p in bluesky_gone] == [originals[1].uri]

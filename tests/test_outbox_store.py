@@ -13,6 +13,7 @@ import pytest
 from broadcaster.errors import StoreError
 from broadcaster.model import ActivePeriod, Alert, CrowdingReading, InformedEntity, LocalizedText, Occupancy, Severity
 from broadcaster.outbox import Backoff, Outbox, OutgoingMessage, idempotency_key
+from broadcaster.outbox_history import OutboxHistory
 from broadcaster.state import (
     AlertRecord,
     CrowdingRecord,
@@ -131,7 +132,7 @@ def test_sent_and_parked_entries_are_never_due_again(db: Database) -> None:
     outbox.mark_sent(by_id["sent"].key, T0, remote_id="109876")
     outbox.park(by_id["parked"].key, "HTTP 422: text too long")
     assert outbox.due("mqtt", T0 + timedelta(days=1)) == []
-    assert outbox.depth() == {("mqtt", "sent"): 1, ("mqtt", "parked"): 1}
+    assert OutboxHistory(db).depth() == {("mqtt", "sent"): 1, ("mqtt", "parked"): 1}
     row = db.conn.execute("SELECT remote_id FROM outbox WHERE key = ?", (by_id["sent"].key,)).fetchone()
     assert row[0] == "109876"
 
@@ -157,8 +158,8 @@ def test_original_remote_ids_are_the_sent_posts_that_are_neither_corrections_nor
             outbox.park(m.key, "HTTP 422")
         elif name != "queued":
             outbox.mark_sent(m.key, T0, remote_id=f"id-{name}")
-    assert sorted(outbox.original_remote_ids("mastodon", "n1")) == ["id-first", "id-update"]
-    assert outbox.original_remote_ids("mastodon", "n3") == []
+    assert sorted(OutboxHistory(db).original_remote_ids("mastodon", "n1")) == ["id-first", "id-update"]
+    assert OutboxHistory(db).original_remote_ids("mastodon", "n3") == []
 
 
 def test_operator_reports_read_parked_and_latest_sent_rows(db: Database) -> None:
@@ -169,17 +170,17 @@ def test_operator_reports_read_parked_and_latest_sent_rows(db: Database) -> None
     outbox.mark_sent(by_id["a"].key, T0 + timedelta(seconds=1), remote_id="r-a")
     outbox.mark_sent(by_id["b"].key, T0 + timedelta(seconds=2))
     outbox.park(by_id["c"].key, "HTTP 422: text too long")
-    assert [(r.notice_id, r.sent_at) for r in outbox.latest_sent(limit=10)] == [
+    assert [(r.notice_id, r.sent_at) for r in OutboxHistory(db).latest_sent(limit=10)] == [
         ("b", T0 + timedelta(seconds=2)), ("a", T0 + timedelta(seconds=1))]
-    assert [r.notice_id for r in outbox.latest_sent(limit=1)] == ["b"]
-    [parked] = outbox.parked(limit=10)
+    assert [r.notice_id for r in OutboxHistory(db).latest_sent(limit=1)] == ["b"]
+    [parked] = OutboxHistory(db).parked(limit=10)
     assert (parked.notice_id, parked.error, parked.attempts, parked.payload) == (
         "c", "HTTP 422: text too long", 1, b"payload c")
-    assert outbox.backlog() == {("mqtt", "parked"): (1, T0)}
-    assert outbox.latest_payload("mqtt", "a") == b"payload a"
-    assert outbox.latest_payload("mqtt", "missing") is None
-    assert outbox.issued("mqtt", "c")
-    assert not outbox.issued("mastodon", "c")
+    assert OutboxHistory(db).backlog() == {("mqtt", "parked"): (1, T0)}
+    assert OutboxHistory(db).latest_payload("mqtt", "a") == b"payload a"
+    assert OutboxHistory(db).latest_payload("mqtt", "missing") is None
+    assert OutboxHistory(db).issued("mqtt", "c")
+    assert not OutboxHistory(db).issued("mastodon", "c")
 
 
 def sample_state() -> NetworkState:

@@ -153,13 +153,13 @@ class AdminApi:
         body["mqtt"].update(url=self.b.config.mqtt.url, sessions=self.b.link.sessions,
                             last_error=self.b.link.last_error)
         by_channel: dict[str, dict[str, int]] = {}
-        for (channel, status), count in self.b.outbox.depth().items():
+        for (channel, status), count in self.b.history.depth().items():
             by_channel.setdefault(channel, {})[status] = count
         body["outbox_by_status"] = by_channel
         body["parked"] = [
             {"key": r.key, "channel": r.channel, "notice_id": r.notice_id, "version": r.version, "part": r.part,
              "attempts": r.attempts, "created_at": iso(r.created_at), "error": r.error}
-            for r in self.b.outbox.parked(limit=50)
+            for r in self.b.history.parked(limit=50)
         ]
         body["atom_set_aside"] = {a.name: [str(p) for p in a.set_aside] for a in atom_channels(self.b)}
         body["version"] = __version__

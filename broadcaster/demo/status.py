@@ -78,7 +78,7 @@ def channel_status(config: Config, b: Broadcaster | None, posts: PostLog) -> lis
     depth: dict[tuple[str, str], int] = {}
     if b is not None:
         try:
-            depth = b.outbox.depth()
+            depth = b.history.depth()
         except StoreError:
             depth = {}
     kinds = {"mqtt": "mqtt", **{c.name: c.kind for c in config.channels}}
