@@ -93,14 +93,14 @@ class Stages:
 
         return timed
 
-    def context(self, stage: str, fn: Callable[[], contextlib.AbstractContextManager[R]]) -> Callable[
-        [], contextlib.AbstractContextManager[R]
+    def context(self, stage: str, fn: Callable[P, contextlib.AbstractContextManager[R]]) -> Callable[
+        P, contextlib.AbstractContextManager[R]
     ]:
         @contextlib.contextmanager
-        def timed() -> Iterator[R]:
+        def timed(*args: P.args, **kwargs: P.kwargs) -> Iterator[R]:
             started = time.perf_counter()
             try:
-                with fn() as value:
+                with fn(*args, **kwargs) as value:
                     yield value
             finally:
                 self.add(stage, time.perf_counter() - started)
