@@ -64,12 +64,17 @@ class Stages:
         self.totals: dict[str, float] = dict.fromkeys(STAGES, 0.0)
         self.published = 0
         self.capture: list[Publication] | None = None
+        #: When set, every stage's (name, start, seconds), in or out of a tick (the drain loops' commits block the
+        #: same event loop): the emergency scenario keeps its rounds' timelines this way.
+        self.trace: list[tuple[str, float, float]] | None = None
 
     def reset(self) -> None:
         self.totals = dict.fromkeys(STAGES, 0.0)
         self.published = 0
 
     def add(self, stage: str, seconds: float) -> None:
+        if self.trace is not None:
+            self.trace.append((stage, time.perf_counter() - seconds, seconds))
         if _IN_TICK.get():
             self.totals[stage] += seconds
 
@@ -315,6 +320,14 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
+def _timeline(trace: list[tuple[str, float, float]], t0: float, marks: dict[str, float]) -> list[str]:
+    """One round, in order: each stage's start and length in ms from the feed response, and the marks."""
+    events = [(start, f"{(start - t0) * 1000:8.2f} ms  {stage} ({seconds * 1000:.2f} ms)")
+              for stage, start, seconds in trace]
+    events += [(at, f"{(at - t0) * 1000:8.2f} ms  ** {name}") for name, at in marks.items()]
+    return [line for _, line in sorted(events)]
+
+
 async def emergency(args: Args) -> dict[str, Any]:
     install_variant(args, "base")
     config = write_config(args, f"s3-k{args.k:g}", mastodon=True)
@@ -324,6 +337,7 @@ async def emergency(args: Args) -> dict[str, Any]:
     posted: dict[str, float] = {}
     samples: dict[str, list[float]] = {"alert_topic_ms": [], "displays_ms": [], "all_retained_ms": [],
                                        "microblog_ms": [], "poll_ms": []}
+    timelines: list[tuple[float, list[str]]] = []  # (display latency, where the round's time went)
     async with running(config) as b:
         fetch = b.poller.fetcher.fetch
 
@@ -359,6 +373,7 @@ async def emergency(args: Args) -> dict[str, Any]:
             install_variant(args, f"emergency{n}-on", ("alerts.pb",))
             acked.clear()
             posted.clear()
+            STAGE_CLOCK.trace = []
             started = time.perf_counter()
             await measured_tick(b, ["alerts"])
             polled = time.perf_counter()
@@ -370,11 +385,19 @@ async def emergency(args: Args) -> dict[str, Any]:
             samples["all_retained_ms"].append((max([acked[alert_topic], *(acked[d] for d in displays)]) - t0) * 1000)
             samples["microblog_ms"].append((posted[key] - t0) * 1000)
             samples["poll_ms"].append((polled - started) * 1000)
+            last_display = max(acked[d] for d in displays)
+            timelines.append((samples["displays_ms"][-1], _timeline(STAGE_CLOCK.trace, t0, {
+                "feed response": t0, "alert topic acked": acked[alert_topic], "last display acked": last_display,
+                "micro-blog 2xx": posted[key], "poll returned": polled})))
+            STAGE_CLOCK.trace = None
             install_variant(args, f"emergency{n}-off", ("alerts.pb",))
             await measured_tick(b, ["alerts"])
             await drained(b)
         displays_per_round = len(displays)
     out: dict[str, Any] = {"rounds": args.rounds, "displays_per_round": displays_per_round}
+    timelines.sort(key=lambda t: t[0])
+    out["timeline_median_round"] = timelines[len(timelines) // 2][1]
+    out["timeline_slowest_round"] = timelines[-1][1]
     for name, values in samples.items():
         out[name] = {"p50": percentile(values, 50), "p99": percentile(values, 99), "max": max(values)}
     return out
