@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from datetime import time
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from broadcaster.errors import ConfigError
 
@@ -38,6 +39,18 @@ class Section(BaseModel):
 PositiveSeconds = Annotated[float, Field(gt=0)]
 
 ChannelName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
+
+
+def _language_code(value: str) -> str:
+    """A configured language is a primary language subtag, the form texts are keyed by (a feed's "zh-Hans-CN"
+    becomes "zh"): any other value would match no text, and it names template files ({kind}.{language}.j2).
+    The message never shows the value: a value in the file may be a secret written in the wrong place."""
+    if not re.fullmatch(r"[a-z]{2,3}", value):
+        raise ValueError('must be a language code: two or three lower-case letters, such as "zh" or "en"')
+    return value
+
+
+LanguageCode = Annotated[str, AfterValidator(_language_code)]
 
 
 def within(start: time, end: time, at: time) -> bool:

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from broadcaster.config.base import ChannelName, PositiveSeconds, SecretRef, Section, within
+from broadcaster.config.base import ChannelName, LanguageCode, PositiveSeconds, SecretRef, Section, within
 
 NoticeKindName = Literal[
     "alert_new", "alert_updated", "alert_resolved", "line_status", "crowding", "digest", "correction"
@@ -40,7 +40,7 @@ class _ChannelBase(Section):
 
     name: ChannelName
     #: Languages posted, in order; several are joined in one post, separated by a blank line.
-    languages: tuple[str, ...] | None = None  # None: the network's default language
+    languages: tuple[LanguageCode, ...] | None = None  # None: the network's default language
     #: Which notice kinds this channel posts.
     notices: tuple[NoticeKindName, ...] = NOTICE_KINDS
     timeout_seconds: PositiveSeconds = 15

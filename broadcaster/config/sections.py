@@ -10,7 +10,15 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
-from broadcaster.config.base import ChannelName, PositiveSeconds, SecretRef, Section, require_unique, within
+from broadcaster.config.base import (
+    ChannelName,
+    LanguageCode,
+    PositiveSeconds,
+    SecretRef,
+    Section,
+    require_unique,
+    within,
+)
 
 FeedContent = Literal["alerts", "trip-updates", "vehicle-positions"]
 FEED_CONTENTS: tuple[FeedContent, ...] = ("alerts", "trip-updates", "vehicle-positions")
@@ -18,8 +26,8 @@ FEED_CONTENTS: tuple[FeedContent, ...] = ("alerts", "trip-updates", "vehicle-pos
 
 class NetworkConfig(Section):
     gtfs: Path
-    default_language: str = "zh"
-    languages: tuple[str, ...] = ("zh", "en")
+    default_language: LanguageCode = "zh"
+    languages: tuple[LanguageCode, ...] = ("zh", "en")
 
 
 class FeedConfig(Section):
