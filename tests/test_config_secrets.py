@@ -91,6 +91,19 @@ def test_an_mqtt_url_with_a_password_is_not_echoed(tmp_path: Path) -> None:
     assert "mqtt.password" in result.stderr  # where the credentials go instead
 
 
+def test_a_file_feed_url_with_a_user_and_password_is_refused_and_not_echoed(tmp_path: Path) -> None:
+    """A `file:` URL has no place for credentials: its host part used to be read as a relative path, and `check`
+    echoed it twice ("no such file", "cannot read")."""
+    document = base_document()
+    put(document, ("feeds", 0, "url"), "file://metro:hunter2pass@localhost/feeds/rt.pb")
+    path = tmp_path / "bad.toml"
+    path.write_text(render(document), encoding="utf-8")
+    result = run_check(path)
+    assert result.returncode == 2
+    assert "hunter2pass" not in result.stdout + result.stderr
+    assert f"{path}: feeds[0].url:" in result.stderr
+
+
 def test_an_mqtt_url_on_the_command_line_is_not_echoed_either(tmp_path: Path) -> None:
     path = tmp_path / "good.toml"
     path.write_text(render(base_document()), encoding="utf-8")
@@ -233,6 +246,7 @@ def planted(draw: st.DrawFn, sentinel: str) -> Planted:
             (("mqtt", "url"), f"mqtts://{sentinel}@broker.example"),
             (("mqtt", "url"), f"http://metro:{sentinel}@broker.example"),
             (("feeds", 0, "url"), f"ftp://metro:{sentinel}@feeds.example/rt.pb"),
+            (("feeds", 0, "url"), f"file://metro:{sentinel}@localhost/feeds/rt.pb"),
             (("channels", 0, "url"), f"htps://metro:{sentinel}@m.example"),
         ]))
         put(document, where, url)

@@ -43,9 +43,13 @@ class FeedConfig(Section):
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, url: str) -> str:
-        scheme = urlsplit(url).scheme
-        if scheme not in ("http", "https", "file"):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https", "file"):
             raise ValueError("must start with http://, https:// or file://")
+        if parts.scheme == "file" and "@" in parts.netloc:
+            # `file://samples/rt.pb` is a path relative to the config; a user and password there used to be read
+            # as part of that path, and echoed by "no such file".
+            raise ValueError("a file: URL takes no user or password: file:///path or file://relative/path")
         return url
 
 
