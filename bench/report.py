@@ -7,14 +7,17 @@ from typing import Any
 
 from bench.scenarios import STAGES
 
-#: key -> (target, "max" when the value must stay at or below it)
+#: key -> the value it must stay at or below (the performance issue's targets: a full refresh within 2x the
+#: floor, the longer-term goal 1.5x; a steady tick at most 0.2x a full refresh; an emergency's last display
+#: within 30 ms at p99; k = 1 in 100 MB, k = 10 in at most 10x that)
 TARGETS: dict[str, float] = {
-    "full_refresh_ratio_vs_floor": 1.5,
+    "full_refresh_ratio_vs_floor": 2.0,
     "full_refresh_ratio_vs_limit": 5.0,
     "change_tick_ratio_vs_full": 0.2,
-    "scale10_ratio_vs_scale1": 12.0,
-    "emergency_p99_ms": 50.0,
-    "rss_mb_k1": 150.0,
+    "scale10_ratio_vs_scale1": 10.0,
+    "emergency_p99_ms": 30.0,
+    "rss_mb_k1": 100.0,
+    "rss_ratio_k10_vs_k1": 10.0,
 }
 
 
@@ -52,6 +55,9 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         "rss_mb_k1": rss(1),
         "rss_mb_k10": rss(10),
         "rss_mb_reference": rss(ref),
+        "rss_ratio_k10_vs_k1": _ratio(rss(10), rss(1)),
+        "cpu_ms_full": scenarios.get(f"full@{ref:g}", {}).get("cpu_ms"),
+        "cpu_ms_tick": scenarios.get(f"tick@{ref:g}", {}).get("cpu_ms"),
         "naive_ratio": _ratio(base.get("naive_ms"), full_ref),
         "full_refresh_ms": full_ref,
         "floor_ms": base.get("floor_ms"),
@@ -75,8 +81,8 @@ def table(document: dict[str, Any]) -> str:
     """Per-scenario stage times, baselines, and the ratios against the targets, as Markdown."""
     columns = ["fetch", "parse", "diff", "render", "outbox", "publish", "other"]
     lines = [
-        "| scenario | k | msgs | " + " | ".join(columns) + " | end to end | msgs/s | peak RSS |",
-        "|---|---:|---:|" + "---:|" * len(columns) + "---:|---:|---:|",
+        "| scenario | k | msgs | " + " | ".join(columns) + " | end to end | CPU | msgs/s | peak RSS |",
+        "|---|---:|---:|" + "---:|" * len(columns) + "---:|---:|---:|---:|",
     ]
     for name, s in document["scenarios"].items():
         if "stages_ms" not in s:
@@ -87,11 +93,12 @@ def table(document: dict[str, Any]) -> str:
         rate = s["published"] / (s["e2e_ms"] / 1000) if s["e2e_ms"] else None
         lines.append(
             f"| {name.split('@')[0]} | {s['k']:g} | {s['published']:,} | " + " | ".join(_fmt(c) for c in cells)
-            + f" | **{_fmt(s['e2e_ms'])}** | {_fmt(rate, 0)} | {_fmt(s['rss_mb'], 0)} MB |"
+            + f" | **{_fmt(s['e2e_ms'])}** | {_fmt(s.get('cpu_ms'))} | {_fmt(rate, 0)} | {_fmt(s['rss_mb'], 0)} MB |"
         )
     lines.append("")
     lines.append("Times in ms (median run); `render` = compose + notice templates + retained payloads "
-                 f"({', '.join(STAGES[3:6])}); `other` = end to end minus the stages.")
+                 f"({', '.join(STAGES[3:6])}); `other` = end to end minus the stages; `CPU` = the broadcaster process's CPU "
+                 "time during the tick (median).")
     b = document["baselines"]
     if b:
         lines += [
@@ -118,8 +125,11 @@ def table(document: dict[str, Any]) -> str:
                            ("displays_ms", "feed response -> last affected display PUBACK"),
                            ("all_retained_ms", "feed response -> alert and every display acked"),
                            ("microblog_ms", "feed response -> micro-blog 2xx"),
-                           ("poll_ms", "whole poll (fetch to return)")):
-            v = s[key]
+                           ("poll_ms", "whole poll (fetch to return)"),
+                           ("cpu_ms", "CPU of the round (poll, publishes, posts)")):
+            v = s.get(key)
+            if v is None:
+                continue  # a result from before this figure was measured
             lines.append(f"| {label} | {_fmt(v['p50'])} | {_fmt(v['p99'])} | {_fmt(v['max'])} |")
     lines += ["", "| ratio | value | target | met |", "|---|---:|---:|---|"]
     for key, check in document["targets"].items():
