@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pytest
 from rig import Rig
 from support import LoopbackHttpServer, MosquittoBroker, MosquittoNotFound
+from support.long_tests import long_tests_first
 from support.microblog_fixture import MicroblogServer, serve_microblog
 
 if TYPE_CHECKING:
@@ -18,6 +19,12 @@ if TYPE_CHECKING:
 #: The admin API's bearer tokens in tests, unique per run so a leak of either is found by searching for it.
 ADMIN_TOKEN = f"sentinel-admin-token-{uuid.uuid4().hex}"
 OTHER_ADMIN_TOKEN = f"other-desk-token-{uuid.uuid4().hex}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Long tests first (`support.long_tests`): handed out one at a time, they start while the short ones fill
+    the other workers, instead of running alone at the end."""
+    items[:] = long_tests_first(items)
 
 
 @pytest.fixture

@@ -30,6 +30,15 @@ def crash_rig(tmp_path: Path, http_server: LoopbackHttpServer, mosquitto: Mosqui
     return r
 
 
+#: Each request's timeout, shorter than the crash loop's 2 s: a restart after a kill mid-attempt waits for that
+#: attempt's deadline (Bluesky's is six timeouts and a second, `Dispatcher._attempt_deadline_s`), 7 s rather than 13.
+TIMEOUT_S = 1
+
+
+def channels(server: MicroblogServer) -> list[dict[str, object]]:
+    return [dict(table, timeout_seconds=TIMEOUT_S) for table in channel_tables(server)]
+
+
 def serve_signal_fault(rig: Rig) -> None:
     rig.serve_rt(alert_entity("A-X", header={"zh": "2号线信号故障", "en": "Line 2 signal fault"},
                               informed=[selector(route_id="2")]))
@@ -61,7 +70,7 @@ def posts(server: MicroblogServer) -> dict[str, int]:
 
 
 def test_killed_mid_request_with_the_answer_held(crash_rig: Rig, microblog: MicroblogServer) -> None:
-    config = crash_rig.write_config(channels=channel_tables(microblog))
+    config = crash_rig.write_config(channels=channels(microblog))
     env = environment(microblog)
     finish(config, env)  # the quiet state first: sessions opened, nothing to say
     for platform in PLATFORMS:
@@ -80,7 +89,7 @@ def test_killed_mid_request_with_the_answer_held(crash_rig: Rig, microblog: Micr
 
 
 def test_killed_after_the_commit_before_anything_was_sent(crash_rig: Rig, microblog: MicroblogServer) -> None:
-    config = crash_rig.write_config(channels=channel_tables(microblog))
+    config = crash_rig.write_config(channels=channels(microblog))
     env = environment(microblog)
     finish(config, env)
     for platform in PLATFORMS:
@@ -100,7 +109,7 @@ def test_killed_after_the_commit_before_anything_was_sent(crash_rig: Rig, microb
 
 
 def test_killed_before_the_commit(crash_rig: Rig, microblog: MicroblogServer) -> None:
-    config = crash_rig.write_config(channels=channel_tables(microblog))
+    config = crash_rig.write_config(channels=channels(microblog))
     env = environment(microblog)
     finish(config, env)
     database = crash_rig.tmp_path / "state" / "broadcaster.db"

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 from support import MessageRecorder, collect_retained, publish
+from support.long_tests import LONG_TESTS, long_tests_first
 from support.mosquitto import MosquittoBroker
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from conftest import MosquittoFactory
     from support import LoopbackHttpServer
 
@@ -202,3 +204,25 @@ async def test_http_server_stops_even_with_a_request_in_flight(http_server: Loop
         with pytest.raises(httpx.RemoteProtocolError):
             async for _ in pieces:
                 pass
+
+
+def test_every_long_test_named_for_the_ordering_exists() -> None:
+    tests = Path(__file__).parent
+    missing = []
+    for key in LONG_TESTS:
+        file, _, function = key.partition("::")
+        source = (tests / file).read_text(encoding="utf-8") if (tests / file).exists() else ""
+        if not re.search(rf"^(async )?def {re.escape(function)}\(", source, re.MULTILINE):
+            missing.append(key)
+    assert missing == []
+
+
+def test_long_tests_go_first_longest_first_and_the_rest_keep_their_order() -> None:
+    @dataclass
+    class Node:
+        nodeid: str
+
+    short = [Node("tests/test_a.py::test_one"), Node("tests/test_a.py::test_two"), Node("tests/test_b.py::test_x")]
+    longest, second = (Node(f"tests/{key}[param]") for key in LONG_TESTS[:2])
+    ordered = long_tests_first([short[0], second, short[1], longest, short[2]])
+    assert ordered == [longest, second, *short]
