@@ -122,6 +122,9 @@ class Pipeline:
         """Diff, compose, render, then commit the new state, the operator's state, the notices and whatever
         `on_commit` and the step's `record` write, in one transaction; then wake the channels and publish state.
 
+        `on_commit` is bookkeeping (the poller's feed record): it is committed durably only when the step is
+        (see `durable` below). Whatever must survive a power cut, such as a request's result, is a `Step.record`.
+
         A `step` that depends on the current state (the operator's alerts, the corrections, the digest marks)
         is given as a function: it is called under the state lock, so what it reads is still true when its
         result commits.
@@ -150,19 +153,22 @@ class Pipeline:
             # commit that queues a notice is durable, and carries every earlier commit to the disk with it.
             durable = bool(messages) or planned.record is not None or (
                 operator_alerts is not self.operator_alerts or corrections is not self.corrections)
-            with self._db.transaction(durable=durable) as conn:
-                if snapshot is not None:
-                    self.store.save(conn, transition.state)
-                Outbox.enqueue(conn, messages, now)
-                if operator_alerts is not self.operator_alerts:
-                    self._operator_meta.save(
-                        conn, "alerts", orjson.dumps([encode_alert(a) for a in operator_alerts.values()]).decode())
-                if corrections is not self.corrections:
-                    self._operator_meta.save(conn, "corrections", encode_corrections(corrections))
-                if on_commit is not None:
-                    on_commit(conn)
-                if planned.record is not None:
-                    planned.record(conn, notices)
+            # A step that changes nothing (a digest slot due on no channel) opens no transaction: it would take the
+            # database's write lock for nothing, and wait behind another writer for it.
+            if durable or snapshot is not None or on_commit is not None:
+                with self._db.transaction(durable=durable) as conn:
+                    if snapshot is not None:
+                        self.store.save(conn, transition.state)
+                    Outbox.enqueue(conn, messages, now)
+                    if operator_alerts is not self.operator_alerts:
+                        self._operator_meta.save(
+                            conn, "alerts", orjson.dumps([encode_alert(a) for a in operator_alerts.values()]).decode())
+                    if corrections is not self.corrections:
+                        self._operator_meta.save(conn, "corrections", encode_corrections(corrections))
+                    if on_commit is not None:
+                        on_commit(conn)
+                    if planned.record is not None:
+                        planned.record(conn, notices)
             if snapshot is not None:
                 self.store.committed()
             self.state = transition.state

@@ -7,7 +7,9 @@ However often it happens, the operator's own notices stand.
 
 from __future__ import annotations
 
-from rig import Rig, poll_all, running
+import sqlite3
+
+from rig import Rig, poll_all, running, shorten_busy_wait
 from support.microblog_server import MicroblogServer
 from test_channels import until
 from test_operator import local, tables
@@ -32,3 +34,20 @@ async def test_correcting_a_digest_leaves_the_operators_notices_standing(rig: Ri
         assert not b.state.alerts[notice_id.removeprefix("alert-")].missing
     texts = [s.text for s in server.mastodon_statuses()]
     assert not any("末班车延后" in t and "解除" in t for t in texts), texts
+
+
+async def test_a_digest_slot_due_nowhere_takes_no_write_lock(rig: Rig, server: MicroblogServer) -> None:
+    """A slot whose every channel is in a quiet window commits nothing, so it neither waits for nor fails on
+    another writer holding the database (before: an empty transaction, StoreError once the busy wait ran out)."""
+    quiet = tables(server)[:1]
+    quiet[0]["quiet"] = [{"start": "00:00", "end": "23:59"}]
+    config = rig.config(channels=quiet, digests=[{"name": "rush", "channels": ["mastodon"]}])
+    async with running(config) as b:
+        await poll_all(b)
+        shorten_busy_wait(b)
+        with sqlite3.connect(config.database_path) as other:
+            other.execute("BEGIN IMMEDIATE")  # another writer holds the database
+            try:
+                assert await b.digest(config.digests[0], local(8, 0)) == []
+            finally:
+                other.rollback()

@@ -89,6 +89,7 @@ class Database:
             self.conn.execute("PRAGMA synchronous=FULL")
             self.conn.execute("PRAGMA busy_timeout=5000")
             self._require_durability()
+            self._synchronous = "FULL"  # what the connection runs with now (see `transaction`)
             self.conn.executescript(_SCHEMA)
             self._migrate()
             self._check_schema_version()
@@ -128,20 +129,21 @@ class Database:
         of retained publications, a feed's fetch record): each FULL commit blocks the event loop for an fsync,
         2-4 ms on this project's machines, in the middle of an emergency's publishes.
         """
-        if not durable:
-            self._set_synchronous("NORMAL")
-        try:
-            with self._transaction() as conn:
-                yield conn
-        finally:
-            if not durable:
-                self._set_synchronous("FULL")
+        # FULL is set again before the next durable commit, not after this one: a failure to set it must not
+        # turn a transaction that committed into an error (callers take StoreError as "nothing committed").
+        self._set_synchronous("FULL" if durable else "NORMAL")
+        with self._transaction() as conn:
+            yield conn
 
     def _set_synchronous(self, level: str) -> None:
+        """Raises StoreError before the transaction begins when the level cannot be set (nothing is written)."""
+        if self._synchronous == level:
+            return
         try:
             self.conn.execute(f"PRAGMA synchronous={level}")
         except sqlite3.Error as exc:
             raise StoreError(self.path, f"cannot set synchronous={level}: {exc}") from exc
+        self._synchronous = level
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
