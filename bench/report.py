@@ -97,8 +97,8 @@ def table(document: dict[str, Any]) -> str:
         )
     lines.append("")
     lines.append("Times in ms (median run); `render` = compose + notice templates + retained payloads "
-                 f"({', '.join(STAGES[3:6])}); `other` = end to end minus the stages; `CPU` = the broadcaster process's CPU "
-                 "time during the tick (median).")
+                 f"({', '.join(STAGES[3:6])}); `other` = end to end minus the stages; "
+                 "`CPU` = the broadcaster process's CPU time during the tick (median).")
     b = document["baselines"]
     if b:
         lines += [

@@ -18,7 +18,7 @@ import orjson
 from broadcaster import __version__
 from broadcaster.channels.base import ThreadRefs
 from broadcaster.channels.factory import default_profile
-from broadcaster.channels.mqtt import MqttLink
+from broadcaster.channels.mqtt import MqttLink, MqttNoticeChannel
 from broadcaster.config import ChannelConfig, Config
 from broadcaster.feeds.fetch import FeedFetcher
 from broadcaster.feeds.network import load_network
@@ -45,6 +45,8 @@ class PreviewPost:
     limit: int | None
     #: When a quiet window or the posting budget would hold it back (ISO 8601); None: it would go now.
     held_until: str | None = None
+    #: Queued before this preview (a run's backlog: a platform down, a quiet window), not by this poll.
+    queued_earlier: bool = False
 
 
 @dataclass
@@ -96,7 +98,7 @@ class RecordingChannel:
     def __init__(self, config: ChannelConfig) -> None:
         self.name = config.name
         self.profile: PlatformProfile | None = default_profile(config)
-        self.posts: list[Post] = []
+        self.posts: list[tuple[OutboxEntry, Post]] = []
         self.deleted: list[str] = []
 
     @property
@@ -107,32 +109,50 @@ class RecordingChannel:
         return None
 
     async def send(self, entry: OutboxEntry, thread: ThreadRefs) -> str | None:
-        self.posts.append(Post.from_payload(entry.payload))
+        self.posts.append((entry, Post.from_payload(entry.payload)))
         return f"preview-{entry.key}"
 
     async def delete(self, remote_id: str) -> None:
         self.deleted.append(remote_id)
 
 
-def _post_row(channel: RecordingChannel, post: Post, held_until: datetime | None = None) -> PreviewPost:
+#: An outbox entry as (channel, notice id, version, part): what tells a run's backlog from this poll's rows.
+EntryId = tuple[str, str, str, int]
+
+
+def _backlog(b: Broadcaster) -> set[EntryId]:
+    """The entries already queued in the copy of the state, before this preview polls."""
+    never = datetime.max.replace(tzinfo=UTC)
+    return {(e.channel, e.notice_id, e.version, e.part)
+            for channel in b.channels for e in b.outbox.due(channel.name, never, limit=100_000)}
+
+
+def _post_row(channel: RecordingChannel, entry: OutboxEntry, backlog: set[EntryId],
+              held_until: datetime | None = None) -> PreviewPost:
+    post = Post.from_payload(entry.payload)
     profile = channel.profile
     return PreviewPost(
         channel.name, post.notice_id, post.kind, post.part, post.parts, post.text,
         profile.count(post.text) if profile else None, profile.limit if profile else None,
         held_until.isoformat(timespec="seconds") if held_until else None,
+        (entry.channel, entry.notice_id, entry.version, entry.part) in backlog,
     )
 
 
-def _report_mqtt(report: PreviewReport, b: Broadcaster, publications: Sequence[Publication]) -> None:
+def _report_mqtt(report: PreviewReport, b: Broadcaster, publications: Sequence[Publication],
+                 backlog: set[EntryId]) -> None:
     notices_topic = b.publisher.builder.topics.notices
     for publication in publications:
         body = orjson.loads(publication.payload) if publication.payload else None
         if publication.topic != notices_topic or body is None:
             report.mqtt[publication.topic] = body
             continue
+        earlier = (MqttNoticeChannel.name, body["notice_id"], body["version"], 0) in backlog
         report.mqtt[f"{notices_topic} ({body['notice_id']})"] = body
-        report.notices.append(f"{body['notice_id']} {body['version']}")
-        report.posts += [PreviewPost("mqtt", body["notice_id"], body["kind"], 0, 1, f"[{lang}] {text}", None, None)
+        if not earlier:
+            report.notices.append(f"{body['notice_id']} {body['version']}")
+        report.posts += [PreviewPost("mqtt", body["notice_id"], body["kind"], 0, 1, f"[{lang}] {text}", None, None,
+                                     queued_earlier=earlier)
                          for lang, text in body["text"].items()]
 
 
@@ -143,6 +163,7 @@ async def _run(config: Config, db: Database, now: datetime, report: PreviewRepor
     async with FeedFetcher(user_agent=f"broadcaster/{__version__} (preview)") as fetcher:
         b = Broadcaster(config, network, Renderer(config.templates.directory), db, fetcher, link,
                         posting=channels, clock=_FixedClock(now))
+        backlog = _backlog(b)
         outcomes = await b.poll_round()
     for outcome in outcomes:
         report.feeds[outcome.feed] = OK if outcome.ok else str(outcome.error)
@@ -150,11 +171,12 @@ async def _run(config: Config, db: Database, now: datetime, report: PreviewRepor
         report.problems[outcome.feed] = list(record.problems) if outcome.ok and record is not None else []
     for channel in b.channels:
         await b.drain_due(channel)
-    _report_mqtt(report, b, link.recorded)
+    _report_mqtt(report, b, link.recorded, backlog)
     for recording in channels:
-        report.posts += [_post_row(recording, post) for post in recording.posts if post.kind != DELETE_KIND]
-        for entry in b.outbox.due(recording.name, datetime.max.replace(tzinfo=UTC), limit=1000):
-            report.posts.append(_post_row(recording, Post.from_payload(entry.payload), entry.next_attempt_at))
+        report.posts += [_post_row(recording, entry, backlog) for entry, post in recording.posts
+                         if post.kind != DELETE_KIND]
+        for entry in b.outbox.due(recording.name, datetime.max.replace(tzinfo=UTC), limit=100_000):
+            report.posts.append(_post_row(recording, entry, backlog, entry.next_attempt_at))
 
 
 async def preview(config: Config, *, now: datetime | None = None) -> PreviewReport:
@@ -208,6 +230,8 @@ def render_for_people(report: PreviewReport) -> str:
         part = f"{p.part + 1}/{p.parts}"
         count = f"{p.count} / {p.limit}" if p.limit else "-"
         goes = f"held until {p.held_until}" if p.held_until else "now"
+        if p.queued_earlier:
+            goes += " (queued earlier)"
         posts.add_row(escape(p.channel), escape(p.notice_id), part, count, goes, escape(p.text))
     console.print(posts)
     console.print(f"MQTT: {len(report.mqtt)} message(s) would be published; --json shows them")

@@ -66,3 +66,20 @@ async def test_preview_shows_a_post_a_quiet_window_would_hold_and_until_when(
     mastodon_rows = [line for line in render_for_people(report).splitlines() if "│ mastodon" in line]
     assert mastodon_rows
     assert all("held" in row for row in mastodon_rows)
+
+
+async def test_preview_tells_a_runs_backlog_from_what_this_poll_would_post(rig: Rig, server: MicroblogServer) -> None:
+    """Mastodon was down while the service ran: its post waits in the outbox. Preview shows that post, marked as
+    queued earlier, and lists as notices only what its own poll produced (the feed now says more)."""
+    config = rig.config(channels=tables(server)[:1])
+    rig.serve_rt(alert(SIGNAL))
+    server.set_down("mastodon")
+    async with running(config) as b:
+        await poll_all(b)
+        await until(lambda: b.history.depth().get(("mqtt", "sent")) == 1, b)
+    rig.serve_rt(alert(SIGNAL), alert(WRONG, alert_id="A-L3", effect="NO_SERVICE", severity="SEVERE"))
+    report = await preview(config)
+    mastodon = [p for p in report.posts if p.channel == "mastodon"]
+    assert {(p.notice_id, p.queued_earlier) for p in mastodon} == {("alert-A-L2", True), ("alert-A-L3", False)}
+    assert [n.split()[0] for n in report.notices] == ["alert-A-L3"]
+    assert "queued" in render_for_people(report)  # the table folds "(queued earlier)" within its column
