@@ -110,7 +110,7 @@ async def _deliver(b: Broadcaster, failures: list[str], drain_timeout: float) ->
     except TimeoutError:
         failures.append(f"MQTT broker {b.config.mqtt.url} unreachable: {b.link.last_error or 'timed out'}")
         return
-    await b.publish_retained()
+    await b.publisher.publish_retained()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + drain_timeout
     with contextlib.suppress(TimeoutError):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -119,10 +119,10 @@ class Broadcaster:
         self.pipeline = Pipeline(
             network, db, self.messages, self.metrics, policy=policy,
             compose_policy=ComposePolicy(config.zone, config.network.languages, emergency=emergency_rule(config)),
-            wake=self.dispatcher.wake, publish=self.publish_retained,
+            wake=self.dispatcher.wake, publish=self._publish_changes,
         )
         self.poller = FeedPoller(config, network, db, fetcher, self.pipeline, self.metrics, now=now,
-                                 publish=self.publish_retained)
+                                 publish=self._publish_changes)
         self.desk = OperatorDesk(config, network, db, self.history, self.pipeline, self.metrics, now=now)
         self.digests = DigestPoster(config, network, db, self.pipeline, delivery_policy, now=now)
         self.publisher = RetainedPublisher(config, network, topics, link, self.planner, builder, db, self.metrics,
@@ -143,10 +143,9 @@ class Broadcaster:
     def feeds(self) -> Mapping[str, FeedRecord]:
         return self.poller.records
 
-    @property
-    def mqtt_delivering(self) -> bool:
-        """Whether the canary's publishes come back (health, metrics and the tests read it here)."""
-        return self.publisher.mqtt_delivering
+    def _publish_changes(self) -> Awaitable[int]:
+        # The publisher is built after the parts that call this (it reads their state): looked up when called.
+        return self.publisher.publish_retained()
 
     # -- triggers ---------------------------------------------------------------------------------------------
 
@@ -179,12 +178,9 @@ class Broadcaster:
 
     # -- retained state and delivery ----------------------------------------------------------------------------
 
-    async def publish_retained(self, *, full: bool = False) -> int:
-        return await self.publisher.publish_retained(full=full)
-
     async def on_connected(self) -> None:
         """A new broker session: the broker may have lost retained state, and queued notices can go now."""
-        await self.publish_retained(full=True)
+        await self.publisher.publish_retained(full=True)
         try:
             self.outbox.make_due(MqttNoticeChannel.name, self.clock.now())
         except StoreError as exc:
@@ -203,4 +199,5 @@ class Broadcaster:
     def health(self) -> Health:
         """Feeds, the broker link and the outbox now (the admin API's health and status, the metrics' gauges)."""
         return read_health(self.config.feeds, self.poller.records, [c.name for c in self.channels], self.history,
-                           self.link.connected.is_set(), self.clock.now(), mqtt_delivering=self.mqtt_delivering)
+                           self.link.connected.is_set(), self.clock.now(),
+                           mqtt_delivering=self.publisher.mqtt_delivering)

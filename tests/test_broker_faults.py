@@ -126,10 +126,10 @@ async def test_a_broker_that_drops_acknowledged_publishes_is_noticed_within_two_
     config = rig.config(mqtt={"username": {"env": "T_MQTT_USER"}, "password": {"env": "T_MQTT_PASSWORD"}})
     async with running(config) as b:
         await poll_all(b)  # tick 1: line statuses published, acknowledged, dropped
-        assert b.mqtt_delivering
+        assert b.publisher.mqtt_delivering
         for _ in range(2):  # ticks 2 and 3
             await b.poll(b.config.feeds[0])
-        assert not b.mqtt_delivering
+        assert not b.publisher.mqtt_delivering
         assert not b.health().healthy
         assert "broadcaster_mqtt_canary_ok 0.0" in b.metrics.render().decode()
 
@@ -139,7 +139,7 @@ async def test_the_canary_stays_quiet_when_publishes_arrive(rig: Rig) -> None:
         for _ in range(4):
             await poll_all(b)
         assert b.link.observed_seq  # its own publications came back
-        assert b.mqtt_delivering
+        assert b.publisher.mqtt_delivering
 
 
 async def test_a_clash_found_only_when_the_broker_comes_back_stops_the_second_installation(rig: Rig) -> None:
