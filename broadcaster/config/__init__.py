@@ -1,4 +1,5 @@
-"""The operator's TOML configuration: schema, defaults, and errors that name the file, key and value.
+"""The operator's TOML configuration: schema, defaults, and errors that name the file and key (never a value:
+it may be a secret).
 
 Relative paths in the file are resolved against the file's own folder, so a config can be run from anywhere.
 Secrets never live in the file: it names environment variables or secret files that hold them.
