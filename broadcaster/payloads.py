@@ -6,7 +6,7 @@ that the retained-state planner can tell a real change from a mere refresh by ha
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -108,28 +108,52 @@ class PayloadBuilder:
         A body whose inputs are unchanged since the last call is the very same object as then (callers must
         not modify bodies), so the planner can also skip serialising it again.
         """
-        as_of = iso(state.as_of) if state.as_of else None
+        yield from self._line_items(state, self.network.lines)
+        yield from self._alert_items(now, state.alerts.values())
         cached = self._cached
-        for line_id, line in self.network.lines.items():
-            status = state.line_status(line_id)
-            first = state.alerts.get(status.alert_ids[0]) if status.alert_ids else None
-            key: object = (status, first.alert.header if first else None, state.occupancy.get(line_id), as_of)
-            body = cached(("line", line_id), key, self.line_status, state, line, as_of)
-            yield RetainedItem(self._line_topics[line_id], body, "gtfs-rt")
-        for record in state.alerts.values():
-            a = record.alert
-            key = (a, record.version, record.first_seen, record.updated_at)
-            body = cached(("alert", a.id), key, self.alert, record, now)
-            for line_id in body["lines"]:
-                yield RetainedItem(self.topics.line_alert(line_id, a.id), body, "gtfs-rt")
         for station_id, crowding in state.crowding.items():
             if station_id in self.network.stations:
                 trend = crowding_trend(crowding, now, self.policy)
                 key = (crowding.level, crowding.percentage, trend, crowding.observed_at, crowding.platforms)
                 body = cached(("crowding", station_id), key, self.crowding, crowding, now)
                 yield RetainedItem(self._crowding_topics[station_id], body, "passenger-flow")
+        yield from self._display_items(state, now, self.network.stations)
+        for slot in [slot for slot in self._memo if slot[0] == "alert" and slot[1] not in state.alerts]:
+            del self._memo[slot]
+
+    def retained_around(
+        self, state: NetworkState, now: datetime, lines: Iterable[str], stations: Iterable[str]
+    ) -> Iterator[RetainedItem]:
+        """The retained topics an emergency on `lines` and `stations` changes: those lines' status and alerts,
+        and the displays of every station they serve and of `stations` (the same bodies `retained` makes)."""
+        line_ids = [line_id for line_id in dict.fromkeys(lines) if line_id in self.network.lines]
+        touched = dict.fromkeys(s for line_id in line_ids for s in self.network.stations_of(line_id))
+        touched.update(dict.fromkeys(s for s in stations if s in self.network.stations))
+        yield from self._line_items(state, line_ids)
+        yield from self._alert_items(now, [r for r in state.alerts.values()
+                                           if not set(self._alert_lines(r.alert)).isdisjoint(line_ids)])
+        yield from self._display_items(state, now, touched)
+
+    def _line_items(self, state: NetworkState, line_ids: Iterable[str]) -> Iterator[RetainedItem]:
+        as_of = iso(state.as_of) if state.as_of else None
+        for line_id in line_ids:
+            status = state.line_status(line_id)
+            first = state.alerts.get(status.alert_ids[0]) if status.alert_ids else None
+            key: object = (status, first.alert.header if first else None, state.occupancy.get(line_id), as_of)
+            body = self._cached(("line", line_id), key, self.line_status, state, self.network.lines[line_id], as_of)
+            yield RetainedItem(self._line_topics[line_id], body, "gtfs-rt")
+
+    def _alert_items(self, now: datetime, records: Iterable[AlertRecord]) -> Iterator[RetainedItem]:
+        for record in records:
+            a = record.alert
+            key = (a, record.version, record.first_seen, record.updated_at)
+            body = self._cached(("alert", a.id), key, self.alert, record, now)
+            for line_id in body["lines"]:
+                yield RetainedItem(self.topics.line_alert(line_id, a.id), body, "gtfs-rt")
+
+    def _display_items(self, state: NetworkState, now: datetime, station_ids: Iterable[str]) -> Iterator[RetainedItem]:
         station_alerts = self._alerts_by_station(state)
-        for station_id, station in self.network.stations.items():
+        for station_id in station_ids:
             alerts = station_alerts.get(station_id, [])
             reading = state.crowding.get(station_id)
             key = (
@@ -137,10 +161,9 @@ class PayloadBuilder:
                 tuple(r.alert for r in alerts),
                 (reading.level, reading.percentage, crowding_trend(reading, now, self.policy)) if reading else None,
             )
-            body = cached(("display", station_id), key, self.display, state, station, alerts, now)
+            body = self._cached(("display", station_id), key, self.display, state, self.network.stations[station_id],
+                                alerts, now)
             yield RetainedItem(self._display_topics[station_id], body, "any")
-        for slot in [slot for slot in self._memo if slot[0] == "alert" and slot[1] not in state.alerts]:
-            del self._memo[slot]
 
     def _cached(self, slot: tuple[str, str], key: object, build: Callable[..., Body], *args: Any) -> Body:
         """The body last built for `slot` if it was built from an equal `key`, else `build(*args)`."""

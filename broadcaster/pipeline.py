@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
 import orjson
 
 from broadcaster import desk
-from broadcaster.compose import ComposePolicy, Notice, compose
+from broadcaster.compose import ComposePolicy, Notice, Priority, compose
 from broadcaster.messages import MessageRenderer
 from broadcaster.metrics import Metrics
 from broadcaster.model import Alert, FeedSnapshot, Network
@@ -93,6 +93,7 @@ class Pipeline:
         compose_policy: ComposePolicy,
         wake: Callable[[], None],
         publish: Callable[[], Awaitable[int]],
+        publish_around: Callable[[Iterable[str], Iterable[str]], Awaitable[int]],
     ) -> None:
         self.network = network
         self.policy = policy
@@ -102,6 +103,7 @@ class Pipeline:
         self._metrics = metrics
         self._wake = wake
         self._publish = publish
+        self._publish_around = publish_around
         self.store = StateStore(db)  # bench/outage.py times the moment a commit lands here
         self.state: NetworkState = self.store.load()
         # The operator's state: read and replaced only inside `advance`'s critical section (see `Step`).
@@ -182,6 +184,12 @@ class Pipeline:
             notices, snapshot.timestamp if snapshot is not None and snapshot.feed != OPERATOR_FEED else None)
         if messages:
             self._wake()
+        emergencies = [n for n in notices if n.priority is Priority.EMERGENCY]
+        if emergencies:
+            # An emergency's displays go first, whatever the caller does with the rest (a poll round publishes
+            # once, after every feed).
+            await self._publish_around([line for n in emergencies for line in n.line_ids],
+                                       [station for n in emergencies for station in n.station_ids])
         if publish and snapshot is not None:
             await self._publish()
         return transition, notices

@@ -94,9 +94,11 @@ class RetainedPlanner:
         self.published = {t: _Published(d, None) for t, d in published.items()}
 
     def plan(
-        self, items: Iterable[RetainedItem], now: datetime, *, fresh_sources: set[str], full: bool
+        self, items: Iterable[RetainedItem], now: datetime, *, fresh_sources: set[str], full: bool,
+        partial: bool = False,
     ) -> list[Publication]:
-        """Publications for this round. `full`: everything (after a reconnect or restart)."""
+        """Publications for this round. `full`: everything (after a reconnect or restart). `partial`: `items` are
+        only some of the topics (an emergency's, ahead of the round): nothing is cleared for being absent."""
         out: list[Publication] = []
         seen: set[str] = set()
         valid_until = now + self.ttl
@@ -130,6 +132,8 @@ class RetainedPlanner:
                           item.topic, len(payload), self.max_payload_bytes)
                 continue
             out.append(Publication(item.topic, payload, True, expiry, digest, now))
+        if partial:
+            return out
         for topic in self.published.keys() - seen:
             out.append(Publication(topic, b"", True))
         if full:

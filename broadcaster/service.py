@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -119,7 +119,7 @@ class Broadcaster:
         self.pipeline = Pipeline(
             network, db, self.messages, self.metrics, policy=policy,
             compose_policy=ComposePolicy(config.zone, config.network.languages, emergency=emergency_rule(config)),
-            wake=self.dispatcher.wake, publish=self._publish_changes,
+            wake=self.dispatcher.wake, publish=self._publish_changes, publish_around=self._publish_around,
         )
         self.poller = FeedPoller(config, network, db, fetcher, self.pipeline, self.metrics, now=now,
                                  publish=self._publish_changes)
@@ -146,6 +146,9 @@ class Broadcaster:
     def _publish_changes(self) -> Awaitable[int]:
         # The publisher is built after the parts that call this (it reads their state): looked up when called.
         return self.publisher.publish_retained()
+
+    def _publish_around(self, lines: Iterable[str], stations: Iterable[str]) -> Awaitable[int]:
+        return self.publisher.publish_around(lines, stations)
 
     # -- triggers ---------------------------------------------------------------------------------------------
 
