@@ -250,7 +250,9 @@ class FeedSnapshot:
     occupancy: tuple[LineOccupancy, ...] | None = None
     crowding: tuple[CrowdingReading, ...] | None = None
     #: Ids of alert entities present in the feed but skipped as invalid: state treats them as still present,
-    #: so a malformed entity never turns into an "all clear".
+    #: so a malformed entity never turns into an "all clear". An alert both here and in `alerts` is carried
+    #: without being fetched (a correction re-applies the feed as last seen): it is updated, and keeps its count
+    #: towards the all-clear.
     skipped_alert_ids: frozenset[str] = frozenset()
     #: One short human-readable line per skipped entity or record, for the log and `check`.
     problems: tuple[str, ...] = ()

@@ -153,11 +153,14 @@ class OperatorDesk:
                            corrected=frozenset({alert_id}), extra_messages=deletions)
         # Re-apply the alert's feed as we last saw it, with the correction: only this alert changes. This is not
         # a fetch: alerts the feed stopped sending go in as skipped, so they keep their count towards resolving.
+        # The corrected alert goes in both ways when the feed has stopped sending it: carried (its text changes)
+        # and not fetched (its count towards the all-clear stays).
         records = [r for r in pipeline.state.alerts.values() if r.feed == record.feed]
-        gone = frozenset(r.alert.id for r in records if r.missing and r.alert.id != alert_id)
+        gone = frozenset(r.alert.id for r in records if r.missing)
         snapshot = FeedSnapshot(
             record.feed, pipeline.state.as_of or now, skipped_alert_ids=gone,
-            alerts=tuple(corrected if r.alert.id == alert_id else r.alert for r in records if r.alert.id not in gone),
+            alerts=tuple(corrected if r.alert.id == alert_id else r.alert
+                         for r in records if r.alert.id == alert_id or r.alert.id not in gone),
         )
         return Step(snapshot, corrections=corrections, corrected=frozenset({alert_id}), extra_messages=deletions)
 

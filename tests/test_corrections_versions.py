@@ -139,3 +139,22 @@ async def test_a_correction_does_not_hold_back_another_alert_s_all_clear(rig: Ri
         kinds = [orjson.loads(bytes(r[0]))["kind"] for r in b.db.conn.execute(
             "SELECT payload FROM outbox WHERE channel = 'mqtt' AND notice_id = 'alert-B' ORDER BY created_at")]
     assert kinds == ["alert_new", "alert_resolved"]
+
+
+async def test_correcting_an_alert_the_feed_stopped_sending_keeps_its_count_towards_the_all_clear(
+    rig: Rig, server: MicroblogServer
+) -> None:
+    """The feed stopped sending alert 7 (one fetch of the two that resolve it) when the operator corrected it. The
+    correction re-applies the feed as last seen, not a fetch: the alert keeps its count, so the next fetch without
+    it resolves it (before: the count started again, and the corrected alert outlived the feed's by a fetch)."""
+    rig.serve_rt(alert(SIGNAL, alert_id="7"))
+    async with running(rig.config(channels=mastodon_only(server))) as b:
+        await poll_all(b)
+        rig.serve_rt()
+        await poll_all(b)
+        assert b.state.alerts["7"].missing == 1
+        await b.correct("alert-7", FIXED)
+        assert b.state.alerts["7"].alert.header.texts == FIXED
+        assert b.state.alerts["7"].missing == 1
+        await poll_all(b)
+        assert "7" not in b.state.alerts

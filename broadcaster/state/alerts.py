@@ -53,6 +53,9 @@ def apply_alerts(
 ) -> tuple[dict[str, AlertRecord], list[AlertChange]]:
     out = dict(records)
     changes: list[AlertChange] = []
+    # Carried but not fetched: a skipped (malformed) entity, or an alert re-applied as last seen (a correction).
+    # Neither is evidence the alert is still there, so neither resets its count towards the all-clear.
+    not_fetched = snapshot.skipped_alert_ids
     present: set[str] = set()
     ended: set[str] = set()  # carried, but every active period is over
     for alert in alerts:
@@ -67,15 +70,16 @@ def apply_alerts(
             out[alert.id] = rec
             changes.append(AlertChange(AlertChangeKind.NEW, rec))
         elif old.version != version:
-            rec = replace(old, alert=alert, version=version, feed=snapshot.feed, updated_at=now, missing=0)
+            missing = old.missing if alert.id in not_fetched else 0
+            rec = replace(old, alert=alert, version=version, feed=snapshot.feed, updated_at=now, missing=missing)
             out[alert.id] = rec
             changes.append(AlertChange(AlertChangeKind.UPDATED, rec, previous=old))
-        elif old.missing:
+        elif old.missing and alert.id not in not_fetched:
             out[alert.id] = replace(old, missing=0)
     for alert_id, old in records.items():
         # Only the feed that carried an alert can resolve it, and a skipped (malformed) entity still counts
         # as present: a damaged feed must never produce an "all clear".
-        if old.feed != snapshot.feed or alert_id in present or alert_id in snapshot.skipped_alert_ids:
+        if old.feed != snapshot.feed or alert_id in present or alert_id in not_fetched:
             continue
         missing = old.missing + 1
         if alert_id in ended or missing >= policy.resolve_after_missing:
