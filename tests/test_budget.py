@@ -65,6 +65,17 @@ def test_a_post_queued_before_briefs_existed_is_read_and_merged_by_its_text() ->
     assert Post.from_payload(with_brief.to_payload()) == with_brief
 
 
+def test_a_merged_post_is_tagged_with_every_language_it_holds() -> None:
+    """Bluesky's `langs` and Mastodon's `language` come from the post: a merge of a Chinese post and a bilingual
+    one holds both languages (before: tagged with the first post's language alone)."""
+    chinese = Post("alert-1", "alert_new", "1号线：设备故障", "zh")
+    bilingual = Post("alert-2", "alert_new", "2号线：设备故障 / Line 2: fault", "zh", languages=("zh", "en"))
+    english = Post("alert-3", "alert_new", "Line 3: fault", "en")
+    [merged] = merged_posts([chinese, bilingual, english], weibo(), "m")
+    assert merged.language == "zh"
+    assert merged.all_languages == ("zh", "en")
+
+
 def test_only_untried_standalone_routine_posts_are_mergeable() -> None:
     assert mergeable(post(1, "x"), priority=2, tried=False)
     assert not mergeable(post(1, "x"), priority=0, tried=False)  # an emergency

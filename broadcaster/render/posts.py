@@ -248,7 +248,9 @@ def merged_posts(posts: Sequence[Post], profile: PlatformProfile | None, notice_
 
     texts = [joined(FULL)] if profile is None else fit(joined, profile, detail_levels=(FULL, HEADLINE))
     first = posts[0]
+    languages = tuple(dict.fromkeys(language for p in posts for language in p.all_languages))
     return [
-        Post(notice_id, MERGED_KIND, text, first.language, part=i, parts=len(texts), visibility=first.visibility)
+        Post(notice_id, MERGED_KIND, text, first.language, part=i, parts=len(texts), visibility=first.visibility,
+             languages=languages)
         for i, text in enumerate(texts)
     ]
