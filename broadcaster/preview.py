@@ -164,6 +164,10 @@ async def _run(config: Config, db: Database, now: datetime, report: PreviewRepor
         b = Broadcaster(config, network, Renderer(config.templates.directory), db, fetcher, link,
                         posting=channels, clock=_FixedClock(now))
         backlog = _backlog(b)
+        # What `run` does at its first ticks besides polling: operator notices whose `until` has passed end, and
+        # requests the command line queued for the service are carried out.
+        await b.expire_operator_notices()
+        await b.process_requests()
         outcomes = await b.poll_round()
     for outcome in outcomes:
         report.feeds[outcome.feed] = OK if outcome.ok else str(outcome.error)

@@ -5,6 +5,7 @@ an operator's notice is not taken for a feed's, a quiet window holds a post, and
 from __future__ import annotations
 
 import hashlib
+from datetime import timedelta
 
 from rig import Rig, poll_all, running
 from support import collect_retained
@@ -83,3 +84,21 @@ async def test_preview_tells_a_runs_backlog_from_what_this_poll_would_post(rig: 
     assert {(p.notice_id, p.queued_earlier) for p in mastodon} == {("alert-A-L2", True), ("alert-A-L3", False)}
     assert [n.split()[0] for n in report.notices] == ["alert-A-L3"]
     assert "queued" in render_for_people(report)  # the table folds "(queued earlier)" within its column
+
+
+async def test_preview_ends_an_operator_notice_whose_time_has_passed_as_run_would(
+    rig: Rig, server: MicroblogServer
+) -> None:
+    """`run` ends an operator notice when its `until` passes; preview, asked about a later time, shows that
+    all-clear (before: it never ran the expiry, so the notice looked as if it would stay)."""
+    config = rig.config(channels=tables(server)[:1])
+    async with running(config) as b:
+        now = b.clock.now()
+        later = {"zh": "末班车延后", "en": "Last trains later"}
+        notice_id = await b.announce(ManualNotice(line_ids=("2",), texts=later, severity=Severity.INFO,
+                                                  until=now + timedelta(hours=1)))
+        await until(lambda: b.pending() == 0, b)
+    report = await preview(config, now=now + timedelta(hours=2))
+    assert [n.split()[0] for n in report.notices] == [notice_id]
+    assert any(p.channel == "mastodon" and p.notice_id == notice_id for p in report.posts)
+    assert report.notices[0].split()[1].startswith("resolved")
