@@ -10,6 +10,7 @@ alerts and corrections laid over it (they commit together, so they are kept toge
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -26,6 +27,8 @@ from broadcaster.operator import OPERATOR_FEED, Correction, decode_corrections, 
 from broadcaster.outbox import Outbox, OutgoingMessage
 from broadcaster.state import NetworkState, StatePolicy, Transition, alert_version, apply_snapshot
 from broadcaster.store import Database, KeyValueStore, StateStore, decode_alert, encode_alert
+
+log = logging.getLogger(__name__)
 
 #: Writes into the transaction that commits an operator's request, given its result (a notice id or a
 #: correction's version): the admin API remembers its answer to an `Idempotency-Key` there.
@@ -187,9 +190,12 @@ class Pipeline:
         emergencies = [n for n in notices if n.priority is Priority.EMERGENCY]
         if emergencies:
             # An emergency's displays go first, whatever the caller does with the rest (a poll round publishes
-            # once, after every feed).
-            await self._publish_around([line for n in emergencies for line in n.line_ids],
-                                       [station for n in emergencies for station in n.station_ids])
+            # once, after every feed). Best effort: the state is committed, and the round publishes it anyway.
+            try:
+                await self._publish_around([line for n in emergencies for line in n.line_ids],
+                                           [station for n in emergencies for station in n.station_ids])
+            except Exception:  # logged whole; the caller's own round follows
+                log.exception("could not publish the emergency's topics ahead of the round")
         if publish and snapshot is not None:
             await self._publish()
         return transition, notices

@@ -192,12 +192,14 @@ async def preview(config: Config, *, now: datetime | None = None) -> PreviewRepo
     """
     report = PreviewReport()
     with tempfile.TemporaryDirectory(prefix="broadcaster-preview-") as scratch:
-        copy = Path(scratch) / "state.db"
+        # The whole state directory is the scratch one, not only the database: whatever the parts write there
+        # (the audit log of a queued request carried out) stays in the throw-away copy.
+        throwaway = config.model_copy(update={"state": config.state.model_copy(update={"directory": Path(scratch)})})
         if config.database_path.exists():
-            copy_database(config.database_path, copy)
-        db = Database(copy)
+            copy_database(config.database_path, throwaway.database_path)
+        db = Database(throwaway.database_path)
         try:
-            await _run(config, db, now or datetime.now(UTC), report)
+            await _run(throwaway, db, now or datetime.now(UTC), report)
         finally:
             db.close()
     return report

@@ -11,6 +11,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from rig import Rig, poll_all, running
+from support.microblog_server import MicroblogServer
+from test_channels import SIGNAL, alert, channels, until
 
 from broadcaster.outbox import Outbox, OutgoingMessage
 from broadcaster.store import Database, KeyValueStore
@@ -77,3 +80,48 @@ async def test_a_bookkeeping_commit_survives_the_process_being_killed(tmp_path: 
     with sqlite3.connect(path) as check:  # the WAL the killed process left is read (and checkpointed) on open
         assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert KeyValueStore(Database(path), "test").get("mark") == "kept"
+
+
+async def test_the_pipeline_and_the_dispatcher_wait_for_the_disk_where_it_matters(
+    rig: Rig, server: MicroblogServer
+) -> None:
+    """Through the real parts, not the flag by hand: every commit that queues a notice, and every mark of a
+    post sent, waits for the disk; the MQTT notice's mark and a steady tick that queues nothing do not."""
+    config = rig.config(channels=[c for c in channels(server) if c["name"] == "mastodon"])
+    rig.serve_rt(alert(SIGNAL))
+    async with running(config) as b:
+        commits: list[tuple[int, list[str]]] = []
+        statements: list[str] = []
+
+        def trace(statement: str) -> None:
+            if statement.startswith("BEGIN"):
+                statements.clear()
+            elif statement == "COMMIT":
+                commits.append((synchronous_now(b.db), list(statements)))
+            else:
+                statements.append(statement)
+
+        b.db.conn.set_trace_callback(trace)
+        try:
+            await poll_all(b)  # a new alert: notices for MQTT and Mastodon
+            await until(lambda: b.pending() == 0, b)
+            await poll_all(b)  # the same bodies again: nothing to queue
+        finally:
+            b.db.conn.set_trace_callback(None)
+        channel_of = dict(b.db.conn.execute("SELECT key, channel FROM outbox").fetchall())
+
+    def marked_sent(sql: list[str]) -> list[str]:
+        return [channel_of[key] for s in sql if s.startswith("UPDATE outbox SET status = 'sent'")
+                for key in channel_of if f"'{key}'" in s]
+
+    queuing = [level for level, sql in commits if any(s.startswith("INSERT OR IGNORE INTO outbox") for s in sql)]
+    assert queuing
+    assert set(queuing) == {FULL}
+    marks = [(channel, level) for level, sql in commits for channel in marked_sent(sql)]
+    assert ("mastodon", FULL) in marks
+    assert ("mqtt", NORMAL) in marks
+    assert set(marks) == {("mastodon", FULL), ("mqtt", NORMAL)}
+    steady = [level for level, sql in commits
+              if any(s.startswith("INSERT OR REPLACE INTO feeds") for s in sql)
+              and not any("INTO outbox" in s for s in sql)]
+    assert NORMAL in steady

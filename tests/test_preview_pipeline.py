@@ -5,6 +5,7 @@ an operator's notice is not taken for a feed's, a quiet window holds a post, and
 from __future__ import annotations
 
 import hashlib
+from contextlib import closing
 from datetime import timedelta
 
 from rig import Rig, poll_all, running
@@ -13,9 +14,11 @@ from support.microblog_server import MicroblogServer
 from test_channels import SIGNAL, alert, until
 from test_operator import tables
 
+from broadcaster import desk
 from broadcaster.model import Severity
 from broadcaster.operator import ManualNotice
 from broadcaster.preview import preview, render_for_people
+from broadcaster.store import Database
 
 WRONG = {"zh": "2号线全线停运", "en": "Line 2 suspended"}
 FIXED = {"zh": "2号线部分列车晚点，并未停运", "en": "Line 2: some delays, not suspended"}
@@ -102,3 +105,19 @@ async def test_preview_ends_an_operator_notice_whose_time_has_passed_as_run_woul
     assert [n.split()[0] for n in report.notices] == [notice_id]
     assert any(p.channel == "mastodon" and p.notice_id == notice_id for p in report.posts)
     assert report.notices[0].split()[1].startswith("resolved")
+
+
+async def test_preview_carries_out_a_queued_request_only_in_its_copy(rig: Rig, server: MicroblogServer) -> None:
+    """A request the command line queued for the service shows in preview, and stays queued: neither the state
+    database nor the audit log of the real state directory learns of it (found in review: preview's run of the
+    request appended an `announce` line to the real audit log)."""
+    config = rig.config(channels=tables(server)[:1])
+    async with running(config) as b:
+        request_id = desk.submit(b.db, "announce", {"texts": {"en": "Exit B closed"}, "line_ids": ["2"]})
+    audit = config.state.directory / "audit.log"
+    before = audit.read_bytes() if audit.exists() else b""
+    report = await preview(config)
+    assert any(n.startswith("alert-manual-") for n in report.notices)
+    assert (audit.read_bytes() if audit.exists() else b"") == before
+    with closing(Database(config.database_path)) as db:
+        assert [r.id for r in desk.pending(db)] == [request_id]

@@ -239,12 +239,19 @@ def merged_posts(posts: Sequence[Post], profile: PlatformProfile | None, notice_
     """One post (or as few as the length rule allows) saying what `posts` said, under `notice_id`.
 
     Only texts rendered from the templates at commit are joined: each post's full text, one paragraph each,
-    if that fits; else each post's brief form (`Post.brief`; a post queued before it existed offers its text).
+    if that fits; else each post's brief form (`Post.brief`; a post queued before briefs existed offers the first
+    line of its text, as merges did then, so an old backlog still merges short).
     """
+    def brief(post: Post) -> str:
+        if post.brief is not None:
+            return post.brief.strip()
+        lines = post.text.strip().splitlines()
+        return lines[0] if lines else ""
+
     def joined(detail: int) -> str:
         if detail == FULL:
             return "\n\n".join(p.text.strip() for p in posts)
-        return "\n".join((p.brief if p.brief is not None else p.text).strip() for p in posts)
+        return "\n".join(brief(p) for p in posts)
 
     texts = [joined(FULL)] if profile is None else fit(joined, profile, detail_levels=(FULL, HEADLINE))
     first = posts[0]
