@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import secrets
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import Any
 
 from broadcaster import __version__, desk
@@ -68,9 +69,24 @@ async def open_broadcaster(config: Config, *, clock: Clock | None = None) -> Asy
             # Every new broker session republishes the retained state and sends what waited for it. The link
             # runs only after this function yields, so no session starts before this is wired.
             link.when_connected(broadcaster.on_connected)
-            yield broadcaster
+            with _start_up_frozen():
+                yield broadcaster
     finally:
         lock.release()
+
+
+@contextlib.contextmanager
+def _start_up_frozen() -> Iterator[None]:
+    """Move what start-up built (the network, the templates, the state, the payload cache: most of the heap) out
+    of the cyclic garbage collector's reach while the broadcaster runs. A full collection scanned all of it every
+    so often, 33-54 ms with the event loop stopped: that was the slowest emergencies (bench/, the emergency
+    scenario's p99; docs/design.md). Objects made later are collected as usual."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def installation_id(db: Database) -> str:
