@@ -15,7 +15,7 @@ import logging
 import secrets
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from broadcaster import __version__, desk
 from broadcaster.channels.base import PostingChannel
@@ -216,19 +216,15 @@ async def serve(
 
     On stop: no new polls, in-flight sends finish (for at most `grace` seconds), then the link says offline.
     `on_started` is called once everything runs (the demo's dashboard uses it). With an `[admin]` section the
-    admin API serves too; it stops taking requests first.
+    admin API serves too, with a `[public]` section the commuters' web site; both stop taking requests first.
 
     Raises:
-        ConfigError: an admin token cannot be read, or the admin API's address cannot be listened on.
+        ConfigError: an admin token cannot be read, or the admin API's or the public site's address cannot be
+            listened on.
         IdentityConflict: another installation is online on the broker with our MQTT client id.
     """
     await b.link.check_identity()  # before anything is polled or posted
-    admin = None
-    if b.config.admin is not None:
-        from broadcaster.admin import AdminServer  # starlette and uvicorn load only when the API is configured
-
-        admin = AdminServer(b, b.config.admin)
-        admin.bind()
+    sites = _bound_web_sites(b)
     scheduler = JobScheduler()
     for feed in b.config.feeds:
         # The first poll of every feed is one round (below), so the schedule starts one interval later.
@@ -244,8 +240,8 @@ async def serve(
         async with asyncio.TaskGroup() as tg:
             tg.create_task(b.link.run(link_stop))
             drains = [tg.create_task(b.drain_loop(ch, stop)) for ch in b.channels]
-            if admin is not None:
-                await admin.wait_started(tg.create_task(admin.serve()))
+            for site in sites:
+                await site.wait_started(tg.create_task(site.serve()))
             tg.create_task(_guarded(b, "job:first-poll", b.poll_round)())
             scheduler.start()
             log.info("broadcaster running: %d feed(s), %d channel(s), MQTT %s",
@@ -254,8 +250,8 @@ async def serve(
                 on_started()
             await stop.wait()
             log.info("stopping: finishing in-flight sends")
-            if admin is not None:
-                admin.shutdown()
+            for site in sites:
+                site.shutdown()
             scheduler.shutdown()
             await asyncio.wait(drains, timeout=grace)
             link_stop.set()
@@ -265,8 +261,41 @@ async def serve(
         raise group.exceptions[0] from None
     finally:  # after a failure too (both are idempotent): no job or API request outlives serve()
         scheduler.shutdown()
-        if admin is not None:
-            admin.shutdown()
+        for site in sites:
+            site.shutdown()
+
+
+class _WebSite(Protocol):
+    """What `serve` does with the admin API and the public site alike."""
+
+    async def serve(self) -> None: ...
+    async def wait_started(self, task: asyncio.Task[None]) -> None: ...
+    def shutdown(self) -> None: ...
+
+
+def _bound_web_sites(b: Broadcaster) -> list[_WebSite]:
+    """The admin API and the public web site, each when configured, listening already (so a taken address is an
+    error before anything is polled or posted)."""
+    sites: list[_WebSite] = []
+    # starlette and uvicorn load only when a site is configured
+    if b.config.admin is not None:
+        from broadcaster.admin import AdminServer
+
+        admin = AdminServer(b, b.config.admin)
+        admin.bind()
+        sites.append(admin)
+    if b.config.public is not None:
+        from broadcaster.public import PublicServer
+
+        public = PublicServer(b, b.config.public)
+        try:
+            public.bind()
+        except BaseException:
+            if b.config.admin is not None:
+                admin.web.sock.close()  # bound above, never served
+            raise
+        sites.append(public)
+    return sites
 
 
 async def run_forever(config: Config, *, stop: asyncio.Event | None = None, grace: float = 10.0) -> int:

@@ -195,7 +195,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     # The pipeline's parts: a notice into outbox rows, the one commit path, and the triggers that use it.
     ("parts", frozenset({"messages", "pipeline", "poller", "operator_desk", "digests"})),
     ("pipeline", frozenset({"service", "preview", "checking"})),
-    ("edge", frozenset({"runner", "admin", "cli", "demo", "__main__"})),
+    ("edge", frozenset({"runner", "admin", "public", "cli", "demo", "__main__"})),
 )
 
 #: Further rules within the order: (importer prefix, what it may import of a package: these modules only).

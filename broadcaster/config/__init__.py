@@ -5,8 +5,8 @@ Relative paths in the file are resolved against the file's own folder, so a conf
 Secrets never live in the file: it names environment variables or secret files that hold them.
 
 One job per module: `base` (what every section shares, secrets), `sections` (network, feeds, broker, digests,
-admin API ...), `channels` (the notice channels), `root` (the whole file), `messages` (a validation error as the
-operator's one line) and `loading` (reading the file). Import from here.
+admin API, public web site ...), `channels` (the notice channels), `root` (the whole file), `messages` (a
+validation error as the operator's one line) and `loading` (reading the file). Import from here.
 """
 
 from broadcaster.config.base import ChannelName, PositiveSeconds, Secret, SecretRef
@@ -35,6 +35,7 @@ from broadcaster.config.sections import (
     FeedContent,
     MqttConfig,
     NetworkConfig,
+    PublicConfig,
     ServiceHours,
     StateConfig,
     TemplatesConfig,
@@ -62,6 +63,7 @@ __all__ = [
     "NetworkConfig",
     "NoticeKindName",
     "PositiveSeconds",
+    "PublicConfig",
     "QuietWindow",
     "Secret",
     "SecretRef",

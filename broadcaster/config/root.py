@@ -17,6 +17,7 @@ from broadcaster.config.sections import (
     FeedConfig,
     MqttConfig,
     NetworkConfig,
+    PublicConfig,
     ServiceHours,
     StateConfig,
     TemplatesConfig,
@@ -41,6 +42,8 @@ class Config(Section):
     emergency: EmergencyConfig = EmergencyConfig()
     #: The HTTP admin API; None: not served.
     admin: AdminConfig | None = None
+    #: The commuters' web site (Atom feeds, the commuter page); None: not served.
+    public: PublicConfig | None = None
     #: The file this was read from; set by `load_config`, not by the operator.
     source: Path = Field(default=Path("<memory>"), exclude=True)
 

@@ -162,7 +162,29 @@ class AdminToken(Section):
     token: SecretRef
 
 
-class AdminConfig(Section):
+class _Listening(Section):
+    """A web server's address: `listen` is host:port ("[::1]:8787" for IPv6; port 0 picks a free one)."""
+
+    listen: str
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, listen: str) -> str:
+        host, _, port = listen.rpartition(":")
+        if not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError("must be host:port, e.g. 127.0.0.1:8787 or [::1]:8787")
+        return listen
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].removeprefix("[").removesuffix("]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class AdminConfig(_Listening):
     """The HTTP admin API (docs/admin.md): operator notices, corrections, health, status, Prometheus metrics."""
 
     #: host:port to listen on ("[::1]:8787" for IPv6; port 0 picks a free one).
@@ -175,25 +197,19 @@ class AdminConfig(Section):
     max_failures: Annotated[int, Field(ge=1)] = 10
     failure_window_seconds: PositiveSeconds = 60
 
-    @field_validator("listen")
-    @classmethod
-    def _host_port(cls, listen: str) -> str:
-        host, _, port = listen.rpartition(":")
-        if not host or not port.isdigit() or int(port) > 65535:
-            raise ValueError("must be host:port, e.g. 127.0.0.1:8787 or [::1]:8787")
-        return listen
-
     @field_validator("tokens")
     @classmethod
     def _unique_token_ids(cls, tokens: tuple[AdminToken, ...]) -> tuple[AdminToken, ...]:
         require_unique([t.id for t in tokens], "id", "tokens")
         return tokens
 
-    @property
-    def host(self) -> str:
-        return self.listen.rpartition(":")[0].removeprefix("[").removesuffix("]")
 
-    @property
-    def port(self) -> int:
-        return int(self.listen.rpartition(":")[2])
+class PublicConfig(_Listening):
+    """The commuters' web site (docs/commuters.md): Atom feeds for the network, each line and each station, and
+    the commuter page. Public, read-only, no token: put it behind the operator's reverse proxy or CDN."""
 
+    #: host:port to listen on ("[::1]:8080" for IPv6; port 0 picks a free one).
+    listen: str = "127.0.0.1:8080"
+    #: The absolute URL readers reach the site at (e.g. https://metro.example/updates), for the feeds' links;
+    #: None: taken from each request's Host.
+    base_url: Annotated[str, Field(pattern=r"^https?://[^\s?#]+$")] | None = None
