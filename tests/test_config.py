@@ -70,6 +70,14 @@ def test_example_config_loads_and_resolves_relative_paths() -> None:
          "admin.tokens", "the id of tokens[2] is used twice (tokens[0] has it too)"),
         (FEED.replace('kind = "gtfs-rt"', 'kind = "gtfs-rt"\npoll_seconds = -1'), "feeds[0].poll_seconds",
          "greater than 0"),
+        # Every notice is composed in the network's languages only: a channel or a default outside them had
+        # no text to render (a KeyError at every commit), and no language at all composed nothing.
+        ("languages = []\n" + FEED, "network.languages", "at least 1"),
+        ('languages = ["zh", "en", "zh"]\n' + FEED, "network.languages", "languages[2] is used twice"),
+        ('languages = ["zh"]\ndefault_language = "en"\n' + FEED, "network.default_language",
+         "is not one of network.languages (zh)"),
+        ('languages = ["zh"]\n' + FEED + HOOK.format("a") + 'languages = ["zh", "en"]\n', "channels[0].languages[1]",
+         "is not one of network.languages (zh)"),
     ],
 )
 def test_bad_config_names_file_and_key_and_says_what_is_wrong(

@@ -155,8 +155,13 @@ def test_only_a_primary_language_subtag_is_a_configured_language(tag: str) -> No
     def load(language: str) -> Config:
         document = base_document()
         document["network"]["languages"] = ["en", language]
+        document["network"]["default_language"] = "en"
         return parse_config(document, Path("base.toml"))
 
+    if tag == "en":  # a code, but named twice
+        with pytest.raises(ConfigError, match="languages\\[1\\] is used twice"):
+            load(tag)
+        return
     if re.fullmatch(r"[a-z]{2,3}", tag):
         assert load(tag).network.languages == ("en", tag)
         return

@@ -60,6 +60,15 @@ def within(start: time, end: time, at: time) -> bool:
     return at >= start or at < end
 
 
+class KeyedValueError(ValueError):
+    """A rule spanning keys, broken at one of them: `at` is that key's place inside the section the validator
+    checks (("channels", 0, "languages", 1) under the root), so the operator's message names it exactly."""
+
+    def __init__(self, at: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.at = at
+
+
 def require_unique(values: Sequence[str], field: str, section: str) -> None:
     """Refuse the first value met a second time, naming both places: "the name of feeds[2] is used twice
     (feeds[0] has it too)"."""

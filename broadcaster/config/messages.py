@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from broadcaster.config.base import KeyedValueError
 from broadcaster.config.channels import CHANNEL_KINDS
 from broadcaster.errors import ConfigError
 
@@ -83,6 +84,9 @@ def first_error(path: Path, data: dict[str, Any], exc: ValidationError) -> Confi
         location += (part,)
     if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
         location += ("kind",)
+    keyed = error.get("ctx", {}).get("error")
+    if isinstance(keyed, KeyedValueError):  # a rule spanning keys names the one that breaks it
+        location += keyed.at
     key = _key_path(location)
     secret = _secret_location(location)
     if error["type"] == "extra_forbidden":

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 
-from broadcaster.config.base import Section, require_unique
+from broadcaster.config.base import KeyedValueError, Section, require_unique
 from broadcaster.config.channels import ChannelConfig
 from broadcaster.config.sections import (
     AdminConfig,
@@ -73,6 +73,17 @@ class Config(Section):
             for c, name in enumerate(digest.channels):
                 if name not in names and name != "mqtt":
                     raise ValueError(f"digests[{d}].channels[{c}] names a channel that is not configured")
+        return self
+
+    @model_validator(mode="after")
+    def _channel_languages_are_the_networks(self) -> Config:
+        # Notices are composed in network.languages only; a channel's other language would have no text.
+        known = self.network.languages
+        for c, channel in enumerate(self.channels):
+            for i, language in enumerate(channel.languages or ()):
+                if language not in known:
+                    raise KeyedValueError(("channels", c, "languages", i),
+                                          f"is not one of network.languages ({', '.join(known)})")
         return self
 
     @field_validator("feeds")

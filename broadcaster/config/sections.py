@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from broadcaster.config.base import (
     ChannelName,
+    KeyedValueError,
     LanguageCode,
     PositiveSeconds,
     SecretRef,
@@ -27,7 +28,25 @@ FEED_CONTENTS: tuple[FeedContent, ...] = ("alerts", "trip-updates", "vehicle-pos
 class NetworkConfig(Section):
     gtfs: Path
     default_language: LanguageCode = "zh"
-    languages: tuple[LanguageCode, ...] = ("zh", "en")
+    #: Every notice is composed in these languages, and only these: a channel posts a subset of them.
+    languages: Annotated[tuple[LanguageCode, ...], Field(min_length=1)] = ("zh", "en")
+
+    @field_validator("languages")
+    @classmethod
+    def _unique_languages(cls, languages: tuple[str, ...]) -> tuple[str, ...]:
+        first_at: dict[str, int] = {}
+        for i, language in enumerate(languages):
+            if language in first_at:
+                raise ValueError(f"languages[{i}] is used twice (languages[{first_at[language]}] has it too)")
+            first_at[language] = i
+        return languages
+
+    @model_validator(mode="after")
+    def _default_is_one_of_the_languages(self) -> NetworkConfig:
+        if self.default_language not in self.languages:
+            raise KeyedValueError(("default_language",),
+                                  f"is not one of network.languages ({', '.join(self.languages)})")
+        return self
 
 
 class FeedConfig(Section):
