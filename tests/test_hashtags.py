@@ -27,6 +27,7 @@ from support.gtfs_rt_builders import alert_entity, selector
 from support.microblog_server import MicroblogServer, mastodon_length, weibo_length
 
 from broadcaster.channels.bluesky import facets
+from broadcaster.checking.offline import check_offline
 from broadcaster.compose import Notice, NoticeKind, Priority
 from broadcaster.config import HashtagsConfig, parse_config
 from broadcaster.errors import ConfigError
@@ -182,6 +183,12 @@ def test_an_override_for_a_line_the_network_lacks_is_a_config_error() -> None:
     config = config_with({"lines": {"9": {"zh": "九号线"}}})
     with pytest.raises(ConfigError, match=r"hashtags\.lines\.9: is not in the network's GTFS"):
         Hashtags(config.hashtags, load_network(config.network.gtfs, config.network.default_language), config.source)
+
+
+def test_check_offline_reports_an_override_for_a_station_the_network_lacks() -> None:
+    config = config_with({"stations": {"S99": {"zh": "不存在"}}})
+    with pytest.raises(ConfigError, match=r"hashtags\.stations\.S99: is not in the network's GTFS"):
+        check_offline(config)
 
 
 def test_defaults_and_the_per_channel_switch() -> None:
