@@ -1,6 +1,7 @@
 """Turn one notice into the posts one channel publishes: languages joined, fitted to the platform's length
-rule by degrading detail, and split into a numbered thread only as a last resort; and fold queued posts into
-one when a posting budget asks for it.
+rule by degrading detail (with room for the hashtags of its lines and stations, dropped before any fact), and
+split into a numbered thread only as a last resort; and fold queued posts into one when a posting budget asks
+for it.
 
 Render knows a channel only as a `PostStyle`: which notices it posts, in which languages, and the platform's
 touches (visibility, content warning, a required link). `post_style` reads it from the channel's configuration
