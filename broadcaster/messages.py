@@ -18,6 +18,7 @@ from broadcaster.errors import TemplateProblem
 from broadcaster.outbox import OutgoingMessage
 from broadcaster.payloads import PayloadBuilder
 from broadcaster.render import Renderer
+from broadcaster.render.hashtags import Hashtags
 from broadcaster.render.posts import FULL, posts_for
 from broadcaster.retained import SequenceClock, serialise, with_envelope
 
@@ -54,8 +55,10 @@ class MessageRenderer:
         builder: PayloadBuilder,
         seq: SequenceClock,
         posting: Sequence[tuple[PostingChannel, ChannelConfig]],
+        hashtags: Hashtags | None = None,
     ) -> None:
         self.renderer = renderer
+        self._hashtags = hashtags
         self._builder = builder
         self._seq = seq
         self._posting = list(posting)
@@ -85,7 +88,8 @@ class MessageRenderer:
         for channel, channel_config in self._posting:
             if not wanted(channel.name):
                 continue
-            posts = posts_for(notice, channel_config, channel.profile, render, self._default_language)
+            posts = posts_for(notice, channel_config, channel.profile, render, self._default_language,
+                              self._hashtags)
             messages += [
                 OutgoingMessage(notice.id, notice.version, channel.name, post.to_payload(), int(notice.priority),
                                 part=post.part, starts_thread=post.reply_to_notice is None and post.part == 0)

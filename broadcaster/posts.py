@@ -25,6 +25,9 @@ class Post:
     all-clear of an alert), or None. `emergency` asks for prominence (Mastodon content warning). `brief` is the
     same notice rendered from its templates at the headline detail level, carried by a standalone post that a
     posting budget may merge with others (None on any other post, and on entries queued before it existed).
+    `line_tags` and `station_tags` are the hashtags (without '#') of the lines and stations the post is about; when
+    `tag_form` is set (``"#{}"``, or ``"#{}#"`` for a Weibo topic) they stand, so formatted, as the last line of
+    `text`, else (webhook, Atom) only here. `brief` never carries them.
     """
 
     notice_id: str
@@ -40,6 +43,13 @@ class Post:
     #: Every language the text holds, `language` first (a post may join several); () means `language` alone.
     languages: tuple[str, ...] = ()
     brief: str | None = None
+    line_tags: tuple[str, ...] = ()
+    station_tags: tuple[str, ...] = ()
+    tag_form: str | None = None
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        return self.line_tags + self.station_tags
 
     @property
     def all_languages(self) -> tuple[str, ...]:
@@ -59,6 +69,9 @@ class Post:
         }
         if self.brief is not None:
             fields["brief"] = self.brief
+        if self.tags:
+            fields.update(line_tags=list(self.line_tags), station_tags=list(self.station_tags),
+                          tag_form=self.tag_form)
         return orjson.dumps(fields)
 
     @classmethod
@@ -69,4 +82,5 @@ class Post:
             d["emergency"], d["spoiler_text"], d["visibility"],
             tuple(d.get("languages") or ()),  # absent from entries queued before it existed
             d.get("brief"),  # likewise
+            tuple(d.get("line_tags") or ()), tuple(d.get("station_tags") or ()), d.get("tag_form"),  # likewise
         )

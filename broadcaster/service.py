@@ -43,6 +43,7 @@ from broadcaster.pipeline import Pipeline, ResultHook
 from broadcaster.poller import FeedPoller, PollOutcome
 from broadcaster.publisher import RetainedPublisher
 from broadcaster.render import Renderer
+from broadcaster.render.hashtags import hashtags_of
 from broadcaster.retained import RetainedPlanner, SequenceClock
 from broadcaster.state import NetworkState, StatePolicy
 from broadcaster.store import Database, FeedRecord
@@ -112,7 +113,8 @@ class Broadcaster:
         self.channels: list[NoticeChannel] = [MqttNoticeChannel(link), *(c for c, _ in self.posting)]
         self.metrics = Metrics(self.health, feeds=[f.name for f in config.feeds],
                                channels=[c.name for c in self.channels])
-        self.messages = MessageRenderer(config, renderer, builder, seq, self.posting)
+        self.messages = MessageRenderer(config, renderer, builder, seq, self.posting,
+                                        hashtags=hashtags_of(config, network))
         delivery_policy = DeliveryPolicy(config)
         self.dispatcher = Dispatcher(config, self.outbox, self.history, self.channels, self.posting, delivery_policy,
                                      self.metrics, now)

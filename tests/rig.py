@@ -86,6 +86,9 @@ class Rig:
             lines.append("[[channels]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in channel.items()))
         for digest in overrides.pop("digests", []):
             lines.append("[[digests]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in digest.items()))
+        if "hashtags" in overrides:
+            hashtags = overrides.pop("hashtags")
+            lines.append("[hashtags]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in hashtags.items()))
         if "templates" in overrides:
             templates = overrides.pop("templates")
             lines.append("[templates]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in templates.items()))

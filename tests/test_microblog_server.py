@@ -410,6 +410,27 @@ def test_bluesky_facets_must_lie_within_the_utf8_text(microblog: MicroblogServer
     assert stored.facets[0]["index"] == {"byteStart": start, "byteEnd": len(text.encode())}
 
 
+def test_bluesky_tag_facets_must_cover_exactly_their_hashtag(microblog: MicroblogServer, bluesky: httpx.Client) -> None:
+    token = login(bluesky, microblog)["accessJwt"]
+    text = "2号线信号故障\n#2号线 #Line2"
+    start = len("2号线信号故障\n".encode())
+    end = start + len("#2号线".encode())
+
+    def tagged(byte_start: int, byte_end: int, tag: str = "2号线", kind: str = "tag") -> httpx.Response:
+        feature = {"$type": f"app.bsky.richtext.facet#{kind}", "tag": tag}
+        return post_record(bluesky, microblog, token, post(text, facets=[
+            {"index": {"byteStart": byte_start, "byteEnd": byte_end}, "features": [feature]}]))
+
+    assert tagged(start, end).status_code == 200
+    refused = [tagged(start + 1, end), tagged(start, end - 3), tagged(start, end, tag="#2号线"),
+               tagged(start, end, tag="Line2"), tagged(start, end, kind="hashtag"), tagged(start, end, tag="线" * 65)]
+    for response in refused:
+        assert response.status_code == 400, response.text
+        assert response.json()["error"] == "InvalidRequest"
+    assert "covers" in refused[0].json()["message"]
+    assert [p.facets[0]["index"] for p in microblog.bluesky_posts()] == [{"byteStart": start, "byteEnd": end}]
+
+
 def test_bluesky_replies_refer_to_existing_posts(microblog: MicroblogServer, bluesky: httpx.Client) -> None:
     token = login(bluesky, microblog)["accessJwt"]
     root = post_record(bluesky, microblog, token, post("1/2")).json()

@@ -182,6 +182,8 @@ class AtomChannel:
         ET.SubElement(entry, _a("category"), {"term": xml_safe(post.kind)})
         if post.emergency:
             ET.SubElement(entry, _a("category"), {"term": "emergency"})
+        for tag in post.tags:  # the hashtags of its lines and stations: a reader may filter on them
+            ET.SubElement(entry, _a("category"), {"term": xml_safe(tag), "label": xml_safe(f"#{tag}")})
         if thread.parent:
             ET.SubElement(entry, f"{{{THREAD_NS}}}in-reply-to", {"ref": xml_safe(thread.parent)})
         content = _text_element(entry, "content", post.text)

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import orjson
+import regex
 
 from broadcaster.channels.base import ThreadRefs
 from broadcaster.channels.http import HttpChannel, HttpChannelClient, HttpReply, check_status
@@ -27,14 +27,22 @@ from broadcaster.config import BlueskyChannelConfig, Secret
 from broadcaster.errors import PermanentDeliveryError, TransientDeliveryError
 from broadcaster.outbox import OutboxEntry
 from broadcaster.posts import Post
-from broadcaster.render.length import URL_PATTERN, PlatformProfile, bluesky
+from broadcaster.render.hashtags import MAX_TAG_BYTES, MAX_TAG_GRAPHEMES
+from broadcaster.render.length import URL_PATTERN, PlatformProfile, bluesky, grapheme_count
 from broadcaster.store import KeyValueStore
 
 log = logging.getLogger(__name__)
 
 COLLECTION = "app.bsky.feed.post"
 _TID_ALPHABET = "234567abcdefghijklmnopqrstuvwxyz"
-_HASHTAG = re.compile(r"(?<![\w#])#([^\s#\u3000-\u303f\uff00-\uffef!-/:-@\[-`{-~]{1,64})")
+# Bluesky's own tag detection (@atproto/api rich-text `TAG_REGEX`): a '#' at the start or after white space, then a
+# run of anything but white space and invisible characters that holds a character which is neither a digit nor
+# punctuation (JavaScript's \d: ASCII digits); trailing punctuation is not part of the tag
+# (`TRAILING_PUNCTUATION_REGEX`).
+_INVISIBLE = "\u00ad\u2060\u200a\u200b\u200c\u200d\u20e2"
+_HASHTAG = regex.compile(
+    rf"(?:^|\s)([#＃])((?!\ufe0f)[^\s{_INVISIBLE}]*[^0-9\s\p{{P}}{_INVISIBLE}]+[^\s{_INVISIBLE}]*)")
+_TRAILING_PUNCTUATION = regex.compile(r"\p{P}+$")
 
 
 def record_key(entry_key: str, created_at: datetime) -> str:
@@ -51,7 +59,12 @@ def record_key(entry_key: str, created_at: datetime) -> str:
 
 
 def facets(text: str) -> list[dict[str, Any]]:
-    """Link and hashtag facets, with byte offsets into the UTF-8 text as the lexicon requires."""
+    """Link and hashtag facets, with byte offsets into the UTF-8 text as the lexicon requires.
+
+    Computed when the post is sent, from its final text, so a text that changed since it was rendered (a budget's
+    merge) never carries stale offsets. A tag facet covers the '#' and the tag (`tag` itself without the '#'), as
+    Bluesky's own clients make it: every hashtag broadcaster writes (`broadcaster.render.hashtags`) is found whole.
+    """
     out: list[dict[str, Any]] = []
 
     def span(start: int, end: int) -> dict[str, int]:
@@ -60,9 +73,13 @@ def facets(text: str) -> list[dict[str, Any]]:
     for match in URL_PATTERN.finditer(text):
         out.append({"index": span(match.start(), match.end()),
                     "features": [{"$type": "app.bsky.richtext.facet#link", "uri": match.group(0)}]})
-    for match in _HASHTAG.finditer(text):
-        out.append({"index": span(match.start(), match.end()),
-                    "features": [{"$type": "app.bsky.richtext.facet#tag", "tag": match.group(1)}]})
+    for found in _HASHTAG.finditer(text):
+        tag = _TRAILING_PUNCTUATION.sub("", found.group(2))
+        # The lexicon's limits on `tag` (Bluesky's clients count 64 UTF-16 units; the lexicon is what a PDS checks).
+        if tag and grapheme_count(tag) <= MAX_TAG_GRAPHEMES and len(tag.encode()) <= MAX_TAG_BYTES:
+            start = found.start(1)
+            out.append({"index": span(start, start + 1 + len(tag)),
+                        "features": [{"$type": "app.bsky.richtext.facet#tag", "tag": tag}]})
     return sorted(out, key=lambda f: int(f["index"]["byteStart"]))
 
 

@@ -47,6 +47,8 @@ class WebhookChannel(HttpChannel[WebhookChannelConfig]):
             "kind": post.kind, "part": post.part, "parts": post.parts, "language": post.language,
             "text": post.text, "emergency": post.emergency, "reply_to_notice": post.reply_to_notice,
             "issued_at": iso(entry.created_at),
+            # Since broadcaster.webhook/1.1: the hashtags of the notice's lines, then its stations' (no '#').
+            "tags": list(post.tags),
         })
 
     async def verify(self) -> str:

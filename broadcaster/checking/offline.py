@@ -15,6 +15,7 @@ from broadcaster.errors import TemplateProblem
 from broadcaster.feeds.network import load_network
 from broadcaster.render import Renderer
 from broadcaster.render.engine import template_name
+from broadcaster.render.hashtags import hashtags_of
 from broadcaster.render.posts import DETAIL_LEVELS, FULL
 from broadcaster.scheduler import CronSchedule
 
@@ -80,6 +81,7 @@ def check_offline(config: Config, now: datetime | None = None) -> CheckReport:
     path = config.source
     now = now or datetime.now(UTC)
     network = load_network(config.network.gtfs, config.network.default_language)
+    hashtags_of(config, network)  # an override naming a line or station the GTFS lacks: the ConfigError run gives
     report = CheckReport(path, len(network.lines), len(network.stations), len(config.feeds))
     report.problems += _feed_problems(config)
     report.digests = digest_slots(config, now)

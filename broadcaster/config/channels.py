@@ -53,6 +53,8 @@ class _ChannelBase(Section):
     quiet_outside_service_hours: bool = False
     #: More quiet windows, local time.
     quiet: tuple[QuietWindow, ...] = ()
+    #: Whether its posts carry the `[hashtags]` of the lines and stations a notice touches (when configured).
+    hashtags: bool = True
 
 
 class MastodonChannelConfig(_ChannelBase):

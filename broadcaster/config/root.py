@@ -15,6 +15,7 @@ from broadcaster.config.sections import (
     DigestConfig,
     EmergencyConfig,
     FeedConfig,
+    HashtagsConfig,
     MqttConfig,
     NetworkConfig,
     PublicConfig,
@@ -40,6 +41,8 @@ class Config(Section):
     channels: tuple[ChannelConfig, ...] = ()
     digests: tuple[DigestConfig, ...] = ()
     emergency: EmergencyConfig = EmergencyConfig()
+    #: Hashtags for lines and stations in posts; None: posts carry none.
+    hashtags: HashtagsConfig | None = None
     #: The HTTP admin API; None: not served.
     admin: AdminConfig | None = None
     #: The commuters' web site (Atom feeds, the commuter page); None: not served.

@@ -3,12 +3,14 @@ emergencies and the admin API."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import time
 from pathlib import Path
+from string import Formatter
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from broadcaster.config.base import (
     ChannelName,
@@ -232,3 +234,50 @@ class PublicConfig(_Listening):
     #: The absolute URL readers reach the site at (e.g. https://metro.example/updates), for the feeds' links;
     #: None: taken from each request's Host.
     base_url: Annotated[str, Field(pattern=r"^https?://[^\s?#]+$")] | None = None
+
+
+#: The placeholders a hashtag pattern may use, per kind of pattern.
+LINE_TAG_PLACEHOLDERS: tuple[str, ...] = ("short_name", "name", "id")
+STATION_TAG_PLACEHOLDERS: tuple[str, ...] = ("name", "id")
+
+
+def _pattern_checker(allowed: tuple[str, ...]) -> Callable[[str], str]:
+    """A validator of a hashtag pattern: literal text and `{placeholder}`s from `allowed`, nothing else (no format
+    specs, conversions or positional fields). The message names the allowed placeholders, never the value."""
+    names = ", ".join("{" + name + "}" for name in allowed)
+
+    def check(pattern: str) -> str:
+        try:
+            fields = [(name, spec, conversion) for _, name, spec, conversion in Formatter().parse(pattern)
+                      if name is not None]
+        except ValueError:
+            raise ValueError(f"is not a hashtag pattern (a lone brace; write {{{{ or }}}}); use {names}") from None
+        for name, spec, conversion in fields:
+            if name not in allowed or spec or conversion:
+                raise ValueError(f"names an unknown placeholder; use {names}")
+        return pattern
+
+    return check
+
+
+LineTagPattern = Annotated[str, AfterValidator(_pattern_checker(LINE_TAG_PLACEHOLDERS))]
+StationTagPattern = Annotated[str, AfterValidator(_pattern_checker(STATION_TAG_PLACEHOLDERS))]
+
+
+class HashtagsConfig(Section):
+    """Hashtags for the lines and stations a notice touches, per language (docs/channels.md, "Hashtags").
+
+    A pattern is literal text with placeholders; what a hashtag cannot hold (spaces, punctuation, symbols) is taken
+    out of the result, and a language without a pattern gets no tag.
+    """
+
+    #: Per language: `{short_name}` (routes.txt route_short_name), `{name}` (the line's name in that language),
+    #: `{id}` (route_id).
+    line: dict[LanguageCode, LineTagPattern] = Field(default_factory=lambda: {"zh": "{short_name}号线",
+                                                                             "en": "Line{short_name}"})
+    #: Per language: `{name}` (the station's name in that language), `{id}` (stop_id).
+    station: dict[LanguageCode, StationTagPattern] = Field(default_factory=lambda: {"zh": "{name}", "en": "{name}"})
+    #: Per line id (route_id), per language: a pattern that replaces `line` for that line.
+    lines: dict[str, dict[LanguageCode, LineTagPattern]] = Field(default_factory=dict)
+    #: Per station id (stop_id), per language: a pattern that replaces `station` for that station.
+    stations: dict[str, dict[LanguageCode, StationTagPattern]] = Field(default_factory=dict)

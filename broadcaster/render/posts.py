@@ -1,6 +1,7 @@
 """Turn one notice into the posts one channel publishes: languages joined, fitted to the platform's length
-rule by degrading detail, and split into a numbered thread only as a last resort; and fold queued posts into
-one when a posting budget asks for it.
+rule by degrading detail (with room for the hashtags of its lines and stations, dropped before any fact), and
+split into a numbered thread only as a last resort; and fold queued posts into one when a posting budget asks
+for it.
 
 Render knows a channel only as a `PostStyle`: which notices it posts, in which languages, and the platform's
 touches (visibility, content warning, a required link). `post_style` reads it from the channel's configuration
@@ -13,10 +14,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from broadcaster.compose import Notice, NoticeKind, Priority
-from broadcaster.config import ChannelConfig, MastodonChannelConfig, WeiboChannelConfig
+from broadcaster.config import BlueskyChannelConfig, ChannelConfig, MastodonChannelConfig, WeiboChannelConfig
 from broadcaster.posts import MERGED_KIND, Post
 from broadcaster.render.engine import tidy
 from broadcaster.render.fit import fit, thread_marker
+from broadcaster.render.hashtags import Hashtags, NoticeTags, tag_token
 from broadcaster.render.length import MastodonProfile, PlatformProfile, WeiboProfile
 
 #: Detail levels a template sees as `detail`: everything, without the description, headline only.
@@ -164,11 +166,20 @@ class PostStyle:
     emergency_spoiler_text: str | None = None
     #: A link every post ends with (Weibo refuses a share without a link on the app's safe domain).
     link: str | None = None
+    #: Whether its posts carry the hashtags of the notice's lines and stations (`[hashtags]`, when configured).
+    hashtags: bool = False
+    #: How a tag stands in the text, as the last line (``"#{}"``; Weibo's topics ``"#{}#"``); None: the tags are
+    #: not written into the text, only carried beside it (webhook, Atom).
+    tag_form: str | None = None
 
 
 def post_style(channel: ChannelConfig) -> PostStyle:
     """The style of `channel`'s posts, read from its configuration."""
-    style = PostStyle(frozenset(channel.notices), tuple(channel.languages or ()))
+    style = PostStyle(frozenset(channel.notices), tuple(channel.languages or ()), hashtags=channel.hashtags)
+    if isinstance(channel, MastodonChannelConfig | BlueskyChannelConfig):
+        style = replace(style, tag_form="#{}")  # Mastodon links a tag itself; the Bluesky channel adds its facet
+    if isinstance(channel, WeiboChannelConfig):
+        style = replace(style, tag_form="#{}#")  # a Weibo topic
     if isinstance(channel, MastodonChannelConfig):
         visibility = {str(kind): str(value) for kind, value in channel.visibility.items()}
         style = replace(style, separate_languages=channel.languages_per_status == "separate",
@@ -189,20 +200,59 @@ def language_groups(style: PostStyle, languages: Sequence[str]) -> list[tuple[st
 
 def posts_for(
     notice: Notice, channel: ChannelConfig, profile: PlatformProfile | None, render: RenderText,
-    default_language: str,
+    default_language: str, hashtags: Hashtags | None = None,
 ) -> list[Post]:
     """Every post `channel` makes of `notice`, in thread order; [] when the channel does not post this kind."""
-    return styled_posts(notice, post_style(channel), profile, render, default_language)
+    return styled_posts(notice, post_style(channel), profile, render, default_language, hashtags)
+
+
+def tag_line(tags: NoticeTags, form: str) -> str:
+    """The tags as the post's last line: ``#2号线 #Line2`` (or ``#2号线# #Line2#`` on Weibo)."""
+    return " ".join(tag_token(tag, form) for tag in tags.all)
+
+
+def with_tags(text: str, tags: NoticeTags, form: str | None) -> str:
+    """`text` ending with its tag line, when the tags are written into the text."""
+    return f"{text}\n{tag_line(tags, form)}" if tags and form is not None else text
+
+
+def without_tags(post: Post) -> str:
+    """The post's text without the tag line `with_tags` added."""
+    tags = NoticeTags(post.line_tags, post.station_tags)
+    if not tags or post.tag_form is None:
+        return post.text
+    return post.text.removesuffix("\n" + tag_line(tags, post.tag_form))
+
+
+def fit_with_tags(
+    render: Callable[[int], str], levels: Sequence[int], profile: PlatformProfile, tags: NoticeTags, form: str,
+    suffix: str = "",
+) -> tuple[str, NoticeTags] | None:
+    """The richest level whose text, with `suffix` and the tag line after it, fits `profile` as one post, with as
+    many tags as fit: when even the last level does not fit with every tag, the last tag is dropped and the levels
+    are tried again, so station tags go first, then line tags, and the facts never. None when no level fits with
+    even one tag (the caller posts the text without tags, split if need be)."""
+    for count in range(len(tags.all), 0, -1):
+        kept = tags.first(count)
+        for level in levels:
+            text = render(level) + suffix
+            if profile.fits(with_tags(text, kept, form)):
+                return text, kept
+    return None
 
 
 def styled_posts(
     notice: Notice, style: PostStyle, profile: PlatformProfile | None, render: RenderText, default_language: str,
+    hashtags: Hashtags | None = None,
 ) -> list[Post]:
     """Every post a channel of `style` makes of `notice`, in thread order; [] when it does not post this kind.
 
     A standalone post that is not an emergency also carries its brief form (`Post.brief`: the templates at
     the headline detail), rendered now, so that a posting budget's merge later joins template texts and
     never re-reads the rendered ones.
+
+    With `hashtags`, each post carries the tags of the notice's lines and stations in its languages, fitted by
+    `fit_with_tags`; a notice that needs a thread even without them is posted without tags.
     """
     if notice.kind.value not in style.notices:
         return []
@@ -214,13 +264,14 @@ def styled_posts(
         spoiler = style.emergency_spoiler_text
         if isinstance(profile, MastodonProfile):
             profile = replace(profile, spoiler_text=spoiler)  # the content warning shares the limit
+    full_profile = profile
     suffix = ""
     if style.link:
         suffix = "\n" + style.link
         if isinstance(profile, WeiboProfile):
             profile = replace(profile, limit=profile.limit - profile.count(suffix))
-    parts = [(text + suffix, langs) for group in language_groups(style, languages)
-             for text, langs in post_parts(notice, group, profile, render)]
+    parts = [part for group in language_groups(style, languages)
+             for part in _group_parts(notice, group, style, (profile, full_profile), render, suffix, hashtags)]
     target = reply_target(notice)
     mergeable = len(parts) == 1 and target is None and not emergency
 
@@ -230,9 +281,35 @@ def styled_posts(
     return [
         Post(notice.id, notice.kind.value, text, langs[0], part=i, parts=len(parts), reply_to_notice=target,
              emergency=emergency, spoiler_text=spoiler, visibility=visibility, languages=langs,
-             brief=brief(langs))
-        for i, (text, langs) in enumerate(parts)
+             brief=brief(langs), line_tags=tags.lines, station_tags=tags.stations,
+             tag_form=style.tag_form if tags else None)
+        for i, (text, langs, tags) in enumerate(parts)
     ]
+
+
+def _group_parts(
+    notice: Notice, group: tuple[str, ...], style: PostStyle,
+    profiles: tuple[PlatformProfile | None, PlatformProfile | None], render: RenderText, suffix: str,
+    hashtags: Hashtags | None,
+) -> list[tuple[str, tuple[str, ...], NoticeTags]]:
+    """The posts of one language group: each text (link `suffix` and tag line included), languages and tags.
+
+    `profiles` is the length rule with room left for the suffix (what the text alone is fitted to) and the
+    platform's whole rule (what the text with its suffix and tags must fit).
+    """
+    profile, full_profile = profiles
+    tags = NoticeTags()
+    if hashtags is not None and style.hashtags:
+        tags = hashtags.for_notice(notice.line_ids, notice.station_ids, group)
+    if tags and style.tag_form is not None and full_profile is not None:
+        found = fit_with_tags(lambda detail: _join(notice, group, render, detail).text, DETAIL_LEVELS, full_profile,
+                              tags, style.tag_form, suffix)
+        if found is not None:
+            text, kept = found
+            return [(with_tags(text, kept, style.tag_form), group, kept)]
+        tags = NoticeTags()  # not even one tag fits beside the shortest text: the facts go without (split if need be)
+    return [(with_tags(text + suffix, tags, style.tag_form), langs, tags)
+            for text, langs in post_parts(notice, group, profile, render)]
 
 
 def merged_posts(posts: Sequence[Post], profile: PlatformProfile | None, notice_id: str) -> list[Post]:
@@ -240,24 +317,38 @@ def merged_posts(posts: Sequence[Post], profile: PlatformProfile | None, notice_
 
     Only texts rendered from the templates at commit are joined: each post's full text, one paragraph each,
     if that fits; else each post's brief form (`Post.brief`; a post queued before briefs existed offers the first
-    line of its text, as merges did then, so an old backlog still merges short).
+    line of its text, as merges did then, so an old backlog still merges short). The posts' hashtags are taken off
+    their texts and carried once, as one tag line fitted like a notice's (`fit_with_tags`).
     """
     def brief(post: Post) -> str:
         if post.brief is not None:
             return post.brief.strip()
-        lines = post.text.strip().splitlines()
+        lines = without_tags(post).strip().splitlines()
         return lines[0] if lines else ""
 
     def joined(detail: int) -> str:
         if detail == FULL:
-            return "\n\n".join(p.text.strip() for p in posts)
+            return "\n\n".join(without_tags(p).strip() for p in posts)
         return "\n".join(brief(p) for p in posts)
 
-    texts = [joined(FULL)] if profile is None else fit(joined, profile, detail_levels=(FULL, HEADLINE))
+    tags = NoticeTags.union(NoticeTags(p.line_tags, p.station_tags) for p in posts)
+    form = next((p.tag_form for p in posts if p.tag_form is not None), None)
+    found = None
+    if tags and form is not None and profile is not None:
+        found = fit_with_tags(joined, (FULL, HEADLINE), profile, tags, form)
+    if found is not None:
+        texts, tags = [with_tags(found[0], found[1], form)], found[1]
+    elif profile is None:
+        texts = [with_tags(joined(FULL), tags, form)]
+    else:
+        texts = fit(joined, profile, detail_levels=(FULL, HEADLINE))
+        if form is not None:
+            tags = NoticeTags()  # not even one tag fits in the text: the facts go without
     first = posts[0]
     languages = tuple(dict.fromkeys(language for p in posts for language in p.all_languages))
     return [
         Post(notice_id, MERGED_KIND, text, first.language, part=i, parts=len(texts), visibility=first.visibility,
-             languages=languages)
+             languages=languages, line_tags=tags.lines, station_tags=tags.stations,
+             tag_form=form if tags else None)
         for i, text in enumerate(texts)
     ]

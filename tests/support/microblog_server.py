@@ -43,9 +43,12 @@ Bluesky (``/xrpc``; bluesky-social/atproto ``pds/src/api/com/atproto/{server,rep
   ``{"error": "InternalServerError", "message": "Internal Server Error"}`` (the PDS fails inside the repo write).
   Success: ``{"uri", "cid", "commit": {"cid", "rev"}, "validationStatus": "valid"}``. The CIDs are well-formed CIDv1
   (dag-cbor, sha-256) strings over canonical JSON, not the real DAG-CBOR hashes.
+- A tag facet's ``tag`` is at most 64 graphemes and 640 bytes (``app.bsky.richtext.facet#tag``).
 - Stricter than a real PDS, on purpose (`MicroblogServer.bluesky_strict` turns it off): facets must lie within the
-  UTF-8 text, on character boundaries, with ``byteStart < byteEnd``; ``reply.root``/``reply.parent`` must name an
-  existing post with its current cid. A real PDS accepts such records and the app view silently drops them.
+  UTF-8 text, on character boundaries, with ``byteStart < byteEnd``; a tag facet must cover exactly ``#`` and its
+  tag; a feature's ``$type`` must be link, mention or tag; ``reply.root``/``reply.parent`` must name an
+  existing post with its current cid. A real PDS accepts such records and the app view silently drops them (or links
+  a tag other than the one the reader sees).
 - ``com.atproto.repo.getRecord``: 400 ``{"error": "RecordNotFound", "message": "Could not locate record: at://..."}``.
 - Every response carries ``ratelimit-limit``, ``ratelimit-remaining``, ``ratelimit-reset`` (epoch seconds) and
   ``ratelimit-policy`` (``limit;w=window``); the default global limit is 3000 / 300 s.
@@ -1634,6 +1637,20 @@ class MicroblogServer:
             needed = required.get(str(kind))
             if isinstance(feature, dict) and needed is not None and not isinstance(feature.get(needed), str):
                 raise invalid(f'{where}/features/{number} must have the property "{needed}"')
+            if isinstance(feature, dict) and kind == "app.bsky.richtext.facet#tag":
+                self._validate_tag(str(feature["tag"]), text[start:end], f"{where}/features/{number}", invalid)
+            elif self.bluesky_strict and needed is None:
+                raise invalid(f"{where}/features/{number}/$type is not one of {', '.join(sorted(required))}")
+
+    def _validate_tag(self, tag: str, covered: bytes, where: str, invalid: Callable[[str], _Rejected]) -> None:
+        """The lexicon's limits on a tag (`app.bsky.richtext.facet#tag`: maxGraphemes 64, maxLength 640 bytes) and,
+        strictly, that the facet covers the '#' and the tag itself (the app view would link what the bytes say)."""
+        if len(tag.encode()) > 640:
+            raise invalid(f"{where}/tag must not be longer than 640 characters")
+        if grapheme_count(tag) > 64:
+            raise invalid(f"{where}/tag must not be longer than 64 graphemes")
+        if self.bluesky_strict and covered not in (f"#{tag}".encode(), f"＃{tag}".encode()):
+            raise invalid(f"{where}: the facet covers {covered.decode(errors='replace')!r}, not the hashtag #{tag}")
 
     def _validate_reply_ref(self, ref: object, where: str, invalid: Callable[[str], _Rejected]) -> None:
         if not isinstance(ref, dict):
