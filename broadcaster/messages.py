@@ -13,6 +13,7 @@ from datetime import timedelta
 from broadcaster.channels.base import PostingChannel
 from broadcaster.channels.mqtt import MqttNoticeChannel
 from broadcaster.compose import Notice
+from broadcaster.compose.routing import Route, route_of
 from broadcaster.config import ChannelConfig, Config
 from broadcaster.errors import TemplateProblem
 from broadcaster.outbox import OutgoingMessage
@@ -59,12 +60,16 @@ class MessageRenderer:
         self._builder = builder
         self._seq = seq
         self._posting = list(posting)
+        #: Each posting channel's filter (lines, stations, severity); the MQTT notice stream takes every notice.
+        self.routes: dict[str, Route] = {channel.name: route_of(channel_config, builder.network)
+                                         for channel, channel_config in self._posting}
         self._ttl = timedelta(seconds=config.mqtt.retained_ttl_seconds)
         self._default_language = config.network.default_language
 
     def messages(self, notice: Notice) -> list[OutgoingMessage]:
-        """The outbox rows for one notice: the MQTT notice, and each posting channel's post(s), limited to the
-        notice's audience when it names one (a digest goes only to the channels its slot is due on)."""
+        """The outbox rows for one notice: the MQTT notice, and the post(s) of each posting channel whose filter
+        takes it (`Route.takes`), limited to the notice's audience when it names one (a digest goes only to the
+        channels its slot is due on). A channel that does not take it gets no row."""
         rendered: dict[tuple[str, int], str] = {}
 
         def render(language: str, detail: int) -> str:
@@ -83,7 +88,7 @@ class MessageRenderer:
             messages.append(
                 OutgoingMessage(notice.id, notice.version, MqttNoticeChannel.name, payload, int(notice.priority)))
         for channel, channel_config in self._posting:
-            if not wanted(channel.name):
+            if not wanted(channel.name) or not self.routes[channel.name].takes(notice):
                 continue
             posts = posts_for(notice, channel_config, channel.profile, render, self._default_language)
             messages += [
