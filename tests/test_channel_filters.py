@@ -41,9 +41,10 @@ T = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 
 
 def notice(kind: NoticeKind = NoticeKind.ALERT_NEW, *, lines: tuple[str, ...] = (), stations: tuple[str, ...] = (),
-           severity: Severity = Severity.WARNING, emergency: bool = False) -> Notice:
+           severity: Severity = Severity.WARNING, emergency: bool = False,
+           audience: frozenset[str] | None = None) -> Notice:
     return Notice(f"n-{kind.value}", "v1", kind, Priority.EMERGENCY if emergency else Priority.NORMAL, T, lines,
-                  stations, severity, {}, emergency=emergency)
+                  stations, severity, {}, emergency=emergency, audience=audience)
 
 
 def hook(**filters: Any) -> WebhookChannelConfig:
@@ -56,12 +57,12 @@ def reference_takes(channel: WebhookChannelConfig, n: Notice, network: Network) 
     """The documented rule (docs/channels.md), written out plainly, walking lines to their stations."""
     if n.kind.value not in channel.notices:
         return False
+    if n.audience is not None:
+        return True  # routed already (a digest slot, a late correction): only the kind counts
     if channel.min_severity is not None and n.severity < Severity[channel.min_severity]:
         return False
     if channel.emergencies_only and not n.emergency:
         return False
-    if n.kind is NoticeKind.DIGEST:
-        return True  # composed for the channel's own lines
     if not channel.lines and not channel.stations:
         return True
     if not n.line_ids and not n.station_ids:
@@ -95,7 +96,8 @@ channels_st = st.builds(
     emergencies_only=st.booleans(),
 )
 notices_st = st.builds(notice, st.sampled_from(list(NoticeKind)), lines=_ids(LINES), stations=_ids(STATIONS),
-                       severity=st.sampled_from(SEVERITIES), emergency=st.booleans())
+                       severity=st.sampled_from(SEVERITIES), emergency=st.booleans(),
+                       audience=st.none() | st.just(frozenset({"h", "mqtt"})))
 
 
 @settings(max_examples=400, deadline=None)
@@ -317,6 +319,24 @@ async def test_on_change_digests_judge_each_channels_own_lines(rig: Rig, monkeyp
     assert len(digests["l2"]) == 2
     assert "乙线车辆故障" in digests["l2"][1]
     assert "1号线" not in digests["l2"][1]
+
+
+async def test_a_correction_of_a_resolved_emergency_goes_where_the_emergency_went(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with mastodon_accounts(monkeypatch) as servers:
+        config = rig.config(channels=per_line_channels(servers))
+        rig.serve_rt(LINE_3_STOPS)
+        async with running(config) as b:
+            await poll_all(b)
+            rig.serve_rt()
+            for _ in range(config.state.resolve_after_missing):
+                await poll_all(b)
+            assert "A-L3" not in b.pipeline.state.alerts  # resolved: the correction is a notice of its own
+            await b.correct("alert-A-L3", {"zh": "丙线更正：仅部分区段停运", "en": "Correction C: part only"})
+            await until(lambda: b.pending() == 0, b)
+        corrected = {name: any("丙线更正" in text for text in texts(server)) for name, server in servers.items()}
+    assert corrected == {"l1": False, "l2": False, "l3": True, "urgent": True}
 
 
 # -- preview: where each notice goes, and a notice no channel takes ----------------------------------------------

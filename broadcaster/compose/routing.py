@@ -11,8 +11,9 @@ The rule, for a notice and a channel:
   network (an operator's network-wide announcement) and reaches every channel: a rider of line 2 must hear that
   the whole network stops.
 
-A digest is composed for each channel's own lines and stations (`Area`), so only its kind and severity are
-judged here.
+A notice that names its audience was routed already, and only its kind is judged here: a digest slot is composed
+for each channel's own lines and stations (`Area`), for the channels whose filter takes a digest; an operator's
+correction of a notice no longer in the state goes to the channels that carried that notice.
 """
 
 from __future__ import annotations
@@ -75,9 +76,11 @@ class Route:
 
     def takes(self, notice: Notice) -> bool:
         """Whether the channel posts `notice` (the rule in the module's docstring)."""
+        if notice.audience is not None:
+            return notice.kind.value in self.notices  # routed already: a digest slot, a late correction
         if not self.admits(notice.kind, notice.severity, emergency=notice.emergency):
             return False
-        return notice.kind is NoticeKind.DIGEST or self.covers(notice.line_ids, notice.station_ids)
+        return self.covers(notice.line_ids, notice.station_ids)
 
     def admits(self, kind: NoticeKind, severity: Severity, *, emergency: bool) -> bool:
         """The kind and severity half of the rule."""
