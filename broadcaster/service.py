@@ -112,7 +112,7 @@ class Broadcaster:
         self.channels: list[NoticeChannel] = [MqttNoticeChannel(link), *(c for c, _ in self.posting)]
         self.metrics = Metrics(self.health, feeds=[f.name for f in config.feeds],
                                channels=[c.name for c in self.channels])
-        self.messages = MessageRenderer(config, renderer, builder, seq, self.posting)
+        self.messages = MessageRenderer(config, renderer, builder, seq, self.posting, issued=self.history.issued)
         delivery_policy = DeliveryPolicy(config)
         self.dispatcher = Dispatcher(config, self.outbox, self.history, self.channels, self.posting, delivery_policy,
                                      self.metrics, now)

@@ -339,6 +339,40 @@ async def test_a_correction_of_a_resolved_emergency_goes_where_the_emergency_wen
     assert corrected == {"l1": False, "l2": False, "l3": True, "urgent": True}
 
 
+async def test_a_channel_that_posted_an_alert_hears_its_updates_and_all_clear_whatever_its_filter(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An alert that moves from line 1 to line 2 and is downgraded: line 1's account, and an account taking only
+    SEVERE notices, posted it, so they hear how it ends; line 2's account hears of it from the update on."""
+    with mastodon_accounts(monkeypatch) as servers:
+        tables = per_line_channels(servers)[:2]
+        tables.append({**per_line_channels(servers)[3], "emergencies_only": False, "min_severity": "SEVERE"})
+        config = rig.config(channels=tables)
+
+        def moving(route_id: str, severity: str) -> Any:
+            return alert_entity("A-MOVE", header={"zh": f"戊线故障{severity}", "en": f"Fault E {severity}"},
+                                informed=[selector(route_id=route_id)], cause="TECHNICAL_PROBLEM",
+                                effect="SIGNIFICANT_DELAYS", severity=severity)
+
+        async with running(config) as b:
+            rig.serve_rt(moving("1", "SEVERE"))
+            await poll_all(b)
+            rig.serve_rt(moving("2", "WARNING"))  # now on line 2 only, and less severe
+            await poll_all(b)
+            rig.serve_rt()
+            for _ in range(config.state.resolve_after_missing):
+                await poll_all(b)
+            await until(lambda: b.pending() == 0, b)
+        statuses = {name: server.mastodon_statuses() for name, server in servers.items()}
+    kinds = {name: ["end" if s.text.startswith("【恢复】") else "SEVERE" if "SEVERE" in s.text else "WARNING"
+                    for s in statuses[name]] for name in ("l1", "l2", "urgent")}
+    assert kinds == {"l1": ["SEVERE", "WARNING", "end"], "l2": ["WARNING", "end"],
+                     "urgent": ["SEVERE", "WARNING", "end"]}
+    for name in ("l1", "urgent"):  # one thread: the update and the all-clear answer the first post
+        _first, *replies = statuses[name]
+        assert all(reply.in_reply_to_id is not None for reply in replies), name
+
+
 # -- preview: where each notice goes, and a notice no channel takes ----------------------------------------------
 
 def test_preview_shows_the_channels_of_each_notice_and_one_that_no_channel_takes(
