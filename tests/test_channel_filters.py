@@ -197,7 +197,8 @@ def test_check_shows_each_channels_filter_where_samples_go_and_a_line_no_channel
 ) -> None:
     only = ('\n[[channels]]\nname = "l1"\nkind = "webhook"\nurl = "https://h.example"\nlines = ["1"]\n'
             'notices = ["alert_new", "alert_resolved"]\n'
-            '\n[[channels]]\nname = "urgent"\nkind = "webhook"\nurl = "https://h.example"\nemergencies_only = true\n')
+            '\n[[channels]]\nname = "urgent"\nkind = "webhook"\nurl = "https://h.example"\nemergencies_only = true\n'
+            '\n[[channels]]\nname = "l2"\nkind = "webhook"\nurl = "https://h.example"\nlines = ["2"]\n')
     assert main(["check", "--offline", "-c", str(write_config(tmp_path, FEED + only))]) == 0
     out = capsys.readouterr().out
     assert "channel 'l1' takes: alert_new, alert_resolved; lines 1" in out
@@ -206,9 +207,10 @@ def test_check_shows_each_channels_filter_where_samples_go_and_a_line_no_channel
     # The samples are on line 1 and its first station.
     assert "sample alert_new (alert-sample-1) goes to: l1, urgent\n" in out  # SEVERE: an emergency by default
     assert "sample crowding (crowding-S01) goes to: NO CHANNEL (only the MQTT notice stream)" in out
-    assert "warning: no channel posts an ordinary alert (WARNING) about line '2' (2)" in out
+    assert "sample digest (digest-digest) goes to: l2\n" in out  # a digest of its own line; l1 takes no digest
     assert "warning: no channel posts an ordinary alert (WARNING) about line '3' (3)" in out
     assert "about line '1'" not in out
+    assert "about line '2'" not in out
 
 
 # -- End to end: per-line accounts, an emergencies-only account, digests -----------------------------------------

@@ -66,6 +66,9 @@ def _routing(
     lines = [f"channel {name!r} takes: {_filter_text(route)}" for name, route in routes.items()]
     for notice in samples:
         takers = [name for name, route in routes.items() if route.takes(notice)]
+        if notice.kind is NoticeKind.DIGEST:  # each channel gets a digest of its own lines (digests.py)
+            takers = [name for name, route in routes.items()
+                      if route.admits(NoticeKind.DIGEST, Severity.INFO, emergency=False)]
         lines.append(f"sample {notice.kind.value} ({notice.id}) goes to: "
                      + (", ".join(takers) if takers else "NO CHANNEL (only the MQTT notice stream)"))
     warnings = []
