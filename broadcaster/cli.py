@@ -223,6 +223,8 @@ def _cmd_preview(args: argparse.Namespace) -> int:
     print(as_json(report) if args.json else render_for_people(report))
     for name in report.failed_feeds():
         print(f"broadcaster: feed {name!r}: {report.feeds[name]}", file=sys.stderr)
+    for notice in report.unrouted():  # worth a look, not a failure: the MQTT notice stream still carries it
+        print(f"broadcaster: notice {notice} reaches no channel (their filters leave it out)", file=sys.stderr)
     return EXIT_FAILURE if report.failed_feeds() else EXIT_OK
 
 

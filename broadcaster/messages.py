@@ -7,19 +7,20 @@ falls back to the plain facts, so the notice still goes out.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 from broadcaster.channels.base import PostingChannel
 from broadcaster.channels.mqtt import MqttNoticeChannel
 from broadcaster.compose import Notice
+from broadcaster.compose.routing import Route, route_of
 from broadcaster.config import ChannelConfig, Config
 from broadcaster.errors import TemplateProblem
 from broadcaster.outbox import OutgoingMessage
 from broadcaster.payloads import PayloadBuilder
 from broadcaster.render import Renderer
 from broadcaster.render.hashtags import Hashtags
-from broadcaster.render.posts import FULL, posts_for
+from broadcaster.render.posts import FULL, posts_for, reply_target
 from broadcaster.retained import SequenceClock, serialise, with_envelope
 
 log = logging.getLogger(__name__)
@@ -56,18 +57,35 @@ class MessageRenderer:
         seq: SequenceClock,
         posting: Sequence[tuple[PostingChannel, ChannelConfig]],
         hashtags: Hashtags | None = None,
+        issued: Callable[[str, str], bool] = lambda channel, notice_id: False,
     ) -> None:
         self.renderer = renderer
         self._hashtags = hashtags
         self._builder = builder
         self._seq = seq
         self._posting = list(posting)
+        #: Each posting channel's filter (lines, stations, severity); the MQTT notice stream takes every notice.
+        self.routes: dict[str, Route] = {channel.name: route_of(channel_config, builder.network)
+                                         for channel, channel_config in self._posting}
+        #: Whether a channel was ever queued a post about a notice id (the outbox's history): a channel that posted
+        #: an alert hears its update and all-clear whatever its filter says of them now.
+        self._issued = issued
         self._ttl = timedelta(seconds=config.mqtt.retained_ttl_seconds)
         self._default_language = config.network.default_language
 
+    def _takes(self, channel: str, notice: Notice) -> bool:
+        route = self.routes[channel]
+        if route.takes(notice):
+            return True
+        continues = reply_target(notice) is not None and notice.kind.value in route.notices
+        return continues and self._issued(channel, notice.id)
+
     def messages(self, notice: Notice) -> list[OutgoingMessage]:
-        """The outbox rows for one notice: the MQTT notice, and each posting channel's post(s), limited to the
-        notice's audience when it names one (a digest goes only to the channels its slot is due on)."""
+        """The outbox rows for one notice: the MQTT notice, and the post(s) of each posting channel whose filter
+        takes it (`Route.takes`) or that posted the notice this one continues (an update, an all-clear, a
+        correction: the alert may have moved to another line or changed its severity), limited to the notice's
+        audience when it names one (a digest goes only to the channels its slot is due on). A channel that does
+        not take it gets no row."""
         rendered: dict[tuple[str, int], str] = {}
 
         def render(language: str, detail: int) -> str:
@@ -86,7 +104,7 @@ class MessageRenderer:
             messages.append(
                 OutgoingMessage(notice.id, notice.version, MqttNoticeChannel.name, payload, int(notice.priority)))
         for channel, channel_config in self._posting:
-            if not wanted(channel.name):
+            if not wanted(channel.name) or not self._takes(channel.name, notice):
                 continue
             posts = posts_for(notice, channel_config, channel.profile, render, self._default_language,
                               self._hashtags)

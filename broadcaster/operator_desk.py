@@ -140,6 +140,12 @@ class OperatorDesk:
             # notice of its own, and the network state is left as it is.
             correction = compose_correction(notice_id, texts, line_ids=self._lines_of_notice(notice_id),
                                             network=self.network, now=now, policy=pipeline.compose_policy)
+            # It goes where the notice went: a channel's filter (an emergencies-only account) took the notice by
+            # what the correction no longer knows (its severity), and one that never posted it has nothing to
+            # correct. With no record of it anywhere, the channels' filters decide.
+            carried = frozenset(c.name for c in self.config.channels if self._history.issued(c.name, notice_id))
+            if carried:
+                correction = replace(correction, audience=carried | {MqttNoticeChannel.name})
             return Step(None, extra_notices=[correction], extra_messages=deletions)
         header = LocalizedText(MappingProxyType(dict(texts)))
         corrected = replace(record.alert, header=header)

@@ -19,6 +19,7 @@ from broadcaster import __version__
 from broadcaster.channels.base import ThreadRefs
 from broadcaster.channels.factory import default_profile
 from broadcaster.channels.mqtt import MqttLink, MqttNoticeChannel
+from broadcaster.compose.routing import require_known_places
 from broadcaster.config import ChannelConfig, Config
 from broadcaster.feeds.fetch import FeedFetcher
 from broadcaster.feeds.network import load_network
@@ -57,9 +58,16 @@ class PreviewReport:
     mqtt: dict[str, Any] = field(default_factory=dict)  # topic -> payload that would be published
     #: name -> the records its fetch skipped, one line each naming the record and the reason ([] for a failed feed)
     problems: dict[str, list[str]] = field(default_factory=dict)
+    #: Each notice this preview queued ("notice_id version") -> the posting channels whose filters take it, in
+    #: config order; [] for a notice that reaches no posting channel (only the MQTT notice stream carries it).
+    routes: dict[str, list[str]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def unrouted(self) -> list[str]:
+        """The notices no posting channel takes."""
+        return [notice for notice, channels in self.routes.items() if not channels]
 
     def failed_feeds(self) -> list[str]:
         return [name for name, outcome in self.feeds.items() if outcome != OK]
@@ -127,6 +135,21 @@ def _backlog(b: Broadcaster) -> set[EntryId]:
             for channel in b.channels for e in b.outbox.due(channel.name, never, limit=100_000)}
 
 
+def _routes(b: Broadcaster, backlog: set[EntryId]) -> dict[str, list[str]]:
+    """Each notice queued since `backlog` was taken, with the posting channels it was queued for: read from the
+    outbox before anything drains, so a budget's merge or a quiet window does not hide where it goes."""
+    never = datetime.max.replace(tzinfo=UTC)
+    routes: dict[str, list[str]] = {}
+    for channel in b.channels:
+        for entry in b.outbox.due(channel.name, never, limit=100_000):
+            if (entry.channel, entry.notice_id, entry.version, entry.part) in backlog:
+                continue
+            channels = routes.setdefault(f"{entry.notice_id} {entry.version}", [])
+            if channel.name != MqttNoticeChannel.name and channel.name not in channels:
+                channels.append(channel.name)
+    return routes
+
+
 def _post_row(channel: RecordingChannel, entry: OutboxEntry, backlog: set[EntryId],
               held_until: datetime | None = None) -> PreviewPost:
     post = Post.from_payload(entry.payload)
@@ -158,6 +181,7 @@ def _report_mqtt(report: PreviewReport, b: Broadcaster, publications: Sequence[P
 
 async def _run(config: Config, db: Database, now: datetime, report: PreviewReport) -> None:
     network = load_network(config.network.gtfs, config.network.default_language)
+    require_known_places(config, network)
     link = RecordingLink(config)
     channels = [RecordingChannel(c) for c in config.channels]
     async with FeedFetcher(user_agent=f"broadcaster/{__version__} (preview)") as fetcher:
@@ -169,6 +193,7 @@ async def _run(config: Config, db: Database, now: datetime, report: PreviewRepor
         await b.expire_operator_notices()
         await b.process_requests()
         outcomes = await b.poll_round()
+    report.routes = _routes(b, backlog)
     for outcome in outcomes:
         report.feeds[outcome.feed] = OK if outcome.ok else str(outcome.error)
         record = b.feeds.get(outcome.feed)
@@ -240,10 +265,21 @@ def render_for_people(report: PreviewReport) -> str:
             goes += " (queued earlier)"
         posts.add_row(escape(p.channel), escape(p.notice_id), part, count, goes, escape(p.text))
     console.print(posts)
+    for line in _route_lines(report) if report.routes else []:
+        console.print(escape(line))
     console.print(f"MQTT: {len(report.mqtt)} message(s) would be published; --json shows them")
     for topic in list(report.mqtt)[:20]:
         console.print(f"  {escape(topic)}")
     return buffer.getvalue()
+
+
+def _route_lines(report: PreviewReport) -> list[str]:
+    """Where each notice goes: its posting channels, or a plain line that none takes it."""
+    out = ["where each notice goes (the channels' filters: notices, lines, stations, severity):"]
+    for notice, channels in report.routes.items():
+        goes = ", ".join(channels) if channels else "NO CHANNEL takes it; only the MQTT notice stream carries it"
+        out.append(f"  {notice} -> {goes}")
+    return out
 
 
 def as_json(report: PreviewReport) -> str:

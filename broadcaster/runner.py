@@ -22,6 +22,7 @@ from broadcaster.channels.base import PostingChannel
 from broadcaster.channels.factory import build_channel
 from broadcaster.channels.http import HttpChannelClient
 from broadcaster.channels.mqtt import MqttLink
+from broadcaster.compose.routing import require_known_places
 from broadcaster.config import Config, FeedConfig
 from broadcaster.errors import BroadcasterError, IdentityConflict, RequestFailed
 from broadcaster.feeds.fetch import FeedFetcher
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 async def open_broadcaster(config: Config, *, clock: Clock | None = None) -> AsyncIterator[Broadcaster]:
     """Build the pipeline: lock the state directory, open the database, load the network and templates."""
     network = load_network(config.network.gtfs, config.network.default_language)
+    require_known_places(config, network)  # a channel filter naming no line of the network would post nothing
     renderer = Renderer(config.templates.directory)
     lock = InstanceLock(config.state.directory)
     lock.acquire()

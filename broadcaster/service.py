@@ -114,7 +114,7 @@ class Broadcaster:
         self.metrics = Metrics(self.health, feeds=[f.name for f in config.feeds],
                                channels=[c.name for c in self.channels])
         self.messages = MessageRenderer(config, renderer, builder, seq, self.posting,
-                                        hashtags=hashtags_of(config, network))
+                                        hashtags=hashtags_of(config, network), issued=self.history.issued)
         delivery_policy = DeliveryPolicy(config)
         self.dispatcher = Dispatcher(config, self.outbox, self.history, self.channels, self.posting, delivery_policy,
                                      self.metrics, now)

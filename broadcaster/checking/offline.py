@@ -10,9 +10,12 @@ from urllib.request import url2pathname
 
 from broadcaster.checking.report import CheckReport
 from broadcaster.checking.samples import named_digest_templates, sample_notices
+from broadcaster.compose import Notice, NoticeKind, Priority
+from broadcaster.compose.routing import Route, route_of, unknown_places
 from broadcaster.config import Config, load_config
 from broadcaster.errors import TemplateProblem
 from broadcaster.feeds.network import load_network
+from broadcaster.model import Network, Severity
 from broadcaster.render import Renderer
 from broadcaster.render.engine import template_name
 from broadcaster.render.hashtags import hashtags_of
@@ -43,6 +46,40 @@ def _feed_problems(config: Config) -> list[str]:
         if parts.scheme == "file" and not Path(url2pathname(parts.path)).is_file():
             problems.append(f"{config.source}: feeds[{i}].url: {feed.url!r}: no such file")
     return problems
+
+
+def _filter_text(route: Route) -> str:
+    """A channel's filter for people: "alert_new, alert_updated; lines 1; at least WARNING"."""
+    parts = [", ".join(sorted(route.notices)), route.area.label()]
+    if route.min_severity is not None:
+        parts.append(f"at least {route.min_severity.name}")
+    if route.emergencies_only:
+        parts.append("emergencies only")
+    return "; ".join(parts)
+
+
+def _routing(
+    config: Config, network: Network, samples: list[Notice], now: datetime
+) -> tuple[list[str], list[str]]:
+    """Each channel's filter and where each sample notice goes; and, as warnings, each line about whose
+    ordinary alerts no channel posts (only the MQTT notice stream would carry them)."""
+    routes = {channel.name: route_of(channel, network) for channel in config.channels}
+    lines = [f"channel {name!r} takes: {_filter_text(route)}" for name, route in routes.items()]
+    for notice in samples:
+        takers = [name for name, route in routes.items() if route.takes(notice)]
+        if notice.kind is NoticeKind.DIGEST:  # each channel gets a digest of its own lines (digests.py)
+            takers = [name for name, route in routes.items()
+                      if route.admits(NoticeKind.DIGEST, Severity.INFO, emergency=False)]
+        lines.append(f"sample {notice.kind.value} ({notice.id}) goes to: "
+                     + (", ".join(takers) if takers else "NO CHANNEL (only the MQTT notice stream)"))
+    warnings = []
+    for line_id, line in network.lines.items():
+        ordinary = Notice(f"probe-{line_id}", "probe", NoticeKind.ALERT_NEW, Priority.NORMAL, now,
+                          (line_id,), (), Severity.WARNING, {})
+        if routes and not any(route.takes(ordinary) for route in routes.values()):
+            warnings.append(f"no channel posts an ordinary alert (WARNING) about line {line_id!r}"
+                            f" ({line.short_name}): only the MQTT notice stream carries it")
+    return lines, warnings
 
 
 def digest_slots(config: Config, now: datetime) -> list[str]:
@@ -84,6 +121,7 @@ def check_offline(config: Config, now: datetime | None = None) -> CheckReport:
     hashtags_of(config, network)  # an override naming a line or station the GTFS lacks: the ConfigError run gives
     report = CheckReport(path, len(network.lines), len(network.stations), len(config.feeds))
     report.problems += _feed_problems(config)
+    report.problems += [str(problem) for problem in unknown_places(config, network)]
     report.digests = digest_slots(config, now)
     if config.templates.directory is not None and not config.templates.directory.is_dir():
         report.problems.append(f"{path}: templates.directory: {str(config.templates.directory)!r}: no such folder")
@@ -98,7 +136,9 @@ def check_offline(config: Config, now: datetime | None = None) -> CheckReport:
                                f" {', '.join(names)} {where}")
     unusable = {config.digests[i].template for i in missing}  # reported once above, not again per language
     usable = [t for t in named_digest_templates(config) if t not in unusable]
-    for notice in sample_notices(config, network, now, usable):
+    samples = sample_notices(config, network, now, usable)
+    report.routes, report.warnings = _routing(config, network, samples, now)
+    for notice in samples:
         kind = notice.kind.value
         label = kind if notice.template_base == kind else f"{kind} ({notice.template_base})"
         for lang, context in notice.contexts.items():

@@ -30,6 +30,10 @@ class CheckReport:
     verdicts: list[Verdict] = field(default_factory=list)
     #: How many of `problems` the offline part found (the sample posts' verdict counts those only).
     offline_problems: int = 0
+    #: Each channel's filter, and where each sample notice goes, one line each.
+    routes: list[str] = field(default_factory=list)
+    #: What the channel filters leave out (a line no channel posts alerts about): worth a look, not an error.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def failures(self) -> list[str]:
@@ -44,6 +48,8 @@ class CheckReport:
         offline = self.problems[: self.offline_problems]  # the online part's problems are not the samples'
         verdict = "OK" if not offline else f"{len(offline)} problem(s)"
         out.append(f"--- {len(self.rendered)} sample posts rendered: {verdict}")
+        out += self.routes
+        out += [f"warning: {warning}" for warning in self.warnings]
         out += self.digests
         out += [f"{v.what}: ok ({v.detail})" if v.ok else f"{v.what}: FAILED" for v in self.verdicts]
         if len(self.problems) > len(offline) or self.failures:
@@ -54,7 +60,7 @@ class CheckReport:
         return {
             "config": str(self.config), "lines": self.lines, "stations": self.stations, "feeds": self.feeds,
             "rendered": [{"kind": k, "language": lang, "text": t} for k, lang, t in self.rendered],
-            "digests": self.digests,
+            "digests": self.digests, "routes": self.routes, "warnings": self.warnings,
             "checks": [{"what": v.what, "ok": v.ok, "detail": v.detail} for v in self.verdicts],
             "problems": self.problems, "failures": self.failures, "ok": not self.problems and not self.failures,
         }

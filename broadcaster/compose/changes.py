@@ -113,6 +113,7 @@ def _alert_notice(
         severity=alert.severity,
         contexts=contexts,
         alert_id=alert.id,
+        emergency=emergency,
     )
 
 

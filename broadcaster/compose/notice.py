@@ -62,6 +62,9 @@ class Notice:
     template: str | None = None
     #: The channels it goes to (None: every channel); a digest slot goes only where it is due.
     audience: frozenset[str] | None = None
+    #: About an alert the emergency rule makes an emergency (its all-clear too, which does not jump the queue):
+    #: what a channel with `emergencies_only` takes.
+    emergency: bool = False
 
     @property
     def template_base(self) -> str:

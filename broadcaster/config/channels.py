@@ -6,7 +6,7 @@ from datetime import time
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from broadcaster.config.base import ChannelName, LanguageCode, PositiveSeconds, SecretRef, Section, within
 
@@ -28,6 +28,21 @@ class QuietWindow(Section):
         return within(self.start, self.end, at)
 
 
+#: A GTFS id as a channel filter names it (a route id in `lines`, a station's stop id in `stations`).
+FilterId = Annotated[str, Field(min_length=1, max_length=200)]
+SeverityName = Literal["INFO", "WARNING", "SEVERE"]
+
+
+def _no_repeats(ids: tuple[str, ...], field: str) -> tuple[str, ...]:
+    """Refuse an id listed twice, naming both places (never the id: errors repeat no value from the file)."""
+    first_at: dict[str, int] = {}
+    for i, value in enumerate(ids):
+        if value in first_at:
+            raise ValueError(f"{field}[{i}] repeats {field}[{first_at[value]}]")
+        first_at[value] = i
+    return ids
+
+
 class BudgetLimit(Section):
     """At most `posts` posts in any `seconds`-long window."""
 
@@ -43,6 +58,14 @@ class _ChannelBase(Section):
     languages: tuple[LanguageCode, ...] | None = None  # None: the network's default language
     #: Which notice kinds this channel posts.
     notices: tuple[NoticeKindName, ...] = NOTICE_KINDS
+    #: Only notices about these lines (GTFS route ids) or `stations` (station ids); both empty: every notice.
+    #: A notice that names no line and no station concerns the whole network and passes (docs/channels.md).
+    lines: tuple[FilterId, ...] = ()
+    stations: tuple[FilterId, ...] = ()
+    #: Only notices at least this severe (a digest, a crowding notice and an all-clear of delays are INFO).
+    min_severity: SeverityName | None = None
+    #: Only the notices the `[emergency]` rule makes emergencies: the alert, its updates, all-clear and correction.
+    emergencies_only: bool = False
     timeout_seconds: PositiveSeconds = 15
     #: The account's posting budget; None: the platform's published limits (docs/channels.md).
     budget: tuple[BudgetLimit, ...] | None = None
@@ -55,6 +78,16 @@ class _ChannelBase(Section):
     quiet: tuple[QuietWindow, ...] = ()
     #: Whether its posts carry the `[hashtags]` of the lines and stations a notice touches (when configured).
     hashtags: bool = True
+
+    @field_validator("lines")
+    @classmethod
+    def _distinct_lines(cls, lines: tuple[str, ...]) -> tuple[str, ...]:
+        return _no_repeats(lines, "lines")
+
+    @field_validator("stations")
+    @classmethod
+    def _distinct_stations(cls, stations: tuple[str, ...]) -> tuple[str, ...]:
+        return _no_repeats(stations, "stations")
 
 
 class MastodonChannelConfig(_ChannelBase):

@@ -98,6 +98,8 @@ def first_error(path: Path, data: dict[str, Any], exc: ValidationError) -> Confi
         kinds = ", ".join(sorted(CHANNEL_KINDS))
         return ConfigError(path, key, f"must be one of {kinds}")
     message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "tuple_type":
+        message = "must be a list"  # a TOML array; pydantic says "a valid tuple", which no operator wrote
     if error["type"] in ("model_type", "model_attributes_type", "dict_type"):
         message = "must be a table"  # pydantic says "instance of SecretRef", which no operator wrote
     if error["type"].endswith("_type") or error["type"].endswith("_parsing"):
