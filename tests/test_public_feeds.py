@@ -264,6 +264,16 @@ async def test_the_index_lists_every_feed_with_autodiscovery_links(rig: Rig) -> 
         for station_id in site.b.network.stations:
             assert f'href="/feeds/stations/{station_id}.atom"' in index.text
             assert f'href="/feeds/stations/{station_id}.atom?lang=en"' in index.text
+        assert 'href="/feeds/index.opml"' in index.text
+        opml = await site.http.get("/feeds/index.opml")
+        assert opml.headers["content-type"] == "text/x-opml; charset=utf-8"
+        outlines = ET.fromstring(opml.content).findall("body/outline/outline")
+        network = site.b.network
+        assert len(outlines) == (1 + len(network.lines) + len(network.stations)) * 2
+        for outline in outlines:  # every subscription answers a valid feed
+            url = outline.get("xmlUrl", "")
+            assert url.startswith(site.base)
+            assert (await site.feed(url.removeprefix(site.base))).status_code == 200
 
 
 async def test_concurrent_readers_during_polls_get_whole_feeds_whose_etag_matches_the_body(rig: Rig) -> None:
@@ -466,3 +476,43 @@ def test_an_alert_reaches_the_stations_of_a_line_it_names_whole_and_the_stations
     reached = {i for i in ("L1", "L2") if touches.alert(alert, Scope(ScopeKind.LINE, i))}
     reached |= {i for i in ("S01", "S02", "S03", "S04") if touches.alert(alert, Scope(ScopeKind.STATION, i))}
     assert reached == {"L2", "S01", "S02", "S04"}
+
+
+# -- the checker itself catches each rule broken ---------------------------------------------------------------
+
+VALID = """<?xml version='1.0' encoding='utf-8'?>
+<feed xmlns="http://www.w3.org/2005/Atom" xml:lang="en">
+<id>urn:uuid:5b0a3f4e-1c2d-4e8f-9a6b-7c3d2e1f0a9b</id><title>t</title><updated>2026-12-03T08:00:00Z</updated>
+<author><name>a</name></author><link rel="self" href="https://metro.example/feeds/network.atom"/>
+<entry><id>urn:uuid:00000000-0000-5000-8000-000000000001</id><title>e</title>
+<updated>2026-12-03T08:00:00+08:00</updated><content type="text">c</content><category term="alert"/></entry>
+</feed>"""
+
+
+@pytest.mark.parametrize(("broken", "problem"), [
+    (("<title>t</title>", "<title>t</title><title>u</title>"), "2 atom:title"),
+    (("<updated>2026-12-03T08:00:00Z</updated>", ""), "0 atom:updated"),
+    (("<updated>2026-12-03T08:00:00Z</updated>", "<updated>2026-12-03 08:00:00</updated>"), "RFC 3339"),
+    (("<updated>2026-12-03T08:00:00Z</updated>", "<updated>2026-12-03T08:00:00</updated>"), "RFC 3339"),
+    (("<updated>2026-12-03T08:00:00Z</updated>", "<updated>2026-02-30T08:00:00Z</updated>"), "not a real date"),
+    (("<author><name>a</name></author>", ""), "no atom:author"),
+    (("<id>urn:uuid:5b0a3f4e-1c2d-4e8f-9a6b-7c3d2e1f0a9b</id>", "<id>feed-1</id>"), "absolute IRI"),
+    (('<link rel="self" href="https://metro.example/feeds/network.atom"/>', ""), "0 rel=self"),
+    (('href="https://metro.example/feeds/network.atom"', 'href="/feeds/network.atom"'), "absolute IRI"),
+    (("<content type=\"text\">c</content>", ""), "no atom:content and no alternate link"),
+    (("<content type=\"text\">c</content>", "<content type=\"text\"><b>c</b></content>"), "child elements"),
+    (("<content type=\"text\">c</content>", "<content type=\"rich\">c</content>"), "media type"),
+    (("<title>e</title>", "<title type=\"markdown\">e</title>"), "not text, html or xhtml"),
+    (("<category term=\"alert\"/>", "<category/>"), "without term"),
+    (('xml:lang="en"', 'xml:lang="en_GB"'), "language tag"),
+    (("<title>e</title>", "<title>\x01</title>"), "not allowed in XML"),
+    (("</entry>", "</entry><entry><id>urn:uuid:00000000-0000-5000-8000-000000000001</id><title>f</title>"
+      "<updated>2026-12-03T08:00:00Z</updated><content>d</content></entry>"), "repeats"),
+    (("<feed ", "<rss "), "not well-formed"),
+])
+def test_the_atom_checker_finds_each_broken_rule(broken: tuple[str, str], problem: str) -> None:
+    assert atom_problems(VALID.encode()) == []
+    old, new = broken
+    assert old in VALID
+    problems = atom_problems(VALID.replace(old, new, 1).encode())
+    assert any(problem in p for p in problems), problems

@@ -5,7 +5,7 @@ line and one per station, each in every language of the network, and an index pa
   for a language other than the network's default. Ids are percent-encoded in the path (GTFS ids may hold any
   character, `/` included), and decoded back before they are looked up; an unknown id or language is a 404.
 - `GET /feeds/`: an HTML list of every feed, with `<link rel="alternate" type="application/atom+xml">` so a reader
-  pointed at the page finds them.
+  pointed at the page finds them; `GET /feeds/index.opml`: the same list as OPML 2.0, for a reader to import.
 
 One language per feed, because a feed reader shows one title per entry and cannot pick a language itself. Each
 feed holds the current alerts touching its scope and the recent notices that touched it (`feed_items`). Entry
@@ -43,6 +43,7 @@ from broadcaster.vocabulary import word
 
 ATOM_TYPE = "application/atom+xml"
 CONTENT_TYPE = "application/atom+xml; charset=utf-8"
+OPML_PATH = "/feeds/index.opml"
 #: The most notice-stream rows one feed reads: a line's or a station's recent notices are found among the
 #: network's latest ones.
 SCAN_LIMIT = 2000
@@ -312,7 +313,31 @@ class AtomFeeds:
                 f'<html lang="{lang}"><head><meta charset="utf-8">'
                 '<meta name="viewport" content="width=device-width, initial-scale=1">'
                 f"<title>{html.escape(self.title(NETWORK, self.default_language))} (Atom)</title>\n"
-                + "\n".join(head) + "\n</head><body>\n" + "\n".join(sections) + "\n</body></html>\n")
+                f'<link rel="outline" type="text/x-opml" href="{OPML_PATH}" title="OPML">\n'
+                + "\n".join(head) + "\n</head><body>\n" + "\n".join(sections)
+                + f'\n<p><a href="{OPML_PATH}" type="text/x-opml">OPML</a></p>\n</body></html>\n')
+
+    async def opml(self, request: Request) -> Response:
+        return Response(self.opml_document(self.base(request)), media_type="text/x-opml; charset=utf-8", headers={
+            "Cache-Control": f"public, max-age={self.config.feed_max_age_seconds}"})
+
+    def opml_document(self, base: str) -> bytes:
+        """Every feed as an OPML 2.0 subscription list (one outline per language), for a reader to import."""
+        root = ET.Element("opml", {"version": "2.0"})
+        ET.SubElement(ET.SubElement(root, "head"), "title").text = xml_safe(self.title(NETWORK, self.default_language))
+        body = ET.SubElement(root, "body")
+        scopes = [NETWORK, *(Scope(ScopeKind.LINE, i) for i in self.network.lines),
+                  *(Scope(ScopeKind.STATION, i) for i in self.network.stations)]
+        for lang in self.languages:
+            group = ET.SubElement(body, "outline", {"text": xml_safe(f"{self.title(NETWORK, lang)} ({lang})")})
+            for scope in scopes:
+                title = xml_safe(self.title(scope, lang))
+                ET.SubElement(group, "outline", {
+                    "type": "rss", "version": "ATOM", "text": title, "title": title, "language": lang,
+                    "xmlUrl": base + self.feed_url(scope, lang), "htmlUrl": base + page_path(scope, lang)})
+        ET.indent(root)
+        data: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+        return data
 
 
 def _quoted(text: str) -> str:
@@ -337,6 +362,7 @@ def feed_routes(b: Broadcaster, config: PublicConfig) -> list[BaseRoute]:
     feeds = AtomFeeds(b, config)
     return [
         Route("/feeds/", feeds.index, methods=["GET"]),
+        Route(OPML_PATH, feeds.opml, methods=["GET"]),
         Route("/feeds/network.atom", feeds.network_feed, methods=["GET"]),
         _id_route("lines", "line_id", feeds.line_feed),
         _id_route("stations", "station_id", feeds.station_feed),
