@@ -138,3 +138,9 @@ class OutboxHistory:
             (channel, iso(since), limit),
         )
         return [_record(r) for r in rows]
+
+    def last_row(self) -> int:
+        """The rowid of the row queued last, on any channel (0 before any): it changes whenever a row is queued
+        (rows are never deleted, so a rowid is never reused)."""
+        row = self.db.conn.execute("SELECT MAX(rowid) FROM outbox").fetchone()
+        return int(row[0] or 0)

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
+import orjson
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -27,6 +28,7 @@ from support.tiny_network import tiny_network
 
 from broadcaster.config import Config, load_config
 from broadcaster.model import Alert, InformedEntity, LocalizedText, Severity
+from broadcaster.outbox import Outbox, OutgoingMessage
 from broadcaster.public.conditional import is_fresh, none_match, not_modified_since, strong_etag
 from broadcaster.public.feed_items import NETWORK, RecentNotice, Scope, ScopeKind, Touches
 from broadcaster.runner import open_broadcaster, serve
@@ -516,3 +518,21 @@ def test_the_atom_checker_finds_each_broken_rule(broken: tuple[str, str], proble
     assert old in VALID
     problems = atom_problems(VALID.replace(old, new, 1).encode())
     assert any(problem in p for p in problems), problems
+
+
+async def test_a_notice_committed_late_with_an_earlier_time_still_reaches_the_feeds(rig: Rig) -> None:
+    # Two steps race for the pipeline's lock: the one that began first (its rows carry that time) may commit
+    # second, after a reader saw the other's. Its notice must not be skipped for being older than the newest.
+    rig.serve_rt(line2_alert())
+    async with running_site(rig) as site:
+        first = await site.feed("/feeds/lines/2.atom")  # the rows known so far are read
+        newest = max(r.created_at for r in site.b.history.recent("mqtt", datetime(2000, 1, 1, tzinfo=UTC), 10))
+        issued = newest - timedelta(seconds=20)
+        body = {"issued_at": issued.isoformat(), "seq": 1, "valid_until": None, "schema": "broadcaster.mqtt.notice/1",
+                "notice_id": "line-2", "version": "late-1", "kind": "line_status", "priority": "normal",
+                "alert_id": None, "lines": ["2"], "stations": [], "text": {"zh": "2号线列车晚点", "en": "Line 2 late"}}
+        with site.b.db.transaction() as conn:
+            Outbox.enqueue(conn, [OutgoingMessage("line-2", "late-1", "mqtt", orjson.dumps(body), 2)], issued)
+        after = await site.feed("/feeds/lines/2.atom")
+        assert after.headers["etag"] != first.headers["etag"]
+        assert "2号线列车晚点" in titles(after.content)

@@ -44,6 +44,9 @@ from broadcaster.vocabulary import word
 ATOM_TYPE = "application/atom+xml"
 CONTENT_TYPE = "application/atom+xml; charset=utf-8"
 OPML_PATH = "/feeds/index.opml"
+#: How long a step's commit may follow a later step's (it waited for the pipeline's lock): far longer than any
+#: wait the database allows (its busy timeout is 5 s).
+LATE_COMMIT_MARGIN = timedelta(minutes=10)
 #: The most notice-stream rows one feed reads: a line's or a station's recent notices are found among the
 #: network's latest ones.
 SCAN_LIMIT = 2000
@@ -124,23 +127,24 @@ class AtomFeeds:
 
     def recent_notices(self) -> tuple[object, list[RecentNotice]]:
         """The notice stream's latest rows within `feed_days` (at most `SCAN_LIMIT`), newest first, and a marker
-        that changes when they may have: a newer row was queued, or a minute passed (the window moved on).
+        that changes when they may have: a row was queued, or a minute passed (the window moved on).
 
-        Rows are never rewritten, so only the ones queued since the newest known are read and parsed: reading
+        Rows are never rewritten, so only the ones queued lately are read again and the new ones parsed: reading
         and parsing all of them takes tens of milliseconds, on the event loop the emergencies go through.
         """
         minute = int(self.b.clock.now().timestamp() // 60)
         since = datetime.fromtimestamp(minute * 60, UTC) - timedelta(days=self.config.feed_days)
-        newest = self.b.history.recent(MqttNoticeChannel.name, since, 1)
-        marker = (minute, newest[0].key if newest else None)
+        marker = (minute, self.b.history.last_row())
         if self._notices[0] != marker:
             known = self._rows
-            # Queued at or after the newest row known (commits queue in time order, under the pipeline's lock).
-            after = max(since, known[0][1]) if known else since
+            # A row carries the time its step began: a step that began earlier may commit after a later one (it
+            # waited for the pipeline's lock). Read again from a margin before the newest row known.
+            after = max(since, known[0][1] - LATE_COMMIT_MARGIN) if known else since
             keys = {key for key, _, _ in known}
             fresh = [(r.key, r.created_at, parse_notice(r))
                      for r in self.b.history.recent(MqttNoticeChannel.name, after, SCAN_LIMIT) if r.key not in keys]
-            self._rows = [row for row in fresh + known if row[1] >= since][:SCAN_LIMIT]
+            rows = sorted(fresh + known, key=lambda row: row[1], reverse=True) if fresh else known
+            self._rows = [row for row in rows if row[1] >= since][:SCAN_LIMIT]
             self._notices = (marker, [n for _, _, n in self._rows if n is not None])
         return self._notices
 
