@@ -115,7 +115,7 @@ class AtomFeeds:
         self._max_cached = 4 * (1 + len(b.network.lines) + len(b.network.stations)) * len(self.languages)
         self._notices: tuple[object, list[RecentNotice]] = (None, [])
         self._rows: list[tuple[str, datetime, RecentNotice | None]] = []  # (outbox key, queued at, notice)
-        #: The documents last built, with what they were built from (the state's alerts, the notices' marker).
+        #: The documents last built, with what they were built from (the state's alerts, the notices' list).
         self._documents: dict[tuple[Scope, str, str], tuple[object, object, FeedDocument]] = {}
 
     # -- what a feed holds --------------------------------------------------------------------------------------
@@ -144,8 +144,11 @@ class AtomFeeds:
             fresh = [(r.key, r.created_at, parse_notice(r))
                      for r in self.b.history.recent(MqttNoticeChannel.name, after, SCAN_LIMIT) if r.key not in keys]
             rows = sorted(fresh + known, key=lambda row: row[1], reverse=True) if fresh else known
-            self._rows = [row for row in rows if row[1] >= since][:SCAN_LIMIT]
-            self._notices = (marker, [n for _, _, n in self._rows if n is not None])
+            rows = [row for row in rows if row[1] >= since][:SCAN_LIMIT]
+            notices = self._notices[1]
+            if [key for key, _, _ in rows] != [key for key, _, _ in known]:  # else the same list: no feed rebuilt
+                notices = [n for _, _, n in rows if n is not None]
+            self._rows, self._notices = rows, (marker, notices)
         return self._notices
 
     def title(self, scope: Scope, lang: str) -> str:
@@ -167,15 +170,15 @@ class AtomFeeds:
         (immutable, replaced by each commit that changes them) or the recent notices.
         """
         alerts_now = self.b.state.alerts
-        marker, recent = self.recent_notices()
+        _, recent = self.recent_notices()
         key = (scope, lang, base)
         cached = self._documents.get(key)
-        if cached is not None and cached[0] is alerts_now and cached[1] == marker:
+        if cached is not None and cached[0] is alerts_now and cached[1] is recent:
             return cached[2]
         document = self._build(scope, lang, base, alerts_now.values(), recent)
         if len(self._documents) >= self._max_cached:
             self._documents.clear()  # bases come from requests' Host when base_url is unset: keep it bounded
-        self._documents[key] = (alerts_now, marker, document)
+        self._documents[key] = (alerts_now, recent, document)
         return document
 
     def _build(self, scope: Scope, lang: str, base: str, current: Iterable[AlertRecord],
