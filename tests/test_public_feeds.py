@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
 import json
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -20,7 +22,7 @@ import orjson
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from rig import Rig, SteppedClock, toml_value
+from rig import NETWORK_DIR, Rig, SteppedClock, toml_value
 from support import free_port
 from support.atom_checker import atom_problems
 from support.gtfs_rt_builders import alert_entity, selector
@@ -75,10 +77,15 @@ class Site:
 
 
 @contextlib.asynccontextmanager
-async def running_site(rig: Rig, clock: Clock | None = None, **public: Any) -> AsyncIterator[Site]:
-    """`broadcaster run`'s `serve` with the public site; its first poll round done."""
-    port = free_port()
-    config = public_config(rig, port, **public)
+async def running_site(
+    rig: Rig, clock: Clock | None = None, config: Config | None = None, **public: Any
+) -> AsyncIterator[Site]:
+    """`broadcaster run`'s `serve` with the public site (`config`'s, else the rig's with `public`); its first poll
+    round done."""
+    if config is None:
+        config = public_config(rig, free_port(), **public)
+    assert config.public is not None
+    port = config.public.port
     stop = asyncio.Event()
     async with open_broadcaster(config, clock=clock) as b:
         task = asyncio.create_task(serve(b, stop, grace=2))
@@ -536,3 +543,50 @@ async def test_a_notice_committed_late_with_an_earlier_time_still_reaches_the_fe
         after = await site.feed("/feeds/lines/2.atom")
         assert after.headers["etag"] != first.headers["etag"]
         assert "2号线列车晚点" in titles(after.content)
+
+
+ODD_LINE, ODD_STATION = "M/2 #?%é", "S/10 ?#&%"
+
+
+def network_with_odd_ids(target: Path) -> Path:
+    """The example network with line "2" and station "S10" renamed to ids no URL may hold as they are."""
+    target.mkdir()
+    for source in NETWORK_DIR.iterdir():
+        with source.open(encoding="utf-8", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+            fields = list(rows[0]) if rows else []
+        for row in rows:
+            if source.name in ("routes.txt", "trips.txt") and row.get("route_id") == "2":
+                row["route_id"] = ODD_LINE
+            if source.name == "translations.txt" and row["table_name"] == "routes" and row["record_id"] == "2":
+                row["record_id"] = ODD_LINE
+            for column in ("stop_id", "parent_station"):
+                if row.get(column) == "S10":
+                    row[column] = ODD_STATION
+        with (target / source.name).open("w", encoding="utf-8", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+    return target
+
+
+async def test_a_line_and_a_station_with_odd_ids_have_feeds_at_their_encoded_urls(rig: Rig) -> None:
+    odd = network_with_odd_ids(rig.tmp_path / "odd-network")
+    rig.serve_rt(alert_entity("A-ODD", header={"zh": "线路调整", "en": "Service change"},
+                              informed=[selector(route_id=ODD_LINE)], effect="DETOUR"))
+    port = free_port()
+    config = public_config(rig, port)
+    text = config.source.read_text(encoding="utf-8").replace(NETWORK_DIR.as_posix(), odd.as_posix())
+    config.source.write_text(text, encoding="utf-8")
+    async with running_site(rig, config=load_config(config.source)) as site:
+        assert ODD_LINE in site.b.network.lines
+        assert ODD_STATION in site.b.network.stations
+        index = (await site.http.get("/feeds/")).text
+        for scope, folder in ((ODD_LINE, "lines"), (ODD_STATION, "stations")):
+            path = f"/feeds/{folder}/{quote(scope, safe='')}.atom"
+            assert f'href="{path}"' in index
+            feed = await site.feed(path)
+            assert feed.status_code == 200
+            assert "线路调整" in titles(feed.content)
+            links = ET.fromstring(feed.content).findall(f"{ATOM}link")  # noqa: S314
+            assert f"{site.base}{path}" in [link.get("href") for link in links if link.get("rel") == "self"]
