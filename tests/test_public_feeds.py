@@ -133,6 +133,8 @@ async def test_an_alert_on_line_2_is_in_the_network_line_2_and_its_stations_feed
             current = [e for e in entries(answer.content) if "alert" in terms(e)]
             assert [e.findtext(f"{ATOM}title") for e in current] == [headline]
             assert "emergency" in terms(current[0])
+            links = [(link.get("rel"), link.get("href")) for link in current[0].findall(f"{ATOM}link")]
+            assert links == [("alternate", f"{site.base}/?line=2&lang=zh")]  # the commuter page, line 2 picked
             notices = [e for e in entries(answer.content) if "alert_new" in terms(e)]
             assert len(notices) == 1
             assert headline in (notices[0].findtext(f"{ATOM}content") or "")

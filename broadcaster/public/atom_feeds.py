@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from broadcaster import __version__
 from broadcaster.channels.atom import ATOM_NS, XML_LANG, headline, rfc3339, urn_uuid, xml_safe
 from broadcaster.channels.mqtt import MqttNoticeChannel
 from broadcaster.compose import alert_lines, is_emergency
@@ -185,7 +186,8 @@ class AtomFeeds:
                recent: list[RecentNotice]) -> FeedDocument:
         alerts = self.touches.current(current, scope)
         notices = self.touches.recent(recent, scope, self.config.feed_notices)
-        entries = [self._alert_entry(r, lang) for r in alerts] + [self._notice_entry(n, lang) for n in notices]
+        entries = ([self._alert_entry(r, lang, base) for r in alerts]
+                   + [self._notice_entry(n, lang, base) for n in notices])
         updated = max([r.updated_at for r in alerts] + [n.issued_at for n in notices], default=self.started)
         feed = ET.Element(_a("feed"), {XML_LANG: lang})
         _text(feed, "id", urn_uuid(f"{_ID_ROOT}/feed/{lang}/{scope.kind.value}\x1f{scope.id}"))
@@ -194,7 +196,7 @@ class AtomFeeds:
         _text(feed, "updated", rfc3339(updated))
         author = ET.SubElement(feed, _a("author"))
         _text(author, "name", self.config.feed_title.get(lang) or title)
-        _text(feed, "generator", "broadcaster")
+        _text(feed, "generator", "broadcaster", version=__version__)
         _link(feed, "self", base + self.feed_url(scope, lang), ATOM_TYPE)
         _link(feed, "alternate", base + page_path(scope, lang), "text/html")
         for other in self.languages:
@@ -220,7 +222,16 @@ class AtomFeeds:
     def _localized(self, text: LocalizedText, lang: str) -> str:
         return text.get(lang, self.default_language)
 
-    def _alert_entry(self, record: AlertRecord, lang: str) -> ET.Element:
+    def _page_of(self, lines: Sequence[str], stations: Sequence[str]) -> Scope:
+        """Where the commuter page shows an entry: its first line, else its first station, else the network."""
+        for kind, ids, known in ((ScopeKind.LINE, lines, self.network.lines),
+                                 (ScopeKind.STATION, stations, self.network.stations)):
+            found = next((i for i in ids if i in known), None)
+            if found is not None:
+                return Scope(kind, found)
+        return NETWORK
+
+    def _alert_entry(self, record: AlertRecord, lang: str, base: str) -> ET.Element:
         alert = record.alert
         entry = ET.Element(_a("entry"), {XML_LANG: lang})
         _text(entry, "id", urn_uuid(f"{_ID_ROOT}/alert/{lang}/{alert.id}\x1f{record.version}"))
@@ -232,15 +243,16 @@ class AtomFeeds:
         _text(entry, "category", "", term=alert.effect, label=word(alert.effect, lang))
         if is_emergency(record, self.emergency):
             _text(entry, "category", "", term="emergency")
+        lines = alert_lines(alert, self.network)
         url = self._localized(alert.url, lang)
-        if url.startswith(("https://", "http://")):
-            _link(entry, "alternate", url, "text/html")
-        parts = [header, self._localized(alert.description, lang),
-                 self._places(alert_lines(alert, self.network), alert.station_ids, lang)]
+        if not url.startswith(("https://", "http://")):  # the operator's page about it, else the commuter page
+            url = base + page_path(self._page_of(lines, alert.station_ids), lang)
+        _link(entry, "alternate", url, "text/html")
+        parts = [header, self._localized(alert.description, lang), self._places(lines, alert.station_ids, lang)]
         _text(entry, "content", "\n\n".join(p for p in parts if p), type="text")
         return entry
 
-    def _notice_entry(self, notice: RecentNotice, lang: str) -> ET.Element:
+    def _notice_entry(self, notice: RecentNotice, lang: str, base: str) -> ET.Element:
         entry = ET.Element(_a("entry"), {XML_LANG: lang})
         _text(entry, "id", urn_uuid(f"{_ID_ROOT}/notice/{lang}/{notice.notice_id}\x1f{notice.version}"))
         text = notice.texts.get(lang) or notice.texts.get(self.default_language) or next(
@@ -251,6 +263,7 @@ class AtomFeeds:
         _text(entry, "category", "", term=notice.kind)
         if notice.priority == "emergency":
             _text(entry, "category", "", term="emergency")
+        _link(entry, "alternate", base + page_path(self._page_of(notice.lines, notice.stations), lang), "text/html")
         _text(entry, "content", text, type="text")
         return entry
 
