@@ -263,6 +263,11 @@ async def test_unknown_ids_and_languages_get_a_plain_404_and_links_are_absolute(
         feed = ET.fromstring((await site.feed("/feeds/network.atom")).content)
         self_link = next(link for link in feed.findall(f"{ATOM}link") if link.get("rel") == "self")
         assert self_link.get("href") == f"{site.base}/feeds/network.atom"
+        # Another Host: the same feed under that address, with its own tag (the body differs by the links only).
+        other = await site.feed("/feeds/network.atom", Host="feeds.example:8443")
+        assert b'href="http://feeds.example:8443/feeds/network.atom"' in other.content
+        assert other.headers["etag"] == strong_etag(other.content)
+        assert other.headers["etag"] != (await site.feed("/feeds/network.atom")).headers["etag"]
 
 
 async def test_the_index_lists_every_feed_with_autodiscovery_links(rig: Rig) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -113,11 +114,13 @@ class AtomFeeds:
         self.emergency = emergency_rule(b.config)
         #: An empty feed's `updated`: nothing it lists changed since the site started.
         self.started = b.clock.now()
-        self._max_cached = 4 * (1 + len(b.network.lines) + len(b.network.stations)) * len(self.languages)
+        # Documents are built with this in place of the site's URL, put in per request: a reader's Host (when
+        # base_url is unset) never causes a build. Random, so no feed text can hold it.
+        self._base_token = f"urn:x-site:{uuid.uuid4().hex}".encode()
         self._notices: tuple[object, list[RecentNotice]] = (None, [])
         self._rows: list[tuple[str, datetime, RecentNotice | None]] = []  # (outbox key, queued at, notice)
         #: The documents last built, with what they were built from (the state's alerts, the notices' list).
-        self._documents: dict[tuple[Scope, str, str], tuple[object, object, FeedDocument]] = {}
+        self._documents: dict[tuple[Scope, str], tuple[object, object, FeedDocument]] = {}
 
     # -- what a feed holds --------------------------------------------------------------------------------------
 
@@ -172,15 +175,14 @@ class AtomFeeds:
         """
         alerts_now = self.b.state.alerts
         _, recent = self.recent_notices()
-        key = (scope, lang, base)
-        cached = self._documents.get(key)
+        cached = self._documents.get((scope, lang))
         if cached is not None and cached[0] is alerts_now and cached[1] is recent:
-            return cached[2]
-        document = self._build(scope, lang, base, alerts_now.values(), recent)
-        if len(self._documents) >= self._max_cached:
-            self._documents.clear()  # bases come from requests' Host when base_url is unset: keep it bounded
-        self._documents[key] = (alerts_now, recent, document)
-        return document
+            template = cached[2]
+        else:
+            template = self._build(scope, lang, self._base_token.decode(), alerts_now.values(), recent)
+            self._documents[(scope, lang)] = (alerts_now, recent, template)
+        body = template.body.replace(self._base_token, html.escape(xml_safe(base), quote=True).encode())
+        return FeedDocument(body, strong_etag(body), template.last_modified)
 
     def _build(self, scope: Scope, lang: str, base: str, current: Iterable[AlertRecord],
                recent: list[RecentNotice]) -> FeedDocument:
