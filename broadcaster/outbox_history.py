@@ -128,3 +128,19 @@ class OutboxHistory:
             (channel, notice_id, SENT, CORRECTION_VERSION_PREFIX + "%", DELETION_VERSION_PREFIX + "%"),
         ).fetchall()
         return [str(r[0]) for r in rows]
+
+    def recent(self, channel: str, since: datetime, limit: int) -> list[OutboxRecord]:
+        """The latest `limit` rows queued for `channel` at or after `since`, newest first, whatever their status
+        (the public site's feeds: what was announced, delivered yet or not)."""
+        rows = self.db.conn.execute(
+            f"SELECT {_RECORD_COLUMNS} FROM outbox WHERE channel = ? AND created_at >= ?"  # noqa: S608 (a constant column list)
+            " ORDER BY created_at DESC, rowid DESC LIMIT ?",
+            (channel, iso(since), limit),
+        )
+        return [_record(r) for r in rows]
+
+    def last_row(self) -> int:
+        """The rowid of the row queued last, on any channel (0 before any): it changes whenever a row is queued
+        (rows are never deleted, so a rowid is never reused)."""
+        row = self.db.conn.execute("SELECT MAX(rowid) FROM outbox").fetchone()
+        return int(row[0] or 0)

@@ -62,23 +62,36 @@ def _a(tag: str) -> str:
     return f"{{{ATOM_NS}}}{tag}"
 
 
+def urn_uuid(name: str) -> str:
+    """A stable Atom id for `name`: the same name gives the same `urn:uuid:` IRI on any machine, at any time
+    (the public site's feeds name theirs too, so these names never start with "[")."""
+    return f"urn:uuid:{uuid.uuid5(_ID_NAMESPACE, name)}"
+
+
 def entry_id(channel: str, key: str) -> str:
     """The Atom id of the entry for outbox key `key`: the same key always gives the same id."""
-    return f"urn:uuid:{uuid.uuid5(_ID_NAMESPACE, f'{channel}/entry/{key}')}"
+    return urn_uuid(f"{channel}/entry/{key}")
 
 
 def feed_id(channel: str) -> str:
-    return f"urn:uuid:{uuid.uuid5(_ID_NAMESPACE, f'{channel}/feed')}"
+    return urn_uuid(f"{channel}/feed")
 
 
-def _rfc3339(at: datetime) -> str:
+def rfc3339(at: datetime) -> str:
+    """`at` as an RFC 3339 date-time in UTC, to the second (Atom's Date construct)."""
     return at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _title(post: Post) -> str:
-    first = next((line.strip() for line in post.text.splitlines() if line.strip()), post.kind)
+def headline(text: str, fallback: str) -> str:
+    """The first non-blank line of `text` (else `fallback`), cut to a title's length."""
+    first = next((line.strip() for line in text.splitlines() if line.strip()), fallback)
     if len(first) > _TITLE_MAX:
         first = first[: _TITLE_MAX - 1].rstrip() + "…"
+    return first
+
+
+def _title(post: Post) -> str:
+    first = headline(post.text, post.kind)
     if post.parts > 1:
         first = f"{first} ({post.part + 1}/{post.parts})"
     return first
@@ -177,8 +190,8 @@ class AtomChannel:
         entry = ET.Element(_a("entry"), {XML_LANG: xml_safe(post.language)})
         _text_element(entry, "id", eid)
         _text_element(entry, "title", _title(post))
-        _text_element(entry, "updated", _rfc3339(now))
-        _text_element(entry, "published", _rfc3339(now))
+        _text_element(entry, "updated", rfc3339(now))
+        _text_element(entry, "published", rfc3339(now))
         ET.SubElement(entry, _a("category"), {"term": xml_safe(post.kind)})
         if post.emergency:
             ET.SubElement(entry, _a("category"), {"term": "emergency"})
@@ -203,7 +216,7 @@ class AtomChannel:
         feed = ET.Element(_a("feed"))
         _text_element(feed, "id", feed_id(self.name))
         _text_element(feed, "title", self.config.title)
-        newest = max((e.findtext(_a("updated")) or "" for e in entries), default="") or _rfc3339(now)
+        newest = max((e.findtext(_a("updated")) or "" for e in entries), default="") or rfc3339(now)
         _text_element(feed, "updated", newest)
         author = ET.SubElement(feed, _a("author"))
         _text_element(author, "name", self.config.title)

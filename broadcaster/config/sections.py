@@ -234,6 +234,14 @@ class PublicConfig(_Listening):
     #: The absolute URL readers reach the site at (e.g. https://metro.example/updates), for the feeds' links;
     #: None: taken from each request's Host.
     base_url: Annotated[str, Field(pattern=r"^https?://[^\s?#]+$")] | None = None
+    #: The Atom feeds (docs/commuters.md): how long readers and caches may keep one (Cache-Control max-age)...
+    feed_max_age_seconds: Annotated[int, Field(ge=0, le=86400)] = 30
+    #: ...how many recent notices each lists, at most, and from how many days back.
+    feed_notices: Annotated[int, Field(ge=0, le=500)] = 50
+    feed_days: PositiveSeconds = 7
+    #: The feeds' title per language (e.g. { zh = "地铁运营信息", en = "Metro service updates" }); a language
+    #: not given gets "运营信息" (zh) or "Service updates".
+    feed_title: dict[LanguageCode, Annotated[str, Field(min_length=1, max_length=200)]] = Field(default_factory=dict)
 
 
 #: The placeholders a hashtag pattern may use, per kind of pattern.

@@ -56,6 +56,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_thread ON outbox (channel, notice_id, starts_thread, part);
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, channel, priority, next_attempt_at);
+-- A channel's latest rows (the public site's feeds list the recent notices): added without a schema version.
+CREATE INDEX IF NOT EXISTS outbox_recent ON outbox (channel, created_at);
 CREATE TABLE IF NOT EXISTS retained (topic TEXT PRIMARY KEY, digest TEXT NOT NULL);
 -- Topics cleared within the retained TTL: a broker that crashed may bring their old payload back.
 CREATE TABLE IF NOT EXISTS retained_cleared (topic TEXT PRIMARY KEY, cleared_at TEXT NOT NULL);
