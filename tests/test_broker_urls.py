@@ -8,8 +8,9 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-from conftest import MosquittoFactory
+from conftest import ADMIN_TOKEN, MosquittoFactory
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rig import Rig, poll_all, running
@@ -17,7 +18,8 @@ from support import LoopbackHttpServer, MessageRecorder, collect_retained
 from support.gtfs_rt_builders import alert_entity, selector
 from test_config_secrets import base_document
 
-from broadcaster.config import broker_label, parse_config
+from broadcaster.admin.server import AdminServer
+from broadcaster.config import AdminConfig, AdminToken, SecretRef, broker_label, parse_config, with_mqtt_url
 from broadcaster.errors import ConfigError
 from broadcaster.status import status_report
 
@@ -30,6 +32,7 @@ def metric_line(text: str, url: str) -> str:
 
 async def test_the_link_fails_over_to_the_next_broker_republishes_everything_and_does_not_flap_back(
     tmp_path: Path, http_server: LoopbackHttpServer, mosquitto_factory: MosquittoFactory, topic_prefix: str,
+    admin_tokens: None,
 ) -> None:
     first, second = mosquitto_factory(), mosquitto_factory()
     rig = Rig(tmp_path, http_server, first.url, topic_prefix)
@@ -52,8 +55,15 @@ async def test_the_link_fails_over_to_the_next_broker_republishes_everything_and
         assert set(on_second) == set(on_first)  # the whole retained state, on a broker that had none of it
         assert b'"online"' in on_second[rig.topic("broadcaster/status")]
 
-        # Which broker is in use: health (the admin API's /v1/status), metrics, and `broadcaster status`.
-        assert b.health().mqtt_broker == broker_label(second.url)
+        # Which broker is in use: the admin API's /v1/status, metrics, and `broadcaster status`.
+        admin = AdminConfig(listen="127.0.0.1:0", tokens=(AdminToken(id="desk", token=SecretRef(env="T_ADMIN")),))
+        async with (AdminServer(b, admin) as server,
+                    httpx.AsyncClient(base_url=server.url, timeout=10, trust_env=False) as http):
+            answer = await http.get("/v1/status", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        assert answer.status_code == 200
+        expected = {"connected": True, "broker": broker_label(second.url), "url": first.url, "protocol": "5",
+                    "brokers": [broker_label(first.url), broker_label(second.url)], "sessions": 2}
+        assert {key: answer.json()["mqtt"].get(key) for key in expected} == expected
         metrics = b.metrics.render().decode()
         assert metric_line(metrics, broker_label(second.url)).endswith(" 1.0")
         assert metric_line(metrics, broker_label(first.url)).endswith(" 0.0")
@@ -159,3 +169,8 @@ def test_url_and_urls_are_one_or_the_other_and_a_list_of_one_is_the_url(tmp_path
     document["mqtt"]["url"] = "mqtt://10.0.0.1:1883"
     alone = parse_config(document, tmp_path / "broadcaster.toml").mqtt
     assert one.brokers == alone.brokers == ("mqtt://10.0.0.1:1883",)
+
+
+def test_the_command_lines_broker_replaces_the_whole_list(tmp_path: Path) -> None:
+    config = load(["mqtt://10.0.0.1", "mqtt://10.0.0.2"], tmp_path)
+    assert with_mqtt_url(config, "mqtt://10.0.0.9:1883").mqtt.brokers == ("mqtt://10.0.0.9:1883",)
