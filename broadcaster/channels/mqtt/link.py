@@ -219,7 +219,10 @@ class MqttLink:
                 self.last_error = str(exc)
                 if self.connected.is_set():
                     log.warning("MQTT connection to %s lost: %s", url, exc)
-                    delay = 0.5  # a session was served: a new outage, not the one the backoff grew over
+                    if datetime.now(UTC) - self._started >= timedelta(seconds=self.config.reconnect_max_seconds):
+                        # A session that outlived the longest wait ended: a new outage, not the one the backoff
+                        # grew over. One dropped at once (an ACL, a client id taken over) keeps backing off.
+                        delay = 0.5
                 else:
                     log.warning("MQTT connection to %s failed: %s (retrying in %.1f s)", url, exc, delay)
             except IdentityConflict:
