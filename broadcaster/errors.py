@@ -14,7 +14,6 @@
     ├── UnknownNotice          an operator request names a notice that was never issued (.notice_id)
     ├── IdempotencyKeyReused   an idempotency key comes back with a different request (.key)
     ├── RequestFailed          an operator request queued for the running broadcaster failed or was not taken
-    ├── ProtocolViolation      the demo's MQTT 5 relay met a packet it cannot translate (the connection closes)
     └── DeliveryError          a channel could not deliver a message (.channel)
         ├── TransientDeliveryError   try again later (.retry_after seconds or None, .maybe_delivered)
         └── PermanentDeliveryError   retrying will not help: park and report
@@ -153,10 +152,6 @@ class IdempotencyKeyReused(BroadcasterError):
 
 class RequestFailed(BroadcasterError):
     """The broadcaster could not carry out an operator request (`announce`, `correct` on the command line)."""
-
-
-class ProtocolViolation(BroadcasterError):
-    """A packet the demo's MQTT 5 relay cannot translate: the connection is closed."""
 
 
 class DeliveryError(BroadcasterError):

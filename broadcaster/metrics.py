@@ -101,6 +101,9 @@ class Health:
     outbox: Mapping[str, OutboxDepth] = field(default_factory=dict)  # channel -> depth
     #: False when the canary shows acknowledged publishes not arriving (a broker dropping them silently).
     mqtt_delivering: bool = True
+    #: The configured brokers as scheme://host:port, and the one the link's session is with (None: none).
+    mqtt_brokers: tuple[str, ...] = ()
+    mqtt_broker: str | None = None
 
     @property
     def healthy(self) -> bool:
@@ -144,6 +147,8 @@ def read_health(
     now: datetime,
     *,
     mqtt_delivering: bool = True,
+    mqtt_brokers: tuple[str, ...] = (),
+    mqtt_broker: str | None = None,
 ) -> Health:
     """The broadcaster's health now, from its feed records, its broker link and its outbox."""
     return Health(
@@ -151,6 +156,8 @@ def read_health(
         mqtt_connected,
         outbox_depth(outbox, channels, now),
         mqtt_delivering,
+        mqtt_brokers,
+        mqtt_broker,
     )
 
 
@@ -182,6 +189,9 @@ class _HealthCollector(Collector):
         canary = GaugeMetricFamily("broadcaster_mqtt_canary_ok",
                                    "0 when acknowledged publishes do not come back through the broadcaster's own"
                                    " subscription (a broker dropping them silently, e.g. by ACL).")
+        broker = GaugeMetricFamily("broadcaster_mqtt_broker",
+                                   "1 for the broker (of mqtt.url or mqtt.urls, as scheme://host:port) the link is"
+                                   " connected to, 0 for the others.", labels=["url"])
         depth = GaugeMetricFamily("broadcaster_outbox_entries",
                                   "Outbox entries per channel that are pending (queued or backing off) or parked.",
                                   labels=["channel", "status"])
@@ -199,11 +209,13 @@ class _HealthCollector(Collector):
                 failures.add_metric([feed.name], feed.consecutive_failures)
             mqtt.add_metric([], 1 if health.mqtt_connected else 0)
             canary.add_metric([], 1 if health.mqtt_delivering else 0)
+            for url in health.mqtt_brokers:
+                broker.add_metric([url], 1 if url == health.mqtt_broker else 0)
             for channel, d in health.outbox.items():
                 depth.add_metric([channel, PENDING], d.pending)
                 depth.add_metric([channel, PARKED], d.parked)
                 oldest.add_metric([channel], d.oldest_pending_seconds or 0.0)
-        yield from (info, up, age, last_ok, failures, mqtt, canary, depth, oldest)
+        yield from (info, up, age, last_ok, failures, mqtt, canary, broker, depth, oldest)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -22,10 +22,12 @@ from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+import orjson
+
 from broadcaster.channels.base import NoticeChannel, PostingChannel
 from broadcaster.channels.mqtt import MqttLink, MqttNoticeChannel
 from broadcaster.compose import ComposePolicy, EmergencyRule
-from broadcaster.config import ChannelConfig, Config, DigestConfig, FeedConfig
+from broadcaster.config import ChannelConfig, Config, DigestConfig, FeedConfig, broker_label
 from broadcaster.contract import Topics
 from broadcaster.digests import DigestPoster
 from broadcaster.dispatcher import DeliveryPolicy, Dispatcher
@@ -46,7 +48,8 @@ from broadcaster.render import Renderer
 from broadcaster.render.hashtags import hashtags_of
 from broadcaster.retained import RetainedPlanner, SequenceClock
 from broadcaster.state import NetworkState, StatePolicy
-from broadcaster.store import Database, FeedRecord
+from broadcaster.status import BROKER_KEY, BROKER_NAMESPACE
+from broadcaster.store import Database, FeedRecord, KeyValueStore
 
 __all__ = ["Broadcaster", "Clock", "PollOutcome", "SystemClock", "emergency_rule", "state_policy"]
 
@@ -184,13 +187,28 @@ class Broadcaster:
     # -- retained state and delivery ----------------------------------------------------------------------------
 
     async def on_connected(self) -> None:
-        """A new broker session: the broker may have lost retained state, and queued notices can go now."""
+        """A new broker session: the broker may have lost retained state (or be another broker of mqtt.urls),
+        and queued notices can go now."""
+        self._record_broker()
         await self.publisher.publish_retained(full=True)
         try:
             self.outbox.make_due(MqttNoticeChannel.name, self.clock.now())
         except StoreError as exc:
             log.error("could not reschedule queued notices: %s", exc)
         self.dispatcher.wake()
+
+    def _record_broker(self) -> None:
+        """Which broker this session is with, for `broadcaster status` (another process): bookkeeping, as a lost
+        record is written again by the next session."""
+        if self.link.broker is None:
+            return
+        record = {"url": broker_label(self.link.broker), "protocol": self.config.mqtt.protocol,
+                  "since": self.clock.now().isoformat(timespec="seconds")}
+        try:
+            with self.db.transaction(durable=False) as conn:
+                KeyValueStore(self.db, BROKER_NAMESPACE).save(conn, BROKER_KEY, orjson.dumps(record).decode())
+        except StoreError as exc:
+            log.error("could not record the broker in use: %s", exc)
 
     async def drain_due(self, channel: NoticeChannel) -> int:
         return await self.dispatcher.drain_due(channel)
@@ -205,4 +223,6 @@ class Broadcaster:
         """Feeds, the broker link and the outbox now (the admin API's health and status, the metrics' gauges)."""
         return read_health(self.config.feeds, self.poller.records, [c.name for c in self.channels], self.history,
                            self.link.connected.is_set(), self.clock.now(),
-                           mqtt_delivering=self.publisher.mqtt_delivering)
+                           mqtt_delivering=self.publisher.mqtt_delivering,
+                           mqtt_brokers=tuple(broker_label(url) for url in self.config.mqtt.brokers),
+                           mqtt_broker=broker_label(self.link.broker) if self.link.broker else None)

@@ -13,7 +13,10 @@ import orjson
 from broadcaster.config import Config
 from broadcaster.outbox import OutboxStatus
 from broadcaster.outbox_history import OutboxHistory
-from broadcaster.store import Database, FeedRecord, load_feeds
+from broadcaster.store import Database, FeedRecord, KeyValueStore, load_feeds
+
+#: Where a running broadcaster records the broker its MQTT session is with (`Broadcaster.on_connected`).
+BROKER_NAMESPACE, BROKER_KEY = "mqtt", "broker"
 
 
 @dataclass
@@ -53,6 +56,9 @@ class StatusReport:
     outbox: dict[str, dict[str, int]] = field(default_factory=dict)  # channel -> status -> count
     parked: list[PostLine] = field(default_factory=list)
     latest: list[PostLine] = field(default_factory=list)
+    #: The broker the latest MQTT session was with: url (scheme://host:port), protocol and since; None before
+    #: the first session.
+    broker: dict[str, str] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,6 +69,9 @@ class StatusReport:
             age = f"{f.feed_age_s:.0f} s old" if f.feed_age_s is not None else "no data yet"
             out.append(f"  {f.name:<20} {f.verdict():<40} content {age}")
             out += [f"    skipped: {problem}" for problem in f.problems]
+        if self.broker is not None:
+            out.append(f"broker: {self.broker.get('url')} (MQTT {self.broker.get('protocol')}), latest session since"
+                       f" {self.broker.get('since')}")
         out.append(f"outbox ({' / '.join(OutboxStatus)}):")
         for channel, counts in sorted(self.outbox.items()):
             out.append(f"  {channel:<20} " + " / ".join(str(counts.get(s, 0)) for s in OutboxStatus))
@@ -86,6 +95,15 @@ def _excerpt(channel: str, payload: bytes, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _broker_record(db: Database) -> dict[str, str] | None:
+    raw = KeyValueStore(db, BROKER_NAMESPACE).get(BROKER_KEY)
+    try:
+        record = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        return None
+    return {str(k): str(v) for k, v in record.items()} if isinstance(record, dict) else None
+
+
 def status_report(config: Config, *, now: datetime | None = None, latest: int = 10) -> StatusReport:
     """What an operator needs to know at a glance, from the committed state."""
     now = now or datetime.now(UTC)
@@ -101,6 +119,7 @@ def status_report(config: Config, *, now: datetime | None = None, latest: int = 
                 (now - record.feed_timestamp).total_seconds() if record.feed_timestamp else None,
                 record.consecutive_failures, record.last_error, list(record.problems), record.never_fetched,
             ))
+        report.broker = _broker_record(db)
         outbox = OutboxHistory(db)
         for (channel, status), count in outbox.depth().items():
             report.outbox.setdefault(channel, {})[status] = count

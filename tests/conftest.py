@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 from rig import Rig
-from support import LoopbackHttpServer, MosquittoBroker, MosquittoNotFound
+from support import LoopbackHttpServer, MosquittoBroker, MosquittoNotFound, mqtt_client
 from support.long_tests import long_tests_first
 from support.microblog_fixture import MicroblogServer, serve_microblog
 
@@ -108,10 +108,25 @@ def microblog() -> Iterator[MicroblogServer]:
 
 
 @pytest.fixture
-def rig(tmp_path: Path, http_server: LoopbackHttpServer, mosquitto: MosquittoBroker, topic_prefix: str) -> Rig:
+def mqtt_protocol() -> str:
+    """The MQTT version a test's broadcaster and displays speak: "5"; the contract suite is parametrized over
+    both (`rig.both_protocols`)."""
+    return "5"
+
+
+@pytest.fixture
+def speak_protocol(mqtt_protocol: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The test helpers' MQTT clients (displays, recorders) speak `mqtt_protocol` in this test."""
+    monkeypatch.setattr(mqtt_client, "SUBSCRIBER_PROTOCOL", mqtt_protocol)
+    return mqtt_protocol
+
+
+@pytest.fixture
+def rig(tmp_path: Path, http_server: LoopbackHttpServer, mosquitto: MosquittoBroker, topic_prefix: str,
+        speak_protocol: str) -> Rig:
     """A config for this test (the example network, feeds on `http_server`, the session broker under
-    `topic_prefix`), with an empty GTFS-RT feed and one passenger-flow reading served."""
-    r = Rig(tmp_path, http_server, mosquitto.url, topic_prefix)
+    `topic_prefix`, MQTT `mqtt_protocol`), with an empty GTFS-RT feed and one passenger-flow reading served."""
+    r = Rig(tmp_path, http_server, mosquitto.url, topic_prefix, protocol=speak_protocol)
     r.serve_rt()
     r.serve_flow({"S04": "FEW_SEATS_AVAILABLE"})
     return r

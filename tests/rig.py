@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from google.transit import gtfs_realtime_pb2 as pb
 from support import LoopbackHttpServer
 from support.gtfs_rt_builders import feed_bytes
@@ -23,6 +24,11 @@ from broadcaster.runner import open_broadcaster
 from broadcaster.service import Broadcaster, Clock
 
 NETWORK_DIR = data_dir("config") / "network"
+
+#: The MQTT versions the contract suite runs against, on the same Mosquitto: a test that defines part of the
+#: contract (docs/mqtt.md) takes `mqtt_protocol` and is marked `@both_protocols`.
+PROTOCOLS = ("5", "3.1.1")
+both_protocols = pytest.mark.parametrize("mqtt_protocol", PROTOCOLS)
 
 
 def now_s() -> int:
@@ -59,6 +65,8 @@ class Rig:
     mqtt_url: str
     prefix: str
     extra_state: str = ""
+    #: `mqtt.protocol` of the configs it writes (the `mqtt_protocol` fixture).
+    protocol: str = "5"
 
     @property
     def config_path(self) -> Path:
@@ -66,8 +74,11 @@ class Rig:
 
     def write_config(self, **overrides: Any) -> Path:
         mqtt = {"url": self.mqtt_url, "topic_prefix": self.prefix, "client_id": f"bc-{self.prefix[-8:]}",
-                "publish_timeout_seconds": 3, "reconnect_max_seconds": 1, "will_delay_seconds": 2}
+                "publish_timeout_seconds": 3, "reconnect_max_seconds": 1, "will_delay_seconds": 2,
+                "protocol": self.protocol}
         mqtt.update(overrides.pop("mqtt", {}))
+        if "urls" in mqtt:
+            del mqtt["url"]  # one of the two, never both
         state = {"directory": str(self.tmp_path / "state"), "resolve_after_missing": 2,
                  "crowding_min_dwell_seconds": 0}
         state.update(overrides.pop("state", {}))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from rig import Rig
+from rig import Rig, both_protocols
 from support import LoopbackHttpServer, MessageRecorder, MosquittoBroker, collect_retained
 from support.gtfs_rt_builders import alert_entity, selector
 
@@ -24,8 +24,9 @@ T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def rig(tmp_path: Path, http_server: LoopbackHttpServer, mosquitto: MosquittoBroker, topic_prefix: str) -> Rig:
-    r = Rig(tmp_path, http_server, mosquitto.url, topic_prefix)
+def rig(tmp_path: Path, http_server: LoopbackHttpServer, mosquitto: MosquittoBroker, topic_prefix: str,
+        speak_protocol: str) -> Rig:
+    r = Rig(tmp_path, http_server, mosquitto.url, topic_prefix, protocol=speak_protocol)
     r.serve_rt(alert_entity("A-1", header={"zh": "1号线限速", "en": "Line 1 running slowly"},
                             informed=[selector(route_id="1")], effect="SIGNIFICANT_DELAYS"))
     r.serve_flow({"S04": "STANDING_ROOM_ONLY"})
@@ -43,6 +44,7 @@ def test_the_batch_status_matches_the_contract() -> None:
     assert "valid_until" not in status_body("online", "b1", T0, "i1", mode="service")
 
 
+@both_protocols
 async def test_a_clean_once_leaves_the_status_online_as_a_batch_until_its_data_expires(rig: Rig) -> None:
     started = datetime.now(UTC)
     process = await asyncio.create_subprocess_exec(

@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 from conftest import MosquittoFactory
-from rig import Rig, payloads, poll_all, running
+from rig import Rig, both_protocols, payloads, poll_all, running
 from support import LoopbackHttpServer, MessageRecorder, collect_retained
 from support.fault_proxy import FaultProxy
 from support.gtfs_rt_builders import alert_entity, selector
@@ -106,9 +106,10 @@ async def test_a_lost_puback_is_sent_again_with_the_same_identity(rig: Rig) -> N
     assert len({(n["notice_id"], n["version"], n["seq"]) for n in got}) == 1
 
 
+@both_protocols
 async def test_a_broker_that_drops_acknowledged_publishes_is_noticed_within_two_ticks(
     tmp_path: Path, http_server: LoopbackHttpServer, mosquitto_factory: MosquittoFactory, topic_prefix: str,
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, speak_protocol: str,
 ) -> None:
     # An ACL mistake: the broadcaster account may read its line topics but not write them. Mosquitto still
     # acknowledges every publish (aiomqtt 2.x shows no PUBACK reason code) and drops it.
@@ -120,7 +121,7 @@ async def test_a_broker_that_drops_acknowledged_publishes_is_noticed_within_two_
     broker = mosquitto_factory(extra_config=f"password_file {passwd}\nacl_file {acl}\n")
     monkeypatch.setenv("T_MQTT_USER", "broadcaster")
     monkeypatch.setenv("T_MQTT_PASSWORD", "canary-test-password")
-    rig = Rig(tmp_path, http_server, broker.url, topic_prefix)
+    rig = Rig(tmp_path, http_server, broker.url, topic_prefix, protocol=speak_protocol)
     rig.serve_rt()
     rig.serve_flow({"S04": "FEW_SEATS_AVAILABLE"})
     config = rig.config(mqtt={"username": {"env": "T_MQTT_USER"}, "password": {"env": "T_MQTT_PASSWORD"}})
@@ -134,6 +135,7 @@ async def test_a_broker_that_drops_acknowledged_publishes_is_noticed_within_two_
         assert "broadcaster_mqtt_canary_ok 0.0" in b.metrics.render().decode()
 
 
+@both_protocols
 async def test_the_canary_stays_quiet_when_publishes_arrive(rig: Rig) -> None:
     async with running(rig.config()) as b:
         for _ in range(4):

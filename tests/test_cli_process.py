@@ -14,7 +14,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from rig import Rig
+from rig import Rig, both_protocols
 from support import (
     LoopbackHttpServer,
     MessageRecorder,
@@ -36,8 +36,9 @@ def broadcaster(*args: str) -> list[str]:
 
 
 @pytest.fixture
-def rig(tmp_path: Path, http_server: LoopbackHttpServer, mosquitto: MosquittoBroker, topic_prefix: str) -> Rig:
-    r = Rig(tmp_path, http_server, mosquitto.url, topic_prefix)
+def rig(tmp_path: Path, http_server: LoopbackHttpServer, mosquitto: MosquittoBroker, topic_prefix: str,
+        speak_protocol: str) -> Rig:
+    r = Rig(tmp_path, http_server, mosquitto.url, topic_prefix, protocol=speak_protocol)
     r.serve_rt(alert_entity("A-1", header={"zh": "1号线限速", "en": "Line 1 running slowly"},
                             informed=[selector(route_id="1")], effect="SIGNIFICANT_DELAYS"))
     r.serve_flow({"S04": "STANDING_ROOM_ONLY"})
@@ -113,6 +114,7 @@ async def test_once_exits_1_naming_the_feed_that_failed(rig: Rig) -> None:
     assert "HTTP 500" in output
 
 
+@both_protocols
 async def test_run_stops_cleanly_on_sigterm_and_says_offline(rig: Rig) -> None:
     path = rig.write_config()
     async with MessageRecorder(rig.mqtt_url, rig.topic("#")) as recorder:
@@ -136,6 +138,7 @@ async def test_run_stops_cleanly_on_sigterm_and_says_offline(rig: Rig) -> None:
     assert states[-1] == "offline"
 
 
+@both_protocols
 async def test_sigkilled_broadcaster_reads_offline_through_its_last_will(rig: Rig) -> None:
     path = rig.write_config()  # will_delay_seconds = 2
     process = await asyncio.create_subprocess_exec(
@@ -266,6 +269,26 @@ async def test_with_the_production_will_delay_a_dead_broadcaster_reads_offline_w
         await process.wait()
 
 
+@pytest.mark.parametrize("mqtt_protocol", ["3.1.1"])
+async def test_with_mqtt_3_1_1_the_will_says_offline_at_once_whatever_the_will_delay(rig: Rig) -> None:
+    """MQTT 3.1.1 has no Will Delay: a 3.1.1 display reads `offline` as soon as the broker notices the death,
+    though the config asks for 30 s (docs/mqtt.md: a restart may show `offline` briefly)."""
+    path = rig.write_config(mqtt={"will_delay_seconds": 30})
+    process = await asyncio.create_subprocess_exec(
+        *broadcaster("run", "-c", str(path)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        async with MessageRecorder(rig.mqtt_url, rig.topic("broadcaster/status")) as recorder:
+            assert recorder.protocol == "3.1.1"
+            await recorder.wait_for(lambda ms: any(b'"online"' in m.payload for m in ms), timeout=20)
+            os.kill(process.pid, signal.SIGKILL)
+            await recorder.wait_for(lambda ms: b'"offline"' in ms[-1].payload, timeout=10)
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+
+
 def two_installations(rig: Rig) -> tuple[Path, Path]:
     """Two configs with the same MQTT client id and their own state directories (two machines, say)."""
     paths = []
@@ -279,6 +302,7 @@ def statuses(messages: Sequence[ReceivedMessage]) -> list[dict[str, str]]:
     return [orjson.loads(m.payload) for m in messages if m.topic.endswith("broadcaster/status") and m.payload]
 
 
+@both_protocols
 async def test_a_second_installation_with_the_same_client_id_refuses_to_start(rig: Rig) -> None:
     first_config, second_config = two_installations(rig)
     async with MessageRecorder(rig.mqtt_url, rig.topic("#")) as recorder:

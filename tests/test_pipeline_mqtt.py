@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 from google.transit import gtfs_realtime_pb2 as pb
-from rig import Rig, SteppedClock, now_s, payloads, poll_all, running
+from rig import Rig, SteppedClock, both_protocols, now_s, payloads, poll_all, running
 from support import LoopbackHttpServer, MessageRecorder, MosquittoBroker, collect_retained
 from support.gtfs_rt_builders import alert_entity, feed_bytes, selector
 
@@ -29,6 +29,7 @@ def line2_alert(header: dict[str, str] | None = None) -> pb.FeedEntity:
     )
 
 
+@both_protocols
 async def test_feed_change_updates_retained_topics_and_announces(rig: Rig) -> None:
     async with (
         running(rig.config()) as b,
@@ -63,6 +64,7 @@ async def test_feed_change_updates_retained_topics_and_announces(rig: Rig) -> No
         assert orjson.loads(retained[rig.topic("lines/2/alerts/A-L2")])["version"] != alert["version"]
 
 
+@both_protocols
 async def test_resolved_alert_clears_its_topic(rig: Rig) -> None:
     rig.serve_rt(line2_alert())
     async with (
@@ -82,12 +84,16 @@ async def test_resolved_alert_clears_its_topic(rig: Rig) -> None:
         assert kinds == ["alert_new", "alert_resolved"]
 
 
-async def test_late_subscriber_receives_the_whole_state_with_expiry(rig: Rig) -> None:
+@both_protocols
+async def test_late_subscriber_receives_the_whole_state_with_expiry(rig: Rig, mqtt_protocol: str) -> None:
     async with running(rig.config()) as b:
         await poll_all(b)
         async with MessageRecorder(rig.mqtt_url, rig.topic("#")) as late:
             # 3 line statuses + 18 displays + 1 crowding + the broadcaster status
             got = await late.settle(quiet=0.5, timeout=10)
+        # An MQTT 5 display reads the message expiry, if there is one (a 3.1.1 display cannot).
+        async with MessageRecorder(rig.mqtt_url, rig.topic("lines/+/status"), protocol="5") as late_v5:
+            expiries = [m.message_expiry_interval for m in await late_v5.wait_for_count(3, timeout=10)]
     topics = {m.topic for m in got}
     assert {rig.topic(f"lines/{n}/status") for n in ("1", "2", "3")} <= topics
     assert len([t for t in topics if t.endswith("/display")]) == 18
@@ -95,16 +101,21 @@ async def test_late_subscriber_receives_the_whole_state_with_expiry(rig: Rig) ->
     assert rig.topic("broadcaster/status") in topics
     state = [m for m in got if m.topic.endswith("/status") and "/lines/" in m.topic]
     assert all(m.retain and m.qos == 1 for m in state)
-    assert all(m.message_expiry_interval is not None and 0 < m.message_expiry_interval <= 1800 for m in state)
+    if mqtt_protocol == "5":
+        assert all(expiry is not None and 0 < expiry <= 1800 for expiry in expiries)
+    else:  # MQTT 3.1.1 has no message expiry: the payload's valid_until carries freshness alone
+        assert expiries == [None, None, None]
     for m in state:
         payload = orjson.loads(m.payload)
         assert {"schema", "seq", "issued_at", "valid_until"} <= payload.keys()
 
 
+@both_protocols
 async def test_broker_restart_is_followed_by_the_full_state(
-    tmp_path: Path, http_server: LoopbackHttpServer, fresh_mosquitto: MosquittoBroker, topic_prefix: str
+    tmp_path: Path, http_server: LoopbackHttpServer, fresh_mosquitto: MosquittoBroker, topic_prefix: str,
+    speak_protocol: str,
 ) -> None:
-    rig = Rig(tmp_path, http_server, fresh_mosquitto.url, topic_prefix)
+    rig = Rig(tmp_path, http_server, fresh_mosquitto.url, topic_prefix, protocol=speak_protocol)
     rig.serve_rt(line2_alert())
     rig.serve_flow({"S04": "FULL"})
     async with running(rig.config()) as b:
@@ -304,10 +315,12 @@ async def test_a_second_instance_on_the_same_state_refuses_to_start(rig: Rig) ->
                 pass
 
 
+@both_protocols
 async def test_notice_issued_while_the_broker_is_down_is_delivered_when_it_returns(
-    tmp_path: Path, http_server: LoopbackHttpServer, fresh_mosquitto: MosquittoBroker, topic_prefix: str
+    tmp_path: Path, http_server: LoopbackHttpServer, fresh_mosquitto: MosquittoBroker, topic_prefix: str,
+    speak_protocol: str,
 ) -> None:
-    rig = Rig(tmp_path, http_server, fresh_mosquitto.url, topic_prefix)
+    rig = Rig(tmp_path, http_server, fresh_mosquitto.url, topic_prefix, protocol=speak_protocol)
     rig.serve_rt()
     rig.serve_flow({"S04": "FEW_SEATS_AVAILABLE"})
     async with running(rig.config()) as b:

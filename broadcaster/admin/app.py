@@ -150,8 +150,10 @@ class AdminApi:
     async def status(self, request: Request, token_id: str | None) -> Response:
         health = self.b.health()
         body = _health_body(health, detail=True)
-        body["mqtt"].update(url=self.b.config.mqtt.url, sessions=self.b.link.sessions,
-                            last_error=self.b.link.last_error)
+        mqtt = self.b.config.mqtt
+        # `url`: the first configured broker, as in v1.0; `broker`: the one the link is with now (mqtt.urls).
+        body["mqtt"].update(url=mqtt.brokers[0], sessions=self.b.link.sessions, last_error=self.b.link.last_error,
+                            broker=health.mqtt_broker, brokers=list(health.mqtt_brokers), protocol=mqtt.protocol)
         by_channel: dict[str, dict[str, int]] = {}
         for (channel, status), count in self.b.history.depth().items():
             by_channel.setdefault(channel, {})[status] = count

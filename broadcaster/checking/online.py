@@ -86,16 +86,17 @@ async def _feed_verdict(config: Config, feed: FeedConfig, network: Network, fetc
                    f" {feed.max_age_seconds:.0f} s), {len(snapshot.problems)} record(s) skipped as invalid")
 
 
-async def _broker_verdict(config: Config, secrets: dict[str, Secret]) -> Verdict:
-    """Connect and disconnect under a throwaway client id: nothing published, a running broadcaster untouched."""
+async def _broker_verdict(config: Config, secrets: dict[str, Secret], url: str) -> Verdict:
+    """Connect to the broker at `url` and disconnect under a throwaway client id: nothing published, a running
+    broadcaster untouched."""
     from broadcaster.channels.mqtt import MqttLink
 
     username, password = secrets.get("mqtt.username"), secrets.get("mqtt.password")
     link = MqttLink(config.mqtt, username=username.reveal() if username else None,
                     password=password.reveal() if password else None)
-    what = f"broker {config.mqtt.url}"
+    what = f"broker {url}"
     try:
-        await link.probe_connection()
+        await link.probe_connection(url)
     except DeliveryError as exc:
         return Verdict(what, False, f"{what}: {exc.reason}")
     return Verdict(what, True, "connected and disconnected")
@@ -146,7 +147,8 @@ async def check_online(config: Config, report: CheckReport, now: datetime | None
     async def broker() -> list[Verdict]:
         if any(key.startswith("mqtt.") for key in missing):
             return []
-        return [await _broker_verdict(config, secrets)]
+        # Every broker of mqtt.urls: a standby found broken only when the link fails over is found too late.
+        return [await _broker_verdict(config, secrets, url) for url in config.mqtt.brokers]
 
     async with FeedFetcher(user_agent=f"broadcaster/{__version__} (check)") as fetcher:
         feeds, brokers, (channels, build_problems) = await asyncio.gather(

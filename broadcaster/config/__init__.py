@@ -40,6 +40,7 @@ from broadcaster.config.sections import (
     ServiceHours,
     StateConfig,
     TemplatesConfig,
+    broker_label,
 )
 
 __all__ = [
@@ -74,6 +75,7 @@ __all__ = [
     "TemplatesConfig",
     "WebhookChannelConfig",
     "WeiboChannelConfig",
+    "broker_label",
     "load_config",
     "parse_config",
     "with_mqtt_url",

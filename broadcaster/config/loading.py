@@ -54,7 +54,8 @@ def _resolve_paths(config: Config, base: Path) -> Config:
 def with_mqtt_url(config: Config, url: str) -> Config:
     """`config` with another broker URL, validated as if it stood in the file (errors name `--mqtt-url`)."""
     try:
-        mqtt = MqttConfig.model_validate({**config.mqtt.model_dump(), "url": url})
+        # The one URL given stands for `url` and `urls` alike: the broadcaster uses that broker alone.
+        mqtt = MqttConfig.model_validate({**config.mqtt.model_dump(exclude={"urls"}), "url": url})
     except ValidationError as exc:
         message = exc.errors(include_url=False, include_input=False)[0]["msg"].removeprefix("Value error, ")
         raise ConfigError(config.source, "--mqtt-url", message) from None  # never the URL: it may hold a password

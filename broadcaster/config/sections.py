@@ -93,8 +93,42 @@ class StateConfig(Section):
     severe_delay_threshold_seconds: PositiveSeconds = 900
 
 
+def _mqtt_url(url: str) -> str:
+    """A broker URL: mqtt:// or mqtts://, a host, no credentials (they are secrets, given apart)."""
+    parts = urlsplit(url)
+    if "@" in parts.netloc:
+        raise ValueError("must not carry credentials; give them as mqtt.username and mqtt.password, each"
+                         ' { env = "VAR" } or { file = "/run/secrets/..." }')
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ValueError("must start with mqtt:// or mqtts://")
+    if not parts.hostname:
+        raise ValueError("names no host")
+    try:
+        parts.port  # noqa: B018  # raises on a port that is no number or out of range
+    except ValueError:
+        raise ValueError("has a port that is no number from 0 to 65535") from None
+    return url
+
+
+BrokerUrl = Annotated[str, AfterValidator(_mqtt_url)]
+
+
+def broker_label(url: str) -> str:
+    """`url` as scheme://host:port, the form status and metrics show (a broker URL carries no credentials, but
+    a label is built from its parts only, so nothing else in it can ever reach a metric)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}:{parts.port or (8883 if parts.scheme == 'mqtts' else 1883)}"
+
+
 class MqttConfig(Section):
-    url: str = "mqtt://127.0.0.1:1883"
+    url: BrokerUrl = "mqtt://127.0.0.1:1883"
+    #: Several brokers (nodes of one cluster, or a standby): the link connects to the first that answers and
+    #: moves on to the next, round-robin, when it loses one. Give `url` or `urls`, not both.
+    urls: Annotated[tuple[BrokerUrl, ...], Field(min_length=1)] | None = None
+    #: "5", or "3.1.1" for brokers that speak only that: no message expiry, no Will Delay (docs/mqtt.md).
+    protocol: Literal["5", "3.1.1"] = "5"
     topic_prefix: Annotated[str, Field(pattern=r"^[^#+\s]+$")] = "metro"
     client_id: Annotated[str, Field(min_length=1, max_length=64)] = "broadcaster"
     username: SecretRef | None = None
@@ -102,7 +136,7 @@ class MqttConfig(Section):
     tls_ca_file: Path | None = None
     keepalive_seconds: Annotated[int, Field(ge=5, le=3600)] = 30
     #: After a lost connection the broker announces "offline" only after this long (MQTT 5 Will Delay), so
-    #: a quick reconnect causes no "information unavailable" flicker on displays.
+    #: a quick reconnect causes no "information unavailable" flicker on displays. MQTT 3.1.1 has no delay.
     will_delay_seconds: Annotated[int, Field(ge=0, le=3600)] = 30
     retained_ttl_seconds: Annotated[int, Field(ge=60)] = 1800
     max_payload_bytes: Annotated[int, Field(ge=1024, le=268_435_455)] = 256 * 1024
@@ -112,31 +146,33 @@ class MqttConfig(Section):
     connect_timeout_seconds: PositiveSeconds = 10
     reconnect_max_seconds: PositiveSeconds = 30
 
-    @field_validator("url")
+    @model_validator(mode="before")
     @classmethod
-    def _mqtt_scheme(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if "@" in parts.netloc:
-            raise ValueError("must not carry credentials; give them as mqtt.username and mqtt.password, each"
-                             ' { env = "VAR" } or { file = "/run/secrets/..." }')
-        if parts.scheme not in ("mqtt", "mqtts"):
-            raise ValueError("must start with mqtt:// or mqtts://")
-        if not parts.hostname:
-            raise ValueError("names no host")
-        return url
+    def _url_or_urls(cls, data: object) -> object:
+        if isinstance(data, dict) and "url" in data and data.get("urls") is not None:
+            raise KeyedValueError(("urls",), "and mqtt.url are both given: give one of them (urls for several"
+                                             " brokers)")
+        return data
+
+    @field_validator("urls")
+    @classmethod
+    def _no_broker_twice(cls, urls: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        first_at: dict[str, int] = {}
+        for i, url in enumerate(urls or ()):
+            label = broker_label(url)
+            if label in first_at:
+                raise KeyedValueError((i,), f"names the same broker as mqtt.urls[{first_at[label]}]")
+            first_at[label] = i
+        return urls
 
     @property
-    def host(self) -> str:
-        return urlsplit(self.url).hostname or "127.0.0.1"
+    def brokers(self) -> tuple[str, ...]:
+        """The broker URLs in the order the link tries them: `urls`, or `url` alone."""
+        return self.urls if self.urls is not None else (self.url,)
 
     @property
-    def port(self) -> int:
-        parts = urlsplit(self.url)
-        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-
-    @property
-    def tls(self) -> bool:
-        return urlsplit(self.url).scheme == "mqtts"
+    def v5(self) -> bool:
+        return self.protocol == "5"
 
 
 class TemplatesConfig(Section):

@@ -1,4 +1,4 @@
-"""The demo as one object: brings up the broker, the relay, the web site and the broadcaster, in that order, and
+"""The demo as one object: brings up the broker, the web site and the broadcaster, in that order, and
 takes them down in reverse. `run_demo` is what `broadcaster demo` runs.
 """
 
@@ -23,7 +23,6 @@ from broadcaster.demo.broker import EmbeddedBroker
 from broadcaster.demo.clock import ScenarioClock
 from broadcaster.demo.pipeline import PipelineRunner
 from broadcaster.demo.recorder import PostLog
-from broadcaster.demo.relay import Mqtt5Relay
 from broadcaster.demo.scenario import Scenario
 from broadcaster.demo.script import MORNING, Script
 from broadcaster.demo.settings import NETWORK_DIR, TOPIC_PREFIX, DemoEndpoints, timeline_path, write_config
@@ -108,9 +107,7 @@ class Demo:
         self._stack.push_async_callback(broker.stop)
         self._broker = broker
         loopback = "127.0.0.1" if o.host in ("0.0.0.0", "") else o.host  # noqa: S104 (comparing, not binding)
-        relay = Mqtt5Relay(loopback, broker.tcp_port)  # listens on loopback only: the broadcaster's door
-        await relay.start()
-        self._stack.push_async_callback(relay.stop)
+        broker_host = f"[{loopback}]" if ":" in loopback else loopback
 
         if o.state_dir is None:
             state_dir = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="broadcaster-demo-")))
@@ -118,7 +115,7 @@ class Demo:
             state_dir = o.state_dir
         self._state_dir = state_dir
         self._config = write_config(DemoEndpoints(
-            feeds_base_url=f"http://{loopback}:{web_port}/feeds", mqtt_url=f"mqtt://127.0.0.1:{relay.port}",
+            feeds_base_url=f"http://{loopback}:{web_port}/feeds", mqtt_url=f"mqtt://{broker_host}:{broker.tcp_port}",
             state_dir=state_dir, poll_seconds=o.poll_seconds,
         ))
 

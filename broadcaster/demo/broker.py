@@ -1,7 +1,7 @@
 """The demo's embedded MQTT broker: amqtt in this process, with a TCP and a WebSocket listener.
 
-The only module that imports amqtt. amqtt speaks MQTT 3.1.1; the broadcaster reaches it through the
-MQTT 5 relay (`relay.py`), displays and `mosquitto_sub` connect to it directly.
+The only module that imports amqtt. amqtt speaks MQTT 3.1.1 only: the broadcaster connects to it with
+`mqtt.protocol = "3.1.1"`, as displays and `mosquitto_sub` do.
 """
 
 from __future__ import annotations

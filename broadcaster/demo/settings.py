@@ -1,6 +1,7 @@
 """The broadcaster configuration the demo runs with, written as a TOML file like an operator's own.
 
-It points the feeds at the demo's HTTP server, the broker at the MQTT 5 relay in front of the embedded broker,
+It points the feeds at the demo's HTTP server, the broker at the embedded one (amqtt, MQTT 3.1.1 only, so the
+link speaks 3.1.1),
 and adds an Atom timeline channel; intervals are short so the demo reacts within a second or two. The file is
 left in the state folder for anyone who wants to see what a configuration looks like.
 """
@@ -24,7 +25,7 @@ TOPIC_PREFIX = "metro"
 @dataclass(frozen=True, slots=True)
 class DemoEndpoints:
     feeds_base_url: str  # e.g. http://127.0.0.1:8080/feeds
-    mqtt_url: str  # the relay: mqtt://127.0.0.1:port
+    mqtt_url: str  # the embedded broker: mqtt://127.0.0.1:port
     state_dir: Path
     poll_seconds: float = 1.0
 
@@ -60,7 +61,9 @@ def render_config(endpoints: DemoEndpoints) -> str:
             "delay_threshold_seconds": 300,
         }),
         _table("mqtt", {
-            "url": endpoints.mqtt_url, "topic_prefix": TOPIC_PREFIX, "client_id": "broadcaster-demo",
+            # amqtt speaks MQTT 3.1.1 only: no message expiry (displays go by valid_until), no Will Delay.
+            "url": endpoints.mqtt_url, "protocol": "3.1.1", "topic_prefix": TOPIC_PREFIX,
+            "client_id": "broadcaster-demo",
             "keepalive_seconds": 10, "retained_ttl_seconds": 300, "reconnect_max_seconds": 2,
             "connect_timeout_seconds": 5,
         }),

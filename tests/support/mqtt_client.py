@@ -17,6 +17,11 @@ if TYPE_CHECKING:
     from types import TracebackType
 
 
+#: The MQTT version the helpers' clients speak unless told: "5", or "3.1.1" while a test runs the contract as a
+#: 3.1.1 deployment (the `rig` fixture sets it from `mqtt_protocol`), so its displays are 3.1.1 clients too.
+SUBSCRIBER_PROTOCOL = "5"
+
+
 @dataclass(frozen=True)
 class ReceivedMessage:
     """One message as a subscriber received it. `retain` is set for messages replayed from the retained store
@@ -37,13 +42,14 @@ def parse_mqtt_url(url: str) -> tuple[str, int]:
     return parts.hostname, parts.port or 1883
 
 
-def _client(url: str, *, prefix: str, timeout_s: float) -> aiomqtt.Client:
+def _client(url: str, *, prefix: str, timeout_s: float, protocol: str | None = None) -> aiomqtt.Client:
     host, port = parse_mqtt_url(url)
+    v5 = (protocol or SUBSCRIBER_PROTOCOL) == "5"
     return aiomqtt.Client(
         host,
         port,
         identifier=f"{prefix}-{uuid.uuid4().hex[:12]}",
-        protocol=aiomqtt.ProtocolVersion.V5,
+        protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
         timeout=timeout_s,
     )
 
@@ -81,6 +87,7 @@ async def collect_retained(
     *,
     settle: float = 0.5,
     timeout: float = 5.0,  # noqa: ASYNC109
+    protocol: str | None = None,
 ) -> dict[str, bytes]:
     """Subscribe to `topic_filter` and return the retained messages the broker replays, by topic.
 
@@ -88,7 +95,8 @@ async def collect_retained(
     window is not reached within `timeout` seconds overall. Live (non-retained) messages are ignored.
     """
     retained: dict[str, bytes] = {}
-    async with asyncio.timeout(timeout), _client(url, prefix="test-retained", timeout_s=timeout) as client:
+    client = _client(url, prefix="test-retained", timeout_s=timeout, protocol=protocol)
+    async with asyncio.timeout(timeout), client:
         await client.subscribe(topic_filter, qos=1)
         messages = aiter(client.messages)
         while True:
@@ -119,8 +127,10 @@ class MessageRecorder:
         qos: int = 1,
         retain_as_published: bool = False,
         timeout: float = 5.0,
+        protocol: str | None = None,
     ) -> None:
         self.url = url
+        self.protocol = protocol or SUBSCRIBER_PROTOCOL
         self.topic_filter = topic_filter
         self.qos = qos
         self.retain_as_published = retain_as_published
@@ -140,12 +150,16 @@ class MessageRecorder:
         return [message for message in self._messages if message.topic == topic]
 
     async def __aenter__(self) -> Self:
-        client = _client(self.url, prefix="test-recorder", timeout_s=self.timeout)
-        options = SubscribeOptions(qos=self.qos, retainAsPublished=self.retain_as_published)
+        client = _client(self.url, prefix="test-recorder", timeout_s=self.timeout, protocol=self.protocol)
         try:
             async with asyncio.timeout(self.timeout):
                 await self._stack.enter_async_context(client)
-                await client.subscribe(self.topic_filter, options=options)
+                if self.protocol == "5":
+                    options = SubscribeOptions(qos=self.qos, retainAsPublished=self.retain_as_published)
+                    await client.subscribe(self.topic_filter, options=options)
+                else:  # MQTT 3.1.1 has no subscription options, retain-as-published among them
+                    assert not self.retain_as_published, "retain_as_published needs MQTT 5"
+                    await client.subscribe(self.topic_filter, qos=self.qos)
         except BaseException:
             await self._stack.aclose()
             raise

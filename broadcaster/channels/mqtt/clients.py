@@ -1,5 +1,6 @@
-"""Building the aiomqtt clients the link connects with: TLS, MQTT 5, the Last Will with its delay, and the
-message expiry property shared by publishes. The package's only paho import is here."""
+"""Building the aiomqtt clients the link connects with: TLS, MQTT 5 or 3.1.1, the Last Will (with its delay on
+MQTT 5), and the message expiry property shared by publishes (MQTT 5 only). The package's only paho import is
+here."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import functools
 import logging
 import socket
 import ssl
+from urllib.parse import urlsplit
 
 import aiomqtt
+from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -20,18 +23,25 @@ _client_log.setLevel(logging.ERROR)
 
 
 @functools.lru_cache(maxsize=256)
-def expiry(seconds: int | None) -> Properties | None:
+def _expiry(seconds: int) -> Properties:
     # One Properties per distinct expiry, shared by every publish (paho only reads it): building one costs
     # ~20 us, a tenth of a whole publish (bench/).
-    if seconds is None:
-        return None
     props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     props.MessageExpiryInterval = max(1, seconds)
     return props
 
 
+def expiry(config: MqttConfig, seconds: int | None) -> Properties | None:
+    """The message expiry property of a publish, or None: no expiry asked, or MQTT 3.1.1, which has none (the
+    payloads' `valid_until` tells a consumer how long they hold)."""
+    if seconds is None or not config.v5:
+        return None
+    return _expiry(seconds)
+
+
 def new_client(
     config: MqttConfig,
+    url: str,
     identifier: str,
     *,
     username: str | None,
@@ -40,22 +50,27 @@ def new_client(
     clean_start: bool = True,
     properties: Properties | None = None,
 ) -> aiomqtt.Client:
+    """A client of the broker at `url` (one of `config.brokers`), speaking `config.protocol`. `clean_start` is
+    MQTT 5's clean start, or 3.1.1's clean session."""
+    parts = urlsplit(url)
     tls_context = None
-    if config.tls:
+    if parts.scheme == "mqtts":
         tls_context = ssl.create_default_context(
             cafile=str(config.tls_ca_file) if config.tls_ca_file else None
         )
+    v5 = config.v5
     return aiomqtt.Client(
-        config.host,
-        config.port,
+        parts.hostname or "127.0.0.1",
+        parts.port or (8883 if parts.scheme == "mqtts" else 1883),
         identifier=identifier,
         logger=_client_log,
-        protocol=aiomqtt.ProtocolVersion.V5,
+        protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
         username=username,
         password=password,
         will=will,
-        clean_start=clean_start,
-        properties=properties,
+        clean_start=clean_start if v5 else MQTT_CLEAN_START_FIRST_ONLY,
+        clean_session=None if v5 else clean_start,
+        properties=properties if v5 else None,
         keepalive=config.keepalive_seconds,
         timeout=config.publish_timeout_seconds,
         tls_context=tls_context,
@@ -69,9 +84,16 @@ def new_client(
 
 
 def session_client(
-    config: MqttConfig, status_topic: str, offline: bytes, *, username: str | None, password: str | None
+    config: MqttConfig, url: str, status_topic: str, offline: bytes, *, username: str | None, password: str | None
 ) -> aiomqtt.Client:
     """The client of a session under our own client id, leaving `offline` on `status_topic` as its Last Will."""
+    if not config.v5:
+        # MQTT 3.1.1 has no Will Delay: the Will fires as soon as the broker notices we are gone. A clean session
+        # keeps nothing we need (every session subscribes again and republishes everything), and a kept one
+        # would have the broker queue our canary topics for us, without end, while we are away.
+        will = aiomqtt.Will(status_topic, offline, qos=1, retain=True)
+        return new_client(config, url, config.client_id, username=username, password=password, will=will,
+                          clean_start=True)
     # MQTT 5 Will Delay: the broker says "offline" only if we stay away that long, so a quick reconnect
     # (a restart, a network blip) does not make every display flash "information unavailable". The delay
     # only holds while the session lives, hence a session expiry at least as long and no clean start.
@@ -80,5 +102,5 @@ def session_client(
     will = aiomqtt.Will(status_topic, offline, qos=1, retain=True, properties=will_properties)
     connect_properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     connect_properties.SessionExpiryInterval = config.will_delay_seconds + 30
-    return new_client(config, config.client_id, username=username, password=password, will=will,
+    return new_client(config, url, config.client_id, username=username, password=password, will=will,
                       clean_start=False, properties=connect_properties)

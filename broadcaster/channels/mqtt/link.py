@@ -1,6 +1,7 @@
 """The MQTT link: one kept connection to the broker, its reconnects, and publishing over it.
 
-`MqttLink.run()` keeps a connection to the broker with capped exponential backoff between attempts. Each
+`MqttLink.run()` keeps a connection to a broker with capped exponential backoff between attempts; given several
+(`mqtt.urls`), it tries them in turn, round-robin, and stays on the one it reached until it loses it. Each
 session announces `online` (retained) on the status topic, with `offline` as its Last Will, and then calls
 `on_connected` so the service republishes the whole retained state (a broker that crashed may have lost
 whatever it saved since its last autosave). Before its first session it reads that status topic under a
@@ -35,7 +36,7 @@ CHANNEL_NAME = "mqtt"
 
 
 class MqttLink:
-    """A kept, self-healing connection to one broker."""
+    """A kept, self-healing connection to one broker at a time, of those configured."""
 
     def __init__(
         self,
@@ -59,6 +60,10 @@ class MqttLink:
         self._password = password
         self._on_connected = on_connected
         self._client: aiomqtt.Client | None = None
+        #: Which of `config.brokers` the next connection attempt goes to.
+        self._next_broker = 0
+        #: The broker URL of the session in progress (None between sessions), for status and metrics.
+        self.broker: str | None = None
         self.connected = asyncio.Event()
         self.sessions = 0  # how many times we have connected, for status and tests
         #: Retained topics the link also subscribes to, to see its own publications come back (the canary:
@@ -86,8 +91,14 @@ class MqttLink:
 
     # -- connection ------------------------------------------------------------------------------------------
 
-    def _new_client(self, identifier: str) -> aiomqtt.Client:
-        return new_client(self.config, identifier, username=self._username, password=self._password)
+    @property
+    def _candidate(self) -> str:
+        """The broker the next connection attempt goes to."""
+        return self.config.brokers[self._next_broker]
+
+    def _new_client(self, identifier: str, url: str | None = None) -> aiomqtt.Client:
+        return new_client(self.config, url or self._candidate, identifier, username=self._username,
+                          password=self._password)
 
     def _status(self, status: str, since: datetime, valid_until: datetime | None = None) -> bytes:
         mode = "batch" if self.batch else "service"
@@ -104,8 +115,9 @@ class MqttLink:
         return self._status("online", now, valid_until=now + timedelta(seconds=ttl)), ttl
 
     def _client_for_session(self) -> aiomqtt.Client:
-        return session_client(self.config, self.topics.status, self._status("offline", self._started),
-                              username=self._username, password=self._password)
+        return session_client(self.config, self._candidate, self.topics.status,
+                              self._status("offline", self._started), username=self._username,
+                              password=self._password)
 
     async def _check_identity(self) -> None:
         """Read the retained status under a throwaway client id; raise if another installation holds ours
@@ -132,16 +144,17 @@ class MqttLink:
             raise self.refusal
         self._identity_checked = True  # later sessions find our own `online`
 
-    async def probe_connection(self) -> None:
-        """Connect and disconnect under a throwaway client id, publishing and subscribing nothing (`broadcaster
-        check`): our own client id would take a running broadcaster's session over, and `_check_identity`
-        publishes its probe.
+    async def probe_connection(self, url: str | None = None) -> None:
+        """Connect to `url` (default: the first broker) and disconnect under a throwaway client id, publishing and
+        subscribing nothing (`broadcaster check`): our own client id would take a running broadcaster's session
+        over, and `_check_identity` publishes its probe.
 
         Raises:
             TransientDeliveryError: the broker refused (credentials, ACL), cannot be reached, or is too slow.
         """
         try:
-            client = self._new_client(f"{self.config.client_id[:40]}-verify-{secrets.token_hex(4)}")
+            client = self._new_client(f"{self.config.client_id[:40]}-verify-{secrets.token_hex(4)}",
+                                      url or self.config.brokers[0])
             async with asyncio.timeout(self.config.connect_timeout_seconds), client:
                 pass
         except TimeoutError:
@@ -169,7 +182,7 @@ class MqttLink:
                 await self._check_identity()
         except (aiomqtt.MqttError, TimeoutError) as exc:
             log.warning("MQTT broker %s not reachable at start-up (%s); client id %r is checked when it is",
-                        self.config.url, exc or "timed out", self.config.client_id)
+                        self._candidate, exc or "timed out", self.config.client_id)
 
     async def wait_connected(self) -> None:
         """Wait until connected.
@@ -194,34 +207,42 @@ class MqttLink:
         """
         delay = 0.5
         while not stop.is_set():
+            url = self._candidate
             try:
                 if not self._identity_checked:
                     await self._check_identity()
                 async with self._client_for_session() as client:
                     self._client = client
-                    await self._serve(client, stop)
+                    await self._serve(client, stop, url)
                     delay = 0.5
             except aiomqtt.MqttError as exc:
                 self.last_error = str(exc)
                 if self.connected.is_set():
-                    log.warning("MQTT connection to %s lost: %s", self.config.url, exc)
+                    log.warning("MQTT connection to %s lost: %s", url, exc)
+                    if datetime.now(UTC) - self._started >= timedelta(seconds=self.config.reconnect_max_seconds):
+                        # A session that outlived the longest wait ended: a new outage, not the one the backoff
+                        # grew over. One dropped at once (an ACL, a client id taken over) keeps backing off.
+                        delay = 0.5
                 else:
-                    log.warning("MQTT connection to %s failed: %s (retrying in %.1f s)", self.config.url, exc, delay)
+                    log.warning("MQTT connection to %s failed: %s (retrying in %.1f s)", url, exc, delay)
             except IdentityConflict:
                 raise
             except Exception as exc:
                 # Anything else (a bug in a session's work, e.g. on_connected) ends this session, not the link:
                 # it reconnects after the backoff, and the drain loops and polls go on meanwhile.
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("MQTT session with %s failed unexpectedly (reconnecting in %.1f s)",
-                              self.config.url, delay)
+                log.exception("MQTT session with %s failed unexpectedly (reconnecting in %.1f s)", url, delay)
                 if self.on_loop_error is not None:
                     self.on_loop_error()
             finally:
                 self._client = None
+                self.broker = None
                 self.connected.clear()
             if stop.is_set():
                 break
+            # The next attempt goes to the next broker (round-robin): the one just lost or refused is the least
+            # likely to answer now, and a broker that comes back is not returned to while the next one serves.
+            self._next_broker = (self._next_broker + 1) % len(self.config.brokers)
             try:
                 async with asyncio.timeout(delay):
                     await stop.wait()
@@ -229,7 +250,7 @@ class MqttLink:
                 pass
             delay = min(delay * 2, self.config.reconnect_max_seconds)
 
-    async def _serve(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+    async def _serve(self, client: aiomqtt.Client, stop: asyncio.Event, url: str) -> None:
         self._started = datetime.now(UTC)
         await client.publish(self.topics.status, self._status("online", self._started), qos=1, retain=True)
         # Subscribing to our own status topic gives a message iterator that raises when the link drops.
@@ -237,11 +258,12 @@ class MqttLink:
         for topic in self.canary_topics:
             await client.subscribe(topic, qos=1)
         self.last_error = None
+        self.broker = url
         self.connected.set()
         async with self._session_started:
             self.sessions += 1
             self._session_started.notify_all()
-        log.info("MQTT connected to %s as %s", self.config.url, self.config.client_id)
+        log.info("MQTT connected to %s as %s (MQTT %s)", url, self.config.client_id, self.config.protocol)
         if self._on_connected is not None:
             await self._on_connected()
         stop_task = asyncio.ensure_future(stop.wait())
@@ -262,7 +284,7 @@ class MqttLink:
                 farewell,
                 qos=1,
                 retain=True,
-                properties=expiry(expiry_s),
+                properties=expiry(self.config, expiry_s),
                 timeout=self.config.publish_timeout_seconds,
             )
 
@@ -293,7 +315,8 @@ class MqttLink:
         if client is None or not self.connected.is_set():
             raise TransientDeliveryError(CHANNEL_NAME, "not connected to the broker")
         try:
-            await client.publish(pub.topic, pub.payload, qos=1, retain=pub.retain, properties=expiry(pub.expiry_s))
+            await client.publish(pub.topic, pub.payload, qos=1, retain=pub.retain,
+                                 properties=expiry(self.config, pub.expiry_s))
         except aiomqtt.MqttError as exc:
             raise TransientDeliveryError(CHANNEL_NAME, f"publish to {pub.topic} failed: {exc}") from exc
 
