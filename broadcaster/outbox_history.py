@@ -110,9 +110,11 @@ class OutboxHistory:
         return None if row is None else bytes(row[0])
 
     def issued(self, channel: str, notice_id: str) -> bool:
-        """Whether any entry about `notice_id` was ever queued for `channel`."""
+        """Whether any entry about `notice_id` was ever queued for `channel`. A deletion (`DELETION_VERSION_PREFIX`)
+        does not count: it says nothing of the notice, and was once queued on channels that never carried it."""
         return self.db.conn.execute(
-            "SELECT 1 FROM outbox WHERE channel = ? AND notice_id = ? LIMIT 1", (channel, notice_id)
+            "SELECT 1 FROM outbox WHERE channel = ? AND notice_id = ? AND version NOT LIKE ? LIMIT 1",
+            (channel, notice_id, DELETION_VERSION_PREFIX + "%"),
         ).fetchone() is not None
 
     def original_remote_ids(self, channel: str, notice_id: str) -> list[str]:

@@ -401,3 +401,32 @@ def test_preview_shows_the_channels_of_each_notice_and_one_that_no_channel_takes
     assert "broadcaster: notice alert-A-L3B " in err
     assert "reaches no channel" in err
     assert "alert-A-L1 " not in err
+
+
+async def test_taking_a_notices_posts_down_touches_only_the_channels_that_carried_it(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A correction with `delete_originals` queues a deletion only where the notice was posted; that deletion is
+    no post of the notice, so the accounts that never carried it do not hear its all-clear afterwards."""
+    with mastodon_accounts(monkeypatch) as servers:
+        config = rig.config(channels=per_line_channels(servers))
+        rig.serve_rt(LINE_1)
+        async with running(config) as b:
+            await poll_all(b)
+            await until(lambda: b.pending() == 0, b)
+            await b.correct("alert-A-L1", {"zh": "甲线更正：仅限速", "en": "Correction A: slow only"},
+                            delete_originals=True)
+            await until(lambda: b.pending() == 0, b)
+            rig.serve_rt()
+            for _ in range(config.state.resolve_after_missing):
+                await poll_all(b)
+            await until(lambda: b.pending() == 0, b)
+            queued = {name: b.history.issued(name, "alert-A-L1") for name in ACCOUNTS}
+        posted = {name: texts(server) for name, server in servers.items()}
+        deleted = {name: server.deleted()[0] for name, server in servers.items()}
+    assert posted["l2"] == posted["l3"] == posted["urgent"] == []
+    assert len(posted["l1"]) == 2  # the correction and the all-clear stay up; the alert itself was taken down
+    assert any(text.startswith("【恢复】") for text in posted["l1"])
+    assert len(deleted["l1"]) == 1
+    assert deleted["l2"] == deleted["l3"] == deleted["urgent"] == []
+    assert queued == {"l1": True, "l2": False, "l3": False, "urgent": False}
