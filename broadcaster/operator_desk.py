@@ -145,7 +145,8 @@ class OperatorDesk:
             # It goes where the notice went: a channel's filter (an emergencies-only account) took the notice by
             # what the correction no longer knows (its severity), and one that never posted it has nothing to
             # correct. With no record of it anywhere, the channels' filters decide.
-            carried = frozenset(c.name for c in self.config.channels if self._history.issued(c.name, notice_id))
+            carried = frozenset(c.name for c in self.config.channels
+                                if self._history.followed(c.name, notice_id, c.notices, stream=MqttNoticeChannel.name))
             if carried:
                 correction = replace(correction, audience=carried | {MqttNoticeChannel.name})
             return Step(None, extra_notices=[correction], extra_messages=deletions)

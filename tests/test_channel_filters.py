@@ -430,3 +430,35 @@ async def test_taking_a_notices_posts_down_touches_only_the_channels_that_carrie
     assert len(deleted["l1"]) == 1
     assert deleted["l2"] == deleted["l3"] == deleted["urgent"] == []
     assert queued == {"l1": True, "l2": False, "l3": False, "urgent": False}
+
+
+async def test_an_account_hears_how_an_alert_goes_on_only_for_the_episode_it_posted(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A feed reuses an alert id: first on line 1, resolved, later on line 2. Line 1's account posted the first
+    episode only, so the second episode's update and all-clear are not its to post (nor to thread under the
+    first episode's post); line 2's account posts the whole second episode."""
+    with mastodon_accounts(monkeypatch) as servers:
+        config = rig.config(channels=per_line_channels(servers)[:2])
+
+        def reused(route_id: str, header: str) -> Any:
+            return alert_entity("A-REUSED", header={"zh": header, "en": header}, informed=[selector(route_id=route_id)],
+                                cause="TECHNICAL_PROBLEM", effect="SIGNIFICANT_DELAYS", severity="WARNING")
+
+        async with running(config) as b:
+            # The first episode on line 1; the second on line 2, with an update.
+            for episode in ([reused("1", "己线故障")], [reused("2", "庚线故障"), reused("2", "庚线故障加剧")]):
+                for version in episode:
+                    rig.serve_rt(version)
+                    await poll_all(b)
+                rig.serve_rt()
+                for _ in range(config.state.resolve_after_missing):
+                    await poll_all(b)
+                await until(lambda: b.pending() == 0, b)
+            await b.correct("alert-A-REUSED", {"zh": "庚线更正", "en": "Correction G"})  # of the second episode
+            await until(lambda: b.pending() == 0, b)
+        posted = {name: texts(server) for name, server in servers.items()}
+    assert not any("庚线" in text for text in posted["l1"]), posted["l1"]
+    assert len(posted["l1"]) == 2  # the first episode: its alert and its all-clear
+    assert len(posted["l2"]) == 4  # the second: its alert, update and all-clear, and the correction
+    assert "庚线更正" in posted["l2"][-1]
