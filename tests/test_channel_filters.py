@@ -462,3 +462,26 @@ async def test_an_account_hears_how_an_alert_goes_on_only_for_the_episode_it_pos
     assert len(posted["l1"]) == 2  # the first episode: its alert and its all-clear
     assert len(posted["l2"]) == 4  # the second: its alert, update and all-clear, and the correction
     assert "庚线更正" in posted["l2"][-1]
+
+
+def test_a_filtered_digest_names_the_lines_that_run_normally_in_every_language() -> None:
+    """docs/channels.md: for a filtered channel the built-in digest says which lines run normally, not "all
+    lines": a rider reading line 1's account in English must not take it for the whole network."""
+    from zoneinfo import ZoneInfo
+
+    from broadcaster.compose import ComposePolicy, compose_digest
+    from broadcaster.messages import render_text
+    from broadcaster.render import Renderer
+    from broadcaster.state import NetworkState
+
+    policy = ComposePolicy(timezone=ZoneInfo("Asia/Shanghai"))
+    renderer = Renderer()
+    for lines in (("L1",), ("L1", "L2")):
+        digest = compose_digest(NetworkState(), name="d", network=NETWORK, slot=T, policy=policy, lines=lines)
+        for language in ("zh", "en"):
+            text = render_text(renderer, digest, language)
+            names = [NETWORK.lines[line].names.get(language) for line in lines]
+            assert all(name in text for name in names), (language, text)
+            assert "all lines" not in text and "全网" not in text, text
+    whole = compose_digest(NetworkState(), name="d", network=NETWORK, slot=T, policy=policy)
+    assert "good service on all lines" in render_text(renderer, whole, "en")
