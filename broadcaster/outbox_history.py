@@ -124,7 +124,8 @@ class OutboxHistory:
         """Whether `channel` was queued the latest notice about `notice_id`, of one of `kinds`, that the notice
         stream `stream` (which carries every notice) was queued: whether the channel follows the story as it now
         stands. One that posted only an earlier episode under the same id (an alert id a feed reused, a line's
-        delays of last week, a station's crowding when the channel still took every station) does not."""
+        delays of last week, a station's crowding when the channel still took every station) does not. When the
+        stream carried none (a digest its slot did not send to the stream), whether any entry was queued for it."""
         rows = self.db.conn.execute(
             "SELECT version, payload FROM outbox WHERE channel = ? AND notice_id = ?"
             " ORDER BY created_at DESC, rowid DESC", (stream, notice_id))
@@ -138,7 +139,7 @@ class OutboxHistory:
                     "SELECT 1 FROM outbox WHERE channel = ? AND notice_id = ? AND version = ? LIMIT 1",
                     (channel, notice_id, version),
                 ).fetchone() is not None
-        return False
+        return self.issued(channel, notice_id)
 
     def original_remote_ids(self, channel: str, notice_id: str) -> list[str]:
         """The platform ids of the original posts about `notice_id` on `channel` (what a deletion takes down).

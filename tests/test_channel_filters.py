@@ -486,3 +486,20 @@ def test_a_filtered_digest_names_the_lines_that_run_normally_in_every_language()
             assert "全网" not in text, text
     whole = compose_digest(NetworkState(), name="d", network=NETWORK, slot=T, policy=policy)
     assert "good service on all lines" in render_text(renderer, whole, "en")
+
+
+async def test_a_correction_of_a_digest_the_notice_stream_never_had_goes_where_the_digest_went(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A digest whose `channels` leave the MQTT notice stream out: its correction still goes only to the account
+    that posted it, not to every account as if it were a network-wide notice."""
+    with mastodon_accounts(monkeypatch) as servers:
+        config = rig.config(channels=per_line_channels(servers), digests=[{"name": "lines", "channels": ["l1"]}])
+        async with running(config) as b:
+            await poll_all(b)
+            assert await b.digest(config.digests[0], local(8, 0)) == ["l1"]
+            await until(lambda: b.pending() == 0, b)
+            await b.correct("digest-lines", {"zh": "快报更正", "en": "Digest corrected"})
+            await until(lambda: b.pending() == 0, b)
+        corrected = {name: any("快报更正" in text for text in texts(server)) for name, server in servers.items()}
+    assert corrected == {"l1": True, "l2": False, "l3": False, "urgent": False}
