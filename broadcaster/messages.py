@@ -7,7 +7,7 @@ falls back to the plain facts, so the notice still goes out.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import timedelta
 
 from broadcaster.channels.base import PostingChannel
@@ -57,7 +57,7 @@ class MessageRenderer:
         seq: SequenceClock,
         posting: Sequence[tuple[PostingChannel, ChannelConfig]],
         hashtags: Hashtags | None = None,
-        issued: Callable[[str, str], bool] = lambda channel, notice_id: False,
+        followed: Callable[[str, str, Collection[str]], bool] = lambda channel, notice_id, kinds: False,
     ) -> None:
         self.renderer = renderer
         self._hashtags = hashtags
@@ -67,9 +67,11 @@ class MessageRenderer:
         #: Each posting channel's filter (lines, stations, severity); the MQTT notice stream takes every notice.
         self.routes: dict[str, Route] = {channel.name: route_of(channel_config, builder.network)
                                          for channel, channel_config in self._posting}
-        #: Whether a channel was ever queued a post about a notice id (the outbox's history): a channel that posted
-        #: an alert hears its update and all-clear whatever its filter says of them now.
-        self._issued = issued
+        #: Whether a channel was queued the latest notice about an id, of one of these kinds, that the MQTT notice
+        #: stream carried (`OutboxHistory.followed`): a channel that posted an alert hears its update and
+        #: all-clear whatever its filter says of them now; one that posted only an earlier episode under the same
+        #: id does not.
+        self._followed = followed
         self._ttl = timedelta(seconds=config.mqtt.retained_ttl_seconds)
         self._default_language = config.network.default_language
 
@@ -78,7 +80,7 @@ class MessageRenderer:
         if route.takes(notice):
             return True
         continues = reply_target(notice) is not None and notice.kind.value in route.notices
-        return continues and self._issued(channel, notice.id)
+        return continues and self._followed(channel, notice.id, route.notices)
 
     def messages(self, notice: Notice) -> list[OutgoingMessage]:
         """The outbox rows for one notice: the MQTT notice, and the post(s) of each posting channel whose filter

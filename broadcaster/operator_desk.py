@@ -93,12 +93,13 @@ class OperatorDesk:
                 break
 
     def _deletions(self, notice_id: str, now: datetime) -> list[OutgoingMessage]:
-        """One "delete" entry per posting channel, drained after the correction (same priority, later version)."""
+        """One "delete" entry per posting channel that carried the notice (its filter may have left others out: they
+        have nothing to take down), drained after the correction (same priority, later version)."""
         post = Post(notice_id, DELETE_KIND, "", self.config.network.default_language)
         return [
             OutgoingMessage(notice_id, f"{DELETION_VERSION_PREFIX}{int(now.timestamp())}", c.name, post.to_payload(), 0,
                             starts_thread=False)
-            for c in self.config.channels
+            for c in self.config.channels if self._history.issued(c.name, notice_id)
         ]
 
     async def correct(
@@ -114,12 +115,13 @@ class OperatorDesk:
         `request_id` is finished, and `on_commit` runs with the version, in the same transaction.
         """
         now = self._now()
-        deletions = self._deletions(notice_id, now) if delete_originals else []
 
         def version_of(notices: Sequence[Notice]) -> str:
             return next((n.version for n in notices if n.id == notice_id), "")
 
         def step() -> Step:
+            # Under the state lock: the channels that carried the notice are those of the outbox as it is now.
+            deletions = self._deletions(notice_id, now) if delete_originals else []
             return replace(self._correction_step(notice_id, texts, now, deletions),
                            record=result_record(request_id, on_commit, version_of))
 
@@ -143,7 +145,8 @@ class OperatorDesk:
             # It goes where the notice went: a channel's filter (an emergencies-only account) took the notice by
             # what the correction no longer knows (its severity), and one that never posted it has nothing to
             # correct. With no record of it anywhere, the channels' filters decide.
-            carried = frozenset(c.name for c in self.config.channels if self._history.issued(c.name, notice_id))
+            carried = frozenset(c.name for c in self.config.channels
+                                if self._history.followed(c.name, notice_id, c.notices, stream=MqttNoticeChannel.name))
             if carried:
                 correction = replace(correction, audience=carried | {MqttNoticeChannel.name})
             return Step(None, extra_notices=[correction], extra_messages=deletions)

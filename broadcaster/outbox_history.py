@@ -6,9 +6,12 @@ Read-only: the queue itself (what is due, and every change of an entry's state) 
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 from broadcaster.compose import CORRECTION_VERSION_PREFIX
 from broadcaster.outbox import DELETION_VERSION_PREFIX, PARKED, PENDING, SENT, idempotency_key
@@ -110,10 +113,33 @@ class OutboxHistory:
         return None if row is None else bytes(row[0])
 
     def issued(self, channel: str, notice_id: str) -> bool:
-        """Whether any entry about `notice_id` was ever queued for `channel`."""
+        """Whether any entry about `notice_id` was ever queued for `channel`. A deletion (`DELETION_VERSION_PREFIX`)
+        does not count: it says nothing of the notice, and was once queued on channels that never carried it."""
         return self.db.conn.execute(
-            "SELECT 1 FROM outbox WHERE channel = ? AND notice_id = ? LIMIT 1", (channel, notice_id)
+            "SELECT 1 FROM outbox WHERE channel = ? AND notice_id = ? AND version NOT LIKE ? LIMIT 1",
+            (channel, notice_id, DELETION_VERSION_PREFIX + "%"),
         ).fetchone() is not None
+
+    def followed(self, channel: str, notice_id: str, kinds: Collection[str], *, stream: str) -> bool:
+        """Whether `channel` was queued the latest notice about `notice_id`, of one of `kinds`, that the notice
+        stream `stream` (which carries every notice) was queued: whether the channel follows the story as it now
+        stands. One that posted only an earlier episode under the same id (an alert id a feed reused, a line's
+        delays of last week, a station's crowding when the channel still took every station) does not. When the
+        stream carried none (a digest its slot did not send to the stream), whether any entry was queued for it."""
+        rows = self.db.conn.execute(
+            "SELECT version, payload FROM outbox WHERE channel = ? AND notice_id = ?"
+            " ORDER BY created_at DESC, rowid DESC", (stream, notice_id))
+        for version, payload in rows:
+            try:
+                kind = orjson.loads(payload).get("kind")
+            except orjson.JSONDecodeError:
+                continue
+            if kind in kinds:
+                return self.db.conn.execute(
+                    "SELECT 1 FROM outbox WHERE channel = ? AND notice_id = ? AND version = ? LIMIT 1",
+                    (channel, notice_id, version),
+                ).fetchone() is not None
+        return self.issued(channel, notice_id)
 
     def original_remote_ids(self, channel: str, notice_id: str) -> list[str]:
         """The platform ids of the original posts about `notice_id` on `channel` (what a deletion takes down).

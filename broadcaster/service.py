@@ -17,6 +17,7 @@ Every trigger travels the same path: fetch -> state -> compose -> render -> outb
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -117,7 +118,9 @@ class Broadcaster:
         self.metrics = Metrics(self.health, feeds=[f.name for f in config.feeds],
                                channels=[c.name for c in self.channels])
         self.messages = MessageRenderer(config, renderer, builder, seq, self.posting,
-                                        hashtags=hashtags_of(config, network), issued=self.history.issued)
+                                        hashtags=hashtags_of(config, network),
+                                        followed=functools.partial(self.history.followed,
+                                                                   stream=MqttNoticeChannel.name))
         delivery_policy = DeliveryPolicy(config)
         self.dispatcher = Dispatcher(config, self.outbox, self.history, self.channels, self.posting, delivery_policy,
                                      self.metrics, now)

@@ -401,3 +401,105 @@ def test_preview_shows_the_channels_of_each_notice_and_one_that_no_channel_takes
     assert "broadcaster: notice alert-A-L3B " in err
     assert "reaches no channel" in err
     assert "alert-A-L1 " not in err
+
+
+async def test_taking_a_notices_posts_down_touches_only_the_channels_that_carried_it(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A correction with `delete_originals` queues a deletion only where the notice was posted; that deletion is
+    no post of the notice, so the accounts that never carried it do not hear its all-clear afterwards."""
+    with mastodon_accounts(monkeypatch) as servers:
+        config = rig.config(channels=per_line_channels(servers))
+        rig.serve_rt(LINE_1)
+        async with running(config) as b:
+            await poll_all(b)
+            await until(lambda: b.pending() == 0, b)
+            await b.correct("alert-A-L1", {"zh": "甲线更正：仅限速", "en": "Correction A: slow only"},
+                            delete_originals=True)
+            await until(lambda: b.pending() == 0, b)
+            rig.serve_rt()
+            for _ in range(config.state.resolve_after_missing):
+                await poll_all(b)
+            await until(lambda: b.pending() == 0, b)
+            queued = {name: b.history.issued(name, "alert-A-L1") for name in ACCOUNTS}
+        posted = {name: texts(server) for name, server in servers.items()}
+        deleted = {name: server.deleted()[0] for name, server in servers.items()}
+    assert posted["l2"] == posted["l3"] == posted["urgent"] == []
+    assert len(posted["l1"]) == 2  # the correction and the all-clear stay up; the alert itself was taken down
+    assert any(text.startswith("【恢复】") for text in posted["l1"])
+    assert len(deleted["l1"]) == 1
+    assert deleted["l2"] == deleted["l3"] == deleted["urgent"] == []
+    assert queued == {"l1": True, "l2": False, "l3": False, "urgent": False}
+
+
+async def test_an_account_hears_how_an_alert_goes_on_only_for_the_episode_it_posted(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A feed reuses an alert id: first on line 1, resolved, later on line 2. Line 1's account posted the first
+    episode only, so the second episode's update and all-clear are not its to post (nor to thread under the
+    first episode's post); line 2's account posts the whole second episode."""
+    with mastodon_accounts(monkeypatch) as servers:
+        config = rig.config(channels=per_line_channels(servers)[:2])
+
+        def reused(route_id: str, header: str) -> Any:
+            return alert_entity("A-REUSED", header={"zh": header, "en": header}, informed=[selector(route_id=route_id)],
+                                cause="TECHNICAL_PROBLEM", effect="SIGNIFICANT_DELAYS", severity="WARNING")
+
+        async with running(config) as b:
+            # The first episode on line 1; the second on line 2, with an update.
+            for episode in ([reused("1", "己线故障")], [reused("2", "庚线故障"), reused("2", "庚线故障加剧")]):
+                for version in episode:
+                    rig.serve_rt(version)
+                    await poll_all(b)
+                rig.serve_rt()
+                for _ in range(config.state.resolve_after_missing):
+                    await poll_all(b)
+                await until(lambda: b.pending() == 0, b)
+            await b.correct("alert-A-REUSED", {"zh": "庚线更正", "en": "Correction G"})  # of the second episode
+            await until(lambda: b.pending() == 0, b)
+        posted = {name: texts(server) for name, server in servers.items()}
+    assert not any("庚线" in text for text in posted["l1"]), posted["l1"]
+    assert len(posted["l1"]) == 2  # the first episode: its alert and its all-clear
+    assert len(posted["l2"]) == 4  # the second: its alert, update and all-clear, and the correction
+    assert "庚线更正" in posted["l2"][-1]
+
+
+def test_a_filtered_digest_names_the_lines_that_run_normally_in_every_language() -> None:
+    """docs/channels.md: for a filtered channel the built-in digest says which lines run normally, not "all
+    lines": a rider reading line 1's account in English must not take it for the whole network."""
+    from zoneinfo import ZoneInfo
+
+    from broadcaster.compose import ComposePolicy, compose_digest
+    from broadcaster.messages import render_text
+    from broadcaster.render import Renderer
+    from broadcaster.state import NetworkState
+
+    policy = ComposePolicy(timezone=ZoneInfo("Asia/Shanghai"))
+    renderer = Renderer()
+    for lines in (("L1",), ("L1", "L2")):
+        digest = compose_digest(NetworkState(), name="d", network=NETWORK, slot=T, policy=policy, lines=lines)
+        for language in ("zh", "en"):
+            text = render_text(renderer, digest, language)
+            names = [NETWORK.lines[line].names.get(language) for line in lines]
+            assert all(name in text for name in names), (language, text)
+            assert "all lines" not in text, text
+            assert "全网" not in text, text
+    whole = compose_digest(NetworkState(), name="d", network=NETWORK, slot=T, policy=policy)
+    assert "good service on all lines" in render_text(renderer, whole, "en")
+
+
+async def test_a_correction_of_a_digest_the_notice_stream_never_had_goes_where_the_digest_went(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A digest whose `channels` leave the MQTT notice stream out: its correction still goes only to the account
+    that posted it, not to every account as if it were a network-wide notice."""
+    with mastodon_accounts(monkeypatch) as servers:
+        config = rig.config(channels=per_line_channels(servers), digests=[{"name": "lines", "channels": ["l1"]}])
+        async with running(config) as b:
+            await poll_all(b)
+            assert await b.digest(config.digests[0], local(8, 0)) == ["l1"]
+            await until(lambda: b.pending() == 0, b)
+            await b.correct("digest-lines", {"zh": "快报更正", "en": "Digest corrected"})
+            await until(lambda: b.pending() == 0, b)
+        corrected = {name: any("快报更正" in text for text in texts(server)) for name, server in servers.items()}
+    assert corrected == {"l1": True, "l2": False, "l3": False, "urgent": False}

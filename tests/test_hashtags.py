@@ -129,6 +129,18 @@ def test_tags_keep_letters_and_digits_and_drop_what_a_tag_cannot_hold() -> None:
     assert clean_tag("机" * 100) == "机" * MAX_TAG_GRAPHEMES
 
 
+def test_thai_tone_marks_stay_in_a_tag_as_mastodon_keeps_them() -> None:
+    # Mastodon's Tag::HASHTAG_INVALID_CHARS_RE keeps U+0E47-U+0E4E beside [[:alnum:]]; dropped, "ห้าแยก" (Ha Yaek,
+    # "five-way junction") would become "หาแยก" and "อนุสาวรีย์ชัยสมรภูมิ" (Victory Monument) lose its silent mark.
+    for name in ("ห้าแยก", "อนุสาวรีย์ชัยสมรภูมิ", "สยาม"):
+        assert clean_tag(name) == name
+        post = f"สายสีเขียว ล่าช้า\n#{name} #Line2"
+        assert mastodon_tags(post) == [name, "Line2"]
+        assert bluesky_detected_tags(post) == [name, "Line2"]
+        assert not MASTODON_INVALID.search(name)
+    assert clean_tag("\u0e49ห้า") == "ห้า"  # a tone mark does not start a tag
+
+
 @settings(max_examples=300)
 @given(st.lists(NAMES, min_size=1, max_size=4), NAMES)
 def test_every_tag_facet_slices_exactly_its_hashtag_out_of_the_utf8_text(names: list[str], before: str) -> None:

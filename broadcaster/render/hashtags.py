@@ -3,7 +3,8 @@
 A tag is made valid for every platform at once, so a rider follows the same `#2号线` on Mastodon, Bluesky and Weibo:
 
 - it keeps letters of any script (CJK included), decimal digits, `_`, and the combining marks that are part of a
-  letter (Unicode Other_Alphabetic, such as Devanagari vowel signs); everything else is taken out: white space,
+  letter (Unicode Other_Alphabetic, such as Devanagari vowel signs, and the Thai marks U+0E47-U+0E4E, tone marks
+  included, which Mastodon's normaliser keeps too); everything else is taken out: white space,
   punctuation (`.`, `-`, `·`, `'`, brackets, CJK punctuation), symbols and emoji, other marks (accents written
   apart are first composed, NFC), invisible characters. These are the characters Mastodon's `Tag::HASHTAG_RE`
   takes into one tag (`[[:word:]]` that is also `[[:alnum:]]`), and Bluesky's tag detection takes in whole;
@@ -39,11 +40,14 @@ MAX_TAG_GRAPHEMES: Final = 64
 MAX_TAG_BYTES: Final = 640
 
 _ALPHABETIC_MARK: Final = regex.compile(r"\p{Other_Alphabetic}")
+#: Thai marks that are not Other_Alphabetic (tone marks, the silent mark, ...) but that Mastodon's
+#: `Tag::HASHTAG_INVALID_CHARS_RE` keeps all the same: without them a Thai name is misspelt ("ห้า" is not "หา").
+_THAI_MARKS: Final = frozenset(chr(code) for code in range(0x0E47, 0x0E4F))
 
 
 def _kept(char: str) -> bool:
     category = unicodedata.category(char)
-    if category[0] == "L" or category == "Nd" or char == "_":
+    if category[0] == "L" or category == "Nd" or char == "_" or char in _THAI_MARKS:
         return True
     return category[0] == "M" and _ALPHABETIC_MARK.match(char) is not None
 
