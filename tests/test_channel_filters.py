@@ -59,8 +59,8 @@ def reference_takes(channel: WebhookChannelConfig, n: Notice, network: Network) 
         return False
     if n.audience is not None:
         return True  # routed already (a digest slot, a late correction): only the kind counts
-    if channel.min_severity is not None and n.severity < Severity[channel.min_severity]:
-        return False
+    if channel.min_severity is not None and n.severity < Severity[channel.min_severity] and not n.emergency:
+        return False  # an emergency passes whatever severity the feed gave it
     if channel.emergencies_only and not n.emergency:
         return False
     if not channel.lines and not channel.stations:
@@ -130,6 +130,12 @@ def test_the_rule_on_the_cases_an_operator_asks_about() -> None:
     severe = route_of(hook(min_severity="SEVERE"), NETWORK)
     assert not severe.takes(notice(severity=Severity.WARNING))
     assert severe.takes(notice(severity=Severity.SEVERE))
+    # A line suspended (NO_SERVICE) is an emergency whatever severity the feed gave it, often none at all: a
+    # channel for serious matters must not miss it.
+    warnings = route_of(hook(min_severity="WARNING"), NETWORK)
+    assert warnings.takes(notice(severity=Severity.UNKNOWN_SEVERITY, emergency=True))
+    assert severe.takes(notice(severity=Severity.WARNING, emergency=True))
+    assert not warnings.takes(notice(severity=Severity.UNKNOWN_SEVERITY))
     emergencies = route_of(hook(emergencies_only=True), NETWORK)
     assert emergencies.takes(notice(severity=Severity.WARNING, emergency=True))  # NO_SERVICE at WARNING
     assert not emergencies.takes(notice(severity=Severity.SEVERE, emergency=False))

@@ -3,8 +3,8 @@
 
 The rule, for a notice and a channel:
 
-- its kind is one of the channel's `notices`, its severity is at least `min_severity`, and with
-  `emergencies_only` it is about an emergency;
+- its kind is one of the channel's `notices`, its severity is at least `min_severity` (an emergency passes
+  whatever its severity), and with `emergencies_only` it is about an emergency;
 - and, when the channel names lines or stations, the notice touches one of them: it names one of the lines,
   or one of the stations, or it names no station but a line that serves one of the stations (a line-wide
   notice concerns every station of the line). A notice that names no line and no station concerns the whole
@@ -86,7 +86,9 @@ class Route:
         """The kind and severity half of the rule."""
         if kind.value not in self.notices:
             return False
-        if self.min_severity is not None and severity < self.min_severity:
+        # An emergency passes whatever severity it carries: feeds often rate a suspension (NO_SERVICE) WARNING or
+        # not at all, and a channel for serious matters must not miss it.
+        if self.min_severity is not None and severity < self.min_severity and not emergency:
             return False
         return emergency or not self.emergencies_only
 

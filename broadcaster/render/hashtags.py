@@ -2,12 +2,12 @@
 
 A tag is made valid for every platform at once, so a rider follows the same `#2号线` on Mastodon, Bluesky and Weibo:
 
-- it keeps letters of any script (CJK included), decimal digits, `_`, and the combining marks that are part of a
-  letter (Unicode Other_Alphabetic, such as Devanagari vowel signs, and the Thai marks U+0E47-U+0E4E, tone marks
-  included, which Mastodon's normaliser keeps too); everything else is taken out: white space,
-  punctuation (`.`, `-`, `·`, `'`, brackets, CJK punctuation), symbols and emoji, other marks (accents written
-  apart are first composed, NFC), invisible characters. These are the characters Mastodon's `Tag::HASHTAG_RE`
-  takes into one tag (`[[:word:]]` that is also `[[:alnum:]]`), and Bluesky's tag detection takes in whole;
+- it keeps letters of any script (CJK included), decimal digits, `_`, and the combining marks that spell a
+  letter (nonspacing and spacing marks: Devanagari vowel signs and virama, Thai tone marks, Arabic vowel marks;
+  accents written apart are first composed, NFC); everything else is taken out: white space, punctuation (`.`,
+  `-`, `·`, `'`, brackets, CJK punctuation), symbols and emoji with their variation selectors, enclosing marks,
+  invisible characters. Mastodon's `Tag::HASHTAG_RE` takes all of these into one tag (`[[:word:]]`), and
+  Bluesky's tag detection takes them in whole;
 - `_` and marks do not start it, and `_` does not end it (Bluesky's clients strip a trailing one);
 - it holds at least one letter: Mastodon needs one (`#2` is no tag), Bluesky needs a character that is not a digit;
 - at most 64 grapheme clusters and 640 bytes of UTF-8 (the `app.bsky.richtext.facet#tag` lexicon), cut at a
@@ -39,17 +39,19 @@ __all__ = [
 MAX_TAG_GRAPHEMES: Final = 64
 MAX_TAG_BYTES: Final = 640
 
-_ALPHABETIC_MARK: Final = regex.compile(r"\p{Other_Alphabetic}")
-#: Thai marks that are not Other_Alphabetic (tone marks, the silent mark, ...) but that Mastodon's
-#: `Tag::HASHTAG_INVALID_CHARS_RE` keeps all the same: without them a Thai name is misspelt ("ห้า" is not "หา").
-_THAI_MARKS: Final = frozenset(chr(code) for code in range(0x0E47, 0x0E4F))
+#: Variation selectors: marks by category, but they dress an emoji (taken out) rather than spell a word, and
+#: Bluesky's tag detection will not start a tag with U+FE0F.
+_VARIATION_SELECTOR: Final = regex.compile(r"\p{Variation_Selector}")
 
 
 def _kept(char: str) -> bool:
     category = unicodedata.category(char)
-    if category[0] == "L" or category == "Nd" or char == "_" or char in _THAI_MARKS:
+    if category[0] == "L" or category == "Nd" or char == "_":
         return True
-    return category[0] == "M" and _ALPHABETIC_MARK.match(char) is not None
+    # Every mark that spells a letter stays, or a name is misspelt: Thai tone marks ("ห้า" is not "หา"), the
+    # Devanagari virama ("स्टेशन" is not "सटेशन"), Arabic vowel marks. Mastodon's [[:word:]] and Bluesky's
+    # tag detection both take them into the tag.
+    return category in ("Mn", "Mc") and _VARIATION_SELECTOR.match(char) is None
 
 
 def _leading(char: str) -> bool:
