@@ -20,6 +20,7 @@ from broadcaster.channels.base import ThreadRefs
 from broadcaster.channels.factory import default_profile
 from broadcaster.channels.mqtt import MqttLink, MqttNoticeChannel
 from broadcaster.compose.routing import require_known_places
+from broadcaster.render.hashtags import require_known_overrides
 from broadcaster.config import ChannelConfig, Config
 from broadcaster.feeds.fetch import FeedFetcher
 from broadcaster.feeds.network import load_network
@@ -182,6 +183,7 @@ def _report_mqtt(report: PreviewReport, b: Broadcaster, publications: Sequence[P
 async def _run(config: Config, db: Database, now: datetime, report: PreviewReport) -> None:
     network = load_network(config.network.gtfs, config.network.default_language)
     require_known_places(config, network)
+    require_known_overrides(config, network)
     link = RecordingLink(config)
     channels = [RecordingChannel(c) for c in config.channels]
     async with FeedFetcher(user_agent=f"broadcaster/{__version__} (preview)") as fetcher:

@@ -29,6 +29,7 @@ from broadcaster.feeds.fetch import FeedFetcher
 from broadcaster.feeds.network import load_network
 from broadcaster.lock import InstanceLock
 from broadcaster.render import Renderer
+from broadcaster.render.hashtags import require_known_overrides
 from broadcaster.scheduler import JobScheduler
 from broadcaster.service import Broadcaster, Clock, SystemClock
 from broadcaster.store import Database, KeyValueStore
@@ -41,6 +42,7 @@ async def open_broadcaster(config: Config, *, clock: Clock | None = None) -> Asy
     """Build the pipeline: lock the state directory, open the database, load the network and templates."""
     network = load_network(config.network.gtfs, config.network.default_language)
     require_known_places(config, network)  # a channel filter naming no line of the network would post nothing
+    require_known_overrides(config, network)  # before the state directory is locked or anything logs in
     renderer = Renderer(config.templates.directory)
     lock = InstanceLock(config.state.directory)
     lock.acquire()

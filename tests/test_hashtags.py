@@ -28,6 +28,7 @@ from support.microblog_server import MicroblogServer, mastodon_length, weibo_len
 
 from broadcaster.channels.bluesky import facets
 from broadcaster.checking.offline import check_offline
+from broadcaster.cli import main
 from broadcaster.compose import Notice, NoticeKind, Priority
 from broadcaster.config import HashtagsConfig, parse_config
 from broadcaster.errors import ConfigError
@@ -209,6 +210,20 @@ def test_an_override_for_a_line_the_network_lacks_is_a_config_error() -> None:
     config = config_with({"lines": {"9": {"zh": "九号线"}}})
     with pytest.raises(ConfigError, match=r"hashtags\.lines\.9: is not in the network's GTFS"):
         Hashtags(config.hashtags, load_network(config.network.gtfs, config.network.default_language), config.source)
+
+
+def test_run_once_and_preview_refuse_an_unknown_override_before_the_state_directory_is_touched(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Found late before: the lock taken, the database opened and the channels logged in, then a ConfigError.
+    path = tmp_path / "broadcaster.toml"
+    path.write_text(f'[network]\ngtfs = "{NETWORK_DIR.as_posix()}"\n[[feeds]]\nname = "ops"\nkind = "gtfs-rt"\n'
+                    f'url = "http://127.0.0.1:9/rt.pb"\n[state]\ndirectory = "{(tmp_path / "state").as_posix()}"\n'
+                    '[hashtags]\nstations = { S99 = { zh = "不存在" } }\n', encoding="utf-8")
+    for command in ("once", "run", "preview"):
+        assert main([command, "-c", str(path)]) == 2
+        assert capsys.readouterr().err.startswith(f"broadcaster: {path}: hashtags.stations.S99: is not in the")
+    assert not (tmp_path / "state").exists()
 
 
 def test_check_offline_reports_an_override_for_a_station_the_network_lacks() -> None:

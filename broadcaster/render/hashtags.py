@@ -32,7 +32,8 @@ from broadcaster.model import Network
 from broadcaster.render.length import graphemes
 
 __all__ = [
-    "MAX_TAG_BYTES", "MAX_TAG_GRAPHEMES", "Hashtags", "NoticeTags", "clean_tag", "hashtags_of", "tag_token",
+    "MAX_TAG_BYTES", "MAX_TAG_GRAPHEMES", "Hashtags", "NoticeTags", "clean_tag", "hashtags_of",
+    "require_known_overrides", "tag_token",
 ]
 
 #: The `app.bsky.richtext.facet#tag` lexicon: `tag` has maxGraphemes 64 and maxLength 640 (bytes of UTF-8).
@@ -122,11 +123,7 @@ class Hashtags:
 
     def __init__(self, config: HashtagsConfig, network: Network, source: Path = Path("<memory>")) -> None:
         """Raises ConfigError when an override names a line or station the network does not have."""
-        for key, ids, known in (("lines", config.lines, network.lines), ("stations", config.stations,
-                                                                          network.stations)):
-            unknown = sorted(set(ids) - set(known))
-            if unknown:
-                raise ConfigError(source, f"hashtags.{key}.{unknown[0]}", "is not in the network's GTFS")
+        _require_known(config, network, source)
         self._lines: dict[tuple[str, str], str] = {}
         self._stations: dict[tuple[str, str], str] = {}
         for line in network.lines.values():
@@ -159,6 +156,24 @@ class Hashtags:
                 tag = table.get((item, language))
                 if tag is not None:
                     yield tag
+
+
+def require_known_overrides(config: Config, network: Network) -> None:
+    """Refuse `[hashtags]` overrides for a line or station the network does not have (cheap: run, once and
+    preview ask before they lock or open anything, as for channel filters).
+
+    Raises:
+        ConfigError: naming the key, `hashtags.stations.S99`.
+    """
+    if config.hashtags is not None:
+        _require_known(config.hashtags, network, config.source)
+
+
+def _require_known(config: HashtagsConfig, network: Network, source: Path) -> None:
+    for key, ids, known in (("lines", config.lines, network.lines), ("stations", config.stations, network.stations)):
+        unknown = sorted(set(ids) - set(known))
+        if unknown:
+            raise ConfigError(source, f"hashtags.{key}.{unknown[0]}", "is not in the network's GTFS")
 
 
 def hashtags_of(config: Config, network: Network) -> Hashtags | None:
