@@ -6,10 +6,12 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
 from broadcaster.config import PublicConfig
+from broadcaster.public.page import page_routes
 from broadcaster.service import Broadcaster
 
 
 def public_app(b: Broadcaster, config: PublicConfig) -> Starlette:
     """The site for broadcaster `b`: every route reads `b`'s state as it is at the request, changes nothing."""
     routes: list[BaseRoute] = []
+    routes += page_routes(b, config)
     return Starlette(routes=routes)
