@@ -37,7 +37,8 @@ from broadcaster.service import Broadcaster
 WITHIN_MS = 5_000
 #: The page reconnects with backoff (0.5 s doubling); a broker that was away for a moment is back within this.
 RECONNECT_MS = 12_000
-PHONE: dict[str, Any] = {"width": 360, "height": 740, "is_mobile": True, "has_touch": True, "permissions": ["notifications"]}
+PHONE: dict[str, Any] = {"width": 360, "height": 740, "is_mobile": True, "has_touch": True,
+                         "permissions": ["notifications"]}
 
 RECORD_NOTIFICATIONS = """
 (() => {
@@ -98,25 +99,33 @@ def broker(mosquitto_factory: MosquittoFactory) -> MosquittoBroker:
     return mosquitto_factory(websockets=True, extra_config="log_type subscribe\nlog_type unsubscribe")
 
 
-def site_config_path(rig: Rig, broker: MosquittoBroker, port: int) -> Path:
+@pytest.fixture
+def settings() -> dict[str, dict[str, Any]]:
+    """Extra `mqtt` and `public` settings of the site's config (a module overrides this fixture)."""
+    return {"mqtt": {}, "public": {}}
+
+
+def site_config_path(rig: Rig, broker: MosquittoBroker, port: int, settings: dict[str, dict[str, Any]]) -> Path:
     """The rig's config, feeds polled every half second, with a [public] site whose page reaches `broker`."""
-    path = rig.write_config()
+    path = rig.write_config(mqtt=settings["mqtt"])
     text = path.read_text(encoding="utf-8").replace('max_age_seconds = 300\n',
                                                     'max_age_seconds = 300\npoll_seconds = 0.5\n')
     public = {"listen": f"127.0.0.1:{port}", "mqtt_websocket_url": broker.ws_url,
-              "page_title": {"zh": "地铁出行提醒", "en": "Metro alerts"}}
+              "page_title": {"zh": "地铁出行提醒", "en": "Metro alerts"}, **settings["public"]}
     path.write_text(text + "\n[public]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in public.items()),
                     encoding="utf-8")
     return path
 
 
 @pytest.fixture
-async def site(tmp_path: Path, http_server: LoopbackHttpServer, broker: MosquittoBroker) -> AsyncIterator[Site]:
+async def site(
+    tmp_path: Path, http_server: LoopbackHttpServer, broker: MosquittoBroker, settings: dict[str, dict[str, Any]]
+) -> AsyncIterator[Site]:
     rig = Rig(tmp_path, http_server, broker.url, "metro")
     rig.serve_rt()
     rig.serve_flow({"S04": "FEW_SEATS_AVAILABLE"})
     port = free_port()
-    config = load_config(site_config_path(rig, broker, port))
+    config = load_config(site_config_path(rig, broker, port, settings))
     stop = asyncio.Event()
     started = asyncio.Event()
     async with open_broadcaster(config) as b:
