@@ -530,9 +530,18 @@ function pickFromUrl() {
   }
 }
 
+// A broker URL on loopback reached from another machine (`broadcaster demo --host 0.0.0.0` opened on a phone) can
+// only mean this site's own host; a production URL names a public host and is used as it is.
+function brokerUrl(configured) {
+  const url = new URL(configured);
+  const loopback = ["127.0.0.1", "localhost", "[::1]"];
+  if (loopback.includes(url.hostname) && !loopback.includes(location.hostname)) url.hostname = location.hostname;
+  return url.toString();
+}
+
 function connect() {
   if (!state.config.mqtt_websocket_url) return;
-  state.client = new MqttClient(state.config.mqtt_websocket_url, {
+  state.client = new MqttClient(brokerUrl(state.config.mqtt_websocket_url), {
     topics: topicsToFollow(),
     clientId: "commuter-" + Math.random().toString(16).slice(2, 12),
     username: state.config.mqtt_username,
