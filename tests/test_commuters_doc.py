@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import test_commuter_page as page_tests
 from conftest import MosquittoFactory
@@ -92,6 +93,11 @@ def test_the_documented_acl_lets_the_public_read_and_refuses_its_writes(broker: 
 
 
 async def test_the_page_logs_in_with_the_public_account_on_the_documented_broker(site: Site, phone: Page) -> None:
+    async with httpx.AsyncClient(base_url=site.url, trust_env=False, timeout=5) as http:
+        served = (await http.get("page/config.json")).text + (await http.get("page/network.json")).text
+    assert '"mqtt_username":"public"' in served
+    assert BROADCASTER_PASSWORD not in served
+    assert "broadcaster" not in served  # the broadcaster's own account name neither
     await phone.goto(site.url + "?line=2")
     await expect(phone.get_by_test_id("connection")).to_have_attribute("data-state", "connected", timeout=WITHIN_MS)
     status = card(phone, "line", "2").get_by_test_id("line-status")

@@ -27,6 +27,16 @@ STATIC = Path(__file__).resolve().parent / "static"
 JSON_CACHING = {"Cache-Control": "public, max-age=300"}
 #: The page's files change with an upgrade: revalidate them on every load.
 PAGE_CACHING = {"Cache-Control": "no-cache"}
+#: The page runs only its own files and talks only to this site and a WebSocket broker (ws: and wss:, since the
+#: broker is another origin and, in the demo opened on a phone, another host than configured); nobody frames it.
+PAGE_HEADERS = {
+    **PAGE_CACHING,
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                               "connect-src 'self' ws: wss:; worker-src 'self'; frame-ancestors 'none'; "
+                               "base-uri 'none'; form-action 'none'",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
 DEFAULT_TITLE = "Metro service updates"
 
 
@@ -59,7 +69,7 @@ def page_routes(b: Broadcaster, config: PublicConfig) -> list[BaseRoute]:
     config_json = orjson.dumps(page_config_document(b, config))
 
     async def page(_: Request) -> Response:
-        return FileResponse(STATIC / "commuter.html", headers=PAGE_CACHING)
+        return FileResponse(STATIC / "commuter.html", headers=PAGE_HEADERS)
 
     async def service_worker(_: Request) -> Response:
         return FileResponse(STATIC / "sw.js", media_type="text/javascript", headers=PAGE_CACHING)

@@ -62,6 +62,7 @@ const state = {
   known: new Map(),          // alert id -> {version, header}: what the rider has seen or been told
   alertConnection: new Map(), // alert id -> number of the connection its last message came through
   client: null,
+  freshness: "",             // what the picks' cards last showed of expiry and quiet hours
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -286,6 +287,11 @@ function renderFreshness() {
   banner.dataset.reason = broadcasterUnavailable() ? "offline" : anyExpired ? "expired" : "";
   // What the page shows may be out of date while it cannot hear the broker or the broadcaster: dimmed, not hidden.
   document.body.dataset.live = state.connection === "connected" && !broadcasterUnavailable() ? "yes" : "no";
+  // Checked every second, redrawn only on a change: the cards are a live region a screen reader reads out.
+  const freshness = JSON.stringify(state.picks.map((pick) =>
+    [pickKey(pick), pickPayloads(pick).some((payload) => expired(payload)), inWindow(pick.window)]));
+  if (freshness === state.freshness) return;
+  state.freshness = freshness;
   for (const pick of state.picks) renderPick(pick.kind, pick.id);
 }
 
