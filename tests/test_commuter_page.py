@@ -10,6 +10,7 @@ Playwright expectation; screenshots of each state go to test-artifacts/.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import time
 from collections.abc import AsyncIterator
@@ -288,6 +289,45 @@ async def test_outside_the_picks_days_an_alert_shows_but_does_not_notify(site: S
     site.rig.serve_rt(signal_fault(), crowding_on_line_2())
     await expect(alert(phone, "A-2-crowd")).to_contain_text(CROWD["zh"], timeout=WITHIN_MS)
     assert [n["tag"] for n in await until_notified(phone, 1)] == ["alert-A-2-crowd"]
+
+
+HOURS = [None, "00:00", "06:59", "07:00", "09:30", "22:00", "23:59"]
+DAYS = [[], [5], [1, 2, 3, 4, 5], [0, 6]]
+MINUTES = [0, 1, 419, 420, 421, 569, 570, 1319, 1320, 1438, 1439]
+
+
+@functools.cache
+def covered_slots(start: str | None, end: str | None, days: tuple[int, ...]) -> frozenset[tuple[int, int]]:
+    """The (weekday, minute of day) slots a window covers, laid out minute by minute from each day's start: an
+    independent statement of the rule (no hours or from = to: the whole day; hours across midnight belong to the
+    day they start on)."""
+    def minutes(hhmm: str) -> int:
+        return int(hhmm[:2]) * 60 + int(hhmm[3:])
+
+    if start is None or end is None:
+        first, length = 0, 1440
+    else:
+        first, length = minutes(start), (minutes(end) - minutes(start)) % 1440 or 1440
+    return frozenset(((day + (first + k) // 1440) % 7, (first + k) % 1440)
+                     for day in (days or range(7)) for k in range(length))
+
+
+async def test_a_picks_window_covers_exactly_its_hours_on_its_days_across_midnight_too(site: Site, phone: Page) -> None:
+    await phone.goto(site.url)
+    cases = [{"from": start or "", "to": end or "", "days": days, "weekday": weekday, "minute": minute}
+             for start in HOURS for end in HOURS if (start is None) == (end is None)
+             for days in DAYS for weekday in range(7) for minute in MINUTES]
+    # 2026-11-29 is a Sunday: day 29 + weekday is that weekday, in the browser's own time zone.
+    answers: list[bool] = await phone.evaluate("""async (cases) => {
+      const { inWindow } = await import("/page/static/window.js");
+      return cases.map((c) => inWindow({ from: c.from, to: c.to, days: c.days },
+                                       new Date(2026, 10, 29 + c.weekday, Math.floor(c.minute / 60), c.minute % 60)));
+    }""", cases)
+    wrong = [case for case, answer in zip(cases, answers, strict=True)
+             if answer != ((case["weekday"], case["minute"]) in covered_slots(case["from"] or None, case["to"] or None,
+                                                                              tuple(case["days"])))]
+    assert len(cases) > 10_000
+    assert wrong == []
 
 
 def line_status(line_id: str, valid_until: datetime) -> bytes:

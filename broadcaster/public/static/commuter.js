@@ -9,6 +9,7 @@
 //   re-publishing after its own reconnect bring the same version again, which is not news.
 
 import { MqttClient, topicSegment } from "./mqtt.js";
+import { inWindow } from "./window.js";
 
 const PICKS_KEY = "commuter.picks.v1";
 const LANG_KEY = "commuter.lang";
@@ -123,20 +124,6 @@ function removePick(kind, id) {
   savePicks();
   renderPicks();
   follow();
-}
-
-// The T-Alerts model: a pick may name hours (from-to, across midnight when from > to) and days; outside them the
-// rider gets no notification for it. No hours and no days: any time.
-function inWindow(window, now = new Date()) {
-  if (!window) return true;
-  if (window.days && window.days.length && !window.days.includes(now.getDay())) return false;
-  if (!window.from || !window.to) return true;
-  const minutes = now.getHours() * 60 + now.getMinutes();
-  const [from, to] = [window.from, window.to].map((hhmm) => {
-    const [h, m] = hhmm.split(":").map(Number);
-    return h * 60 + m;
-  });
-  return from <= to ? minutes >= from && minutes < to : minutes >= from || minutes < to;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
