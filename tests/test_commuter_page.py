@@ -291,6 +291,36 @@ async def test_outside_the_picks_days_an_alert_shows_but_does_not_notify(site: S
     assert [n["tag"] for n in await until_notified(phone, 1)] == ["alert-A-2-crowd"]
 
 
+#: Chrome on Android: the page may not construct a Notification ("Illegal constructor"), only a service worker
+#: registration may show one.
+ANDROID_NOTIFICATION = """
+(() => {
+  const Real = window.Notification;
+  function AndroidLike() { throw new TypeError("Failed to construct 'Notification': Illegal constructor."); }
+  Object.defineProperty(AndroidLike, "permission", { get: () => Real.permission });
+  AndroidLike.requestPermission = (...args) => Real.requestPermission(...args);
+  window.Notification = AndroidLike;
+})();
+"""
+
+
+async def test_where_only_a_service_worker_may_notify_the_page_notifies_through_one(
+    site: Site, chromium: str, tmp_path: Path
+) -> None:
+    async with chromium_page(chromium, tmp_path / "android-profile", **PHONE) as android:
+        await android.add_init_script(ANDROID_NOTIFICATION)
+        await android.goto(site.url + "?line=2")
+        await expect(card(android, "line", "2").get_by_test_id("line-status")).to_have_attribute(
+            "data-level", "good", timeout=WITHIN_MS)
+        site.rig.serve_rt(signal_fault())
+        await expect(alert(android, "A-2-signal")).to_be_visible(timeout=WITHIN_MS)
+        shown = await (await android.wait_for_function("""async () => {
+          const shown = await (await navigator.serviceWorker.ready).getNotifications();
+          return shown.length ? shown.map((n) => ({ title: n.title, tag: n.tag })) : false;
+        }""", timeout=WITHIN_MS)).json_value()
+    assert shown == [{"title": f"2号线: {SIGNAL['zh']}", "tag": "alert-A-2-signal"}]
+
+
 HOURS = [None, "00:00", "06:59", "07:00", "09:30", "22:00", "23:59"]
 DAYS = [[], [5], [1, 2, 3, 4, 5], [0, 6]]
 MINUTES = [0, 1, 419, 420, 421, 569, 570, 1319, 1320, 1438, 1439]
