@@ -344,9 +344,10 @@ def covered_slots(start: str | None, end: str | None, days: tuple[int, ...]) -> 
 
 async def test_a_picks_window_covers_exactly_its_hours_on_its_days_across_midnight_too(site: Site, phone: Page) -> None:
     await phone.goto(site.url)
-    cases = [{"from": start or "", "to": end or "", "days": days, "weekday": weekday, "minute": minute}
-             for start in HOURS for end in HOURS if (start is None) == (end is None)
-             for days in DAYS for weekday in range(7) for minute in MINUTES]
+    cases: list[dict[str, Any]] = [
+        {"from": start or "", "to": end or "", "days": days, "weekday": weekday, "minute": minute}
+        for start in HOURS for end in HOURS if (start is None) == (end is None)
+        for days in DAYS for weekday in range(7) for minute in MINUTES]
     # 2026-11-29 is a Sunday: day 29 + weekday is that weekday, in the browser's own time zone.
     answers: list[bool] = await phone.evaluate("""async (cases) => {
       const { inWindow } = await import("/page/static/window.js");
