@@ -168,7 +168,7 @@ async def notifications(page: Page) -> list[dict[str, Any]]:
 
 
 async def until_notified(page: Page, count: int) -> list[dict[str, Any]]:
-    await page.wait_for_function(f"window.__notifications.length >= {count}", timeout=WITHIN_MS)
+    await page.wait_for_function("(count) => window.__notifications.length >= count", arg=count, timeout=WITHIN_MS)
     return await notifications(page)
 
 
@@ -286,13 +286,15 @@ async def test_outside_the_picks_days_an_alert_shows_but_does_not_notify(site: S
     await days.locator(f'input[data-day="{today}"]').check()  # today too: notifications again, kept on reload
     await phone.reload()
     await expect(line_2.get_by_test_id("window-summary")).not_to_contain_text("当前不在通知时段", timeout=WITHIN_MS)
+    # Subscribed again (the retained alert is back) before the feed changes, so the new alert comes live.
+    await expect(alert(phone, "A-2-signal")).to_be_visible(timeout=WITHIN_MS)
     site.rig.serve_rt(signal_fault(), crowding_on_line_2())
     await expect(alert(phone, "A-2-crowd")).to_contain_text(CROWD["zh"], timeout=WITHIN_MS)
     assert [n["tag"] for n in await until_notified(phone, 1)] == ["alert-A-2-crowd"]
 
 
 #: Chrome on Android: the page may not construct a Notification ("Illegal constructor"), only a service worker
-#: registration may show one.
+#: registration may show one. Each notification the registration has shown is recorded once it is up.
 ANDROID_NOTIFICATION = """
 (() => {
   const Real = window.Notification;
@@ -300,6 +302,13 @@ ANDROID_NOTIFICATION = """
   Object.defineProperty(AndroidLike, "permission", { get: () => Real.permission });
   AndroidLike.requestPermission = (...args) => Real.requestPermission(...args);
   window.Notification = AndroidLike;
+  window.__notifications = [];
+  const show = ServiceWorkerRegistration.prototype.showNotification;
+  ServiceWorkerRegistration.prototype.showNotification = function (title, options = {}) {
+    return show.call(this, title, options).then(() => {
+      window.__notifications.push({ title, body: options.body, tag: options.tag });
+    });
+  };
 })();
 """
 
@@ -314,10 +323,10 @@ async def test_where_only_a_service_worker_may_notify_the_page_notifies_through_
             "data-level", "good", timeout=WITHIN_MS)
         site.rig.serve_rt(signal_fault())
         await expect(alert(android, "A-2-signal")).to_be_visible(timeout=WITHIN_MS)
-        shown = await (await android.wait_for_function("""async () => {
-          const shown = await (await navigator.serviceWorker.ready).getNotifications();
-          return shown.length ? shown.map((n) => ({ title: n.title, tag: n.tag })) : false;
-        }""", timeout=WITHIN_MS)).json_value()
+        recorded = await until_notified(android, 1)
+        shown = await android.evaluate("""async () => (await (await navigator.serviceWorker.ready).getNotifications())
+          .map((n) => ({ title: n.title, tag: n.tag }))""")
+    assert [(n["title"], n["tag"]) for n in recorded] == [(f"2号线: {SIGNAL['zh']}", "alert-A-2-signal")]
     assert shown == [{"title": f"2号线: {SIGNAL['zh']}", "tag": "alert-A-2-signal"}]
 
 
