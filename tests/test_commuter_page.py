@@ -24,9 +24,9 @@ import httpx
 import orjson
 import pytest
 from conftest import MosquittoFactory
-from playwright.async_api import Locator, Page, expect
+from playwright.async_api import Locator, Page, WebSocketRoute, expect
 from rig import Rig, toml_value
-from support import LoopbackHttpServer, MosquittoBroker, free_port
+from support import LoopbackHttpServer, MessageRecorder, MosquittoBroker, collect_retained, free_port
 from support.browser import ARTIFACTS, ChromiumNotFound, chromium_page, find_chromium
 from support.gtfs_rt_builders import alert_entity, selector
 
@@ -266,6 +266,51 @@ async def test_the_page_says_when_the_broker_is_lost_recovers_and_does_not_notif
     await expect(unavailable).to_have_attribute("data-reason", "offline", timeout=WITHIN_MS)
     await expect(unavailable).to_contain_text("信息暂不可用：播报系统离线")
     await screenshot(phone, "6-broadcaster-offline-zh")
+
+
+async def test_an_alert_resolved_while_the_page_did_not_listen_is_gone_when_it_listens_again(
+    site: Site, phone: Page
+) -> None:
+    # A resolved alert's topic is cleared on the broker: a subscriber that was away gets no empty payload for it,
+    # only the retained alerts still active. The page must take the replay as the whole truth.
+    await phone.goto(site.url + "?line=2")
+    site.rig.serve_rt(signal_fault(), crowding_on_line_2())
+    await expect(alert(phone, "A-2-crowd")).to_be_visible(timeout=WITHIN_MS)
+    await expect(alert(phone, "A-2-signal")).to_be_visible()
+
+    # Away from the line: the pick removed, the crowding alert resolved meanwhile, the line picked again.
+    await card(phone, "line", "2").get_by_test_id("remove").tap()
+    async with MessageRecorder(site.broker.url, "metro/v1/lines/2/alerts/A-2-crowd") as crowd_topic:
+        site.rig.serve_rt(signal_fault())  # resolved after 2 polls without it (resolve_after_missing)
+        await crowd_topic.wait_for(lambda messages: any(m.payload == b"" for m in messages), timeout=10)
+    await pick_line(phone, "2")
+    await expect(alert(phone, "A-2-signal")).to_be_visible(timeout=WITHIN_MS)
+    await expect(alert(phone, "A-2-crowd")).to_have_count(0)
+
+    # Away from the broker: the signal fault resolved, and its topic cleared, before the page is back. The page's
+    # reconnections are refused (Playwright's WebSocket routing) until the broadcaster has cleared the topic.
+    refusing = True
+
+    async def broker_door(ws: WebSocketRoute) -> None:
+        if refusing:
+            await ws.close()
+        else:
+            ws.connect_to_server()
+
+    await phone.route_web_socket(re.compile(".*"), broker_door)
+    site.broker.stop()
+    await expect(phone.get_by_test_id("connection")).to_have_attribute("data-state", "lost", timeout=WITHIN_MS)
+    site.rig.serve_rt()
+    site.broker.start()
+    async with asyncio.timeout(10):  # resolved (2 polls without it), the broker's saved copy cleared
+        while await collect_retained(site.broker.url, "metro/v1/lines/2/alerts/#", settle=0.2):
+            continue  # each look waits 0.2 s for the broker's replay
+    refusing = False
+    await expect(phone.get_by_test_id("connection")).to_have_attribute("data-state", "connected",
+                                                                       timeout=RECONNECT_MS)
+    await expect(card(phone, "line", "2").get_by_test_id("line-status")).to_have_attribute(
+        "data-level", "good", timeout=WITHIN_MS)
+    await expect(alert(phone, "A-2-signal")).to_have_count(0)
 
 
 async def test_outside_the_picks_days_an_alert_shows_but_does_not_notify(site: Site, phone: Page) -> None:

@@ -43,7 +43,7 @@ const TEXT = {
   to: { zh: "到", en: "to" },
   window_hint: { zh: "在这些时间以外不发通知，状态仍会显示。留空表示全天、每天。", en: "Outside these hours and days there are no notifications; the status still shows. Leave empty for any time, every day." },
   quiet: { zh: "（当前不在通知时段）", en: " (quiet now)" },
-  days: { zh: ["日", "一", "二", "三", "四", "五", "六"], en: ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"] },
+  days: { zh: ["周日", "周一", "周二", "周三", "周四", "周五", "周六"], en: ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"] },
   title: { zh: "地铁运营信息", en: "Metro service updates" },
   station_badge: { zh: "站", en: "St" },
 };
@@ -121,6 +121,13 @@ function addPick(kind, id) {
 function removePick(kind, id) {
   state.picks = state.picks.filter((p) => !(p.kind === kind && p.id === id));
   state.pickSince.delete(pickKey({ kind, id }));
+  // Unsubscribed, the page hears no clear for it: what it knew would go stale. Picked again, the replay tells.
+  if (kind === "line") {
+    state.lineAlerts.delete(id);
+    state.payloads.delete(lineTopics(id)[0]);
+  } else {
+    state.payloads.delete(stationTopic(id));
+  }
   savePicks();
   renderPicks();
   follow();
@@ -545,6 +552,9 @@ function connect() {
       if (connection === "connected") {
         state.everConnected = true;
         state.connectionNo += 1;
+        // An alert resolved while the page was away has no message left on the broker: the replay about to come
+        // is the whole list. (`known` stays: a replayed alert is not news.)
+        state.lineAlerts.clear();
         for (const pick of state.picks) {
           if (!state.pickSince.has(pickKey(pick))) state.pickSince.set(pickKey(pick), state.connectionNo);
         }
