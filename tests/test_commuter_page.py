@@ -450,7 +450,9 @@ async def test_a_status_past_its_valid_until_is_shown_as_expired_in_both_languag
     await screenshot(phone, "8-expired-en")
 
 
-async def test_the_page_subscribes_only_to_its_picks_and_serves_no_secret(site: Site, phone: Page) -> None:
+async def test_the_page_subscribes_only_to_its_picks_serves_no_secret_and_notifies_once_per_alert_across_picks(
+    site: Site, phone: Page
+) -> None:
     async with httpx.AsyncClient(base_url=site.url, trust_env=False, timeout=5) as http:
         config = (await http.get("page/config.json")).json()
         network = (await http.get("page/network.json")).json()
@@ -475,3 +477,9 @@ async def test_the_page_subscribes_only_to_its_picks_and_serves_no_secret(site: 
     subscribed = re.findall(r" commuter-\w+ 1 (\S+)$", site.broker.log_text(), re.MULTILINE)
     assert sorted(subscribed) == ["metro/v1/broadcaster/status", "metro/v1/lines/2/alerts/+",
                                   "metro/v1/lines/2/status", "metro/v1/stations/S04/display"]
+
+    # An alert on line 2 reaches the page twice, through the line and through S04's display: one notification.
+    site.rig.serve_rt(signal_fault())
+    await expect(card(phone, "line", "2").locator('[data-alert="A-2-signal"]')).to_be_visible(timeout=WITHIN_MS)
+    await expect(station.locator('[data-alert="A-2-signal"]')).to_be_visible(timeout=WITHIN_MS)
+    assert [n["tag"] for n in await notifications(phone)] == ["alert-A-2-signal"]
