@@ -20,13 +20,13 @@ from broadcaster.channels.base import ThreadRefs
 from broadcaster.channels.factory import default_profile
 from broadcaster.channels.mqtt import MqttLink, MqttNoticeChannel
 from broadcaster.compose.routing import require_known_places
-from broadcaster.render.hashtags import require_known_overrides
 from broadcaster.config import ChannelConfig, Config
 from broadcaster.feeds.fetch import FeedFetcher
 from broadcaster.feeds.network import load_network
 from broadcaster.outbox import OutboxEntry
 from broadcaster.posts import DELETE_KIND, Post
 from broadcaster.render import Renderer
+from broadcaster.render.hashtags import require_known_overrides
 from broadcaster.render.length import PlatformProfile
 from broadcaster.retained import Publication
 from broadcaster.service import Broadcaster

@@ -167,6 +167,9 @@ def test_wheel_ships_templates_and_example_config(tmp_path: Path) -> None:
     expected = {f"broadcaster/_data/templates/{p.name}" for p in data_dir("templates").glob("*.j2")}
     expected |= {"broadcaster/_data/config/example.toml", "broadcaster/_data/config/network/stops.txt",
                  "broadcaster/_data/config/samples/gtfs-rt.pb"}
+    # The commuter page's files (the demo's board serves mqtt.js from there too).
+    expected |= {f"broadcaster/public/static/{name}" for name in
+                 ("commuter.html", "commuter.js", "commuter.css", "mqtt.js", "sw.js", "window.js")}
     assert expected <= names
     # No runtime state travels: no database, no state directory (the code package broadcaster/state/ is not one).
     assert not any(n.endswith(".db") or ("/state/" in n and not n.startswith("broadcaster/state/")) for n in names)

@@ -157,3 +157,18 @@ async def test_the_dashboard_shows_feeds_outbox_and_posts_and_the_timeline_is_at
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/atom+xml")
     assert "信号设备故障，列车晚点" in response.text
+
+
+async def test_the_dashboard_links_the_commuter_page_which_follows_line_2_through_the_embedded_broker(
+    demo: Demo, page: Page
+) -> None:
+    demo.clock.set(time(7, 45))  # the signal fault has started
+    await page.goto(demo.urls.dashboard)
+    link = page.get_by_test_id("commuter-link")
+    await expect(link).to_have_attribute("href", demo.urls.commuter, timeout=10_000)
+    await page.goto(demo.urls.commuter + "?line=2")  # the page is the broadcaster's [public] site, on amqtt here
+    await expect(page.get_by_test_id("title")).to_have_text("临江地铁出行提醒")
+    await expect(page.locator('[data-testid="line-status"][data-line="2"]')).to_have_attribute(
+        "data-level", "disrupted", timeout=CHANGE_WITHIN_MS)
+    await expect(page.locator(f'[data-testid="alert"][data-alert="{SIGNAL_FAULT}"]')).to_contain_text(
+        "信号设备故障，列车晚点")

@@ -279,6 +279,18 @@ class PublicConfig(_Listening):
     #: not given gets "运营信息" (zh) or "Service updates".
     feed_title: dict[LanguageCode, Annotated[str, Field(min_length=1, max_length=200)]] = Field(default_factory=dict)
 
+    #: The broker's MQTT-over-WebSocket URL the commuter page connects to from the rider's browser
+    #: (wss://broker.example/mqtt behind TLS); None: the page shows the picks without live data and says so.
+    mqtt_websocket_url: Annotated[str, Field(pattern=r"^wss?://[^\s#]+$")] | None = None
+    #: The broker's public, read-only account the page logs in with (docs/commuters.md, "Public access"); None:
+    #: anonymous. Every browser receives it: never the broadcaster's own account.
+    mqtt_username: str | None = None
+    #: That account's password, as public as the account (served to every browser, so not read from a secret
+    #: file): the broker's ACL, not the password, is what keeps the public from writing.
+    mqtt_password: str | None = None
+    #: The page's title per language ({ zh = "...", en = "..." }); a missing language: "Metro service updates".
+    page_title: dict[LanguageCode, str] = Field(default_factory=dict)
+
 
 #: The placeholders a hashtag pattern may use, per kind of pattern.
 LINE_TAG_PLACEHOLDERS: tuple[str, ...] = ("short_name", "name", "id")

@@ -19,7 +19,7 @@ from typing import Any, Self, TextIO
 from broadcaster.config import Config
 from broadcaster.contract import Topics
 from broadcaster.demo import feeds
-from broadcaster.demo.broker import EmbeddedBroker
+from broadcaster.demo.broker import EmbeddedBroker, free_port
 from broadcaster.demo.clock import ScenarioClock
 from broadcaster.demo.pipeline import PipelineRunner
 from broadcaster.demo.recorder import PostLog
@@ -56,6 +56,7 @@ class DemoUrls:
     dashboard: str
     display: str
     timeline: str
+    commuter: str
     mqtt: str
     mqtt_websocket: str
 
@@ -81,6 +82,7 @@ class Demo:
         self._runner: PipelineRunner | None = None
         self._web: WebServer | None = None
         self._broker: EmbeddedBroker | None = None
+        self._public_port: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -114,9 +116,13 @@ class Demo:
         else:
             state_dir = o.state_dir
         self._state_dir = state_dir
+        # The commuter page is the broadcaster's own [public] site, served by `serve` as in production.
+        self._public_port = o.port + 3 if o.port else free_port(o.host or "0.0.0.0")  # noqa: S104
         self._config = write_config(DemoEndpoints(
             feeds_base_url=f"http://{loopback}:{web_port}/feeds", mqtt_url=f"mqtt://{broker_host}:{broker.tcp_port}",
             state_dir=state_dir, poll_seconds=o.poll_seconds,
+            public_listen=f"{o.host or '0.0.0.0'}:{self._public_port}",  # noqa: S104
+            mqtt_websocket_url=f"ws://{loopback}:{broker.ws_port}/",
         ))
 
         # A browser's open keep-alive connections must not hold the exit: the stop is forced.
@@ -158,6 +164,7 @@ class Demo:
             dashboard=f"{base}/",
             display=f"{base}/display/{EXAMPLE_STATION}",
             timeline=f"{base}/timeline.atom",
+            commuter=f"http://{host}:{self._public_port}/",
             mqtt=f"mqtt://{host}:{self.broker.tcp_port}",
             mqtt_websocket=f"ws://{host}:{self.broker.ws_port}/",
         )
@@ -191,6 +198,7 @@ class Demo:
             "status_topic": topics.status,
             "mqtt_ws_port": self.broker.ws_port,
             "mqtt_tcp_port": self.broker.tcp_port,
+            "commuter_port": self._public_port,
             "stations": stations,
             "lines": [_line(self.network, line_id) for line_id in self.network.lines],
         }
@@ -225,7 +233,8 @@ def print_banner(demo: Demo, out: TextIO, *, hint: bool = True) -> None:
         print("broadcaster demo: Linjiang Metro (临江地铁), a simulated morning at "
               f"{demo.clock.speed:g}x speed. Open in a browser:", file=out)
     for name, url in (("operator dashboard", urls.dashboard), ("station display", urls.display),
-                      ("Atom timeline", urls.timeline), ("MQTT (3.1.1)", urls.mqtt),
+                      ("Atom timeline", urls.timeline), ("commuter page", urls.commuter),
+                      ("MQTT (3.1.1)", urls.mqtt),
                       ("MQTT over WebSocket", urls.mqtt_websocket)):
         print(f"  {name:<21}{url}", file=out)  # name, two spaces or more, URL: easy to read and to parse
     if hint and demo.options.host in ("0.0.0.0", ""):  # noqa: S104 (comparing, not binding)

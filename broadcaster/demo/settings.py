@@ -28,6 +28,8 @@ class DemoEndpoints:
     mqtt_url: str  # the embedded broker: mqtt://127.0.0.1:port
     state_dir: Path
     poll_seconds: float = 1.0
+    public_listen: str | None = None  # host:port of the commuter page (the [public] site); None: no page
+    mqtt_websocket_url: str | None = None  # the embedded broker's WebSocket listener, as browsers reach it
 
 
 def _table(name: str, values: Mapping[str, Any], *, array: bool = False) -> str:
@@ -72,6 +74,11 @@ def render_config(endpoints: DemoEndpoints) -> str:
             "title": "临江地铁 Linjiang Metro", "languages": ["zh", "en"], "max_entries": 100,
         }, array=True),
     ]
+    if endpoints.public_listen is not None:
+        parts.append(_table("public", {
+            "listen": endpoints.public_listen, "mqtt_websocket_url": endpoints.mqtt_websocket_url,
+            "page_title.zh": "临江地铁出行提醒", "page_title.en": "Linjiang Metro updates",
+        }))
     return "\n".join(parts)
 
 

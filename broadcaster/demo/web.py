@@ -15,6 +15,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 STATIC = Path(__file__).resolve().parent / "static"
+#: The MQTT-over-WebSocket client is the commuter page's (broadcaster/public/static/); the board shares it.
+MQTT_CLIENT = Path(__file__).resolve().parent.parent / "public" / "static" / "mqtt.js"
 NO_STORE = {"Cache-Control": "no-store"}
 
 
@@ -53,6 +55,9 @@ def build_app(site: DemoSite) -> Starlette:
 
     async def display(_: Request) -> Response:
         return FileResponse(STATIC / "display.html", headers=NO_STORE)
+
+    async def mqtt_client(_: Request) -> Response:
+        return FileResponse(MQTT_CLIENT, media_type="text/javascript", headers=NO_STORE)
 
     async def timeline(_: Request) -> Response:
         path = site.timeline_path
@@ -101,5 +106,6 @@ def build_app(site: DemoSite) -> Starlette:
         Route("/api/status", status),
         Route("/api/scenario", scenario, methods=["POST"]),
         Route("/api/broadcaster", broadcaster, methods=["POST"]),
+        Route("/static/mqtt.js", mqtt_client),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ])

@@ -7,6 +7,7 @@ import os
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from playwright.async_api import Page, async_playwright
 
@@ -43,13 +44,15 @@ def find_chromium() -> str:
 
 @contextlib.asynccontextmanager
 async def chromium_page(
-    executable: str, profile_dir: Path, *, width: int = 1280, height: int = 720
+    executable: str, profile_dir: Path, *, width: int = 1280, height: int = 720, **options: Any
 ) -> AsyncIterator[Page]:
-    """A page in a fresh Chromium profile at `profile_dir`; the browser is closed afterwards."""
+    """A page in a fresh Chromium profile at `profile_dir`; the browser is closed afterwards. `options` go to
+    Playwright's `launch_persistent_context` (`is_mobile`, `has_touch`, `permissions`, `locale`, ...)."""
     async with async_playwright() as playwright:
         context = await playwright.chromium.launch_persistent_context(
             str(profile_dir), executable_path=executable, headless=True, args=list(CHROMIUM_ARGS),
-            viewport={"width": width, "height": height}, locale="zh-CN", timezone_id="Asia/Shanghai",
+            viewport={"width": width, "height": height},
+            **{"locale": "zh-CN", "timezone_id": "Asia/Shanghai", **options},
         )
         try:
             page = context.pages[0] if context.pages else await context.new_page()

@@ -63,6 +63,7 @@ class MosquittoBroker:
         extra_config: str = "",
         port: int | None = None,
         startup_timeout_s: float = 10.0,
+        websockets: bool = False,
     ) -> None:
         self.binary = find_mosquitto()
         self.workdir = workdir
@@ -71,6 +72,8 @@ class MosquittoBroker:
         self.extra_config = extra_config
         self.startup_timeout_s = startup_timeout_s
         self._port = port if port is not None else free_port(self.host)
+        #: With `websockets`, a second listener speaking MQTT over WebSocket (for browser pages), on a port of its own.
+        self.ws_port = free_port(self.host) if websockets else None
         self._process: subprocess.Popen[bytes] | None = None
         self._stderr: IO[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
@@ -87,6 +90,11 @@ class MosquittoBroker:
     @property
     def url(self) -> str:
         return f"mqtt://{self.host}:{self._port}"
+
+    @property
+    def ws_url(self) -> str:
+        assert self.ws_port is not None, "started without websockets=True"
+        return f"ws://{self.host}:{self.ws_port}/"
 
     @property
     def running(self) -> bool:
@@ -109,6 +117,7 @@ class MosquittoBroker:
             "log_type information",
             "connection_messages true",
             "log_timestamp_format %Y-%m-%dT%H:%M:%S",
+            *([f"listener {self.ws_port} {self.host}", "protocol websockets"] if self.ws_port else []),
             self.extra_config,
         ]
         self.config_path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -78,6 +78,7 @@ async function renderStatic() {
   $("stations").replaceChildren(...config.stations.map((s) => el("a", { href: "/display/" + encodeURIComponent(s.id), class: "station" },
     el("span", { class: "badges" }, ...s.lines.map(badge)), el("span", {}, s.names.zh), el("small", {}, s.names.en))));
   const host = location.hostname;
+  $("commuter-link").href = `${location.protocol}//${host}:${config.commuter_port}/`;
   const rows = [
     ["MQTT over TCP (3.1.1)", `mqtt://${host}:${config.mqtt_tcp_port}`],
     ["MQTT over WebSocket", `ws://${host}:${config.mqtt_ws_port}/`],

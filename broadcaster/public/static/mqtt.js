@@ -1,14 +1,18 @@
-// A small MQTT 3.1.1 client over WebSocket for pages that only listen: CONNECT, SUBSCRIBE, receive PUBLISH
-// (QoS 0 and 1, acknowledged), PINGREQ keepalive, reconnect with backoff. No dependencies, no CDN.
+// A small MQTT 3.1.1 client over WebSocket for pages that only listen: CONNECT (optionally with a user name and
+// password), SUBSCRIBE and UNSUBSCRIBE, receive PUBLISH (QoS 0 and 1, acknowledged), PINGREQ keepalive, reconnect
+// with backoff. No dependencies, no CDN. Shared by the commuter page and the demo's display board; it works with
+// Mosquitto's `protocol websockets` listener and with amqtt's (both take the "mqtt" subprotocol).
 //
 //   const client = new MqttClient("ws://host:port/", {
 //     topics: ["metro/v1/stations/peoples-square/display"],
+//     username: "public", password: "public",  // optional
 //     onMessage: (topic, bytes, retained) => { ... },
 //     onState: (state) => { ... },          // "connecting" | "connected" | "disconnected"
 //   });
 //   client.start();
 
-const CONNECT = 1, CONNACK = 2, PUBLISH = 3, PUBACK = 4, SUBSCRIBE = 8, SUBACK = 9, PINGREQ = 12, PINGRESP = 13;
+const CONNECT = 1, CONNACK = 2, PUBLISH = 3, PUBACK = 4, SUBSCRIBE = 8, SUBACK = 9, UNSUBSCRIBE = 10,
+  PINGREQ = 12, PINGRESP = 13;
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
@@ -30,9 +34,12 @@ function packet(first, body) {
 }
 
 export class MqttClient {
-  constructor(url, { topics = [], keepalive = 20, clientId = null, onMessage = () => {}, onState = () => {} } = {}) {
+  constructor(url, { topics = [], keepalive = 20, clientId = null, username = null, password = null,
+                     onMessage = () => {}, onState = () => {} } = {}) {
     this.url = url;
-    this.topics = topics;
+    this.topics = [...topics];
+    this.username = username;
+    this.password = password;
     this.keepalive = keepalive;
     this.clientId = clientId || "display-" + Math.random().toString(16).slice(2, 10);
     this.onMessage = onMessage;
@@ -99,17 +106,49 @@ export class MqttClient {
   }
 
   sendConnect() {
-    const flags = 0x02; // clean session: a display wants the retained state, not a backlog
-    const body = [...utf8Field("MQTT"), 4, flags, this.keepalive >> 8, this.keepalive & 0xff, ...utf8Field(this.clientId)];
+    let flags = 0x02; // clean session: a display wants the retained state, not a backlog
+    const credentials = [];
+    if (this.username != null) {
+      flags |= 0x80;
+      credentials.push(...utf8Field(this.username));
+      if (this.password != null) {
+        flags |= 0x40;
+        credentials.push(...utf8Field(this.password));
+      }
+    }
+    const body = [...utf8Field("MQTT"), 4, flags, this.keepalive >> 8, this.keepalive & 0xff,
+                  ...utf8Field(this.clientId), ...credentials];
     this.send(packet(CONNECT << 4, body));
   }
 
-  sendSubscribe() {
-    if (!this.topics.length) return;
+  packetId() {
     const id = this.nextPacketId++ & 0xffff || 1;
-    const body = [id >> 8, id & 0xff];
-    for (const topic of this.topics) body.push(...utf8Field(topic), 1);
+    return [id >> 8, id & 0xff];
+  }
+
+  sendSubscribe(topics = this.topics) {
+    if (!topics.length) return;
+    const body = this.packetId();
+    for (const topic of topics) body.push(...utf8Field(topic), 1);
     this.send(packet((SUBSCRIBE << 4) | 0x02, body));
+  }
+
+  sendUnsubscribe(topics) {
+    if (!topics.length) return;
+    const body = this.packetId();
+    for (const topic of topics) body.push(...utf8Field(topic));
+    this.send(packet((UNSUBSCRIBE << 4) | 0x02, body));
+  }
+
+  // Follow a new list of topic filters: subscribe to the added ones and unsubscribe from the dropped ones now
+  // if connected; every (re)connection subscribes to the whole list.
+  setTopics(topics) {
+    const added = topics.filter((t) => !this.topics.includes(t));
+    const dropped = this.topics.filter((t) => !topics.includes(t));
+    this.topics = [...topics];
+    if (this.state !== "connected") return;
+    this.sendUnsubscribe(dropped);
+    this.sendSubscribe(added);
   }
 
   startPings() {
