@@ -1,15 +1,18 @@
 """A Mosquitto bridge tree on loopback ports: core broker(s) and edge brokers, real processes.
 
-The broadcaster publishes to a core; each edge runs an MQTT 5 bridge (``bridge_protocol_version mqttv50``) that
-subscribes on the core to ``{prefix}/v1/#`` and carries it *in* to the edge, where displays subscribe. With
-``cores=2`` every edge bridge lists both cores (``address core1 core2``, ``round_robin true``): it follows
-whichever core answers and stays there, as the broadcaster does with ``mqtt.urls = [core1, core2]``
-(docs/mqtt.md, "Broker layer").
+The broadcaster publishes to a core; each edge runs one MQTT 5 bridge (``bridge_protocol_version mqttv50``) per
+core, each subscribing on its core to ``{prefix}/v1/#`` and carrying it *in* to the edge, where displays
+subscribe. With ``cores=2`` (the layout docs/mqtt.md, "Broker layer", recommends) the broadcaster has
+``mqtt.urls = [core1, core2]`` and publishes to whichever it is on; every edge hears both, so nothing depends on
+which core a bridge or the broadcaster happens to be connected to. Nothing is bridged back from the edges: the
+broadcaster never connects to one.
 
 Nodes are numbered cores first, then edges: with one core, node 0 is the core and nodes 1 and 2 the edges.
-`kill(i)` is a SIGKILL, `start(i)` starts a node again on its port and returns once its bridges carry messages
-again, `stop()` ends them all. Every wait is bounded and waits on an event: a probe message published on the
-core arriving on the edge through the bridge (on the ``_tree/probe/`` topics, bridged besides the prefix).
+`kill(i)` is a SIGKILL, `start(i)` starts a node again on its port and returns once every bridge carries messages
+again, `stop()` ends them all. Cores and edges keep no persistence by default (the recommended setting: a core
+restarted from disk would replay a stale state into the edges, an edge restarted from nothing gets the cores'
+state through its bridges). Every wait is bounded and waits on an event: a probe message published on a core
+arriving on an edge through the bridge (on the ``_tree/probe/`` topics, bridged besides the prefix).
 
 Used by tests/test_broker_bridge_tree.py and usable from bench/ (synchronous API; from async code call the
 waiting methods through `asyncio.to_thread`).
@@ -39,10 +42,10 @@ class TreeNotReady(RuntimeError):
 
 
 class MosquittoTree:
-    """`cores` core brokers and `edges` edge brokers, each edge bridging ``{prefix}/v1/#`` in from the core(s).
+    """`cores` core brokers and `edges` edge brokers, each edge bridging ``{prefix}/v1/#`` in from every core.
 
-    `edge_persistence` keeps each edge's retained store on disk across clean stops; a `kill` loses what was not
-    saved, and `wipe(i)` removes a stopped node's database (an edge rebuilt from nothing).
+    `core_persistence` / `edge_persistence` keep a node's retained store on disk across clean stops (a `kill`
+    still loses what was not saved); `wipe(i)` removes a stopped node's database.
     `bridge_extra` is appended to every bridge section (e.g. ``"notifications false"``).
     """
 
@@ -53,7 +56,8 @@ class MosquittoTree:
         *,
         cores: int = 1,
         edges: int = 2,
-        edge_persistence: bool = True,
+        core_persistence: bool = False,
+        edge_persistence: bool = False,
         core_config: str = "",
         edge_config: str = "",
         bridge_extra: str = "",
@@ -64,36 +68,36 @@ class MosquittoTree:
         self.prefix = prefix
         self.ready_timeout_s = ready_timeout_s
         self.cores = [
-            MosquittoBroker(workdir / f"core{n + 1}", extra_config=core_config) for n in range(cores)
+            MosquittoBroker(workdir / f"core{n + 1}", persistence=core_persistence, extra_config=core_config)
+            for n in range(cores)
         ]
-        addresses = " ".join(f"{core.host}:{core.port}" for core in self.cores)
         self.edges = [
             MosquittoBroker(
                 workdir / f"edge{n + 1}",
                 persistence=edge_persistence,
-                extra_config="\n".join([edge_config, self._bridge_section(n + 1, addresses, cores > 1),
-                                        bridge_extra]),
+                extra_config="\n".join([edge_config, *(self._bridge_section(n + 1, m + 1, core, bridge_extra)
+                                                          for m, core in enumerate(self.cores))]),
             )
             for n in range(edges)
         ]
         self.nodes: list[MosquittoBroker] = [*self.cores, *self.edges]
 
-    def _bridge_section(self, edge_number: int, addresses: str, several_cores: bool) -> str:
+    def _bridge_section(self, edge_number: int, core_number: int, core: MosquittoBroker, extra: str) -> str:
         lines = [
-            f"connection edge{edge_number}-to-core",
-            f"address {addresses}",
-            # Stay on the core that answered until it fails, like the broadcaster (mqtt.urls): with `false`
-            # the bridge would go back to the first core while the broadcaster stays on the second.
-            f"round_robin {'true' if several_cores else 'false'}",
+            f"connection edge{edge_number}-to-core{core_number}",
+            f"address {core.host}:{core.port}",
             "bridge_protocol_version mqttv50",
-            f"remote_clientid {self.prefix}-edge{edge_number}-bridge",
-            # The core keeps the bridge's session (and queues QoS 1 notices) while the edge is away.
+            f"remote_clientid {self.prefix}-edge{edge_number}-core{core_number}",
+            # Mosquitto 2.0's MQTT 5 bridge sends no Session Expiry Interval, so the core ends its session when
+            # the link drops whatever this says; after a reconnect the bridge subscribes again and the core
+            # replays its retained messages (docs/mqtt.md, "A Mosquitto bridge tree").
             "cleansession false",
             # Reconnect after a second, not Mosquitto 2.0's default of 5 s rising to 30 s.
             "restart_timeout 1",
             "keepalive_interval 5",
             f"topic {self.prefix}/v1/# in 1",
             f"topic {PROBE_ROOT}/# in 1",
+            extra,
         ]
         return "\n".join(lines)
 
@@ -158,12 +162,12 @@ class MosquittoTree:
             node.stop()
 
     def wait_bridged(self, timeout_s: float | None = None) -> None:
-        """Wait until each running edge receives a probe published on a running core through its bridge."""
+        """Wait until each running edge receives a probe from each running core: every bridge carries messages."""
         deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.ready_timeout_s)
-        cores = [core for core in self.cores if core.running]
-        for number, edge in enumerate(self.edges, start=1):
-            if edge.running and cores:
-                _wait_for_probe(cores, edge, f"{PROBE_ROOT}/edge{number}", deadline)
+        for edge_number, edge in enumerate(self.edges, start=1):
+            for core_number, core in enumerate(self.cores, start=1):
+                if edge.running and core.running:
+                    _wait_for_probe(core, edge, f"{PROBE_ROOT}/edge{edge_number}/core{core_number}", deadline)
 
     def log_text(self) -> str:
         return "\n".join(f"== node {i} ({node.url})\n{node.log_text()}" for i, node in enumerate(self.nodes))
@@ -180,11 +184,10 @@ class MosquittoTree:
         self.stop()
 
 
-def _wait_for_probe(cores: list[MosquittoBroker], edge: MosquittoBroker, topic: str, deadline: float) -> None:
-    """Subscribe on `edge`, publish probes on every core in turn until one arrives; `TreeNotReady` at `deadline`.
+def _wait_for_probe(core: MosquittoBroker, edge: MosquittoBroker, topic: str, deadline: float) -> None:
+    """Subscribe on `edge`, publish probes on `core` until one arrives; `TreeNotReady` at `deadline`.
 
-    Non-retained probes, so nothing stays behind; each core is tried because with two cores the bridge may be on
-    either one.
+    Non-retained probes, so nothing stays behind.
     """
     arrived = threading.Event()
     subscribed = threading.Event()
@@ -197,23 +200,18 @@ def _wait_for_probe(cores: list[MosquittoBroker], edge: MosquittoBroker, topic: 
     try:
         if not subscribed.wait(max(0.0, deadline - time.monotonic())):
             raise TreeNotReady(f"could not subscribe on edge {edge.url}")
-        publishers = []
-        for core in cores:
-            publisher = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"tree-probe-{uuid.uuid4().hex[:10]}")
-            publisher.connect(core.host, core.port, keepalive=10)
-            publisher.loop_start()
-            publishers.append(publisher)
+        publisher = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"tree-probe-{uuid.uuid4().hex[:10]}")
+        publisher.connect(core.host, core.port, keepalive=10)
+        publisher.loop_start()
         try:
             # A probe every 50 ms until the bridge carries one: the bridge's (re)connection is the event awaited.
             while not arrived.wait(0.05):
                 if time.monotonic() > deadline:
-                    raise TreeNotReady(f"edge {edge.url} received no probe from {[c.url for c in cores]}")
-                for publisher in publishers:
-                    publisher.publish(topic, b"", qos=0)
+                    raise TreeNotReady(f"edge {edge.url} received no probe from core {core.url} through its bridge")
+                publisher.publish(topic, b"", qos=0)
         finally:
-            for publisher in publishers:
-                publisher.disconnect()  # before loop_stop: it wakes the network thread, which then ends at once
-                publisher.loop_stop()
+            publisher.disconnect()  # before loop_stop: it wakes the network thread, which then ends at once
+            publisher.loop_stop()
     finally:
         listener.disconnect()
         listener.loop_stop()
