@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -15,7 +18,7 @@ import aiomqtt
 import orjson
 import pytest
 from rig import Rig, poll_all, running
-from support import LoopbackHttpServer, collect_retained
+from support import LoopbackHttpServer, MessageRecorder, collect_retained
 from support.gtfs_rt_builders import alert_entity, selector
 from support.mosquitto import MosquittoNotFound
 from support.mosquitto_tree import MosquittoTree
@@ -97,7 +100,8 @@ class Display:
 
     def crowding(self) -> str | None:
         payload = self.shown.get(self.display_topic)
-        return orjson.loads(payload)["crowding"]["level"] if payload else None
+        crowding = orjson.loads(payload)["crowding"] if payload else None  # null before the flow feed's first poll
+        return crowding["level"] if crowding else None
 
     async def wait_until(self, condition: Callable[[Display], bool], timeout: float) -> None:  # noqa: ASYNC109
         try:
@@ -237,6 +241,11 @@ async def test_a_late_display_on_any_edge_receives_the_whole_retained_state(
             assert await collect_retained(edge, rig.topic("#"), settle=0.3) == on_core
             print(f"late display on {edge}: {len(on_core)} retained topics in"
                   f" {time.monotonic() - started:.2f} s (including the 0.3 s settle)")
+            # The MQTT 5 bridge carries the message expiry: the edge drops the state when the core would.
+            async with MessageRecorder(edge, rig.topic(f"stations/{STATION}/display")) as recorder:
+                (replayed,) = await recorder.wait_for_count(1)
+            assert replayed.message_expiry_interval is not None
+            assert 0 < replayed.message_expiry_interval <= b.config.mqtt.retained_ttl_seconds
 
         # A resolved alert's clear crosses the bridges live: gone from every edge as from the core.
         rig.serve_rt()
@@ -286,3 +295,36 @@ async def test_an_edge_restarted_without_its_persistence_gets_the_whole_state_ba
         assert {topic: payload for topic, payload in from_disk.items() if topic != alert} == on_core
         assert alert in from_disk  # the resolved alert lingers on the edge that kept its database
 
+
+
+async def test_a_killed_broadcasters_will_reaches_the_displays_on_every_edge(
+    tmp_path: Path, http_server: LoopbackHttpServer, tree_factory: Callable[..., MosquittoTree], topic_prefix: str,
+) -> None:
+    """The core publishes the Last Will (after the Will Delay, 2 s here); the bridges carry it, retained."""
+    tree = tree_factory()
+    rig = Rig(tmp_path, http_server, tree.core.url, topic_prefix)
+    rig.serve_rt()
+    rig.serve_flow({STATION: "FULL"})
+    status = rig.topic("broadcaster/status")
+
+    def says(word: str) -> Callable[[Display], bool]:
+        return lambda display: f'"status":"{word}"'.encode() in display.shown.get(status, b"")
+
+    async with Display(tree.edge_urls[:1], topic_prefix) as on_edge1, \
+            Display(tree.edge_urls[1:], topic_prefix) as on_edge2:
+        run = await asyncio.create_subprocess_exec(sys.executable, "-m", "broadcaster", "run", "-c",
+                                                   str(rig.write_config()), stdout=subprocess.DEVNULL,
+                                                   stderr=subprocess.DEVNULL)
+        try:
+            for display in (on_edge1, on_edge2):
+                await display.wait_until(says("online"), timeout=30)
+        finally:
+            killed = time.monotonic()
+            run.send_signal(signal.SIGKILL)
+            await run.wait()
+        for display in (on_edge1, on_edge2):
+            await display.wait_until(says("offline"), timeout=15)
+        print(f"broadcaster SIGKILL: both edges' displays read offline {time.monotonic() - killed:.2f} s after"
+              " it (Will Delay 2 s)")
+    for edge in tree.edge_urls:  # retained on the edges too: a late display reads offline
+        assert b'"offline"' in (await collect_retained(edge, status))[status]

@@ -92,8 +92,9 @@ class MosquittoTree:
             # the link drops whatever this says; after a reconnect the bridge subscribes again and the core
             # replays its retained messages (docs/mqtt.md, "A Mosquitto bridge tree").
             "cleansession false",
-            # Reconnect after a second, not Mosquitto 2.0's default of 5 s rising to 30 s.
-            "restart_timeout 1",
+            # Retry every second. Mosquitto 2.0.11 backs off even from a single value (`restart_timeout 1`
+            # reconnected 6 s after a core's restart here); base and cap both 1 retry at once every second.
+            "restart_timeout 1 1",
             "keepalive_interval 5",
             f"topic {self.prefix}/v1/# in 1",
             f"topic {PROBE_ROOT}/# in 1",
