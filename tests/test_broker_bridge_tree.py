@@ -217,6 +217,12 @@ async def test_failing_over_to_an_edge_leaves_the_other_edges_displays_behind(
         assert b.link.broker == edge1
         await change_crowding(b, rig, "EMPTY")
         await on_edge1.wait_until(showing("EMPTY"), timeout=10)
+        for _ in range(2):  # the canary judges what it published two rounds ago: it came back, on edge1
+            await poll_all(b)
+        assert b.publisher.mqtt_delivering
+        on_edge1_now = await collect_retained(edge1, rig.topic("#"))
+        for topic in b.publisher.canary_topics:  # it saw the latest copy edge1 holds, through edge1 itself
+            assert b.link.observed_seq.get(topic, 0) >= orjson.loads(on_edge1_now[topic])["seq"]
         tree.start(0)  # the core is back and bridged again, but never received the change
         assert (await collect_retained(edge2, rig.topic(f"stations/{STATION}/#")))[
             rig.topic(f"stations/{STATION}/crowding")].count(b'"FULL"') == 1
