@@ -31,6 +31,8 @@ LONG_TESTS: tuple[str, ...] = (
     "test_bench_smoke.py::test_outage_bench_runs_its_three_phases_and_writes_its_results",
     "test_demo_cli.py::test_the_demo_starts_in_seconds_serves_and_stops_on_ctrl_c",
     "test_broker_urls.py::test_the_link_fails_over_to_the_next_broker_republishes_everything_and_does_not_flap_back",
+    "test_broker_bridge_tree.py::test_the_broadcaster_fails_over_to_the_second_core_and_displays_on_every_edge_converge",
+    "test_broker_bridge_tree.py::test_a_killed_broadcasters_will_reaches_the_displays_on_every_edge",
     "test_crash_points.py::test_killed_after_the_commit_before_anything_was_sent",
     "test_not_modified_restart.py::test_removed_alert_resolves_across_once_runs_answered_304",
     "test_not_modified_restart.py::test_removed_alert_resolves_across_a_restarted_run_answered_304",
