@@ -8,7 +8,7 @@ One job per module: `database` (the file, its schema and transactions), `codec` 
 """
 
 from broadcaster.store.codec import decode_alert, decode_snapshot, encode_alert, encode_snapshot, from_iso, iso
-from broadcaster.store.database import SCHEMA_VERSION, Database, copy_database
+from broadcaster.store.database import SCHEMA_VERSION, Database, copy_database, refuse_newer_database
 from broadcaster.store.feeds import (
     FeedRecord,
     load_feeds,
@@ -39,6 +39,7 @@ __all__ = [
     "load_retained",
     "load_snapshot",
     "load_snapshot_digests",
+    "refuse_newer_database",
     "save_feed",
     "save_retained",
     "save_snapshot",
