@@ -1,7 +1,8 @@
 """The state database: its transactions, the network state, feed records and snapshots, retained topics and the
 `meta` table's small values. Import from here.
 
-One job per module: `database` (the file, its schema and transactions), `codec` (how values are written),
+One job per module: `database` (the file, its transactions and schema version), `migrations` (how a schema is
+brought up to date, for any engine) and `sqlite_steps` (SQLite's numbered steps), `codec` (how values are written),
 `state` (the network state), `feeds` (feed records and stored snapshots), `retained` (retained topics) and
 `meta` (`KeyValueStore`). The outbox, the operator's desk and idempotency keys have their own storage modules
 (`broadcaster/outbox.py`, `desk.py`, `idempotency.py`).
