@@ -92,12 +92,15 @@ def migrate(target: SchemaTarget[Conn], steps: Sequence[Step[Conn]], *, keep_cop
     refuse_newer(target.where, current, steps)
     if current == last:
         return last
-    if keep_copy and not target.is_new():
+    new = target.is_new()
+    if keep_copy and not new:
         copy = target.keep_copy(last)
         log.info("%s: schema version %d, this release's is %d: migrating; the database as it was is kept at %s"
                  " (to go back to the older release, stop this one and put that copy in its place)",
                  target.where, current, last, copy)
     for step in steps[current:]:
         target.apply(step)
-        log.info("%s: schema version %d: %s", target.where, step.version, step.summary)
+        # A new database's steps are no news to an operator; an existing one's are.
+        log.log(logging.DEBUG if new else logging.INFO, "%s: schema version %d: %s", target.where, step.version,
+                step.summary)
     return last
