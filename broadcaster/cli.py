@@ -1,7 +1,7 @@
 """The `broadcaster` command: check, once, run, schemas, demo.
 
 Exit status: 0 success; 1 a run-time failure (a feed, the broker, the outbox); 2 a usage or configuration
-error, reported as one line naming the file, the key and the bad value.
+error, reported as one line naming the file, the key and the bad value (or a state database of a newer release).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from broadcaster import __version__
 from broadcaster.errors import (
     BroadcasterError,
     ConfigError,
+    DatabaseTooNew,
     IdempotencyKeyReused,
     NetworkDataError,
     RequestInvalid,
@@ -57,8 +58,10 @@ def _setup_logging(level: str) -> None:
 def _cmd_check(args: argparse.Namespace) -> int:
     """Exit 2 for a config problem (a missing secret too), 1 for a feed, the broker or a channel failing."""
     from broadcaster.checking import check_offline, check_online
+    from broadcaster.store import refuse_newer_database
 
     config = _load(args)
+    refuse_newer_database(config.database_path)  # the release would refuse to start on it
     report = check_offline(config)
     if not args.offline:
         asyncio.run(check_online(config, report))
@@ -372,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.log_level)
     try:
         status: int = args.func(args)
-    except (ConfigError, NetworkDataError) as exc:
+    except (ConfigError, NetworkDataError, DatabaseTooNew) as exc:
         print(f"broadcaster: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except StoreError as exc:

@@ -9,6 +9,7 @@
     │   ├── FeedFormatError    the bytes are not a valid feed (.reason)
     │   └── StaleFeedError     the feed's own timestamp is too old, in the future or going backwards
     ├── StoreError             the state database cannot be used (.path)
+    │   └── DatabaseTooNew     its schema version is newer than this release knows (.version, .newest)
     ├── IdentityConflict       another installation is online on the broker with our MQTT client id
     ├── RequestInvalid         an operator request has invalid fields (.problems: field and message each)
     ├── UnknownNotice          an operator request names a notice that was never issued (.notice_id)
@@ -100,6 +101,20 @@ class StoreError(BroadcasterError):
     def __init__(self, path: Path | str, message: str) -> None:
         self.path = str(path)
         super().__init__(f"{path}: {message}")
+
+
+class DatabaseTooNew(StoreError):
+    """The database was migrated by a newer release: this one cannot know what changed, so it reads nothing.
+
+    The command line exits 2 (the operator picked the wrong release), as for a configuration error."""
+
+    def __init__(self, path: Path | str, version: int, newest: int) -> None:
+        self.version = version
+        self.newest = newest
+        super().__init__(path, (
+            f"the database is at schema version {version}, newer than this release knows (up to {newest}): run"
+            f" the release that migrated it, or put back the copy that release kept beside it ({Path(path).name}"
+            f".before-v{version}, the database as it was before) to run this one"))
 
 
 class IdentityConflict(BroadcasterError):

@@ -48,7 +48,7 @@ async def open_broadcaster(config: Config, *, clock: Clock | None = None) -> Asy
     lock.acquire()
     try:
         async with contextlib.AsyncExitStack() as stack:
-            db = Database(config.database_path)
+            db = Database(config.database_path, holding_lock=True)  # migrated, if need be, under the lock
             stack.callback(db.close)
             fetcher = await stack.enter_async_context(FeedFetcher(user_agent=f"broadcaster/{__version__}"))
             # A secret the config names but the machine lacks is a configuration error, never an anonymous login.

@@ -1,6 +1,7 @@
 """`broadcaster status`: feed health (with the records each feed's last good fetch skipped), outbox depth per
-channel, parked posts and the latest posts, read from the state database (safe while a broadcaster runs: SQLite
-in WAL mode lets readers in)."""
+channel, parked posts, the latest posts and the schema version, read from the state database (safe while a
+broadcaster runs: SQLite in WAL mode lets readers in; a database of an older release is migrated first, only when
+no broadcaster holds the state directory)."""
 
 from __future__ import annotations
 
@@ -59,6 +60,8 @@ class StatusReport:
     #: The broker the latest MQTT session was with: url (scheme://host:port), protocol and since; None before
     #: the first session.
     broker: dict[str, str] | None = None
+    #: The state database's schema version (docs/design.md, "How the schema evolves").
+    schema_version: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,6 +72,7 @@ class StatusReport:
             age = f"{f.feed_age_s:.0f} s old" if f.feed_age_s is not None else "no data yet"
             out.append(f"  {f.name:<20} {f.verdict():<40} content {age}")
             out += [f"    skipped: {problem}" for problem in f.problems]
+        out.append(f"database: schema version {self.schema_version}")
         if self.broker is not None:
             out.append(f"broker: {self.broker.get('url')} (MQTT {self.broker.get('protocol')}), latest session since"
                        f" {self.broker.get('since')}")
@@ -109,7 +113,7 @@ def status_report(config: Config, *, now: datetime | None = None, latest: int = 
     now = now or datetime.now(UTC)
     db = Database(config.database_path)
     try:
-        report = StatusReport()
+        report = StatusReport(schema_version=db.schema_version)
         feeds = load_feeds(db)
         for feed in config.feeds:
             record = feeds.get(feed.name) or FeedRecord(feed.name)

@@ -24,6 +24,7 @@ from broadcaster.config import Config, load_config
 from broadcaster.errors import ConfigError
 from broadcaster.runner import serve
 from broadcaster.service import Broadcaster
+from broadcaster.store import SCHEMA_VERSION
 
 #: Planted where the admin token goes; it must never show up in a file, a log line or a response.
 SENTINEL = ADMIN_TOKEN
@@ -291,6 +292,7 @@ async def test_health_is_503_until_every_feed_is_good_then_200(rig: Rig) -> None
         assert status["feeds"][0]["last_error"]
         assert status["mqtt"]["connected"] is True
         assert status["parked"] == []
+        assert status["schema_version"] == SCHEMA_VERSION  # admin API v1.3
 
 
 async def test_metrics_and_health_can_require_a_token(rig: Rig) -> None:

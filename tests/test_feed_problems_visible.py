@@ -6,6 +6,7 @@ install reads "never fetched". Real `broadcaster` processes, a real broker, feed
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sqlite3
 import subprocess
@@ -18,6 +19,7 @@ import orjson
 import pytest
 from rig import Rig, now_s, toml_value
 from support import free_port
+from support.layouts import RELEASE_66D9D1C, make_database
 
 #: A passenger-flow document with 7 readings, 6 of them unusable: (station or record, field, reason) each.
 READINGS: list[dict[str, Any]] = [
@@ -161,24 +163,13 @@ async def test_admin_status_lists_every_skipped_record(rig: Rig, monkeypatch: py
 
 
 async def test_a_database_of_the_previous_release_is_migrated_in_place(rig: Rig) -> None:
-    """A state database made before feeds had `problems` (schema of 732967b): `status` reads it, and the next
-    poll stores the skipped records in the column added in place."""
-    state = rig.tmp_path / "state"
-    state.mkdir()
-    db = sqlite3.connect(state / "broadcaster.db")
-    try:
-        db.execute("PRAGMA journal_mode=WAL")
-        db.executescript("""
-            CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-            INSERT INTO meta VALUES ('schema_version', '1');
-            CREATE TABLE feeds (
-                name TEXT PRIMARY KEY, etag TEXT, last_modified TEXT, feed_timestamp TEXT, last_ok_at TEXT,
-                last_error TEXT, last_error_at TEXT, consecutive_failures INTEGER NOT NULL DEFAULT 0
-            );
-            INSERT INTO feeds VALUES ('flow', NULL, NULL, NULL, NULL, 'HTTP 503', '2026-11-25T08:00:00+00:00', 2);
-        """)
-    finally:
-        db.close()
+    """A state database made before feeds had `problems` (broadcaster 0.1.0's schema): `status` reads it, and the
+    next poll stores the skipped records in the column its migration added."""
+    database = rig.tmp_path / "state" / "broadcaster.db"
+    make_database(database, RELEASE_66D9D1C)
+    with contextlib.closing(sqlite3.connect(database, isolation_level=None)) as db:
+        db.execute("INSERT INTO feeds VALUES ('flow', NULL, NULL, NULL, NULL, 'HTTP 503', '2026-11-25T08:00:00+00:00',"
+                   " 2)")
     path = str(rig.write_config())
     status, out, err = await _broadcaster("status", "-c", path)
     assert status == 0, err

@@ -165,4 +165,5 @@ class AdminApi:
         ]
         body["atom_set_aside"] = {a.name: [str(p) for p in a.set_aside] for a in atom_channels(self.b)}
         body["version"] = __version__
+        body["schema_version"] = self.b.db.schema_version
         return JSONResponse(body, 200)

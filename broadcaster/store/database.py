@@ -6,6 +6,10 @@ either both are there or neither is, and a restart neither forgets nor re-announ
 The database runs in WAL mode with `synchronous=FULL`; start-up refuses to run otherwise, because a committed
 notice must survive a power cut.
 
+Opening it brings its schema up to this release's `SCHEMA_VERSION`, step by numbered step (store/migrations.py,
+store/sqlite_steps.py), under the state directory's lock, keeping a copy of an older database beside it first; a
+database of a newer release is refused.
+
 `Database.conn` is for the storage modules only (`tests/test_layering.py` holds the list): everything else reads
 through their named functions, which take the `Database`, and writes through the connection a transaction hands
 out, passed back to them.
@@ -13,73 +17,37 @@ out, passed back to them.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
 from broadcaster.errors import StoreError
+from broadcaster.lock import InstanceLock
+from broadcaster.store import migrations, sqlite_steps
 
-SCHEMA_VERSION = 1
+#: The schema version this release brings every database to (the newest numbered step, store/sqlite_steps.py).
+SCHEMA_VERSION = migrations.newest(sqlite_steps.STEPS)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS state (
-    kind TEXT NOT NULL, key TEXT NOT NULL, body BLOB NOT NULL, PRIMARY KEY (kind, key)
-);
-CREATE TABLE IF NOT EXISTS feeds (
-    name TEXT PRIMARY KEY,
-    etag TEXT, last_modified TEXT,
-    feed_timestamp TEXT, last_ok_at TEXT,
-    last_error TEXT, last_error_at TEXT,
-    consecutive_failures INTEGER NOT NULL DEFAULT 0,
-    -- JSON list: the records the feed's last good fetch skipped, one reason each (added in place, see _migrate)
-    problems TEXT
-);
--- The snapshot each feed's last committed fetch parsed to, with a hash of its body: a 304 Not Modified (or the
--- same bytes again) re-applies it, in a new process too, so it counts as a good fetch of the same content.
--- `parse_key` hashes what the parse depended on (the network's ids, the feed's settings, the release).
-CREATE TABLE IF NOT EXISTS feed_snapshots (
-    name TEXT PRIMARY KEY, digest BLOB NOT NULL, parse_key BLOB NOT NULL, snapshot BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS outbox (
-    key TEXT PRIMARY KEY,
-    notice_id TEXT NOT NULL, version TEXT NOT NULL, channel TEXT NOT NULL, part INTEGER NOT NULL,
-    priority INTEGER NOT NULL, payload BLOB NOT NULL, created_at TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at TEXT NOT NULL, remote_id TEXT, sent_at TEXT, error TEXT,
-    -- 1 when the post opens a thread that later notices about the same subject reply to
-    starts_thread INTEGER NOT NULL DEFAULT 1,
-    -- 1 once an attempt may have reached the platform (timeout, reset after sending, 5xx): a retry could
-    -- duplicate unless the platform deduplicates
-    uncertain INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS outbox_thread ON outbox (channel, notice_id, starts_thread, part);
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, channel, priority, next_attempt_at);
--- A channel's latest rows (the public site's feeds list the recent notices): added without a schema version.
-CREATE INDEX IF NOT EXISTS outbox_recent ON outbox (channel, created_at);
-CREATE TABLE IF NOT EXISTS retained (topic TEXT PRIMARY KEY, digest TEXT NOT NULL);
--- Topics cleared within the retained TTL: a broker that crashed may bring their old payload back.
-CREATE TABLE IF NOT EXISTS retained_cleared (topic TEXT PRIMARY KEY, cleared_at TEXT NOT NULL);
--- Operator requests (announce, correct) from the command line, carried out by the running broadcaster.
-CREATE TABLE IF NOT EXISTS requests (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, created_at TEXT NOT NULL, action TEXT NOT NULL, body BLOB NOT NULL,
-    status TEXT NOT NULL DEFAULT 'pending', result TEXT, error TEXT, done_at TEXT
-);
--- Idempotency keys of operator requests (broadcaster/idempotency.py), kept 24 h: the answer given (admin API)
--- or the request carrying it out (command line). Added without a schema version: older databases gain it.
-CREATE TABLE IF NOT EXISTS idempotency (
-    scope TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL, created_at TEXT NOT NULL,
-    status INTEGER, body BLOB, request_id INTEGER,
-    PRIMARY KEY (scope, key)
-);
-"""
+_VERSION_KEY = "schema_version"
 
 
 class Database:
     """One SQLite connection, used from the event loop thread only (statements are short)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, holding_lock: bool = False, keep_copy: bool = True) -> None:
+        """Open the database at `path` and bring its schema up to `SCHEMA_VERSION` (store/migrations.py).
+
+        A migration runs only under the state directory's `InstanceLock` (`path`'s folder): `holding_lock` says
+        the caller holds it; otherwise it is taken for the migration and released. `keep_copy=False` migrates
+        without keeping a copy of the database as it was (`preview`, on a throw-away copy).
+
+        Raises:
+            DatabaseTooNew: the database is at a version above this release's.
+            StoreError: it cannot be opened or migrated, or it needs migrating while another process holds the
+                state directory.
+        """
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -87,16 +55,22 @@ class Database:
             path.touch(mode=0o600, exist_ok=True)
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per tick.
             self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(path, f"cannot open the state database: {exc}") from exc
+        try:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=FULL")
             self.conn.execute("PRAGMA busy_timeout=5000")
             self._require_durability()
             self._synchronous = "FULL"  # what the connection runs with now (see `transaction`)
-            self.conn.executescript(_SCHEMA)
-            self._migrate()
-            self._check_schema_version()
+            #: The schema version the database is at (always `SCHEMA_VERSION` once open).
+            self.schema_version = self._up_to_date(holding_lock=holding_lock, keep_copy=keep_copy)
         except (sqlite3.Error, OSError) as exc:
+            self.conn.close()
             raise StoreError(path, f"cannot open the state database: {exc}") from exc
+        except BaseException:
+            self.conn.close()
+            raise
 
     def _require_durability(self) -> None:
         mode = self.conn.execute("PRAGMA journal_mode").fetchone()[0]
@@ -104,19 +78,29 @@ class Database:
         if str(mode).lower() != "wal" or int(sync) != 2:
             raise StoreError(self.path, f"needs journal_mode=WAL and synchronous=FULL, got {mode}/{sync}")
 
-    def _migrate(self) -> None:
-        """Bring a database made by an earlier release up to `_SCHEMA`: columns added since are added in place
-        (additive, so the schema version stays and an older release can still read the file)."""
-        columns = {row[1] for row in self.conn.execute("PRAGMA table_info(feeds)")}
-        if "problems" not in columns:
-            self.conn.execute("ALTER TABLE feeds ADD COLUMN problems TEXT")
-
-    def _check_schema_version(self) -> None:
-        row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if row is None:
-            self.conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) != SCHEMA_VERSION:
-            raise StoreError(self.path, f"schema version {row[0]} is not {SCHEMA_VERSION}; no migration known")
+    def _up_to_date(self, *, holding_lock: bool, keep_copy: bool) -> int:
+        """Migrate the database to `SCHEMA_VERSION` if it is older, under the state directory's lock."""
+        schema = SqliteSchema(self)
+        found = schema.version()
+        migrations.refuse_newer(schema.where, found, sqlite_steps.STEPS)  # read nothing of a newer release's
+        if found == SCHEMA_VERSION:
+            return found
+        if holding_lock:
+            return migrations.migrate(schema, sqlite_steps.STEPS, keep_copy=keep_copy)
+        lock = InstanceLock(self.path.parent)
+        try:
+            lock.acquire()
+        except StoreError as busy:
+            if schema.version() == SCHEMA_VERSION:  # the broadcaster holding the directory migrated it meanwhile
+                return SCHEMA_VERSION
+            raise StoreError(self.path, (
+                f"schema version {found} must be migrated to {SCHEMA_VERSION} first, and only the process holding"
+                f" the state directory may do it ({busy}): stop that broadcaster (an older release?) and start"
+                " this one")) from None
+        try:
+            return migrations.migrate(schema, sqlite_steps.STEPS, keep_copy=keep_copy)
+        finally:
+            lock.release()
 
     @contextmanager
     def transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
@@ -190,3 +174,98 @@ def copy_database(source: Path, target: Path) -> None:
             original.backup(copy)
     except sqlite3.Error as exc:
         raise StoreError(source, f"cannot copy the state database: {exc}") from exc
+
+
+def _read_version(conn: sqlite3.Connection) -> int:
+    """The schema version recorded in `meta`; 0 when there is none (a new database, or a table-less one)."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is None:
+        return 0
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (_VERSION_KEY,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def schema_version_of(path: Path) -> int | None:
+    """The schema version of the database at `path`, read without writing to it; None when there is no file.
+
+    Raises:
+        StoreError: the file is not a database this code can read a version from.
+    """
+    if not path.exists():
+        return None
+    try:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            return _read_version(conn)
+    except (sqlite3.Error, ValueError) as exc:
+        raise StoreError(path, f"cannot read the state database's schema version: {exc}") from exc
+
+
+def refuse_newer_database(path: Path) -> None:
+    """Raise DatabaseTooNew when the database at `path` was migrated by a newer release (nothing is written:
+    `check` and `preview` ask before they open anything)."""
+    version = schema_version_of(path)
+    if version is not None:
+        migrations.refuse_newer(str(path), version, sqlite_steps.STEPS)
+
+
+class SqliteSchema:
+    """The SQLite database as a migration's target (store/migrations.py): the version in `meta`, one transaction
+    per step, and the copy kept beside the file."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    @property
+    def where(self) -> str:
+        return str(self.db.path)
+
+    def version(self) -> int:
+        try:
+            return _read_version(self.db.conn)
+        except ValueError as exc:
+            raise StoreError(self.db.path, f"the recorded schema version is not a number: {exc}") from exc
+
+    def is_new(self) -> bool:
+        return self.db.conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is None
+
+    def apply(self, step: migrations.Step[sqlite3.Connection]) -> None:
+        with self.db.transaction() as conn:
+            step.apply(conn)
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (_VERSION_KEY, str(step.version)))
+
+    def keep_copy(self, newest: int) -> str:
+        """`<file>.before-v<newest>`, owner-only, written whole or not at all (a temporary file renamed).
+
+        A copy already there is kept when it is older than the database: a migration to `newest` began, was
+        interrupted after a step, and that copy is the database as the older release left it. Otherwise (the
+        same version: interrupted before the first step; or an operator put an older copy back) it is replaced.
+        """
+        copy = self.db.path.with_name(f"{self.db.path.name}.before-v{newest}")
+        if copy.exists() and _copy_version(copy) < self.version():
+            return str(copy)
+        partial = copy.with_name(copy.name + ".partial")
+        try:
+            partial.unlink(missing_ok=True)
+            os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            copy_database(self.db.path, partial)
+            _fsync(partial)
+            os.replace(partial, copy)
+            _fsync(copy.parent)
+        except OSError as exc:
+            raise StoreError(copy, f"cannot keep a copy of the database before migrating it: {exc}") from exc
+        return str(copy)
+
+
+def _copy_version(copy: Path) -> int:
+    """The version of an earlier copy; -1 when it cannot be read (it is then replaced)."""
+    try:
+        return schema_version_of(copy) or 0
+    except StoreError:
+        return -1
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
