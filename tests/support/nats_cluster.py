@@ -97,7 +97,7 @@ class NatsNode:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def write_config(self, routes: list[str], cluster_name: str, replicas: int) -> None:
+    def write_config(self, routes: list[int], cluster_name: str, replicas: int) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         route_list = ", ".join(f'"nats-route://{self.host}:{port}"' for port in routes)
         self.config_path.write_text(
