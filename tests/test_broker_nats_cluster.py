@@ -110,7 +110,7 @@ def make_rig(tmp_path: Path, http_server: LoopbackHttpServer, cluster: NatsClust
     return rig
 
 
-async def test_a_display_whose_nats_node_is_killed_shows_the_latest_state_from_another_node_within_30_s(
+async def test_a_display_on_a_killed_nats_node_shows_the_latest_state_elsewhere_within_30_s(
     tmp_path: Path, http_server: LoopbackHttpServer, topic_prefix: str,
 ) -> None:
     with NatsCluster(tmp_path / "nats") as cluster:
@@ -142,7 +142,7 @@ async def test_a_display_whose_nats_node_is_killed_shows_the_latest_state_from_a
         assert shown < 30
 
 
-async def test_the_broadcaster_fails_over_when_its_nats_node_is_killed_and_every_node_serves_the_whole_state(
+async def test_the_broadcaster_fails_over_from_a_killed_nats_node_and_every_node_serves_all(
     tmp_path: Path, http_server: LoopbackHttpServer, topic_prefix: str,
 ) -> None:
     with NatsCluster(tmp_path / "nats") as cluster:
