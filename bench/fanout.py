@@ -73,9 +73,11 @@ class Layer:
     pids: list[int]
     stop: Callable[[], None]
     notes: str = ""
+    #: The displays' subscription QoS on this layer, when it must differ from `--qos` (see `_nats`).
+    display_qos: int | None = None
 
 
-def _single(work: Path) -> Layer:
+def _single(work: Path, prefix: str, qos_override: int) -> Layer:
     paths.add_test_support()
     from support import MosquittoBroker
 
@@ -87,7 +89,40 @@ def _single(work: Path) -> Layer:
                  "one Mosquitto 2 (" + MOSQUITTO_CONFIG.strip().replace("\n", ", ") + ")")
 
 
-LAYERS: dict[str, Callable[[Path], Layer]] = {"single": _single}
+def _nats(work: Path, prefix: str, qos_override: int) -> Layer:
+    """Three nats-server nodes (JetStream, MQTT, streams replicated thrice); the broadcaster may publish to any
+    (it takes the first), displays connect to all three."""
+    paths.add_test_support()
+    from support.nats_cluster import NatsCluster
+
+    cluster = NatsCluster(work / "nats", size=3)
+    cluster.start()
+    pids = [node.process.pid for node in cluster.nodes if node.process is not None]
+    endpoints = [(node.host, node.mqtt_port) for node in cluster.nodes]
+    # A QoS 1 MQTT subscription is a durable JetStream consumer in NATS (replicated like the streams): 300
+    # displays' ~1,200 of them already time out the JetStream API ("timeout for request type CC") and the
+    # SUBACKs fail. A QoS 0 subscription is a plain NATS subscription; retained messages still come from the
+    # replicated retained stream. So displays on NATS subscribe at `--nats-qos` (0 by default).
+    return Layer("nats", cluster.mqtt_urls, endpoints, pids, cluster.stop,
+                 "three nats-server nodes, JetStream and MQTT, MQTT streams replicated on all three",
+                 display_qos=qos_override)
+
+
+def _tree(work: Path, prefix: str, qos_override: int) -> Layer:
+    """A Mosquitto core and two edges bridging `{prefix}/v1/#` in (MQTT 5 bridges); the broadcaster publishes to
+    the core, displays connect to the edges."""
+    paths.add_test_support()
+    from support.mosquitto_tree import MosquittoTree
+
+    tree = MosquittoTree(work / "tree", prefix, core_config=MOSQUITTO_CONFIG, edge_config=MOSQUITTO_CONFIG)
+    tree.start_all()
+    pids = [node._process.pid for node in tree.nodes if node._process is not None]
+    endpoints = [(edge.host, edge.port) for edge in tree.edges]
+    return Layer("tree", tree.core_urls, endpoints, pids, tree.stop,
+                 "a Mosquitto core and two edges bridging {prefix}/v1/# in (MQTT 5 bridges); displays on the edges")
+
+
+LAYERS: dict[str, Callable[[Path, str, int], Layer]] = {"single": _single, "nats": _nats, "tree": _tree}
 
 
 def _proc_rss_mb(pid: int) -> float:
@@ -312,11 +347,12 @@ async def run_layer(layer: Layer, args: Args, options: dict[str, Any],
     topics = Topics(config.mqtt.topic_prefix)
     city = City(Shape.at(args.k))
     specs = display_specs(city, topics, int(options["displays"]), len(layer.display_endpoints))
+    qos = int(options["qos"]) if layer.display_qos is None else layer.display_qos
     clock: dict[str, float] = {}
     rounds = Rounds()
-    result: dict[str, Any] = {"layer": layer.name, "notes": layer.notes, "nodes": len(layer.display_endpoints),
+    result: dict[str, Any] = {"layer": layer.name, "notes": layer.notes, "nodes": len(layer.pids), "display_nodes": len(layer.display_endpoints),
                               "publish_urls": layer.publish_urls, "displays": len(specs),
-                              "subscriptions": sum(len(s[2]) for s in specs), "qos": options["qos"]}
+                              "subscriptions": sum(len(s[2]) for s in specs), "qos": qos}
     install_variant(args, "base")
     target = CityFiles(args.city, Shape.at(args.k)).www / "alerts.pb"
     async with running(config) as b:
@@ -324,7 +360,7 @@ async def run_layer(layer: Layer, args: Args, options: dict[str, Any],
         await measured_tick(b)
         result["retained_topics"] = len(b.planner.published)
         rss_before = [_proc_rss_mb(pid) for pid in layer.pids]
-        async with swarm(layer, specs, int(options["workers"]), int(options["qos"]), f"fan-{args.run_id}-{layer.name}",
+        async with swarm(layer, specs, int(options["workers"]), qos, f"fan-{args.run_id}-{layer.name}",
                          args.work / "swarm.log") as (workers, ready):
             rss_after = [_proc_rss_mb(pid) for pid in layer.pids]
             result["swarm_ready"] = ready
@@ -344,6 +380,7 @@ async def run_layer(layer: Layer, args: Args, options: dict[str, Any],
             swarm_cpu = await _swarm_cpu(workers) - swarm_cpu_before
             broker_cpu = sum(_proc_cpu_s(pid) for pid in layer.pids) - broker_cpu_before
             own_cpu = time.process_time() - own_cpu_before
+            result["broker_rss_mb_after_rounds"] = [_proc_rss_mb(pid) for pid in layer.pids]
     n_rounds = 2 * len(changes[1:])
     result["rounds"] = n_rounds
     result["missing_receipts"] = rounds.missing
@@ -394,7 +431,7 @@ async def main(raw: dict[str, Any]) -> dict[str, Any]:
             out["skipped"][name] = "no launcher for this broker layer on this branch"
             continue
         print(f"bench: fan-out on {name} ({raw['displays']} displays) ...", end=" ", flush=True)
-        layer = factory(args.work / f"fanout-{name}")
+        layer = factory(args.work / f"fanout-{name}", f"bench/{args.run_id}/fanout-{name}", int(raw["nats_qos"]))
         try:
             result = await run_layer(layer, args, raw, changes)
         finally:
@@ -469,6 +506,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--displays", type=int, default=3000, help="display connections (default 3000)")
     parser.add_argument("--workers", type=int, default=2, help="swarm processes (default 2)")
     parser.add_argument("--qos", type=int, choices=(0, 1), default=1, help="the displays' subscription QoS")
+    parser.add_argument("--nats-qos", type=int, choices=(0, 1), default=0,
+                        help="the displays' subscription QoS on NATS (a QoS 1 subscription is a JetStream consumer)")
     parser.add_argument("--line-rounds", type=int, default=10, help="line emergencies (each appears and clears)")
     parser.add_argument("--network-rounds", type=int, default=5, help="network-wide alerts (appear and clear)")
     parser.add_argument("--setups", default=",".join(SETUPS), type=lambda s: s.split(","),
@@ -476,7 +515,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
 
 
 def options_dict(options: argparse.Namespace) -> dict[str, Any]:
-    return {"displays": options.displays, "workers": options.workers, "qos": options.qos,
+    return {"displays": options.displays, "workers": options.workers, "qos": options.qos, "nats_qos": options.nats_qos,
             "line_rounds": options.line_rounds, "network_rounds": options.network_rounds, "setups": options.setups}
 
 
