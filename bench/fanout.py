@@ -350,7 +350,8 @@ async def run_layer(layer: Layer, args: Args, options: dict[str, Any],
     qos = int(options["qos"]) if layer.display_qos is None else layer.display_qos
     clock: dict[str, float] = {}
     rounds = Rounds()
-    result: dict[str, Any] = {"layer": layer.name, "notes": layer.notes, "nodes": len(layer.pids), "display_nodes": len(layer.display_endpoints),
+    result: dict[str, Any] = {"layer": layer.name, "notes": layer.notes, "nodes": len(layer.pids),
+                              "display_nodes": len(layer.display_endpoints),
                               "publish_urls": layer.publish_urls, "displays": len(specs),
                               "subscriptions": sum(len(s[2]) for s in specs), "qos": qos}
     install_variant(args, "base")
