@@ -378,7 +378,10 @@ async def run_layer(layer: Layer, args: Args, options: dict[str, Any],
                 await _round(b, workers, on, target, clock, rounds)
                 await _round(b, workers, off, target, clock, rounds)
             wall = time.monotonic() - started
-            swarm_cpu = await _swarm_cpu(workers) - swarm_cpu_before
+            sizes: dict[str, list[int]] = {}
+            swarm_cpu = await _swarm_cpu(workers, sizes) - swarm_cpu_before
+            result["payload_bytes"] = {key: {"messages": n, "mean": total / n if n else 0, "max": largest}
+                                       for key, (n, total, largest) in sizes.items()}
             broker_cpu = sum(_proc_cpu_s(pid) for pid in layer.pids) - broker_cpu_before
             own_cpu = time.process_time() - own_cpu_before
             result["broker_rss_mb_after_rounds"] = [_proc_rss_mb(pid) for pid in layer.pids]
@@ -401,12 +404,18 @@ async def run_layer(layer: Layer, args: Args, options: dict[str, Any],
     return result
 
 
-async def _swarm_cpu(workers: list[Worker]) -> float:
+async def _swarm_cpu(workers: list[Worker], sizes: dict[str, list[int]] | None = None) -> float:
+    """The swarm's CPU seconds so far; with `sizes`, also the payload sizes its workers received, merged."""
     total = 0.0
     for worker in workers:
         await worker.send("STATS")
         stats = await worker.expect("STATS", 30)
         total += stats["user_s"] + stats["system_s"]
+        for key, (count, size, largest) in stats["sizes"].items():
+            merged = sizes.setdefault(key, [0, 0, 0]) if sizes is not None else [0, 0, 0]
+            merged[0] += count
+            merged[1] += size
+            merged[2] = max(merged[2], largest)
     return total
 
 

@@ -71,6 +71,15 @@ class Swarm:
     retained: int = 0
     retained_expected: int = 0
     retained_done: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Payload bytes received, by kind ("display", "status") and by phase ("retained" on subscription, "change"
+    #: in a round): [count, total bytes, largest].
+    sizes: dict[str, list[int]] = field(default_factory=dict)
+
+    def measure(self, key: str, size: int) -> None:
+        entry = self.sizes.setdefault(key, [0, 0, 0])
+        entry[0] += 1
+        entry[1] += size
+        entry[2] = max(entry[2], size)
 
     def arrived(self) -> None:
         self.waiting -= 1
@@ -149,9 +158,13 @@ class Display(asyncio.Protocol):
         qos = (flags >> 1) & 3
         if qos and self.transport is not None:
             self.transport.write(b"\x40\x02" + body[2 + topic_length : 4 + topic_length])
+        size = len(body) - 2 - topic_length - (2 if qos else 0)
+        kind = "display" if topic.endswith(b"/display") else "status"
         if flags & 1:  # retained: the state on subscription, not a change
+            self.swarm.measure(f"retained {kind}", size)
             self.swarm.retained_arrived()
             return
+        self.swarm.measure(f"change {kind}", size)
         if self.index not in self.swarm.armed:
             return
         if topic.endswith(b"/display"):
@@ -218,7 +231,7 @@ async def main() -> None:
         by_station.setdefault(str(station), []).append(index)
     _say("READY " + json.dumps({"connections": len(displays), "connect_s": connect_s, "retained": swarm.retained,
                                 "retained_expected": swarm.retained_expected,
-                                "retained_complete": retained_complete, **_stats()}))
+                                "retained_complete": retained_complete, "sizes": swarm.sizes, **_stats()}))
     try:
         while line := (await reader.readline()).decode().strip():
             command, _, argument = line.partition(" ")
@@ -241,10 +254,10 @@ async def main() -> None:
                 _say("DONE " + json.dumps({
                     "display_at": [displays[i].display_at for i in armed],
                     "status_at": [displays[i].status_at for i in armed],
-                    "lost": sum(d.lost for d in displays),
+                    "lost": sum(d.lost for d in displays), "sizes": swarm.sizes,
                 }))
             elif command == "STATS":
-                _say("STATS " + json.dumps(_stats()))
+                _say("STATS " + json.dumps({**_stats(), "sizes": swarm.sizes}))
             elif command == "QUIT":
                 break
     finally:
