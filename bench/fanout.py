@@ -77,7 +77,7 @@ class Layer:
     display_qos: int | None = None
 
 
-def _single(work: Path, prefix: str, qos_override: int) -> Layer:
+def _single(work: Path, prefix: str, qos_override: int, mqtt_extra: str) -> Layer:
     paths.add_test_support()
     from support import MosquittoBroker
 
@@ -89,13 +89,16 @@ def _single(work: Path, prefix: str, qos_override: int) -> Layer:
                  "one Mosquitto 2 (" + MOSQUITTO_CONFIG.strip().replace("\n", ", ") + ")")
 
 
-def _nats(work: Path, prefix: str, qos_override: int) -> Layer:
+def _nats(work: Path, prefix: str, qos_override: int, mqtt_extra: str) -> Layer:
     """Three nats-server nodes (JetStream, MQTT, streams replicated thrice); the broadcaster may publish to any
     (it takes the first), displays connect to all three."""
     paths.add_test_support()
     from support.nats_cluster import NatsCluster
 
     cluster = NatsCluster(work / "nats", size=3)
+    for node in cluster.nodes:  # settings of the MQTT block to try (`--nats-mqtt`), e.g. "consumer_replicas: 1"
+        text = node.config_path.read_text(encoding="utf-8")
+        node.config_path.write_text(text.replace("mqtt {\n", "mqtt {\n" + mqtt_extra + "\n", 1), encoding="utf-8")
     cluster.start()
     pids = [node.process.pid for node in cluster.nodes if node.process is not None]
     endpoints = [(node.host, node.mqtt_port) for node in cluster.nodes]
@@ -104,11 +107,12 @@ def _nats(work: Path, prefix: str, qos_override: int) -> Layer:
     # SUBACKs fail. A QoS 0 subscription is a plain NATS subscription; retained messages still come from the
     # replicated retained stream. So displays on NATS subscribe at `--nats-qos` (0 by default).
     return Layer("nats", cluster.mqtt_urls, endpoints, pids, cluster.stop,
-                 "three nats-server nodes, JetStream and MQTT, MQTT streams replicated on all three",
+                 "three nats-server nodes, JetStream and MQTT, MQTT streams replicated on all three"
+                 + (f"; mqtt block + {mqtt_extra!r}" if mqtt_extra else ""),
                  display_qos=qos_override)
 
 
-def _tree(work: Path, prefix: str, qos_override: int) -> Layer:
+def _tree(work: Path, prefix: str, qos_override: int, mqtt_extra: str) -> Layer:
     """A Mosquitto core and two edges bridging `{prefix}/v1/#` in (MQTT 5 bridges); the broadcaster publishes to
     the core, displays connect to the edges."""
     paths.add_test_support()
@@ -122,7 +126,7 @@ def _tree(work: Path, prefix: str, qos_override: int) -> Layer:
                  "a Mosquitto core and two edges bridging {prefix}/v1/# in (MQTT 5 bridges); displays on the edges")
 
 
-LAYERS: dict[str, Callable[[Path, str, int], Layer]] = {"single": _single, "nats": _nats, "tree": _tree}
+LAYERS: dict[str, Callable[[Path, str, int, str], Layer]] = {"single": _single, "nats": _nats, "tree": _tree}
 
 
 def _proc_rss_mb(pid: int) -> float:
@@ -441,7 +445,8 @@ async def main(raw: dict[str, Any]) -> dict[str, Any]:
             out["skipped"][name] = "no launcher for this broker layer on this branch"
             continue
         print(f"bench: fan-out on {name} ({raw['displays']} displays) ...", end=" ", flush=True)
-        layer = factory(args.work / f"fanout-{name}", f"bench/{args.run_id}/fanout-{name}", int(raw["nats_qos"]))
+        layer = factory(args.work / f"fanout-{name}", f"bench/{args.run_id}/fanout-{name}", int(raw["nats_qos"]),
+                        str(raw.get("nats_mqtt", "")))
         try:
             result = await run_layer(layer, args, raw, changes)
         finally:
@@ -518,6 +523,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--qos", type=int, choices=(0, 1), default=1, help="the displays' subscription QoS")
     parser.add_argument("--nats-qos", type=int, choices=(0, 1), default=0,
                         help="the displays' subscription QoS on NATS (a QoS 1 subscription is a JetStream consumer)")
+    parser.add_argument("--nats-mqtt", default="", help="lines added to the NATS nodes' mqtt block, e.g. "
+                        "'consumer_replicas: 1' (separate several with newlines)")
     parser.add_argument("--line-rounds", type=int, default=10, help="line emergencies (each appears and clears)")
     parser.add_argument("--network-rounds", type=int, default=5, help="network-wide alerts (appear and clear)")
     parser.add_argument("--setups", default=",".join(SETUPS), type=lambda s: s.split(","),
@@ -526,6 +533,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
 
 def options_dict(options: argparse.Namespace) -> dict[str, Any]:
     return {"displays": options.displays, "workers": options.workers, "qos": options.qos, "nats_qos": options.nats_qos,
+            "nats_mqtt": options.nats_mqtt,
             "line_rounds": options.line_rounds, "network_rounds": options.network_rounds, "setups": options.setups}
 
 
