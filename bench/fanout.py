@@ -37,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -232,7 +232,7 @@ def display_specs(city: City, topics: Topics, count: int, endpoints: int) -> lis
 
 @contextlib.asynccontextmanager
 async def swarm(layer: Layer, specs: list[tuple[int, str, list[str]]], workers: int, qos: int, tag: str,
-                log: Path) -> Any:
+                log: Path) -> AsyncIterator[tuple[list[Worker], list[dict[str, Any]]]]:
     """Start the swarm's worker processes; yield them once every display is subscribed with its state."""
     procs: list[Worker] = []
     with log.open("ab") as errors:
@@ -281,14 +281,13 @@ class Rounds:
 
 def broadcaster_config(args: Args, layer: Layer, name: str) -> Config:
     """The bench's config (scenarios.write_config), speaking MQTT 3.1.1 to the layer's publishing nodes."""
-    config = write_config(args, name)
+    write_config(args, name)  # writes {work}/{name}.toml, with `url`: swap it for the layer's `urls`
     path = args.work / f"{name}.toml"
     text = path.read_text(encoding="utf-8")
     old = f"url = {json.dumps(args.mqtt_url)}\n"
     assert old in text
     text = text.replace(old, f"urls = {json.dumps(layer.publish_urls)}\nprotocol = \"3.1.1\"\n", 1)
     path.write_text(text, encoding="utf-8")
-    del config
     return load_config(path)
 
 
