@@ -18,6 +18,10 @@ LONG_TESTS: tuple[str, ...] = (
     "test_cli_process.py::test_with_the_production_will_delay_a_dead_broadcaster_reads_offline_within_35_s",  # 31
     "test_broker_faults.py::test_a_black_holed_broker_link_heals_and_everything_queued_arrives",  # 17
     "test_hostile_answers_e2e.py::test_rate_limit_headers_at_and_past_their_extremes_never_stop_the_service",  # 13
+    # 10 to 18 s and 5 to 17 s: a three-node NATS cluster's start, a node's SIGKILL and JetStream's re-election.
+    "test_broker_nats_cluster.py::test_the_broadcaster_fails_over_from_a_killed_nats_node_and_every_node_serves_all",
+    "test_broker_nats_cluster.py::test_a_display_on_a_killed_nats_node_shows_the_latest_state_elsewhere_within_30_s",
+    "test_broker_nats_cluster.py::test_a_sigkilled_broadcaster_reads_offline_on_every_nats_node_from_its_will",  # 7
     "test_crash_points.py::test_killed_mid_request_with_the_answer_held",  # 11
     "test_secrets_hygiene.py::test_planted_secrets_appear_in_no_output",  # 10
     "test_cli_validation.py::test_the_command_line_and_the_api_decide_alike",  # 9

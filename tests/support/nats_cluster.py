@@ -97,9 +97,17 @@ class NatsNode:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def write_config(self, routes: list[int], cluster_name: str, replicas: int) -> None:
+    def write_config(self, routes: list[int] | None, cluster_name: str, replicas: int) -> None:
+        """Write the node's config; `routes` None for a lone node (no cluster block: JetStream runs standalone)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        route_list = ", ".join(f'"nats-route://{self.host}:{port}"' for port in routes)
+        route_list = ", ".join(f'"nats-route://{self.host}:{port}"' for port in routes or [])
+        cluster = f"""\
+cluster {{
+  name: "{cluster_name}"
+  listen: "{self.host}:{self.cluster_port}"
+  routes: [{route_list}]
+}}
+""" if routes is not None else ""
         self.config_path.write_text(
             f"""\
 server_name: "{self.name}"
@@ -110,15 +118,16 @@ jetstream {{
   max_memory_store: 64MB
   max_file_store: 256MB
 }}
-cluster {{
-  name: "{cluster_name}"
-  listen: "{self.host}:{self.cluster_port}"
-  routes: [{route_list}]
-}}
-mqtt {{
+{cluster}mqtt {{
   listen: "{self.host}:{self.mqtt_port}"
   # Retained messages, sessions and QoS 1 messages live in JetStream streams; replicate them over the nodes.
   stream_replicas: {replicas}
+  # Each QoS 1 subscription of an MQTT client is a JetStream consumer. Replicated on three nodes, creating one
+  # takes about a second on a small machine and a reconnecting display waits for it; kept on the node the client
+  # is on and in memory, it is immediate. A consumer dies with its node; the client, reconnecting elsewhere,
+  # makes a new one (clean sessions: nothing is lost that the retained state does not bring back).
+  consumer_replicas: 1
+  consumer_memory_storage: true
 }}
 """,
             encoding="utf-8",
@@ -221,7 +230,7 @@ class NatsCluster:
         self.replicas = min(size, 3) if replicas is None else replicas
         routes = [node.cluster_port for node in self.nodes]
         for node in self.nodes:
-            node.write_config([port for port in routes if port != node.cluster_port] if size > 1 else [],
+            node.write_config([port for port in routes if port != node.cluster_port] if size > 1 else None,
                               cluster_name, self.replicas)
 
     @property

@@ -30,8 +30,9 @@ async def read_status(
     """
     status: bytes | None = None
     echoed = False
-    await client.subscribe(status_topic, qos=1)
-    await client.subscribe(probe_topic, qos=1)
+    # QoS 0 subscriptions, as the link's own (link.py `_serve`): no broker-side consumer to create or delete.
+    await client.subscribe(status_topic, qos=0)
+    await client.subscribe(probe_topic, qos=0)
     await client.publish(probe_topic, b"", qos=1)
     try:
         async with asyncio.timeout(wait_seconds):

@@ -254,9 +254,12 @@ class MqttLink:
         self._started = datetime.now(UTC)
         await client.publish(self.topics.status, self._status("online", self._started), qos=1, retain=True)
         # Subscribing to our own status topic gives a message iterator that raises when the link drops.
-        await client.subscribe(self.topics.status, qos=1)
+        # QoS 0: on a live connection the echo arrives all the same, and a clustered broker (NATS) keeps no
+        # per-subscription consumer for it, whose creation and deletion stall a reconnect after a node loss
+        # (docs/mqtt.md "NATS cluster").
+        await client.subscribe(self.topics.status, qos=0)
         for topic in self.canary_topics:
-            await client.subscribe(topic, qos=1)
+            await client.subscribe(topic, qos=0)
         self.last_error = None
         self.broker = url
         self.connected.set()
