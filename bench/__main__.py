@@ -3,7 +3,8 @@ in processes of their own, print the table and write bench/results/latest.json.
 
 Options: `--scales 1,4,10` (scale factors; the first is the reference for the ratios), `--reps 3` (cold starts
 per scale), `--ticks 3` (steady ticks), `--rounds 40` (emergencies), `--out PATH`, `--keep` (keep the work folder).
-`--compare` runs the quick k = 1 set and prints each headline figure beside the committed one.
+`--compare` runs the quick k = 1 set and prints each headline figure beside the committed one. `--fanout` adds the
+fan-out scenario (bench/fanout.py: a display swarm on one broker, a NATS cluster and a bridge tree; minutes more).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from bench import compare, paths, report
+from bench import compare, fanout, paths, report
 from bench.city import CityFiles, write_city
 
 #: Without it Mosquitto leaves Nagle's algorithm on for its clients: a PUBACK written while an earlier one is
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=paths.RESULTS / "latest.json")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (cities, databases, logs)")
     parser.add_argument("--profile", type=Path, help="write cProfile stats of each scenario into this folder")
+    parser.add_argument("--fanout", action="store_true",
+                        help="also run the fan-out scenario (bench/fanout.py; not part of --compare)")
     parser.add_argument("--compare", action="store_true",
                         help="run the quick k = 1 set and compare its headline figures with bench/results/latest.json")
     args = parser.parse_args(argv)
@@ -122,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             for k in scales[1:]:
                 scenario("full", k, reps=args.reps)
                 scenario("tick", k, ticks=args.ticks)
+            if args.fanout:
+                results["fanout"] = _fanout(cities, work, urls["feeds"], run_id, log)
     finally:
         if servers.stdin is not None:
             servers.stdin.close()
@@ -146,12 +151,33 @@ def main(argv: list[str] | None = None) -> int:
         compare.append_history(document)  # a full run: one line of the trend, committed with latest.json
     print()
     print(report.table(document))
+    if "fanout" in document:
+        print()
+        print(fanout.table(document["fanout"]))
     print(f"\nbench: wrote {args.out} in {document['meta']['wall_s']:.0f} s")
     if args.keep:
         print(f"bench: work folder kept: {work}")
     else:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def _fanout(cities: dict[float, CityFiles], work: Path, feeds_url: str, run_id: str, log: IO[str]) -> dict[str, Any]:
+    """The fan-out scenario with its default options on the k = 1 city (written now if the run has none)."""
+    city = cities.get(1.0) or write_city(work / "fanout-k1", 1.0, ticks=0, emergencies=0)
+    defaults = fanout.options_dict(_fanout_defaults())
+    layers = ", ".join(defaults["setups"])
+    print(f"bench: fan-out ({defaults['displays']} displays on {layers}) ...", end=" ", flush=True)
+    result = _run("bench.fanout", {**defaults, "city": str(city.root), "work": str(work / "fanout"),
+                                   "feeds_url": feeds_url, "run_id": run_id}, log)
+    print(f"{result['wall_s']:.0f} s", flush=True)
+    return result
+
+
+def _fanout_defaults() -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    fanout.add_options(parser)
+    return parser.parse_args([])
 
 
 def _compare(committed_path: Path) -> int:
