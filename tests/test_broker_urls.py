@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -15,13 +16,14 @@ from conftest import ADMIN_TOKEN, MosquittoFactory
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rig import Rig, poll_all, running
-from support import LoopbackHttpServer, MessageRecorder, collect_retained
+from support import LoopbackHttpServer, MessageRecorder, collect_retained, free_port
 from support.gtfs_rt_builders import alert_entity, selector
 from test_config_secrets import base_document
 
 from broadcaster.admin.server import AdminServer
 from broadcaster.config import AdminConfig, AdminToken, SecretRef, broker_label, parse_config, with_mqtt_url
 from broadcaster.errors import ConfigError
+from broadcaster.runner import run_once
 from broadcaster.status import status_report
 
 SECRET = "hunter2-sentinel-pass"
@@ -180,3 +182,18 @@ def test_url_and_urls_are_one_or_the_other_and_a_list_of_one_is_the_url(tmp_path
 def test_the_command_lines_broker_replaces_the_whole_list(tmp_path: Path) -> None:
     config = load(["mqtt://10.0.0.1", "mqtt://10.0.0.2"], tmp_path)
     assert with_mqtt_url(config, "mqtt://10.0.0.9:1883").mqtt.brokers == ("mqtt://10.0.0.9:1883",)
+
+
+async def test_a_batch_run_that_reaches_no_broker_names_the_configured_ones(
+    tmp_path: Path, http_server: LoopbackHttpServer, topic_prefix: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    dead = [f"mqtt://127.0.0.1:{free_port()}", f"mqtt://127.0.0.1:{free_port()}"]
+    rig = Rig(tmp_path, http_server, dead[0], topic_prefix)
+    rig.serve_rt()
+    rig.serve_flow({"S04": "FULL"})
+    config = rig.config(mqtt={"urls": dead, "connect_timeout_seconds": 1.5})
+    with caplog.at_level(logging.ERROR, logger="broadcaster.runner"):
+        assert await run_once(config, drain_timeout=1) == 1
+    failure = next(r.getMessage() for r in caplog.records if "unreachable" in r.getMessage())
+    assert all(url in failure for url in dead), failure  # the brokers it tried, not mqtt.url's unused default
+    assert "127.0.0.1:1883" not in failure
