@@ -22,8 +22,8 @@ from test_config_secrets import base_document
 
 from broadcaster.admin.server import AdminServer
 from broadcaster.config import AdminConfig, AdminToken, SecretRef, broker_label, parse_config, with_mqtt_url
-from broadcaster.errors import ConfigError
-from broadcaster.runner import run_once
+from broadcaster.errors import ConfigError, IdentityConflict
+from broadcaster.runner import open_broadcaster, run_once
 from broadcaster.status import status_report
 
 SECRET = "hunter2-sentinel-pass"
@@ -197,3 +197,23 @@ async def test_a_batch_run_that_reaches_no_broker_names_the_configured_ones(
     failure = next(r.getMessage() for r in caplog.records if "unreachable" in r.getMessage())
     assert all(url in failure for url in dead), failure  # the brokers it tried, not mqtt.url's unused default
     assert "127.0.0.1:1883" not in failure
+
+
+async def test_the_start_up_identity_check_asks_the_next_broker_when_the_first_does_not_answer(
+    tmp_path: Path, http_server: LoopbackHttpServer, mosquitto_factory: MosquittoFactory, topic_prefix: str,
+) -> None:
+    """A second installation with our client id, online on the second broker while the first is down, is found
+    before anything is polled or posted, not only once `run` has moved on to the second broker."""
+    down, up = mosquitto_factory(), mosquitto_factory()
+    down.kill()
+    rig = Rig(tmp_path, http_server, up.url, topic_prefix)
+    rig.serve_rt()
+    rig.serve_flow({"S04": "FULL"})
+    async with running(rig.config(state={"directory": str(tmp_path / "state-first")})) as first:
+        second_config = rig.config(state={"directory": str(tmp_path / "state-second")},
+                                   mqtt={"urls": [down.url, up.url]})
+        async with open_broadcaster(second_config) as second:
+            with pytest.raises(IdentityConflict) as refused:
+                await second.link.check_identity()
+        assert refused.value.instance == first.link.instance
+        assert first.link.sessions == 1

@@ -177,12 +177,17 @@ class MqttLink:
         """
         if self._identity_checked:
             return
-        try:
-            async with asyncio.timeout(self.config.connect_timeout_seconds):
-                await self._check_identity()
-        except (aiomqtt.MqttError, TimeoutError) as exc:
-            log.warning("MQTT broker %s not reachable at start-up (%s); client id %r is checked when it is",
-                        self._candidate, exc or "timed out", self.config.client_id)
+        # Each broker of mqtt.urls in turn: the other installation may be online on the second while the first is
+        # down, and `run` would find it only after the first posts. The first session goes to the one that answered.
+        for _ in self.config.brokers:
+            try:
+                async with asyncio.timeout(self.config.connect_timeout_seconds):
+                    await self._check_identity()
+                return
+            except (aiomqtt.MqttError, TimeoutError) as exc:
+                log.warning("MQTT broker %s not reachable at start-up (%s); client id %r is checked when it is",
+                            self._candidate, exc or "timed out", self.config.client_id)
+                self._next_broker = (self._next_broker + 1) % len(self.config.brokers)
 
     async def wait_connected(self) -> None:
         """Wait until connected.
