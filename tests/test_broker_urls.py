@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rig import Rig, poll_all, running
 from support import LoopbackHttpServer, MessageRecorder, collect_retained, free_port
+from support.fault_proxy import FaultProxy
 from support.gtfs_rt_builders import alert_entity, selector
 from test_config_secrets import base_document
 
@@ -217,3 +218,33 @@ async def test_the_start_up_identity_check_asks_the_next_broker_when_the_first_d
                 await second.link.check_identity()
         assert refused.value.instance == first.link.instance
         assert first.link.sessions == 1
+
+
+async def test_a_will_the_lost_broker_fires_later_through_a_bridge_does_not_leave_displays_offline(
+    tmp_path: Path, http_server: LoopbackHttpServer, mosquitto_factory: MosquittoFactory, topic_prefix: str,
+) -> None:
+    """The route to the first broker dies while that broker lives on: the link fails over to the second, and the
+    first, bridged to the second, publishes our `offline` Will once its keepalive and Will Delay have run out,
+    overwriting the `online` the link left there. The link is online on the second broker: it says so again."""
+    first = mosquitto_factory()
+    rig = Rig(tmp_path, http_server, first.url, topic_prefix)
+    status_topic = rig.topic("broadcaster/status")
+    second = mosquitto_factory(extra_config="\n".join([
+        "connection to-first", f"address 127.0.0.1:{first.port}", f"topic {rig.topic('#')} both 1",
+        "bridge_protocol_version mqttv50", "cleansession true", "restart_timeout 1",
+    ]))
+    rig.serve_rt()
+    rig.serve_flow({"S04": "FULL"})
+    async with FaultProxy("127.0.0.1", first.port) as route:
+        config = rig.config(mqtt={"urls": [route.url, second.url], "keepalive_seconds": 5, "will_delay_seconds": 4})
+        async with running(config) as b, MessageRecorder(second.url, status_topic) as on_second:
+            await on_second.wait_for(lambda ms: any(b'"online"' in m.payload for m in ms), timeout=10)  # bridged
+            route.blackhole()
+            async with asyncio.timeout(30):
+                await b.link.wait_for_session(2)
+            assert b.link.broker == second.url
+            # The first broker's Will reaches the second through the bridge...
+            await on_second.wait_for(lambda ms: any(b'"offline"' in m.payload for m in ms), timeout=30)
+            # ...and the link, online there, answers it.
+            await on_second.wait_for(lambda ms: b'"online"' in ms[-1].payload, timeout=10)
+            assert b'"online"' in (await collect_retained(second.url, status_topic))[status_topic]

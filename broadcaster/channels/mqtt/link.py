@@ -301,12 +301,26 @@ class MqttLink:
     async def _watch(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
             topic = message.topic.value
+            if topic == self.topics.status and self._not_online(message.payload):
+                # Our Last Will from a broker we left (its keepalive and Will Delay ran out after we failed over),
+                # reaching this one through a bridge or a cluster: we are online here, so say so again.
+                await client.publish(self.topics.status, self._status("online", self._started), qos=1, retain=True)
+                continue
             if topic in self.canary_topics and isinstance(message.payload, bytes | bytearray) and message.payload:
                 try:
                     seq = int(orjson.loads(message.payload).get("seq", 0))
                 except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
                     continue
                 self.observed_seq[topic] = max(seq, self.observed_seq.get(topic, 0))
+
+    def _not_online(self, payload: object) -> bool:
+        """Whether a message on our status topic is our own `offline` (a Will a broker we left published late)."""
+        try:
+            body = orjson.loads(payload) if isinstance(payload, bytes | bytearray) and payload else None
+        except orjson.JSONDecodeError:
+            return False
+        return (isinstance(body, dict) and body.get("client_id") == self.config.client_id
+                and body.get("instance") == self.instance and body.get("status") == "offline")
 
     # -- publishing ------------------------------------------------------------------------------------------
 
