@@ -248,3 +248,26 @@ async def test_a_will_the_lost_broker_fires_later_through_a_bridge_does_not_leav
             # ...and the link, online there, answers it.
             await on_second.wait_for(lambda ms: b'"online"' in ms[-1].payload, timeout=10)
             assert b'"online"' in (await collect_retained(second.url, status_topic))[status_topic]
+
+
+@pytest.mark.parametrize("url", [f"mqtt://metro:1234?{SECRET}@broker.example", f"mqtts://metro:99/{SECRET}@broker.example",
+                                 f"mqtt://metro:1883#{SECRET}@broker.example"])
+def test_credentials_are_refused_even_where_a_password_makes_them_look_like_a_port_and_a_path(
+    url: str, tmp_path: Path,
+) -> None:
+    """A password starting with digits and holding `?`, `/` or `#` splits the URL before its `@`: the rest looked
+    like a query, path or fragment, the URL passed, and went into logs and /v1/status whole."""
+    with pytest.raises(ConfigError) as in_urls:
+        load(["mqtt://10.0.0.1", url], tmp_path)
+    assert in_urls.value.key == "mqtt.urls[1]"
+    document = base_document()
+    document["mqtt"]["url"] = url
+    with pytest.raises(ConfigError) as in_url:
+        parse_config(document, tmp_path / "broadcaster.toml")
+    assert in_url.value.key == "mqtt.url"
+    with pytest.raises(ConfigError) as on_the_command_line:
+        with_mqtt_url(load(["mqtt://10.0.0.1"], tmp_path), url)
+    assert on_the_command_line.value.key == "--mqtt-url"
+    for caught in (in_urls, in_url, on_the_command_line):
+        assert SECRET not in str(caught.value)
+        assert "credentials" in caught.value.message
