@@ -289,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"config file (default: $BROADCASTER_CONFIG or ./{DEFAULT_CONFIG})")
 
     def with_broker(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--mqtt-url", metavar="URL", help="use this broker instead of the config's mqtt.url")
+        p.add_argument("--mqtt-url", metavar="URL",
+                       help="use this broker alone instead of the config's mqtt.url or mqtt.urls")
 
     p = sub.add_parser("check", help="validate the config, the network and every template, fetch every feed, connect"
                        " to the broker, verify every channel's credentials; publish and post nothing")

@@ -128,7 +128,9 @@ async def _deliver(b: Broadcaster, failures: list[str], drain_timeout: float) ->
         async with asyncio.timeout(b.config.mqtt.connect_timeout_seconds):
             await b.link.wait_connected()
     except TimeoutError:
-        failures.append(f"MQTT broker {b.config.mqtt.url} unreachable: {b.link.last_error or 'timed out'}")
+        # mqtt.brokers, not mqtt.url: with mqtt.urls, url is an unused default that names no configured broker.
+        brokers = ", ".join(b.config.mqtt.brokers)
+        failures.append(f"MQTT broker {brokers} unreachable: {b.link.last_error or 'timed out'}")
         return
     await b.publisher.publish_retained()
     loop = asyncio.get_running_loop()
@@ -249,7 +251,7 @@ async def serve(
             tg.create_task(_guarded(b, "job:first-poll", b.poll_round)())
             scheduler.start()
             log.info("broadcaster running: %d feed(s), %d channel(s), MQTT %s",
-                     len(b.config.feeds), len(b.channels), b.config.mqtt.url)
+                     len(b.config.feeds), len(b.channels), ", ".join(b.config.mqtt.brokers))
             if on_started is not None:
                 on_started()
             await stop.wait()

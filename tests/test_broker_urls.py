@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -15,13 +16,15 @@ from conftest import ADMIN_TOKEN, MosquittoFactory
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rig import Rig, poll_all, running
-from support import LoopbackHttpServer, MessageRecorder, collect_retained
+from support import LoopbackHttpServer, MessageRecorder, collect_retained, free_port
+from support.fault_proxy import FaultProxy
 from support.gtfs_rt_builders import alert_entity, selector
 from test_config_secrets import base_document
 
 from broadcaster.admin.server import AdminServer
 from broadcaster.config import AdminConfig, AdminToken, SecretRef, broker_label, parse_config, with_mqtt_url
-from broadcaster.errors import ConfigError
+from broadcaster.errors import ConfigError, IdentityConflict
+from broadcaster.runner import open_broadcaster, run_once
 from broadcaster.status import status_report
 
 SECRET = "hunter2-sentinel-pass"
@@ -180,3 +183,91 @@ def test_url_and_urls_are_one_or_the_other_and_a_list_of_one_is_the_url(tmp_path
 def test_the_command_lines_broker_replaces_the_whole_list(tmp_path: Path) -> None:
     config = load(["mqtt://10.0.0.1", "mqtt://10.0.0.2"], tmp_path)
     assert with_mqtt_url(config, "mqtt://10.0.0.9:1883").mqtt.brokers == ("mqtt://10.0.0.9:1883",)
+
+
+async def test_a_batch_run_that_reaches_no_broker_names_the_configured_ones(
+    tmp_path: Path, http_server: LoopbackHttpServer, topic_prefix: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    dead = [f"mqtt://127.0.0.1:{free_port()}", f"mqtt://127.0.0.1:{free_port()}"]
+    rig = Rig(tmp_path, http_server, dead[0], topic_prefix)
+    rig.serve_rt()
+    rig.serve_flow({"S04": "FULL"})
+    config = rig.config(mqtt={"urls": dead, "connect_timeout_seconds": 1.5})
+    with caplog.at_level(logging.ERROR, logger="broadcaster.runner"):
+        assert await run_once(config, drain_timeout=1) == 1
+    failure = next(r.getMessage() for r in caplog.records if "unreachable" in r.getMessage())
+    assert all(url in failure for url in dead), failure  # the brokers it tried, not mqtt.url's unused default
+    assert "127.0.0.1:1883" not in failure
+
+
+async def test_the_start_up_identity_check_asks_the_next_broker_when_the_first_does_not_answer(
+    tmp_path: Path, http_server: LoopbackHttpServer, mosquitto_factory: MosquittoFactory, topic_prefix: str,
+) -> None:
+    """A second installation with our client id, online on the second broker while the first is down, is found
+    before anything is polled or posted, not only once `run` has moved on to the second broker."""
+    down, up = mosquitto_factory(), mosquitto_factory()
+    down.kill()
+    rig = Rig(tmp_path, http_server, up.url, topic_prefix)
+    rig.serve_rt()
+    rig.serve_flow({"S04": "FULL"})
+    async with running(rig.config(state={"directory": str(tmp_path / "state-first")})) as first:
+        second_config = rig.config(state={"directory": str(tmp_path / "state-second")},
+                                   mqtt={"urls": [down.url, up.url]})
+        async with open_broadcaster(second_config) as second:
+            with pytest.raises(IdentityConflict) as refused:
+                await second.link.check_identity()
+        assert refused.value.instance == first.link.instance
+        assert first.link.sessions == 1
+
+
+async def test_a_will_the_lost_broker_fires_later_through_a_bridge_does_not_leave_displays_offline(
+    tmp_path: Path, http_server: LoopbackHttpServer, mosquitto_factory: MosquittoFactory, topic_prefix: str,
+) -> None:
+    """The route to the first broker dies while that broker lives on: the link fails over to the second, and the
+    first, bridged to the second, publishes our `offline` Will once its keepalive and Will Delay have run out,
+    overwriting the `online` the link left there. The link is online on the second broker: it says so again."""
+    first = mosquitto_factory()
+    rig = Rig(tmp_path, http_server, first.url, topic_prefix)
+    status_topic = rig.topic("broadcaster/status")
+    second = mosquitto_factory(extra_config="\n".join([
+        "connection to-first", f"address 127.0.0.1:{first.port}", f"topic {rig.topic('#')} both 1",
+        "bridge_protocol_version mqttv50", "cleansession true", "restart_timeout 1",
+    ]))
+    rig.serve_rt()
+    rig.serve_flow({"S04": "FULL"})
+    async with FaultProxy("127.0.0.1", first.port) as route:
+        config = rig.config(mqtt={"urls": [route.url, second.url], "keepalive_seconds": 5, "will_delay_seconds": 4})
+        async with running(config) as b, MessageRecorder(second.url, status_topic) as on_second:
+            await on_second.wait_for(lambda ms: any(b'"online"' in m.payload for m in ms), timeout=10)  # bridged
+            route.blackhole()
+            async with asyncio.timeout(30):
+                await b.link.wait_for_session(2)
+            assert b.link.broker == second.url
+            # The first broker's Will reaches the second through the bridge...
+            await on_second.wait_for(lambda ms: any(b'"offline"' in m.payload for m in ms), timeout=30)
+            # ...and the link, online there, answers it.
+            await on_second.wait_for(lambda ms: b'"online"' in ms[-1].payload, timeout=10)
+            assert b'"online"' in (await collect_retained(second.url, status_topic))[status_topic]
+
+
+@pytest.mark.parametrize("url", [f"mqtt://metro:1234?{SECRET}@broker.example", f"mqtts://metro:99/{SECRET}@broker.example",
+                                 f"mqtt://metro:1883#{SECRET}@broker.example"])
+def test_credentials_are_refused_even_where_a_password_makes_them_look_like_a_port_and_a_path(
+    url: str, tmp_path: Path,
+) -> None:
+    """A password starting with digits and holding `?`, `/` or `#` splits the URL before its `@`: the rest looked
+    like a query, path or fragment, the URL passed, and went into logs and /v1/status whole."""
+    with pytest.raises(ConfigError) as in_urls:
+        load(["mqtt://10.0.0.1", url], tmp_path)
+    assert in_urls.value.key == "mqtt.urls[1]"
+    document = base_document()
+    document["mqtt"]["url"] = url
+    with pytest.raises(ConfigError) as in_url:
+        parse_config(document, tmp_path / "broadcaster.toml")
+    assert in_url.value.key == "mqtt.url"
+    with pytest.raises(ConfigError) as on_the_command_line:
+        with_mqtt_url(load(["mqtt://10.0.0.1"], tmp_path), url)
+    assert on_the_command_line.value.key == "--mqtt-url"
+    for caught in (in_urls, in_url, on_the_command_line):
+        assert SECRET not in str(caught.value)
+        assert "credentials" in caught.value.message

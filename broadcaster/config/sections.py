@@ -96,7 +96,9 @@ class StateConfig(Section):
 def _mqtt_url(url: str) -> str:
     """A broker URL: mqtt:// or mqtts://, a host, no credentials (they are secrets, given apart)."""
     parts = urlsplit(url)
-    if "@" in parts.netloc:
+    # Anywhere, not only in the host part: a password such as "1234?x" splits the URL before its "@", and the
+    # rest would pass for a query (or a path, a fragment) and reach logs and /v1/status whole.
+    if "@" in url:
         raise ValueError("must not carry credentials; give them as mqtt.username and mqtt.password, each"
                          ' { env = "VAR" } or { file = "/run/secrets/..." }')
     if parts.scheme not in ("mqtt", "mqtts"):

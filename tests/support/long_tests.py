@@ -16,6 +16,8 @@ from typing import Protocol, TypeVar
 LONG_TESTS: tuple[str, ...] = (
     "test_crash.py::test_random_sigkills_while_draining_lose_nothing_and_duplicate_nothing",  # 110
     "test_cli_process.py::test_with_the_production_will_delay_a_dead_broadcaster_reads_offline_within_35_s",  # 31
+    # 18 s
+    "test_broker_urls.py::test_a_will_the_lost_broker_fires_later_through_a_bridge_does_not_leave_displays_offline",
     "test_broker_faults.py::test_a_black_holed_broker_link_heals_and_everything_queued_arrives",  # 17
     "test_hostile_answers_e2e.py::test_rate_limit_headers_at_and_past_their_extremes_never_stop_the_service",  # 13
     # 10 to 18 s and 5 to 17 s: a three-node NATS cluster's start, a node's SIGKILL and JetStream's re-election.

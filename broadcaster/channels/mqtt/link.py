@@ -177,12 +177,17 @@ class MqttLink:
         """
         if self._identity_checked:
             return
-        try:
-            async with asyncio.timeout(self.config.connect_timeout_seconds):
-                await self._check_identity()
-        except (aiomqtt.MqttError, TimeoutError) as exc:
-            log.warning("MQTT broker %s not reachable at start-up (%s); client id %r is checked when it is",
-                        self._candidate, exc or "timed out", self.config.client_id)
+        # Each broker of mqtt.urls in turn: the other installation may be online on the second while the first is
+        # down, and `run` would find it only after the first posts. The first session goes to the one that answered.
+        for _ in self.config.brokers:
+            try:
+                async with asyncio.timeout(self.config.connect_timeout_seconds):
+                    await self._check_identity()
+                return
+            except (aiomqtt.MqttError, TimeoutError) as exc:
+                log.warning("MQTT broker %s not reachable at start-up (%s); client id %r is checked when it is",
+                            self._candidate, exc or "timed out", self.config.client_id)
+                self._next_broker = (self._next_broker + 1) % len(self.config.brokers)
 
     async def wait_connected(self) -> None:
         """Wait until connected.
@@ -299,12 +304,26 @@ class MqttLink:
     async def _watch(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
             topic = message.topic.value
+            if topic == self.topics.status and self._not_online(message.payload):
+                # Our Last Will from a broker we left (its keepalive and Will Delay ran out after we failed over),
+                # reaching this one through a bridge or a cluster: we are online here, so say so again.
+                await client.publish(self.topics.status, self._status("online", self._started), qos=1, retain=True)
+                continue
             if topic in self.canary_topics and isinstance(message.payload, bytes | bytearray) and message.payload:
                 try:
                     seq = int(orjson.loads(message.payload).get("seq", 0))
                 except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
                     continue
                 self.observed_seq[topic] = max(seq, self.observed_seq.get(topic, 0))
+
+    def _not_online(self, payload: object) -> bool:
+        """Whether a message on our status topic is our own `offline` (a Will a broker we left published late)."""
+        try:
+            body = orjson.loads(payload) if isinstance(payload, bytes | bytearray) and payload else None
+        except orjson.JSONDecodeError:
+            return False
+        return (isinstance(body, dict) and body.get("client_id") == self.config.client_id
+                and body.get("instance") == self.instance and body.get("status") == "offline")
 
     # -- publishing ------------------------------------------------------------------------------------------
 
