@@ -73,6 +73,8 @@ def test_example_config_loads_and_resolves_relative_paths() -> None:
         # Every notice is composed in the network's languages only: a channel or a default outside them had
         # no text to render (a KeyError at every commit), and no language at all composed nothing.
         ("languages = []\n" + FEED, "network.languages", "at least 1"),
+        (FEED + "\n[mqtt]\nprotocol = 3\n", "mqtt.protocol", "Input should be '5' or '3.1.1'"),
+        (FEED + "\n[mqtt]\nprotocol = true\n", "mqtt.protocol", "Input should be '5' or '3.1.1'"),
         ('languages = ["zh", "en", "zh"]\n' + FEED, "network.languages", "languages[2] is used twice"),
         ('languages = ["zh"]\ndefault_language = "en"\n' + FEED, "network.default_language",
          "is not one of network.languages (zh)"),
@@ -195,3 +197,9 @@ def test_service_hours_and_quiet_windows_share_one_rule_start_in_end_out_past_mi
         assert inside == (start <= at < end)
     else:  # 22:00-06:00: the night, across midnight
         assert inside == (at >= start or at < end)
+
+
+def test_mqtt_protocol_5_may_be_written_as_a_number(tmp_path: Path) -> None:
+    # `protocol = 5` is what an operator writes; it was refused with "Input should be '5' or '3.1.1'".
+    assert load_config(write_config(tmp_path, FEED + '\n[mqtt]\nprotocol = 5\n')).mqtt.protocol == "5"
+    assert load_config(write_config(tmp_path, FEED + '\n[mqtt]\nprotocol = "3.1.1"\n')).mqtt.protocol == "3.1.1"

@@ -131,6 +131,13 @@ class MqttConfig(Section):
     urls: Annotated[tuple[BrokerUrl, ...], Field(min_length=1)] | None = None
     #: "5", or "3.1.1" for brokers that speak only that: no message expiry, no Will Delay (docs/mqtt.md).
     protocol: Literal["5", "3.1.1"] = "5"
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _version_as_written(cls, protocol: object) -> object:
+        # `protocol = 5` (a TOML integer) is what an operator writes for version 5; 3.1.1 cannot be a number.
+        return "5" if protocol == 5 and not isinstance(protocol, bool) else protocol
+
     topic_prefix: Annotated[str, Field(pattern=r"^[^#+\s]+$")] = "metro"
     client_id: Annotated[str, Field(min_length=1, max_length=64)] = "broadcaster"
     username: SecretRef | None = None
