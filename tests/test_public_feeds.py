@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import html
 import json
+import re
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Coroutine, Iterator
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urljoin
 
 import httpx
 import orjson
@@ -275,12 +277,12 @@ async def test_the_index_lists_every_feed_with_autodiscovery_links(rig: Rig) -> 
         index = await site.http.get("/feeds/")
         assert index.status_code == 200
         assert index.headers["content-type"].startswith("text/html")
-        assert '<link rel="alternate" type="application/atom+xml" href="/feeds/network.atom"' in index.text
-        assert 'href="/feeds/lines/2.atom?lang=en"' in index.text
+        assert f'<link rel="alternate" type="application/atom+xml" href="{site.base}/feeds/network.atom"' in index.text
+        assert f'href="{site.base}/feeds/lines/2.atom?lang=en"' in index.text
         for station_id in site.b.network.stations:
-            assert f'href="/feeds/stations/{station_id}.atom"' in index.text
-            assert f'href="/feeds/stations/{station_id}.atom?lang=en"' in index.text
-        assert 'href="/feeds/index.opml"' in index.text
+            assert f'href="{site.base}/feeds/stations/{station_id}.atom"' in index.text
+            assert f'href="{site.base}/feeds/stations/{station_id}.atom?lang=en"' in index.text
+        assert f'href="{site.base}/feeds/index.opml"' in index.text
         opml = await site.http.get("/feeds/index.opml")
         assert opml.headers["content-type"] == "text/x-opml; charset=utf-8"
         outlines = ET.fromstring(opml.content).findall("body/outline/outline")
@@ -591,9 +593,22 @@ async def test_a_line_and_a_station_with_odd_ids_have_feeds_at_their_encoded_url
         index = (await site.http.get("/feeds/")).text
         for scope, folder in ((ODD_LINE, "lines"), (ODD_STATION, "stations")):
             path = f"/feeds/{folder}/{quote(scope, safe='')}.atom"
-            assert f'href="{path}"' in index
+            assert f'href="{site.base}{path}"' in index
             feed = await site.feed(path)
             assert feed.status_code == 200
             assert "线路调整" in titles(feed.content)
             links = ET.fromstring(feed.content).findall(f"{ATOM}link")
             assert f"{site.base}{path}" in [link.get("href") for link in links if link.get("rel") == "self"]
+
+
+async def test_behind_a_proxy_at_a_path_the_index_links_stay_under_base_url(rig: Rig) -> None:
+    """The reader is given https://metro.example/updates/feeds/: every link it finds there (autodiscovery, the
+    list, the OPML) must resolve under base_url, not at the proxy host's root, where nothing of ours is."""
+    base_url = "https://metro.example/updates"
+    async with running_site(rig, base_url=base_url) as site:
+        index = await site.http.get("/feeds/")
+        hrefs = re.findall(r'href="([^"]*)"', index.text)
+        assert len(hrefs) > 2 * (1 + len(site.b.network.lines) + len(site.b.network.stations))
+        for href in hrefs:
+            resolved = urljoin(f"{base_url}/feeds/", html.unescape(href))
+            assert resolved.startswith(f"{base_url}/"), href

@@ -311,13 +311,17 @@ class AtomFeeds:
                                      f"station {_quoted(station_id)}")
 
     async def index(self, request: Request) -> Response:
-        return HTMLResponse(self.index_html(), headers={
+        return HTMLResponse(self.index_html(self.base(request)), headers={
             "Cache-Control": f"public, max-age={self.config.feed_max_age_seconds}"})
 
-    def index_html(self) -> str:
-        """Every feed in every language, as links; the network's and the lines' also for autodiscovery."""
+    def index_html(self, base: str) -> str:
+        """Every feed in every language, as links under `base` (as the feeds' own): the network's and the lines'
+        also for autodiscovery. Not root-relative: behind a proxy at a path (`base_url` with one), `/feeds/...`
+        would leave the site."""
         def item(scope: Scope, lang: str) -> tuple[str, str]:
-            return html.escape(self.feed_url(scope, lang)), html.escape(self.title(scope, lang))
+            return html.escape(base + self.feed_url(scope, lang)), html.escape(self.title(scope, lang))
+
+        opml = html.escape(base + OPML_PATH)
 
         head: list[str] = []
         sections: list[str] = []
@@ -335,9 +339,9 @@ class AtomFeeds:
                 f'<html lang="{lang}"><head><meta charset="utf-8">'
                 '<meta name="viewport" content="width=device-width, initial-scale=1">'
                 f"<title>{html.escape(self.title(NETWORK, self.default_language))} (Atom)</title>\n"
-                f'<link rel="outline" type="text/x-opml" href="{OPML_PATH}" title="OPML">\n'
+                f'<link rel="outline" type="text/x-opml" href="{opml}" title="OPML">\n'
                 + "\n".join(head) + "\n</head><body>\n" + "\n".join(sections)
-                + f'\n<p><a href="{OPML_PATH}" type="text/x-opml">OPML</a></p>\n</body></html>\n')
+                + f'\n<p><a href="{opml}" type="text/x-opml">OPML</a></p>\n</body></html>\n')
 
     async def opml(self, request: Request) -> Response:
         return Response(self.opml_document(self.base(request)), media_type="text/x-opml; charset=utf-8", headers={
