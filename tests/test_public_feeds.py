@@ -15,6 +15,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, urljoin
@@ -612,3 +613,27 @@ async def test_behind_a_proxy_at_a_path_the_index_links_stay_under_base_url(rig:
         for href in hrefs:
             resolved = urljoin(f"{base_url}/feeds/", html.unescape(href))
             assert resolved.startswith(f"{base_url}/"), href
+
+
+async def test_a_reader_sending_only_if_modified_since_gets_a_late_committed_notice(rig: Rig) -> None:
+    """Readers that keep only Last-Modified send If-Modified-Since alone: a change of the feed must move it
+    forward, even when the new entry is dated before the newest one (a step that committed late)."""
+    clock = SteppedClock()
+    rig.serve_rt(line2_alert())
+    async with running_site(rig, clock) as site:
+        first = await site.feed("/feeds/lines/2.atom")
+        modified = first.headers["last-modified"]
+        newest = max(r.created_at for r in site.b.history.recent("mqtt", datetime(2000, 1, 1, tzinfo=UTC), 10))
+        issued = newest - timedelta(seconds=20)
+        body = {"issued_at": issued.isoformat(), "seq": 1, "valid_until": None, "schema": "broadcaster.mqtt.notice/1",
+                "notice_id": "line-2", "version": "late-1", "kind": "line_status", "priority": "normal",
+                "alert_id": None, "lines": ["2"], "stations": [], "text": {"zh": "2号线列车晚点", "en": "Line 2 late"}}
+        with site.b.db.transaction() as conn:
+            Outbox.enqueue(conn, [OutgoingMessage("line-2", "late-1", "mqtt", orjson.dumps(body), 2)], issued)
+        clock.offset += timedelta(seconds=2)  # Last-Modified has whole seconds: the change is in a later one
+        after = await site.feed("/feeds/lines/2.atom", **{"If-Modified-Since": modified})
+        assert after.status_code == 200
+        assert "2号线列车晚点" in titles(after.content)
+        assert parsedate_to_datetime(after.headers["last-modified"]) > parsedate_to_datetime(modified)
+        again = await site.feed("/feeds/lines/2.atom", **{"If-Modified-Since": after.headers["last-modified"]})
+        assert again.status_code == 304

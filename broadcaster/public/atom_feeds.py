@@ -179,10 +179,21 @@ class AtomFeeds:
         if cached is not None and cached[0] is alerts_now and cached[1] is recent:
             template = cached[2]
         else:
-            template = self._build(scope, lang, self._base_token.decode(), alerts_now.values(), recent)
+            built = self._build(scope, lang, self._base_token.decode(), alerts_now.values(), recent)
+            template = self._dated(built, cached[2] if cached is not None else None)
             self._documents[(scope, lang)] = (alerts_now, recent, template)
         body = template.body.replace(self._base_token, html.escape(xml_safe(base), quote=True).encode())
         return FeedDocument(body, strong_etag(body), template.last_modified)
+
+    def _dated(self, built: FeedDocument, previous: FeedDocument | None) -> FeedDocument:
+        """`built` with a `Last-Modified` that moves forward whenever its bytes change. Its newest entry's date
+        does not always: an entry committed late is dated before the newest, a resolved alert leaves, a notice
+        leaves the window. A reader that sends only `If-Modified-Since` would get 304 for a changed feed. A feed
+        first built since the start counts as changed then (it may have changed while the site was down)."""
+        if previous is not None and previous.body == built.body:
+            return previous
+        changed = self.b.clock.now() if previous is not None else self.started
+        return FeedDocument(built.body, built.etag, max(built.last_modified, changed))
 
     def _build(self, scope: Scope, lang: str, base: str, current: Iterable[AlertRecord],
                recent: list[RecentNotice]) -> FeedDocument:
