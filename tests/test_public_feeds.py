@@ -332,7 +332,9 @@ ETAG = '"0123abcd"'
 @pytest.mark.parametrize(("header", "matches"), [
     ('"0123abcd"', True), ('W/"0123abcd"', True), ('"x", "0123abcd"', True), ('"a,b" , W/"0123abcd"', True),
     ("*", True), (' * ', True), ('"x"', False), ('"0123abcd', False), ("0123abcd", False), ('"a,"0123abcd""', False),
-    ("", False), ('"x",,"0123abcd"', False),
+    ("", False),
+    # RFC 9110, 5.6.1.2: a recipient accepts and ignores empty list elements.
+    ('"x",,"0123abcd"', True), (', "0123abcd"', True), ('"x", , W/"0123abcd",', True), (",,", False),
 ])
 def test_if_none_match_lists_weak_tags_and_star(header: str, matches: bool) -> None:
     assert none_match(header, ETAG) is matches
