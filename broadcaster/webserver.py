@@ -24,7 +24,9 @@ def listening_socket(host: str, port: int) -> socket.socket:
     Raises:
         OSError: the address cannot be listened on (taken, or not this machine's).
     """
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP named, not 0: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and without it Nagle
+    # holds each answer's body (written after its head) until the client's delayed ACK, ~40 ms per answer.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

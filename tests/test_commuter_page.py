@@ -483,3 +483,16 @@ async def test_the_page_subscribes_only_to_its_picks_serves_no_secret_and_notifi
     await expect(card(phone, "line", "2").locator('[data-alert="A-2-signal"]')).to_be_visible(timeout=WITHIN_MS)
     await expect(station.locator('[data-alert="A-2-signal"]')).to_be_visible(timeout=WITHIN_MS)
     assert [n["tag"] for n in await notifications(phone)] == ["alert-A-2-signal"]
+
+
+async def test_a_link_from_an_english_feed_opens_the_page_in_english_on_a_chinese_phone(
+    site: Site, phone: Page
+) -> None:
+    """The English feeds link their entries to /?line=2&lang=en (docs/commuters.md, "Links"): the rider who
+    follows one reads the page in the feed's language, whatever the phone's (zh-CN here)."""
+    await phone.goto(site.url + "?line=2&lang=en")
+    await expect(phone.get_by_test_id("title")).to_have_text("Metro alerts", timeout=WITHIN_MS)
+    await expect(card(phone, "line", "2")).to_contain_text("Line 2")
+    # A language the network does not have is ignored: the browser's choice stands.
+    await phone.goto(site.url + "?lang=fr")
+    await expect(phone.get_by_test_id("title")).to_have_text("Metro alerts")  # en, kept from the link above

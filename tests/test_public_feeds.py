@@ -7,15 +7,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import html
 import json
+import re
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urljoin
 
 import httpx
 import orjson
@@ -275,12 +278,12 @@ async def test_the_index_lists_every_feed_with_autodiscovery_links(rig: Rig) -> 
         index = await site.http.get("/feeds/")
         assert index.status_code == 200
         assert index.headers["content-type"].startswith("text/html")
-        assert '<link rel="alternate" type="application/atom+xml" href="/feeds/network.atom"' in index.text
-        assert 'href="/feeds/lines/2.atom?lang=en"' in index.text
+        assert f'<link rel="alternate" type="application/atom+xml" href="{site.base}/feeds/network.atom"' in index.text
+        assert f'href="{site.base}/feeds/lines/2.atom?lang=en"' in index.text
         for station_id in site.b.network.stations:
-            assert f'href="/feeds/stations/{station_id}.atom"' in index.text
-            assert f'href="/feeds/stations/{station_id}.atom?lang=en"' in index.text
-        assert 'href="/feeds/index.opml"' in index.text
+            assert f'href="{site.base}/feeds/stations/{station_id}.atom"' in index.text
+            assert f'href="{site.base}/feeds/stations/{station_id}.atom?lang=en"' in index.text
+        assert f'href="{site.base}/feeds/index.opml"' in index.text
         opml = await site.http.get("/feeds/index.opml")
         assert opml.headers["content-type"] == "text/x-opml; charset=utf-8"
         outlines = ET.fromstring(opml.content).findall("body/outline/outline")
@@ -329,7 +332,9 @@ ETAG = '"0123abcd"'
 @pytest.mark.parametrize(("header", "matches"), [
     ('"0123abcd"', True), ('W/"0123abcd"', True), ('"x", "0123abcd"', True), ('"a,b" , W/"0123abcd"', True),
     ("*", True), (' * ', True), ('"x"', False), ('"0123abcd', False), ("0123abcd", False), ('"a,"0123abcd""', False),
-    ("", False), ('"x",,"0123abcd"', False),
+    ("", False),
+    # RFC 9110, 5.6.1.2: a recipient accepts and ignores empty list elements.
+    ('"x",,"0123abcd"', True), (', "0123abcd"', True), ('"x", , W/"0123abcd",', True), (",,", False),
 ])
 def test_if_none_match_lists_weak_tags_and_star(header: str, matches: bool) -> None:
     assert none_match(header, ETAG) is matches
@@ -591,9 +596,46 @@ async def test_a_line_and_a_station_with_odd_ids_have_feeds_at_their_encoded_url
         index = (await site.http.get("/feeds/")).text
         for scope, folder in ((ODD_LINE, "lines"), (ODD_STATION, "stations")):
             path = f"/feeds/{folder}/{quote(scope, safe='')}.atom"
-            assert f'href="{path}"' in index
+            assert f'href="{site.base}{path}"' in index
             feed = await site.feed(path)
             assert feed.status_code == 200
             assert "线路调整" in titles(feed.content)
             links = ET.fromstring(feed.content).findall(f"{ATOM}link")
             assert f"{site.base}{path}" in [link.get("href") for link in links if link.get("rel") == "self"]
+
+
+async def test_behind_a_proxy_at_a_path_the_index_links_stay_under_base_url(rig: Rig) -> None:
+    """The reader is given https://metro.example/updates/feeds/: every link it finds there (autodiscovery, the
+    list, the OPML) must resolve under base_url, not at the proxy host's root, where nothing of ours is."""
+    base_url = "https://metro.example/updates"
+    async with running_site(rig, base_url=base_url) as site:
+        index = await site.http.get("/feeds/")
+        hrefs = re.findall(r'href="([^"]*)"', index.text)
+        assert len(hrefs) > 2 * (1 + len(site.b.network.lines) + len(site.b.network.stations))
+        for href in hrefs:
+            resolved = urljoin(f"{base_url}/feeds/", html.unescape(href))
+            assert resolved.startswith(f"{base_url}/"), href
+
+
+async def test_a_reader_sending_only_if_modified_since_gets_a_late_committed_notice(rig: Rig) -> None:
+    """Readers that keep only Last-Modified send If-Modified-Since alone: a change of the feed must move it
+    forward, even when the new entry is dated before the newest one (a step that committed late)."""
+    clock = SteppedClock()
+    rig.serve_rt(line2_alert())
+    async with running_site(rig, clock) as site:
+        first = await site.feed("/feeds/lines/2.atom")
+        modified = first.headers["last-modified"]
+        newest = max(r.created_at for r in site.b.history.recent("mqtt", datetime(2000, 1, 1, tzinfo=UTC), 10))
+        issued = newest - timedelta(seconds=20)
+        body = {"issued_at": issued.isoformat(), "seq": 1, "valid_until": None, "schema": "broadcaster.mqtt.notice/1",
+                "notice_id": "line-2", "version": "late-1", "kind": "line_status", "priority": "normal",
+                "alert_id": None, "lines": ["2"], "stations": [], "text": {"zh": "2号线列车晚点", "en": "Line 2 late"}}
+        with site.b.db.transaction() as conn:
+            Outbox.enqueue(conn, [OutgoingMessage("line-2", "late-1", "mqtt", orjson.dumps(body), 2)], issued)
+        clock.offset += timedelta(seconds=2)  # Last-Modified has whole seconds: the change is in a later one
+        after = await site.feed("/feeds/lines/2.atom", **{"If-Modified-Since": modified})
+        assert after.status_code == 200
+        assert "2号线列车晚点" in titles(after.content)
+        assert parsedate_to_datetime(after.headers["last-modified"]) > parsedate_to_datetime(modified)
+        again = await site.feed("/feeds/lines/2.atom", **{"If-Modified-Since": after.headers["last-modified"]})
+        assert again.status_code == 304

@@ -179,10 +179,21 @@ class AtomFeeds:
         if cached is not None and cached[0] is alerts_now and cached[1] is recent:
             template = cached[2]
         else:
-            template = self._build(scope, lang, self._base_token.decode(), alerts_now.values(), recent)
+            built = self._build(scope, lang, self._base_token.decode(), alerts_now.values(), recent)
+            template = self._dated(built, cached[2] if cached is not None else None)
             self._documents[(scope, lang)] = (alerts_now, recent, template)
         body = template.body.replace(self._base_token, html.escape(xml_safe(base), quote=True).encode())
         return FeedDocument(body, strong_etag(body), template.last_modified)
+
+    def _dated(self, built: FeedDocument, previous: FeedDocument | None) -> FeedDocument:
+        """`built` with a `Last-Modified` that moves forward whenever its bytes change. Its newest entry's date
+        does not always: an entry committed late is dated before the newest, a resolved alert leaves, a notice
+        leaves the window. A reader that sends only `If-Modified-Since` would get 304 for a changed feed. A feed
+        first built since the start counts as changed then (it may have changed while the site was down)."""
+        if previous is not None and previous.body == built.body:
+            return previous
+        changed = self.b.clock.now() if previous is not None else self.started
+        return FeedDocument(built.body, built.etag, max(built.last_modified, changed))
 
     def _build(self, scope: Scope, lang: str, base: str, current: Iterable[AlertRecord],
                recent: list[RecentNotice]) -> FeedDocument:
@@ -311,13 +322,17 @@ class AtomFeeds:
                                      f"station {_quoted(station_id)}")
 
     async def index(self, request: Request) -> Response:
-        return HTMLResponse(self.index_html(), headers={
+        return HTMLResponse(self.index_html(self.base(request)), headers={
             "Cache-Control": f"public, max-age={self.config.feed_max_age_seconds}"})
 
-    def index_html(self) -> str:
-        """Every feed in every language, as links; the network's and the lines' also for autodiscovery."""
+    def index_html(self, base: str) -> str:
+        """Every feed in every language, as links under `base` (as the feeds' own): the network's and the lines'
+        also for autodiscovery. Not root-relative: behind a proxy at a path (`base_url` with one), `/feeds/...`
+        would leave the site."""
         def item(scope: Scope, lang: str) -> tuple[str, str]:
-            return html.escape(self.feed_url(scope, lang)), html.escape(self.title(scope, lang))
+            return html.escape(base + self.feed_url(scope, lang)), html.escape(self.title(scope, lang))
+
+        opml = html.escape(base + OPML_PATH)
 
         head: list[str] = []
         sections: list[str] = []
@@ -335,9 +350,9 @@ class AtomFeeds:
                 f'<html lang="{lang}"><head><meta charset="utf-8">'
                 '<meta name="viewport" content="width=device-width, initial-scale=1">'
                 f"<title>{html.escape(self.title(NETWORK, self.default_language))} (Atom)</title>\n"
-                f'<link rel="outline" type="text/x-opml" href="{OPML_PATH}" title="OPML">\n'
+                f'<link rel="outline" type="text/x-opml" href="{opml}" title="OPML">\n'
                 + "\n".join(head) + "\n</head><body>\n" + "\n".join(sections)
-                + f'\n<p><a href="{OPML_PATH}" type="text/x-opml">OPML</a></p>\n</body></html>\n')
+                + f'\n<p><a href="{opml}" type="text/x-opml">OPML</a></p>\n</body></html>\n')
 
     async def opml(self, request: Request) -> Response:
         return Response(self.opml_document(self.base(request)), media_type="text/x-opml; charset=utf-8", headers={

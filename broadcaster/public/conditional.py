@@ -12,8 +12,9 @@ import re
 from datetime import UTC, datetime
 
 # An entity-tag (RFC 9110, 8.8.3): an optional weakness indicator, then a quoted string of etagc (no DQUOTE, so a
-# comma may sit inside one: the list is read tag by tag, never split on commas).
-_ENTITY_TAG = re.compile(r'\s*(?:W/)?("[\x21\x23-\x7e\x80-\xff]*")\s*(?:,|$)')
+# comma may sit inside one: the list is read tag by tag, never split on commas). Empty list elements before it are
+# skipped, as RFC 9110 (5.6.1.2) asks of a recipient: `"a", , "b"` lists two tags.
+_ENTITY_TAG = re.compile(r'[\s,]*(?:W/)?("[\x21\x23-\x7e\x80-\xff]*")\s*(?:,|$)')
 
 
 def strong_etag(body: bytes) -> str:

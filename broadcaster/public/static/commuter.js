@@ -77,6 +77,12 @@ function text(texts) {
 const t = (key) => text(TEXT[key]);
 
 function chooseLanguage(languages, fallback) {
+  // A feed's link says its language (?lang=en): the rider who followed it reads that one, kept as the toggle's.
+  const asked = new URLSearchParams(location.search).get("lang");
+  if (asked && languages.includes(asked)) {
+    localStorage.setItem(LANG_KEY, asked);
+    return asked;
+  }
   const saved = localStorage.getItem(LANG_KEY);
   if (saved && languages.includes(saved)) return saved;
   for (const tag of navigator.languages || [navigator.language]) {
