@@ -496,3 +496,25 @@ async def test_a_link_from_an_english_feed_opens_the_page_in_english_on_a_chines
     # A language the network does not have is ignored: the browser's choice stands.
     await phone.goto(site.url + "?lang=fr")
     await expect(phone.get_by_test_id("title")).to_have_text("Metro alerts")  # en, kept from the link above
+
+
+async def test_picks_saved_with_broken_windows_load_cleanly_and_the_page_keeps_working(site: Site, phone: Page) -> None:
+    # What another version of the page, an extension or a hand edit may leave in the browser: before, a window of
+    # `from: 5` threw on every redraw ("hhmm.split is not a function") and the cards never showed a status.
+    errors: list[str] = []
+    phone.on("pageerror", lambda error: errors.append(str(error)))
+    await phone.goto(site.url)
+    await phone.evaluate("""() => localStorage.setItem("commuter.picks.v1", JSON.stringify([
+      {kind: "line", id: "2", window: {from: 5, to: "25:99", days: 5}},
+      {kind: "line", id: "1", window: {from: "07:00", to: "09:00", days: [1, 1, 9, "2", -1, 3.5]}},
+      {kind: "station", id: "S04", window: "always"},
+      {kind: "line", id: "no-such-line"}, null, 7, "x"]))""")
+    await phone.reload()
+    await expect(card(phone, "line", "2").get_by_test_id("line-status")).to_have_attribute(
+        "data-level", "good", timeout=WITHIN_MS)
+    await expect(card(phone, "station", "S04")).to_be_visible()
+    assert await phone.locator(".pick").count() == 3  # the unknown line and the non-picks are dropped
+    # Broken hours mean all day; of the days only Monday (once) and Wednesday remain.
+    await expect(card(phone, "line", "2").get_by_test_id("window-summary")).to_contain_text("全天")
+    await expect(card(phone, "line", "1").get_by_test_id("window-summary")).to_contain_text("07:00–09:00")
+    assert errors == []

@@ -9,7 +9,7 @@
 //   re-publishing after its own reconnect bring the same version again, which is not news.
 
 import { MqttClient, topicSegment } from "./mqtt.js";
-import { inWindow } from "./window.js";
+import { cleanWindow, inWindow } from "./window.js";
 
 const PICKS_KEY = "commuter.picks.v1";
 const LANG_KEY = "commuter.lang";
@@ -100,7 +100,9 @@ const pickKey = (pick) => `${pick.kind}:${pick.id}`;
 function loadPicks() {
   try {
     const saved = JSON.parse(localStorage.getItem(PICKS_KEY) || "[]");
-    return Array.isArray(saved) ? saved.filter((p) => p && known(p.kind, p.id)) : [];
+    if (!Array.isArray(saved)) return [];
+    return saved.filter((p) => p && typeof p === "object" && known(p.kind, p.id))
+      .map((p) => ({ kind: p.kind, id: p.id, window: cleanWindow(p.window) }));
   } catch {
     return [];
   }

@@ -3,6 +3,22 @@
 // every day. Hours across midnight belong to the day they start on: Friday 22:00-02:00 covers the night into
 // Saturday, not Friday's small hours.
 
+const HHMM = /^([01][0-9]|2[0-3]):[0-5][0-9]$/;
+
+// A window as saved in this browser, made safe to use: what another version of the page, an extension or a hand
+// edit left there must not make every redraw throw. Hours that are not both "HH:MM" mean all day; days keep only
+// 0 to 6, once each.
+export function cleanWindow(saved) {
+  const window = saved && typeof saved === "object" ? saved : {};
+  const hours = HHMM.test(window.from) && HHMM.test(window.to);
+  const days = Array.isArray(window.days) ? window.days : [];
+  return {
+    from: hours ? window.from : "",
+    to: hours ? window.to : "",
+    days: [...new Set(days.filter((day) => Number.isInteger(day) && day >= 0 && day <= 6))],
+  };
+}
+
 const minutesOf = (hhmm) => {
   const [h, m] = hhmm.split(":").map(Number);
   return h * 60 + m;
