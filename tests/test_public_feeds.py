@@ -617,6 +617,15 @@ async def test_behind_a_proxy_at_a_path_the_index_links_stay_under_base_url(rig:
             assert resolved.startswith(f"{base_url}/"), href
 
 
+async def test_behind_a_proxy_at_a_path_feeds_without_its_slash_redirects_under_base_url(rig: Rig) -> None:
+    # Starlette's slash redirect went to http://<the request's host>/feeds/, the proxy host's root.
+    base_url = "https://metro.example/updates"
+    async with running_site(rig, base_url=base_url) as site:
+        answer = await site.http.get("/feeds", follow_redirects=False)
+        assert answer.status_code in (301, 307, 308)
+        assert answer.headers["location"] == f"{base_url}/feeds/"
+
+
 async def test_a_reader_sending_only_if_modified_since_gets_a_late_committed_notice(rig: Rig) -> None:
     """Readers that keep only Last-Modified send If-Modified-Since alone: a change of the feed must move it
     forward, even when the new entry is dated before the newest one (a step that committed late)."""

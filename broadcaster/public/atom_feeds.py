@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import quote, urlencode
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from broadcaster import __version__
@@ -321,6 +321,11 @@ class AtomFeeds:
         return await self.serve_feed(request, self.scope(ScopeKind.STATION, station_id),
                                      f"station {_quoted(station_id)}")
 
+    async def to_index(self, request: Request) -> Response:
+        # Starlette's own slash redirect is built from the request's URL: behind a proxy at a path it would send
+        # the reader to the proxy host's root, where nothing of ours is.
+        return RedirectResponse(self.base(request) + "/feeds/", status_code=308)
+
     async def index(self, request: Request) -> Response:
         return HTMLResponse(self.index_html(self.base(request)), headers={
             "Cache-Control": f"public, max-age={self.config.feed_max_age_seconds}"})
@@ -398,6 +403,7 @@ def feed_routes(b: Broadcaster, config: PublicConfig) -> list[BaseRoute]:
     """The feeds' routes for the public site (`public_app`)."""
     feeds = AtomFeeds(b, config)
     return [
+        Route("/feeds", feeds.to_index, methods=["GET"]),
         Route("/feeds/", feeds.index, methods=["GET"]),
         Route(OPML_PATH, feeds.opml, methods=["GET"]),
         Route("/feeds/network.atom", feeds.network_feed, methods=["GET"]),
