@@ -203,3 +203,16 @@ def test_mqtt_protocol_5_may_be_written_as_a_number(tmp_path: Path) -> None:
     # `protocol = 5` is what an operator writes; it was refused with "Input should be '5' or '3.1.1'".
     assert load_config(write_config(tmp_path, FEED + '\n[mqtt]\nprotocol = 5\n')).mqtt.protocol == "5"
     assert load_config(write_config(tmp_path, FEED + '\n[mqtt]\nprotocol = "3.1.1"\n')).mqtt.protocol == "3.1.1"
+
+
+def test_check_warns_when_topics_would_carry_a_dot_that_nats_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # NATS 2.9 closes the connection of a client publishing a topic with a '.' (tests/test_broker_nats_cluster.py):
+    # a dotted prefix or id would drop every session there. Other brokers take it, so a warning, not an error.
+    assert main(["check", "--offline", "-c", str(write_config(tmp_path, FEED))]) == 0
+    assert "NATS" not in capsys.readouterr().out
+    dotted = write_config(tmp_path, FEED + '\n[mqtt]\ntopic_prefix = "metro.city"\n')
+    assert main(["check", "--offline", "-c", str(dotted)]) == 0
+    out = capsys.readouterr().out
+    assert "warning: MQTT topics will carry a '.' (topic_prefix): NATS before 2.10 refuses" in out

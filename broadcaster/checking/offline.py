@@ -113,6 +113,26 @@ def check_config(path: Path, now: datetime | None = None) -> CheckReport:
     return check_offline(load_config(path), now)
 
 
+#: How many dotted ids the warning lists before "...".
+_DOTTED_SHOWN = 5
+
+
+def _dotted_topic_ids(config: Config, network: Network) -> list[str]:
+    """A warning when a topic would carry a '.': NATS before 2.10 (Debian's 2.9 among them) closes the connection
+    of a client publishing one, and as every session republishes everything, no session would last
+    (docs/mqtt.md, "NATS cluster"). Other brokers take it; the contract keeps the '.' as the id has it. Alert
+    ids come from the feeds while running, so only the prefix and the network's ids are checked here."""
+    where = [("topic_prefix", config.mqtt.topic_prefix)] if "." in config.mqtt.topic_prefix else []
+    where += [(f"line {line_id!r}", line_id) for line_id in network.lines if "." in line_id]
+    where += [(f"station {station_id!r}", station_id) for station_id in network.stations if "." in station_id]
+    if not where:
+        return []
+    shown = ", ".join(label for label, _ in where[:_DOTTED_SHOWN]) + (
+        f", ... ({len(where)} in all)" if len(where) > _DOTTED_SHOWN else "")
+    return [f"MQTT topics will carry a '.' ({shown}): NATS before 2.10 refuses such topics and would drop every "
+            "session; other brokers take them (docs/mqtt.md, \"NATS cluster\")"]
+
+
 def check_offline(config: Config, now: datetime | None = None) -> CheckReport:
     """`check_config` for a config already loaded."""
     path = config.source
@@ -138,6 +158,7 @@ def check_offline(config: Config, now: datetime | None = None) -> CheckReport:
     usable = [t for t in named_digest_templates(config) if t not in unusable]
     samples = sample_notices(config, network, now, usable)
     report.routes, report.warnings = _routing(config, network, samples, now)
+    report.warnings += _dotted_topic_ids(config, network)
     for notice in samples:
         kind = notice.kind.value
         label = kind if notice.template_base == kind else f"{kind} ({notice.template_base})"
