@@ -15,7 +15,8 @@ import pytest
 from google.transit import gtfs_realtime_pb2 as pb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support.gtfs_rt_builders import T0, alert_entity, selector, trip_update_entity, vehicle_entity
+from rig import Rig, now_s, running
+from support.gtfs_rt_builders import T0, alert_entity, feed_bytes, selector, trip_update_entity, vehicle_entity
 from support.tiny_network import tiny_network
 
 from broadcaster.errors import FeedError
@@ -189,6 +190,11 @@ def test_the_cache_decodes_only_the_entities_whose_bytes_changed() -> None:
     second = parse(_header(T0 + 30) + b"".join(_trips(20, changed=7)))
     assert cache.decoded == 21
     assert second.delays != first.delays
+    # Only the header moved: nothing decoded, and the aggregate itself is the previous body's.
+    third = parse(_header(T0 + 45) + b"".join(_trips(20, changed=7)))
+    assert cache.decoded == 21
+    assert third.delays is second.delays
+    assert third.timestamp != second.timestamp
     # A refused body (truncated) leaves the last good body's entities in the cache.
     with pytest.raises(FeedError):
         parse((_header(T0 + 60) + b"".join(_trips(20)))[:-3])
@@ -213,3 +219,26 @@ def test_a_body_that_takes_the_full_parse_leaves_nothing_to_reuse() -> None:
     assert cache.decoded == 5
     parse(_header(T0 + 60) + b"".join(_trips(5)))
     assert cache.decoded == 10
+
+
+async def test_the_poller_decodes_only_what_changed_in_a_feed_between_polls(rig: Rig) -> None:
+    """Through the real pipeline: the poller keeps the GTFS-RT feed's cache between polls, the snapshot it commits
+    is a fresh parse's, and a body byte for byte the same is still not parsed at all."""
+    trips = [trip_update_entity(f"T{i}", route_id="1", delay=60 * i) for i in range(10)]
+    alert = alert_entity("A-L2", informed=[selector(route_id="2")])
+    rig.serve_rt(alert, *trips, timestamp=now_s() - 5)
+    async with running(rig.config()) as b:
+        ops = next(feed for feed in b.config.feeds if feed.name == "ops")
+        cache = b.poller._entity_caches["ops"]
+        assert (await b.poll(ops)).ok
+        assert cache.decoded == 11
+        trips[3] = trip_update_entity("T3", route_id="1", delay=999)
+        body = feed_bytes(alert, *trips, timestamp=now_s())
+        rig.server.set_route("/rt.pb", body)
+        assert (await b.poll(ops)).ok
+        assert cache.decoded == 12
+        fresh = parse_gtfs_rt("ops", body, b.poller.network, carries=frozenset(ops.contains),
+                              default_language=b.config.network.default_language)
+        assert b.poller._snapshots["ops"] == fresh
+        assert (await b.poll(ops)).ok  # the same bytes: the poller does not parse them
+        assert cache.decoded == 12

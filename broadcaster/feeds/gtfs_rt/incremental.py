@@ -2,15 +2,17 @@
 changed").
 
 A FeedMessage's wire format is a sequence of top-level fields: the header (field 1) and one length-delimited record
-per FeedEntity (field 2). `split_feed` walks those records without decoding them; `EntityCache` keeps, for one feed,
-what the parse made of each entity of the previous good body (its `EntityFacts`), keyed by the entity's bytes, and
-decodes only the records it has not seen. The facts are a pure function of the entity's bytes and the parse's
-context (network, carried kinds, default language), so reusing them gives the snapshot a fresh parse gives.
+per FeedEntity (field 2). `split_feed` splits a body into those records with protobuf's own decoder (a twin of the
+FeedMessage whose two fields are bytes, so nothing nested is decoded); `EntityCache` keeps, for one feed, what the
+parse made of each entity of the previous good body (its `EntityFacts`), keyed by the entity's bytes, and decodes
+only the records it has not seen. The facts are a pure function of the entity's bytes and the parse's context
+(network, carried kinds, default language), so reusing them gives the snapshot a fresh parse gives; when the entity
+records are the previous body's, in the same order, the aggregate (alerts, delays, occupancy, problems) is reused too.
 
-Decoding stays protobuf's: the header, the other top-level fields and the new entity records are decoded together,
-as one FeedMessage made of those records copied verbatim from the body, so a body the full parse refuses is refused
-(a record it would refuse is among them, or was decoded alone before). Anything the walk does not expect (a bad
-varint, a length past the end, a group, no header record) falls back to the full parse, which raises its error.
+Decoding stays protobuf's: the header records and the unseen entity records are decoded together as one
+FeedMessage, so a body the full parse refuses is refused (its bad record is among them, or its framing broke the
+split). Anything unusual (broken framing, any other top-level field, no header) takes the full parse, which raises
+its error or parses it, and empties the cache.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from broadcaster.feeds.gtfs_rt.alerts import AlertEntity
 from broadcaster.feeds.gtfs_rt.trips import TripFact, VehicleFact, trip_fact, vehicle_fact
 
 if TYPE_CHECKING:
-    from broadcaster.model import Network
+    from broadcaster.model import Alert, LineDelay, LineOccupancy, Network
 
 _HEADER_TAG = b"\x0a"  # field 1, length-delimited
 _ENTITY_TAG = b"\x12"  # field 2, length-delimited
@@ -111,9 +113,22 @@ def _record(tag: bytes, payload: bytes) -> bytes:
     return bytes(prefix) + payload
 
 
+class Aggregate(NamedTuple):
+    """What a body's entities say together: a snapshot but for its feed name and timestamp."""
+
+    alerts: tuple[Alert, ...] | None
+    skipped_alert_ids: frozenset[str]
+    delays: tuple[LineDelay, ...] | None
+    occupancy: tuple[LineOccupancy, ...] | None
+    problems: tuple[str, ...]
+
+
 class Parsed(NamedTuple):
     header: pb.FeedHeader
     entities: list[EntityFacts]
+    #: The previous good body's aggregate when this body's entity records are the same, in the same order (a feed
+    #: whose header alone moved): nothing to aggregate again.
+    aggregate: Aggregate | None = None
 
 
 class EntityCache:
@@ -124,6 +139,9 @@ class EntityCache:
         self._context: tuple[Network, Wants, str] | None = None
         self._facts: dict[bytes, EntityFacts] = {}
         self._pending: dict[bytes, EntityFacts] = {}
+        self._payloads: list[bytes] = []  # the previous good body's entity records, in order
+        self._pending_payloads: list[bytes] = []
+        self._aggregate: Aggregate | None = None  # what they said together
         #: How many entities were decoded through this cache (a seam for tests: reuse shows as fewer).
         self.decoded = 0
 
@@ -132,7 +150,7 @@ class EntityCache:
         the body must go through the full parse (it will raise its error, or the walk met something unusual)."""
         context = (network, wants, default_language)
         if self._context is None or self._context[0] is not network or self._context[1:] != context[1:]:
-            self._facts = {}
+            self.forget()
             self._context = context
         split = split_feed(body)
         if split is None:
@@ -157,14 +175,22 @@ class EntityCache:
         entities = [lookup[payload] for payload in payloads]
         # Only this body's entities are kept for the next parse: the cache never grows past one body.
         self._pending = dict(zip(payloads, entities, strict=True))
-        return Parsed(message.header, entities)
+        self._pending_payloads = payloads
+        same = self._aggregate is not None and payloads == self._payloads
+        return Parsed(message.header, entities, self._aggregate if same else None)
 
-    def keep(self) -> None:
-        """The body last given to `parse` was good: its entities are the ones the next parse reuses."""
+    def keep(self, aggregate: Aggregate) -> None:
+        """The body last given to `parse` was good and its entities said `aggregate`: the next parse reuses both."""
         self._facts = self._pending
+        self._payloads = self._pending_payloads
+        self._aggregate = aggregate
         self._pending = {}
+        self._pending_payloads = []
 
     def forget(self) -> None:
         """A body went through the full parse: nothing of the previous one is kept (the bound stays one body)."""
         self._facts = {}
         self._pending = {}
+        self._payloads = []
+        self._pending_payloads = []
+        self._aggregate = None

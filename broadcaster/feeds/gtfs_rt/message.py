@@ -12,7 +12,7 @@ from google.transit import gtfs_realtime_pb2 as pb
 from broadcaster.errors import FeedFormatError
 from broadcaster.feeds.gtfs_rt.alerts import Languages, convert_alerts
 from broadcaster.feeds.gtfs_rt.fields import MAX_EPOCH_SECONDS, as_text
-from broadcaster.feeds.gtfs_rt.incremental import EntityCache, Parsed, Wants, entity_facts
+from broadcaster.feeds.gtfs_rt.incremental import Aggregate, EntityCache, EntityFacts, Parsed, Wants, entity_facts
 from broadcaster.feeds.gtfs_rt.trips import delays_from_facts, occupancy_from_facts
 from broadcaster.model import Alert, FeedSnapshot, LineDelay, LineOccupancy, Network
 
@@ -66,36 +66,42 @@ def parse_gtfs_rt(
     else:
         timestamp = _header_timestamp(feed, parsed.header)
 
-    problems: list[str] = []
-    alerts: tuple[Alert, ...] | None = None
-    skipped: frozenset[str] = frozenset()
-    if wants.alerts:
-        languages = Languages(default_language)
-        alert_entities = [facts.alert for facts in parsed.entities if facts.alert is not None]
-        alerts, skipped = convert_alerts(alert_entities, network, languages, problems)
-    delays: tuple[LineDelay, ...] | None = None
-    occupancy: tuple[LineOccupancy, ...] | None = None
-    if wants.trips:
-        trip_facts = [facts.trip for facts in parsed.entities if facts.trip is not None]
-        delays = delays_from_facts(trip_facts, network, problems)
-    if wants.vehicles:
-        vehicle_facts = [facts.vehicle for facts in parsed.entities if facts.vehicle is not None]
-        occupancy = occupancy_from_facts(vehicle_facts, network, problems)
+    aggregate = parsed.aggregate or _aggregate(parsed.entities, network, wants, default_language)
     if cache is not None:
         # Only a body that parsed is kept; one that went through the full parse leaves nothing to reuse.
         if incremental:
-            cache.keep()
+            cache.keep(aggregate)
         else:
             cache.forget()
     return FeedSnapshot(
         feed=feed,
         timestamp=timestamp,
-        alerts=alerts,
-        delays=delays,
-        occupancy=occupancy,
-        skipped_alert_ids=skipped,
-        problems=tuple(problems),
+        alerts=aggregate.alerts,
+        delays=aggregate.delays,
+        occupancy=aggregate.occupancy,
+        skipped_alert_ids=aggregate.skipped_alert_ids,
+        problems=aggregate.problems,
     )
+
+
+def _aggregate(entities: list[EntityFacts], network: Network, wants: Wants, default_language: str) -> Aggregate:
+    """What the entities say together: alerts by id, delays and occupancy per line and direction, the problems."""
+    problems: list[str] = []
+    alerts: tuple[Alert, ...] | None = None
+    skipped: frozenset[str] = frozenset()
+    if wants.alerts:
+        languages = Languages(default_language)
+        alert_entities = [facts.alert for facts in entities if facts.alert is not None]
+        alerts, skipped = convert_alerts(alert_entities, network, languages, problems)
+    delays: tuple[LineDelay, ...] | None = None
+    occupancy: tuple[LineOccupancy, ...] | None = None
+    if wants.trips:
+        trip_facts = [facts.trip for facts in entities if facts.trip is not None]
+        delays = delays_from_facts(trip_facts, network, problems)
+    if wants.vehicles:
+        vehicle_facts = [facts.vehicle for facts in entities if facts.vehicle is not None]
+        occupancy = occupancy_from_facts(vehicle_facts, network, problems)
+    return Aggregate(alerts, skipped, delays, occupancy, tuple(problems))
 
 
 def _decode(feed: str, body: bytes) -> pb.FeedMessage:
