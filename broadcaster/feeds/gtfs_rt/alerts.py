@@ -32,7 +32,10 @@ class AlertEntity:
 
     def __init__(self, entity: pb.FeedEntity) -> None:
         self.alert_id = as_text(entity.id)
-        self.alert = entity.alert
+        # A copy of its own: a sub-message keeps the whole FeedMessage it was decoded from alive, and a cached alert
+        # would hold on to every entity of the body it came in.
+        self.alert = pb.Alert()
+        self.alert.CopyFrom(entity.alert)
         self._conversion: tuple[Alert | str, tuple[str, ...]] | None = None
 
     def converted(self, network: Network, languages: Languages) -> tuple[Alert | str, tuple[str, ...]]:
