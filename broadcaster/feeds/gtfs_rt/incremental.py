@@ -157,12 +157,18 @@ class EntityCache:
             return None
         known = self._facts
         payloads = split.entities
-        unseen = [payload for payload in dict.fromkeys(payloads) if payload not in known]
-        records = [_record(_HEADER_TAG, header) for header in split.headers]
-        records += [_record(_ENTITY_TAG, payload) for payload in unseen]
         message = pb.FeedMessage()
         try:
-            message.ParseFromString(b"".join(records))
+            if known:
+                unseen = [payload for payload in dict.fromkeys(payloads) if payload not in known]
+                records = [_record(_HEADER_TAG, header) for header in split.headers]
+                records += [_record(_ENTITY_TAG, payload) for payload in unseen]
+                message.ParseFromString(b"".join(records))
+            else:
+                # Nothing to reuse (the first body, or one after a full parse): the body is those very records, and
+                # decoding it as it is spares a copy of it.
+                unseen = payloads
+                message.ParseFromString(body)
         except DecodeError:
             return None
         if not message.HasField("header") or len(message.entity) != len(unseen):
