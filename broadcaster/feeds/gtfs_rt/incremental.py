@@ -28,6 +28,8 @@ from broadcaster.feeds.gtfs_rt.alerts import AlertEntity
 from broadcaster.feeds.gtfs_rt.trips import TripFact, VehicleFact, trip_fact, vehicle_fact
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from broadcaster.model import Alert, LineDelay, LineOccupancy, Network
 
 _HEADER_TAG = b"\x0a"  # field 1, length-delimited
@@ -42,26 +44,29 @@ class Wants(NamedTuple):
     vehicles: bool
 
 
-class EntityFacts(NamedTuple):
-    """What one FeedEntity contributes to the snapshot, per kind (None: not carried, absent, or deleted)."""
+#: What one FeedEntity contributes to the snapshot: its alert, trip update and vehicle position facts (None: not
+#: carried, absent, or the entity is deleted). A plain tuple: built for every entity, it must be cheap.
+EntityFacts = tuple[AlertEntity | None, TripFact | None, VehicleFact | None]
 
-    alert: AlertEntity | None
-    trip: TripFact | None
-    vehicle: VehicleFact | None
-
-
-_NOTHING = EntityFacts(None, None, None)
+_NOTHING: EntityFacts = (None, None, None)
 
 
-def entity_facts(entity: pb.FeedEntity, network: Network, wants: Wants) -> EntityFacts:
-    if entity.is_deleted:
-        return _NOTHING
-    has_field = entity.HasField
-    return EntityFacts(
-        AlertEntity(entity) if wants.alerts and has_field("alert") else None,
-        trip_fact(entity.trip_update, network) if wants.trips and has_field("trip_update") else None,
-        vehicle_fact(entity.vehicle, network) if wants.vehicles and has_field("vehicle") else None,
-    )
+def entity_facts(entities: Iterable[pb.FeedEntity], network: Network, wants: Wants) -> list[EntityFacts]:
+    """Each entity's facts, in order."""
+    want_alerts, want_trips, want_vehicles = wants
+    facts: list[EntityFacts] = []
+    append = facts.append
+    for entity in entities:
+        if entity.is_deleted:
+            append(_NOTHING)
+            continue
+        has_field = entity.HasField
+        append((
+            AlertEntity(entity) if want_alerts and has_field("alert") else None,
+            trip_fact(entity.trip_update, network) if want_trips and has_field("trip_update") else None,
+            vehicle_fact(entity.vehicle, network) if want_vehicles and has_field("vehicle") else None,
+        ))
+    return facts
 
 
 class Split(NamedTuple):
@@ -174,10 +179,7 @@ class EntityCache:
         if not message.HasField("header") or len(message.entity) != len(unseen):
             return None
         self.decoded += len(unseen)
-        lookup = known | {
-            payload: entity_facts(entity, network, wants)
-            for payload, entity in zip(unseen, message.entity, strict=True)
-        }
+        lookup = known | dict(zip(unseen, entity_facts(message.entity, network, wants), strict=True))
         entities = [lookup[payload] for payload in payloads]
         # Only this body's entities are kept for the next parse: the cache never grows past one body.
         self._pending = dict(zip(payloads, entities, strict=True))

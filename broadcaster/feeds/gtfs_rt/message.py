@@ -62,7 +62,7 @@ def parse_gtfs_rt(
     if parsed is None:
         message = _decode(feed, body)
         timestamp = _header_timestamp(feed, message.header)
-        parsed = Parsed(message.header, [entity_facts(entity, network, wants) for entity in message.entity])
+        parsed = Parsed(message.header, entity_facts(message.entity, network, wants))
     else:
         timestamp = _header_timestamp(feed, parsed.header)
 
@@ -91,15 +91,15 @@ def _aggregate(entities: list[EntityFacts], network: Network, wants: Wants, defa
     skipped: frozenset[str] = frozenset()
     if wants.alerts:
         languages = Languages(default_language)
-        alert_entities = [facts.alert for facts in entities if facts.alert is not None]
+        alert_entities = [alert for alert, _, _ in entities if alert is not None]
         alerts, skipped = convert_alerts(alert_entities, network, languages, problems)
     delays: tuple[LineDelay, ...] | None = None
     occupancy: tuple[LineOccupancy, ...] | None = None
     if wants.trips:
-        trip_facts = [facts.trip for facts in entities if facts.trip is not None]
+        trip_facts = [trip for _, trip, _ in entities if trip is not None]
         delays = delays_from_facts(trip_facts, network, problems)
     if wants.vehicles:
-        vehicle_facts = [facts.vehicle for facts in entities if facts.vehicle is not None]
+        vehicle_facts = [vehicle for _, _, vehicle in entities if vehicle is not None]
         occupancy = occupancy_from_facts(vehicle_facts, network, problems)
     return Aggregate(alerts, skipped, delays, occupancy, tuple(problems))
 

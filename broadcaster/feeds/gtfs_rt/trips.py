@@ -6,7 +6,7 @@ facts are aggregated; an incremental parse (`incremental`) reuses the facts of e
 from __future__ import annotations
 
 import statistics
-from typing import TYPE_CHECKING, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from google.transit import gtfs_realtime_pb2 as pb
 
@@ -39,21 +39,18 @@ def _line_and_direction(trip: pb.TripDescriptor, network: Network) -> tuple[str 
     return line_id, direction_id, route_id, trip_id
 
 
-class TripFact(NamedTuple):
-    """What one trip update adds to the delays, worked out once per entity (an unchanged entity's is reused)."""
-
-    key: tuple[str, int | None] | None  # line and direction; None: the trip names no known line
-    label: str  # the trip quoted for the problem line, when it names no known line
-    relationship: int
-    delay: int | None
+#: What one trip update adds to the delays, worked out once per entity (an unchanged entity's is reused): its line
+#: and direction (None: the trip names no known line), the trip quoted for the problem line when it names no known
+#: line, its schedule relationship and its delay. A plain tuple: built for every entity, it must be cheap.
+TripFact = tuple[tuple[str, int | None] | None, str, int, int | None]
 
 
 def trip_fact(update: pb.TripUpdate, network: Network) -> TripFact:
     trip = update.trip
     line_id, direction_id, route_id, trip_id = _line_and_direction(trip, network)
     if line_id is None:
-        return TripFact(None, _trip_label(trip_id, route_id), trip.schedule_relationship, None)
-    return TripFact((line_id, direction_id), "", trip.schedule_relationship, _trip_delay(update))
+        return None, _trip_label(trip_id, route_id), trip.schedule_relationship, None
+    return (line_id, direction_id), "", trip.schedule_relationship, _trip_delay(update)
 
 
 def aggregate_delays(updates: list[pb.TripUpdate], network: Network, problems: list[str]) -> tuple[LineDelay, ...]:
@@ -110,15 +107,12 @@ def _trip_delay(update: pb.TripUpdate) -> int | None:
     return None
 
 
-class VehicleFact(NamedTuple):
-    """What one vehicle position adds to the occupancy, worked out once per entity."""
+#: What one vehicle position adds to the occupancy, worked out once per entity: its rank (None: it says nothing
+#: about crowding: no status, NO_DATA_AVAILABLE, NOT_BOARDABLE), its line and direction (None: it names no known
+#: line) and the trip quoted for the problem line when it names no known line.
+VehicleFact = tuple[int | None, tuple[str, int | None] | None, str]
 
-    rank: int | None  # None: it says nothing about crowding (no status, NO_DATA_AVAILABLE, NOT_BOARDABLE)
-    key: tuple[str, int | None] | None  # line and direction; None: the vehicle names no known line
-    label: str  # the trip quoted for the problem line, when it names no known line
-
-
-_NO_CROWDING = VehicleFact(None, None, "")
+_NO_CROWDING: VehicleFact = (None, None, "")
 
 
 def vehicle_fact(vehicle: pb.VehiclePosition, network: Network) -> VehicleFact:
@@ -129,8 +123,8 @@ def vehicle_fact(vehicle: pb.VehiclePosition, network: Network) -> VehicleFact:
         return _NO_CROWDING
     line_id, direction_id, route_id, trip_id = _line_and_direction(vehicle.trip, network)
     if line_id is None:
-        return VehicleFact(rank, None, _trip_label(trip_id, route_id))
-    return VehicleFact(rank, (line_id, direction_id), "")
+        return rank, None, _trip_label(trip_id, route_id)
+    return rank, (line_id, direction_id), ""
 
 
 def aggregate_occupancy(
