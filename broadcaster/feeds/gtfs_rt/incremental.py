@@ -179,8 +179,12 @@ class EntityCache:
         if not message.HasField("header") or len(message.entity) != len(unseen):
             return None
         self.decoded += len(unseen)
-        lookup = known | dict(zip(unseen, entity_facts(message.entity, network, wants), strict=True))
-        entities = [lookup[payload] for payload in payloads]
+        decoded = entity_facts(message.entity, network, wants)
+        if known:
+            lookup = known | dict(zip(unseen, decoded, strict=True))
+            entities = [lookup[payload] for payload in payloads]
+        else:
+            entities = decoded  # the whole body was decoded, in order
         # Only this body's entities are kept for the next parse: the cache never grows past one body.
         self._pending = dict(zip(payloads, entities, strict=True))
         self._pending_payloads = payloads
