@@ -152,7 +152,7 @@ class EntityCache:
 
     def parse(self, body: bytes, network: Network, wants: Wants, default_language: str) -> Parsed | None:
         """The header and each entity's facts, decoding only the entities not in the previous good body; None when
-        the body must go through the full parse (it will raise its error, or the walk met something unusual)."""
+        the body must go through the full parse (it will raise its error, or the split met something unusual)."""
         context = (network, wants, default_language)
         if self._context is None or self._context[0] is not network or self._context[1:] != context[1:]:
             self.forget()
