@@ -23,7 +23,7 @@ from broadcaster.config import Config, FeedConfig
 from broadcaster.errors import FeedError, StoreError
 from broadcaster.feeds.fetch import FeedFetcher
 from broadcaster.feeds.freshness import check_freshness
-from broadcaster.feeds.gtfs_rt import parse_gtfs_rt
+from broadcaster.feeds.gtfs_rt import EntityCache, parse_gtfs_rt
 from broadcaster.feeds.passenger_flow import parse_passenger_flow
 from broadcaster.metrics import Metrics, reason_label
 from broadcaster.model import FeedSnapshot, Network
@@ -63,11 +63,13 @@ def parse_keys(config: Config, network: Network) -> dict[str, bytes]:
     return {f.name: body_digest(ids + orjson.dumps([f.kind, sorted(f.contains)])) for f in config.feeds}
 
 
-def parse_feed(feed: FeedConfig, body: bytes, network: Network, default_language: str) -> FeedSnapshot:
-    """A feed's body as a snapshot, by the feed's kind (raises FeedError when it is unusable as a whole)."""
+def parse_feed(feed: FeedConfig, body: bytes, network: Network, default_language: str,
+               cache: EntityCache | None = None) -> FeedSnapshot:
+    """A feed's body as a snapshot, by the feed's kind (raises FeedError when it is unusable as a whole).
+    `cache` is the feed's own: a GTFS-RT body's unchanged entities are not decoded again."""
     if feed.kind == "gtfs-rt":
         return parse_gtfs_rt(feed.name, body, network, carries=frozenset(feed.contains),
-                             default_language=default_language)
+                             default_language=default_language, cache=cache)
     return parse_passenger_flow(feed.name, body, network)
 
 
@@ -102,6 +104,8 @@ class FeedPoller:
         self._parse_keys = parse_keys(config, network)
         self._body_digests: dict[str, bytes] = load_snapshot_digests(db, self._parse_keys)
         self._snapshots: dict[str, FeedSnapshot] = {}  # feed -> what that body said
+        # feed -> the entities of its last good GTFS-RT body, reused by the next parse (used only inside the lock)
+        self._entity_caches = {f.name: EntityCache() for f in config.feeds if f.kind == "gtfs-rt"}
 
     async def poll_round(self, feeds: Sequence[FeedConfig] | None = None) -> list[PollOutcome]:
         """Poll several feeds at once and publish the retained state they changed once, not once per feed
@@ -162,7 +166,8 @@ class FeedPoller:
                                     previous=None)
                 snapshot = self._last_snapshot(feed.name)
             else:
-                snapshot = parse_feed(feed, result.body, self.network, self.config.network.default_language)
+                snapshot = parse_feed(feed, result.body, self.network, self.config.network.default_language,
+                                      self._entity_caches.get(feed.name))
                 check_freshness(
                     feed.name, snapshot.timestamp, now=now, max_age_s=feed.max_age_seconds,
                     previous=record.feed_timestamp,

@@ -24,13 +24,40 @@ _SEVERITIES: Mapping[int, Severity] = {v.number: Severity[v.name] for v in pb.Al
 _EMPTY_TEXT = LocalizedText()
 
 
+class AlertEntity:
+    """One alert entity, its translation worked out on first use and kept: an incremental parse (`incremental`)
+    reuses it for an entity whose bytes did not change. A duplicate id is never translated, as in a full parse."""
+
+    __slots__ = ("_conversion", "alert", "alert_id")
+
+    def __init__(self, entity: pb.FeedEntity) -> None:
+        self.alert_id = as_text(entity.id)
+        # A copy of its own: a sub-message keeps the whole FeedMessage it was decoded from alive, and a cached alert
+        # would hold on to every entity of the body it came in.
+        self.alert = pb.Alert()
+        self.alert.CopyFrom(entity.alert)
+        self._conversion: tuple[Alert | str, tuple[str, ...]] | None = None
+
+    def converted(self, network: Network, languages: Languages) -> tuple[Alert | str, tuple[str, ...]]:
+        """The Alert, or why it is skipped, and the problems its translation noted (dropped informed entities)."""
+        if self._conversion is None:
+            notes: list[str] = []
+            result: Alert | str
+            try:
+                result = _convert_alert(self.alert_id, self.alert, network, languages, notes)
+            except _InvalidAlert as exc:
+                result = str(exc)
+            self._conversion = (result, tuple(notes))
+        return self._conversion
+
+
 def convert_alerts(
-    entities: list[pb.FeedEntity], network: Network, languages: Languages, problems: list[str]
+    entities: list[AlertEntity], network: Network, languages: Languages, problems: list[str]
 ) -> tuple[tuple[Alert, ...], frozenset[str]]:
     alerts: dict[str, Alert] = {}
     skipped: set[str] = set()
     for position, entity in enumerate(entities):
-        alert_id = as_text(entity.id)
+        alert_id = entity.alert_id
         if not alert_id:
             problems.append(f"alert entity #{position} skipped: it has no id")
             continue
@@ -38,11 +65,13 @@ def convert_alerts(
             problems.append(f"alert {alert_id!r} skipped: a second entity with the same id")
             skipped.add(alert_id)
             continue
-        try:
-            alerts[alert_id] = _convert_alert(alert_id, entity.alert, network, languages, problems)
-        except _InvalidAlert as exc:
-            problems.append(f"alert {alert_id!r} skipped: {exc}")
+        alert, notes = entity.converted(network, languages)
+        problems.extend(notes)
+        if isinstance(alert, str):
+            problems.append(f"alert {alert_id!r} skipped: {alert}")
             skipped.add(alert_id)
+        else:
+            alerts[alert_id] = alert
     return tuple(alerts.values()), frozenset(skipped)
 
 

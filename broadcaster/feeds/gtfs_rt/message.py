@@ -12,8 +12,9 @@ from google.transit import gtfs_realtime_pb2 as pb
 from broadcaster.errors import FeedFormatError
 from broadcaster.feeds.gtfs_rt.alerts import Languages, convert_alerts
 from broadcaster.feeds.gtfs_rt.fields import MAX_EPOCH_SECONDS, as_text
-from broadcaster.feeds.gtfs_rt.trips import aggregate_delays, aggregate_occupancy
-from broadcaster.model import Alert, FeedSnapshot, Network
+from broadcaster.feeds.gtfs_rt.incremental import Aggregate, EntityCache, EntityFacts, Parsed, Wants, entity_facts
+from broadcaster.feeds.gtfs_rt.trips import delays_from_facts, occupancy_from_facts
+from broadcaster.model import Alert, FeedSnapshot, LineDelay, LineOccupancy, Network
 
 #: The entity kinds a GTFS-RT feed can be configured to carry.
 KINDS: frozenset[str] = frozenset({"alerts", "trip-updates", "vehicle-positions"})
@@ -30,6 +31,7 @@ def parse_gtfs_rt(
     *,
     carries: frozenset[str],
     default_language: str,
+    cache: EntityCache | None = None,
 ) -> FeedSnapshot:
     """Turn one GTFS-Realtime FeedMessage into a snapshot of what it says about the network.
 
@@ -40,6 +42,8 @@ def parse_gtfs_rt(
         carries: which of "alerts", "trip-updates" and "vehicle-positions" this feed is configured to carry.
             Those kinds come back as tuples (possibly empty, meaning "nothing now"); the others as None.
         default_language: the language of translations that carry no language tag.
+        cache: the feed's own `EntityCache`, if it keeps one: entities whose bytes are those of the last good body
+            parsed through it are not decoded or translated again (the snapshot is the same as without it).
 
     Returns:
         The snapshot. Invalid alert entities are left out, listed in `skipped_alert_ids` and described in
@@ -52,43 +56,52 @@ def parse_gtfs_rt(
     unknown_kinds = carries - KINDS
     if unknown_kinds:
         raise ValueError(f"unknown GTFS-RT entity kinds {sorted(unknown_kinds)}; expected some of {sorted(KINDS)}")
-    message = _decode(feed, body)
-    timestamp = _header_timestamp(feed, message.header)
+    wants = Wants("alerts" in carries, "trip-updates" in carries, "vehicle-positions" in carries)
+    parsed = cache.parse(body, network, wants, default_language) if cache is not None else None
+    incremental = parsed is not None
+    if parsed is None:
+        message = _decode(feed, body)
+        timestamp = _header_timestamp(feed, message.header)
+        parsed = Parsed(message.header, entity_facts(message.entity, network, wants))
+    else:
+        timestamp = _header_timestamp(feed, parsed.header)
 
-    want_alerts = "alerts" in carries
-    want_trips = "trip-updates" in carries
-    want_vehicles = "vehicle-positions" in carries
-    alert_entities: list[pb.FeedEntity] = []
-    trip_updates: list[pb.TripUpdate] = []
-    vehicles: list[pb.VehiclePosition] = []
-    for entity in message.entity:
-        if entity.is_deleted:
-            continue
-        has_field = entity.HasField
-        if want_alerts and has_field("alert"):
-            alert_entities.append(entity)
-        if want_trips and has_field("trip_update"):
-            trip_updates.append(entity.trip_update)
-        if want_vehicles and has_field("vehicle"):
-            vehicles.append(entity.vehicle)
-
-    problems: list[str] = []
-    alerts: tuple[Alert, ...] | None = None
-    skipped: frozenset[str] = frozenset()
-    if want_alerts:
-        languages = Languages(default_language)
-        alerts, skipped = convert_alerts(alert_entities, network, languages, problems)
-    delays = aggregate_delays(trip_updates, network, problems) if want_trips else None
-    occupancy = aggregate_occupancy(vehicles, network, problems) if want_vehicles else None
+    aggregate = parsed.aggregate or _aggregate(parsed.entities, network, wants, default_language)
+    if cache is not None:
+        # Only a body that parsed is kept; one that went through the full parse leaves nothing to reuse.
+        if incremental:
+            cache.keep(aggregate)
+        else:
+            cache.forget()
     return FeedSnapshot(
         feed=feed,
         timestamp=timestamp,
-        alerts=alerts,
-        delays=delays,
-        occupancy=occupancy,
-        skipped_alert_ids=skipped,
-        problems=tuple(problems),
+        alerts=aggregate.alerts,
+        delays=aggregate.delays,
+        occupancy=aggregate.occupancy,
+        skipped_alert_ids=aggregate.skipped_alert_ids,
+        problems=aggregate.problems,
     )
+
+
+def _aggregate(entities: list[EntityFacts], network: Network, wants: Wants, default_language: str) -> Aggregate:
+    """What the entities say together: alerts by id, delays and occupancy per line and direction, the problems."""
+    problems: list[str] = []
+    alerts: tuple[Alert, ...] | None = None
+    skipped: frozenset[str] = frozenset()
+    if wants.alerts:
+        languages = Languages(default_language)
+        alert_entities = [alert for alert, _, _ in entities if alert is not None]
+        alerts, skipped = convert_alerts(alert_entities, network, languages, problems)
+    delays: tuple[LineDelay, ...] | None = None
+    occupancy: tuple[LineOccupancy, ...] | None = None
+    if wants.trips:
+        trip_facts = [trip for _, trip, _ in entities if trip is not None]
+        delays = delays_from_facts(trip_facts, network, problems)
+    if wants.vehicles:
+        vehicle_facts = [vehicle for _, _, vehicle in entities if vehicle is not None]
+        occupancy = occupancy_from_facts(vehicle_facts, network, problems)
+    return Aggregate(alerts, skipped, delays, occupancy, tuple(problems))
 
 
 def _decode(feed: str, body: bytes) -> pb.FeedMessage:

@@ -1,4 +1,7 @@
-"""Trip updates and vehicle positions: trips' delays and vehicles' occupancy, aggregated per line and direction."""
+"""Trip updates and vehicle positions: trips' delays and vehicles' occupancy, aggregated per line and direction.
+
+Each entity is first reduced to a fact (`trip_fact`, `vehicle_fact`: its line, direction, delay or rank), then the
+facts are aggregated; an incremental parse (`incremental`) reuses the facts of entities whose bytes did not change."""
 
 from __future__ import annotations
 
@@ -36,36 +39,49 @@ def _line_and_direction(trip: pb.TripDescriptor, network: Network) -> tuple[str 
     return line_id, direction_id, route_id, trip_id
 
 
+#: What one trip update adds to the delays, worked out once per entity (an unchanged entity's is reused): its line
+#: and direction (None: the trip names no known line), the trip quoted for the problem line when it names no known
+#: line, its schedule relationship and its delay. A plain tuple: built for every entity, it must be cheap.
+TripFact = tuple[tuple[str, int | None] | None, str, int, int | None]
+
+
+def trip_fact(update: pb.TripUpdate, network: Network) -> TripFact:
+    trip = update.trip
+    line_id, direction_id, route_id, trip_id = _line_and_direction(trip, network)
+    if line_id is None:
+        return None, _trip_label(trip_id, route_id), trip.schedule_relationship, None
+    return (line_id, direction_id), "", trip.schedule_relationship, _trip_delay(update)
+
+
 def aggregate_delays(updates: list[pb.TripUpdate], network: Network, problems: list[str]) -> tuple[LineDelay, ...]:
+    return delays_from_facts([trip_fact(update, network) for update in updates], network, problems)
+
+
+def delays_from_facts(facts: list[TripFact], network: Network, problems: list[str]) -> tuple[LineDelay, ...]:
     delays: dict[tuple[str, int | None], list[int]] = {}
     cancelled: dict[tuple[str, int | None], int] = {}
     unknown: list[str] = []
     no_delay = 0
-    for update in updates:
-        trip = update.trip
-        line_id, direction_id, route_id, trip_id = _line_and_direction(trip, network)
-        if line_id is None:
-            unknown.append(_trip_label(trip_id, route_id))
+    for key, label, relationship, delay in facts:
+        if key is None:
+            unknown.append(label)
             continue
-        key = (line_id, direction_id)
-        relationship = trip.schedule_relationship
         if relationship == _CANCELED:
             cancelled[key] = cancelled.get(key, 0) + 1
             delays.setdefault(key, [])
             continue
         if relationship == _DELETED:
             continue  # removed from the rider-facing schedule altogether: neither late nor announced
-        delay = _trip_delay(update)
         if delay is None:
             no_delay += 1
             continue
         delays.setdefault(key, []).append(delay)
     if unknown:
         problems.append(
-            f"trip updates: {len(unknown)} of {len(updates)} trips name no known line ({examples(unknown)})"
+            f"trip updates: {len(unknown)} of {len(facts)} trips name no known line ({examples(unknown)})"
         )
     if no_delay:
-        problems.append(f"trip updates: {no_delay} of {len(updates)} trips carry no delay")
+        problems.append(f"trip updates: {no_delay} of {len(facts)} trips carry no delay")
     return tuple(
         LineDelay(
             line_id=line_id,
@@ -91,23 +107,44 @@ def _trip_delay(update: pb.TripUpdate) -> int | None:
     return None
 
 
+#: What one vehicle position adds to the occupancy, worked out once per entity: its rank (None: it says nothing
+#: about crowding: no status, NO_DATA_AVAILABLE, NOT_BOARDABLE), its line and direction (None: it names no known
+#: line) and the trip quoted for the problem line when it names no known line.
+VehicleFact = tuple[int | None, tuple[str, int | None] | None, str]
+
+_NO_CROWDING: VehicleFact = (None, None, "")
+
+
+def vehicle_fact(vehicle: pb.VehiclePosition, network: Network) -> VehicleFact:
+    if not vehicle.HasField("occupancy_status"):
+        return _NO_CROWDING
+    rank = _OCCUPANCY_RANKS.get(vehicle.occupancy_status)
+    if rank is None:
+        return _NO_CROWDING
+    line_id, direction_id, route_id, trip_id = _line_and_direction(vehicle.trip, network)
+    if line_id is None:
+        return rank, None, _trip_label(trip_id, route_id)
+    return rank, (line_id, direction_id), ""
+
+
 def aggregate_occupancy(
     vehicles: list[pb.VehiclePosition], network: Network, problems: list[str]
 ) -> tuple[LineOccupancy, ...]:
+    return occupancy_from_facts([vehicle_fact(vehicle, network) for vehicle in vehicles], network, problems)
+
+
+def occupancy_from_facts(
+    facts: list[VehicleFact], network: Network, problems: list[str]
+) -> tuple[LineOccupancy, ...]:
     ranks: dict[tuple[str, int | None], list[int]] = {}
     unknown: list[str] = []
-    ranks_by_status = _OCCUPANCY_RANKS
-    for vehicle in vehicles:
-        if not vehicle.HasField("occupancy_status"):
-            continue
-        rank = ranks_by_status.get(vehicle.occupancy_status)
+    for rank, key, label in facts:
         if rank is None:
-            continue  # NO_DATA_AVAILABLE, NOT_BOARDABLE: nothing about crowding
-        line_id, direction_id, route_id, trip_id = _line_and_direction(vehicle.trip, network)
-        if line_id is None:
-            unknown.append(_trip_label(trip_id, route_id))
             continue
-        ranks.setdefault((line_id, direction_id), []).append(rank)
+        if key is None:
+            unknown.append(label)
+            continue
+        ranks.setdefault(key, []).append(rank)
     if unknown:
         problems.append(f"vehicle positions: {len(unknown)} vehicles name no known line ({examples(unknown)})")
     return tuple(
