@@ -1,19 +1,27 @@
-"""uvicorn inside the broadcaster's own event loop, for the admin API and the demo's pages (the only module that
-imports uvicorn).
+"""uvicorn inside the broadcaster's own event loop, for the admin API, the public site and the demo's pages (the
+only module that imports uvicorn).
 
-Both bind their socket first (so its port is known, and a taken address is an error before anything runs),
-then serve an ASGI app on it until told to stop.
+All bind their socket first (so its port is known, and a taken address is an error before anything runs),
+then serve an ASGI app on it until told to stop. `ConfiguredSite` is that for an address from the config.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 import uvicorn
 from starlette.types import ASGIApp
+
+from broadcaster.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 START_TIMEOUT_SECONDS = 10.0
 
@@ -120,3 +128,77 @@ class WebServer:
         self.shutdown(force=force)
         task, self._task = self._task, None
         await task
+
+
+class ConfiguredSite:
+    """An ASGI app on an address from the operator's config, in this event loop: `bind()`, then `serve()` (a task
+    of the caller's TaskGroup) until `shutdown()`; or `async with` for both. The admin API and the public site
+    are ones; they say which app, which config key names the address, and how long a stop waits."""
+
+    #: For the log and for errors: "admin API", "public web site".
+    name = "web site"
+    #: How long requests in flight may take to finish after `shutdown()`.
+    grace_seconds = 5
+
+    def __init__(self, host: str, port: int, *, source: Path | str, key: str) -> None:
+        """`host:port` to listen on, written at `key` (`admin.listen`) of the config file `source`."""
+        self.host = host
+        self._port = port
+        self._source = source
+        self._key = key
+        self._web: WebServer | None = None
+
+    def app(self) -> ASGIApp:
+        raise NotImplementedError
+
+    def bind(self) -> None:
+        """Listen on the address (port 0: a free port).
+
+        Raises:
+            ConfigError: the address cannot be listened on (taken, or not this machine's).
+        """
+        listen = f"{f'[{self.host}]' if ':' in self.host else self.host}:{self._port}"
+        try:
+            sock = listening_socket(self.host, self._port)
+        except OSError as exc:
+            raise ConfigError(self._source, self._key, f"{listen!r}: cannot listen: {exc.strerror or exc}",
+                              listen) from None
+        self._web = WebServer(self.app(), sock, grace_seconds=self.grace_seconds, name=self.name)
+
+    @property
+    def web(self) -> WebServer:
+        assert self._web is not None, "bind() first"
+        return self._web
+
+    @property
+    def port(self) -> int:
+        return self.web.port
+
+    @property
+    def url(self) -> str:
+        return f"http://{f'[{self.host}]' if ':' in self.host else self.host}:{self.port}"
+
+    async def serve(self) -> None:
+        """Serve until `shutdown()`; requests in flight get `grace_seconds` to finish."""
+        await self.web.serve()
+
+    async def wait_started(self, task: asyncio.Task[None]) -> None:
+        """Return once the site accepts requests; raise if `task` (running `serve()`) ended instead."""
+        await self.web.wait_started(task)
+        log.info("%s listening on %s", self.name, self.url)
+
+    def shutdown(self) -> None:
+        if self._web is not None:
+            self._web.shutdown()
+
+    async def __aenter__(self) -> Self:
+        self.bind()
+        await self.web.start()
+        log.info("%s listening on %s", self.name, self.url)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        with contextlib.suppress(Exception):
+            await self.web.stop()

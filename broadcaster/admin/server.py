@@ -1,85 +1,30 @@
 """`AdminServer`: the admin API on its configured address, served by uvicorn in this event loop
-(broadcaster/webserver.py, shared with the demo's pages)."""
+(broadcaster/webserver.py, shared with the public site and the demo's pages)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-from types import TracebackType
-from typing import Self
+from starlette.types import ASGIApp
 
 from broadcaster.admin.app import AdminApi
 from broadcaster.config import AdminConfig
-from broadcaster.errors import ConfigError
 from broadcaster.service import Broadcaster
-from broadcaster.webserver import WebServer, listening_socket
-
-log = logging.getLogger(__name__)
-
-SHUTDOWN_GRACE_SECONDS = 5
+from broadcaster.webserver import ConfiguredSite
 
 
-class AdminServer:
+class AdminServer(ConfiguredSite):
     """The admin API on its configured address, in this event loop.
 
     `bind()` then `serve()` (a task of the caller's TaskGroup) until `shutdown()`; or `async with` for both.
     """
 
+    name = "admin API"
+    grace_seconds = 5
+
     def __init__(self, b: Broadcaster, config: AdminConfig) -> None:
+        super().__init__(config.host, config.port, source=b.config.source, key="admin.listen")
         self.config = config
         self.api = AdminApi(b, config)  # reads the tokens: a missing secret is a ConfigError now
         self.b = b
-        self._web: WebServer | None = None
 
-    def bind(self) -> None:
-        """Listen on `config.listen` (port 0: a free port).
-
-        Raises:
-            ConfigError: the address cannot be listened on (taken, or not this machine's).
-        """
-        try:
-            sock = listening_socket(self.config.host, self.config.port)
-        except OSError as exc:
-            raise ConfigError(self.b.config.source, "admin.listen", f"{self.config.listen!r}: cannot listen: "
-                                                          f"{exc.strerror or exc}", self.config.listen) from None
-        self._web = WebServer(self.api.app(), sock, grace_seconds=SHUTDOWN_GRACE_SECONDS, name="admin API")
-
-    @property
-    def web(self) -> WebServer:
-        assert self._web is not None, "bind() first"
-        return self._web
-
-    @property
-    def port(self) -> int:
-        return self.web.port
-
-    @property
-    def url(self) -> str:
-        host = self.config.host
-        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
-
-    async def serve(self) -> None:
-        """Serve until `shutdown()`; requests in flight get `SHUTDOWN_GRACE_SECONDS` to finish."""
-        await self.web.serve()
-
-    async def wait_started(self, task: asyncio.Task[None]) -> None:
-        """Return once the server accepts requests; raise if `task` (running `serve()`) ended instead."""
-        await self.web.wait_started(task)
-        log.info("admin API listening on %s", self.url)
-
-    def shutdown(self) -> None:
-        if self._web is not None:
-            self._web.shutdown()
-
-    async def __aenter__(self) -> Self:
-        self.bind()
-        await self.web.start()
-        log.info("admin API listening on %s", self.url)
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        with contextlib.suppress(Exception):
-            await self.web.stop()
+    def app(self) -> ASGIApp:
+        return self.api.app()
