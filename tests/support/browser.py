@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from playwright.async_api import Page, async_playwright
+
+from .binaries import find_binary
 
 _KNOWN_LOCATIONS = ("/usr/bin/chromium", "/usr/lib/chromium/chromium", "/usr/bin/chromium-browser")
 
@@ -32,14 +32,7 @@ class ChromiumNotFound(RuntimeError):
 
 def find_chromium() -> str:
     """The system Chromium: $CHROMIUM, then PATH, then Debian's locations."""
-    candidates = [os.environ.get("CHROMIUM", ""), shutil.which("chromium") or "", *_KNOWN_LOCATIONS]
-    for candidate in candidates:
-        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    raise ChromiumNotFound(
-        "chromium not found (looked at $CHROMIUM, PATH and " + ", ".join(_KNOWN_LOCATIONS)
-        + "); install it, e.g. `apt-get install chromium`"
-    )
+    return find_binary("chromium", "CHROMIUM", _KNOWN_LOCATIONS, "chromium", ChromiumNotFound)
 
 
 @contextlib.asynccontextmanager

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import signal
 import socket
 import subprocess
 import time
 from typing import IO, TYPE_CHECKING, Self
+
+from .binaries import find_binary
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -24,15 +25,7 @@ class MosquittoNotFound(RuntimeError):
 
 def find_mosquitto() -> str:
     """Return the path of the mosquitto binary: $MOSQUITTO, then PATH, then the usual sbin directories."""
-    candidates = [os.environ.get("MOSQUITTO", ""), shutil.which("mosquitto") or "", *_KNOWN_LOCATIONS]
-    for candidate in candidates:
-        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    raise MosquittoNotFound(
-        "mosquitto binary not found (looked at $MOSQUITTO, PATH and "
-        + ", ".join(_KNOWN_LOCATIONS)
-        + "); install it, e.g. `apt-get install mosquitto`"
-    )
+    return find_binary("mosquitto", "MOSQUITTO", _KNOWN_LOCATIONS, "mosquitto", MosquittoNotFound)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -15,8 +15,6 @@ answering an MQTT CONNECT with an accepted CONNACK, every wait bounded by `start
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,6 +23,7 @@ import urllib.error
 import urllib.request
 from typing import IO, TYPE_CHECKING, Self
 
+from .binaries import find_binary
 from .mosquitto import free_port
 
 if TYPE_CHECKING:
@@ -40,14 +39,7 @@ class NatsServerNotFound(RuntimeError):
 
 def find_nats_server() -> str:
     """The nats-server binary: $NATS_SERVER, then PATH, then the usual locations."""
-    candidates = [os.environ.get("NATS_SERVER", ""), shutil.which("nats-server") or "", *_KNOWN_LOCATIONS]
-    for candidate in candidates:
-        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    raise NatsServerNotFound(
-        "nats-server binary not found (looked at $NATS_SERVER, PATH and " + ", ".join(_KNOWN_LOCATIONS)
-        + "); install it, e.g. `apt-get install nats-server`"
-    )
+    return find_binary("nats-server", "NATS_SERVER", _KNOWN_LOCATIONS, "nats-server", NatsServerNotFound)
 
 
 def mqtt_connect_probe(host: str, port: int, client_id: str, *, timeout_s: float) -> int | None:
