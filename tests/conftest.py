@@ -10,6 +10,7 @@ from rig import Rig
 from support import LoopbackHttpServer, MosquittoBroker, MosquittoNotFound, mqtt_client
 from support.long_tests import long_tests_first
 from support.microblog_fixture import MicroblogServer, serve_microblog
+from support.postgres import PostgresNotFound, PostgresServer
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -141,3 +142,23 @@ def server(microblog: MicroblogServer, monkeypatch: pytest.MonkeyPatch) -> Micro
     assert microblog.webhook_secret is not None
     monkeypatch.setenv("T_HOOK", microblog.webhook_secret)
     return microblog
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One throw-away PostgreSQL server per test process (`support.postgres`); give each test its own database
+    (`postgres_database`) and never stop it. A test that stops or kills a server starts its own."""
+    try:
+        server = PostgresServer()
+    except PostgresNotFound as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server.start()
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def postgres_database(postgres: PostgresServer) -> str:
+    """The name of a new, empty database on the session's server, for this test alone."""
+    return postgres.create_database()
