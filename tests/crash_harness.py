@@ -19,8 +19,10 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -188,20 +190,29 @@ def crash_loop(
     return audit(db, server, report)
 
 
+#: The outbox rows `audit_rows` matches with the platforms' posts, and the notices counted; SQL both engines speak.
+POSTS_QUERY = "SELECT channel, key, status, remote_id, payload FROM outbox WHERE channel != 'mqtt'"
+NOTICES_QUERY = "SELECT COUNT(DISTINCT notice_id || version) FROM outbox"
+
+
 def audit(db: Path, server: MicroblogServer, report: CrashReport) -> CrashReport:
-    """Match every outbox row with the post it made on its platform.
+    """`audit_rows` on the outbox of the SQLite database `db`."""
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(POSTS_QUERY).fetchall()
+        report.notices = int(conn.execute(NOTICES_QUERY).fetchone()[0])
+    return audit_rows(rows, server, report)
+
+
+def audit_rows(rows: Sequence[Sequence[Any]], server: MicroblogServer, report: CrashReport) -> CrashReport:
+    """Match every outbox row (`POSTS_QUERY`) with the post it made on its platform.
 
     Mastodon posts are matched by Idempotency-Key, Bluesky posts by the record URI the outbox stored, Weibo
     statuses by text (each notice's text is unique: it names the notice and carries an "as of" stamp) and
     webhook deliveries by Idempotency-Key. A post no row accounts for is a duplicate.
     """
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute(
-            "SELECT channel, key, status, remote_id, payload FROM outbox WHERE channel != 'mqtt'"
-        ).fetchall()
-        report.notices = int(conn.execute("SELECT COUNT(DISTINCT notice_id || version) FROM outbox").fetchone()[0])
     expected: dict[str, list[str]] = {c: [] for c in PLATFORMS}
     for channel, key, status, remote_id, payload in rows:
+        payload = bytes(payload)
         if status != "sent":
             report.not_sent[channel] = report.not_sent.get(channel, 0) + 1
         if channel == "bluesky":

@@ -88,6 +88,9 @@ class Rig:
             {"name": "flow", "kind": "passenger-flow", "url": self.server.url("/flow.json"), "timeout_seconds": 2,
              "max_bytes": 100_000, "max_age_seconds": 300},
         ]
+        feed_settings = overrides.pop("feeds", {})  # e.g. {"poll_seconds": 0.5}, for every feed alike
+        for feed in feeds:
+            feed.update(feed_settings)
         lines = [f'[network]\ngtfs = "{NETWORK_DIR.as_posix()}"\n']
         for feed in feeds:
             lines.append("[[feeds]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in feed.items()))

@@ -1,28 +1,55 @@
 """A TCP fault proxy between the broadcaster and a real broker: pass traffic, black-hole it, or drop one PUBACK.
+With ``mqtt=False`` it forwards any TCP stream as it comes (a PostgreSQL connection, HTTP).
 
 It runs in the test's event loop on a free loopback port. Black-holing keeps every connection open but
 forwards nothing in either direction (and accepts new connections that get nowhere), as a dead route or a
 firewall dropping packets does; healing forwards again and closes the held connections, as a route that
 comes back after the TCP sessions timed out. Dropping a PUBACK parses the broker-to-client MQTT stream
 packet by packet and swallows the next PUBACK, so the client never learns its QoS 1 message arrived.
+
+Everything the client sends that reaches the target is logged with its `time.monotonic()` (`forwarded`): whole
+packets in MQTT mode, chunks as read otherwise. The clock is the machine's, so other processes' times compare.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from dataclasses import dataclass
 from typing import Self
 
 from .mosquitto import free_port
 
 PUBACK = 0x40
+PUBLISH = 0x30
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """Bytes the client sent that the proxy passed on to the target, and when (`time.monotonic()`)."""
+
+    at: float
+    data: bytes  # one MQTT control packet in MQTT mode, else a chunk as it was read
+
+    @property
+    def publish_topic(self) -> str | None:
+        """The topic of an MQTT PUBLISH packet, None for any other packet."""
+        if not self.data or self.data[0] & 0xF0 != PUBLISH:
+            return None
+        at = 1
+        while self.data[at] & 0x80:  # the remaining length's continuation bytes
+            at += 1
+        length = int.from_bytes(self.data[at + 1:at + 3], "big")
+        return self.data[at + 3:at + 3 + length].decode()
 
 
 class FaultProxy:
     host = "127.0.0.1"
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, *, mqtt: bool = True) -> None:
         self.target = (target_host, target_port)
+        self.mqtt = mqtt
         self.port = free_port(self.host)
         self._server: asyncio.Server | None = None
         self._blackholed = False
@@ -34,6 +61,7 @@ class FaultProxy:
         self._attempted = asyncio.Condition()
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        self.forwarded: list[Forwarded] = []
 
     @property
     def url(self) -> str:
@@ -83,15 +111,16 @@ class FaultProxy:
             client_writer.close()
             return
         self._writers.add(broker_writer)
-        upstream = asyncio.create_task(self._pipe(client_reader, broker_writer, parse=False))
-        downstream = asyncio.create_task(self._pipe(broker_reader, client_writer, parse=True))
+        upstream = asyncio.create_task(self._pipe(client_reader, broker_writer, upstream=True))
+        downstream = asyncio.create_task(self._pipe(broker_reader, client_writer, upstream=False))
         self._tasks |= {upstream, downstream}
         await asyncio.wait({upstream, downstream}, return_when=asyncio.FIRST_COMPLETED)
         for writer in (client_writer, broker_writer):
             writer.close()
         self._writers -= {client_writer, broker_writer}
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, parse: bool) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, upstream: bool) -> None:
+        parse = self.mqtt  # whole MQTT packets: upstream to log PUBLISHes, downstream to drop a PUBACK
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, OSError):
             while True:
                 packet = await _read_packet(reader) if parse else await reader.read(65536)
@@ -100,12 +129,14 @@ class FaultProxy:
                 if self._blackholed:
                     await self._healed.wait()
                     return  # healing closes held connections; nothing of the outage is delivered late
-                if parse and packet[0] & 0xF0 == PUBACK and self.drop_pubacks > 0:
+                if not upstream and parse and packet[0] & 0xF0 == PUBACK and self.drop_pubacks > 0:
                     self.drop_pubacks -= 1
                     self.dropped_pubacks += 1
                     continue
                 writer.write(packet)
                 await writer.drain()
+                if upstream:
+                    self.forwarded.append(Forwarded(time.monotonic(), packet))
 
 
 async def _read_packet(reader: asyncio.StreamReader) -> bytes:

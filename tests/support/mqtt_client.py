@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Self
 from urllib.parse import urlsplit
 
@@ -32,6 +33,8 @@ class ReceivedMessage:
     qos: int
     retain: bool
     message_expiry_interval: int | None = None
+    #: time.monotonic() when the helper received it (not part of the message: equality ignores it).
+    received_at: float = field(default_factory=time.monotonic, compare=False)
 
 
 def parse_mqtt_url(url: str) -> tuple[str, int]:
