@@ -1,0 +1,394 @@
+"""Failover soak: two `broadcaster run` instances on one PostgreSQL database, notices flowing to the loopback
+platforms and MQTT, the leader SIGKILLed at random moments again and again (the new leader killed in its turn,
+each killed one restarted as a standby). Afterwards every notice is on every platform exactly once, the MQTT
+notice stream carries each notice one way only, every retained topic shows the latest state, and every takeover
+was timed.
+
+Used by tests/test_ha_failover_soak.py (20 kills in CI) and runnable for a longer soak (docs/ha.md):
+
+    python tests/ha_soak.py --kills 100 --seed 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import psycopg
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # run as a script: make tests/support importable
+    sys.path.insert(0, str(HERE))
+
+from crash_harness import (  # noqa: E402
+    NOTICES_QUERY,
+    PLATFORMS,
+    POSTS_QUERY,
+    CrashReport,
+    audit_rows,
+    channel_tables,
+    environment,
+)
+from rig import Rig, now_s  # noqa: E402
+from support import LoopbackHttpServer, MessageRecorder, MosquittoBroker, collect_retained  # noqa: E402
+from support.gtfs_rt_builders import alert_entity, selector  # noqa: E402
+from support.ha_cluster import HaCluster, LeaseSettings, Takeover  # noqa: E402
+from support.microblog_server import MicroblogServer  # noqa: E402
+from support.postgres import PASSWORD, PostgresServer  # noqa: E402
+
+if TYPE_CHECKING:
+    from support.mqtt_client import ReceivedMessage
+
+ARTIFACTS = HERE.parent / "test-artifacts"
+#: The soak's lease: takeovers cost about 2 s instead of the default 15 s (the same code, shorter waits).
+SOAK_LEASE = LeaseSettings(lease_seconds=2.0, renew_seconds=0.5, margin_seconds=0.5, statement_timeout_seconds=1.0)
+#: How often the instances poll the feeds: a change is committed within about this long.
+POLL_SECONDS = 0.5
+LINES = ("1", "2", "3")
+
+
+class AlertFeed:
+    """The GTFS-RT alerts the soak serves. Every round adds alerts, revises one and drops one, so new, updated and
+    resolved notices all flow; the feed's timestamp only ever grows."""
+
+    def __init__(self, rig: Rig, rng: random.Random) -> None:
+        self.rig = rig
+        self.rng = rng
+        self.revisions: dict[str, int] = {}  # served alert id -> its revision
+        self.dropped: set[str] = set()
+        self.made = 0
+        self.timestamp = now_s()
+
+    @staticmethod
+    def line(alert_id: str) -> str:
+        return LINES[int(alert_id.removeprefix("A-")) % len(LINES)]
+
+    @staticmethod
+    def header(alert_id: str, revision: int) -> dict[str, str]:
+        number = int(alert_id.removeprefix("A-"))
+        return {"zh": f"第{number}号通告（第{revision}版）：设备检修",
+                "en": f"Notice {number}, revision {revision}: maintenance"}
+
+    def step(self, *, new: int = 3) -> None:
+        """One round's changes, served at once."""
+        if len(self.revisions) > 4:
+            revised = self.rng.choice(sorted(self.revisions))
+            self.revisions[revised] += 1
+            gone = self.rng.choice(sorted(set(self.revisions) - {revised}))
+            del self.revisions[gone]
+            self.dropped.add(gone)
+        for _ in range(new):
+            self.revisions[f"A-{self.made:04d}"] = 1
+            self.made += 1
+        self.serve()
+
+    def serve(self) -> None:
+        self.timestamp = max(self.timestamp + 1, now_s())  # never backwards, never the same for other content
+        self.rig.serve_rt(*(
+            alert_entity(alert_id, header=self.header(alert_id, revision),
+                         informed=[selector(route_id=self.line(alert_id))])
+            for alert_id, revision in sorted(self.revisions.items())
+        ), timestamp=self.timestamp)
+
+
+@dataclass
+class SoakReport:
+    kills: int = 0
+    seed: int = 0
+    lease: dict[str, float] = field(default_factory=dict)
+    takeovers: list[dict[str, Any]] = field(default_factory=list)
+    killed_with_work_pending: int = 0
+    notices: int = 0
+    #: Per CrashReport count (queued, delivered, duplicates, missing, not_sent), per platform.
+    posts: dict[str, dict[str, int]] = field(default_factory=dict)
+    mqtt_notices: int = 0
+    mqtt_missing: list[str] = field(default_factory=list)  # notices in the outbox never seen on the stream
+    mqtt_phantoms: list[str] = field(default_factory=list)  # on the stream, but never committed
+    mqtt_conflicting: list[str] = field(default_factory=list)  # one notice, two different payloads
+    channels_disagree: dict[str, int] = field(default_factory=dict)  # notices missing from a channel's outbox
+    retained_topics: int = 0
+    retained_wrong: list[str] = field(default_factory=list)
+    unexpected_exits: dict[str, list[int]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def takeover_seconds(self) -> list[float]:
+        return [t["seconds"] for t in self.takeovers]
+
+    @property
+    def duplicates(self) -> int:
+        return sum(self.posts.get("duplicates", {}).values())
+
+    @property
+    def losses(self) -> int:
+        return (sum(self.posts.get("missing", {}).values()) + sum(self.posts.get("not_sent", {}).values())
+                + len(self.mqtt_missing) + sum(self.channels_disagree.values()))
+
+    @property
+    def clean(self) -> bool:
+        return (self.duplicates == 0 and self.losses == 0 and not self.mqtt_phantoms and not self.mqtt_conflicting
+                and not self.retained_wrong and not self.unexpected_exits)
+
+    def line(self) -> str:
+        times = self.takeover_seconds
+        took = (f"takeover median {statistics.median(times):.2f} s, max {max(times):.2f} s"
+                if times else "no takeover")
+        return (f"{self.kills} SIGKILLs of the leader ({self.killed_with_work_pending} with posts queued), {took}"
+                f" (lease {self.lease.get('lease_seconds')} s, renew {self.lease.get('renew_seconds')} s, margin"
+                f" {self.lease.get('margin_seconds')} s); {self.notices} notices, {sum(self.posts['queued'].values())}"
+                f" posts checked on {len(PLATFORMS)} platforms: {self.duplicates} duplicates, {self.losses} lost;"
+                f" MQTT: {self.mqtt_notices} notices, {len(self.mqtt_phantoms)} never committed,"
+                f" {len(self.mqtt_conflicting)} conflicting; {self.retained_topics} retained topics,"
+                f" {len(self.retained_wrong)} wrong; {self.seconds:.0f} s")
+
+    def to_json(self) -> dict[str, Any]:
+        times = self.takeover_seconds
+        return {**asdict(self), "duplicates": self.duplicates, "losses": self.losses, "clean": self.clean,
+                "takeover_median_seconds": statistics.median(times) if times else None,
+                "takeover_max_seconds": max(times) if times else None}
+
+
+def write_instance_config(http: LoopbackHttpServer, broker_url: str, prefix: str, server: MicroblogServer,
+                          directory: Path) -> Path:
+    """One instance's config: the rig's feeds (polled every POLL_SECONDS) and the four platforms."""
+    rig = Rig(directory, http, broker_url, prefix)
+    return rig.write_config(channels=channel_tables(server), feeds={"poll_seconds": POLL_SECONDS})
+
+
+async def outbox_counts(conninfo: str) -> tuple[int, int]:
+    """(posts ever queued, posts still pending) in the shared outbox; (0, 0) before the schema exists."""
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        try:
+            cursor = await conn.execute(
+                "SELECT COUNT(*), COUNT(*) FILTER (WHERE status = 'pending') FROM outbox WHERE channel != 'mqtt'")
+        except psycopg.errors.UndefinedTable:
+            return 0, 0
+        row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+async def wait_for_commit(cluster: HaCluster, conninfo: str, previous_total: int, timeout: float) -> int:  # noqa: ASYNC109
+    """Wait (bounded) until the leader has committed posts beyond `previous_total`; the new total."""
+    async with asyncio.timeout(timeout):
+        while True:
+            total, _ = await outbox_counts(conninfo)
+            if total > previous_total:
+                return total
+            if exits := cluster.unexpected_exits():
+                raise AssertionError(f"an instance exited by itself: {exits}")
+            await asyncio.sleep(0.02)  # another process's commit: nothing to await but a look at the database
+
+
+async def wait_until_drained(conninfo: str, timeout: float) -> None:  # noqa: ASYNC109
+    async with asyncio.timeout(timeout):
+        while True:
+            if not (await outbox_counts(conninfo))[1]:
+                return
+            await asyncio.sleep(0.05)  # another process's sends: nothing to await but a look at the database
+
+
+async def soak(
+    workdir: Path, http: LoopbackHttpServer, broker: MosquittoBroker, server: MicroblogServer,
+    postgres: PostgresServer, database: str, *, kills: int, seed: int, lease: LeaseSettings = SOAK_LEASE,
+) -> SoakReport:
+    """Run the soak and audit what reached the platforms and the broker."""
+    started = time.monotonic()
+    rng = random.Random(seed)
+    prefix = f"ha-soak/{seed}-{database}"
+    feed = AlertFeed(Rig(workdir, http, broker.url, prefix), rng)
+    feed.rig.serve_flow({"S04": "FEW_SEATS_AVAILABLE"})
+    feed.step()
+    # Every platform answers after 100 ms, so a kill often lands mid-request. Mastodon and Bluesky make the post
+    # at once and only hold the answer (the old leader's post landed, the new leader must not post it again: the
+    # Idempotency-Key and the record key do not depend on the instance); Weibo and the webhook make it only if
+    # the sender is still there when the answer is due.
+    for platform in PLATFORMS:
+        server.set_rate_limit(platform, None)
+        server.hang(platform, 0.1, count=100_000, commit=platform in ("mastodon", "bluesky"))
+    report = SoakReport(seed=seed, lease=asdict(lease))
+    conninfo = postgres.conninfo(database)
+    cluster = HaCluster(
+        workdir, lambda _, d: write_instance_config(http, broker.url, prefix, server, d),
+        database_url=postgres.url(database), password=PASSWORD, lease=lease, env=environment(server))
+    async with cluster, MessageRecorder(broker.url, f"{prefix}/#", retain_as_published=True,
+                                        timeout=10) as recorder:
+        await cluster.start_all()
+        leader, _ = await cluster.wait_for_leader(timeout=60)
+        total = 0
+        for _ in range(kills):
+            feed.step()  # new notices keep arriving between kills
+            total = await wait_for_commit(cluster, conninfo, total, timeout=30)
+            await asyncio.sleep(rng.uniform(0.0, 0.6))  # a random moment of the drain
+            pending = (await outbox_counts(conninfo))[1]
+            killed_at = await cluster.kill(leader)
+            await cluster.start(leader)  # as its supervisor would: it comes back as a standby
+            new_leader, answer = await cluster.wait_for_leader(timeout=30)
+            report.takeovers.append(asdict(Takeover(leader, new_leader, answer.at - killed_at, pending)))
+            report.killed_with_work_pending += pending > 0
+            report.kills += 1
+            for name in cluster.instances:  # the next kill finds a standby ready
+                if name != new_leader:
+                    await cluster.wait_for_role(name, "standby", timeout=60)
+            leader = new_leader
+        await wait_until_drained(conninfo, timeout=60)
+        await converged(recorder, feed, prefix, leader, timeout=30)
+        report.unexpected_exits = cluster.unexpected_exits()
+        messages = (await recorder.settle(quiet=1.0, timeout=30))
+        await audit(report, conninfo, server, messages, prefix)
+        retained = await collect_retained(broker.url, f"{prefix}/v1/#", timeout=30)
+        report.retained_topics = len(retained)
+        report.retained_wrong = retained_problems(retained, messages, feed, prefix, leader)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def latest_alerts(messages: list[ReceivedMessage], prefix: str) -> dict[str, bytes]:
+    """The last payload seen on every alert topic."""
+    return {m.topic: m.payload for m in messages if m.topic.startswith(f"{prefix}/v1/lines/")
+            and "/alerts/" in m.topic}
+
+
+def alert_problems(alerts: dict[str, bytes], feed: AlertFeed, prefix: str) -> list[str]:
+    """Alert topics that do not show the feed's latest state: each served alert's latest revision, nothing else."""
+    problems = []
+    for alert_id, revision in feed.revisions.items():
+        topic = f"{prefix}/v1/lines/{feed.line(alert_id)}/alerts/{alert_id}"
+        payload = alerts.get(topic, b"")
+        if not payload:
+            problems.append(f"{topic}: missing")
+        elif orjson.loads(payload)["header"].get("en") != feed.header(alert_id, revision)["en"]:
+            problems.append(f"{topic}: {orjson.loads(payload)['header']} is not revision {revision}")
+    served = {f"{prefix}/v1/lines/{feed.line(a)}/alerts/{a}" for a in feed.revisions}
+    problems += [f"{topic}: still shown, the alert was dropped" for topic, payload in alerts.items()
+                 if payload and topic not in served]
+    return problems
+
+
+async def converged(recorder: MessageRecorder, feed: AlertFeed, prefix: str, leader: str, timeout: float) -> None:  # noqa: ASYNC109
+    """Wait until the published alert topics show the feed's latest state."""
+    try:
+        await recorder.wait_for(lambda ms: not alert_problems(latest_alerts(list(ms), prefix), feed, prefix),
+                                timeout=timeout)
+    except TimeoutError:
+        problems = alert_problems(latest_alerts(recorder.messages, prefix), feed, prefix)
+        raise AssertionError(f"the alert topics did not converge within {timeout} s (leader {leader}):"
+                             f" {problems[:10]}") from None
+
+
+def retained_problems(retained: dict[str, bytes], messages: list[ReceivedMessage], feed: AlertFeed, prefix: str,
+                      leader: str) -> list[str]:
+    """What a fresh subscriber reads that is not the latest state.
+
+    Alert topics: exactly the served alerts, each at its latest revision. Line statuses: the served alerts of
+    the line. Every topic with a `seq`: the highest `seq` published on it during the whole soak (a former leader's
+    late publish would bring back an older one). The status topic: online, naming the leader."""
+    problems = alert_problems({t: p for t, p in retained.items() if "/alerts/" in t}, feed, prefix)
+    for line in LINES:
+        topic = f"{prefix}/v1/lines/{line}/status"
+        wanted = sorted(a for a in feed.revisions if feed.line(a) == line)
+        if topic not in retained:
+            problems.append(f"{topic}: missing")
+        elif sorted(orjson.loads(retained[topic])["alert_ids"]) != wanted:
+            problems.append(f"{topic}: alert_ids {orjson.loads(retained[topic])['alert_ids']}, served {wanted}")
+    highest: dict[str, int] = defaultdict(int)
+    for m in messages:
+        if m.payload and m.payload.startswith(b"{") and (seq := orjson.loads(m.payload).get("seq")) is not None:
+            highest[m.topic] = max(highest[m.topic], int(seq))
+    for topic, payload in retained.items():
+        seq = orjson.loads(payload).get("seq") if payload.startswith(b"{") else None
+        if seq is not None and int(seq) != highest[topic]:
+            problems.append(f"{topic}: seq {seq}, but {highest[topic]} was published")
+    status = orjson.loads(retained.get(f"{prefix}/v1/broadcaster/status", b"{}"))
+    if status.get("status") != "online" or status.get("leader") != leader:
+        problems.append(f"broadcaster/status: {status}, the leader is {leader}")
+    return problems
+
+
+async def audit(report: SoakReport, conninfo: str, server: MicroblogServer, messages: list[ReceivedMessage],
+                prefix: str) -> None:
+    """Every post on its platform exactly once (crash_harness.audit_rows), every notice on every channel's
+    outbox, and the MQTT notice stream: each committed notice seen, one payload per notice, none uncommitted."""
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        rows = await (await conn.execute(POSTS_QUERY)).fetchall()
+        count = await (await conn.execute(NOTICES_QUERY)).fetchone()
+        notices = await (await conn.execute("SELECT DISTINCT channel, notice_id, version FROM outbox")).fetchall()
+        mqtt_rows = await (await conn.execute("SELECT payload FROM outbox WHERE channel = 'mqtt'")).fetchall()
+    assert count is not None
+    report.notices = int(count[0])
+    posts = audit_rows(rows, server, CrashReport(kills=report.kills))
+    report.posts = {"queued": posts.queued, "delivered": posts.delivered, "duplicates": posts.duplicates,
+                    "missing": posts.missing, "not_sent": posts.not_sent,
+                    "repeat_deliveries": {"webhook": posts.repeat_deliveries}}
+    by_channel: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    for channel, notice_id, version in notices:
+        by_channel[channel].add((notice_id, version))
+    every = set().union(*by_channel.values()) if by_channel else set()
+    report.channels_disagree = {c: len(every - seen) for c, seen in by_channel.items() if every - seen}
+    committed = {_notice_key(bytes(p)): bytes(p) for (p,) in mqtt_rows}
+    seen: dict[str, set[bytes]] = defaultdict(set)
+    for m in messages:
+        if m.topic == f"{prefix}/v1/notices":
+            seen[_notice_key(m.payload)].add(m.payload)
+    report.mqtt_notices = len(seen)
+    report.mqtt_missing = sorted(set(committed) - set(seen))
+    report.mqtt_phantoms = sorted(set(seen) - set(committed))
+    report.mqtt_conflicting = sorted(k for k, payloads in seen.items() if len(payloads) > 1)
+
+
+def _notice_key(payload: bytes) -> str:
+    notice = orjson.loads(payload)
+    return f"{notice['notice_id']}@{notice['version']}"
+
+
+def record(report: SoakReport, name: str = "ha-soak.json") -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / name
+    path.write_text(json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+async def _main(kills: int, seed: int) -> SoakReport:
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        broker = MosquittoBroker(work / "mosquitto")
+        broker.start()
+        http = LoopbackHttpServer()
+        http.start()
+        server = MicroblogServer()
+        server.start()
+        postgres = PostgresServer().start()
+        try:
+            return await soak(work / "run", http, broker, server, postgres, postgres.create_database("soak"),
+                              kills=kills, seed=seed)
+        finally:
+            postgres.remove()
+            server.stop(force=True)
+            http.stop(force=True)
+            broker.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kills", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    report = asyncio.run(_main(args.kills, args.seed))
+    print(report.line())
+    print(f"recorded in {record(report, f'ha-soak-{args.kills}.json')}; {'clean' if report.clean else 'NOT CLEAN'}")
+    return 0 if report.clean else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
