@@ -1,0 +1,142 @@
+"""The leader cut off from the database: its route to PostgreSQL black-holed (packets dropped, connections held,
+as a dead route or a firewall does), while its routes to the broker and the platforms stay up.
+
+It cannot renew its lease, so it must stop sending on its own clock before the lease it holds can pass to the
+standby (self-fencing, docs/ha.md); the standby takes over only once the lease has expired in the database, and
+between them every notice reaches every platform exactly once. The leader's routes to the broker and the
+platforms run through fault proxies too, never cut, only to log when it last sent anything.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from datetime import datetime
+from pathlib import Path
+
+import psycopg
+import pytest
+from crash_harness import channel_tables, environment
+from ha_soak import (
+    ARTIFACTS,
+    POLL_SECONDS,
+    AlertFeed,
+    SoakReport,
+    audit,
+    outbox_counts,
+    wait_for_commit,
+    wait_until_drained,
+)
+from rig import Rig
+from support import LoopbackHttpServer, MessageRecorder, MosquittoBroker
+from support.fault_proxy import FaultProxy
+from support.ha_cluster import EXIT_LOST_LEASE, HaCluster, LeaseSettings
+from support.microblog_server import PLATFORMS, MicroblogServer
+from support.postgres import PASSWORD, PostgresServer
+
+#: Long enough that the leader is surely mid-drain when it is cut off, short enough for a quick test.
+LEASE = LeaseSettings(lease_seconds=3.0, renew_seconds=0.5, margin_seconds=1.0, statement_timeout_seconds=1.0)
+
+
+def monotonic_of(moment: datetime) -> float:
+    """A database timestamp on this machine's monotonic clock (the server runs here, on the same wall clock)."""
+    return moment.timestamp() - (time.time() - time.monotonic())
+
+
+async def lease_row(conninfo: str) -> tuple[str | None, int, datetime]:
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        row = await (await conn.execute(
+            "SELECT holder, epoch, expires_at FROM leader_lease WHERE name = 'leader'")).fetchone()
+    assert row is not None
+    return row[0], int(row[1]), row[2]
+
+
+@pytest.mark.timeout(120)
+async def test_a_leader_cut_off_from_the_database_stops_sending_before_its_lease_passes_to_the_standby(
+    tmp_path: Path, http_server: LoopbackHttpServer, mosquitto: MosquittoBroker, microblog: MicroblogServer,
+    postgres: PostgresServer, postgres_database: str,
+) -> None:
+    prefix = f"ha-partition/{postgres_database}"
+    conninfo = postgres.conninfo(postgres_database)
+    async with (
+        FaultProxy(postgres.host, postgres.port, mqtt=False) as database_route,
+        FaultProxy(mosquitto.host, mosquitto.port) as broker_route,
+        FaultProxy("127.0.0.1", microblog.port, mqtt=False) as platform_route,
+    ):
+        platforms_via_proxy = f"http://127.0.0.1:{platform_route.port}"
+
+        def write_config(name: str, directory: Path) -> Path:
+            leader = name == "a"  # the one started first, and cut off
+            rig = Rig(directory, http_server, broker_route.url if leader else mosquitto.url, prefix)
+            channels = [{**c, "url": str(c["url"]).replace(microblog.url, platforms_via_proxy)} if leader else c
+                        for c in channel_tables(microblog)]
+            return rig.write_config(channels=channels, feeds={"poll_seconds": POLL_SECONDS})
+
+        url = postgres.url(postgres_database)
+        cluster = HaCluster(
+            tmp_path, write_config, database_url=url, password=PASSWORD, lease=LEASE, env=environment(microblog),
+            database_urls={"a": url.replace(f":{postgres.port}/", f":{database_route.port}/")})
+        feed = AlertFeed(Rig(tmp_path, http_server, mosquitto.url, prefix), random.Random(14))
+        feed.rig.serve_flow({"S04": "FEW_SEATS_AVAILABLE"})
+        feed.step()
+        for platform in PLATFORMS:  # slow platforms: the leader is mid-drain when it is cut off
+            microblog.set_rate_limit(platform, None)
+            microblog.hang(platform, 0.3, count=100_000, commit=platform in ("mastodon", "bluesky"))
+        async with cluster, MessageRecorder(mosquitto.url, f"{prefix}/#", retain_as_published=True,
+                                            timeout=10) as recorder:
+            await cluster.start("a")
+            await cluster.wait_for_role("a", "leader", timeout=60)
+            await cluster.start("b")
+            await cluster.wait_for_role("b", "standby", timeout=60)
+            total = await wait_for_commit(cluster, conninfo, 0, timeout=30)
+            feed.step()
+            await wait_for_commit(cluster, conninfo, total, timeout=30)
+
+            database_route.blackhole()
+            cut_at = time.monotonic()
+            pending = (await outbox_counts(conninfo))[1]
+            holder, epoch, expires_at = await lease_row(conninfo)
+            lease_end = monotonic_of(expires_at)  # no renew gets through from here on
+            assert (holder, pending > 0) == ("a", True)
+
+            status = await cluster.wait_exit("a", timeout=LEASE.lease_seconds + 15)
+            exited_at = time.monotonic()
+            taken = await cluster.wait_for_role("b", "leader", timeout=LEASE.lease_seconds + 15)
+            # The new leader delivers what the old one left.
+            await wait_until_drained(conninfo, timeout=60)
+            messages = await recorder.settle(quiet=1.0, timeout=30)
+            report = SoakReport(kills=0)
+            await audit(report, conninfo, microblog, messages, prefix)
+            new_holder, new_epoch, _ = await lease_row(conninfo)
+
+    last_post = max((f.at for f in platform_route.forwarded), default=float("-inf"))
+    last_publish = max((f.at for f in broker_route.forwarded
+                        if (f.publish_topic or "").startswith(f"{prefix}/v1/")), default=float("-inf"))
+    times = {
+        "lease_seconds": LEASE.lease_seconds, "renew_seconds": LEASE.renew_seconds,
+        "margin_seconds": LEASE.margin_seconds, "pending_posts_at_cut": pending,
+        # seconds from the cut
+        "lease_end": lease_end - cut_at, "last_request_to_a_platform": last_post - cut_at,
+        "last_mqtt_publish": last_publish - cut_at, "old_leader_exit": exited_at - cut_at,
+        "new_leader_answers": taken.at - cut_at,
+        "duplicates": report.duplicates, "losses": report.losses, "notices": report.notices,
+    }
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "ha-partition.json").write_text(json.dumps(times, indent=2) + "\n", encoding="utf-8")
+    print("partition:", json.dumps(times))
+    assert status == EXIT_LOST_LEASE, cluster["a"].log_tail()
+    # The old leader's last request to a platform and its last publish left before its lease could pass...
+    assert last_post < lease_end, times
+    assert last_publish < lease_end, times
+    # ...and the standby led only once the lease had passed in the database, with the next epoch.
+    assert taken.at >= lease_end - 0.05, times
+    assert (new_holder, new_epoch) == ("b", epoch + 1)
+    # Nothing posted twice, nothing lost, nothing published that was not committed.
+    assert report.duplicates == 0, report.posts
+    assert report.losses == 0, (report.posts, report.mqtt_missing, report.channels_disagree)
+    assert report.mqtt_phantoms == []
+    assert report.mqtt_conflicting == []
+    assert report.notices >= 6
+    assert cluster.unexpected_exits() == {"a": [EXIT_LOST_LEASE]}
+
