@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
-import psycopg
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # run as a script: make tests/support importable
@@ -43,7 +42,7 @@ from crash_harness import (  # noqa: E402
 from rig import Rig, now_s  # noqa: E402
 from support import LoopbackHttpServer, MessageRecorder, MosquittoBroker, collect_retained  # noqa: E402
 from support.gtfs_rt_builders import alert_entity, selector  # noqa: E402
-from support.ha_cluster import HaCluster, LeaseSettings, Takeover  # noqa: E402
+from support.ha_cluster import HaCluster, LeaseSettings, SharedDatabase, Takeover  # noqa: E402
 from support.microblog_server import MicroblogServer  # noqa: E402
 from support.postgres import PASSWORD, PostgresServer  # noqa: E402
 
@@ -166,39 +165,6 @@ def write_instance_config(http: LoopbackHttpServer, broker_url: str, prefix: str
     return rig.write_config(channels=channel_tables(server), feeds={"poll_seconds": POLL_SECONDS})
 
 
-async def outbox_counts(conninfo: str) -> tuple[int, int]:
-    """(posts ever queued, posts still pending) in the shared outbox; (0, 0) before the schema exists."""
-    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
-        try:
-            cursor = await conn.execute(
-                "SELECT COUNT(*), COUNT(*) FILTER (WHERE status = 'pending') FROM outbox WHERE channel != 'mqtt'")
-        except psycopg.errors.UndefinedTable:
-            return 0, 0
-        row = await cursor.fetchone()
-    assert row is not None
-    return int(row[0]), int(row[1])
-
-
-async def wait_for_commit(cluster: HaCluster, conninfo: str, previous_total: int, timeout: float) -> int:  # noqa: ASYNC109
-    """Wait (bounded) until the leader has committed posts beyond `previous_total`; the new total."""
-    async with asyncio.timeout(timeout):
-        while True:
-            total, _ = await outbox_counts(conninfo)
-            if total > previous_total:
-                return total
-            if exits := cluster.unexpected_exits():
-                raise AssertionError(f"an instance exited by itself: {exits}")
-            await asyncio.sleep(0.02)  # another process's commit: nothing to await but a look at the database
-
-
-async def wait_until_drained(conninfo: str, timeout: float) -> None:  # noqa: ASYNC109
-    async with asyncio.timeout(timeout):
-        while True:
-            if not (await outbox_counts(conninfo))[1]:
-                return
-            await asyncio.sleep(0.05)  # another process's sends: nothing to await but a look at the database
-
-
 async def soak(
     workdir: Path, http: LoopbackHttpServer, broker: MosquittoBroker, server: MicroblogServer,
     postgres: PostgresServer, database: str, *, kills: int, seed: int, lease: LeaseSettings = SOAK_LEASE,
@@ -218,20 +184,19 @@ async def soak(
         server.set_rate_limit(platform, None)
         server.hang(platform, 0.1, count=100_000, commit=platform in ("mastodon", "bluesky"))
     report = SoakReport(seed=seed, lease=asdict(lease))
-    conninfo = postgres.conninfo(database)
     cluster = HaCluster(
         workdir, lambda _, d: write_instance_config(http, broker.url, prefix, server, d),
         database_url=postgres.url(database), password=PASSWORD, lease=lease, env=environment(server))
-    async with cluster, MessageRecorder(broker.url, f"{prefix}/#", retain_as_published=True,
-                                        timeout=10) as recorder:
+    async with cluster, SharedDatabase(postgres.conninfo(database)) as db, \
+            MessageRecorder(broker.url, f"{prefix}/#", retain_as_published=True, timeout=10) as recorder:
         await cluster.start_all()
         leader, _ = await cluster.wait_for_leader(timeout=60)
         total = 0
         for _ in range(kills):
             feed.step()  # new notices keep arriving between kills
-            total = await wait_for_commit(cluster, conninfo, total, timeout=30)
+            total = await db.wait_for_commit(cluster, total, timeout=30)
             await asyncio.sleep(rng.uniform(0.0, 0.6))  # a random moment of the drain
-            pending = (await outbox_counts(conninfo))[1]
+            pending = (await db.outbox_counts())[1]
             killed_at = await cluster.kill(leader)
             await cluster.start(leader)  # as its supervisor would: it comes back as a standby
             new_leader, answer = await cluster.wait_for_leader(timeout=30)
@@ -242,14 +207,15 @@ async def soak(
                 if name != new_leader:
                     await cluster.wait_for_role(name, "standby", timeout=60)
             leader = new_leader
-        await wait_until_drained(conninfo, timeout=60)
+        await db.wait_until_drained(timeout=60)
         await converged(recorder, feed, prefix, leader, timeout=30)
         report.unexpected_exits = cluster.unexpected_exits()
         messages = (await recorder.settle(quiet=1.0, timeout=30))
-        await audit(report, conninfo, server, messages, prefix)
+        await audit(report, db, server, messages, prefix)
         retained = await collect_retained(broker.url, f"{prefix}/v1/#", timeout=30)
         report.retained_topics = len(retained)
-        report.retained_wrong = retained_problems(retained, messages, feed, prefix, leader)
+        roles = {name: role or "offline" for name, role in (await cluster.roles()).items()}
+        report.retained_wrong = retained_problems(retained, messages, feed, prefix, roles)
     report.seconds = time.monotonic() - started
     return report
 
@@ -287,13 +253,18 @@ async def converged(recorder: MessageRecorder, feed: AlertFeed, prefix: str, lea
                              f" {problems[:10]}") from None
 
 
+def presence_topic(prefix: str, instance: str) -> str:
+    return f"{prefix}/v1/broadcaster/status/instances/{instance}"
+
+
 def retained_problems(retained: dict[str, bytes], messages: list[ReceivedMessage], feed: AlertFeed, prefix: str,
-                      leader: str) -> list[str]:
-    """What a fresh subscriber reads that is not the latest state.
+                      roles: dict[str, str]) -> list[str]:
+    """What a fresh subscriber reads that is not the latest state, given each instance's role now (`roles`).
 
     Alert topics: exactly the served alerts, each at its latest revision. Line statuses: the served alerts of
     the line. Every topic with a `seq`: the highest `seq` published on it during the whole soak (a former leader's
-    late publish would bring back an older one). The status topic: online, naming the leader."""
+    late publish would bring back an older one). The status topic: online, naming the leader. Each instance's
+    presence topic: its role (a Will of a killed run must not land after the restarted run said `standby`)."""
     problems = alert_problems({t: p for t, p in retained.items() if "/alerts/" in t}, feed, prefix)
     for line in LINES:
         topic = f"{prefix}/v1/lines/{line}/status"
@@ -310,23 +281,26 @@ def retained_problems(retained: dict[str, bytes], messages: list[ReceivedMessage
         seq = orjson.loads(payload).get("seq") if payload.startswith(b"{") else None
         if seq is not None and int(seq) != highest[topic]:
             problems.append(f"{topic}: seq {seq}, but {highest[topic]} was published")
+    leaders = [name for name, role in roles.items() if role == "leader"]
     status = orjson.loads(retained.get(f"{prefix}/v1/broadcaster/status", b"{}"))
-    if status.get("status") != "online" or status.get("leader") != leader:
-        problems.append(f"broadcaster/status: {status}, the leader is {leader}")
+    if status.get("status") != "online" or [status.get("leader")] != leaders:
+        problems.append(f"broadcaster/status: {status}, the instances' roles: {roles}")
+    for name, role in roles.items():
+        presence = orjson.loads(retained.get(presence_topic(prefix, name), b"{}"))
+        if presence.get("role") != role:
+            problems.append(f"{presence_topic(prefix, name)}: {presence}, the instance is {role}")
     return problems
 
 
-async def audit(report: SoakReport, conninfo: str, server: MicroblogServer, messages: list[ReceivedMessage],
+async def audit(report: SoakReport, db: SharedDatabase, server: MicroblogServer, messages: list[ReceivedMessage],
                 prefix: str) -> None:
     """Every post on its platform exactly once (crash_harness.audit_rows), every notice on every channel's
     outbox, and the MQTT notice stream: each committed notice seen, one payload per notice, none uncommitted."""
-    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
-        rows = await (await conn.execute(POSTS_QUERY)).fetchall()
-        count = await (await conn.execute(NOTICES_QUERY)).fetchone()
-        notices = await (await conn.execute("SELECT DISTINCT channel, notice_id, version FROM outbox")).fetchall()
-        mqtt_rows = await (await conn.execute("SELECT payload FROM outbox WHERE channel = 'mqtt'")).fetchall()
-    assert count is not None
-    report.notices = int(count[0])
+    rows = await db.rows(POSTS_QUERY)
+    (count,), = await db.rows(NOTICES_QUERY)
+    notices = await db.rows("SELECT DISTINCT channel, notice_id, version FROM outbox")
+    mqtt_rows = await db.rows("SELECT payload FROM outbox WHERE channel = 'mqtt'")
+    report.notices = int(count)
     posts = audit_rows(rows, server, CrashReport(kills=report.kills))
     report.posts = {"queued": posts.queued, "delivered": posts.delivered, "duplicates": posts.duplicates,
                     "missing": posts.missing, "not_sent": posts.not_sent,

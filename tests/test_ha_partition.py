@@ -12,10 +12,8 @@ from __future__ import annotations
 import json
 import random
 import time
-from datetime import datetime
 from pathlib import Path
 
-import psycopg
 import pytest
 from crash_harness import channel_tables, environment
 from ha_soak import (
@@ -24,32 +22,17 @@ from ha_soak import (
     AlertFeed,
     SoakReport,
     audit,
-    outbox_counts,
-    wait_for_commit,
-    wait_until_drained,
+    presence_topic,
 )
 from rig import Rig
 from support import LoopbackHttpServer, MessageRecorder, MosquittoBroker
 from support.fault_proxy import FaultProxy
-from support.ha_cluster import EXIT_LOST_LEASE, HaCluster, LeaseSettings
+from support.ha_cluster import EXIT_LOST_LEASE, HaCluster, LeaseSettings, SharedDatabase, monotonic_of
 from support.microblog_server import PLATFORMS, MicroblogServer
 from support.postgres import PASSWORD, PostgresServer
 
 #: Long enough that the leader is surely mid-drain when it is cut off, short enough for a quick test.
 LEASE = LeaseSettings(lease_seconds=3.0, renew_seconds=0.5, margin_seconds=1.0, statement_timeout_seconds=1.0)
-
-
-def monotonic_of(moment: datetime) -> float:
-    """A database timestamp on this machine's monotonic clock (the server runs here, on the same wall clock)."""
-    return moment.timestamp() - (time.time() - time.monotonic())
-
-
-async def lease_row(conninfo: str) -> tuple[str | None, int, datetime]:
-    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
-        row = await (await conn.execute(
-            "SELECT holder, epoch, expires_at FROM leader_lease WHERE name = 'leader'")).fetchone()
-    assert row is not None
-    return row[0], int(row[1]), row[2]
 
 
 @pytest.mark.timeout(120)
@@ -58,7 +41,6 @@ async def test_a_leader_cut_off_from_the_database_stops_sending_before_its_lease
     postgres: PostgresServer, postgres_database: str,
 ) -> None:
     prefix = f"ha-partition/{postgres_database}"
-    conninfo = postgres.conninfo(postgres_database)
     async with (
         FaultProxy(postgres.host, postgres.port, mqtt=False) as database_route,
         FaultProxy(mosquitto.host, mosquitto.port) as broker_route,
@@ -83,20 +65,20 @@ async def test_a_leader_cut_off_from_the_database_stops_sending_before_its_lease
         for platform in PLATFORMS:  # slow platforms: the leader is mid-drain when it is cut off
             microblog.set_rate_limit(platform, None)
             microblog.hang(platform, 0.3, count=100_000, commit=platform in ("mastodon", "bluesky"))
-        async with cluster, MessageRecorder(mosquitto.url, f"{prefix}/#", retain_as_published=True,
-                                            timeout=10) as recorder:
+        async with cluster, SharedDatabase(postgres.conninfo(postgres_database)) as db, \
+                MessageRecorder(mosquitto.url, f"{prefix}/#", retain_as_published=True, timeout=10) as recorder:
             await cluster.start("a")
             await cluster.wait_for_role("a", "leader", timeout=60)
             await cluster.start("b")
             await cluster.wait_for_role("b", "standby", timeout=60)
-            total = await wait_for_commit(cluster, conninfo, 0, timeout=30)
+            total = await db.wait_for_commit(cluster, 0, timeout=30)
             feed.step()
-            await wait_for_commit(cluster, conninfo, total, timeout=30)
+            await db.wait_for_commit(cluster, total, timeout=30)
 
             database_route.blackhole()
             cut_at = time.monotonic()
-            pending = (await outbox_counts(conninfo))[1]
-            holder, epoch, expires_at = await lease_row(conninfo)
+            pending = (await db.outbox_counts())[1]
+            holder, epoch, expires_at = await db.lease()
             lease_end = monotonic_of(expires_at)  # no renew gets through from here on
             assert (holder, pending > 0) == ("a", True)
 
@@ -104,15 +86,17 @@ async def test_a_leader_cut_off_from_the_database_stops_sending_before_its_lease
             exited_at = time.monotonic()
             taken = await cluster.wait_for_role("b", "leader", timeout=LEASE.lease_seconds + 15)
             # The new leader delivers what the old one left.
-            await wait_until_drained(conninfo, timeout=60)
+            await db.wait_until_drained(timeout=60)
             messages = await recorder.settle(quiet=1.0, timeout=30)
             report = SoakReport(kills=0)
-            await audit(report, conninfo, microblog, messages, prefix)
-            new_holder, new_epoch, _ = await lease_row(conninfo)
+            await audit(report, db, microblog, messages, prefix)
+            new_holder, new_epoch, _ = await db.lease()
 
     last_post = max((f.at for f in platform_route.forwarded), default=float("-inf"))
+    # Its own presence topic is its own to update to the end; every other topic is the leader's.
     last_publish = max((f.at for f in broker_route.forwarded
-                        if (f.publish_topic or "").startswith(f"{prefix}/v1/")), default=float("-inf"))
+                        if (topic := f.publish_topic or "").startswith(f"{prefix}/v1/")
+                        and topic != presence_topic(prefix, "a")), default=float("-inf"))
     times = {
         "lease_seconds": LEASE.lease_seconds, "renew_seconds": LEASE.renew_seconds,
         "margin_seconds": LEASE.margin_seconds, "pending_posts_at_cut": pending,

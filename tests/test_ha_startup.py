@@ -8,6 +8,7 @@ import asyncio
 from pathlib import Path
 
 import psycopg
+import pytest
 from crash_harness import channel_tables, environment
 from ha_soak import POLL_SECONDS
 from rig import Rig
@@ -16,7 +17,11 @@ from support.ha_cluster import HaCluster, LeaseSettings
 from support.microblog_server import MicroblogServer
 from support.postgres import PASSWORD, PostgresServer
 
+from broadcaster.store.sqlite_steps import STEPS
+
 LEASE = LeaseSettings(lease_seconds=2.0, renew_seconds=0.5, margin_seconds=0.5)
+#: The schema version this release knows (the same number on both engines).
+NEWEST = len(STEPS)
 
 
 def cluster_of(names: tuple[str, ...], tmp_path: Path, http: LoopbackHttpServer, broker: MosquittoBroker,
@@ -59,3 +64,29 @@ async def test_three_instances_started_at_the_same_instant_on_an_empty_database_
         async with await psycopg.AsyncConnection.connect(postgres.conninfo(postgres_database)) as conn:
             row = await (await conn.execute("SELECT holder, epoch FROM leader_lease")).fetchone()
         assert row == (leader, 1), "one acquisition of the lease, by the leader"
+
+
+async def test_a_standby_started_against_a_database_a_newer_release_migrated_refuses_with_exit_2(
+    tmp_path: Path, http_server: LoopbackHttpServer, mosquitto: MosquittoBroker, microblog: MicroblogServer,
+    postgres: PostgresServer, postgres_database: str,
+) -> None:
+    async with cluster_of(("a", "b"), tmp_path, http_server, mosquitto, microblog, postgres,
+                          postgres_database) as cluster:
+        await cluster.start("a")
+        await cluster.wait_for_role("a", "leader", timeout=60)
+        # A newer release (one more step) migrated the shared database while `a` runs: a rolling upgrade begun
+        # on another machine. `b`, still this release, must not read a schema it does not know.
+        async with await psycopg.AsyncConnection.connect(postgres.conninfo(postgres_database),
+                                                         autocommit=True) as conn:
+            await conn.execute("UPDATE meta SET value = %s WHERE key = 'schema_version'", (str(NEWEST + 1),))
+        await cluster.start("b")
+        status = await cluster.wait_exit("b", timeout=60)
+        output = cluster["b"].runs[-1].log_path.read_text(encoding="utf-8")
+        assert status == 2, output
+        lines = output.splitlines()
+        assert len(lines) == 1, output
+        assert lines[0].startswith("broadcaster: "), output
+        for part in (postgres_database, f"schema version {NEWEST + 1}", f"up to {NEWEST}"):
+            assert part in lines[0]
+        assert PASSWORD not in output
+        assert (await cluster.health("a") or pytest.fail("a stopped answering")).leads

@@ -20,10 +20,12 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import psycopg
 
 from .mosquitto import free_port
 
@@ -281,3 +283,63 @@ class HaCluster:
         except TimeoutError:
             logs = "\n".join(f"--- {n}:\n{self.instances[n].log_tail()}" for n in names)
             raise AssertionError(f"none of {names} led within {timeout} s\n{logs}") from None
+
+
+class SharedDatabase:
+    """The test's own look at the database the instances share (one connection, each statement its own
+    transaction): the outbox's progress and the lease row. ``async with SharedDatabase(conninfo) as db``."""
+
+    def __init__(self, conninfo: str) -> None:
+        self.conninfo = conninfo
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    async def __aenter__(self) -> SharedDatabase:
+        self._conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+
+    async def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        assert self._conn is not None, "use SharedDatabase as an async context manager"
+        return await (await self._conn.execute(sql)).fetchall()
+
+    async def outbox_counts(self) -> tuple[int, int]:
+        """(posts ever queued, posts still pending) in the shared outbox; (0, 0) before the schema exists."""
+        try:
+            rows = await self.rows("SELECT COUNT(*), COUNT(*) FILTER (WHERE status = 'pending') FROM outbox"
+                                   " WHERE channel != 'mqtt'")
+        except psycopg.errors.UndefinedTable:
+            return 0, 0
+        return int(rows[0][0]), int(rows[0][1])
+
+    async def lease(self) -> tuple[str | None, int, datetime]:
+        """The lease row: holder, epoch, expiry (the database's clock)."""
+        (holder, epoch, expires_at), = await self.rows(
+            "SELECT holder, epoch, expires_at FROM leader_lease WHERE name = 'leader'")
+        return holder, int(epoch), expires_at
+
+    async def wait_for_commit(self, cluster: HaCluster, previous_total: int, timeout: float) -> int:  # noqa: ASYNC109
+        """Wait until the leader has committed posts beyond `previous_total`; the new total."""
+        async with asyncio.timeout(timeout):
+            while True:
+                total, _ = await self.outbox_counts()
+                if total > previous_total:
+                    return total
+                if exits := cluster.unexpected_exits():
+                    raise AssertionError(f"an instance exited by itself: {exits}")
+                await asyncio.sleep(LOOK_EVERY)  # another process's commit: nothing to await but a look
+
+    async def wait_until_drained(self, timeout: float) -> None:  # noqa: ASYNC109
+        """Wait until no post is pending any more."""
+        async with asyncio.timeout(timeout):
+            while True:
+                if not (await self.outbox_counts())[1]:
+                    return
+                await asyncio.sleep(LOOK_EVERY)  # another process's sends: nothing to await but a look
+
+
+def monotonic_of(moment: datetime) -> float:
+    """A database timestamp on this machine's monotonic clock (the test server runs here, on the same clock)."""
+    return moment.timestamp() - (time.time() - time.monotonic())
