@@ -192,21 +192,23 @@ async def soak(
         await cluster.start_all()
         leader, _ = await cluster.wait_for_leader(timeout=60)
         total = 0
+        restarts: dict[str, float] = {}  # instance -> when it was restarted, until it answers as a standby
         for _ in range(kills):
-            feed.step()  # new notices keep arriving between kills
+            # New notices keep arriving; the standby (the instance killed last time) starts up meanwhile.
+            feed.step()
+            await standbys_ready(cluster, leader, restarts, report)  # the kill must find a standby ready
             total = await db.wait_for_commit(cluster, total, timeout=30)
             await asyncio.sleep(rng.uniform(0.0, 0.6))  # a random moment of the drain
             pending = (await db.outbox_counts())[1]
             killed_at = await cluster.kill(leader)
             await cluster.start(leader)  # as its supervisor would: it comes back as a standby
+            restarts[leader] = time.monotonic()
             new_leader, answer = await cluster.wait_for_leader(timeout=30)
             report.takeovers.append(asdict(Takeover(leader, new_leader, answer.at - killed_at, pending)))
             report.killed_with_work_pending += pending > 0
             report.kills += 1
-            for name in cluster.instances:  # the next kill finds a standby ready
-                if name != new_leader:
-                    await cluster.wait_for_role(name, "standby", timeout=60)
             leader = new_leader
+        await standbys_ready(cluster, leader, restarts, report)
         await db.wait_until_drained(timeout=60)
         await converged(recorder, feed, prefix, leader, timeout=30)
         report.unexpected_exits = cluster.unexpected_exits()
@@ -218,6 +220,14 @@ async def soak(
         report.retained_wrong = retained_problems(retained, messages, feed, prefix, roles)
     report.seconds = time.monotonic() - started
     return report
+
+
+async def standbys_ready(cluster: HaCluster, leader: str, restarts: dict[str, float], report: SoakReport) -> None:
+    """Wait until every restarted instance but the leader answers as a standby; note how long its start took."""
+    for name in cluster.instances:
+        if name != leader and (restarted_at := restarts.pop(name, None)) is not None:
+            ready = await cluster.wait_for_role(name, "standby", timeout=60)
+            report.takeovers[-1]["restart_to_standby"] = ready.at - restarted_at
 
 
 def latest_alerts(messages: list[ReceivedMessage], prefix: str) -> dict[str, bytes]:

@@ -31,8 +31,10 @@ from support.ha_cluster import EXIT_LOST_LEASE, HaCluster, LeaseSettings, Shared
 from support.microblog_server import PLATFORMS, MicroblogServer
 from support.postgres import PASSWORD, PostgresServer
 
-#: Long enough that the leader is surely mid-drain when it is cut off, short enough for a quick test.
-LEASE = LeaseSettings(lease_seconds=3.0, renew_seconds=0.5, margin_seconds=1.0, statement_timeout_seconds=1.0)
+#: Long enough that the leader is surely mid-drain when it is cut off, short enough for a quick test. A store call
+#: may hold the event loop for up to statement_timeout, and whatever was queued before leaves after it, so that
+#: stays below the margin (docs/ha.md, "Takeover time against false takeovers").
+LEASE = LeaseSettings(lease_seconds=3.0, renew_seconds=0.5, margin_seconds=1.0, statement_timeout_seconds=0.5)
 
 
 @pytest.mark.timeout(120)
@@ -82,9 +84,12 @@ async def test_a_leader_cut_off_from_the_database_stops_sending_before_its_lease
             lease_end = monotonic_of(expires_at)  # no renew gets through from here on
             assert (holder, pending > 0) == ("a", True)
 
-            status = await cluster.wait_exit("a", timeout=LEASE.lease_seconds + 15)
-            exited_at = time.monotonic()
-            taken = await cluster.wait_for_role("b", "leader", timeout=LEASE.lease_seconds + 15)
+            taken = await cluster.wait_for_role("b", "leader", timeout=LEASE.lease_seconds + 30)
+            try:
+                status: int | None = await cluster.wait_exit("a", timeout=30)
+            except TimeoutError:
+                status = None
+            exited_at = cluster["a"].runs[-1].ended_at or float("nan")
             # The new leader delivers what the old one left.
             await db.wait_until_drained(timeout=60)
             messages = await recorder.settle(quiet=1.0, timeout=30)
@@ -94,9 +99,11 @@ async def test_a_leader_cut_off_from_the_database_stops_sending_before_its_lease
 
     last_post = max((f.at for f in platform_route.forwarded), default=float("-inf"))
     # Its own presence topic is its own to update to the end; every other topic is the leader's.
-    last_publish = max((f.at for f in broker_route.forwarded
-                        if (topic := f.publish_topic or "").startswith(f"{prefix}/v1/")
-                        and topic != presence_topic(prefix, "a")), default=float("-inf"))
+    publishes = [(f.at, topic) for f in broker_route.forwarded
+                 if (topic := f.publish_topic or "").startswith(f"{prefix}/v1/")
+                 and topic != presence_topic(prefix, "a")]
+    last_publish = max((at for at, _ in publishes), default=float("-inf"))
+    late = [(round(at - cut_at, 3), topic) for at, topic in publishes if at >= lease_end]
     times = {
         "lease_seconds": LEASE.lease_seconds, "renew_seconds": LEASE.renew_seconds,
         "margin_seconds": LEASE.margin_seconds, "pending_posts_at_cut": pending,
@@ -112,7 +119,7 @@ async def test_a_leader_cut_off_from_the_database_stops_sending_before_its_lease
     assert status == EXIT_LOST_LEASE, cluster["a"].log_tail()
     # The old leader's last request to a platform and its last publish left before its lease could pass...
     assert last_post < lease_end, times
-    assert last_publish < lease_end, times
+    assert last_publish < lease_end, (times, late)
     # ...and the standby led only once the lease had passed in the database, with the next epoch.
     assert taken.at >= lease_end - 0.05, times
     assert (new_holder, new_epoch) == ("b", epoch + 1)

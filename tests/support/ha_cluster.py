@@ -81,6 +81,9 @@ class Run:
     log_path: Path
     #: Set when the test stopped or killed it: any other end is the instance's own doing.
     ended_by_test: bool = False
+    #: time.monotonic() when the harness saw the process end (a task waits for it from the start).
+    ended_at: float | None = None
+    watcher: asyncio.Task[None] | None = None
 
     @property
     def running(self) -> bool:
@@ -121,6 +124,8 @@ class Takeover:
     new_leader: str
     seconds: float  # from the SIGKILL to the new leader's first health answer as leader
     pending_at_kill: int  # posts still queued in the outbox at the moment of the kill
+    #: From the restart of the killed instance to its first answer as a standby (None: not waited for).
+    restart_to_standby: float | None = None
 
 
 class HaCluster:
@@ -167,6 +172,7 @@ class HaCluster:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await asyncio.gather(*(self.stop(name) for name in self.instances))
+        await asyncio.gather(*(run.watcher for i in self.instances.values() for run in i.runs if run.watcher))
         await self._http.aclose()
 
     def __getitem__(self, name: str) -> Instance:
@@ -183,7 +189,9 @@ class HaCluster:
                 sys.executable, "-m", "broadcaster", "--log-level", "info", "run", "-c", str(instance.config),
                 env=self.env, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
             )
-        instance.runs.append(Run(process, log_path))
+        run = Run(process, log_path)
+        run.watcher = asyncio.create_task(_note_end(run), name=f"watch {name}")
+        instance.runs.append(run)
         return instance
 
     async def start_all(self) -> None:
@@ -283,6 +291,11 @@ class HaCluster:
         except TimeoutError:
             logs = "\n".join(f"--- {n}:\n{self.instances[n].log_tail()}" for n in names)
             raise AssertionError(f"none of {names} led within {timeout} s\n{logs}") from None
+
+
+async def _note_end(run: Run) -> None:
+    await run.process.wait()
+    run.ended_at = time.monotonic()
 
 
 class SharedDatabase:
