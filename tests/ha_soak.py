@@ -141,8 +141,12 @@ class SoakReport:
 
     def line(self) -> str:
         times = self.takeover_seconds
+        published = [t["first_publish_seconds"] for t in self.takeovers if t.get("first_publish_seconds")]
         took = (f"takeover median {statistics.median(times):.2f} s, max {max(times):.2f} s"
                 if times else "no takeover")
+        if published:
+            took += (f" (the new leader's first MQTT publish: median {statistics.median(published):.2f} s,"
+                     f" max {max(published):.2f} s)")
         return (f"{self.kills} SIGKILLs of the leader ({self.killed_with_work_pending} with posts queued), {took}"
                 f" (lease {self.lease.get('lease_seconds')} s, renew {self.lease.get('renew_seconds')} s, margin"
                 f" {self.lease.get('margin_seconds')} s); {self.notices} notices, {sum(self.posts['queued'].values())}"
@@ -204,7 +208,8 @@ async def soak(
             await cluster.start(leader)  # as its supervisor would: it comes back as a standby
             restarts[leader] = time.monotonic()
             new_leader, answer = await cluster.wait_for_leader(timeout=30)
-            report.takeovers.append(asdict(Takeover(leader, new_leader, answer.at - killed_at, pending)))
+            report.takeovers.append({**asdict(Takeover(leader, new_leader, answer.at - killed_at, pending)),
+                                     "killed_at": killed_at})
             report.killed_with_work_pending += pending > 0
             report.kills += 1
             leader = new_leader
@@ -213,6 +218,7 @@ async def soak(
         await converged(recorder, feed, prefix, leader, timeout=30)
         report.unexpected_exits = cluster.unexpected_exits()
         messages = (await recorder.settle(quiet=1.0, timeout=30))
+        first_publishes(report, messages, f"{prefix}/v1/broadcaster/status")
         await audit(report, db, server, messages, prefix)
         retained = await collect_retained(broker.url, f"{prefix}/v1/#", timeout=30)
         report.retained_topics = len(retained)
@@ -220,6 +226,17 @@ async def soak(
         report.retained_wrong = retained_problems(retained, messages, feed, prefix, roles)
     report.seconds = time.monotonic() - started
     return report
+
+
+def first_publishes(report: SoakReport, messages: list[ReceivedMessage], status_topic: str) -> None:
+    """For each takeover, the seconds from the kill to the new leader's `online` on the status topic (its first
+    publish: it opens its session with it, before the full retained republish)."""
+    for takeover in report.takeovers:
+        killed_at = takeover.pop("killed_at")
+        takeover["first_publish_seconds"] = next(
+            (m.received_at - killed_at for m in messages if m.topic == status_topic and m.received_at > killed_at
+             and orjson.loads(m.payload or b"{}").get("leader") == takeover["new_leader"]
+             and orjson.loads(m.payload).get("status") == "online"), None)
 
 
 async def standbys_ready(cluster: HaCluster, leader: str, restarts: dict[str, float], report: SoakReport) -> None:

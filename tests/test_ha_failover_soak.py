@@ -46,3 +46,5 @@ async def test_twenty_leader_kills_lose_nothing_post_nothing_twice_and_take_over
         earliest = lease.lease_seconds - lease.renew_seconds - lease.margin_seconds
         assert earliest <= takeover["seconds"], takeover
         assert takeover["seconds"] <= lease.lease_seconds + lease.renew_seconds + POLL_SECONDS + 3.0, takeover
+        # ...and the new leader said so on MQTT: `online` naming it, on its session's first publish.
+        assert takeover["first_publish_seconds"] is not None, takeover
