@@ -30,6 +30,7 @@ from broadcaster.channels.mqtt import MqttLink, MqttNoticeChannel
 from broadcaster.config import MqttConfig
 from broadcaster.contract import BroadcasterInstancePayload, BroadcasterStatusPayload, Topics
 from broadcaster.errors import IdentityConflict, TransientDeliveryError
+from broadcaster.ha.role import Fence, Role
 from broadcaster.payloads import presence_body, status_body
 from broadcaster.retained import Publication
 
@@ -319,6 +320,57 @@ async def test_without_an_ha_identity_nothing_changes(mosquitto: MosquittoBroker
     assert {m.topic for m in messages} == {Topics(topic_prefix).status}
     assert [set(body(m)) for m in messages] == [{"schema", "status", "client_id", "since", "version", "instance",
                                                  "mode"}] * 2
+
+
+class LeaseOnTheClock:
+    """A role source whose lease the test lets run out: the link must stop publishing the moment `may_act` is
+    false, before anyone tells it to step down (self-fencing)."""
+
+    def __init__(self, instance: str) -> None:
+        self._instance = instance
+        self.valid = True
+        self._lost = asyncio.Event()
+
+    @property
+    def instance(self) -> str:
+        return self._instance
+
+    @property
+    def role(self) -> Role:
+        return Role.LEADER
+
+    def fence(self) -> Fence | None:
+        return Fence(self._instance, 1) if self.valid else None
+
+    def may_act(self) -> bool:
+        return self.valid
+
+    async def wait_until_leading(self) -> None:
+        return None
+
+    @property
+    def lost(self) -> asyncio.Event:
+        return self._lost
+
+
+async def test_a_leader_whose_lease_ran_out_publishes_nothing_even_before_it_steps_down(
+    mosquitto: MosquittoBroker, topic_prefix: str,
+) -> None:
+    config = mqtt_config(mosquitto.url, topic_prefix, "5")
+    topics = Topics(topic_prefix)
+    lease = LeaseOnTheClock("a")
+    link = MqttLink(config, instance=INSTALLATION, ha_instance="a", leadership=lease)
+    assert link.role is Role.LEADER  # the role source said so from the start: no become_leader needed
+    async with MessageRecorder(mosquitto.url, f"{topics.base}/notices") as notices, running(link):
+        async with asyncio.timeout(10):
+            await link.wait_connected()
+        await link.publish(Publication(topics.notices, b"1", retain=False))
+        lease.valid = False
+        with pytest.raises(TransientDeliveryError):
+            await link.publish(Publication(topics.notices, b"2", retain=False))
+        await link.step_down()
+        assert not link.connected.is_set()
+        assert [m.payload for m in await notices.settle(quiet=0.3)] == [b"1"]
 
 
 @given(instances=st.lists(INSTANCE_ID, min_size=1, max_size=3, unique=True))
