@@ -343,6 +343,8 @@ class MqttLink:
             await self._wait_to_lead(stop)
             if stop.is_set():
                 break
+            if not self._leading.is_set():
+                continue  # stepped down again before its session began
             url = self._candidate
             self._main_idle.clear()
             try:
