@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 import pytest
+from conftest import MosquittoFactory
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from rig import both_protocols
@@ -39,9 +40,10 @@ INSTALLATION = "inst-shared"
 INSTANCE_ID = st.from_regex(r"[A-Za-z0-9_.-]{1,64}", fullmatch=True)
 
 
-def mqtt_config(url: str, prefix: str, protocol: str, *, will_delay: int = 0) -> MqttConfig:
+def mqtt_config(url: str | list[str], prefix: str, protocol: str, *, will_delay: int = 0) -> MqttConfig:
+    brokers = {"urls": url} if isinstance(url, list) else {"url": url}
     return MqttConfig.model_validate({
-        "url": url, "topic_prefix": prefix, "client_id": f"bc-{prefix[-8:]}", "protocol": protocol,
+        **brokers, "topic_prefix": prefix, "client_id": f"bc-{prefix[-8:]}", "protocol": protocol,
         "will_delay_seconds": will_delay, "reconnect_max_seconds": 1, "publish_timeout_seconds": 3,
     })
 
@@ -262,6 +264,34 @@ async def test_a_leader_that_steps_down_leaves_no_will_and_publishes_nothing_mor
     assert not [m for m in messages if m.topic == topics.notices]
     retained = await collect_retained(mosquitto.url, f"{topic_prefix}/v1/#", protocol=speak_protocol)
     assert orjson.loads(retained[topics.status])["status"] == "online"
+
+
+@both_protocols
+async def test_with_several_brokers_each_instance_fails_over_and_the_leader_republishes_there(
+    mosquitto_factory: MosquittoFactory, topic_prefix: str, speak_protocol: str,
+) -> None:
+    first, second = mosquitto_factory(), mosquitto_factory()
+    config = mqtt_config([first.url, second.url], topic_prefix, speak_protocol)
+    topics = Topics(topic_prefix)
+    a = MqttLink(config, instance=INSTALLATION, ha_instance="a")
+    b = MqttLink(config, instance=INSTALLATION, ha_instance="b")
+    republishing(a)
+    async with running(a), running(b):
+        await a.become_leader()
+        async with asyncio.timeout(10):
+            await a.wait_connected()
+        assert a.broker == first.url
+        first.kill()
+        async with asyncio.timeout(15):
+            await a.wait_for_session(2)
+        assert a.broker == second.url
+        async with MessageRecorder(second.url, f"{topic_prefix}/v1/#") as on_second:
+            for topic, fields in ((topics.status, {"status": "online", "leader": "a"}),
+                                  (topics.line_status("L1"), {"instance": "a", "session": 2}),
+                                  (topics.presence("a"), {"role": "leader"}),
+                                  (topics.presence("b"), {"role": "standby"})):
+                await on_second.wait_for(says(topic, **fields), timeout=15)
+        assert b.sessions == 0  # the standby's presence moved; it opened no main session
 
 
 async def test_another_instance_of_the_same_installation_is_expected_another_installation_is_refused(
