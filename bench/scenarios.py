@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import cProfile
 import json
 import logging
 import math
@@ -325,10 +326,33 @@ async def tick(args: Args) -> dict[str, Any]:
         await drained(b)
         for n in range(1, args.ticks + 1):
             install_variant(args, f"tick{n}")
-            ticks.append(await measured_tick(b))
+            with _STEADY.profiling():
+                ticks.append(await measured_tick(b))
             await drained(b)
         topics = len(b.planner.published)
     return {**summary(ticks), "retained_topics": topics, "first_tick_ms": first.e2e_s * 1000}
+
+
+class SteadyProfile:
+    """cProfile of the tick scenario's steady ticks alone (`--profile`): the whole process's stats are mostly
+    start-up and the first, full tick, and would hide where a steady tick's time goes."""
+
+    def __init__(self) -> None:
+        self.profiler: cProfile.Profile | None = None
+
+    @contextlib.contextmanager
+    def profiling(self) -> Iterator[None]:
+        if self.profiler is None:
+            yield
+            return
+        self.profiler.enable()
+        try:
+            yield
+        finally:
+            self.profiler.disable()
+
+
+_STEADY = SteadyProfile()
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -441,12 +465,16 @@ async def main(raw: dict[str, Any]) -> dict[str, Any]:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     profile_to = os.environ.get("BENCH_PROFILE")  # a path: write cProfile stats of the whole scenario there
-    if profile_to:
-        import cProfile
-
+    arguments = json.loads(sys.argv[1])
+    if profile_to and arguments["scenario"] == "tick":
+        # The tick scenario's stats cover its steady ticks only (SteadyProfile).
+        _STEADY.profiler = cProfile.Profile()
+        outcome = asyncio.run(main(arguments))
+        _STEADY.profiler.dump_stats(profile_to)
+    elif profile_to:
         with cProfile.Profile() as profiler:
-            outcome = asyncio.run(main(json.loads(sys.argv[1])))
+            outcome = asyncio.run(main(arguments))
         profiler.dump_stats(profile_to)
     else:
-        outcome = asyncio.run(main(json.loads(sys.argv[1])))
+        outcome = asyncio.run(main(arguments))
     print("RESULT " + json.dumps(outcome), flush=True)
