@@ -117,6 +117,16 @@ class DatabaseTooNew(StoreError):
             f".before-v{version}, the database as it was before) to run this one"))
 
 
+class Fenced(StoreError):
+    """A leader-only transaction found the lease held by another instance, or by this one under another epoch
+    (a takeover happened): nothing of the transaction was written. The instance must stop acting as leader."""
+
+    def __init__(self, path: Path | str, expected: object, found: object) -> None:
+        self.expected = expected
+        self.found = found
+        super().__init__(path, f"fenced: this instance holds {expected}, the lease row says {found}; nothing written")
+
+
 class IdentityConflict(BroadcasterError):
     """Another broadcaster (another state directory) is online with our MQTT client id.
 

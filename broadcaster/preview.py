@@ -30,7 +30,7 @@ from broadcaster.render.hashtags import require_known_overrides
 from broadcaster.render.length import PlatformProfile
 from broadcaster.retained import Publication
 from broadcaster.service import Broadcaster
-from broadcaster.store import Database, copy_database, refuse_newer_database
+from broadcaster.store import Database, Store, copy_database, refuse_newer_database
 
 OK = "ok"
 
@@ -180,7 +180,7 @@ def _report_mqtt(report: PreviewReport, b: Broadcaster, publications: Sequence[P
                          for lang, text in body["text"].items()]
 
 
-async def _run(config: Config, db: Database, now: datetime, report: PreviewReport) -> None:
+async def _run(config: Config, db: Store, now: datetime, report: PreviewReport) -> None:
     network = load_network(config.network.gtfs, config.network.default_language)
     require_known_places(config, network)
     require_known_overrides(config, network)

@@ -32,7 +32,7 @@ from broadcaster.render import Renderer
 from broadcaster.render.hashtags import require_known_overrides
 from broadcaster.scheduler import JobScheduler
 from broadcaster.service import Broadcaster, Clock, SystemClock
-from broadcaster.store import Database, KeyValueStore
+from broadcaster.store import Database, KeyValueStore, Store
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def _start_up_frozen() -> Iterator[None]:
         gc.unfreeze()
 
 
-def installation_id(db: Database) -> str:
+def installation_id(db: Store) -> str:
     """This state directory's id, made on first use: the status topic names it, so a second installation
     configured with the same MQTT client id can tell that the one online is not itself restarting."""
     store = KeyValueStore(db, "installation")

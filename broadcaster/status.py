@@ -14,7 +14,7 @@ import orjson
 from broadcaster.config import Config
 from broadcaster.outbox import OutboxStatus
 from broadcaster.outbox_history import OutboxHistory
-from broadcaster.store import Database, FeedRecord, KeyValueStore, load_feeds
+from broadcaster.store import Database, FeedRecord, KeyValueStore, Store, load_feeds
 
 #: Where a running broadcaster records the broker its MQTT session is with (`Broadcaster.on_connected`).
 BROKER_NAMESPACE, BROKER_KEY = "mqtt", "broker"
@@ -99,7 +99,7 @@ def _excerpt(channel: str, payload: bytes, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _broker_record(db: Database) -> dict[str, str] | None:
+def _broker_record(db: Store) -> dict[str, str] | None:
     raw = KeyValueStore(db, BROKER_NAMESPACE).get(BROKER_KEY)
     try:
         record = orjson.loads(raw) if raw else None
