@@ -49,7 +49,9 @@ def submit(db: Store, action: str, body: Mapping[str, Any]) -> int:
     """
     key = body.get("idempotency_key")
     now = datetime.now(UTC)
-    with db.transaction() as conn:  # BEGIN IMMEDIATE: two commands with one key queue one request
+    # One writer at a time (BEGIN IMMEDIATE; PostgreSQL's write lock): two commands with one key queue one request.
+    # A standby queues it too (leader_only=False): the leader carries it out.
+    with db.transaction(leader_only=False) as conn:
         if key is not None:
             fingerprint = idempotency.fingerprint(action, "", {k: v for k, v in body.items() if k != "idempotency_key"})
             earlier = idempotency.recall(db, DESK_SCOPE, str(key), now)

@@ -43,6 +43,8 @@ def secret_refs(config: Config) -> list[tuple[str, SecretRef]]:
             refs.append((f"channels[{i}].access_token", channel.access_token))
         elif isinstance(channel, WebhookChannelConfig):
             refs.append((f"channels[{i}].secret", channel.secret))
+    if config.storage is not None:
+        refs.append(("storage.password", config.storage.password))
     if config.admin is not None:
         refs += [(f"admin.tokens[{i}].token", token.token) for i, token in enumerate(config.admin.tokens)]
     return [(key, ref) for key, ref in refs if ref is not None]

@@ -19,8 +19,9 @@ class KeyValueStore:
         return str(row[0]) if row else None
 
     def put(self, key: str, value: str | None) -> None:
-        """Write (None: delete) one value in a transaction of its own."""
-        with self.db.transaction() as conn:
+        """Write (None: delete) one value in a transaction of its own. Not fenced (`leader_only=False`): a
+        standby may keep a session or the installation id as well as the leader."""
+        with self.db.transaction(leader_only=False) as conn:
             self.save(conn, key, value)
 
     def save(self, conn: Connection, key: str, value: str | None) -> None:

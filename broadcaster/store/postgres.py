@@ -315,6 +315,12 @@ class PostgresDatabase:
             conn.rollback()
             raise StoreError(self._where, f"commit failed: {exc}") from exc
 
+    def restart_identities(self, conn: PostgresConnection) -> None:
+        """After rows were copied in with their ids (`storage move`), new ones continue after the highest."""
+        for table, column in (("outbox", "rowid"), ("requests", "id")):
+            conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'),"  # noqa: S608 (constants)
+                         f" COALESCE((SELECT MAX({column}) FROM {table}), 0) + 1, false)")
+
     def _check_fence(self, conn: PostgresConnection, expected: Fence | None) -> None:
         row = conn.execute("SELECT holder, epoch FROM leader_lease WHERE name = 'leader' FOR SHARE").fetchone()
         found = None if row is None or row[0] is None else Fence(str(row[0]), int(row[1]))
