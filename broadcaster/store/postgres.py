@@ -346,7 +346,10 @@ class PostgresSchema:
 
     def version(self) -> int:
         conn = self.db.conn
-        if conn.execute("SELECT to_regclass('meta')").fetchone()[0] is None:
+        # pg_tables read by a query, not to_regclass(): a query sees what committed before it began, and the
+        # catalog cache to_regclass() reads may not yet know a table another instance's migration just made.
+        if conn.execute("SELECT 1 FROM pg_tables WHERE schemaname = current_schema() AND tablename = 'meta'"
+                        ).fetchone() is None:
             return 0
         row = conn.execute("SELECT value FROM meta WHERE key = ?", (_VERSION_KEY,)).fetchone()
         try:
