@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from broadcaster.store import Connection, Store, from_iso, iso
+from broadcaster.store import Connection, Store, diagnostic, from_iso, iso
 
 
 class OutboxStatus(StrEnum):
@@ -241,7 +241,7 @@ class Outbox:
                 " WHERE key = ?",
                 # Uncertain once any attempt may have landed; this attempt's in-flight mark is cleared when its
                 # failure shows it did not.
-                (iso(at), error, int(entry.uncertain or uncertain), entry.key),
+                (iso(at), diagnostic(error), int(entry.uncertain or uncertain), entry.key),
             )
         return at
 
@@ -249,7 +249,8 @@ class Outbox:
         """A permanent failure: keep the row for the operator, never send it again on its own."""
         with self.db.transaction() as conn:
             conn.execute(
-                "UPDATE outbox SET status = ?, attempts = attempts + 1, error = ? WHERE key = ?", (PARKED, error, key)
+                "UPDATE outbox SET status = ?, attempts = attempts + 1, error = ? WHERE key = ?",
+                (PARKED, diagnostic(error), key)
             )
 
     def pending_count(self, channel: str | None = None) -> int:

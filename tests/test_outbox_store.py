@@ -269,3 +269,17 @@ def test_in_flight_mark_survives_a_crash_and_a_clear_failure_removes_it(db: Stor
     outbox.begin_attempt(again.key, T0)
     outbox.retry_later(again, T0, "timeout", retry_after=0, uncertain=True)
     assert outbox.due("mastodon", T0 + timedelta(hours=1))[0].uncertain
+
+
+def test_a_platform_error_text_with_a_nul_character_is_recorded_on_every_engine(db: Store) -> None:
+    """A hostile or broken platform's answer ends up in the error text (`HTTP 422: <body>`); PostgreSQL's TEXT
+    refuses U+0000, and a failure to record the failure would leave the post due again and again."""
+    outbox = Outbox(db)
+    with db.transaction() as conn:
+        Outbox.enqueue(conn, [message("a", channel="mastodon"), message("b", channel="mastodon")], T0)
+    first, second = outbox.due("mastodon", T0)
+    outbox.retry_later(first, T0, "HTTP 500: bad\x00answer", retry_after=0, uncertain=True)
+    outbox.park(second.key, "HTTP 422: bad\x00answer")
+    errors = dict(db.conn.execute("SELECT notice_id, error FROM outbox").fetchall())
+    assert errors == {"a": "HTTP 500: bad\ufffdanswer", "b": "HTTP 422: bad\ufffdanswer"}
+    assert outbox.due("mastodon", T0 + timedelta(hours=1))[0].uncertain

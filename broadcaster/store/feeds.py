@@ -10,7 +10,7 @@ from datetime import datetime
 import orjson
 
 from broadcaster.model import FeedSnapshot
-from broadcaster.store.codec import decode_snapshot, encode_snapshot, from_iso, iso
+from broadcaster.store.codec import decode_snapshot, diagnostic, encode_snapshot, from_iso, iso
 from broadcaster.store.engine import Connection, Store
 
 
@@ -66,7 +66,7 @@ def save_feed(conn: Connection, feed: FeedRecord) -> None:
             feed.name, feed.etag, feed.last_modified,
             iso(feed.feed_timestamp) if feed.feed_timestamp else None,
             iso(feed.last_ok_at) if feed.last_ok_at else None,
-            feed.last_error, iso(feed.last_error_at) if feed.last_error_at else None,
+            diagnostic(feed.last_error), iso(feed.last_error_at) if feed.last_error_at else None,
             feed.consecutive_failures,
             orjson.dumps(list(feed.problems)).decode() if feed.problems else None,
         ),

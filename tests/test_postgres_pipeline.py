@@ -1,0 +1,55 @@
+"""The real pipeline on the PostgreSQL engine: a tick against loopback feeds commits there, whatever the feed's
+strings hold."""
+
+from __future__ import annotations
+
+import pytest
+from rig import Rig, poll_all, running
+from support.gtfs_rt_builders import alert_entity, selector
+from support.postgres import PASSWORD, PostgresServer
+
+from broadcaster.config import Config
+from broadcaster.store import load_feeds
+from broadcaster.store.postgres import PostgresDatabase
+
+
+def postgres_config(rig: Rig, postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> Config:
+    monkeypatch.setenv("T_PG_PASSWORD", PASSWORD)
+    return rig.config(storage={"url": postgres.url(postgres.create_database()),
+                               "password": {"env": "T_PG_PASSWORD"}})
+
+
+async def test_a_tick_commits_its_state_and_notices_in_postgresql(
+    rig: Rig, postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = postgres_config(rig, postgres, monkeypatch)
+    rig.serve_rt(alert_entity("A-L2", header={"en": "Line 2 suspended"}, informed=[selector(route_id="2")],
+                              effect="NO_SERVICE"))
+    async with running(config) as b:
+        assert isinstance(b.db, PostgresDatabase)
+        assert await poll_all(b) == [True, True]
+    assert config.storage is not None
+    db = PostgresDatabase(config.storage.url, password=PASSWORD)
+    try:
+        assert db.conn.execute("SELECT key FROM state WHERE kind = 'alert'").fetchall() == [("A-L2",)]
+        assert db.conn.execute("SELECT COUNT(*) FROM outbox WHERE notice_id = 'alert-A-L2'").fetchone()[0] >= 1
+    finally:
+        db.close()
+
+
+async def test_a_feed_string_with_a_nul_character_cannot_break_a_postgresql_commit(
+    rig: Rig, postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL's TEXT refuses U+0000, SQLite's stores it: an alert id is the one feed string stored as it
+    came (it names the alert in the state and the outbox). A NUL in it must not make every tick fail."""
+    config = postgres_config(rig, postgres, monkeypatch)
+    rig.serve_rt(
+        alert_entity("A\x00L2", header={"en": "Line 2 suspended"}, informed=[selector(route_id="2")]),
+        alert_entity("A-L1", header={"en": "Line 1 lift out of order"}, informed=[selector(route_id="1")]),
+    )
+    async with running(config) as b:
+        assert await poll_all(b) == [True, True]
+        feeds = load_feeds(b.db)
+        assert feeds["ops"].last_error is None
+        assert any("A\\x00L2" in problem for problem in feeds["ops"].problems)
+        assert b.db.conn.execute("SELECT key FROM state WHERE kind = 'alert'").fetchall() == [("A-L1",)]
