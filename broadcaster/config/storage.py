@@ -15,8 +15,10 @@ def _postgres_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("postgresql", "postgres"):
         raise ValueError("must start with postgresql:// (SQLite needs no [storage] section)")
-    # Anywhere, not only before the host: a password holding "/" or "?" splits the URL elsewhere (see _mqtt_url).
-    if ":" in parts.netloc.rpartition("@")[0] or "password" in parts.query.lower() or url.count("@") > 1:
+    # Up to the last "@" of the whole URL, not of the host part: a password holding "/" or "?" splits the URL
+    # before its "@", and the rest would pass for a path or a query (see _mqtt_url).
+    user_info = url.partition("://")[2].rpartition("@")[0]
+    if ":" in user_info or "password" in parts.query.lower():
         raise ValueError('must not carry a password; give it as storage.password, { env = "VAR" } or'
                          ' { file = "/run/secrets/..." }')
     if not parts.hostname:
