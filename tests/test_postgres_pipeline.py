@@ -10,7 +10,9 @@ from support.postgres import PASSWORD, PostgresServer
 
 from broadcaster.config import Config
 from broadcaster.store import load_feeds
+from broadcaster.preview import preview
 from broadcaster.store.postgres import PostgresDatabase
+from broadcaster.store.transfer import TABLES, rows_of
 
 
 def postgres_config(rig: Rig, postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> Config:
@@ -53,3 +55,30 @@ async def test_a_feed_string_with_a_nul_character_cannot_break_a_postgresql_comm
         assert feeds["ops"].last_error is None
         assert any("A\\x00L2" in problem for problem in feeds["ops"].problems)
         assert b.db.conn.execute("SELECT key FROM state WHERE kind = 'alert'").fetchall() == [("A-L1",)]
+
+
+async def test_preview_on_postgresql_reads_its_state_and_writes_nothing_there(
+    rig: Rig, postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`preview` runs the real pipeline on a throw-away SQLite copy of the PostgreSQL state: an alert already
+    announced is no news to it, and the shared database is left exactly as it was."""
+    config = postgres_config(rig, postgres, monkeypatch)
+    rig.serve_rt(alert_entity("A-L2", header={"en": "Line 2 suspended"}, informed=[selector(route_id="2")],
+                              effect="NO_SERVICE"))
+    async with running(config) as b:
+        assert await poll_all(b) == [True, True]
+    assert config.storage is not None
+    db = PostgresDatabase(config.storage.url, password=PASSWORD)
+    try:
+        before = {table: rows_of(db, table) for table, _ in TABLES}
+        report = await preview(config)
+        assert report.feeds == {"ops": "ok", "flow": "ok"}
+        assert report.notices == []  # the copy knew the alert: nothing new to announce
+        assert {table: rows_of(db, table) for table, _ in TABLES} == before
+        rig.serve_rt(alert_entity("A-L1", header={"en": "Line 1 lift out of order"},
+                                  informed=[selector(route_id="1")]), alert_entity(
+            "A-L2", header={"en": "Line 2 suspended"}, informed=[selector(route_id="2")], effect="NO_SERVICE"))
+        assert [n for n in (await preview(config)).notices if "A-L1" in n]
+        assert {table: rows_of(db, table) for table, _ in TABLES} == before
+    finally:
+        db.close()
