@@ -9,8 +9,8 @@ from support.gtfs_rt_builders import alert_entity, selector
 from support.postgres import PASSWORD, PostgresServer
 
 from broadcaster.config import Config
-from broadcaster.store import load_feeds
 from broadcaster.preview import preview
+from broadcaster.store import load_feeds
 from broadcaster.store.postgres import PostgresDatabase
 from broadcaster.store.transfer import TABLES, rows_of
 
