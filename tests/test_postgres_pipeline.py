@@ -3,15 +3,18 @@ strings hold."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from rig import Rig, poll_all, running
 from support.gtfs_rt_builders import alert_entity, selector
 from support.postgres import PASSWORD, PostgresServer
 
+from broadcaster.cli import main
 from broadcaster.config import Config
 from broadcaster.preview import preview
 from broadcaster.store import load_feeds
-from broadcaster.store.postgres import PostgresDatabase
+from broadcaster.store.postgres import SCHEMA_VERSION, PostgresDatabase, describe, probe
 from broadcaster.store.transfer import TABLES, rows_of
 
 
@@ -82,3 +85,24 @@ async def test_preview_on_postgresql_reads_its_state_and_writes_nothing_there(
         assert {table: rows_of(db, table) for table, _ in TABLES} == before
     finally:
         db.close()
+
+
+def test_check_reaches_the_database_and_reads_its_version_without_changing_it(
+    rig: Rig, postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = postgres_config(rig, postgres, monkeypatch)
+    assert config.storage is not None
+    assert main(["check", "--json", "-c", str(config.source)]) == 0
+    verdicts = {v["what"]: v for v in json.loads(capsys.readouterr().out)["checks"]}
+    storage = verdicts[f"storage {describe(config.storage.url)}"]
+    assert storage["ok"]
+    assert storage["detail"].endswith(f"schema version 0; migrated to {SCHEMA_VERSION} at the next start")
+    assert probe(config.storage.url, password=PASSWORD, timeout=5)[1] == 0  # check migrated nothing
+
+    monkeypatch.setenv("T_PG_PASSWORD", "wrong-sentinel-password")
+    assert main(["check", "--json", "-c", str(config.source)]) == 1
+    out = capsys.readouterr()
+    verdicts = {v["what"]: v for v in json.loads(out.out)["checks"]}
+    assert not verdicts[f"storage {describe(config.storage.url)}"]["ok"]
+    assert "password authentication failed" in verdicts[f"storage {describe(config.storage.url)}"]["detail"]
+    assert "wrong-sentinel-password" not in out.out + out.err

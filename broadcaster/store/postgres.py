@@ -247,6 +247,32 @@ def conninfo_for(url: str, password: str | None, timeout: float) -> str:
         raise StoreError(describe(url), f"not a PostgreSQL URL: {_reason(exc)}") from None
 
 
+#: The oldest server this backend is tested with (`GENERATED ... AS IDENTITY`, `COLLATE "C"` exist since 10).
+OLDEST_SERVER = 150000
+
+
+def probe(url: str, *, password: str | None, timeout: float) -> tuple[str, int]:
+    """The server's version and the database's schema version (0: not migrated yet), read without changing
+    anything: `broadcaster check`.
+
+    Raises:
+        StoreError: the server cannot be reached or read, or it is older than PostgreSQL 15.
+    """
+    conn = PostgresConnection(conninfo_for(url, password, timeout), describe(url), timeout)
+    try:
+        number, shown = conn.execute("SELECT current_setting('server_version_num')::int,"
+                                     " current_setting('server_version')").fetchone()
+        if int(number) < OLDEST_SERVER:
+            raise StoreError(describe(url), f"PostgreSQL {shown} is too old: 15 or newer is needed")
+        if conn.execute("SELECT 1 FROM pg_tables WHERE schemaname = current_schema() AND tablename = 'meta'"
+                        ).fetchone() is None:
+            return str(shown), 0
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (_VERSION_KEY,)).fetchone()
+        return str(shown), int(row[0]) if row and str(row[0]).isdigit() else 0
+    finally:
+        conn.close()
+
+
 class PostgresDatabase:
     """The state database on a PostgreSQL server (`Store`), brought up to `SCHEMA_VERSION` on opening."""
 
