@@ -32,7 +32,7 @@ PACKAGE = ROOT / "broadcaster"
 #: The modules that may hold SQL and use the database's connection (paths relative to broadcaster/).
 STORAGE_MODULES = frozenset({
     "store/database.py", "store/state.py", "store/feeds.py", "store/retained.py", "store/meta.py",
-    "store/sqlite_steps.py", "store/postgres.py", "store/postgres_steps.py",
+    "store/sqlite_steps.py", "store/postgres.py", "store/postgres_steps.py", "store/transfer.py",
     "outbox.py", "outbox_history.py", "desk.py", "idempotency.py",
 })
 
