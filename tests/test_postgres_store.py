@@ -249,3 +249,31 @@ def test_both_engines_have_the_same_tables_and_columns(postgres: PostgresServer,
         pg_columns.setdefault(table, []).append(column)
     pg_columns["outbox"].remove("rowid")  # SQLite's is implicit
     assert {t: sorted(c) for t, c in pg_columns.items()} == sqlite_columns
+
+
+def test_one_idempotency_key_sent_to_two_instances_at_once_queues_one_request(postgres: PostgresServer) -> None:
+    """desk.submit reads the key, then inserts: two instances must not both read "unknown" (the write lock, as
+    SQLite's BEGIN IMMEDIATE, makes the pair atomic across connections)."""
+    url = postgres.url(postgres.create_database())
+    instances = [PostgresDatabase(url, password=PASSWORD) for _ in range(2)]
+    rounds = 25
+    ids: list[list[int]] = [[], []]
+    start = threading.Barrier(2)
+
+    def submit(which: int) -> None:
+        for n in range(rounds):
+            start.wait(WAIT)
+            ids[which].append(desk.submit(instances[which], "announce", {"texts": {"en": f"n{n}"},
+                                                                         "idempotency_key": f"key-{n}"}))
+
+    try:
+        threads = [threading.Thread(target=submit, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT)
+        assert ids[0] == ids[1]  # each key answered with the same request at both instances
+        assert instances[0].conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == rounds
+    finally:
+        for db in instances:
+            db.close()
