@@ -106,3 +106,20 @@ def test_check_reaches_the_database_and_reads_its_version_without_changing_it(
     assert not verdicts[f"storage {describe(config.storage.url)}"]["ok"]
     assert "password authentication failed" in verdicts[f"storage {describe(config.storage.url)}"]["detail"]
     assert "wrong-sentinel-password" not in out.out + out.err
+
+
+def test_a_command_on_a_postgresql_database_of_a_newer_release_exits_2_in_one_line(
+    rig: Rig, postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = postgres_config(rig, postgres, monkeypatch)
+    assert config.storage is not None
+    db = PostgresDatabase(config.storage.url, password=PASSWORD)
+    with db.transaction() as conn:
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+    db.close()
+    for command in ("status", "once"):
+        assert main([command, "-c", str(config.source)]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1
+        assert f"schema version {SCHEMA_VERSION + 1}, newer than this release knows" in err[0]
+        assert "restore the backup taken before that release migrated it" in err[0]  # no copy is kept beside it
