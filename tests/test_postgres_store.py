@@ -22,6 +22,7 @@ from broadcaster.errors import DatabaseTooNew, Fenced, StoreError
 from broadcaster.ha.role import Fence
 from broadcaster.outbox import Outbox, OutgoingMessage
 from broadcaster.store import Database, KeyValueStore
+from broadcaster.store.engine import WRITE_LOCK
 from broadcaster.store.postgres import SCHEMA_VERSION, PostgresDatabase, translate
 
 T0 = datetime(2026, 12, 3, 8, 0, tzinfo=UTC)
@@ -277,3 +278,22 @@ def test_one_idempotency_key_sent_to_two_instances_at_once_queues_one_request(po
     finally:
         for db in instances:
             db.close()
+
+
+def test_a_transaction_that_cannot_take_the_write_lock_leaves_the_connection_usable(
+    postgres: PostgresServer,
+) -> None:
+    """Another session holds the write lock past the lock timeout: this transaction fails, as SQLite's does past
+    its busy timeout, and the next one (the lock free again) commits."""
+    name = postgres.create_database()
+    db = PostgresDatabase(postgres.url(name), password=PASSWORD, statement_timeout=1.0)
+    try:
+        with psycopg.connect(postgres.conninfo(name)) as other:  # a transaction, holding the lock until it ends
+            other.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+            with pytest.raises(StoreError, match=r"canceling statement due to (lock|statement) timeout"):
+                KeyValueStore(db, "t").put("blocked", "1")
+        KeyValueStore(db, "t").put("after", "2")
+        with psycopg.connect(postgres.conninfo(name)) as reader:
+            assert reader.execute("SELECT key, value FROM meta WHERE key LIKE 't:%'").fetchall() == [("t:after", "2")]
+    finally:
+        db.close()

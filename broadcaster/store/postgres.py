@@ -230,7 +230,10 @@ def conninfo_for(url: str, password: str | None, timeout: float) -> str:
     """libpq parameters: the URL's, the password apart, and the limits that keep a dead link from holding us or
     our locks (docs/design.md, "The PostgreSQL engine")."""
     seconds = max(1, math.ceil(timeout))
-    server_limits = (f"-c statement_timeout={seconds}s -c lock_timeout={seconds}s"
+    # The server's own limits end a statement or a lock wait a little before the watchdog would cut the link: a
+    # clean error, the connection kept. The watchdog stays the backstop for a link that carries nothing.
+    server_ms = max(100, int(timeout * 800))
+    server_limits = (f"-c statement_timeout={server_ms}ms -c lock_timeout={server_ms}ms"
                      f" -c idle_in_transaction_session_timeout={2 * seconds}s")
     extra: dict[str, Any] = {
         "connect_timeout": seconds,
@@ -271,6 +274,18 @@ def probe(url: str, *, password: str | None, timeout: float) -> tuple[str, int]:
         return str(shown), int(row[0]) if row and str(row[0]).isdigit() else 0
     finally:
         conn.close()
+
+
+#: What a leader-only transaction reads first (its lock waits for a takeover, a takeover waits for it).
+_READ_FENCE = "SELECT holder, epoch FROM leader_lease WHERE name = 'leader' FOR SHARE"
+
+
+def _last_result(cursor: Cursor) -> Cursor:
+    """The cursor moved to the result of the last statement it ran (psycopg keeps each statement's)."""
+    assert isinstance(cursor, psycopg.Cursor)
+    while cursor.nextset():
+        pass
+    return cursor
 
 
 class PostgresDatabase:
@@ -320,18 +335,26 @@ class PostgresDatabase:
         a former leader lands after it. `durable=False` commits without waiting for the WAL flush
         (synchronous_commit off): only a server crash can lose it, as SQLite's NORMAL.
         """
-        with self._transaction(WRITE_LOCK, durable=durable) as conn:
-            if leader_only and self.fence is not None:
-                self._check_fence(conn, self.fence())
+        fence = self.fence if leader_only else None
+        with self._transaction(WRITE_LOCK, durable=durable, then=_READ_FENCE if fence else "") as (conn, opened):
+            if fence is not None:
+                self._check_fence(opened, fence())
             yield conn
 
     @contextmanager
-    def _transaction(self, lock: int, *, durable: bool = True) -> Iterator[PostgresConnection]:
+    def _transaction(self, lock: int, *, durable: bool = True,
+                     then: str = "") -> Iterator[tuple[PostgresConnection, Cursor]]:
+        """The transaction, and the result of its opening round trip (BEGIN, the lock, then `then`)."""
         conn = self._conn
         begin = "BEGIN;" + ("" if durable else " SET LOCAL synchronous_commit TO off;")
-        conn.execute_plain(f"{begin} SELECT pg_advisory_xact_lock({lock})")
         try:
-            yield conn
+            # One round trip: a leader's transaction (most of them) reads its fence in the same one.
+            opened = conn.execute_plain(f"{begin} SELECT pg_advisory_xact_lock({lock}); {then}")
+        except StoreError:
+            conn.rollback()  # BEGIN may have run before the lock failed: never leave a transaction open
+            raise
+        try:
+            yield conn, opened
         except BaseException:
             conn.rollback()
             raise
@@ -347,8 +370,8 @@ class PostgresDatabase:
             conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'),"  # noqa: S608 (constants)
                          f" COALESCE((SELECT MAX({column}) FROM {table}), 0) + 1, false)")
 
-    def _check_fence(self, conn: PostgresConnection, expected: Fence | None) -> None:
-        row = conn.execute("SELECT holder, epoch FROM leader_lease WHERE name = 'leader' FOR SHARE").fetchone()
+    def _check_fence(self, opened: Cursor, expected: Fence | None) -> None:
+        row = _last_result(opened).fetchone()
         found = None if row is None or row[0] is None else Fence(str(row[0]), int(row[1]))
         if expected is None or found != expected:
             raise Fenced(self._where, expected, found)
@@ -391,7 +414,7 @@ class PostgresSchema:
         raise StoreError(self.where, "a PostgreSQL database is not copied before migrating: back it up (pg_dump)")
 
     def apply(self, step: migrations.Step[PostgresConnection]) -> None:
-        with self.db._transaction(MIGRATION_LOCK) as conn:
+        with self.db._transaction(MIGRATION_LOCK) as (conn, _):
             if self.version() >= step.version:
                 return  # another instance applied it while we waited for the lock
             step.apply(conn)
