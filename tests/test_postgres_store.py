@@ -297,3 +297,22 @@ def test_a_transaction_that_cannot_take_the_write_lock_leaves_the_connection_usa
             assert reader.execute("SELECT key, value FROM meta WHERE key LIKE 't:%'").fetchall() == [("t:after", "2")]
     finally:
         db.close()
+
+
+def test_a_connection_lost_inside_a_transaction_runs_nothing_of_it_outside_one(postgres: PostgresServer) -> None:
+    """The rest of a transaction whose connection died must fail, never run on a new connection in autocommit,
+    where each statement would commit on its own (half a tick)."""
+    name = postgres.create_database()
+    db = PostgresDatabase(postgres.url(name), password=PASSWORD)
+    try:
+        with pytest.raises(StoreError), db.transaction() as conn:
+            KeyValueStore(db, "t").save(conn, "first", "1")
+            pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+            with psycopg.connect(postgres.conninfo(name), autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            with contextlib.suppress(StoreError):  # a caller that goes on after an error
+                KeyValueStore(db, "t").save(conn, "second", "2")
+            KeyValueStore(db, "t").save(conn, "third", "3")
+        assert [KeyValueStore(db, "t").get(key) for key in ("first", "second", "third")] == [None, None, None]
+    finally:
+        db.close()

@@ -149,6 +149,8 @@ class PostgresConnection:
         self._watchdog = Watchdog(timeout)
         self._raw: psycopg.Connection[Any] | None = None
         self._fd = -1
+        #: Set by `PostgresDatabase` between BEGIN and COMMIT/ROLLBACK: no reconnect in between.
+        self.transaction_open = False
 
     @property
     def watchdog(self) -> Watchdog:
@@ -157,6 +159,9 @@ class PostgresConnection:
     def _connection(self) -> psycopg.Connection[Any]:
         if self._raw is not None and not self._raw.closed:
             return self._raw
+        if self.transaction_open:
+            # Its transaction went with the old connection: a new one would run the rest outside any transaction.
+            raise StoreError(self.where, "the connection was lost inside a transaction: nothing of it was committed")
         try:
             # connect_timeout (libpq) bounds the connect itself; the watchdog then bounds each call.
             self._raw = psycopg.connect(self._conninfo, autocommit=True)
@@ -191,7 +196,7 @@ class PostgresConnection:
         fd = self._fd
         try:
             with self._watchdog.guard(lambda: _shut_down(fd)):
-                return run(raw)
+                cursor = run(raw)
         except psycopg.Error as exc:
             if self._watchdog.fired != fired_before:
                 self._drop()
@@ -200,6 +205,11 @@ class PostgresConnection:
             if raw.broken or raw.closed:
                 self._drop()
             raise StoreError(self.where, _reason(exc)) from exc
+        if self._watchdog.fired != fired_before:
+            # The answer came as the watchdog fired: the socket is shut, and a transaction cannot go on without it.
+            self._drop()
+            raise StoreError(self.where, f"no answer within {self._watchdog.timeout:g} s: connection closed")
+        return cursor
 
     def _drop(self) -> None:
         raw, self._raw = self._raw, None
@@ -353,16 +363,20 @@ class PostgresDatabase:
         except StoreError:
             conn.rollback()  # BEGIN may have run before the lock failed: never leave a transaction open
             raise
+        conn.transaction_open = True
         try:
-            yield conn, opened
-        except BaseException:
-            conn.rollback()
-            raise
-        try:
-            conn.execute_plain("COMMIT")
-        except StoreError as exc:
-            conn.rollback()
-            raise StoreError(self._where, f"commit failed: {exc}") from exc
+            try:
+                yield conn, opened
+            except BaseException:
+                conn.rollback()
+                raise
+            try:
+                conn.execute_plain("COMMIT")
+            except StoreError as exc:
+                conn.rollback()
+                raise StoreError(self._where, f"commit failed: {exc}") from exc
+        finally:
+            conn.transaction_open = False
 
     def restart_identities(self, conn: PostgresConnection) -> None:
         """After rows were copied in with their ids (`storage move`), new ones continue after the highest."""
