@@ -304,8 +304,9 @@ def test_a_connection_lost_inside_a_transaction_runs_nothing_of_it_outside_one(p
     where each statement would commit on its own (half a tick)."""
     name = postgres.create_database()
     db = PostgresDatabase(postgres.url(name), password=PASSWORD)
-    try:
-        with pytest.raises(StoreError), db.transaction() as conn:
+
+    def connection_killed_half_way() -> None:
+        with db.transaction() as conn:
             KeyValueStore(db, "t").save(conn, "first", "1")
             pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
             with psycopg.connect(postgres.conninfo(name), autocommit=True) as admin:
@@ -313,6 +314,10 @@ def test_a_connection_lost_inside_a_transaction_runs_nothing_of_it_outside_one(p
             with contextlib.suppress(StoreError):  # a caller that goes on after an error
                 KeyValueStore(db, "t").save(conn, "second", "2")
             KeyValueStore(db, "t").save(conn, "third", "3")
+
+    try:
+        with pytest.raises(StoreError):
+            connection_killed_half_way()
         assert [KeyValueStore(db, "t").get(key) for key in ("first", "second", "third")] == [None, None, None]
     finally:
         db.close()
