@@ -8,7 +8,6 @@ a restart.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -22,7 +21,7 @@ from broadcaster.config import ChannelConfig, Config, DigestConfig
 from broadcaster.dispatcher import DeliveryPolicy
 from broadcaster.model import Network, Severity
 from broadcaster.pipeline import Pipeline, Step
-from broadcaster.store import Database, KeyValueStore
+from broadcaster.store import Connection, KeyValueStore, Store
 
 _MARKS_KEY = "digests"
 
@@ -31,7 +30,7 @@ class DigestPoster:
     """Composes and queues digest slots; owns the marks of what each channel was last told."""
 
     def __init__(
-        self, config: Config, network: Network, db: Database, pipeline: Pipeline, delivery_policy: DeliveryPolicy,
+        self, config: Config, network: Network, db: Store, pipeline: Pipeline, delivery_policy: DeliveryPolicy,
         *, now: Callable[[], datetime],
     ) -> None:
         self.config = config
@@ -78,7 +77,7 @@ class DigestPoster:
             if not notices:
                 return Step(None)
 
-            def record(conn: sqlite3.Connection, _: Sequence[Notice]) -> None:
+            def record(conn: Connection, _: Sequence[Notice]) -> None:
                 self._meta.save(conn, _MARKS_KEY, orjson.dumps(marks).decode())
 
             def committed() -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -29,8 +28,9 @@ from broadcaster.metrics import Metrics, reason_label
 from broadcaster.model import FeedSnapshot, Network
 from broadcaster.pipeline import Pipeline
 from broadcaster.store import (
-    Database,
+    Connection,
     FeedRecord,
+    Store,
     load_feeds,
     load_snapshot,
     load_snapshot_digests,
@@ -80,7 +80,7 @@ class FeedPoller:
         self,
         config: Config,
         network: Network,
-        db: Database,
+        db: Store,
         fetcher: FeedFetcher,
         pipeline: Pipeline,
         metrics: Metrics,
@@ -204,7 +204,7 @@ class FeedPoller:
         # fetches the body and parses it, so storing the snapshot would cost every tick for nothing.
         keep_snapshot = digest is not None and (result.etag is not None or result.last_modified is not None)
 
-        def record_fetch(conn: sqlite3.Connection) -> None:
+        def record_fetch(conn: Connection) -> None:
             save_feed(conn, good)
             if keep_snapshot and digest is not None:
                 save_snapshot(conn, digest, self._parse_keys[feed.name], snapshot)

@@ -22,7 +22,7 @@ from broadcaster.model import Network
 from broadcaster.payloads import PayloadBuilder
 from broadcaster.retained import Publication, RetainedPlanner
 from broadcaster.state import NetworkState
-from broadcaster.store import Database, FeedRecord
+from broadcaster.store import FeedRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class RetainedPublisher:
         link: MqttLink,
         planner: RetainedPlanner,
         builder: PayloadBuilder,
-        db: Database,
+        db: Store,
         metrics: Metrics,
         *,
         feeds: Mapping[str, FeedRecord],

@@ -32,7 +32,8 @@ from broadcaster.render import Renderer
 from broadcaster.render.hashtags import require_known_overrides
 from broadcaster.scheduler import JobScheduler
 from broadcaster.service import Broadcaster, Clock, SystemClock
-from broadcaster.store import Database, KeyValueStore
+from broadcaster.store import KeyValueStore, Store
+from broadcaster.store.factory import open_database
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ async def open_broadcaster(config: Config, *, clock: Clock | None = None) -> Asy
     lock.acquire()
     try:
         async with contextlib.AsyncExitStack() as stack:
-            db = Database(config.database_path, holding_lock=True)  # migrated, if need be, under the lock
+            db = open_database(config, holding_lock=True)  # migrated, if need be, under the lock
             stack.callback(db.close)
             fetcher = await stack.enter_async_context(FeedFetcher(user_agent=f"broadcaster/{__version__}"))
             # A secret the config names but the machine lacks is a configuration error, never an anonymous login.
@@ -93,7 +94,7 @@ def _start_up_frozen() -> Iterator[None]:
         gc.unfreeze()
 
 
-def installation_id(db: Database) -> str:
+def installation_id(db: Store) -> str:
     """This state directory's id, made on first use: the status topic names it, so a second installation
     configured with the same MQTT client id can tell that the one online is not itself restarting."""
     store = KeyValueStore(db, "installation")
@@ -196,7 +197,7 @@ async def run_request(config: Config, action: str, body: Mapping[str, Any], *, w
     Raises:
         RequestFailed: it failed, or the running broadcaster did not take it within `wait_seconds`.
     """
-    db = Database(config.database_path)
+    db = open_database(config)
     try:
         request_id = desk.submit(db, action, body)
         if InstanceLock(config.state.directory).held_by_another():

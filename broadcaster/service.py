@@ -50,7 +50,7 @@ from broadcaster.render.hashtags import hashtags_of
 from broadcaster.retained import RetainedPlanner, SequenceClock
 from broadcaster.state import NetworkState, StatePolicy
 from broadcaster.status import BROKER_KEY, BROKER_NAMESPACE
-from broadcaster.store import Database, FeedRecord, KeyValueStore
+from broadcaster.store import FeedRecord, KeyValueStore, Store
 
 __all__ = ["Broadcaster", "Clock", "PollOutcome", "SystemClock", "emergency_rule", "state_policy"]
 
@@ -91,7 +91,7 @@ class Broadcaster:
         config: Config,
         network: Network,
         renderer: Renderer,
-        db: Database,
+        db: Store,
         fetcher: FeedFetcher,
         link: MqttLink,
         *,

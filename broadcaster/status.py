@@ -14,7 +14,8 @@ import orjson
 from broadcaster.config import Config
 from broadcaster.outbox import OutboxStatus
 from broadcaster.outbox_history import OutboxHistory
-from broadcaster.store import Database, FeedRecord, KeyValueStore, load_feeds
+from broadcaster.store import FeedRecord, KeyValueStore, Store, load_feeds
+from broadcaster.store.factory import open_database
 
 #: Where a running broadcaster records the broker its MQTT session is with (`Broadcaster.on_connected`).
 BROKER_NAMESPACE, BROKER_KEY = "mqtt", "broker"
@@ -99,7 +100,7 @@ def _excerpt(channel: str, payload: bytes, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _broker_record(db: Database) -> dict[str, str] | None:
+def _broker_record(db: Store) -> dict[str, str] | None:
     raw = KeyValueStore(db, BROKER_NAMESPACE).get(BROKER_KEY)
     try:
         record = orjson.loads(raw) if raw else None
@@ -111,7 +112,7 @@ def _broker_record(db: Database) -> dict[str, str] | None:
 def status_report(config: Config, *, now: datetime | None = None, latest: int = 10) -> StatusReport:
     """What an operator needs to know at a glance, from the committed state."""
     now = now or datetime.now(UTC)
-    db = Database(config.database_path)
+    db = open_database(config)
     try:
         report = StatusReport(schema_version=db.schema_version)
         feeds = load_feeds(db)

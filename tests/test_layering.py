@@ -32,7 +32,7 @@ PACKAGE = ROOT / "broadcaster"
 #: The modules that may hold SQL and use the database's connection (paths relative to broadcaster/).
 STORAGE_MODULES = frozenset({
     "store/database.py", "store/state.py", "store/feeds.py", "store/retained.py", "store/meta.py",
-    "store/sqlite_steps.py",
+    "store/sqlite_steps.py", "store/postgres.py", "store/postgres_steps.py", "store/transfer.py",
     "outbox.py", "outbox_history.py", "desk.py", "idempotency.py",
 })
 
@@ -180,7 +180,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     # a leaf with no imports of ours; `posts` is the post value type (render's output, the channels' input).
     ("foundation", frozenset({
         "broadcaster", "errors", "model", "contract", "vocabulary", "resources", "secretfiles", "scheduler",
-        "lock", "webserver", "text", "render.length", "posts",
+        "lock", "webserver", "text", "render.length", "posts", "ha",
     })),
     # Read by every stage: the operator's configuration (models only, no behaviour of other layers).
     ("config", frozenset({"config"})),

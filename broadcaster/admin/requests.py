@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -22,6 +21,7 @@ from broadcaster.admin.answers import correction_created, notice_created, proble
 from broadcaster.errors import IdempotencyKeyReused, RequestInvalid, StoreError, UnknownNotice
 from broadcaster.operator import ManualNotice, correction_request, notice_request
 from broadcaster.service import Broadcaster
+from broadcaster.store import Connection
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ MAX_BODY_BYTES = 64 * 1024
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 #: Records an answer to an `Idempotency-Key` inside the transaction that commits the request's notice.
-Remember = Callable[[sqlite3.Connection, Response], None]
+Remember = Callable[[Connection, Response], None]
 
 
 async def read_json(request: Request) -> Any | Response:
@@ -98,7 +98,7 @@ class OperatorRequests:
                 return Response(earlier.body, earlier.status or 200, media_type="application/json",
                                 headers={"Idempotent-Replayed": "true"})
 
-            def remember(conn: sqlite3.Connection, response: Response) -> None:
+            def remember(conn: Connection, response: Response) -> None:
                 idempotency.remember(conn, scope, key, fingerprint, self.b.clock.now(),
                                      status=response.status_code, body=bytes(response.body))
 

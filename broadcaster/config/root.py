@@ -23,6 +23,7 @@ from broadcaster.config.sections import (
     StateConfig,
     TemplatesConfig,
 )
+from broadcaster.config.storage import StorageConfig
 
 #: The config format's version. Bump it (and document the change in docs/configuration.md) on any change that
 #: makes an old file invalid or mean something else.
@@ -36,6 +37,8 @@ class Config(Section):
     network: NetworkConfig
     feeds: Annotated[tuple[FeedConfig, ...], Field(min_length=1)]
     state: StateConfig = StateConfig()
+    #: A PostgreSQL database; None: SQLite in the state directory (`database_path`).
+    storage: StorageConfig | None = None
     mqtt: MqttConfig = MqttConfig()
     templates: TemplatesConfig = TemplatesConfig()
     channels: tuple[ChannelConfig, ...] = ()
