@@ -21,8 +21,9 @@ PUBACK = 0x40
 class FaultProxy:
     host = "127.0.0.1"
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, *, mqtt: bool = True) -> None:
         self.target = (target_host, target_port)
+        self.mqtt = mqtt  # False: any TCP protocol (PostgreSQL), passed as bytes; no PUBACK can be dropped
         self.port = free_port(self.host)
         self._server: asyncio.Server | None = None
         self._blackholed = False
@@ -84,7 +85,7 @@ class FaultProxy:
             return
         self._writers.add(broker_writer)
         upstream = asyncio.create_task(self._pipe(client_reader, broker_writer, parse=False))
-        downstream = asyncio.create_task(self._pipe(broker_reader, client_writer, parse=True))
+        downstream = asyncio.create_task(self._pipe(broker_reader, client_writer, parse=self.mqtt))
         self._tasks |= {upstream, downstream}
         await asyncio.wait({upstream, downstream}, return_when=asyncio.FIRST_COMPLETED)
         for writer in (client_writer, broker_writer):
