@@ -203,7 +203,7 @@ async def _self_fence_before_expiry(lease_db: str, lease: float, renew_share: fl
         return  # a setting the config refuses is never run
     with psycopg.connect(lease_db, autocommit=True) as conn:
         conn.execute("UPDATE leader_lease SET holder = NULL, expires_at = '-infinity'")
-    leader = LeaseLeadership("p", _connector(lease_db), ha.times())
+    leader = LeaseLeadership("p", _connector(lease_db), LeaseTimes.of(ha))
     assert await leader.try_acquire()
     # Measured at one moment from both sides: what the leader has left on its own clock, what the other
     # instance sees left in the database. Whatever the settings, the leader's time runs out first.

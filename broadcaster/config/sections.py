@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import time
 from pathlib import Path
 from string import Formatter
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
@@ -24,9 +24,6 @@ from broadcaster.config.base import (
     require_unique,
     within,
 )
-
-if TYPE_CHECKING:
-    from broadcaster.ha.lease import LeaseTimes
 
 FeedContent = Literal["alerts", "trip-updates", "vehicle-positions"]
 FEED_CONTENTS: tuple[FeedContent, ...] = ("alerts", "trip-updates", "vehicle-positions")
@@ -399,8 +396,3 @@ class HaConfig(Section):
             raise KeyedValueError((key,), f"renew_seconds ({self.renew:g}) + margin_seconds ({self.margin:g}) "
                                           f"must be less than lease_seconds ({self.lease_seconds:g})")
         return self
-
-    def times(self) -> LeaseTimes:
-        from broadcaster.ha.lease import LeaseTimes
-
-        return LeaseTimes(lease=self.lease_seconds, renew=self.renew, margin=self.margin)

@@ -29,11 +29,14 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from broadcaster.ha.role import Fence, Role
+
+if TYPE_CHECKING:
+    from broadcaster.config import Config, HaConfig
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,27 @@ WHERE name = 'leader' AND holder = %(me)s AND epoch = %(epoch)s
 """
 
 
+#: The longest one call to the database may take (connect included) before it is given up, unless told.
+CALL_TIMEOUT_SECONDS = 5.0
+
+
+def connector(config: Config) -> Callable[[], psycopg.Connection[Any]]:
+    """The lease's own connections to `[storage] url`: bounded connect, TCP keepalives and a TCP user timeout,
+    so a dead route is noticed by the kernel too. The password comes from libpq's usual places (PGPASSWORD,
+    ~/.pgpass) until the PostgreSQL backend's `[storage]` section gives it (merge seam: use its connect)."""
+    assert config.ha is not None
+    url = config.storage.url
+    application = f"broadcaster-lease-{config.ha.instance}"
+    timeout_s = CALL_TIMEOUT_SECONDS  # the worker thread is free again by the time a call is given up
+
+    def connect() -> psycopg.Connection[Any]:
+        return psycopg.connect(url, autocommit=True, connect_timeout=int(timeout_s), keepalives=1,
+                               keepalives_idle=5, keepalives_interval=2, keepalives_count=2,
+                               tcp_user_timeout=int(timeout_s * 1000), application_name=application)
+
+    return connect
+
+
 @dataclass(frozen=True, slots=True)
 class LeaseTimes:
     """The `[ha]` times, in seconds (the config checks renew + margin < lease)."""
@@ -61,7 +85,11 @@ class LeaseTimes:
     renew: float
     margin: float
     #: The longest one database call may take (connect included) before it is given up.
-    call_timeout: float = 5.0
+    call_timeout: float = CALL_TIMEOUT_SECONDS
+
+    @classmethod
+    def of(cls, ha: HaConfig) -> LeaseTimes:
+        return cls(lease=ha.lease_seconds, renew=ha.renew, margin=ha.margin)
 
 
 class LeaseLeadership:
