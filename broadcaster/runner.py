@@ -387,7 +387,7 @@ async def run_forever(
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    lease = _lease_of(config) if leadership is None else None
+    lease = _lease_of(config) if leadership is None else _as_lease(leadership)
     leadership = leadership or lease or SoleInstance()
     try:
         async with open_broadcaster(config, leadership=leadership) as b, _keeping(lease):
@@ -409,6 +409,15 @@ def _lease_of(config: Config) -> LeaseLeadership | None:
     from broadcaster.ha.lease import LeaseLeadership, LeaseTimes, connector
 
     return LeaseLeadership(config.ha.instance, connector(config), LeaseTimes.of(config.ha))
+
+
+def _as_lease(leadership: Leadership) -> LeaseLeadership | None:
+    """The given leadership when it is a lease (kept and released here), else None (SoleInstance, a test's)."""
+    if isinstance(leadership, SoleInstance):
+        return None
+    from broadcaster.ha.lease import LeaseLeadership
+
+    return leadership if isinstance(leadership, LeaseLeadership) else None
 
 
 @contextlib.asynccontextmanager

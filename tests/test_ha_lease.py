@@ -21,7 +21,7 @@ from support.postgres import PASSWORD, USER, PostgresServer
 
 from broadcaster.config import Config, HaConfig, parse_config
 from broadcaster.errors import ConfigError
-from broadcaster.ha.lease import LeaseLeadership, LeaseTimes
+from broadcaster.ha.lease import LeaseLeadership, LeaseTimes, lease_holder
 from broadcaster.ha.role import Role
 
 #: The plan's DDL (migration step 5 makes it in the broadcaster; here the test makes it itself).
@@ -249,3 +249,13 @@ def test_ha_without_postgresql_is_refused() -> None:
 def test_an_instance_id_outside_the_allowed_characters_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"ha\.instance"):
         _ha_config({"instance": "east 1"})
+
+
+async def test_lease_holder_names_the_instance_with_an_unexpired_lease(lease_db: str) -> None:
+    assert lease_holder(_connector(lease_db)) is None  # never taken
+    lease = LeaseLeadership("a", _connector(lease_db), FAST)
+    assert await lease.try_acquire()
+    assert lease_holder(_connector(lease_db)) == "a"
+    await lease.release()
+    assert lease_holder(_connector(lease_db)) is None
+    await lease.close()

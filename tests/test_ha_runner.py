@@ -7,24 +7,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from rig import Rig
 from support import MessageRecorder
 from support.microblog_server import MicroblogServer
 from support.mosquitto import free_port
+from support.postgres import PostgresServer
 from test_admin import NOTICE, admin_config, bearer
 from test_channels import channels
+from test_ha_lease import LEASE_DDL
 
 from broadcaster import desk
 from broadcaster.config import Config
 from broadcaster.errors import LeaseLost
+from broadcaster.ha.lease import LeaseLeadership, LeaseTimes, lease_holder
 from broadcaster.ha.role import Fence, Role
 from broadcaster.operator import ManualNotice, notice_request
 from broadcaster.runner import EXIT_LEASE_LOST, open_broadcaster, run_forever, serve
 from broadcaster.service import Broadcaster
+from broadcaster.status import status_report
 from broadcaster.store import Database
 
 pytestmark = pytest.mark.usefixtures("admin_tokens")
@@ -232,3 +240,41 @@ async def _announce(b: Broadcaster, text: str) -> str:
     request = notice_request({**NOTICE, "texts": {"zh": text, "en": text}}, network=b.network,
                              languages=b.config.network.languages, now=b.clock.now())
     return await b.announce(ManualNotice.of(request, author="test"))
+
+
+async def test_run_waits_as_a_standby_for_the_lease_leads_once_it_is_free_and_releases_it_on_sigterm(
+    rig: Rig, server: MicroblogServer, postgres: PostgresServer, postgres_database: str
+) -> None:
+    conninfo = postgres.conninfo(postgres_database)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(LEASE_DDL)
+
+    def connect() -> psycopg.Connection[Any]:
+        return psycopg.connect(conninfo, autocommit=True)
+
+    times = LeaseTimes(lease=2.0, renew=0.3, margin=0.5)
+    other = LeaseLeadership("west-1", connect, times)
+    assert await other.try_acquire()
+    lease = LeaseLeadership("east-1", connect, times)
+    config = _config(rig, server, free_port())
+    task = asyncio.create_task(run_forever(config, leadership=lease, grace=2))
+    await asyncio.sleep(4 * times.renew)  # several attempts at the lease, all refused
+    assert lease.role is Role.STANDBY
+    assert rig.server.requests_for("/rt.pb") == []
+    await other.release()  # a clean handover: taken at the next attempt, not after the lease's 2 s
+    async with asyncio.timeout(times.renew + 1):
+        await lease.wait_until_leading()
+    await _until(lambda: rig.server.requests_for("/rt.pb") != [])  # leading: polling
+    os.kill(os.getpid(), signal.SIGTERM)  # run's handler: a clean stop
+    async with asyncio.timeout(15):
+        assert await task == 0
+    assert lease_holder(connect) is None  # released: the next instance takes it at once
+    assert await other.try_acquire()
+    await other.close()
+
+
+def test_status_names_the_one_instance_of_a_sqlite_deployment_as_the_leader(rig: Rig) -> None:
+    report = status_report(rig.config())
+    assert (report.instance, report.role, report.leader) == ("sole", "leader", "sole")
+    assert "instance: sole, leader (leader: sole)" in report.as_text()
+    assert report.as_dict()["role"] == "leader"

@@ -77,6 +77,15 @@ def connector(config: Config) -> Callable[[], psycopg.Connection[Any]]:
     return connect
 
 
+def lease_holder(connect: Callable[[], psycopg.Connection[Any]]) -> str | None:
+    """The instance holding an unexpired lease now, by the database's clock (None: nobody), for `broadcaster
+    status` (another process than the instances)."""
+    with connect() as conn:
+        row = conn.execute(
+            "SELECT holder FROM leader_lease WHERE name = 'leader' AND expires_at > now()").fetchone()
+    return None if row is None or row[0] is None else str(row[0])
+
+
 @dataclass(frozen=True, slots=True)
 class LeaseTimes:
     """The `[ha]` times, in seconds (the config checks renew + margin < lease)."""
