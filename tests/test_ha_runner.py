@@ -25,11 +25,14 @@ from test_channels import channels
 from test_ha_lease import LEASE_DDL
 
 from broadcaster import desk
+from broadcaster.channels.mqtt import MqttLink
 from broadcaster.config import Config
 from broadcaster.errors import LeaseLost
+from broadcaster.feeds.fetch import FeedFetcher
 from broadcaster.ha.lease import LeaseLeadership, LeaseTimes, lease_holder
 from broadcaster.ha.role import Fence, Role
 from broadcaster.operator import ManualNotice, notice_request
+from broadcaster.render import Renderer
 from broadcaster.runner import EXIT_LEASE_LOST, open_broadcaster, run_forever, serve
 from broadcaster.service import Broadcaster
 from broadcaster.status import status_report
@@ -278,3 +281,35 @@ def test_status_names_the_one_instance_of_a_sqlite_deployment_as_the_leader(rig:
     assert (report.instance, report.role, report.leader) == ("sole", "leader", "sole")
     assert "instance: sole, leader (leader: sole)" in report.as_text()
     assert report.as_dict()["role"] == "leader"
+
+
+async def test_a_standby_taking_over_reads_what_the_former_leader_committed_since_it_started(
+    rig: Rig, server: MicroblogServer
+) -> None:
+    port = free_port()
+    config = _config(rig, server, port)
+    leadership = SwitchedLeadership()
+    stop = asyncio.Event()
+    async with open_broadcaster(config, leadership=leadership) as b:
+        running = asyncio.create_task(serve(b, stop, grace=2))
+        # The leader of the time (another Broadcaster on its own connection to the same database) commits an
+        # operator notice after this standby read the state.
+        former_db = Database(config.database_path)
+        try:
+            async with FeedFetcher(user_agent="former-leader") as fetcher:
+                former = Broadcaster(config, b.network, Renderer(config.templates.directory), former_db, fetcher,
+                                     MqttLink(config.mqtt, instance="former"), posting=[c for c, _ in b.posting])
+                notice_id = await _announce(former, "Committed by the former leader")
+        finally:
+            former_db.close()
+        alert_id = notice_id.removeprefix("alert-")
+        assert alert_id not in b.operator_alerts  # the standby's memory is as it started
+        async with MessageRecorder(rig.mqtt_url, rig.topic(f"lines/1/alerts/{alert_id}")) as alert_topic:
+            leadership.lead()
+            await alert_topic.wait_for(lambda messages: any(m.payload for m in messages), timeout=10)
+        assert alert_id in b.operator_alerts
+        await _until(lambda: len(server.mastodon_statuses()) == 1)  # its post, queued by the former leader
+        stop.set()
+        async with asyncio.timeout(15):
+            await running
+    assert "Committed by the former leader" in server.mastodon_statuses()[0].text
