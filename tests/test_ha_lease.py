@@ -142,8 +142,12 @@ async def test_a_released_lease_is_taken_at_once(lease_db: str) -> None:
 async def test_instances_started_at_the_same_instant_make_exactly_one_leader(lease_db: str) -> None:
     with psycopg.connect(lease_db, autocommit=True) as conn:
         for round_ in range(20):
-            conn.execute("UPDATE leader_lease SET holder = NULL, expires_at = '-infinity'")
             leases = [LeaseLeadership(f"i{round_}-{n}", _connector(lease_db), FAST) for n in range(3)]
+            # Connected first (an attempt refused while someone else holds the lease), so that the race below
+            # is between the UPDATEs alone, not between connection set-ups.
+            conn.execute("UPDATE leader_lease SET holder = 'someone', expires_at = now() + interval '1 hour'")
+            assert not any(await asyncio.gather(*(lease.try_acquire() for lease in leases)))
+            conn.execute("UPDATE leader_lease SET holder = NULL, expires_at = '-infinity'")
             # Each attempt runs in its lease's own worker thread: the three UPDATEs race in the database.
             won = await asyncio.gather(*(lease.try_acquire() for lease in leases))
             assert sum(won) == 1, f"round {round_}: {won}"
