@@ -68,6 +68,16 @@ def submit(db: Store, action: str, body: Mapping[str, Any]) -> int:
     return request_id
 
 
+def enqueue(conn: Connection, action: str, body: Mapping[str, Any]) -> int:
+    """Queue a request within the caller's transaction (the admin API on a standby, which writes its
+    Idempotency-Key row in the same transaction); returns its id."""
+    row = conn.execute(
+        "INSERT INTO requests (created_at, action, body) VALUES (?, ?, ?) RETURNING id",
+        (iso(datetime.now(UTC)), action, orjson.dumps(body)),
+    ).fetchone()
+    return int(row[0])
+
+
 def _status(conn: Connection, request_id: int) -> str | None:
     row = conn.execute("SELECT status FROM requests WHERE id = ?", (request_id,)).fetchone()
     return None if row is None else str(row[0])

@@ -39,9 +39,14 @@ class DigestPoster:
         self._delivery_policy = delivery_policy
         self._now = now
         self._meta = KeyValueStore(db, "operator")
-        marks = self._meta.get(_MARKS_KEY)
         # Read and replaced only under the pipeline's state lock (in the step and its `committed`).
-        self.marks: dict[str, str] = orjson.loads(marks) if marks else {}
+        self.marks: dict[str, str]
+        self.load()
+
+    def load(self) -> None:
+        """Read the marks (at start-up, and when a standby takes over: broadcaster/ha)."""
+        marks = self._meta.get(_MARKS_KEY)
+        self.marks = orjson.loads(marks) if marks else {}
 
     async def digest(self, digest: DigestConfig, slot: datetime | None = None) -> list[str]:
         """Post one digest slot on the channels it names; returns the channels it was queued for.

@@ -130,6 +130,15 @@ class Fenced(StoreError):
         super().__init__(path, f"fenced: this instance holds {expected}, the lease row says {found}; nothing written")
 
 
+class LeaseLost(BroadcasterError):
+    """This instance led and lost its lease (or could not renew it in time, broadcaster/ha): it stopped sending
+    at once and exits with status 75, to come back as a standby."""
+
+    def __init__(self, instance: str) -> None:
+        super().__init__(f"instance {instance} lost the leader lease; stopped sending, exiting to restart as a"
+                         " standby")
+
+
 class IdentityConflict(BroadcasterError):
     """Another broadcaster (another state directory) is online with our MQTT client id.
 

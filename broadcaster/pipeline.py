@@ -107,13 +107,20 @@ class Pipeline:
         self._publish = publish
         self._publish_around = publish_around
         self.store = StateStore(db)  # bench/outage.py times the moment a commit lands here
-        self.state: NetworkState = self.store.load()
         # The operator's state: read and replaced only inside `advance`'s critical section (see `Step`).
         self._operator_meta = KeyValueStore(db, "operator")
-        alerts = [decode_alert(d) for d in orjson.loads(self._operator_meta.get("alerts") or "[]")]
-        self.operator_alerts: dict[str, Alert] = {a.id: a for a in alerts}
-        self.corrections: dict[str, Correction] = decode_corrections(self._operator_meta.get("corrections") or "{}")
+        self.state: NetworkState
+        self.operator_alerts: dict[str, Alert]
+        self.corrections: dict[str, Correction]
+        self.load()
         self._lock = asyncio.Lock()
+
+    def load(self) -> None:
+        """Read the committed state (at start-up, and when a standby takes over: broadcaster/ha)."""
+        self.state = self.store.load()
+        alerts = [decode_alert(d) for d in orjson.loads(self._operator_meta.get("alerts") or "[]")]
+        self.operator_alerts = {a.id: a for a in alerts}
+        self.corrections = decode_corrections(self._operator_meta.get("corrections") or "{}")
 
     async def advance(
         self,

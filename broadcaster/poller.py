@@ -107,6 +107,15 @@ class FeedPoller:
         # feed -> the entities of its last good GTFS-RT body, reused by the next parse (used only inside the lock)
         self._entity_caches = {f.name: EntityCache() for f in config.feeds if f.kind == "gtfs-rt"}
 
+    def load(self) -> None:
+        """Read the feed records and the committed bodies' digests again (a standby taking over, broadcaster/ha):
+        the former leader committed newer ones since start-up. `records` is updated in place (others hold it)."""
+        self.records.clear()
+        self.records.update(load_feeds(self._db))
+        self._body_digests = load_snapshot_digests(self._db, self._parse_keys)
+        self._snapshots.clear()
+        self._entity_caches = {name: EntityCache() for name in self._entity_caches}
+
     async def poll_round(self, feeds: Sequence[FeedConfig] | None = None) -> list[PollOutcome]:
         """Poll several feeds at once and publish the retained state they changed once, not once per feed
         (at start-up and in `once`: one poll per feed would publish an interchange's display several times)."""

@@ -24,6 +24,15 @@ class KeyValueStore:
         with self.db.transaction(leader_only=False) as conn:
             self.save(conn, key, value)
 
+    def put_if_absent(self, key: str, value: str) -> str:
+        """Write `value` unless the key has one already, and return the value the key holds: two instances
+        starting at once on a new shared database both get the one the first commit wrote."""
+        with self.db.transaction(leader_only=False) as conn:
+            conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                         (self.prefix + key, value))
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (self.prefix + key,)).fetchone()
+        return str(row[0])
+
     def save(self, conn: Connection, key: str, value: str | None) -> None:
         """Write (None: delete) one value inside the caller's transaction."""
         if value is None:
