@@ -221,9 +221,11 @@ async def _self_fence_before_expiry(lease_db: str, lease: float, renew_share: fl
     await leader.close()
 
 
-def _ha_config(ha: dict[str, Any], storage_url: str = "postgresql://b@db.example/broadcaster") -> Config:
-    data = {"network": {"gtfs": "gtfs"}, "feeds": [{"name": "ops", "kind": "gtfs-rt", "url": "file://rt.pb"}],
-            "storage": {"url": storage_url}, "ha": ha}
+def _ha_config(ha: dict[str, Any], storage_url: str | None = "postgresql://b@db.example/broadcaster") -> Config:
+    data: dict[str, Any] = {"network": {"gtfs": "gtfs"},
+                            "feeds": [{"name": "ops", "kind": "gtfs-rt", "url": "file://rt.pb"}], "ha": ha}
+    if storage_url is not None:
+        data["storage"] = {"url": storage_url}
     return parse_config(data, Path("/etc/broadcaster/b.toml"))
 
 
@@ -247,7 +249,7 @@ def test_a_renew_and_margin_that_do_not_fit_in_the_lease_are_refused_naming_the_
 
 def test_ha_without_postgresql_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"ha: needs a PostgreSQL database"):
-        _ha_config({"instance": "a"}, storage_url="sqlite")
+        _ha_config({"instance": "a"}, storage_url=None)  # no [storage]: SQLite
 
 
 def test_an_instance_id_outside_the_allowed_characters_is_refused() -> None:
