@@ -58,10 +58,10 @@ def _setup_logging(level: str) -> None:
 def _cmd_check(args: argparse.Namespace) -> int:
     """Exit 2 for a config problem (a missing secret too), 1 for a feed, the broker or a channel failing."""
     from broadcaster.checking import check_offline, check_online
-    from broadcaster.store import refuse_newer_database
+    from broadcaster.store.factory import refuse_newer
 
     config = _load(args)
-    refuse_newer_database(config.database_path)  # the release would refuse to start on it
+    refuse_newer(config)  # the release would refuse to start on it
     report = check_offline(config)
     if not args.offline:
         asyncio.run(check_online(config, report))
@@ -189,12 +189,12 @@ def _cmd_announce(args: argparse.Namespace) -> int:
 def _cmd_correct(args: argparse.Namespace) -> int:
     from broadcaster import desk
     from broadcaster.operator import correction_request
-    from broadcaster.store import Database
+    from broadcaster.store.factory import open_database
 
     config = _load(args)
     try:
         request = correction_request({"texts": _texts(args)}, languages=config.network.languages)
-        db = Database(config.database_path)
+        db = open_database(config)
         try:
             known = desk.notice_known(db, args.notice_id)
         finally:
@@ -229,6 +229,32 @@ def _cmd_preview(args: argparse.Namespace) -> int:
     for notice in report.unrouted():  # worth a look, not a failure: the MQTT notice stream still carries it
         print(f"broadcaster: notice {notice} reaches no channel (their filters leave it out)", file=sys.stderr)
     return EXIT_FAILURE if report.failed_feeds() else EXIT_OK
+
+
+def _cmd_storage_move(args: argparse.Namespace) -> int:
+    """Copy the stopped SQLite state into an empty PostgreSQL database, in one transaction; counts per table."""
+    from pydantic import ValidationError
+
+    from broadcaster.config import SecretRef
+    from broadcaster.config.storage import StorageConfig
+    from broadcaster.store.postgres import describe
+    from broadcaster.store.transfer import move_to_postgres
+
+    config = _load(args)
+    try:
+        StorageConfig(url=args.to)
+    except ValidationError as exc:  # the URL itself is never shown: it may hold a password
+        message = exc.errors(include_input=False, include_url=False)[0]["msg"].removeprefix("Value error, ")
+        raise ConfigError(Path("<command line>"), "--to", message) from None
+    ref = (SecretRef(env=args.password_env) if args.password_env else
+           SecretRef(file=Path(args.password_file)) if args.password_file else
+           config.storage.password if config.storage is not None else None)
+    password = ref.require(config.source, "storage.password") if ref is not None else None
+    copied = move_to_postgres(
+        config.database_path, args.to, password=password.reveal() if password else None,
+        after_table=lambda table, rows: print(f"{table}: {rows} rows", flush=True))
+    print(f"moved {sum(copied.values())} rows into {describe(args.to)}; now set [storage] url in the config")
+    return EXIT_OK
 
 
 def _cmd_schemas(args: argparse.Namespace) -> int:
@@ -364,6 +390,18 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(p)
     p.add_argument("--json", action="store_true", help="machine-readable report with every payload")
     p.set_defaults(func=_cmd_preview, mqtt_url=None)
+
+    p = sub.add_parser("storage", help="the state database: move a SQLite state into PostgreSQL")
+    storage = p.add_subparsers(dest="storage_command", required=True, metavar="ACTION")
+    p = storage.add_parser("move", help="copy the stopped SQLite state (state directory) into an empty PostgreSQL"
+                           " database, in one transaction; prints the rows per table")
+    with_config(p)
+    p.add_argument("--to", required=True, metavar="URL", help="postgresql://user@host:port/database (no password)")
+    secret = p.add_mutually_exclusive_group()
+    secret.add_argument("--password-env", metavar="VAR", help="the password is in this environment variable"
+                        " (default: the config's storage.password, if any)")
+    secret.add_argument("--password-file", metavar="FILE", help="the password is in this file")
+    p.set_defaults(func=_cmd_storage_move, mqtt_url=None)
 
     p = sub.add_parser("schemas", help="write the MQTT payloads' JSON Schemas into a folder")
     p.add_argument("directory", help="e.g. docs/schemas/mqtt")

@@ -24,6 +24,7 @@ SCHEMA_CROWDING = "broadcaster.mqtt.station-crowding/1"
 SCHEMA_DISPLAY = "broadcaster.mqtt.station-display/1"
 SCHEMA_NOTICE = "broadcaster.mqtt.notice/1"
 SCHEMA_STATUS = "broadcaster.mqtt.broadcaster-status/1"
+SCHEMA_PRESENCE = "broadcaster.mqtt.broadcaster-instance/1"
 
 
 def topic_segment(identifier: str) -> str:
@@ -56,6 +57,10 @@ class Topics:
     @property
     def status(self) -> str:
         return f"{self.base}/broadcaster/status"
+
+    def presence(self, instance: str) -> str:
+        """One instance's presence when several share a database (since v1.4): for operators, not displays."""
+        return f"{self.base}/broadcaster/status/instances/{topic_segment(instance)}"
 
     def probe(self, probe_client_id: str) -> str:
         """Where broadcaster's start-up check echoes an empty message to itself (internal; ignore it)."""
@@ -235,6 +240,26 @@ class BroadcasterStatusPayload(_Model):
         description="since v1.2, on a batch run's clean end: RFC 3339 UTC; until then the published state"
         " stands (each payload's own valid_until still rules); after it, treat the broadcaster as offline",
     )
+    leader: str | None = Field(
+        default=None,
+        description="since v1.4, when several instances share one database (high availability): the instance"
+        " that leads and speaks here. Displays need not read it: status alone says online or offline",
+    )
+
+
+class BroadcasterInstancePayload(_Model):
+    schema_: Literal["broadcaster.mqtt.broadcaster-instance/1"] = Field(alias="schema")
+    instance: str = Field(description="The instance's id ([ha] instance), as in the topic")
+    role: Literal["leader", "standby", "offline"] = Field(
+        description="leader: it publishes every other topic; standby: connected, ready to take over; offline: it"
+        " stopped, or died (its Last Will)"
+    )
+    since: str = Field(description="RFC 3339 UTC: when this role began (for the Will's offline: when the session"
+                       " that died began)")
+    client_id: str = Field(description="The MQTT client id of the instance's leader session")
+    version: str = Field(description="broadcaster's software version")
+    installation: str | None = Field(
+        default=None, description="The installation (one per database), as `instance` in broadcaster/status")
 
 
 PAYLOAD_MODELS: dict[str, type[BaseModel]] = {
@@ -244,6 +269,7 @@ PAYLOAD_MODELS: dict[str, type[BaseModel]] = {
     "station-display": StationDisplayPayload,
     "notice": NoticePayload,
     "broadcaster-status": BroadcasterStatusPayload,
+    "broadcaster-instance": BroadcasterInstancePayload,
 }
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,7 +25,7 @@ from broadcaster import idempotency
 from broadcaster.channels.mqtt import CHANNEL_NAME as NOTICE_STREAM  # every notice ever issued has a row there
 from broadcaster.errors import IdempotencyKeyReused, RequestFailed
 from broadcaster.outbox_history import OutboxHistory
-from broadcaster.store import Database, alert_stored, iso
+from broadcaster.store import Connection, Store, alert_stored, iso
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ class DeskRequest:
     body: Mapping[str, Any]
 
 
-def submit(db: Database, action: str, body: Mapping[str, Any]) -> int:
+def submit(db: Store, action: str, body: Mapping[str, Any]) -> int:
     """Queue a request; returns its id, or the id of the earlier request with the same idempotency key.
 
     Raises:
@@ -50,7 +49,9 @@ def submit(db: Database, action: str, body: Mapping[str, Any]) -> int:
     """
     key = body.get("idempotency_key")
     now = datetime.now(UTC)
-    with db.transaction() as conn:  # BEGIN IMMEDIATE: two commands with one key queue one request
+    # One writer at a time (BEGIN IMMEDIATE; PostgreSQL's write lock): two commands with one key queue one request.
+    # A standby queues it too (leader_only=False): the leader carries it out.
+    with db.transaction(leader_only=False) as conn:
         if key is not None:
             fingerprint = idempotency.fingerprint(action, "", {k: v for k, v in body.items() if k != "idempotency_key"})
             earlier = idempotency.recall(db, DESK_SCOPE, str(key), now)
@@ -58,34 +59,43 @@ def submit(db: Database, action: str, body: Mapping[str, Any]) -> int:
                 raise IdempotencyKeyReused(str(key))
             if earlier is not None and earlier.request_id is not None and _status(conn, earlier.request_id) != FAILED:
                 return earlier.request_id
-        cursor = conn.execute(
-            "INSERT INTO requests (created_at, action, body) VALUES (?, ?, ?)",
+        request_id = int(conn.execute(
+            "INSERT INTO requests (created_at, action, body) VALUES (?, ?, ?) RETURNING id",
             (iso(now), action, orjson.dumps(body)),
-        )
-        assert cursor.lastrowid is not None
+        ).fetchone()[0])
         if key is not None:
-            idempotency.remember(conn, DESK_SCOPE, str(key), fingerprint, now, request_id=cursor.lastrowid)
-    return cursor.lastrowid
+            idempotency.remember(conn, DESK_SCOPE, str(key), fingerprint, now, request_id=request_id)
+    return request_id
 
 
-def _status(conn: sqlite3.Connection, request_id: int) -> str | None:
+def enqueue(conn: Connection, action: str, body: Mapping[str, Any]) -> int:
+    """Queue a request within the caller's transaction (the admin API on a standby, which writes its
+    Idempotency-Key row in the same transaction); returns its id."""
+    row = conn.execute(
+        "INSERT INTO requests (created_at, action, body) VALUES (?, ?, ?) RETURNING id",
+        (iso(datetime.now(UTC)), action, orjson.dumps(body)),
+    ).fetchone()
+    return int(row[0])
+
+
+def _status(conn: Connection, request_id: int) -> str | None:
     row = conn.execute("SELECT status FROM requests WHERE id = ?", (request_id,)).fetchone()
     return None if row is None else str(row[0])
 
 
-def notice_known(db: Database, notice_id: str) -> bool:
+def notice_known(db: Store, notice_id: str) -> bool:
     """Whether `notice_id` was ever issued: an active alert, or any notice on the notice stream."""
     if notice_id.startswith("alert-") and alert_stored(db, notice_id.removeprefix("alert-")):
         return True
     return OutboxHistory(db).issued(NOTICE_STREAM, notice_id)
 
 
-def pending(db: Database) -> list[DeskRequest]:
+def pending(db: Store) -> list[DeskRequest]:
     rows = db.conn.execute("SELECT id, action, body FROM requests WHERE status = ? ORDER BY id", (PENDING,))
     return [DeskRequest(r[0], r[1], orjson.loads(r[2])) for r in rows]
 
 
-def record(conn: sqlite3.Connection, request_id: int, *, result: str | None = None, error: str | None = None) -> None:
+def record(conn: Connection, request_id: int, *, result: str | None = None, error: str | None = None) -> None:
     """Finish a pending request within the caller's transaction (a notice commits its request's result with it).
 
     A request is finished once: one already done or failed is left as it is.
@@ -96,7 +106,7 @@ def record(conn: sqlite3.Connection, request_id: int, *, result: str | None = No
     )
 
 
-def outcome(db: Database, request_id: int) -> tuple[str, str | None, str | None]:
+def outcome(db: Store, request_id: int) -> tuple[str, str | None, str | None]:
     """(status, result, error) of request `request_id`."""
     status, result, error = db.conn.execute(
         "SELECT status, result, error FROM requests WHERE id = ?", (request_id,)
@@ -104,12 +114,12 @@ def outcome(db: Database, request_id: int) -> tuple[str, str | None, str | None]
     return str(status), result, error
 
 
-def finish(db: Database, request_id: int, *, result: str | None = None, error: str | None = None) -> None:
+def finish(db: Store, request_id: int, *, result: str | None = None, error: str | None = None) -> None:
     with db.transaction() as conn:
         record(conn, request_id, result=result, error=error)
 
 
-async def wait_for(db: Database, request_id: int, timeout: float) -> str:  # noqa: ASYNC109
+async def wait_for(db: Store, request_id: int, timeout: float) -> str:  # noqa: ASYNC109
     """The request's result once the running broadcaster has carried it out.
 
     Raises:

@@ -8,7 +8,6 @@ a restart.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -22,7 +21,7 @@ from broadcaster.config import ChannelConfig, Config, DigestConfig
 from broadcaster.dispatcher import DeliveryPolicy
 from broadcaster.model import Network, Severity
 from broadcaster.pipeline import Pipeline, Step
-from broadcaster.store import Database, KeyValueStore
+from broadcaster.store import Connection, KeyValueStore, Store
 
 _MARKS_KEY = "digests"
 
@@ -31,7 +30,7 @@ class DigestPoster:
     """Composes and queues digest slots; owns the marks of what each channel was last told."""
 
     def __init__(
-        self, config: Config, network: Network, db: Database, pipeline: Pipeline, delivery_policy: DeliveryPolicy,
+        self, config: Config, network: Network, db: Store, pipeline: Pipeline, delivery_policy: DeliveryPolicy,
         *, now: Callable[[], datetime],
     ) -> None:
         self.config = config
@@ -40,9 +39,14 @@ class DigestPoster:
         self._delivery_policy = delivery_policy
         self._now = now
         self._meta = KeyValueStore(db, "operator")
-        marks = self._meta.get(_MARKS_KEY)
         # Read and replaced only under the pipeline's state lock (in the step and its `committed`).
-        self.marks: dict[str, str] = orjson.loads(marks) if marks else {}
+        self.marks: dict[str, str]
+        self.load()
+
+    def load(self) -> None:
+        """Read the marks (at start-up, and when a standby takes over: broadcaster/ha)."""
+        marks = self._meta.get(_MARKS_KEY)
+        self.marks = orjson.loads(marks) if marks else {}
 
     async def digest(self, digest: DigestConfig, slot: datetime | None = None) -> list[str]:
         """Post one digest slot on the channels it names; returns the channels it was queued for.
@@ -78,7 +82,7 @@ class DigestPoster:
             if not notices:
                 return Step(None)
 
-            def record(conn: sqlite3.Connection, _: Sequence[Notice]) -> None:
+            def record(conn: Connection, _: Sequence[Notice]) -> None:
                 self._meta.save(conn, _MARKS_KEY, orjson.dumps(marks).decode())
 
             def committed() -> None:

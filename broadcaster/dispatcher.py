@@ -78,8 +78,12 @@ class Dispatcher:
         policy: DeliveryPolicy,
         metrics: Metrics,
         now: Callable[[], datetime],
+        *,
+        may_act: Callable[[], bool] = lambda: True,
     ) -> None:
         self.outbox = outbox
+        #: Whether this instance may send now (broadcaster/ha): asked right before every attempt.
+        self.may_act = may_act
         self.history = history
         # The caller's list, not a copy: the demo swaps its entries for recording channels of the same names.
         self.channels = channels
@@ -206,6 +210,10 @@ class Dispatcher:
                     continue
                 if thread is None:
                     continue  # its parent goes first
+                if not self.may_act():
+                    # Self-fencing: the lease may pass to another instance; what is left stays queued for it.
+                    log.warning("%s: not sending: this instance no longer holds the lease", channel.name)
+                    return sent
                 progress = True
                 deadline_s = self._attempt_deadline_s(channel)
                 if deadline_s is not None:

@@ -111,10 +111,32 @@ class DatabaseTooNew(StoreError):
     def __init__(self, path: Path | str, version: int, newest: int) -> None:
         self.version = version
         self.newest = newest
+        way_back = (  # PostgreSQL keeps no copy: the operator's backup is the way back
+            "restore the backup taken before that release migrated it" if str(path).startswith("postgresql://")
+            else f"put back the copy that release kept beside it ({Path(path).name}.before-v{version}, the database"
+                 " as it was before)")
         super().__init__(path, (
             f"the database is at schema version {version}, newer than this release knows (up to {newest}): run"
-            f" the release that migrated it, or put back the copy that release kept beside it ({Path(path).name}"
-            f".before-v{version}, the database as it was before) to run this one"))
+            f" the release that migrated it, or {way_back} to run this one"))
+
+
+class Fenced(StoreError):
+    """A leader-only transaction found the lease held by another instance, or by this one under another epoch
+    (a takeover happened): nothing of the transaction was written. The instance must stop acting as leader."""
+
+    def __init__(self, path: Path | str, expected: object, found: object) -> None:
+        self.expected = expected
+        self.found = found
+        super().__init__(path, f"fenced: this instance holds {expected}, the lease row says {found}; nothing written")
+
+
+class LeaseLost(BroadcasterError):
+    """This instance led and lost its lease (or could not renew it in time, broadcaster/ha): it stopped sending
+    at once and exits with status 75, to come back as a standby."""
+
+    def __init__(self, instance: str) -> None:
+        super().__init__(f"instance {instance} lost the leader lease; stopped sending, exiting to restart as a"
+                         " standby")
 
 
 class IdentityConflict(BroadcasterError):

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
 import orjson
 
-from broadcaster.store import Database, iso
+from broadcaster.store import Connection, Store, iso
 
 #: How long a key is remembered.
 KEEP: Final = timedelta(hours=24)
@@ -45,7 +44,7 @@ def fingerprint(action: str, subject: str, body: Any) -> str:
     return hashlib.sha256(canonical).hexdigest()
 
 
-def recall(db: Database, scope: str, key: str, now: datetime) -> Remembered | None:
+def recall(db: Store, scope: str, key: str, now: datetime) -> Remembered | None:
     """The key's record if it was used within `KEEP` (inside an open transaction, as that transaction sees it:
     the database has one connection)."""
     row = db.conn.execute(
@@ -58,13 +57,15 @@ def recall(db: Database, scope: str, key: str, now: datetime) -> Remembered | No
 
 
 def remember(
-    conn: sqlite3.Connection, scope: str, key: str, fingerprint_: str, now: datetime, *,
+    conn: Connection, scope: str, key: str, fingerprint_: str, now: datetime, *,
     status: int | None = None, body: bytes | None = None, request_id: int | None = None,
 ) -> None:
     """Record the key's answer (inside the caller's transaction), and forget keys older than `KEEP`."""
     conn.execute("DELETE FROM idempotency WHERE created_at < ?", (iso(now - KEEP),))
     conn.execute(
-        "INSERT OR REPLACE INTO idempotency (scope, key, fingerprint, created_at, status, body, request_id)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO idempotency (scope, key, fingerprint, created_at, status, body, request_id)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (scope, key) DO UPDATE SET fingerprint = excluded.fingerprint,"
+        " created_at = excluded.created_at, status = excluded.status, body = excluded.body,"
+        " request_id = excluded.request_id",
         (scope, key, fingerprint_, iso(now), status, body, request_id),
     )

@@ -26,7 +26,7 @@ from broadcaster.outbox import DELETION_VERSION_PREFIX, OutgoingMessage
 from broadcaster.outbox_history import OutboxHistory
 from broadcaster.pipeline import Pipeline, ResultHook, Step, result_record
 from broadcaster.posts import DELETE_KIND, Post
-from broadcaster.store import Database, iso
+from broadcaster.store import Store, iso
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class OperatorDesk:
     """What an operator asks for (CLI, admin API, the request queue), carried through the pipeline."""
 
     def __init__(
-        self, config: Config, network: Network, db: Database, history: OutboxHistory, pipeline: Pipeline,
+        self, config: Config, network: Network, db: Store, history: OutboxHistory, pipeline: Pipeline,
         metrics: Metrics,
         *, now: Callable[[], datetime],
     ) -> None:

@@ -11,14 +11,13 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from broadcaster.store import Database, from_iso, iso
+from broadcaster.store import Connection, Store, diagnostic, from_iso, iso
 
 
 class OutboxStatus(StrEnum):
@@ -125,13 +124,13 @@ class Backoff:
 class Outbox:
     """Queries over the `outbox` table. Writes that belong to a tick take the caller's connection."""
 
-    def __init__(self, db: Database, backoff: Backoff | None = None, rng: random.Random | None = None) -> None:
+    def __init__(self, db: Store, backoff: Backoff | None = None, rng: random.Random | None = None) -> None:
         self.db = db
         self.backoff = backoff or Backoff()
         self.rng = rng or random.Random()
 
     @staticmethod
-    def enqueue(conn: sqlite3.Connection, messages: Iterable[OutgoingMessage], now: datetime) -> int:
+    def enqueue(conn: Connection, messages: Iterable[OutgoingMessage], now: datetime) -> int:
         """Store messages inside the caller's transaction; returns how many were new."""
         stamp = iso(now)
         rows = [
@@ -139,13 +138,13 @@ class Outbox:
              int(m.starts_thread))
             for m in messages
         ]
-        before = conn.total_changes
-        conn.executemany(
-            "INSERT OR IGNORE INTO outbox (key, notice_id, version, channel, part, priority, payload,"
-            " created_at, next_attempt_at, starts_thread) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        # rowcount sums the rows executemany inserted (a key already queued is no change), on both engines.
+        return conn.executemany(
+            "INSERT INTO outbox (key, notice_id, version, channel, part, priority, payload,"
+            " created_at, next_attempt_at, starts_thread) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (key) DO NOTHING",
             rows,
-        )
-        return conn.total_changes - before
+        ).rowcount
 
     def due(self, channel: str, now: datetime, limit: int = 100) -> list[OutboxEntry]:
         """Pending entries whose retry time has come: one whose earlier attempt may have landed first (its doubt is
@@ -242,7 +241,7 @@ class Outbox:
                 " WHERE key = ?",
                 # Uncertain once any attempt may have landed; this attempt's in-flight mark is cleared when its
                 # failure shows it did not.
-                (iso(at), error, int(entry.uncertain or uncertain), entry.key),
+                (iso(at), diagnostic(error), int(entry.uncertain or uncertain), entry.key),
             )
         return at
 
@@ -250,7 +249,8 @@ class Outbox:
         """A permanent failure: keep the row for the operator, never send it again on its own."""
         with self.db.transaction() as conn:
             conn.execute(
-                "UPDATE outbox SET status = ?, attempts = attempts + 1, error = ? WHERE key = ?", (PARKED, error, key)
+                "UPDATE outbox SET status = ?, attempts = attempts + 1, error = ? WHERE key = ?",
+                (PARKED, diagnostic(error), key)
             )
 
     def pending_count(self, channel: str | None = None) -> int:

@@ -15,7 +15,7 @@ import orjson
 
 from broadcaster.compose import CORRECTION_VERSION_PREFIX
 from broadcaster.outbox import DELETION_VERSION_PREFIX, PARKED, PENDING, SENT, idempotency_key
-from broadcaster.store import Database, from_iso, iso
+from broadcaster.store import Store, from_iso, iso
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +45,7 @@ def _record(r: Any) -> OutboxRecord:  # a sqlite3 row of _RECORD_COLUMNS
 class OutboxHistory:
     """Queries over the outbox's rows, for the dispatcher's threads and budgets and the operator's reports."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Store) -> None:
         self.db = db
 
     def status_of(self, notice_id: str, version: str, channel: str, part: int) -> tuple[str, str | None] | None:

@@ -19,6 +19,7 @@ from broadcaster.contract import (
     SCHEMA_DISPLAY,
     SCHEMA_LINE_STATUS,
     SCHEMA_NOTICE,
+    SCHEMA_PRESENCE,
     SCHEMA_STATUS,
     Topics,
 )
@@ -340,10 +341,11 @@ class PayloadBuilder:
 
 def status_body(
     status: str, client_id: str, since: datetime, instance: str | None = None, *, mode: str | None = None,
-    valid_until: datetime | None = None,
+    valid_until: datetime | None = None, leader: str | None = None,
 ) -> Body:
     """The `broadcaster/status` payload. `mode` (since v1.2) says whether a long-running service or a batch
-    run (`once`) speaks; `valid_until` ends a clean batch run's `online`."""
+    run (`once`) speaks; `valid_until` ends a clean batch run's `online`; `leader` (since v1.4, only when several
+    instances share a database) names the instance that speaks."""
     body: Body = {"schema": SCHEMA_STATUS, "status": status, "client_id": client_id, "since": iso(since),
                   "version": __version__}
     if instance is not None:
@@ -352,4 +354,15 @@ def status_body(
         body["mode"] = mode
     if valid_until is not None:
         body["valid_until"] = iso(valid_until)
+    if leader is not None:
+        body["leader"] = leader
+    return body
+
+
+def presence_body(instance: str, role: str, since: datetime, *, client_id: str, installation: str | None) -> Body:
+    """An instance's `broadcaster/status/instances/{instance}` payload (since v1.4): its role, for operators."""
+    body: Body = {"schema": SCHEMA_PRESENCE, "instance": instance, "role": role, "since": iso(since),
+                  "client_id": client_id, "version": __version__}
+    if installation is not None:
+        body["installation"] = installation
     return body

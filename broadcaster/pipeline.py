@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -26,13 +25,13 @@ from broadcaster.model import Alert, FeedSnapshot, Network
 from broadcaster.operator import OPERATOR_FEED, Correction, decode_corrections, encode_corrections
 from broadcaster.outbox import Outbox, OutgoingMessage
 from broadcaster.state import NetworkState, StatePolicy, Transition, alert_version, apply_snapshot
-from broadcaster.store import Database, KeyValueStore, StateStore, decode_alert, encode_alert
+from broadcaster.store import Connection, KeyValueStore, StateStore, Store, decode_alert, encode_alert
 
 log = logging.getLogger(__name__)
 
 #: Writes into the transaction that commits an operator's request, given its result (a notice id or a
 #: correction's version): the admin API remembers its answer to an `Idempotency-Key` there.
-ResultHook = Callable[[sqlite3.Connection, str], None]
+ResultHook = Callable[[Connection, str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,20 +51,20 @@ class Step:
     extra_notices: Sequence[Notice] = ()
     extra_messages: Sequence[OutgoingMessage] = ()
     #: Writes into the same transaction, given the notices committed (a desk request records its result).
-    record: Callable[[sqlite3.Connection, Sequence[Notice]], None] | None = None
+    record: Callable[[Connection, Sequence[Notice]], None] | None = None
     #: Runs under the state lock once the transaction committed: the caller's own memory follows its writes.
     committed: Callable[[], None] | None = None
 
 
 def result_record(
     request_id: int | None, on_commit: ResultHook | None, result_of: Callable[[Sequence[Notice]], str]
-) -> Callable[[sqlite3.Connection, Sequence[Notice]], None] | None:
+) -> Callable[[Connection, Sequence[Notice]], None] | None:
     """A `Step.record` finishing the desk request `request_id` and running `on_commit` with the request's
     result, in the transaction that commits its notice (None: neither is asked for)."""
     if request_id is None and on_commit is None:
         return None
 
-    def record(conn: sqlite3.Connection, notices: Sequence[Notice]) -> None:
+    def record(conn: Connection, notices: Sequence[Notice]) -> None:
         result = result_of(notices)
         if request_id is not None:
             desk.record(conn, request_id, result=result)
@@ -88,7 +87,7 @@ class Pipeline:
     def __init__(
         self,
         network: Network,
-        db: Database,
+        db: Store,
         messages: MessageRenderer,
         metrics: Metrics,
         *,
@@ -108,20 +107,27 @@ class Pipeline:
         self._publish = publish
         self._publish_around = publish_around
         self.store = StateStore(db)  # bench/outage.py times the moment a commit lands here
-        self.state: NetworkState = self.store.load()
         # The operator's state: read and replaced only inside `advance`'s critical section (see `Step`).
         self._operator_meta = KeyValueStore(db, "operator")
-        alerts = [decode_alert(d) for d in orjson.loads(self._operator_meta.get("alerts") or "[]")]
-        self.operator_alerts: dict[str, Alert] = {a.id: a for a in alerts}
-        self.corrections: dict[str, Correction] = decode_corrections(self._operator_meta.get("corrections") or "{}")
+        self.state: NetworkState
+        self.operator_alerts: dict[str, Alert]
+        self.corrections: dict[str, Correction]
+        self.load()
         self._lock = asyncio.Lock()
+
+    def load(self) -> None:
+        """Read the committed state (at start-up, and when a standby takes over: broadcaster/ha)."""
+        self.state = self.store.load()
+        alerts = [decode_alert(d) for d in orjson.loads(self._operator_meta.get("alerts") or "[]")]
+        self.operator_alerts = {a.id: a for a in alerts}
+        self.corrections = decode_corrections(self._operator_meta.get("corrections") or "{}")
 
     async def advance(
         self,
         step: Step | Callable[[], Step],
         now: datetime,
         *,
-        on_commit: Callable[[sqlite3.Connection], None] | None = None,
+        on_commit: Callable[[Connection], None] | None = None,
         publish: bool = True,
     ) -> tuple[Transition, list[Notice]]:
         """Diff, compose, render, then commit the new state, the operator's state, the notices and whatever

@@ -30,7 +30,9 @@ from broadcaster.render.hashtags import require_known_overrides
 from broadcaster.render.length import PlatformProfile
 from broadcaster.retained import Publication
 from broadcaster.service import Broadcaster
-from broadcaster.store import Database, copy_database, refuse_newer_database
+from broadcaster.store import Database, Store, copy_database
+from broadcaster.store.factory import open_database, refuse_newer
+from broadcaster.store.transfer import copy_state
 
 OK = "ok"
 
@@ -180,7 +182,7 @@ def _report_mqtt(report: PreviewReport, b: Broadcaster, publications: Sequence[P
                          for lang, text in body["text"].items()]
 
 
-async def _run(config: Config, db: Database, now: datetime, report: PreviewReport) -> None:
+async def _run(config: Config, db: Store, now: datetime, report: PreviewReport) -> None:
     network = load_network(config.network.gtfs, config.network.default_language)
     require_known_places(config, network)
     require_known_overrides(config, network)
@@ -222,15 +224,25 @@ async def preview(config: Config, *, now: datetime | None = None) -> PreviewRepo
         # The whole state directory is the scratch one, not only the database: whatever the parts write there
         # (the audit log of a queued request carried out) stays in the throw-away copy.
         throwaway = config.model_copy(update={"state": config.state.model_copy(update={"directory": Path(scratch)})})
-        refuse_newer_database(config.database_path)  # named by its own path, not the throw-away copy's
-        if config.database_path.exists():
+        refuse_newer(config)  # named by its own path, not the throw-away copy's
+        if config.storage is None and config.database_path.exists():
             copy_database(config.database_path, throwaway.database_path)
         db = Database(throwaway.database_path, keep_copy=False)  # an older one migrates, like `run` would
         try:
+            if config.storage is not None:  # PostgreSQL: its rows into the throw-away file, read only
+                _copy_from(open_database(config), db)
             await _run(throwaway, db, now or datetime.now(UTC), report)
         finally:
             db.close()
     return report
+
+
+def _copy_from(source: Store, copy: Database) -> None:
+    try:
+        with copy.transaction() as conn:
+            copy_state(source, conn)
+    finally:
+        source.close()
 
 
 def render_for_people(report: PreviewReport) -> str:

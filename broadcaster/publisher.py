@@ -22,7 +22,7 @@ from broadcaster.model import Network
 from broadcaster.payloads import PayloadBuilder
 from broadcaster.retained import Publication, RetainedPlanner
 from broadcaster.state import NetworkState
-from broadcaster.store import Database, FeedRecord
+from broadcaster.store import FeedRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +49,13 @@ class RetainedPublisher:
         link: MqttLink,
         planner: RetainedPlanner,
         builder: PayloadBuilder,
-        db: Database,
+        db: Store,
         metrics: Metrics,
         *,
         feeds: Mapping[str, FeedRecord],
         state: Callable[[], NetworkState],
         now: Callable[[], datetime],
+        may_act: Callable[[], bool] = lambda: True,
     ) -> None:
         self.config = config
         self.link = link
@@ -65,6 +66,8 @@ class RetainedPublisher:
         self.feeds = feeds  # the poller's records, updated in place
         self.current_state = state
         self.now = now
+        #: Whether this instance may publish now (broadcaster/ha): asked right before every round's publish.
+        self.may_act = may_act
         self.canary_topics = canary_topics(topics, network)
         self._canary_expected: dict[str, tuple[int, int]] = {}  # topic -> (seq published, in which round)
         self._canary_round = 0
@@ -126,6 +129,10 @@ class RetainedPublisher:
     async def _publish(self, publications: list[Publication], now: datetime) -> int:
         """Publish, note the canary's topics, and record what the broker acknowledged (under the publish lock)."""
         if not publications:
+            return 0
+        if not self.may_act():
+            log.warning("not publishing %d retained topic(s): this instance no longer holds the lease",
+                        len(publications))
             return 0
         acked = await self.link.publish_many(publications)
         for publication in acked:

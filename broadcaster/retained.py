@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from datetime import datetime, timedelta
 import orjson
 
 from broadcaster.payloads import Body, RetainedItem
-from broadcaster.store import Database, iso, load_retained, save_retained
+from broadcaster.store import Connection, Store, iso, load_retained, save_retained
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +87,7 @@ class RetainedPlanner:
         # its content is unchanged, so it is serialised and hashed once, not on every poll.
         self._serialised: dict[str, tuple[Body, bytes, str]] = {}
 
-    def load(self, db: Database) -> None:
+    def load(self, db: Store) -> None:
         """Take up what the broker holds, as the database remembers it."""
         published, self.cleared = load_retained(db)
         self.published = {t: _Published(d, None) for t, d in published.items()}
@@ -143,7 +142,7 @@ class RetainedPlanner:
             del serialised[topic]
         return out
 
-    def confirm(self, publications: Iterable[Publication], now: datetime, conn: sqlite3.Connection) -> None:
+    def confirm(self, publications: Iterable[Publication], now: datetime, conn: Connection) -> None:
         """Record publications the broker acknowledged (inside the caller's transaction)."""
         upserts: list[tuple[str, str]] = []
         deletes: list[tuple[str]] = []

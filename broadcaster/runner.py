@@ -15,7 +15,7 @@ import logging
 import secrets
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from broadcaster import __version__, desk
 from broadcaster.channels.base import PostingChannel
@@ -24,21 +24,32 @@ from broadcaster.channels.http import HttpChannelClient
 from broadcaster.channels.mqtt import MqttLink
 from broadcaster.compose.routing import require_known_places
 from broadcaster.config import Config, FeedConfig
-from broadcaster.errors import BroadcasterError, IdentityConflict, RequestFailed
+from broadcaster.errors import BroadcasterError, IdentityConflict, LeaseLost, RequestFailed
 from broadcaster.feeds.fetch import FeedFetcher
 from broadcaster.feeds.network import load_network
+from broadcaster.ha.role import Leadership, Role, SoleInstance
 from broadcaster.lock import InstanceLock
 from broadcaster.render import Renderer
 from broadcaster.render.hashtags import require_known_overrides
 from broadcaster.scheduler import JobScheduler
 from broadcaster.service import Broadcaster, Clock, SystemClock
-from broadcaster.store import Database, KeyValueStore
+from broadcaster.store import KeyValueStore, Store
+from broadcaster.store.factory import open_database
+
+if TYPE_CHECKING:
+    from broadcaster.ha.lease import LeaseLeadership
 
 log = logging.getLogger(__name__)
 
+#: `broadcaster run`'s exit status when the instance lost its leader lease (EX_TEMPFAIL): the service manager
+#: starts it again (systemd `Restart=always`), as a standby.
+EXIT_LEASE_LOST = 75
+
 
 @contextlib.asynccontextmanager
-async def open_broadcaster(config: Config, *, clock: Clock | None = None) -> AsyncIterator[Broadcaster]:
+async def open_broadcaster(
+    config: Config, *, clock: Clock | None = None, leadership: Leadership | None = None
+) -> AsyncIterator[Broadcaster]:
     """Build the pipeline: lock the state directory, open the database, load the network and templates."""
     network = load_network(config.network.gtfs, config.network.default_language)
     require_known_places(config, network)  # a channel filter naming no line of the network would post nothing
@@ -48,7 +59,9 @@ async def open_broadcaster(config: Config, *, clock: Clock | None = None) -> Asy
     lock.acquire()
     try:
         async with contextlib.AsyncExitStack() as stack:
-            db = Database(config.database_path, holding_lock=True)  # migrated, if need be, under the lock
+            # Migrated, if need be, under the lock. With [ha] every leader-only transaction checks the lease.
+            fence = leadership.fence if config.ha is not None and leadership is not None else None
+            db = open_database(config, holding_lock=True, fence=fence)
             stack.callback(db.close)
             fetcher = await stack.enter_async_context(FeedFetcher(user_agent=f"broadcaster/{__version__}"))
             # A secret the config names but the machine lacks is a configuration error, never an anonymous login.
@@ -59,6 +72,10 @@ async def open_broadcaster(config: Config, *, clock: Clock | None = None) -> Asy
                 username=username.reveal() if username else None,
                 password=password.reveal() if password else None,
                 instance=installation_id(db),
+                # With [ha]: a client id and a presence topic of this instance's own, the main topics only while
+                # it leads (docs/mqtt.md, "Several instances").
+                ha_instance=config.ha.instance if config.ha is not None else None,
+                leadership=leadership if config.ha is not None else None,
             )
             the_clock = clock or SystemClock()
             http = await stack.enter_async_context(HttpChannelClient(the_clock.now))
@@ -68,7 +85,7 @@ async def open_broadcaster(config: Config, *, clock: Clock | None = None) -> Asy
             ]
             await _start_channels(posting)
             broadcaster = Broadcaster(
-                config, network, renderer, db, fetcher, link, posting=posting, clock=the_clock
+                config, network, renderer, db, fetcher, link, posting=posting, clock=the_clock, leadership=leadership
             )
             # Every new broker session republishes the retained state and sends what waited for it. The link
             # runs only after this function yields, so no session starts before this is wired.
@@ -93,16 +110,15 @@ def _start_up_frozen() -> Iterator[None]:
         gc.unfreeze()
 
 
-def installation_id(db: Database) -> str:
-    """This state directory's id, made on first use: the status topic names it, so a second installation
-    configured with the same MQTT client id can tell that the one online is not itself restarting."""
+def installation_id(db: Store) -> str:
+    """This state's id, made on first use: the status topic names it, so a second installation configured with the
+    same MQTT client id can tell that the one online is not itself restarting. The instances sharing a PostgreSQL
+    database share it (the first to write it wins; the others read it back)."""
     store = KeyValueStore(db, "installation")
     existing = store.get("id")
     if existing is not None:
         return existing
-    made = secrets.token_hex(6)
-    store.put("id", made)
-    return made
+    return store.put_if_absent("id", secrets.token_hex(6))
 
 
 CHANNEL_START_SECONDS = 20.0
@@ -190,16 +206,18 @@ async def run_once(config: Config, *, drain_timeout: float = 30.0) -> int:
 async def run_request(config: Config, action: str, body: Mapping[str, Any], *, wait_seconds: float = 30.0) -> str:
     """Carry out one operator request and return its result (a notice id, a correction's version).
 
-    The request is queued in the database first. If a broadcaster is running on this state directory it
-    carries the request out; otherwise this process does, and delivers the outbox before returning.
+    The request is queued in the database first. If a broadcaster is running on this state directory (or, with
+    `[ha]`, anywhere: the leader) it carries the request out; otherwise this process does, and delivers the outbox
+    before returning.
 
     Raises:
         RequestFailed: it failed, or the running broadcaster did not take it within `wait_seconds`.
     """
-    db = Database(config.database_path)
+    db = open_database(config)
     try:
         request_id = desk.submit(db, action, body)
-        if InstanceLock(config.state.directory).held_by_another():
+        # With [ha] the instances share the database: the leader, wherever it runs, carries the request out.
+        if config.ha is not None or InstanceLock(config.state.directory).held_by_another():
             return await desk.wait_for(db, request_id, wait_seconds)
     finally:
         db.close()
@@ -224,43 +242,66 @@ async def serve(
     `on_started` is called once everything runs (the demo's dashboard uses it). With an `[admin]` section the
     admin API serves too, with a `[public]` section the commuters' web site; both stop taking requests first.
 
+    An instance that does not lead yet (`[ha]`, broadcaster/ha) serves the admin API and the public site as a
+    standby and waits for the lease; once it leads it reads the state the former leader committed and starts
+    everything else. A leader that loses its lease stops sending at once, with no grace.
+
     Raises:
         ConfigError: an admin token cannot be read, or the admin API's or the public site's address cannot be
             listened on.
         IdentityConflict: another installation is online on the broker with our MQTT client id.
+        LeaseLost: this instance led and lost its lease: nothing more was sent; exit and come back as a standby.
     """
-    await b.link.check_identity()  # before anything is polled or posted
+    leadership = b.leadership
+    # SQLite's one instance leads from the start, as it always did; with [ha] even an instance that already holds
+    # the lease goes the standby's way, which tells its link to open the leader's session.
+    leading_from_start = leadership.role is Role.LEADER and b.link.ha_instance is None
+    if leading_from_start:
+        await b.link.check_identity()  # before anything is polled or posted
     sites = _bound_web_sites(b)
     scheduler = JobScheduler()
-    for feed in b.config.feeds:
-        # The first poll of every feed is one round (below), so the schedule starts one interval later.
-        scheduler.every(f"poll:{feed.name}", feed.poll_seconds, _poll_job(b, feed), now=False)
-    for digest in b.config.digests:
-        scheduler.on_cron(f"digest:{digest.name}", digest.cron, b.config.zone,
-                          _guarded(b, f"digest:{digest.name}", b.digest, digest))
-    scheduler.every("operator:expire", 60, _guarded(b, "job:operator:expire", b.expire_operator_notices), now=False)
-    scheduler.every("operator:requests", 1, _guarded(b, "job:operator:requests", b.process_requests))
     b.link.on_loop_error = lambda: b.metrics.loop_error("mqtt")
     link_stop = asyncio.Event()
     try:
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(b.link.run(link_stop))
-            drains = [tg.create_task(b.drain_loop(ch, stop)) for ch in b.channels]
             for site in sites:
                 await site.wait_started(tg.create_task(site.serve()))
-            tg.create_task(_guarded(b, "job:first-poll", b.poll_round)())
+            # With [ha] the link runs from the start: a standby keeps its presence topic (docs/mqtt.md).
+            link_running = b.link.ha_instance is not None
+            if link_running:
+                tg.create_task(b.link.run(link_stop))
+            if not leading_from_start and not await _take_over(b, stop):
+                log.info("stopping: standby %s", leadership.instance)
+                for site in sites:
+                    site.shutdown()
+                link_stop.set()
+                return
+            _schedule(b, scheduler)
+            if not link_running:
+                tg.create_task(b.link.run(link_stop))
+            drains = [tg.create_task(b.drain_loop(ch, stop)) for ch in b.channels]
+            first_poll = tg.create_task(_guarded(b, "job:first-poll", b.poll_round)())
             scheduler.start()
             log.info("broadcaster running: %d feed(s), %d channel(s), MQTT %s",
                      len(b.config.feeds), len(b.channels), ", ".join(b.config.mqtt.brokers))
             if on_started is not None:
                 on_started()
-            await stop.wait()
-            log.info("stopping: finishing in-flight sends")
+            await _first_of(stop, leadership.lost)
             for site in sites:
                 site.shutdown()
             scheduler.shutdown()
-            await asyncio.wait(drains, timeout=grace)
-            link_stop.set()
+            if leadership.lost.is_set():
+                # Another instance may hold the lease by now: no grace for in-flight sends (the dispatcher
+                # already refuses the next one), the link goes down, and the caller exits.
+                log.error("lease lost: stopping at once")
+                for task in (*drains, first_poll):
+                    task.cancel()
+                await b.link.step_down()  # a clean DISCONNECT: no Will says offline over the new leader
+                link_stop.set()
+            else:
+                log.info("stopping: finishing in-flight sends")
+                await asyncio.wait(drains, timeout=grace)
+                link_stop.set()
     except* IdentityConflict as group:
         # Found only at the first connection when the broker was down at start-up: the one reason to stop,
         # for the command line to report.
@@ -269,6 +310,51 @@ async def serve(
         scheduler.shutdown()
         for site in sites:
             site.shutdown()
+    if leadership.lost.is_set():
+        raise LeaseLost(leadership.instance)
+
+
+def _schedule(b: Broadcaster, scheduler: JobScheduler) -> None:
+    """The leader's jobs: one poll job per feed, the digests, the operator notices' expiry and requests."""
+    for feed in b.config.feeds:
+        # The first poll of every feed is one round (below), so the schedule starts one interval later.
+        scheduler.every(f"poll:{feed.name}", feed.poll_seconds, _poll_job(b, feed), now=False)
+    for digest in b.config.digests:
+        scheduler.on_cron(f"digest:{digest.name}", digest.cron, b.config.zone,
+                          _guarded(b, f"digest:{digest.name}", b.digest, digest))
+    scheduler.every("operator:expire", 60, _guarded(b, "job:operator:expire", b.expire_operator_notices), now=False)
+    scheduler.every("operator:requests", 1, _guarded(b, "job:operator:requests", b.process_requests))
+
+
+async def _take_over(b: Broadcaster, stop: asyncio.Event) -> bool:
+    """As a standby: wait for the lease (False: `stop` came first), then read what the former leader committed
+    and check the broker identity, as a leader starting up does."""
+    log.info("standby: instance %s serves requests and waits for the lease", b.leadership.instance)
+    leading = asyncio.ensure_future(b.leadership.wait_until_leading())
+    try:
+        await _first_of(stop, leading)
+    finally:
+        leading.cancel()
+    if stop.is_set():
+        return False
+    log.info("instance %s leads: loading the state and connecting as the leader", b.leadership.instance)
+    b.load_state()
+    await b.link.check_identity()
+    # With [ha]: the link opens the leader's session (the Will on the main status) and, as after any reconnect,
+    # republishes everything retained (Broadcaster.on_connected). Without it the link is not running yet.
+    await b.link.become_leader()
+    return True
+
+
+async def _first_of(*waits: asyncio.Event | asyncio.Future[None]) -> None:
+    """Return once any of `waits` (events or futures) is set or done."""
+    tasks = [asyncio.ensure_future(w.wait()) if isinstance(w, asyncio.Event) else w for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task, w in zip(tasks, waits, strict=True):
+            if isinstance(w, asyncio.Event):
+                task.cancel()
 
 
 class _WebSite(Protocol):
@@ -304,21 +390,68 @@ def _bound_web_sites(b: Broadcaster) -> list[_WebSite]:
     return sites
 
 
-async def run_forever(config: Config, *, stop: asyncio.Event | None = None, grace: float = 10.0) -> int:
-    """Run until SIGINT/SIGTERM (or `stop`): poll on schedule, publish, drain; then say offline and exit 0."""
+async def run_forever(
+    config: Config, *, stop: asyncio.Event | None = None, grace: float = 10.0, leadership: Leadership | None = None
+) -> int:
+    """Run until SIGINT/SIGTERM (or `stop`): poll on schedule, publish, drain; then say offline and exit 0.
+
+    With `[ha]` the instance starts as a standby under a lease (`leadership`: the lease of `[ha]` unless given);
+    it returns EXIT_LEASE_LOST (75) if it led and lost the lease, and releases the lease on a clean stop."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    lease = _lease_of(config) if leadership is None else _as_lease(leadership)
+    leadership = leadership or lease or SoleInstance()
     try:
-        async with open_broadcaster(config) as b:
+        async with open_broadcaster(config, leadership=leadership) as b, _keeping(lease):
             await serve(b, stop, grace=grace)
+    except LeaseLost as exc:
+        log.error("%s", exc)
+        return EXIT_LEASE_LOST
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
     return 0
+
+
+def _lease_of(config: Config) -> LeaseLeadership | None:
+    """`[ha]`: the lease in the PostgreSQL database; None without it (SQLite: one instance, always leading)."""
+    if config.ha is None:
+        return None
+    from broadcaster.ha.lease import LeaseLeadership, LeaseTimes, connector
+
+    return LeaseLeadership(config.ha.instance, connector(config), LeaseTimes.of(config.ha))
+
+
+def _as_lease(leadership: Leadership) -> LeaseLeadership | None:
+    """The given leadership when it is a lease (kept and released here), else None (SoleInstance, a test's)."""
+    if isinstance(leadership, SoleInstance):
+        return None
+    from broadcaster.ha.lease import LeaseLeadership
+
+    return leadership if isinstance(leadership, LeaseLeadership) else None
+
+
+@contextlib.asynccontextmanager
+async def _keeping(lease: LeaseLeadership | None) -> AsyncIterator[None]:
+    """Take and keep the lease while the block runs; on a clean stop, give it up for a fast handover (after the
+    in-flight sends finished: the block has returned by then). A lost lease is not released: it is not ours."""
+    if lease is None:
+        yield
+        return
+    lease_stop = asyncio.Event()
+    keeper = asyncio.create_task(lease.run(lease_stop))
+    try:
+        yield
+    finally:
+        lease_stop.set()
+        await keeper
+        if not lease.lost.is_set():
+            await lease.release()
+        await lease.close()
 
 
 def _guarded(

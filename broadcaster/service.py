@@ -34,6 +34,7 @@ from broadcaster.digests import DigestPoster
 from broadcaster.dispatcher import DeliveryPolicy, Dispatcher
 from broadcaster.errors import StoreError
 from broadcaster.feeds.fetch import FeedFetcher
+from broadcaster.ha.role import Leadership, SoleInstance
 from broadcaster.messages import MessageRenderer
 from broadcaster.metrics import Health, Metrics, read_health
 from broadcaster.model import Alert, Network, Severity
@@ -50,7 +51,7 @@ from broadcaster.render.hashtags import hashtags_of
 from broadcaster.retained import RetainedPlanner, SequenceClock
 from broadcaster.state import NetworkState, StatePolicy
 from broadcaster.status import BROKER_KEY, BROKER_NAMESPACE
-from broadcaster.store import Database, FeedRecord, KeyValueStore
+from broadcaster.store import FeedRecord, KeyValueStore, Store
 
 __all__ = ["Broadcaster", "Clock", "PollOutcome", "SystemClock", "emergency_rule", "state_policy"]
 
@@ -91,14 +92,17 @@ class Broadcaster:
         config: Config,
         network: Network,
         renderer: Renderer,
-        db: Database,
+        db: Store,
         fetcher: FeedFetcher,
         link: MqttLink,
         *,
         posting: Sequence[PostingChannel] = (),
         clock: Clock | None = None,
+        leadership: Leadership | None = None,
     ) -> None:
         self.config = config
+        #: Who leads (broadcaster/ha): nothing is sent or published unless `leadership.may_act()`.
+        self.leadership: Leadership = leadership or SoleInstance()
         self.network = network
         self.db = db
         self.link = link
@@ -123,7 +127,7 @@ class Broadcaster:
                                                                    stream=MqttNoticeChannel.name))
         delivery_policy = DeliveryPolicy(config)
         self.dispatcher = Dispatcher(config, self.outbox, self.history, self.channels, self.posting, delivery_policy,
-                                     self.metrics, now)
+                                     self.metrics, now, may_act=self.leadership.may_act)
         self.pipeline = Pipeline(
             network, db, self.messages, self.metrics, policy=policy,
             compose_policy=ComposePolicy(config.zone, config.network.languages, emergency=emergency_rule(config)),
@@ -134,8 +138,17 @@ class Broadcaster:
         self.desk = OperatorDesk(config, network, db, self.history, self.pipeline, self.metrics, now=now)
         self.digests = DigestPoster(config, network, db, self.pipeline, delivery_policy, now=now)
         self.publisher = RetainedPublisher(config, network, topics, link, self.planner, builder, db, self.metrics,
-                                           feeds=self.poller.records, state=lambda: self.pipeline.state, now=now)
+                                           feeds=self.poller.records, state=lambda: self.pipeline.state, now=now,
+                                           may_act=self.leadership.may_act)
         link.watch_canaries(self.publisher.canary_topics)
+
+    def load_state(self) -> None:
+        """Read the state again from the database: a standby taking over finds what the former leader committed
+        since this instance started (the network state, operator notices, feed records, retained topics)."""
+        self.pipeline.load()
+        self.poller.load()
+        self.planner.load(self.db)
+        self.digests.load()
 
     # -- what the parts hold, read by the admin API, the status page and the tests ----------------------------
 

@@ -14,7 +14,8 @@ import orjson
 from broadcaster.config import Config
 from broadcaster.outbox import OutboxStatus
 from broadcaster.outbox_history import OutboxHistory
-from broadcaster.store import Database, FeedRecord, KeyValueStore, load_feeds
+from broadcaster.store import FeedRecord, KeyValueStore, Store, load_feeds
+from broadcaster.store.factory import open_database
 
 #: Where a running broadcaster records the broker its MQTT session is with (`Broadcaster.on_connected`).
 BROKER_NAMESPACE, BROKER_KEY = "mqtt", "broker"
@@ -62,6 +63,12 @@ class StatusReport:
     broker: dict[str, str] | None = None
     #: The state database's schema version (docs/design.md, "How the schema evolves").
     schema_version: int | None = None
+    #: This config's instance and its role now (broadcaster/ha): without `[ha]` the one instance, always
+    #: "leader"; with it "leader" when the lease in the database names this instance, else "standby".
+    instance: str = "sole"
+    role: str = "leader"
+    #: The instance holding the lease now (None: nobody; without `[ha]`, the one instance).
+    leader: str | None = "sole"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,6 +80,7 @@ class StatusReport:
             out.append(f"  {f.name:<20} {f.verdict():<40} content {age}")
             out += [f"    skipped: {problem}" for problem in f.problems]
         out.append(f"database: schema version {self.schema_version}")
+        out.append(f"instance: {self.instance}, {self.role} (leader: {self.leader or 'none, the lease is free'})")
         if self.broker is not None:
             out.append(f"broker: {self.broker.get('url')} (MQTT {self.broker.get('protocol')}), latest session since"
                        f" {self.broker.get('since')}")
@@ -99,7 +107,7 @@ def _excerpt(channel: str, payload: bytes, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _broker_record(db: Database) -> dict[str, str] | None:
+def _broker_record(db: Store) -> dict[str, str] | None:
     raw = KeyValueStore(db, BROKER_NAMESPACE).get(BROKER_KEY)
     try:
         record = orjson.loads(raw) if raw else None
@@ -108,12 +116,21 @@ def _broker_record(db: Database) -> dict[str, str] | None:
     return {str(k): str(v) for k, v in record.items()} if isinstance(record, dict) else None
 
 
+def _leader(config: Config) -> str | None:
+    from broadcaster.ha.lease import connector, lease_holder
+
+    return lease_holder(connector(config))
+
+
 def status_report(config: Config, *, now: datetime | None = None, latest: int = 10) -> StatusReport:
     """What an operator needs to know at a glance, from the committed state."""
     now = now or datetime.now(UTC)
-    db = Database(config.database_path)
+    db = open_database(config)
     try:
         report = StatusReport(schema_version=db.schema_version)
+        if config.ha is not None:
+            report.instance, report.leader = config.ha.instance, _leader(config)
+            report.role = "leader" if report.leader == config.ha.instance else "standby"
         feeds = load_feeds(db)
         for feed in config.feeds:
             record = feeds.get(feed.name) or FeedRecord(feed.name)

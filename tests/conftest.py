@@ -10,7 +10,11 @@ from rig import Rig
 from support import LoopbackHttpServer, MosquittoBroker, MosquittoNotFound, mqtt_client
 from support.long_tests import long_tests_first
 from support.microblog_fixture import MicroblogServer, serve_microblog
+from support.postgres import PASSWORD as POSTGRES_PASSWORD
 from support.postgres import PostgresNotFound, PostgresServer
+
+from broadcaster.store import Database, Store
+from broadcaster.store.postgres import PostgresDatabase
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -162,3 +166,18 @@ def postgres() -> Iterator[PostgresServer]:
 def postgres_database(postgres: PostgresServer) -> str:
     """The name of a new, empty database on the session's server, for this test alone."""
     return postgres.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A new, migrated state database of each engine in turn: the storage-layer tests run on both."""
+    db: Store
+    if request.param == "sqlite":
+        db = Database(tmp_path / "state" / "broadcaster.db")
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres")
+        db = PostgresDatabase(server.url(server.create_database()), password=POSTGRES_PASSWORD)
+    try:
+        yield db
+    finally:
+        db.close()

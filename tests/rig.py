@@ -106,6 +106,9 @@ class Rig:
         if "templates" in overrides:
             templates = overrides.pop("templates")
             lines.append("[templates]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in templates.items()))
+        if "storage" in overrides:
+            storage = overrides.pop("storage")
+            lines.append("[storage]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in storage.items()))
         assert not overrides, f"the rig does not write {sorted(overrides)}"
         self.config_path.write_text("\n".join(lines), encoding="utf-8")
         return self.config_path

@@ -10,6 +10,7 @@ import pytest
 from pydantic import BaseModel
 
 from broadcaster import config as cfg
+from broadcaster.config.storage import StorageConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -38,7 +39,7 @@ def test_every_channel_key_is_documented_in_channels_md(model: type[BaseModel]) 
 @pytest.mark.parametrize(
     "model",
     [cfg.NetworkConfig, cfg.FeedConfig, cfg.ServiceHours, cfg.StateConfig, cfg.MqttConfig, cfg.TemplatesConfig,
-     cfg.DigestConfig, cfg.EmergencyConfig, cfg.HashtagsConfig, cfg.AdminConfig, cfg.PublicConfig],
+     cfg.DigestConfig, cfg.EmergencyConfig, cfg.HashtagsConfig, cfg.AdminConfig, cfg.PublicConfig, StorageConfig],
     ids=lambda m: m.__name__,
 )
 def test_every_section_key_is_documented_in_configuration_md(model: type[BaseModel]) -> None:

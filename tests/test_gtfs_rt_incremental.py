@@ -21,6 +21,7 @@ from support.tiny_network import tiny_network
 
 from broadcaster.errors import FeedError
 from broadcaster.feeds.gtfs_rt import EntityCache, parse_gtfs_rt
+from broadcaster.feeds.gtfs_rt.incremental import Wants, entity_facts
 from broadcaster.model import FeedSnapshot
 
 NETWORK = tiny_network()
@@ -204,6 +205,40 @@ def test_the_cache_decodes_only_the_entities_whose_bytes_changed() -> None:
     # Only the previous body's entities are kept: the first body's changed trip is decoded again.
     parse(_header(T0 + 120) + b"".join(_trips(20)))
     assert cache.decoded == 22
+
+
+def test_a_changed_entity_of_the_same_length_is_decoded_again() -> None:
+    """The cache tells entities apart by their bytes, not their length or id: a delay moved by one second keeps the
+    record's length (and the entity's id), and it is still decoded again and counted."""
+    cache = EntityCache()
+
+    def parse(body: bytes) -> FeedSnapshot:
+        return parse_gtfs_rt("f", body, NETWORK, carries=ALL, default_language="zh", cache=cache)
+
+    before, after = _trips(3), _trips(3, changed=1)
+    assert [len(record) for record in before] == [len(record) for record in after]
+    assert before[1] != after[1]
+    first = parse(_header(T0) + b"".join(before))
+    second = parse(_header(T0 + 30) + b"".join(after))
+    assert cache.decoded == 4
+    assert second == parse_gtfs_rt("f", _header(T0 + 30) + b"".join(after), NETWORK, carries=ALL,
+                                   default_language="zh")
+    assert second.delays is not None
+    assert first.delays is not None
+    assert [d.max_delay_s for d in second.delays] == [61]
+    assert [d.max_delay_s for d in first.delays] == [60]
+
+
+def test_entities_that_say_the_same_share_one_facts_tuple() -> None:
+    """A cache keeps every entity's facts for a whole body: equal facts are one object (most vehicles of a line
+    and direction say the same), different ones stay apart."""
+    vehicles = [vehicle_entity(f"V{i}", occupancy="FULL", trip_id="L1-T0a", route_id="L1") for i in range(3)]
+    vehicles.append(vehicle_entity("V9", occupancy="EMPTY", trip_id="L1-T0a", route_id="L1"))
+    message = pb.FeedMessage()
+    message.entity.extend(vehicles)
+    facts = entity_facts(message.entity, NETWORK, Wants(alerts=False, trips=False, vehicles=True))
+    assert facts[0] is facts[1] is facts[2]
+    assert facts[3] != facts[0]
 
 
 def test_a_body_that_takes_the_full_parse_leaves_nothing_to_reuse() -> None:

@@ -32,8 +32,9 @@ PACKAGE = ROOT / "broadcaster"
 #: The modules that may hold SQL and use the database's connection (paths relative to broadcaster/).
 STORAGE_MODULES = frozenset({
     "store/database.py", "store/state.py", "store/feeds.py", "store/retained.py", "store/meta.py",
-    "store/sqlite_steps.py",
+    "store/sqlite_steps.py", "store/postgres.py", "store/postgres_steps.py", "store/transfer.py",
     "outbox.py", "outbox_history.py", "desk.py", "idempotency.py",
+    "ha/lease.py",  # the leader lease's own statements, on its own connection (docs/design.md)
 })
 
 _SQL_CALLS = frozenset({"execute", "executemany", "executescript"})
@@ -180,7 +181,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     # a leaf with no imports of ours; `posts` is the post value type (render's output, the channels' input).
     ("foundation", frozenset({
         "broadcaster", "errors", "model", "contract", "vocabulary", "resources", "secretfiles", "scheduler",
-        "lock", "webserver", "text", "render.length", "posts",
+        "lock", "webserver", "text", "render.length", "posts", "ha", "ha.role",
     })),
     # Read by every stage: the operator's configuration (models only, no behaviour of other layers).
     ("config", frozenset({"config"})),
@@ -189,7 +190,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("render", frozenset({"render"})),
     # What the pipeline commits and reads back: the database, the outbox, MQTT payloads, metrics.
     ("storage", frozenset({"store", "outbox", "outbox_history", "payloads", "retained", "operator", "idempotency",
-                           "metrics", "status"})),
+                           "metrics", "status", "ha.lease"})),
     ("channels", frozenset({"channels"})),
     # The parts that drive delivery and publishing; they know the channels only by their protocol (below).
     ("delivery", frozenset({"dispatcher", "publisher", "desk"})),

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from broadcaster.errors import NetworkDataError
 from broadcaster.feeds.network import load_network
-
-if TYPE_CHECKING:
-    from broadcaster.model import Network
+from broadcaster.model import Network
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "network"
 
@@ -89,6 +88,23 @@ def test_example_interchanges(example: Network) -> None:
     assert example.lines_at("S06") == ("1", "3")
     assert example.lines_at("S13") == ("2", "3")
     assert example.lines_at("S01") == ("1",)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(["1", "2", "3", "10"]),
+                       st.dictionaries(st.sampled_from([0, 1]), st.lists(st.sampled_from(["S1", "S2", "S3", "S4"])))))
+def test_lines_at_lists_every_line_serving_a_station_in_line_order(
+    line_stations: dict[str, dict[int, list[str]]],
+) -> None:
+    """`lines_at` answers from an index built on first use: the same answers as scanning every line, for any
+    station, twice (the second time from the index), including stations no line serves."""
+    network = Network(lines={}, stations={}, line_stations={line: {d: tuple(s) for d, s in by.items()}
+                                                             for line, by in line_stations.items()},
+                      stop_to_station={}, trip_to_line={})
+    for _ in range(2):
+        for station in ("S1", "S2", "S3", "S4", "S9"):
+            expected = tuple(line for line, by in line_stations.items() if any(station in s for s in by.values()))
+            assert network.lines_at(station) == expected
 
 
 def test_example_platforms_and_trips(example: Network) -> None:

@@ -22,13 +22,19 @@ from broadcaster.state import (
     NetworkState,
     alert_version,
 )
-from broadcaster.store import Database, StateStore
+from broadcaster.store import Database, StateStore, Store
 
 T0 = datetime(2026, 11, 25, 0, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Database:
+def db(store: Store) -> Store:
+    """Each engine in turn (conftest `store`)."""
+    return store
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> Database:
     return Database(tmp_path / "state" / "broadcaster.db")
 
 
@@ -36,9 +42,9 @@ def message(notice: str, priority: int = 1, channel: str = "mqtt", version: str 
     return OutgoingMessage(notice, version, channel, f"payload {notice}".encode(), priority)
 
 
-def test_database_runs_in_wal_with_full_sync(db: Database) -> None:
-    assert db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+def test_database_runs_in_wal_with_full_sync(sqlite_db: Database) -> None:
+    assert sqlite_db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert sqlite_db.conn.execute("PRAGMA synchronous").fetchone()[0] == 2
 
 
 def test_start_up_refuses_a_database_that_cannot_run_in_wal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -74,7 +80,7 @@ def test_key_is_deterministic_and_distinguishes_every_part() -> None:
     assert len(others) == 4
 
 
-def test_enqueue_is_idempotent(db: Database) -> None:
+def test_enqueue_is_idempotent(db: Store) -> None:
     with db.transaction() as conn:
         assert Outbox.enqueue(conn, [message("a"), message("b")], T0) == 2
     with db.transaction() as conn:
@@ -82,7 +88,7 @@ def test_enqueue_is_idempotent(db: Database) -> None:
     assert Outbox(db).pending_count() == 3
 
 
-def test_a_failed_transaction_leaves_nothing(db: Database) -> None:
+def test_a_failed_transaction_leaves_nothing(db: Store) -> None:
     def crash_before_commit() -> None:
         with db.transaction() as conn:
             Outbox.enqueue(conn, [message("a")], T0)
@@ -93,7 +99,7 @@ def test_a_failed_transaction_leaves_nothing(db: Database) -> None:
     assert Outbox(db).pending_count() == 0
 
 
-def test_due_orders_emergencies_first_then_oldest(db: Database) -> None:
+def test_due_orders_emergencies_first_then_oldest(db: Store) -> None:
     with db.transaction() as conn:
         Outbox.enqueue(conn, [message("routine", 2)], T0)
         Outbox.enqueue(conn, [message("normal", 1)], T0 + timedelta(seconds=1))
@@ -103,7 +109,7 @@ def test_due_orders_emergencies_first_then_oldest(db: Database) -> None:
     assert Outbox(db).due("mastodon", T0 + timedelta(seconds=3)) == []
 
 
-def test_retry_later_honours_retry_after_and_backs_off(db: Database) -> None:
+def test_retry_later_honours_retry_after_and_backs_off(db: Store) -> None:
     outbox = Outbox(db, Backoff(base_s=1, cap_s=60), random.Random(7))
     with db.transaction() as conn:
         Outbox.enqueue(conn, [message("a")], T0)
@@ -124,7 +130,7 @@ def test_backoff_grows_and_is_capped() -> None:
     assert 15 <= backoff.delay(40, None, rng) <= 30
 
 
-def test_sent_and_parked_entries_are_never_due_again(db: Database) -> None:
+def test_sent_and_parked_entries_are_never_due_again(db: Store) -> None:
     outbox = Outbox(db)
     with db.transaction() as conn:
         Outbox.enqueue(conn, [message("sent"), message("parked")], T0)
@@ -137,7 +143,7 @@ def test_sent_and_parked_entries_are_never_due_again(db: Database) -> None:
     assert row[0] == "109876"
 
 
-def test_original_remote_ids_are_the_sent_posts_that_are_neither_corrections_nor_deletions(db: Database) -> None:
+def test_original_remote_ids_are_the_sent_posts_that_are_neither_corrections_nor_deletions(db: Store) -> None:
     """What a deletion takes down: the notice's posts on that channel that were sent, not its correction (which
     stays up), not a deletion entry, not one still queued or parked, and nothing on another channel."""
     outbox = Outbox(db)
@@ -162,7 +168,7 @@ def test_original_remote_ids_are_the_sent_posts_that_are_neither_corrections_nor
     assert OutboxHistory(db).original_remote_ids("mastodon", "n3") == []
 
 
-def test_operator_reports_read_parked_and_latest_sent_rows(db: Database) -> None:
+def test_operator_reports_read_parked_and_latest_sent_rows(db: Store) -> None:
     outbox = Outbox(db)
     with db.transaction() as conn:
         Outbox.enqueue(conn, [message("a"), message("b"), message("c")], T0)
@@ -216,7 +222,8 @@ def test_state_round_trips_through_the_database(tmp_path: Path) -> None:
     assert loaded.as_of == T0
 
 
-def test_save_writes_only_what_changed(db: Database) -> None:
+def test_save_writes_only_what_changed(sqlite_db: Database) -> None:
+    db = sqlite_db
     store = StateStore(db)
     state = sample_state()
     with db.transaction() as conn:
@@ -234,7 +241,7 @@ def test_save_writes_only_what_changed(db: Database) -> None:
     assert db.conn.execute("SELECT COUNT(*) FROM state WHERE kind = 'alert'").fetchone()[0] == 0
 
 
-def test_make_due_brings_backed_off_entries_forward(db: Database) -> None:
+def test_make_due_brings_backed_off_entries_forward(db: Store) -> None:
     outbox = Outbox(db)
     with db.transaction() as conn:
         Outbox.enqueue(conn, [message("a"), message("b", channel="mastodon")], T0)
@@ -246,7 +253,7 @@ def test_make_due_brings_backed_off_entries_forward(db: Database) -> None:
     assert outbox.due("mastodon", T0 + timedelta(seconds=1)) == []  # other channels keep their backoff
 
 
-def test_in_flight_mark_survives_a_crash_and_a_clear_failure_removes_it(db: Database) -> None:
+def test_in_flight_mark_survives_a_crash_and_a_clear_failure_removes_it(db: Store) -> None:
     outbox = Outbox(db)
     with db.transaction() as conn:
         Outbox.enqueue(conn, [message("a", channel="mastodon")], T0)
@@ -261,4 +268,18 @@ def test_in_flight_mark_survives_a_crash_and_a_clear_failure_removes_it(db: Data
     again = outbox.due("mastodon", T0 + timedelta(minutes=10))[0]
     outbox.begin_attempt(again.key, T0)
     outbox.retry_later(again, T0, "timeout", retry_after=0, uncertain=True)
+    assert outbox.due("mastodon", T0 + timedelta(hours=1))[0].uncertain
+
+
+def test_a_platform_error_text_with_a_nul_character_is_recorded_on_every_engine(db: Store) -> None:
+    """A hostile or broken platform's answer ends up in the error text (`HTTP 422: <body>`); PostgreSQL's TEXT
+    refuses U+0000, and a failure to record the failure would leave the post due again and again."""
+    outbox = Outbox(db)
+    with db.transaction() as conn:
+        Outbox.enqueue(conn, [message("a", channel="mastodon"), message("b", channel="mastodon")], T0)
+    first, second = outbox.due("mastodon", T0)
+    outbox.retry_later(first, T0, "HTTP 500: bad\x00answer", retry_after=0, uncertain=True)
+    outbox.park(second.key, "HTTP 422: bad\x00answer")
+    errors = dict(db.conn.execute("SELECT notice_id, error FROM outbox").fetchall())
+    assert errors == {"a": "HTTP 500: bad\ufffdanswer", "b": "HTTP 422: bad\ufffdanswer"}
     assert outbox.due("mastodon", T0 + timedelta(hours=1))[0].uncertain

@@ -11,11 +11,14 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 from support.tiny_network import tiny_network
 
 from broadcaster.errors import FeedFormatError
 from broadcaster.feeds.passenger_flow import (
     PassengerFlowDocument,
+    StationReading,
+    _plain_reading,
     parse_passenger_flow,
     passenger_flow_json_schema,
 )
@@ -291,3 +294,63 @@ def test_mutated_documents_parse_or_raise_feed_errors(data: st.DataObject) -> No
     assert snapshot.crowding is not None
     assert all(reading.station_id in NETWORK.stations for reading in snapshot.crowding)
     assert snapshot.timestamp.tzinfo is not None
+
+
+_FIELD_VALUES: dict[str, st.SearchStrategy[object]] = {
+    "station_id": st.sampled_from(["S01", "P01a", "", " ", "nowhere", 1, None, ["S01"]]),
+    "level": st.sampled_from(["EMPTY", "FULL", "NO_DATA_AVAILABLE", "full", "BUSY", "", 3, None, True]),
+    "percentage": st.sampled_from([0, 28, 200, 201, -1, True, False, 28.0, "28", None]),
+    "observed_at": st.sampled_from([0, 1796314346, 10**11, 10**11 + 1, -5, True, 1.5, None, "",
+                                    "2026-11-25T08:00:00+08:00", "2026-11-25t00:00:00z", "2026-11-25 08:00:00Z",
+                                    "2026-11-25T08:00:00", "2026-13-45T08:00:00Z", "yesterday", ["x"]]),
+    "line_id": st.sampled_from(["L1", "L9", "", 1, None, {"id": "L1"}]),
+    "direction_id": st.sampled_from([0, 1, 2, -1, True, False, 0.0, "0", None]),
+}
+
+
+@st.composite
+def _records(draw: st.DrawFn) -> object:
+    """A station record, valid or not in every way a field can be (or not a record at all)."""
+    if draw(st.integers(0, 19)) == 0:
+        return draw(st.sampled_from([None, "S01", 1, ["S01"]]))
+    fields = draw(st.lists(st.sampled_from(sorted(_FIELD_VALUES)), unique=True))
+    record = {name: draw(_FIELD_VALUES[name]) for name in fields}
+    if draw(st.booleans()):
+        record["extra"] = draw(st.sampled_from([1, "x", None]))
+    return record
+
+
+@settings(max_examples=1000, deadline=None, database=None)
+@given(_records())
+def test_the_fast_path_reads_exactly_what_the_model_accepts(record: object) -> None:
+    """Plainly valid records skip pydantic: the fast path must accept exactly what `StationReading` accepts, with the
+    same values, and leave everything else to it (which words the problem)."""
+    fast = _plain_reading(record, {})
+    try:
+        model = StationReading.model_validate(record)
+    except ValidationError:
+        assert fast is None
+        return
+    expected = (model.station_id, model.level, model.percentage, model.observed_at, model.line_id, model.direction_id)
+    assert fast is None or fast == expected
+    # The fast path gives up only on what a JSON document can hold but it does not expect.
+    if isinstance(record, dict) and all(type(record.get(k)) in (str, int, type(None)) for k in _FIELD_VALUES):
+        assert fast == expected
+
+
+def test_a_document_full_of_plain_records_reads_as_the_model_reads_it() -> None:
+    """Through the whole parse: readings sharing an observed_at (memoised within the document) keep their own
+    values, and a bad record among them is still worded by the model."""
+    records = [
+        {"station_id": "S01", "level": "FULL", "percentage": 99, "observed_at": 1796314346},
+        {"station_id": "S02", "level": "EMPTY", "observed_at": 1796314346, "line_id": "L1", "direction_id": 1},
+        {"station_id": "S01", "level": "BUSY", "observed_at": 1796314346},
+        {"station_id": "S02", "level": "FEW_SEATS_AVAILABLE", "observed_at": "2026-11-25T08:00:00+08:00"},
+    ]
+    snapshot = parse(document(*records))
+    assert snapshot.crowding == (
+        CrowdingReading("S01", Occupancy.FULL, datetime.fromtimestamp(1796314346, UTC), 99),
+        CrowdingReading("S02", Occupancy.EMPTY, datetime.fromtimestamp(1796314346, UTC), None, "L1", 1),
+        CrowdingReading("S02", Occupancy.FEW_SEATS_AVAILABLE, AT),
+    )
+    assert snapshot.problems == ("stations[2].level: 'BUSY' is not an OccupancyStatus name (station 'S01')",)

@@ -11,15 +11,16 @@ import pytest
 
 from broadcaster.payloads import RetainedItem
 from broadcaster.retained import Publication, RetainedPlanner, SequenceClock
-from broadcaster.store import Database
+from broadcaster.store import Database, Store
 
 T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 TTL = timedelta(minutes=30)
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Database:
-    return Database(tmp_path / "broadcaster.db")
+def db(store: Store) -> Store:
+    """Each engine in turn (conftest `store`)."""
+    return store
 
 
 def items(alert: bool = True, level: str = "FULL") -> list[RetainedItem]:
@@ -33,7 +34,7 @@ def items(alert: bool = True, level: str = "FULL") -> list[RetainedItem]:
     return out
 
 
-def publish(planner: RetainedPlanner, db: Database, its: list[RetainedItem], now: datetime, *,
+def publish(planner: RetainedPlanner, db: Store, its: list[RetainedItem], now: datetime, *,
             fresh: set[str] | None = None, full: bool = False) -> list[Publication]:
     pubs = planner.plan(its, now, fresh_sources={"gtfs-rt", "passenger-flow"} if fresh is None else fresh,
                         full=full)
@@ -46,7 +47,7 @@ def topics(pubs: list[Publication]) -> set[str]:
     return {p.topic for p in pubs}
 
 
-def test_first_round_publishes_everything_then_nothing_until_a_change(db: Database) -> None:
+def test_first_round_publishes_everything_then_nothing_until_a_change(db: Store) -> None:
     planner = RetainedPlanner(TTL, 10_000, SequenceClock())
     assert len(publish(planner, db, items(), T0)) == 4
     assert publish(planner, db, items(), T0 + timedelta(seconds=30)) == []
@@ -58,7 +59,7 @@ def test_first_round_publishes_everything_then_nothing_until_a_change(db: Databa
     assert changed[0].expiry_s == 1800
 
 
-def test_resolved_alert_gets_an_empty_retained_payload_once(db: Database) -> None:
+def test_resolved_alert_gets_an_empty_retained_payload_once(db: Store) -> None:
     planner = RetainedPlanner(TTL, 10_000, SequenceClock())
     publish(planner, db, items(), T0)
     clears = publish(planner, db, items(alert=False), T0 + timedelta(seconds=1))
@@ -66,7 +67,7 @@ def test_resolved_alert_gets_an_empty_retained_payload_once(db: Database) -> Non
     assert publish(planner, db, items(alert=False), T0 + timedelta(seconds=2)) == []
 
 
-def test_refresh_at_half_ttl_only_for_fresh_sources(db: Database) -> None:
+def test_refresh_at_half_ttl_only_for_fresh_sources(db: Store) -> None:
     planner = RetainedPlanner(TTL, 10_000, SequenceClock())
     publish(planner, db, items(), T0)
     later = T0 + TTL / 2
@@ -75,7 +76,7 @@ def test_refresh_at_half_ttl_only_for_fresh_sources(db: Database) -> None:
     assert topics(refreshed) == {"m/v1/lines/1/status", "m/v1/lines/1/alerts/A", "m/v1/stations/S1/display"}
 
 
-def test_full_republish_after_reconnect_never_extends_stale_entries(db: Database) -> None:
+def test_full_republish_after_reconnect_never_extends_stale_entries(db: Store) -> None:
     planner = RetainedPlanner(TTL, 10_000, SequenceClock())
     publish(planner, db, items(), T0)
     reconnect = T0 + timedelta(minutes=20)
@@ -91,7 +92,7 @@ def test_full_republish_after_reconnect_never_extends_stale_entries(db: Database
     assert "m/v1/stations/S1/crowding" not in pubs
 
 
-def test_oversize_payload_is_not_published(db: Database, caplog: pytest.LogCaptureFixture) -> None:
+def test_oversize_payload_is_not_published(db: Store, caplog: pytest.LogCaptureFixture) -> None:
     planner = RetainedPlanner(TTL, 200, SequenceClock())
     big = [RetainedItem("m/v1/stations/S1/display", {"text": "x" * 500}, "any")]
     assert publish(planner, db, big, T0) == []
@@ -144,7 +145,7 @@ def test_a_cleared_topic_is_cleared_again_on_every_full_publish_for_one_ttl(tmp_
     assert db.conn.execute("SELECT count(*) FROM retained_cleared").fetchone() == (0,)
 
 
-def test_a_topic_published_again_is_no_longer_cleared_on_reconnect(db: Database) -> None:
+def test_a_topic_published_again_is_no_longer_cleared_on_reconnect(db: Store) -> None:
     planner = RetainedPlanner(TTL, 10_000, SequenceClock())
     publish(planner, db, items(), T0)
     publish(planner, db, items(alert=False), T0 + timedelta(minutes=1))

@@ -158,7 +158,7 @@ def test_opening_an_up_to_date_database_changes_nothing(tmp_path: Path) -> None:
 
 
 #: What releases added without a version, by the step that now adds it: a version-1 database may have any of it.
-UNVERSIONED = range(2, NEWEST + 1)
+UNVERSIONED = range(2, 5)  # steps 2-4; step 5 and later came with their version
 
 
 @settings(max_examples=40, deadline=None)
@@ -204,7 +204,7 @@ def test_a_step_that_fails_leaves_the_database_at_the_step_before(tmp_path: Path
         conn.execute("DROP TABLE outbox")
     with pytest.raises(StoreError, match=r"no such table: main\.outbox"):
         Database(path)
-    assert version_of(path) == NEWEST - 1
+    assert version_of(path) == 3  # step 4 (the index on outbox) failed: the database stays at step 3
     assert "outbox_recent" not in {o[1] for o in schema_of(path)["objects"]}
 
 

@@ -139,7 +139,13 @@ class AdminApi:
 
     async def health(self, request: Request, token_id: str | None) -> Response:
         health = self.b.health()
-        return JSONResponse(_health_body(health, detail=False), 200 if health.healthy else 503)
+        return JSONResponse(self._with_role(_health_body(health, detail=False)), 200 if health.healthy else 503)
+
+    def _with_role(self, body: dict[str, Any]) -> dict[str, Any]:
+        """`role` (leader or standby, broadcaster/ha) and `instance`: which instance a load balancer reached."""
+        body["role"] = self.b.leadership.role.value
+        body["instance"] = self.b.leadership.instance
+        return body
 
     async def metrics(self, request: Request, token_id: str | None) -> Response:
         return Response(self.b.metrics.render(), 200, media_type=CONTENT_TYPE)
@@ -149,7 +155,7 @@ class AdminApi:
 
     async def status(self, request: Request, token_id: str | None) -> Response:
         health = self.b.health()
-        body = _health_body(health, detail=True)
+        body = self._with_role(_health_body(health, detail=True))
         mqtt = self.b.config.mqtt
         # `url`: the first configured broker, as in v1.0; `broker`: the one the link is with now (mqtt.urls).
         body["mqtt"].update(url=mqtt.brokers[0], sessions=self.b.link.sessions, last_error=self.b.link.last_error,

@@ -41,7 +41,8 @@ def openapi_document(public: frozenset[str]) -> dict[str, Any]:
             return {"summary": summary, "security": [], **more, "responses": responses}
         return {"summary": summary, "security": [{"bearer": []}], **more, "responses": {**responses, **refused}}
 
-    health = {"type": "object", "description": "healthy, mqtt.connected, feeds[], outbox{channel: depth}"}
+    health = {"type": "object", "description": "healthy, mqtt.connected, feeds[], outbox{channel: depth}, role"
+                                               " (leader or standby), instance"}
     key = {"name": IDEMPOTENCY_HEADER, "in": "header", "required": False,
            "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
            "description": "a retry with the same key and body gets the first answer for 24 h (Idempotent-Replayed:"
@@ -67,7 +68,8 @@ def openapi_document(public: frozenset[str]) -> dict[str, Any]:
              "413": {"description": "the body is too large", **problem},
              "422": {"description": "invalid fields, each named; or an Idempotency-Key reused with another body",
                      **problem},
-             "503": {"description": "the database could not commit it", **problem}},
+             "503": {"description": "the database could not commit it, or (a standby) no leader carried it out"
+                                    " in time", **problem}},
             parameters=[key], requestBody={"required": True, **_json_content(_ref("NoticeRequest"))})},
         "/v1/notices/{notice_id}/corrections": {"post": operation(
             "corrections", "Correct an earlier notice everywhere it went; answers once it is committed",
@@ -77,7 +79,8 @@ def openapi_document(public: frozenset[str]) -> dict[str, Any]:
              "413": {"description": "the body is too large", **problem},
              "422": {"description": "invalid fields, each named; or an Idempotency-Key reused with another body",
                      **problem},
-             "503": {"description": "the database could not commit it", **problem}},
+             "503": {"description": "the database could not commit it, or (a standby) no leader carried it out"
+                                    " in time", **problem}},
             parameters=[{"name": "notice_id", "in": "path", "required": True, "schema": {"type": "string"},
                          "description": "e.g. alert-A-L2 (from the notice stream, /v1/status or POST /v1/notices)"},
                         key],

@@ -3,13 +3,18 @@
 
 The request models and their checks are broadcaster.operator's (the command line uses the same); this module
 reads the body, answers, and records each refusal in the audit log under the token's id.
+
+On a standby (`[ha]`, broadcaster/ha) a valid request is queued in the shared database, as `broadcaster
+announce` queues one, and answered once the leader has carried it out; its `Idempotency-Key` row is written in
+the transaction that queues it, naming the queued request, so a retry at any instance waits for that one request
+instead of making a second.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-import sqlite3
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -19,17 +24,32 @@ from starlette.responses import Response
 
 from broadcaster import desk, idempotency
 from broadcaster.admin.answers import correction_created, notice_created, problem
-from broadcaster.errors import IdempotencyKeyReused, RequestInvalid, StoreError, UnknownNotice
+from broadcaster.errors import IdempotencyKeyReused, RequestFailed, RequestInvalid, StoreError, UnknownNotice
+from broadcaster.ha.role import Role
 from broadcaster.operator import ManualNotice, correction_request, notice_request
 from broadcaster.service import Broadcaster
+from broadcaster.store import Connection
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
-#: Records an answer to an `Idempotency-Key` inside the transaction that commits the request's notice.
-Remember = Callable[[sqlite3.Connection, Response], None]
+#: How long a standby waits for the leader to carry a queued request out before answering 503.
+LEADER_WAIT_SECONDS = 30.0
+
+
+class Remember:
+    """Records the answer to an `Idempotency-Key` inside the transaction that commits the request's notice (a
+    leader), or the queued request that will carry it out inside the transaction that queues it (a standby)."""
+
+    def __init__(self, answer: Callable[[Connection, Response], None],
+                 queued: Callable[[Connection, int], None]) -> None:
+        self.answer = answer
+        self.queued = queued
+
+    def __call__(self, conn: Connection, response: Response) -> None:
+        self.answer(conn, response)
 
 
 async def read_json(request: Request) -> Any | Response:
@@ -53,6 +73,7 @@ class OperatorRequests:
     def __init__(self, b: Broadcaster) -> None:
         self.b = b
         self._keyed = asyncio.Lock()  # requests with an Idempotency-Key, one at a time
+        self.leader_wait_seconds = LEADER_WAIT_SECONDS
 
     async def announce(self, request: Request, token_id: str | None) -> Response:
         assert token_id is not None
@@ -95,14 +116,55 @@ class OperatorRequests:
             if earlier is not None:
                 if earlier.fingerprint != fingerprint:
                     return problem(422, "idempotency_key_reused", str(IdempotencyKeyReused(key)))
-                return Response(earlier.body, earlier.status or 200, media_type="application/json",
-                                headers={"Idempotent-Replayed": "true"})
+                if earlier.body is None and earlier.request_id is not None:
+                    queued_id = earlier.request_id  # queued by a standby: its outcome is the answer
+                else:
+                    return Response(earlier.body, earlier.status or 200, media_type="application/json",
+                                    headers={"Idempotent-Replayed": "true"})
+            else:
 
-            def remember(conn: sqlite3.Connection, response: Response) -> None:
-                idempotency.remember(conn, scope, key, fingerprint, self.b.clock.now(),
-                                     status=response.status_code, body=bytes(response.body))
+                def answer(conn: Connection, response: Response) -> None:
+                    idempotency.remember(conn, scope, key, fingerprint, self.b.clock.now(),
+                                         status=response.status_code, body=bytes(response.body))
 
-            return await handler(body, token_id, remember)
+                def queued(conn: Connection, request_id: int) -> None:
+                    idempotency.remember(conn, scope, key, fingerprint, self.b.clock.now(), request_id=request_id)
+
+                return await handler(body, token_id, Remember(answer, queued))
+        # Outside the lock: waiting for the leader must not hold up other keyed requests.
+        created = notice_created if action == "announce" else functools.partial(correction_created, subject)
+        return await self._leaders_answer(queued_id, created, replayed=True)
+
+    def _standby(self) -> bool:
+        return self.b.leadership.role is not Role.LEADER
+
+    async def _through_leader(self, action: str, queued: Mapping[str, Any], remember: Remember | None,
+                              created: Callable[[str], Response]) -> Response:
+        """A standby's way: queue the request in the shared database (with its key's row) and answer with what
+        the leader made of it."""
+        try:
+            with self.b.db.transaction() as conn:  # a standby's write: not fenced (leader_only=False, PostgreSQL)
+                request_id = desk.enqueue(conn, action, queued)
+                if remember is not None:
+                    remember.queued(conn, request_id)
+        except StoreError as exc:
+            log.error("admin API: %s not queued for the leader: %s", action, exc)
+            return problem(503, "store_unavailable", "the request could not be queued; try again")
+        return await self._leaders_answer(request_id, created, replayed=False)
+
+    async def _leaders_answer(self, request_id: int, created: Callable[[str], Response], *,
+                              replayed: bool) -> Response:
+        try:
+            result = await desk.wait_for(self.b.db, request_id, self.leader_wait_seconds)
+        except RequestFailed as exc:
+            status, _, _ = desk.outcome(self.b.db, request_id)
+            if status == desk.PENDING:
+                return problem(503, "no_leader", f"{exc}; a retry with the same Idempotency-Key waits for it")
+            return problem(422, "request_failed", str(exc))
+        response = created(result)
+        if replayed:
+            response.headers["Idempotent-Replayed"] = "true"
+        return response
 
     async def _announce(self, body: Any, token_id: str, remember: Remember | None) -> Response:
         try:
@@ -110,6 +172,9 @@ class OperatorRequests:
                                     now=self.b.clock.now())
         except RequestInvalid as exc:
             return self._refused("announce", token_id, "", exc.problems)
+        if self._standby():
+            queued = {**notice.model_dump(mode="json"), "author": token_id}
+            return await self._through_leader("announce", queued, remember, notice_created)
         try:
             notice_id = await self.b.announce(  # once committed, with the answer remembered in that transaction
                 ManualNotice.of(notice, author=token_id),
@@ -127,6 +192,10 @@ class OperatorRequests:
             return self._refused("correct", token_id, notice_id, exc.problems)
         if not desk.notice_known(self.b.db, notice_id):
             return problem(404, "unknown_notice", str(UnknownNotice(notice_id)))
+        if self._standby():
+            queued = {"notice_id": notice_id, "texts": dict(correction.texts), "author": token_id}
+            return await self._through_leader("correct", queued, remember,
+                                              functools.partial(correction_created, notice_id))
         try:
             answer = None if remember is None else lambda conn, v: remember(conn, correction_created(notice_id, v))
             version = await self.b.correct(notice_id, correction.texts, author=token_id, on_commit=answer)

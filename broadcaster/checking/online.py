@@ -21,7 +21,7 @@ from broadcaster.config import (
     WebhookChannelConfig,
     WeiboChannelConfig,
 )
-from broadcaster.errors import BroadcasterError, ConfigError, DeliveryError, FeedError
+from broadcaster.errors import BroadcasterError, ConfigError, DeliveryError, FeedError, StoreError
 from broadcaster.feeds.fetch import FeedFetcher
 from broadcaster.feeds.freshness import check_freshness
 from broadcaster.feeds.gtfs_rt import parse_gtfs_rt
@@ -43,6 +43,8 @@ def secret_refs(config: Config) -> list[tuple[str, SecretRef]]:
             refs.append((f"channels[{i}].access_token", channel.access_token))
         elif isinstance(channel, WebhookChannelConfig):
             refs.append((f"channels[{i}].secret", channel.secret))
+    if config.storage is not None:
+        refs.append(("storage.password", config.storage.password))
     if config.admin is not None:
         refs += [(f"admin.tokens[{i}].token", token.token) for i, token in enumerate(config.admin.tokens)]
     return [(key, ref) for key, ref in refs if ref is not None]
@@ -84,6 +86,24 @@ async def _feed_verdict(config: Config, feed: FeedConfig, network: Network, fetc
     return Verdict(f"feed {feed.name}", True,
                    f"HTTP {result.status}, {len(body)} bytes, timestamp {age:.0f} s old (max"
                    f" {feed.max_age_seconds:.0f} s), {len(snapshot.problems)} record(s) skipped as invalid")
+
+
+def _storage_verdict(config: Config, password: Secret | None) -> Verdict:
+    """Connect to `[storage]`'s database and read its schema version; nothing is migrated or written."""
+    from broadcaster.store.postgres import SCHEMA_VERSION, describe, probe  # psycopg only for a PostgreSQL config
+
+    assert config.storage is not None
+    what = f"storage {describe(config.storage.url)}"
+    try:
+        server, version = probe(config.storage.url, password=password.reveal() if password else None,
+                                timeout=config.storage.statement_timeout_seconds)
+    except StoreError as exc:
+        return Verdict(what, False, str(exc).removeprefix(f"{exc.path}: "))
+    if version > SCHEMA_VERSION:
+        return Verdict(what, False, f"PostgreSQL {server}, schema version {version}: newer than this release"
+                                    f" knows (up to {SCHEMA_VERSION}); it would refuse to start")
+    later = "" if version == SCHEMA_VERSION else f"; migrated to {SCHEMA_VERSION} at the next start"
+    return Verdict(what, True, f"PostgreSQL {server}, schema version {version}{later}")
 
 
 async def _broker_verdict(config: Config, secrets: dict[str, Secret], url: str) -> Verdict:
@@ -150,11 +170,17 @@ async def check_online(config: Config, report: CheckReport, now: datetime | None
         # Every broker of mqtt.urls: a standby found broken only when the link fails over is found too late.
         return [await _broker_verdict(config, secrets, url) for url in config.mqtt.brokers]
 
+    async def storage() -> list[Verdict]:
+        if config.storage is None or "storage.password" in missing:
+            return []
+        return [await asyncio.to_thread(_storage_verdict, config, secrets.get("storage.password"))]
+
     async with FeedFetcher(user_agent=f"broadcaster/{__version__} (check)") as fetcher:
-        feeds, brokers, (channels, build_problems) = await asyncio.gather(
+        feeds, brokers, (channels, build_problems), databases = await asyncio.gather(
             asyncio.gather(*(_feed_verdict(config, feed, network, fetcher, now) for feed in config.feeds)),
             broker(),
             _channel_verdicts(config, now, skip),
+            storage(),
         )
-    report.verdicts += [*feeds, *brokers, *channels]
+    report.verdicts += [*feeds, *brokers, *channels, *databases]
     report.problems += build_problems

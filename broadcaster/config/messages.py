@@ -43,7 +43,8 @@ def _secret_location(location: tuple[int | str, ...]) -> tuple[int | str, ...] |
         head, key = location[: end - 1], location[end - 1]
         if key not in _SECRET_KEYS:
             continue
-        if head == ("mqtt",) or (len(head) == 2 and head[0] == "channels" and isinstance(head[1], int)) or (
+        if head in (("mqtt",), ("storage",)) or (
+            len(head) == 2 and head[0] == "channels" and isinstance(head[1], int)) or (
             len(head) == 3 and head[:2] == ("admin", "tokens") and isinstance(head[2], int) and key == "token"
         ):
             return location[:end]
@@ -55,8 +56,8 @@ def _how_to_give(data: dict[str, Any], location: tuple[int | str, ...]) -> str:
     key = str(location[-1])
     channel = _lookup(data, location[:2]) if location[0] == "channels" else None
     kind = channel.get("kind") if isinstance(channel, dict) else None
-    owner = kind if kind in CHANNEL_KINDS else {"mqtt": "mqtt", "admin": "admin", "channels": "channel"}.get(
-        str(location[0]), "metro")
+    owner = kind if kind in CHANNEL_KINDS else {"mqtt": "mqtt", "admin": "admin", "channels": "channel",
+                                                 "storage": "storage"}.get(str(location[0]), "metro")
     name = f"{owner}_{key}"
     return (f'a secret never stands in the file: write {key} = {{ env = "METRO_{name.upper()}" }} or '
             f'{key} = {{ file = "/run/secrets/{name}" }}')

@@ -15,6 +15,7 @@ from broadcaster.config.sections import (
     DigestConfig,
     EmergencyConfig,
     FeedConfig,
+    HaConfig,
     HashtagsConfig,
     MqttConfig,
     NetworkConfig,
@@ -23,6 +24,7 @@ from broadcaster.config.sections import (
     StateConfig,
     TemplatesConfig,
 )
+from broadcaster.config.storage import StorageConfig
 
 #: The config format's version. Bump it (and document the change in docs/configuration.md) on any change that
 #: makes an old file invalid or mean something else.
@@ -36,6 +38,8 @@ class Config(Section):
     network: NetworkConfig
     feeds: Annotated[tuple[FeedConfig, ...], Field(min_length=1)]
     state: StateConfig = StateConfig()
+    #: A PostgreSQL database; None: SQLite in the state directory (`database_path`).
+    storage: StorageConfig | None = None
     mqtt: MqttConfig = MqttConfig()
     templates: TemplatesConfig = TemplatesConfig()
     channels: tuple[ChannelConfig, ...] = ()
@@ -47,6 +51,8 @@ class Config(Section):
     admin: AdminConfig | None = None
     #: The commuters' web site (Atom feeds, the commuter page); None: not served.
     public: PublicConfig | None = None
+    #: Several instances on one PostgreSQL database (docs/ha.md); None: one instance, always the leader.
+    ha: HaConfig | None = None
     #: The file this was read from; set by `load_config`, not by the operator.
     source: Path = Field(default=Path("<memory>"), exclude=True)
 
@@ -87,6 +93,13 @@ class Config(Section):
                 if language not in known:
                     raise KeyedValueError(("channels", c, "languages", i),
                                           f"is not one of network.languages ({', '.join(known)})")
+        return self
+
+    @model_validator(mode="after")
+    def _ha_needs_postgresql(self) -> Config:
+        # Instances share their state through the database: a SQLite file belongs to one machine's instance.
+        if self.ha is not None and self.storage is None:
+            raise KeyedValueError(("ha",), "needs a PostgreSQL database: [storage] url = \"postgresql://...\"")
         return self
 
     @field_validator("feeds")

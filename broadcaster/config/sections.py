@@ -3,6 +3,8 @@ emergencies and the admin API."""
 
 from __future__ import annotations
 
+import re
+import socket
 from collections.abc import Callable
 from datetime import time
 from pathlib import Path
@@ -346,3 +348,39 @@ class HashtagsConfig(Section):
     lines: dict[str, dict[LanguageCode, LineTagPattern]] = Field(default_factory=dict)
     #: Per station id (stop_id), per language: a pattern that replaces `station` for that station.
     stations: dict[str, dict[LanguageCode, StationTagPattern]] = Field(default_factory=dict)
+
+
+def _host_instance() -> str:
+    """This machine's host name made into an instance id (`[A-Za-z0-9_.-]{1,64}`)."""
+    made = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64]
+    return made or "broadcaster"
+
+
+class HaConfig(Section):
+    """Several instances on one PostgreSQL database, one leading at a time under a lease (docs/ha.md)."""
+
+    #: This instance's id among those sharing the database; default: the host name.
+    instance: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = Field(default_factory=_host_instance)
+    lease_seconds: PositiveSeconds = 15
+    #: Default: lease_seconds / 3.
+    renew_seconds: PositiveSeconds | None = None
+    #: Default: lease_seconds / 5.
+    margin_seconds: PositiveSeconds | None = None
+
+    @property
+    def renew(self) -> float:
+        return self.renew_seconds if self.renew_seconds is not None else self.lease_seconds / 3
+
+    @property
+    def margin(self) -> float:
+        return self.margin_seconds if self.margin_seconds is not None else self.lease_seconds / 5
+
+    @model_validator(mode="after")
+    def _renew_and_margin_fit_in_the_lease(self) -> HaConfig:
+        # A leader renews at most `renew` after its last renew and stops `margin` before the lease ends: both
+        # must fit in the lease, or a healthy leader would fence itself between two renews.
+        if self.renew + self.margin >= self.lease_seconds:
+            key = "margin_seconds" if self.margin_seconds is not None else "renew_seconds"
+            raise KeyedValueError((key,), f"renew_seconds ({self.renew:g}) + margin_seconds ({self.margin:g}) "
+                                          f"must be less than lease_seconds ({self.lease_seconds:g})")
+        return self

@@ -63,8 +63,10 @@ def apply_alerts(
             ended.add(alert.id)
             continue
         present.add(alert.id)
-        version = alert_version(alert)
         old = out.get(alert.id)
+        # The same Alert object as the record's (the incremental parse hands back an unchanged entity's Alert
+        # again) has the record's version: spare hashing every alert of the feed on every tick.
+        version = old.version if old is not None and old.alert is alert else alert_version(alert)
         if old is None:
             rec = AlertRecord(alert, version, snapshot.feed, first_seen=now, updated_at=now)
             out[alert.id] = rec

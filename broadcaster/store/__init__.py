@@ -8,8 +8,17 @@ brought up to date, for any engine) and `sqlite_steps` (SQLite's numbered steps)
 (`broadcaster/outbox.py`, `desk.py`, `idempotency.py`).
 """
 
-from broadcaster.store.codec import decode_alert, decode_snapshot, encode_alert, encode_snapshot, from_iso, iso
+from broadcaster.store.codec import (
+    decode_alert,
+    decode_snapshot,
+    diagnostic,
+    encode_alert,
+    encode_snapshot,
+    from_iso,
+    iso,
+)
 from broadcaster.store.database import SCHEMA_VERSION, Database, copy_database, refuse_newer_database
+from broadcaster.store.engine import Connection, Store
 from broadcaster.store.feeds import (
     FeedRecord,
     load_feeds,
@@ -24,14 +33,17 @@ from broadcaster.store.state import StateStore, alert_stored
 
 __all__ = [
     "SCHEMA_VERSION",
+    "Connection",
     "Database",
     "FeedRecord",
     "KeyValueStore",
     "StateStore",
+    "Store",
     "alert_stored",
     "copy_database",
     "decode_alert",
     "decode_snapshot",
+    "diagnostic",
     "encode_alert",
     "encode_snapshot",
     "from_iso",

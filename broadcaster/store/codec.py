@@ -172,3 +172,9 @@ def dumps_sorted(value: Any) -> bytes:
     """JSON with sorted keys: the same record is the same bytes, so an unchanged record is never rewritten."""
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
+
+def diagnostic(text: str | None) -> str | None:
+    """An error text as stored: U+0000 as U+FFFD. Such texts quote what a feed or a platform sent, and PostgreSQL's
+    TEXT refuses U+0000: the record of a failure must never fail in turn (an identity is never changed so: ids
+    with a NUL are refused where they enter, `feeds/gtfs_rt/alerts.py`)."""
+    return text.replace("\x00", "\ufffd") if text is not None and "\x00" in text else text

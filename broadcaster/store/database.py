@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
 from broadcaster.errors import StoreError
+from broadcaster.ha.role import Fence
 from broadcaster.lock import InstanceLock
 from broadcaster.store import migrations, sqlite_steps
 
@@ -34,7 +35,11 @@ _VERSION_KEY = "schema_version"
 
 
 class Database:
-    """One SQLite connection, used from the event loop thread only (statements are short)."""
+    """One SQLite connection, used from the event loop thread only (statements are short): the `Store` of a single
+    instance (store/engine.py). `fence` is always None: SQLite has one instance, which always leads."""
+
+    engine = "sqlite"
+    fence: Callable[[], Fence | None] | None = None
 
     def __init__(self, path: Path, *, holding_lock: bool = False, keep_copy: bool = True) -> None:
         """Open the database at `path` and bring its schema up to `SCHEMA_VERSION` (store/migrations.py).
@@ -72,6 +77,10 @@ class Database:
             self.conn.close()
             raise
 
+    @property
+    def where(self) -> str:
+        return str(self.path)
+
     def _require_durability(self) -> None:
         mode = self.conn.execute("PRAGMA journal_mode").fetchone()[0]
         sync = self.conn.execute("PRAGMA synchronous").fetchone()[0]
@@ -103,8 +112,10 @@ class Database:
             lock.release()
 
     @contextmanager
-    def transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+    def transaction(self, *, durable: bool = True, leader_only: bool = True) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception.
+
+        `leader_only` is for PostgreSQL's fencing (store/postgres.py); SQLite's one instance always leads.
 
         A database error inside (a full disk, a lock held too long) becomes a StoreError, the one error callers
         handle; anything else propagates as it is. Either way nothing of the transaction remains.

@@ -3,7 +3,6 @@ snapshot its last committed fetch parsed to."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,8 +10,8 @@ from datetime import datetime
 import orjson
 
 from broadcaster.model import FeedSnapshot
-from broadcaster.store.codec import decode_snapshot, encode_snapshot, from_iso, iso
-from broadcaster.store.database import Database
+from broadcaster.store.codec import decode_snapshot, diagnostic, encode_snapshot, from_iso, iso
+from broadcaster.store.engine import Connection, Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +39,7 @@ class FeedRecord:
         return self.last_ok_at is None and self.consecutive_failures == 0
 
 
-def load_feeds(db: Database) -> dict[str, FeedRecord]:
+def load_feeds(db: Store) -> dict[str, FeedRecord]:
     out: dict[str, FeedRecord] = {}
     # Columns by name: `problems` was added in place to older databases (`Database._migrate`).
     for row in db.conn.execute("SELECT name, etag, last_modified, feed_timestamp, last_ok_at, last_error,"
@@ -55,22 +54,26 @@ def load_feeds(db: Database) -> dict[str, FeedRecord]:
     return out
 
 
-def save_feed(conn: sqlite3.Connection, feed: FeedRecord) -> None:
+def save_feed(conn: Connection, feed: FeedRecord) -> None:
     conn.execute(
-        "INSERT OR REPLACE INTO feeds (name, etag, last_modified, feed_timestamp, last_ok_at, last_error,"
-        " last_error_at, consecutive_failures, problems) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO feeds (name, etag, last_modified, feed_timestamp, last_ok_at, last_error,"
+        " last_error_at, consecutive_failures, problems) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (name) DO UPDATE SET etag = excluded.etag, last_modified = excluded.last_modified,"
+        " feed_timestamp = excluded.feed_timestamp, last_ok_at = excluded.last_ok_at,"
+        " last_error = excluded.last_error, last_error_at = excluded.last_error_at,"
+        " consecutive_failures = excluded.consecutive_failures, problems = excluded.problems",
         (
             feed.name, feed.etag, feed.last_modified,
             iso(feed.feed_timestamp) if feed.feed_timestamp else None,
             iso(feed.last_ok_at) if feed.last_ok_at else None,
-            feed.last_error, iso(feed.last_error_at) if feed.last_error_at else None,
+            diagnostic(feed.last_error), iso(feed.last_error_at) if feed.last_error_at else None,
             feed.consecutive_failures,
             orjson.dumps(list(feed.problems)).decode() if feed.problems else None,
         ),
     )
 
 
-def load_snapshot_digests(db: Database, parse_keys: Mapping[str, bytes]) -> dict[str, bytes]:
+def load_snapshot_digests(db: Store, parse_keys: Mapping[str, bytes]) -> dict[str, bytes]:
     """Feed name -> hash of the body whose snapshot is stored, for the feeds whose snapshot was parsed the way
     this process parses (`parse_keys`, feed name -> key): one parsed against another network or other feed
     settings must not be applied again. The snapshots themselves are read on demand."""
@@ -78,17 +81,19 @@ def load_snapshot_digests(db: Database, parse_keys: Mapping[str, bytes]) -> dict
     return {name: bytes(digest) for name, digest, key in rows if parse_keys.get(name) == bytes(key)}
 
 
-def save_snapshot(conn: sqlite3.Connection, digest: bytes, parse_key: bytes, snapshot: FeedSnapshot) -> None:
+def save_snapshot(conn: Connection, digest: bytes, parse_key: bytes, snapshot: FeedSnapshot) -> None:
     """Store what a fetch parsed to, inside the caller's transaction (the one that commits the feed record).
 
     The parsed snapshot, not the body: a trip-updates body of a large city is megabytes, its snapshot a few
     aggregates per line, so this costs a tick well under a millisecond where the body would cost ten or more.
     """
-    conn.execute("INSERT OR REPLACE INTO feed_snapshots (name, digest, parse_key, snapshot) VALUES (?, ?, ?, ?)",
+    conn.execute("INSERT INTO feed_snapshots (name, digest, parse_key, snapshot) VALUES (?, ?, ?, ?)"
+                 " ON CONFLICT (name) DO UPDATE SET digest = excluded.digest, parse_key = excluded.parse_key,"
+                 " snapshot = excluded.snapshot",
                  (snapshot.feed, digest, parse_key, encode_snapshot(snapshot)))
 
 
-def load_snapshot(db: Database, name: str) -> FeedSnapshot | None:
+def load_snapshot(db: Store, name: str) -> FeedSnapshot | None:
     """The stored snapshot of feed `name`, or None when there is none or it cannot be read (then the caller
     fetches the feed unconditionally and stores a new one)."""
     row = db.conn.execute("SELECT snapshot FROM feed_snapshots WHERE name = ?", (name,)).fetchone()

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable
 from datetime import datetime
 
 from broadcaster.store.codec import from_iso
-from broadcaster.store.database import Database
+from broadcaster.store.engine import Connection, Store
 
 
-def load_retained(db: Database) -> tuple[dict[str, str], dict[str, datetime]]:
+def load_retained(db: Store) -> tuple[dict[str, str], dict[str, datetime]]:
     """(topic -> digest of the retained payload on the broker, topic -> when its clear was acknowledged)."""
     published = {str(t): str(d) for t, d in db.conn.execute("SELECT topic, digest FROM retained")}
     cleared = {str(t): from_iso(at) for t, at in db.conn.execute("SELECT topic, cleared_at FROM retained_cleared")}
@@ -18,7 +17,7 @@ def load_retained(db: Database) -> tuple[dict[str, str], dict[str, datetime]]:
 
 
 def save_retained(
-    conn: sqlite3.Connection,
+    conn: Connection,
     *,
     published: Iterable[tuple[str, str]],
     unpublished: Iterable[tuple[str]],
@@ -27,8 +26,10 @@ def save_retained(
 ) -> None:
     """Record acknowledged publications inside the caller's transaction: (topic, digest) published,
     (topic,) no longer published, (topic, iso time) clears to remember, (topic,) clears to forget."""
-    conn.executemany("INSERT OR REPLACE INTO retained (topic, digest) VALUES (?, ?)", published)
+    conn.executemany("INSERT INTO retained (topic, digest) VALUES (?, ?)"
+                     " ON CONFLICT (topic) DO UPDATE SET digest = excluded.digest", published)
     conn.executemany("DELETE FROM retained WHERE topic = ?", unpublished)
-    conn.executemany("INSERT OR IGNORE INTO retained_cleared (topic, cleared_at) VALUES (?, ?)", cleared)
+    conn.executemany("INSERT INTO retained_cleared (topic, cleared_at) VALUES (?, ?) ON CONFLICT (topic) DO NOTHING",
+                     cleared)
     conn.executemany("DELETE FROM retained_cleared WHERE topic = ?", forgotten)
 

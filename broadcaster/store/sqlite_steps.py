@@ -76,6 +76,16 @@ CREATE TABLE IF NOT EXISTS feed_snapshots (
 _OUTBOX_RECENT = "CREATE INDEX IF NOT EXISTS outbox_recent ON outbox (channel, created_at);"
 
 
+# The leader's lease (broadcaster/ha/lease.py), the same table as PostgreSQL's step 5 so both engines stay at one
+# version; SQLite has one instance, which leads without it: the row is never read (expires_at TEXT, '').
+_LEADER_LEASE = """
+CREATE TABLE IF NOT EXISTS leader_lease (
+    name TEXT PRIMARY KEY, holder TEXT, epoch INTEGER NOT NULL, expires_at TEXT NOT NULL
+);
+INSERT OR IGNORE INTO leader_lease (name, holder, epoch, expires_at) VALUES ('leader', NULL, 0, '');
+"""
+
+
 def statements(script: str) -> Iterator[str]:
     """The statements of `script`, one at a time: `executescript` would commit the step's transaction first."""
     pending = ""
@@ -117,4 +127,5 @@ STEPS: tuple[Step[sqlite3.Connection], ...] = (
     Step(3, "feed records keep the skipped records (feeds.problems) and the last snapshot (table feed_snapshots)",
          _feed_problems_and_snapshots),
     Step(4, "an index on a channel's latest rows (outbox_recent)", _run(_OUTBOX_RECENT)),
+    Step(5, "the leader's lease (table leader_lease), unused by SQLite", _run(_LEADER_LEASE)),
 )

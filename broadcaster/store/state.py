@@ -3,7 +3,6 @@ save."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from datetime import datetime
 from types import MappingProxyType
@@ -28,13 +27,13 @@ from broadcaster.store.codec import (
     from_iso,
     iso,
 )
-from broadcaster.store.database import Database
+from broadcaster.store.engine import Connection, Store
 
 
 class StateStore:
     """Loads the committed `NetworkState` and writes only the entries that changed since the last save."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Store) -> None:
         self.db = db
         self._persisted: dict[tuple[str, str], bytes] = {}
         self._pending: dict[tuple[str, str], bytes] = {}
@@ -97,7 +96,7 @@ class StateStore:
         self._encoded = fresh
         return out
 
-    def save(self, conn: sqlite3.Connection, state: NetworkState) -> None:
+    def save(self, conn: Connection, state: NetworkState) -> None:
         """Write the difference to the last saved state, inside the caller's transaction.
 
         The in-memory copy of what is on disk is updated only by `committed()`, after the commit succeeded.
@@ -105,7 +104,8 @@ class StateStore:
         entries = self._entries(state)
         upserts = [(k[0], k[1], v) for k, v in entries.items() if self._persisted.get(k) != v]
         deletes = [k for k in self._persisted if k not in entries]
-        conn.executemany("INSERT OR REPLACE INTO state (kind, key, body) VALUES (?, ?, ?)", upserts)
+        conn.executemany("INSERT INTO state (kind, key, body) VALUES (?, ?, ?)"
+                         " ON CONFLICT (kind, key) DO UPDATE SET body = excluded.body", upserts)
         conn.executemany("DELETE FROM state WHERE kind = ? AND key = ?", deletes)
         self._pending = entries
 
@@ -113,6 +113,6 @@ class StateStore:
         self._persisted = self._pending
 
 
-def alert_stored(db: Database, alert_id: str) -> bool:
+def alert_stored(db: Store, alert_id: str) -> bool:
     """Whether the committed state holds the alert `alert_id` (without loading the state)."""
     return db.conn.execute("SELECT 1 FROM state WHERE kind = 'alert' AND key = ?", (alert_id,)).fetchone() is not None

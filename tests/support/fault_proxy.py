@@ -48,6 +48,7 @@ class FaultProxy:
     host = "127.0.0.1"
 
     def __init__(self, target_host: str, target_port: int, *, mqtt: bool = True) -> None:
+        """`mqtt=False`: any TCP protocol (PostgreSQL's), forwarded as bytes; no PUBACK can then be dropped."""
         self.target = (target_host, target_port)
         self.mqtt = mqtt
         self.port = free_port(self.host)

@@ -84,15 +84,18 @@ def new_client(
 
 
 def session_client(
-    config: MqttConfig, url: str, status_topic: str, offline: bytes, *, username: str | None, password: str | None
+    config: MqttConfig, url: str, status_topic: str, offline: bytes, *, username: str | None, password: str | None,
+    identifier: str | None = None,
 ) -> aiomqtt.Client:
-    """The client of a session under our own client id, leaving `offline` on `status_topic` as its Last Will."""
+    """The client of a session under our own client id (`identifier`, default `mqtt.client_id`), leaving `offline`
+    on `status_topic` as its Last Will."""
+    identifier = identifier or config.client_id
     if not config.v5:
         # MQTT 3.1.1 has no Will Delay: the Will fires as soon as the broker notices we are gone. A clean session
         # keeps nothing we need (every session subscribes again and republishes everything), and a kept one
         # would have the broker queue our canary topics for us, without end, while we are away.
         will = aiomqtt.Will(status_topic, offline, qos=1, retain=True)
-        return new_client(config, url, config.client_id, username=username, password=password, will=will,
+        return new_client(config, url, identifier, username=username, password=password, will=will,
                           clean_start=True)
     # MQTT 5 Will Delay: the broker says "offline" only if we stay away that long, so a quick reconnect
     # (a restart, a network blip) does not make every display flash "information unavailable". The delay
@@ -102,5 +105,5 @@ def session_client(
     will = aiomqtt.Will(status_topic, offline, qos=1, retain=True, properties=will_properties)
     connect_properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     connect_properties.SessionExpiryInterval = config.will_delay_seconds + 30
-    return new_client(config, url, config.client_id, username=username, password=password, will=will,
+    return new_client(config, url, identifier, username=username, password=password, will=will,
                       clean_start=False, properties=connect_properties)

@@ -9,11 +9,18 @@ throwaway client id: if another installation is online with our client id, `run`
 rather than take that one's session over. Publishing is QoS 1: `publish` returns after the PUBACK.
 Many messages go through `publish_many`, a bounded window of concurrent publishes: awaiting each one in turn
 is slow, and gathering thousands at once is quadratic in aiomqtt (docs/design.md, "Measured facts").
+
+With several instances sharing one database (high availability, `ha_instance` set), the link of each instance
+keeps its presence topic (presence.py) from the start, and opens the session above, under
+`{client_id}-{instance}`, only while it leads: `become_leader` starts it (Last Will on the main status, the full
+republish of `on_connected`), `step_down` ends it cleanly, so no Will fires and nothing more is published on the
+main topics. A standby publishes nothing but its presence.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
@@ -23,11 +30,13 @@ import aiomqtt
 import orjson
 
 from broadcaster.channels.mqtt.clients import expiry, new_client, session_client
-from broadcaster.channels.mqtt.identity import conflict_in, read_status
+from broadcaster.channels.mqtt.identity import conflict_in, presence_conflict_in, read_retained
+from broadcaster.channels.mqtt.presence import PresenceSession
 from broadcaster.config import MqttConfig
 from broadcaster.contract import Topics
 from broadcaster.errors import IdentityConflict, TransientDeliveryError
-from broadcaster.payloads import status_body
+from broadcaster.ha.role import Leadership, Role
+from broadcaster.payloads import presence_body, status_body
 from broadcaster.retained import Publication, serialise
 
 log = logging.getLogger(__name__)
@@ -46,12 +55,33 @@ class MqttLink:
         password: str | None = None,
         on_connected: Callable[[], Awaitable[None]] | None = None,
         instance: str | None = None,
+        ha_instance: str | None = None,
+        leadership: Leadership | None = None,
     ) -> None:
         self.config = config
-        #: Which installation this is (fixed per state directory), announced in the status payload so a second
-        #: installation configured with the same client id can tell it is not us restarting.
+        #: Which installation this is (fixed per state directory, or per database: every instance sharing one has
+        #: the same), announced in the status payload so a second installation configured with the same client id
+        #: can tell it is not us restarting.
         self.instance = instance
+        #: This instance's id among those sharing a database (`[ha] instance`), or None: the only instance, and
+        #: the link behaves exactly as it did before high availability (client id, topics, payloads).
+        self.ha_instance = ha_instance
+        #: The role source: with `ha_instance`, publishing on the main topics also needs its `may_act()`.
+        self._leadership = leadership
+        #: The client id of the session that publishes the main topics.
+        self.client_id = config.client_id if ha_instance is None else f"{config.client_id}-{ha_instance}"
+        #: LEADER: publishes the main topics. Without `ha_instance` always; with it, from `become_leader` on (or
+        #: from the start when the role source already says so) until `step_down`.
+        self.role = Role.LEADER if ha_instance is None or (leadership is not None and leadership.role is Role.LEADER)\
+            else Role.STANDBY
+        self._leading = asyncio.Event()
+        self._standing_down = asyncio.Event()
+        (self._leading if self.role is Role.LEADER else self._standing_down).set()
+        #: Set while no main session is open (nor being opened): what `step_down` waits for.
+        self._main_idle = asyncio.Event()
+        self._main_idle.set()
         self._identity_checked = instance is None
+        self._identity_lock = asyncio.Lock()
         #: Set when `run` refused to start because another installation holds our client id.
         self.refusal: IdentityConflict | None = None
         self._refused = asyncio.Event()
@@ -78,6 +108,12 @@ class MqttLink:
         #: A one-shot run (`once`): its status says mode "batch", and its clean end leaves `online` until the
         #: state it published expires instead of `offline`, so displays do not go blank between cron runs.
         self.batch = False
+        self.topics_presence = self.topics.presence(ha_instance) if ha_instance is not None else None
+        #: The instance's presence (high availability only).
+        self.presence: PresenceSession | None = None
+        if self.topics_presence is not None:
+            self.presence = PresenceSession(config, self.topics_presence, self.role.value,
+                                            client=self._presence_client, body=self._presence)
 
     def when_connected(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Await `callback` at the start of every session, before the session is served (set by whoever wires
@@ -103,7 +139,17 @@ class MqttLink:
     def _status(self, status: str, since: datetime, valid_until: datetime | None = None) -> bytes:
         mode = "batch" if self.batch else "service"
         return serialise(status_body(status, self.config.client_id, since, self.instance, mode=mode,
-                                     valid_until=valid_until))
+                                     valid_until=valid_until, leader=self.ha_instance))
+
+    def _presence(self, role: str, since: datetime) -> bytes:
+        assert self.ha_instance is not None
+        return serialise(presence_body(self.ha_instance, role, since, client_id=self.client_id,
+                                       installation=self.instance))
+
+    def _presence_client(self, url: str, offline: bytes) -> aiomqtt.Client:
+        assert self.topics_presence is not None
+        return session_client(self.config, url, self.topics_presence, offline, username=self._username,
+                              password=self._password, identifier=f"{self.client_id}-presence")
 
     def _farewell(self) -> tuple[bytes, int | None]:
         """What a clean end leaves on the status topic: `offline` for a service; for a batch run, `online` until
@@ -117,7 +163,54 @@ class MqttLink:
     def _client_for_session(self) -> aiomqtt.Client:
         return session_client(self.config, self._candidate, self.topics.status,
                               self._status("offline", self._started), username=self._username,
-                              password=self._password)
+                              password=self._password, identifier=self.client_id)
+
+    def _may_publish(self) -> bool:
+        """Whether this instance may publish on the main topics now: always without high availability; with it,
+        while it leads and its role source's lease is still valid (self-fencing, checked before every publish)."""
+        if self.ha_instance is None:
+            return True
+        return self.role is Role.LEADER and (self._leadership is None or self._leadership.may_act())
+
+    # -- roles (high availability) ---------------------------------------------------------------------------
+
+    async def become_leader(self) -> None:
+        """Lead from now on: the presence says `leader`, and `run` opens the leader's session (Last Will on the
+        main status, `online` naming this instance, `on_connected`'s full republish, as after any reconnect).
+
+        Returns at once: with the broker away the session comes when it answers (`wait_connected` waits for it).
+        Nothing without `ha_instance`, or when already leading.
+        """
+        if self.ha_instance is None or self.role is Role.LEADER:
+            return
+        self.role = Role.LEADER
+        self._standing_down.clear()
+        self._leading.set()
+        if self.presence is not None:
+            self.presence.set_role(Role.LEADER.value)
+        log.info("MQTT: instance %s leads: opening its session as %s", self.ha_instance, self.client_id)
+
+    async def step_down(self) -> None:
+        """Stop leading at once (a fenced leader, before it exits): nothing more is published on the main topics,
+        the leader's session ends with a clean DISCONNECT, so its Will does not fire over the new leader's
+        `online`, and nothing is said there either: the new leader speaks. The presence says `standby`.
+
+        Waits, at most `mqtt.publish_timeout_seconds`, until that session has closed.
+        """
+        if self.ha_instance is None or self.role is not Role.LEADER:
+            return
+        self.role = Role.STANDBY
+        self.connected.clear()  # publishes refuse from now on, before the session has closed
+        self._leading.clear()
+        self._standing_down.set()
+        if self.presence is not None:
+            self.presence.set_role(Role.STANDBY.value)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.config.publish_timeout_seconds):
+                await self._main_idle.wait()
+        if not self._main_idle.is_set():
+            log.warning("MQTT: the leader's session of %s did not close within %g s", self.ha_instance,
+                        self.config.publish_timeout_seconds)
 
     async def _check_identity(self) -> None:
         """Read the retained status under a throwaway client id; raise if another installation holds ours
@@ -130,14 +223,16 @@ class MqttLink:
         """
         probe_id = f"{self.config.client_id[:40]}-check-{secrets.token_hex(4)}"
         probe_topic = self.topics.probe(probe_id)
+        topics = [self.topics.status] + ([self.topics_presence] if self.topics_presence else [])
         async with self._new_client(probe_id) as client:
-            status, echoed = await read_status(client, self.topics.status, probe_topic,
-                                               self.config.publish_timeout_seconds)
+            retained, echoed = await read_retained(client, topics, probe_topic, self.config.publish_timeout_seconds)
         if not echoed:
             log.warning("could not confirm that client id %r is free: the probe on %s did not come back (does"
-                        " the broker's ACL let broadcaster read what it writes?)", self.config.client_id,
+                        " the broker's ACL let broadcaster read what it writes?)", self.client_id,
                         probe_topic)
-        refusal = conflict_in(status, self.config, self.instance)
+        refusal = conflict_in(retained.get(self.topics.status), self.config, self.instance)
+        if refusal is None and self.topics_presence is not None:
+            refusal = presence_conflict_in(retained.get(self.topics_presence), self.config, self.instance)
         if refusal is not None:
             self.refusal = refusal
             self._refused.set()
@@ -204,18 +299,56 @@ class MqttLink:
         if self.refusal is not None:
             raise self.refusal
 
+    async def _ensure_identity(self) -> None:
+        """The identity check before a first session, once (the leader's and the presence's sessions share it)."""
+        async with self._identity_lock:
+            if not self._identity_checked:
+                await self._check_identity()
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Connect, serve, reconnect, until `stop` is set; then say `offline` and disconnect cleanly.
+        """Connect, serve, reconnect, until `stop` is set; then say `offline` and disconnect cleanly. With
+        `ha_instance`, keep the presence meanwhile, and the main session only while leading.
 
         Raises:
             IdentityConflict: before the first session, another installation is online with our client id.
         """
+        if self.presence is None:
+            await self._run_main(stop)
+            return
+        tasks = [asyncio.ensure_future(self.presence.run(stop, self._ensure_identity)),
+                 asyncio.ensure_future(self._run_main(stop))]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()  # an IdentityConflict
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _wait_to_lead(self, stop: asyncio.Event) -> None:
+        """Return once leading (at once without high availability) or stopped."""
+        if self._leading.is_set():
+            return
+        waits = [asyncio.ensure_future(self._leading.wait()), asyncio.ensure_future(stop.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+
+    async def _run_main(self, stop: asyncio.Event) -> None:
         delay = 0.5
         while not stop.is_set():
+            await self._wait_to_lead(stop)
+            if stop.is_set():
+                break
+            if not self._leading.is_set():
+                continue  # stepped down again before its session began
             url = self._candidate
+            self._main_idle.clear()
             try:
-                if not self._identity_checked:
-                    await self._check_identity()
+                await self._ensure_identity()
                 async with self._client_for_session() as client:
                     self._client = client
                     await self._serve(client, stop, url)
@@ -243,8 +376,12 @@ class MqttLink:
                 self._client = None
                 self.broker = None
                 self.connected.clear()
+                self._main_idle.set()
             if stop.is_set():
                 break
+            if self._standing_down.is_set():
+                delay = 0.5  # stepped down: no backoff for the next time it leads
+                continue
             # The next attempt goes to the next broker (round-robin): the one just lost or refused is the least
             # likely to answer now, and a broker that comes back is not returned to while the next one serves.
             self._next_broker = (self._next_broker + 1) % len(self.config.brokers)
@@ -256,6 +393,8 @@ class MqttLink:
             delay = min(delay * 2, self.config.reconnect_max_seconds)
 
     async def _serve(self, client: aiomqtt.Client, stop: asyncio.Event, url: str) -> None:
+        if not self._may_publish():
+            return  # stepped down while connecting: leave cleanly, saying nothing
         self._started = datetime.now(UTC)
         await client.publish(self.topics.status, self._status("online", self._started), qos=1, retain=True)
         # Subscribing to our own status topic gives a message iterator that raises when the link drops.
@@ -271,18 +410,21 @@ class MqttLink:
         async with self._session_started:
             self.sessions += 1
             self._session_started.notify_all()
-        log.info("MQTT connected to %s as %s (MQTT %s)", url, self.config.client_id, self.config.protocol)
+        log.info("MQTT connected to %s as %s (MQTT %s)", url, self.client_id, self.config.protocol)
         if self._on_connected is not None:
             await self._on_connected()
         stop_task = asyncio.ensure_future(stop.wait())
         watch_task = asyncio.ensure_future(self._watch(client))
+        down_task = asyncio.ensure_future(self._standing_down.wait())
         try:
-            done, _ = await asyncio.wait({stop_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({stop_task, watch_task, down_task}, return_when=asyncio.FIRST_COMPLETED)
             if watch_task in done:
                 watch_task.result()  # re-raises the MqttError that ended the session
         finally:
-            for task in (stop_task, watch_task):
+            for task in (stop_task, watch_task, down_task):
                 task.cancel()
+        if self._standing_down.is_set():
+            return  # stepped down: a clean disconnect, no Will, not a word on the main status
         if stop.is_set():
             # A clean disconnect does not fire the Last Will, so say it ourselves.
             self.connected.clear()
@@ -306,8 +448,11 @@ class MqttLink:
             topic = message.topic.value
             if topic == self.topics.status and self._not_online(message.payload):
                 # Our Last Will from a broker we left (its keepalive and Will Delay ran out after we failed over),
-                # reaching this one through a bridge or a cluster: we are online here, so say so again.
-                await client.publish(self.topics.status, self._status("online", self._started), qos=1, retain=True)
+                # reaching this one through a bridge or a cluster, or (high availability) the late Will or the
+                # clean stop of the instance that led before us: we are online here, so say so again.
+                if self._may_publish():
+                    await client.publish(self.topics.status, self._status("online", self._started), qos=1,
+                                         retain=True)
                 continue
             if topic in self.canary_topics and isinstance(message.payload, bytes | bytearray) and message.payload:
                 try:
@@ -336,6 +481,8 @@ class MqttLink:
         client = self._client
         if client is None or not self.connected.is_set():
             raise TransientDeliveryError(CHANNEL_NAME, "not connected to the broker")
+        if not self._may_publish():
+            raise TransientDeliveryError(CHANNEL_NAME, f"instance {self.ha_instance} does not lead")
         try:
             await client.publish(pub.topic, pub.payload, qos=1, retain=pub.retain,
                                  properties=expiry(self.config, pub.expiry_s))

@@ -61,6 +61,10 @@ def convert_alerts(
         if not alert_id:
             problems.append(f"alert entity #{position} skipped: it has no id")
             continue
+        if "\x00" in alert_id:  # it names the alert in the database, and PostgreSQL's text cannot hold U+0000
+            problems.append(f"alert {alert_id!r} skipped: its id holds a NUL character")
+            skipped.add(alert_id)
+            continue
         if alert_id in alerts or alert_id in skipped:
             problems.append(f"alert {alert_id!r} skipped: a second entity with the same id")
             skipped.add(alert_id)

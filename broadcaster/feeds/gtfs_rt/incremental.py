@@ -52,20 +52,24 @@ _NOTHING: EntityFacts = (None, None, None)
 
 
 def entity_facts(entities: Iterable[pb.FeedEntity], network: Network, wants: Wants) -> list[EntityFacts]:
-    """Each entity's facts, in order."""
+    """Each entity's facts, in order. Equal facts are one tuple: an `EntityCache` keeps them for a whole body, and
+    most vehicles on a line and direction say the same (k = 1: 3,000 vehicle positions, 197 distinct facts)."""
     want_alerts, want_trips, want_vehicles = wants
     facts: list[EntityFacts] = []
     append = facts.append
+    shared: dict[EntityFacts, EntityFacts] = {}
+    share = shared.setdefault
     for entity in entities:
         if entity.is_deleted:
             append(_NOTHING)
             continue
         has_field = entity.HasField
-        append((
+        fact = (
             AlertEntity(entity) if want_alerts and has_field("alert") else None,
             trip_fact(entity.trip_update, network) if want_trips and has_field("trip_update") else None,
             vehicle_fact(entity.vehicle, network) if want_vehicles and has_field("vehicle") else None,
-        ))
+        )
+        append(share(fact, fact))
     return facts
 
 
