@@ -24,6 +24,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
@@ -151,6 +153,9 @@ class PostgresConnection:
         self._fd = -1
         #: Set by `PostgresDatabase` between BEGIN and COMMIT/ROLLBACK: no reconnect in between.
         self.transaction_open = False
+        self._connector = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-connect")
+        self._connecting: Future[psycopg.Connection[Any]] | None = None  # a connect under way in `_connector`
+        self._connected_once = False
 
     @property
     def watchdog(self) -> Watchdog:
@@ -162,14 +167,30 @@ class PostgresConnection:
         if self.transaction_open:
             # Its transaction went with the old connection: a new one would run the rest outside any transaction.
             raise StoreError(self.where, "the connection was lost inside a transaction: nothing of it was committed")
+        # A reconnect runs in a thread of its own and each call waits for it at most the watchdog's timeout, the
+        # longest any call may hold the event loop: libpq's connect_timeout (2 s at the least) would otherwise hold
+        # the loop on every call while the route is dead, and what a leader handed to the loop before such a stall
+        # (an MQTT publish it checked may_act() for) would leave after its lease had passed to another instance
+        # (docs/ha.md). An attempt that failed is replaced by a new one. The first connect, when the database is
+        # opened, is waited for whole (connect_timeout bounds it).
+        if self._connecting is not None and self._connecting.done() and self._connecting.exception() is not None:
+            self._connecting = None
+        if self._connecting is None:
+            self._connecting = self._connector.submit(psycopg.connect, self._conninfo, autocommit=True)
+        wait = self._watchdog.timeout if self._connected_once else None
         try:
-            # connect_timeout (libpq) bounds the connect itself; the watchdog then bounds each call.
-            self._raw = psycopg.connect(self._conninfo, autocommit=True)
+            raw = self._connecting.result(timeout=wait)
+        except FutureTimeout:
+            raise StoreError(self.where, f"cannot connect: no answer within {self._watchdog.timeout:g} s"
+                                         " (still trying)") from None
         except psycopg.Error as exc:
-            self._raw = None
+            self._connecting = None
             raise StoreError(self.where, f"cannot connect: {_reason(exc)}") from exc
-        self._fd = self._raw.pgconn.socket
-        return self._raw
+        self._connecting = None
+        self._connected_once = True
+        self._raw = raw
+        self._fd = raw.pgconn.socket
+        return raw
 
     @property
     def in_transaction(self) -> bool:
@@ -229,6 +250,14 @@ class PostgresConnection:
     def close(self) -> None:
         self._drop()
         self._watchdog.close()
+        if self._connecting is not None:  # a connect still under way: its connection is closed when it comes
+            self._connecting.add_done_callback(_close_connected)
+        self._connector.shutdown(wait=False)
+
+
+def _close_connected(connecting: Future[psycopg.Connection[Any]]) -> None:
+    with contextlib.suppress(Exception):
+        connecting.result().close()
 
 
 def _reason(exc: psycopg.Error) -> str:
