@@ -84,7 +84,10 @@ async def test_a_leader_cut_off_from_the_database_stops_sending_before_its_lease
             lease_end = monotonic_of(expires_at)  # no renew gets through from here on
             assert (holder, pending > 0) == ("a", True)
 
-            taken = await cluster.wait_for_role("b", "leader", timeout=LEASE.lease_seconds + 30)
+            try:
+                taken = await cluster.wait_for_role("b", "leader", timeout=LEASE.lease_seconds + 30)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\nsessions: {await db.sessions()}") from None
             try:
                 status: int | None = await cluster.wait_exit("a", timeout=30)
             except TimeoutError:

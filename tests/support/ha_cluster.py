@@ -333,6 +333,16 @@ class SharedDatabase:
             "SELECT holder, epoch, expires_at FROM leader_lease WHERE name = 'leader'")
         return holder, int(epoch), expires_at
 
+    async def sessions(self) -> list[tuple[Any, ...]]:
+        """The database's other sessions (for failure messages): application, state, what it waits for, since
+        when, its transaction's age and its last statement; and who blocks whom."""
+        return await self.rows(
+            "SELECT pid, application_name, client_port, state, wait_event_type, wait_event,"
+            " round(extract(epoch FROM now() - state_change)::numeric, 2) AS in_state_s,"
+            " round(extract(epoch FROM now() - xact_start)::numeric, 2) AS xact_s, pg_blocking_pids(pid),"
+            " left(query, 80) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid != pg_backend_pid()")
+
     async def wait_for_commit(self, cluster: HaCluster, previous_total: int, timeout: float) -> int:  # noqa: ASYNC109
         """Wait until the leader has committed posts beyond `previous_total`; the new total."""
         async with asyncio.timeout(timeout):
