@@ -167,17 +167,19 @@ class PostgresConnection:
         if self.transaction_open:
             # Its transaction went with the old connection: a new one would run the rest outside any transaction.
             raise StoreError(self.where, "the connection was lost inside a transaction: nothing of it was committed")
-        # A reconnect runs in a thread of its own and each call waits for it at most the watchdog's timeout, the
-        # longest any call may hold the event loop: libpq's connect_timeout (2 s at the least) would otherwise hold
-        # the loop on every call while the route is dead, and what a leader handed to the loop before such a stall
-        # (an MQTT publish it checked may_act() for) would leave after its lease had passed to another instance
+        # A reconnect runs in a thread of its own. The call that starts it waits for it at most the watchdog's
+        # timeout, the longest any call may hold the event loop; calls made while it is still under way fail at
+        # once. Waiting in the loop for libpq's connect_timeout (2 s at the least), call after call while the route
+        # is dead, held everything else the loop runs, and what a leader had handed to the loop before (an MQTT
+        # publish, a request it checked may_act() for) left after its lease had passed to another instance
         # (docs/ha.md). An attempt that failed is replaced by a new one. The first connect, when the database is
         # opened, is waited for whole (connect_timeout bounds it).
         if self._connecting is not None and self._connecting.done() and self._connecting.exception() is not None:
             self._connecting = None
+        started = self._connecting is None
         if self._connecting is None:
             self._connecting = self._connector.submit(psycopg.connect, self._conninfo, autocommit=True)
-        wait = self._watchdog.timeout if self._connected_once else None
+        wait = None if not self._connected_once else self._watchdog.timeout if started else 0
         try:
             raw = self._connecting.result(timeout=wait)
         except FutureTimeout:
