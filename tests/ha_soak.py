@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 ARTIFACTS = HERE.parent / "test-artifacts"
 #: The soak's lease: takeovers cost about 2 s instead of the default 15 s (the same code, shorter waits).
-SOAK_LEASE = LeaseSettings(lease_seconds=2.0, renew_seconds=0.5, margin_seconds=0.5, statement_timeout_seconds=1.0)
+SOAK_LEASE = LeaseSettings(lease_seconds=2.0, renew_seconds=0.5, margin_seconds=0.5, statement_timeout_seconds=0.4)
 #: How often the instances poll the feeds: a change is committed within about this long.
 POLL_SECONDS = 0.5
 LINES = ("1", "2", "3")

@@ -101,6 +101,7 @@ async def test_a_leader_cut_off_from_the_database_stops_sending_before_its_lease
             new_holder, new_epoch, _ = await db.lease()
 
     last_post = max((f.at for f in platform_route.forwarded), default=float("-inf"))
+    late_requests = [(round(f.at - cut_at, 3), f.data[:60]) for f in platform_route.forwarded if f.at >= lease_end]
     # Its own presence topic is its own to update to the end; every other topic is the leader's.
     publishes = [(f.at, topic) for f in broker_route.forwarded
                  if (topic := f.publish_topic or "").startswith(f"{prefix}/v1/")
@@ -121,7 +122,7 @@ async def test_a_leader_cut_off_from_the_database_stops_sending_before_its_lease
     print("partition:", json.dumps(times))
     assert status == EXIT_LOST_LEASE, cluster["a"].log_tail()
     # The old leader's last request to a platform and its last publish left before its lease could pass...
-    assert last_post < lease_end, times
+    assert last_post < lease_end, (times, late_requests)
     assert last_publish < lease_end, (times, late)
     # ...and the standby led only once the lease had passed in the database, with the next epoch.
     assert taken.at >= lease_end - 0.05, times

@@ -47,8 +47,9 @@ class LeaseSettings:
     lease_seconds: float = 2.0
     renew_seconds: float = 0.5
     margin_seconds: float = 0.5
-    #: `[storage] statement_timeout_seconds`: how long one store statement may hang before it is cut.
-    statement_timeout_seconds: float = 1.0
+    #: `[storage] statement_timeout_seconds`: how long one store call may hold the event loop before it is cut;
+    #: below the margin, as docs/ha.md requires.
+    statement_timeout_seconds: float = 0.4
 
     def ha_section(self, instance: str) -> str:
         return (f'[ha]\ninstance = "{instance}"\nlease_seconds = {self.lease_seconds}\n'

@@ -15,11 +15,15 @@ from typing import Protocol, TypeVar
 #: `file::function` (every parametrisation of it), longest first. Seconds on an idle 2-core machine, roughly.
 LONG_TESTS: tuple[str, ...] = (
     "test_crash.py::test_random_sigkills_while_draining_lose_nothing_and_duplicate_nothing",  # 110
+    # 75 s: two instances on PostgreSQL, 20 SIGKILLs of the leader, each takeover about 2 s, each restart 2-3 s.
+    "test_ha_failover_soak.py::test_twenty_leader_kills_lose_nothing_post_nothing_twice_and_take_over_within_the_lease",
     "test_cli_process.py::test_with_the_production_will_delay_a_dead_broadcaster_reads_offline_within_35_s",  # 31
     # 18 s
     "test_broker_urls.py::test_a_will_the_lost_broker_fires_later_through_a_bridge_does_not_leave_displays_offline",
     "test_broker_faults.py::test_a_black_holed_broker_link_heals_and_everything_queued_arrives",  # 17
     "test_hostile_answers_e2e.py::test_rate_limit_headers_at_and_past_their_extremes_never_stop_the_service",  # 13
+    # 12 to 22 s: a lease of 3 s runs out, the standby takes over and delivers what the cut-off leader left.
+    "test_ha_partition.py::test_a_leader_cut_off_from_the_database_stops_sending_before_its_lease_passes_to_the_standby",
     # 10 to 18 s and 5 to 17 s: a three-node NATS cluster's start, a node's SIGKILL and JetStream's re-election.
     "test_broker_nats_cluster.py::test_the_broadcaster_fails_over_from_a_killed_nats_node_and_every_node_serves_all",
     "test_broker_nats_cluster.py::test_a_display_on_a_killed_nats_node_shows_the_latest_state_elsewhere_within_30_s",
