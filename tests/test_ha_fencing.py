@@ -1,0 +1,87 @@
+"""Self-fencing end to end on the real parts (PostgreSQL, the lease, the loopback micro-blog server): nothing leaves a
+leader once its lease's local deadline has passed, even when what it did before the send (the claim of the outbox
+entry, a store call on the event loop's thread) took it past that deadline."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from rig import Rig
+from support.microblog_server import MicroblogServer
+from support.postgres import PASSWORD, PostgresServer
+from test_channels import channels
+from test_ha_runner import _announce
+
+from broadcaster.config import Config, load_config
+from broadcaster.ha.lease import LeaseLeadership, LeaseTimes, connector
+from broadcaster.runner import open_broadcaster
+from broadcaster.store.engine import WRITE_LOCK
+
+WAIT = 30.0
+
+
+def ha_config(rig: Rig, postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch, server: MicroblogServer,
+              **ha: float) -> Config:
+    """The rig's config on a new PostgreSQL database, with the Mastodon channel and an `[ha]` section."""
+    monkeypatch.setenv("T_PG_PASSWORD", PASSWORD)
+    path: Path = rig.write_config(
+        channels=[c for c in channels(server) if c["name"] == "mastodon"],
+        storage={"url": postgres.url(postgres.create_database()), "password": {"env": "T_PG_PASSWORD"}})
+    section = {"instance": '"east-1"', **{k: str(v) for k, v in ha.items()}}
+    path.write_text(path.read_text(encoding="utf-8") + "\n[ha]\n" + "".join(f"{k} = {v}\n" for k, v in section.items()),
+                    encoding="utf-8")
+    return load_config(path)
+
+
+@contextlib.contextmanager
+def write_lock_held_until(conninfo: str, release_at: float) -> Iterator[threading.Thread]:
+    """Another instance's session holds the write lock (a standby queueing an operator's request takes it too) until
+    the monotonic time `release_at`; released from a thread, as the event loop's thread is blocked meanwhile."""
+    other = psycopg.connect(conninfo, autocommit=True)
+    other.execute("SELECT pg_advisory_lock(%s)", (WRITE_LOCK,))
+
+    def release() -> None:
+        time.sleep(max(0.0, release_at - time.monotonic()))
+        other.execute("SELECT pg_advisory_unlock(%s)", (WRITE_LOCK,))
+
+    releaser = threading.Thread(target=release)
+    releaser.start()
+    try:
+        yield releaser
+    finally:
+        releaser.join(WAIT)
+        other.close()
+
+
+async def test_a_claim_that_waited_past_the_self_fence_deadline_sends_nothing(
+    rig: Rig, postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch, server: MicroblogServer
+) -> None:
+    """may_act() is true when the drain loop picks the entry; the claim (`begin_attempt`) then waits for the write
+    lock, on the event loop's thread, past the local deadline but not past the database's expiry, so the fence in
+    the claim still passes. The request must not leave: from the local deadline on, the margin is all that stands
+    between this send and another instance's lease."""
+    config = ha_config(rig, postgres, monkeypatch, server, lease_seconds=3, renew_seconds=1, margin_seconds=1.5)
+    assert config.ha is not None
+    assert config.storage is not None
+    lease = LeaseLeadership("east-1", connector(config), LeaseTimes.of(config.ha))  # never renewed: it runs out
+    try:
+        async with open_broadcaster(config, leadership=lease) as b:
+            assert await lease.try_acquire()
+            await _announce(b, "Queued while leading")
+            mastodon = next(c for c in b.channels if c.name == "mastodon")
+            assert lease.may_act()
+            # Released after the local deadline, well before the database's expiry (1.5 s after it).
+            with write_lock_held_until(postgres.conninfo(config.storage.url.rsplit("/", 1)[-1]),
+                                      lease.deadline + 0.6):
+                assert await b.drain_due(mastodon) == 0
+            assert not lease.may_act()
+            assert server.mastodon_statuses() == []
+            assert b.outbox.pending_count("mastodon") == 1  # left for the next leader
+    finally:
+        await lease.close()
