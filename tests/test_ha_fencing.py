@@ -4,6 +4,7 @@ entry, a store call on the event loop's thread) took it past that deadline."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
@@ -26,13 +27,14 @@ from broadcaster.store.engine import WRITE_LOCK
 WAIT = 30.0
 
 
-def ha_config(rig: Rig, postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch, server: MicroblogServer,
-              **ha: float) -> Config:
+def ha_config(rig: Rig, postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch, server: MicroblogServer, *,
+              statement_timeout: float, **ha: float) -> Config:
     """The rig's config on a new PostgreSQL database, with the Mastodon channel and an `[ha]` section."""
     monkeypatch.setenv("T_PG_PASSWORD", PASSWORD)
     path: Path = rig.write_config(
         channels=[c for c in channels(server) if c["name"] == "mastodon"],
-        storage={"url": postgres.url(postgres.create_database()), "password": {"env": "T_PG_PASSWORD"}})
+        storage={"url": postgres.url(postgres.create_database()), "password": {"env": "T_PG_PASSWORD"},
+                 "statement_timeout_seconds": statement_timeout})
     section = {"instance": '"east-1"', **{k: str(v) for k, v in ha.items()}}
     path.write_text(path.read_text(encoding="utf-8") + "\n[ha]\n" + "".join(f"{k} = {v}\n" for k, v in section.items()),
                     encoding="utf-8")
@@ -66,7 +68,9 @@ async def test_a_claim_that_waited_past_the_self_fence_deadline_sends_nothing(
     lock, on the event loop's thread, past the local deadline but not past the database's expiry, so the fence in
     the claim still passes. The request must not leave: from the local deadline on, the margin is all that stands
     between this send and another instance's lease."""
-    config = ha_config(rig, postgres, monkeypatch, server, lease_seconds=3, renew_seconds=1, margin_seconds=1.5)
+    # The server gives up a lock wait after 80 % of statement_timeout (2 s): the claim below waits 1.4 s.
+    config = ha_config(rig, postgres, monkeypatch, server, statement_timeout=2.5, lease_seconds=6, renew_seconds=1,
+                       margin_seconds=3)
     assert config.ha is not None
     assert config.storage is not None
     lease = LeaseLeadership("east-1", connector(config), LeaseTimes.of(config.ha))  # never renewed: it runs out
@@ -75,8 +79,9 @@ async def test_a_claim_that_waited_past_the_self_fence_deadline_sends_nothing(
             assert await lease.try_acquire()
             await _announce(b, "Queued while leading")
             mastodon = next(c for c in b.channels if c.name == "mastodon")
+            await asyncio.sleep(lease.deadline - 0.8 - time.monotonic())  # the lease's own timer, no guess
             assert lease.may_act()
-            # Released after the local deadline, well before the database's expiry (1.5 s after it).
+            # Released after the local deadline, well before the database's expiry (3 s after it).
             with write_lock_held_until(postgres.conninfo(config.storage.url.rsplit("/", 1)[-1]),
                                       lease.deadline + 0.6):
                 assert await b.drain_due(mastodon) == 0

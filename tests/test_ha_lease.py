@@ -232,7 +232,7 @@ def _ha_config(ha: dict[str, Any], storage_url: str | None = "postgresql://b@db.
 def test_ha_defaults_follow_the_lease() -> None:
     ha = _ha_config({"instance": "east-1", "lease_seconds": 30}).ha
     assert ha is not None
-    assert (ha.renew, ha.margin) == (10, 6)
+    assert (ha.renew, ha.margin) == (10, 12)
 
 
 @pytest.mark.parametrize(("ha", "key"), [
@@ -245,6 +245,36 @@ def test_a_renew_and_margin_that_do_not_fit_in_the_lease_are_refused_naming_the_
 ) -> None:
     with pytest.raises(ConfigError, match=rf"{key}: renew_seconds .* must be less than lease_seconds"):
         _ha_config(ha)
+
+
+@pytest.mark.parametrize(("ha", "statement_timeout", "refused"), [
+    ({}, None, False),  # the defaults fit: margin 6 s (lease / 2.5) against the 5 s watchdog
+    ({"lease_seconds": 15, "margin_seconds": 3}, None, True),  # the former default margin
+    ({"lease_seconds": 15, "margin_seconds": 5}, 5, True),
+    ({"lease_seconds": 15, "margin_seconds": 3}, 2, False),
+])
+def test_a_margin_that_one_blocked_store_call_can_outlast_is_refused_naming_the_key(
+    ha: dict[str, Any], statement_timeout: float | None, refused: bool
+) -> None:
+    """A store call runs on the event loop's thread and may block it for up to statement_timeout_seconds (the
+    watchdog's limit) between the moment `may_act()` said yes and the moment a queued MQTT packet or HTTP request
+    is written to its socket: the margin must be longer, or that write may land after another instance took the
+    lease."""
+    storage: dict[str, Any] = {"url": "postgresql://b@db.example/broadcaster"}
+    if statement_timeout is not None:
+        storage["statement_timeout_seconds"] = statement_timeout
+    data: dict[str, Any] = {"network": {"gtfs": "gtfs"},
+                            "feeds": [{"name": "ops", "kind": "gtfs-rt", "url": "file://rt.pb"}],
+                            "ha": {"instance": "a", **ha}, "storage": storage}
+    if refused:
+        with pytest.raises(ConfigError, match=r"ha\.margin_seconds: margin_seconds \(.*\) must be more than"
+                                              r" storage\.statement_timeout_seconds"):
+            parse_config(data, Path("/etc/broadcaster/b.toml"))
+    else:
+        config = parse_config(data, Path("/etc/broadcaster/b.toml"))
+        assert config.ha is not None
+        assert config.storage is not None
+        assert config.ha.margin > config.storage.statement_timeout_seconds
 
 
 def test_ha_without_postgresql_is_refused() -> None:
