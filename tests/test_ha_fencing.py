@@ -15,29 +15,36 @@ import psycopg
 import pytest
 from rig import Rig
 from support.microblog_server import MicroblogServer
+from support.mosquitto import free_port
 from support.postgres import PASSWORD, PostgresServer
+from test_admin import NOTICE, bearer
 from test_channels import channels
-from test_ha_runner import _announce
+from test_ha_runner import _admin, _announce, _until
 
+from broadcaster import desk
 from broadcaster.config import Config, load_config
 from broadcaster.ha.lease import LeaseLeadership, LeaseTimes, connector
-from broadcaster.runner import open_broadcaster
+from broadcaster.runner import open_broadcaster, serve
 from broadcaster.store.engine import WRITE_LOCK
 
 WAIT = 30.0
 
 
 def ha_config(rig: Rig, postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch, server: MicroblogServer, *,
-              statement_timeout: float, **ha: float) -> Config:
-    """The rig's config on a new PostgreSQL database, with the Mastodon channel and an `[ha]` section."""
+              statement_timeout: float = 5, admin_port: int | None = None, **ha: float) -> Config:
+    """The rig's config on a new PostgreSQL database, with the Mastodon channel and an `[ha]` section (and an
+    `[admin]` section on `admin_port`)."""
     monkeypatch.setenv("T_PG_PASSWORD", PASSWORD)
     path: Path = rig.write_config(
         channels=[c for c in channels(server) if c["name"] == "mastodon"],
         storage={"url": postgres.url(postgres.create_database()), "password": {"env": "T_PG_PASSWORD"},
                  "statement_timeout_seconds": statement_timeout})
     section = {"instance": '"east-1"', **{k: str(v) for k, v in ha.items()}}
-    path.write_text(path.read_text(encoding="utf-8") + "\n[ha]\n" + "".join(f"{k} = {v}\n" for k, v in section.items()),
-                    encoding="utf-8")
+    text = "\n[ha]\n" + "".join(f"{k} = {v}\n" for k, v in section.items())
+    if admin_port is not None:
+        text += (f'\n[admin]\nlisten = "127.0.0.1:{admin_port}"\n'
+                 'tokens = [{id = "duty-desk", token = {env = "T_ADMIN"}}]\n')
+    path.write_text(path.read_text(encoding="utf-8") + text, encoding="utf-8")
     return load_config(path)
 
 
@@ -90,3 +97,38 @@ async def test_a_claim_that_waited_past_the_self_fence_deadline_sends_nothing(
             assert b.outbox.pending_count("mastodon") == 1  # left for the next leader
     finally:
         await lease.close()
+
+
+@pytest.mark.usefixtures("admin_tokens")
+async def test_a_standby_on_postgresql_queues_an_admin_request_for_the_leader_who_carries_it_out(
+    rig: Rig, postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch, server: MicroblogServer
+) -> None:
+    """The admin API of a standby queues a request in the shared database (a standby's write, which the fence must
+    let through) and answers once the leader carried it out; here the standby itself becomes that leader."""
+    port = free_port()
+    config = ha_config(rig, postgres, monkeypatch, server, admin_port=port)
+    assert config.ha is not None
+    times = LeaseTimes(lease=2.0, renew=0.3, margin=0.8)
+    other = LeaseLeadership("west-1", connector(config), times)
+    lease = LeaseLeadership("east-1", connector(config), times)
+    stop = asyncio.Event()
+    try:
+        async with open_broadcaster(config, leadership=lease) as b:
+            assert await other.try_acquire()  # west-1 leads: this instance is a standby
+            running = asyncio.create_task(serve(b, stop, grace=2))
+            async with _admin(port) as http:
+                answer = asyncio.create_task(http.post("/v1/notices", json=NOTICE,
+                                                       headers={**bearer(), "Idempotency-Key": "pg-standby-1"}))
+                await _until(lambda: answer.done() or len(desk.pending(b.db)) == 1)
+                assert not answer.done(), answer.result().text
+                await other.release()
+                assert await lease.try_acquire()  # the standby leads now and carries the request out
+                first = await asyncio.wait_for(answer, 30)
+                assert first.status_code == 201, first.text
+                await _until(lambda: len(server.mastodon_statuses()) == 1)
+            stop.set()
+            async with asyncio.timeout(15):
+                await running
+    finally:
+        for instance in (other, lease):
+            await instance.close()
