@@ -14,6 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from rig import Rig
+from support.gtfs_rt_builders import alert_entity, selector
 from support.microblog_server import MicroblogServer
 from support.mosquitto import free_port
 from support.postgres import PASSWORD, PostgresServer
@@ -23,9 +24,11 @@ from test_ha_runner import _admin, _announce, _until
 
 from broadcaster import desk
 from broadcaster.config import Config, load_config
-from broadcaster.ha.lease import LeaseLeadership, LeaseTimes, connector
-from broadcaster.runner import open_broadcaster, serve
+from broadcaster.errors import LeaseHeld
+from broadcaster.ha.lease import LeaseLeadership, LeaseTimes, connector, lease_holder
+from broadcaster.runner import open_broadcaster, run_once, serve
 from broadcaster.store.engine import WRITE_LOCK
+from broadcaster.store.factory import open_database
 
 WAIT = 30.0
 
@@ -132,3 +135,28 @@ async def test_a_standby_on_postgresql_queues_an_admin_request_for_the_leader_wh
     finally:
         for instance in (other, lease):
             await instance.close()
+
+
+async def test_once_on_an_ha_deployment_does_nothing_beside_a_leader_and_leads_alone_when_none_does(
+    rig: Rig, postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch, server: MicroblogServer
+) -> None:
+    """`broadcaster once` with `[ha]` opened the shared database with no lease and no fence: beside a running
+    leader it polled, committed and posted as a second leader. It must take the lease for its run, or do nothing."""
+    config = ha_config(rig, postgres, monkeypatch, server)
+    rig.serve_rt(alert_entity("A-L2", header={"en": "Line 2 suspended"}, informed=[selector(route_id="2")],
+                              effect="NO_SERVICE"))
+    open_database(config).close()  # migrated: the lease row exists
+    other = LeaseLeadership("west-1", connector(config), LeaseTimes(lease=30.0, renew=10.0, margin=8.0))
+    try:
+        assert await other.try_acquire()  # west-1 leads
+        with pytest.raises(LeaseHeld):
+            await run_once(config, drain_timeout=5)
+        assert rig.server.requests_for("/rt.pb") == []
+        assert server.mastodon_statuses() == []
+        await other.release()  # nobody leads: once takes the lease for its run, and gives it back
+        assert await run_once(config, drain_timeout=10) == 0
+        assert rig.server.requests_for("/rt.pb") != []
+        assert len(server.mastodon_statuses()) == 1
+        assert lease_holder(connector(config)) is None
+    finally:
+        await other.close()
