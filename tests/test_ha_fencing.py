@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -160,3 +161,39 @@ async def test_once_on_an_ha_deployment_does_nothing_beside_a_leader_and_leads_a
         assert lease_holder(connector(config)) is None
     finally:
         await other.close()
+
+
+async def test_broadcaster_run_exits_75_when_another_instance_takes_its_lease(
+    rig: Rig, postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch, server: MicroblogServer
+) -> None:
+    """The command line end to end, in a process of its own: `broadcaster run` leads, the lease row is taken from
+    it (as a takeover after a pause would), its next renew is refused, and the process exits with status 75
+    (EX_TEMPFAIL) for its service manager to start it again as a standby."""
+    config = ha_config(rig, postgres, monkeypatch, server, statement_timeout=1, lease_seconds=3, renew_seconds=0.5,
+                       margin_seconds=1.5)
+    assert config.storage is not None
+    conninfo = postgres.conninfo(config.storage.url.rsplit("/", 1)[-1])
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "broadcaster.cli", "run", "-c", str(config.source),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        await _until(lambda: _holder(conninfo) == "east-1", timeout=20)
+        await _until(lambda: rig.server.requests_for("/rt.pb") != [])  # leading: polling
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute("UPDATE leader_lease SET holder = 'west-1', epoch = epoch + 1,"
+                         " expires_at = now() + interval '1 minute'")
+        async with asyncio.timeout(20):
+            _, err = await process.communicate()  # read while it runs: a full pipe would hold it up
+        assert process.returncode == 75
+        assert b"lost the leader lease" in err
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+def _holder(conninfo: str) -> str | None:
+    with contextlib.suppress(psycopg.Error), psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute("SELECT holder FROM leader_lease WHERE name = 'leader'").fetchone()
+        return None if row is None else row[0]
+    return None
