@@ -81,7 +81,7 @@ async def test_a_claim_that_waited_past_the_self_fence_deadline_sends_nothing(
     between this send and another instance's lease."""
     # The server gives up a lock wait after 80 % of statement_timeout (2 s): the claim below waits 1.4 s.
     config = ha_config(rig, postgres, monkeypatch, server, statement_timeout=2.5, lease_seconds=6, renew_seconds=1,
-                       margin_seconds=3)
+                       margin_seconds=3.5)
     assert config.ha is not None
     assert config.storage is not None
     lease = LeaseLeadership("east-1", connector(config), LeaseTimes.of(config.ha))  # never renewed: it runs out
@@ -92,7 +92,7 @@ async def test_a_claim_that_waited_past_the_self_fence_deadline_sends_nothing(
             mastodon = next(c for c in b.channels if c.name == "mastodon")
             await asyncio.sleep(lease.deadline - 0.8 - time.monotonic())  # the lease's own timer, no guess
             assert lease.may_act()
-            # Released after the local deadline, well before the database's expiry (3 s after it).
+            # Released after the local deadline, well before the database's expiry (3.5 s after it).
             with write_lock_held_until(postgres.conninfo(config.storage.url.rsplit("/", 1)[-1]),
                                       lease.deadline + 0.6):
                 assert await b.drain_due(mastodon) == 0
@@ -169,8 +169,8 @@ async def test_broadcaster_run_exits_75_when_another_instance_takes_its_lease(
     """The command line end to end, in a process of its own: `broadcaster run` leads, the lease row is taken from
     it (as a takeover after a pause would), its next renew is refused, and the process exits with status 75
     (EX_TEMPFAIL) for its service manager to start it again as a standby."""
-    config = ha_config(rig, postgres, monkeypatch, server, statement_timeout=1, lease_seconds=3, renew_seconds=0.5,
-                       margin_seconds=1.5)
+    config = ha_config(rig, postgres, monkeypatch, server, statement_timeout=1, lease_seconds=4, renew_seconds=0.5,
+                       margin_seconds=2.5)
     assert config.storage is not None
     conninfo = postgres.conninfo(config.storage.url.rsplit("/", 1)[-1])
     process = await asyncio.create_subprocess_exec(
