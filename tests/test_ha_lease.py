@@ -298,3 +298,37 @@ async def test_lease_holder_names_the_instance_with_an_unexpired_lease(lease_db:
     await lease.release()
     assert lease_holder(_connector(lease_db)) is None
     await lease.close()
+
+
+async def test_a_lease_keeper_that_fails_unexpectedly_while_leading_sets_lost(lease_db: str) -> None:
+    """Anything the keeper did not foresee (here the reconnect after a killed session raises a plain error) must not
+    leave a leader that reports itself leading, acts on nothing and never exits: the loss is declared, so the
+    runner stops and exits 75."""
+    connects = 0
+
+    def connect() -> psycopg.Connection[Any]:
+        nonlocal connects
+        connects += 1
+        if connects > 1:
+            raise RuntimeError("unforeseen")
+        return psycopg.connect(lease_db, application_name="lease-under-test", autocommit=True)
+
+    lease = LeaseLeadership("a", connect, FAST)
+    stop = asyncio.Event()
+    keeper = asyncio.create_task(lease.run(stop))
+    try:
+        async with asyncio.timeout(10):
+            await lease.wait_until_leading()
+        with psycopg.connect(lease_db, autocommit=True) as other:
+            other.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                          " WHERE application_name = 'lease-under-test'")
+        async with asyncio.timeout(FAST.lease + 2):
+            await lease.lost.wait()
+        assert lease.role is Role.STANDBY
+        assert not lease.may_act()
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(10):
+                await keeper
+        await lease.close()
