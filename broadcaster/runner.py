@@ -204,7 +204,8 @@ async def run_once(config: Config, *, drain_timeout: float = 30.0) -> int:
     if lease is not None and not await lease.try_acquire():
         await lease.close()
         raise LeaseHeld(lease.instance)
-    async with open_broadcaster(config, leadership=lease) as b, _keeping(lease), _linked(b, batch=True):
+    # The lease is kept first and given back last: also when opening fails, or after everything has closed.
+    async with _keeping(lease), open_broadcaster(config, leadership=lease) as b, _linked(b, batch=True):
         outcomes = await b.poll_round()
         failures += [f"feed {o.feed!r}: {o.error}" for o in outcomes if not o.ok]
         await b.process_requests()
