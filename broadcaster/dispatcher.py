@@ -221,6 +221,13 @@ class Dispatcher:
                     # not retried while the request may still be in flight. (MQTT consumers deduplicate on
                     # notice_id and version instead.)
                     self.outbox.begin_attempt(entry.key, self.now() + timedelta(seconds=deadline_s))
+                    if not self.may_act():
+                        # The claim is a store call on this thread: it may have waited (for the write lock, up to
+                        # statement_timeout_seconds) past the lease's local deadline. The claim stays, as after a
+                        # crash right after it: the next leader waits for its deadline and checks before posting.
+                        log.warning("%s: not sending: the lease ran out while the attempt was being claimed",
+                                    channel.name)
+                        return sent
                 try:
                     remote_id = await self._attempt(channel, entry, thread, deadline_s)
                 except TransientDeliveryError as exc:

@@ -130,6 +130,15 @@ class Fenced(StoreError):
         super().__init__(path, f"fenced: this instance holds {expected}, the lease row says {found}; nothing written")
 
 
+class LeaseHeld(BroadcasterError):
+    """A one-shot run (`once`) on a deployment with `[ha]` could not take the leader lease: another instance leads
+    (or the database could not be asked), and a run beside it would be a second leader."""
+
+    def __init__(self, instance: str) -> None:
+        super().__init__(f"instance {instance} could not take the leader lease: another instance leads (or the"
+                         " database did not answer); nothing was polled or sent")
+
+
 class LeaseLost(BroadcasterError):
     """This instance led and lost its lease (or could not renew it in time, broadcaster/ha): it stopped sending
     at once and exits with status 75, to come back as a standby."""

@@ -24,7 +24,7 @@ from broadcaster.channels.http import HttpChannelClient
 from broadcaster.channels.mqtt import MqttLink
 from broadcaster.compose.routing import require_known_places
 from broadcaster.config import Config, FeedConfig
-from broadcaster.errors import BroadcasterError, IdentityConflict, LeaseLost, RequestFailed
+from broadcaster.errors import BroadcasterError, IdentityConflict, LeaseHeld, LeaseLost, RequestFailed
 from broadcaster.feeds.fetch import FeedFetcher
 from broadcaster.feeds.network import load_network
 from broadcaster.ha.role import Leadership, Role, SoleInstance
@@ -191,9 +191,21 @@ async def _linked(b: Broadcaster, *, batch: bool = False) -> AsyncIterator[None]
 
 
 async def run_once(config: Config, *, drain_timeout: float = 30.0) -> int:
-    """Poll every feed once, publish, deliver the outbox, and return an exit status (0 = all good)."""
+    """Poll every feed once, publish, deliver the outbox, and return an exit status (0 = all good).
+
+    With `[ha]` the run takes the leader lease first and keeps it while it runs (given back at the end): a run
+    beside a leader would be a second one.
+
+    Raises:
+        LeaseHeld: with `[ha]`, another instance holds the lease: nothing was polled or sent.
+    """
     failures: list[str] = []
-    async with open_broadcaster(config) as b, _linked(b, batch=True):
+    lease = _lease_of(config)
+    if lease is not None and not await lease.try_acquire():
+        await lease.close()
+        raise LeaseHeld(lease.instance)
+    # The lease is kept first and given back last: also when opening fails, or after everything has closed.
+    async with _keeping(lease), open_broadcaster(config, leadership=lease) as b, _linked(b, batch=True):
         outcomes = await b.poll_round()
         failures += [f"feed {o.feed!r}: {o.error}" for o in outcomes if not o.ok]
         await b.process_requests()

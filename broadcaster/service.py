@@ -25,7 +25,7 @@ from typing import Protocol
 
 import orjson
 
-from broadcaster.channels.base import NoticeChannel, PostingChannel
+from broadcaster.channels.base import NoticeChannel, PostingChannel, SessionKeepingChannel
 from broadcaster.channels.mqtt import MqttLink, MqttNoticeChannel
 from broadcaster.compose import ComposePolicy, EmergencyRule
 from broadcaster.config import ChannelConfig, Config, DigestConfig, FeedConfig, broker_label
@@ -144,11 +144,15 @@ class Broadcaster:
 
     def load_state(self) -> None:
         """Read the state again from the database: a standby taking over finds what the former leader committed
-        since this instance started (the network state, operator notices, feed records, retained topics)."""
+        since this instance started (the network state, operator notices, feed records, retained topics, the
+        digest marks, the channels' login sessions)."""
         self.pipeline.load()
         self.poller.load()
         self.planner.load(self.db)
         self.digests.load()
+        for channel, _ in self.posting:
+            if isinstance(channel, SessionKeepingChannel):
+                channel.reload_session()
 
     # -- what the parts hold, read by the admin API, the status page and the tests ----------------------------
 

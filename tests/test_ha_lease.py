@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
@@ -232,7 +233,7 @@ def _ha_config(ha: dict[str, Any], storage_url: str | None = "postgresql://b@db.
 def test_ha_defaults_follow_the_lease() -> None:
     ha = _ha_config({"instance": "east-1", "lease_seconds": 30}).ha
     assert ha is not None
-    assert (ha.renew, ha.margin) == (10, 6)
+    assert (ha.renew, ha.margin) == (10, 12)
 
 
 @pytest.mark.parametrize(("ha", "key"), [
@@ -245,6 +246,38 @@ def test_a_renew_and_margin_that_do_not_fit_in_the_lease_are_refused_naming_the_
 ) -> None:
     with pytest.raises(ConfigError, match=rf"{key}: renew_seconds .* must be less than lease_seconds"):
         _ha_config(ha)
+
+
+@pytest.mark.parametrize(("ha", "statement_timeout", "refused"), [
+    ({}, None, False),  # the defaults fit: margin 6 s (lease / 2.5) against the 5 s watchdog
+    ({"lease_seconds": 15, "margin_seconds": 3}, None, True),  # the former default margin
+    ({"lease_seconds": 15, "margin_seconds": 5}, 5, True),
+    ({"lease_seconds": 15, "margin_seconds": 3}, 2, False),
+    ({"lease_seconds": 15, "margin_seconds": 3}, 2.5, True),  # a reconnect waits whole seconds: 3
+    ({"lease_seconds": 15, "margin_seconds": 2}, 1, True),  # and at least 2 (libpq's connect_timeout)
+])
+def test_a_margin_that_one_blocked_store_call_can_outlast_is_refused_naming_the_key(
+    ha: dict[str, Any], statement_timeout: float | None, refused: bool
+) -> None:
+    """A store call runs on the event loop's thread and may block it for up to statement_timeout_seconds (the
+    watchdog's limit) between the moment `may_act()` said yes and the moment a queued MQTT packet or HTTP request
+    is written to its socket: the margin must be longer, or that write may land after another instance took the
+    lease."""
+    storage: dict[str, Any] = {"url": "postgresql://b@db.example/broadcaster"}
+    if statement_timeout is not None:
+        storage["statement_timeout_seconds"] = statement_timeout
+    data: dict[str, Any] = {"network": {"gtfs": "gtfs"},
+                            "feeds": [{"name": "ops", "kind": "gtfs-rt", "url": "file://rt.pb"}],
+                            "ha": {"instance": "a", **ha}, "storage": storage}
+    if refused:
+        with pytest.raises(ConfigError, match=r"ha\.margin_seconds: margin_seconds \(.*\) must be more than"
+                                              r" storage\.statement_timeout_seconds"):
+            parse_config(data, Path("/etc/broadcaster/b.toml"))
+    else:
+        config = parse_config(data, Path("/etc/broadcaster/b.toml"))
+        assert config.ha is not None
+        assert config.storage is not None
+        assert config.ha.margin > max(2, math.ceil(config.storage.statement_timeout_seconds))
 
 
 def test_ha_without_postgresql_is_refused() -> None:
@@ -265,3 +298,37 @@ async def test_lease_holder_names_the_instance_with_an_unexpired_lease(lease_db:
     await lease.release()
     assert lease_holder(_connector(lease_db)) is None
     await lease.close()
+
+
+async def test_a_lease_keeper_that_fails_unexpectedly_while_leading_sets_lost(lease_db: str) -> None:
+    """Anything the keeper did not foresee (here the reconnect after a killed session raises a plain error) must not
+    leave a leader that reports itself leading, acts on nothing and never exits: the loss is declared, so the
+    runner stops and exits 75."""
+    connects = 0
+
+    def connect() -> psycopg.Connection[Any]:
+        nonlocal connects
+        connects += 1
+        if connects > 1:
+            raise RuntimeError("unforeseen")
+        return psycopg.connect(lease_db, application_name="lease-under-test", autocommit=True)
+
+    lease = LeaseLeadership("a", connect, FAST)
+    stop = asyncio.Event()
+    keeper = asyncio.create_task(lease.run(stop))
+    try:
+        async with asyncio.timeout(10):
+            await lease.wait_until_leading()
+        with psycopg.connect(lease_db, autocommit=True) as other:
+            other.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                          " WHERE application_name = 'lease-under-test'")
+        async with asyncio.timeout(FAST.lease + 2):
+            await lease.lost.wait()
+        assert lease.role is Role.STANDBY
+        assert not lease.may_act()
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(10):
+                await keeper
+        await lease.close()

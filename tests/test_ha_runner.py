@@ -25,6 +25,8 @@ from test_channels import channels
 from test_ha_lease import LEASE_DDL
 
 from broadcaster import desk
+from broadcaster.channels.factory import build_channel
+from broadcaster.channels.http import HttpChannelClient
 from broadcaster.channels.mqtt import MqttLink
 from broadcaster.config import Config
 from broadcaster.errors import LeaseLost
@@ -36,7 +38,7 @@ from broadcaster.render import Renderer
 from broadcaster.runner import EXIT_LEASE_LOST, open_broadcaster, run_forever, serve
 from broadcaster.service import Broadcaster
 from broadcaster.status import status_report
-from broadcaster.store import Database
+from broadcaster.store import Database, KeyValueStore
 
 pytestmark = pytest.mark.usefixtures("admin_tokens")
 
@@ -313,3 +315,38 @@ async def test_a_standby_taking_over_reads_what_the_former_leader_committed_sinc
         async with asyncio.timeout(15):
             await running
     assert "Committed by the former leader" in server.mastodon_statuses()[0].text
+
+
+async def test_a_standby_taking_over_posts_to_bluesky_with_the_session_the_former_leader_stored(
+    rig: Rig, server: MicroblogServer
+) -> None:
+    """The Bluesky session (and its rotating refresh token) is the leader's to renew and store; a standby read it
+    when it started, hours before it takes over. It must post with the one stored last, not log in again:
+    createSession is limited per account, and every failover would spend one."""
+    port = free_port()
+    config = admin_config(rig, channels=[c for c in channels(server) if c["name"] == "bluesky"],
+                          listen=f"127.0.0.1:{port}")
+    leadership = SwitchedLeadership()
+    stop = asyncio.Event()
+    async with open_broadcaster(config, leadership=leadership) as b:
+        running = asyncio.create_task(serve(b, stop, grace=2))
+        former_db = Database(config.database_path)
+        try:
+            async with FeedFetcher(user_agent="former-leader") as fetcher, \
+                    HttpChannelClient(b.clock.now) as http:
+                bluesky = build_channel(config, 0, http, b.clock.now, KeyValueStore(former_db, "session"))
+                await bluesky.start()
+                former = Broadcaster(config, b.network, Renderer(config.templates.directory), former_db, fetcher,
+                                     MqttLink(config.mqtt, instance="former"), posting=[bluesky])
+                await _announce(former, "Posted by the former leader")
+                assert await former.drain_due(bluesky) == 1  # logs in, stores the session
+                await _announce(former, "Left for the next leader")
+        finally:
+            former_db.close()
+        assert server.bluesky_login_count == 1
+        leadership.lead()
+        await _until(lambda: len(server.bluesky_posts()) == 2)
+        stop.set()
+        async with asyncio.timeout(15):
+            await running
+    assert server.bluesky_login_count == 1

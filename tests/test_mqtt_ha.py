@@ -403,6 +403,25 @@ async def test_a_leader_whose_lease_ran_out_publishes_nothing_even_before_it_ste
         assert [m.payload for m in await notices.settle(quiet=0.3)] == [b"1"]
 
 
+async def test_a_leader_stopped_after_its_lease_ran_out_says_nothing_on_the_main_status(
+    mosquitto: MosquittoBroker, topic_prefix: str,
+) -> None:
+    """SIGTERM's grace, then the lease runs out before the link stops (the runner does not step down on that
+    path): the clean stop's `offline` is a publish like any other and must not go out over the new leader's
+    `online`. The session still ends with a clean DISCONNECT, so no Will speaks either."""
+    config = mqtt_config(mosquitto.url, topic_prefix, "5")
+    topics = Topics(topic_prefix)
+    lease = LeaseOnTheClock("a")
+    link = MqttLink(config, instance=INSTALLATION, ha_instance="a", leadership=lease)
+    async with MessageRecorder(mosquitto.url, topics.status) as status:
+        async with running(link):
+            async with asyncio.timeout(10):
+                await link.wait_connected()
+            await status.wait_for(says(topics.status, status="online"), timeout=10)
+            lease.valid = False
+        assert [body(m)["status"] for m in await status.settle(quiet=config.will_delay_seconds + 0.5)] == ["online"]
+
+
 @given(instances=st.lists(INSTANCE_ID, min_size=1, max_size=3, unique=True))
 @example(instances=["-", ".", ".."])
 @example(instances=["A" * 64, "9" * 64, "_.-" * 21 + "z"])

@@ -364,3 +364,38 @@ def test_a_connection_lost_inside_a_transaction_runs_nothing_of_it_outside_one(p
         assert [KeyValueStore(db, "t").get(key) for key in ("first", "second", "third")] == [None, None, None]
     finally:
         db.close()
+
+
+def test_a_leaders_transaction_after_its_lease_expired_in_the_database_is_fenced(postgres: PostgresServer) -> None:
+    """Holder and epoch unchanged, but the lease's time is up by the database's clock: any instance may take it at
+    its next attempt, so nothing of this one may commit (a claim before a send above all), even though nobody has
+    taken it yet. The check runs on the clock of the moment the fence is read (a transaction that waited for the
+    write lock reads it after the wait), not of BEGIN."""
+    name = postgres.create_database()
+    db = PostgresDatabase(postgres.url(name), password=PASSWORD, fence=lambda: Fence("a", 1))
+    try:
+        set_lease(postgres, name, "a", 1)
+        with db.transaction() as conn:
+            Outbox.enqueue(conn, [message("first")], T0)
+        with psycopg.connect(postgres.conninfo(name), autocommit=True) as other:
+            other.execute("UPDATE leader_lease SET expires_at = clock_timestamp() - interval '1 s'")
+        with pytest.raises(Fenced), db.transaction() as conn:
+            Outbox.enqueue(conn, [message("late")], T0)
+        with pytest.raises(Fenced):
+            Outbox(db).begin_attempt(Outbox(db).due("mastodon", T0)[0].key, T0)
+        assert [(e.notice_id, e.uncertain) for e in Outbox(db).due("mastodon", T0)] == [("first", False)]
+        # Expiring while the transaction waits for the write lock: the fence is read after the wait.
+        set_lease(postgres, name, "a", 1)
+        with psycopg.connect(postgres.conninfo(name), autocommit=True) as other:
+            other.execute("UPDATE leader_lease SET expires_at = clock_timestamp() + interval '0.5 s'")
+            other.execute("SELECT pg_advisory_lock(%s)", (WRITE_LOCK,))
+            timer = threading.Timer(1.0, lambda: other.execute("SELECT pg_advisory_unlock(%s)", (WRITE_LOCK,)))
+            timer.start()
+            try:
+                with pytest.raises(Fenced), db.transaction() as conn:
+                    Outbox.enqueue(conn, [message("waited")], T0)
+            finally:
+                timer.join(WAIT)
+        assert [e.notice_id for e in Outbox(db).due("mastodon", T0)] == ["first"]
+    finally:
+        db.close()

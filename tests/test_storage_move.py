@@ -6,9 +6,12 @@ import os
 import select
 import subprocess
 import sys
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 from rig import Rig, poll_all, running
 from support.gtfs_rt_builders import alert_entity, selector
@@ -16,11 +19,13 @@ from support.postgres import PASSWORD, PostgresServer
 
 from broadcaster import desk
 from broadcaster.config import Config
+from broadcaster.errors import StoreError
 from broadcaster.lock import InstanceLock
 from broadcaster.outbox import Outbox, OutgoingMessage
 from broadcaster.store import Database, KeyValueStore
+from broadcaster.store.engine import WRITE_LOCK
 from broadcaster.store.postgres import PostgresDatabase
-from broadcaster.store.transfer import TABLES, row_counts, rows_of
+from broadcaster.store.transfer import TABLES, move_to_postgres, row_counts, rows_of
 
 PAUSING = Path(__file__).resolve().parent / "support" / "pausing_move.py"
 WAIT = 60.0
@@ -145,3 +150,45 @@ def test_a_password_in_the_target_url_is_refused_and_never_shown(rig: Rig) -> No
 @pytest.fixture(autouse=True)
 def _no_stray_password(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("T_PG_PASSWORD", raising=False)
+
+
+def test_a_write_landing_between_the_emptiness_check_and_the_copy_makes_the_move_refuse(
+    rig: Rig, postgres: PostgresServer
+) -> None:
+    """An instance started against the new database too early commits while the move waits for the write lock:
+    the move must still find the target not empty (checked inside its transaction, under the lock), not copy a
+    second state into it."""
+    config = rig.config()
+    source = Database(config.database_path)
+    desk.submit(source, "announce", {"texts": {"en": "queued before the move"}})
+    source.close()
+    name = postgres.create_database()
+    url = postgres.url(name)
+    PostgresDatabase(url, password=PASSWORD).close()  # migrated and empty, as an instance starting on it leaves it
+    outcome: list[BaseException | dict[str, int]] = []
+
+    def run_move() -> None:
+        try:
+            outcome.append(move_to_postgres(config.database_path, url, password=PASSWORD))
+        except BaseException as exc:  # handed to the test's thread
+            outcome.append(exc)
+
+    with psycopg.connect(postgres.conninfo(name), autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (WRITE_LOCK,))  # the instance's transaction, under way
+        mover = threading.Thread(target=run_move)
+        mover.start()
+        deadline = time.monotonic() + WAIT
+        while other.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory'").fetchone() != (1,):
+            assert time.monotonic() < deadline, "the move never waited for the write lock"
+            time.sleep(0.01)
+        other.execute("INSERT INTO state (kind, key, body) VALUES ('alert', 'from-the-instance', '\\x00')")
+        other.execute("SELECT pg_advisory_unlock(%s)", (WRITE_LOCK,))
+        mover.join(WAIT)
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], StoreError), outcome
+    assert "the target database is not empty (state: 1 rows)" in str(outcome[0])
+    target = PostgresDatabase(url, password=PASSWORD)
+    try:
+        assert row_counts(target)["requests"] == 0  # nothing of the move
+    finally:
+        target.close()

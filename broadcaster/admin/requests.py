@@ -143,7 +143,7 @@ class OperatorRequests:
         """A standby's way: queue the request in the shared database (with its key's row) and answer with what
         the leader made of it."""
         try:
-            with self.b.db.transaction() as conn:  # a standby's write: not fenced (leader_only=False, PostgreSQL)
+            with self.b.db.transaction(leader_only=False) as conn:  # a standby's write: not fenced (PostgreSQL)
                 request_id = desk.enqueue(conn, action, queued)
                 if remember is not None:
                     remember.queued(conn, request_id)

@@ -58,6 +58,14 @@ class PostingChannel(NoticeChannel, Protocol):
 
 
 @runtime_checkable
+class SessionKeepingChannel(Protocol):
+    """A channel that keeps a login session in the shared store (Bluesky): the leader renews it, so an instance
+    taking over reads the one stored last instead of the one it read at start-up."""
+
+    def reload_session(self) -> None: ...
+
+
+@runtime_checkable
 class VerifyingChannel(Protocol):
     """A channel that can prove its credentials with a call that changes nothing (for `broadcaster check`)."""
 

@@ -105,6 +105,11 @@ class BlueskyChannel(HttpChannel[BlueskyChannelConfig]):
 
     async def start(self) -> None:
         """Pick up the session a previous run left, so a restart (or a crash loop) needs no new login."""
+        self.reload_session()
+
+    def reload_session(self) -> None:
+        """The session stored last (at start-up, and when a standby takes over: the former leader may have renewed
+        it since, which revoked the refresh token read before)."""
         saved = self.sessions.get(self.name) if self.sessions else None
         if saved:
             session = orjson.loads(saved)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -100,6 +101,23 @@ class Config(Section):
         # Instances share their state through the database: a SQLite file belongs to one machine's instance.
         if self.ha is not None and self.storage is None:
             raise KeyedValueError(("ha",), "needs a PostgreSQL database: [storage] url = \"postgresql://...\"")
+        return self
+
+    @model_validator(mode="after")
+    def _ha_margin_outlasts_a_blocked_store_call(self) -> Config:
+        # A store call runs on the event loop's thread and may hold it up to the watchdog's limit between the
+        # moment may_act() said yes and the moment a queued MQTT packet or HTTP request reaches its socket: the
+        # leader must stop acting more than that before its lease can pass to another instance.
+        if self.ha is None or self.storage is None:
+            return self
+        timeout = self.storage.statement_timeout_seconds
+        # A reconnect is bounded by libpq's connect_timeout instead: whole seconds, at least 2 (store/postgres.py).
+        longest = max(timeout, 2, math.ceil(timeout))
+        if self.ha.margin <= longest:
+            raise KeyedValueError(("ha", "margin_seconds"), (
+                f"margin_seconds ({self.ha.margin:g}) must be more than storage.statement_timeout_seconds"
+                f" ({timeout:g}; a reconnect: {longest:g}): a store call may hold the event loop that long after the"
+                " last check before a send or publish"))
         return self
 
     @field_validator("feeds")

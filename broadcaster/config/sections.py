@@ -364,7 +364,7 @@ class HaConfig(Section):
     lease_seconds: PositiveSeconds = 15
     #: Default: lease_seconds / 3.
     renew_seconds: PositiveSeconds | None = None
-    #: Default: lease_seconds / 5.
+    #: Default: lease_seconds / 2.5 (6 s of the default 15: more than `[storage] statement_timeout_seconds`, 5).
     margin_seconds: PositiveSeconds | None = None
 
     @property
@@ -373,7 +373,7 @@ class HaConfig(Section):
 
     @property
     def margin(self) -> float:
-        return self.margin_seconds if self.margin_seconds is not None else self.lease_seconds / 5
+        return self.margin_seconds if self.margin_seconds is not None else self.lease_seconds / 2.5
 
     @model_validator(mode="after")
     def _renew_and_margin_fit_in_the_lease(self) -> HaConfig:

@@ -162,12 +162,19 @@ class LeaseLeadership:
     async def run(self, stop: asyncio.Event) -> None:
         """Take the lease when it is free or expired, then keep it, until `stop` or until it is lost."""
         while not stop.is_set() and not self._lost.is_set():
-            if self._fence is None:
-                await self.try_acquire()
-                wait = self.times.renew
-            else:
-                await self._renew()
-                wait = self.times.renew
+            try:
+                if self._fence is None:
+                    await self.try_acquire()
+                else:
+                    await self._renew()
+            except Exception as exc:
+                # Whatever was not foreseen: a leader must not go on reporting itself leading while nothing renews
+                # its lease (it would act on nothing, answer as the leader and never exit); a standby tries again.
+                log.exception("lease: the keeper failed")
+                if self._fence is not None:
+                    self._lose(f"the lease's keeper failed: {type(exc).__name__}: {exc}")
+                    return
+            wait = self.times.renew
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await stop.wait()

@@ -317,8 +317,11 @@ def probe(url: str, *, password: str | None, timeout: float) -> tuple[str, int]:
         conn.close()
 
 
-#: What a leader-only transaction reads first (its lock waits for a takeover, a takeover waits for it).
-_READ_FENCE = "SELECT holder, epoch FROM leader_lease WHERE name = 'leader' FOR SHARE"
+#: What a leader-only transaction reads first (its lock waits for a takeover, a takeover waits for it), and whether
+#: the lease is still unexpired by the database's clock at that moment: clock_timestamp(), not now(), which is the
+#: time of BEGIN, before the wait for the write lock.
+_READ_FENCE = ("SELECT holder, epoch, expires_at > clock_timestamp() FROM leader_lease WHERE name = 'leader'"
+               " FOR SHARE")
 
 
 def _last_result(cursor: Cursor) -> Cursor:
@@ -372,9 +375,9 @@ class PostgresDatabase:
 
         Under the write lock (one writer at a time, like SQLite's BEGIN IMMEDIATE). With `leader_only` and a
         `fence`, the first statement reads the lease row FOR SHARE and raises `Fenced` unless it names this
-        instance's holder and epoch: a takeover (an UPDATE of that row) waits for this transaction, so no commit of
-        a former leader lands after it. `durable=False` commits without waiting for the WAL flush
-        (synchronous_commit off): only a server crash can lose it, as SQLite's NORMAL.
+        instance's holder and epoch and has not expired by the database's clock: a takeover (an UPDATE of that
+        row) waits for this transaction, so no commit of a former leader lands after it. `durable=False` commits
+        without waiting for the WAL flush (synchronous_commit off): only a server crash can lose it, as SQLite's NORMAL.
         """
         fence = self.fence if leader_only else None
         with self._transaction(WRITE_LOCK, durable=durable, then=_READ_FENCE if fence else "") as (conn, opened):
@@ -420,6 +423,10 @@ class PostgresDatabase:
         found = None if row is None or row[0] is None else Fence(str(row[0]), int(row[1]))
         if expected is None or found != expected:
             raise Fenced(self._where, expected, found)
+        if not row[2]:
+            # Ours, but its time is up: another instance may take it at its next attempt, and a claim committed
+            # now would let a send leave after that (the takeover waits only for this transaction, not the send).
+            raise Fenced(self._where, expected, f"{found}, expired by the database's clock")
 
     def close(self) -> None:
         self._conn.close()

@@ -117,12 +117,14 @@ def move_to_postgres(path: Path, url: str, *, password: str | None, statement_ti
         try:
             target = PostgresDatabase(url, password=password, statement_timeout=max(statement_timeout, 60.0))
             try:
-                held = {table: n for table, n in row_counts(target).items() if n}
-                if held:
-                    raise StoreError(target.where, "the target database is not empty ("
-                                     + ", ".join(f"{table}: {n} rows" for table, n in held.items())
-                                     + "): a move goes into a new database only")
                 with target.transaction(leader_only=False) as conn:
+                    # Under the write lock, in the transaction that copies: an instance started on the new database
+                    # too early cannot commit between the check and the copy.
+                    held = {table: n for table, n in row_counts(target).items() if n}
+                    if held:
+                        raise StoreError(target.where, "the target database is not empty ("
+                                         + ", ".join(f"{table}: {n} rows" for table, n in held.items())
+                                         + "): a move goes into a new database only")
                     copied = copy_state(source, conn, after_table=after_table)
                     target.restart_identities(conn)
                 return copied

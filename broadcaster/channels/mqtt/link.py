@@ -425,6 +425,8 @@ class MqttLink:
                 task.cancel()
         if self._standing_down.is_set():
             return  # stepped down: a clean disconnect, no Will, not a word on the main status
+        if not self._may_publish():
+            return  # the lease ran out (during a stop's grace): as a step down, the new leader speaks
         if stop.is_set():
             # A clean disconnect does not fire the Last Will, so say it ourselves.
             self.connected.clear()
