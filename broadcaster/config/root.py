@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -111,13 +110,13 @@ class Config(Section):
         if self.ha is None or self.storage is None:
             return self
         timeout = self.storage.statement_timeout_seconds
-        # A reconnect is bounded by libpq's connect_timeout instead: whole seconds, at least 2 (store/postgres.py).
-        longest = max(timeout, 2, math.ceil(timeout))
-        if self.ha.margin <= longest:
+        # A reconnect holds the loop no longer: it runs in a thread of its own, waited for at most this timeout
+        # (store/postgres.py), not for libpq's connect_timeout.
+        if self.ha.margin <= timeout:
             raise KeyedValueError(("ha", "margin_seconds"), (
                 f"margin_seconds ({self.ha.margin:g}) must be more than storage.statement_timeout_seconds"
-                f" ({timeout:g}; a reconnect: {longest:g}): a store call may hold the event loop that long after the"
-                " last check before a send or publish"))
+                f" ({timeout:g}): a store call may hold the event loop that long after the last check before a send"
+                " or publish"))
         return self
 
     @field_validator("feeds")
