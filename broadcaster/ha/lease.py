@@ -51,6 +51,19 @@ UPDATE leader_lease SET expires_at = now() + make_interval(secs => %(lease)s)
 WHERE name = 'leader' AND holder = %(me)s AND epoch = %(epoch)s
 RETURNING 1
 """
+#: Sessions an instance left inside a transaction when its route to the database died, once the lease has expired
+#: by the database's clock. Cut between the messages of an extended-protocol exchange (psycopg's executemany, a
+#: Parse or an Execute before its Sync), the server waits for the next message with neither the statement nor the
+#: idle-in-transaction timeout running, until TCP keepalive gives up on the peer (two hours by default), and the
+#: transaction's locks (the fence's FOR SHARE on the lease row) hold every takeover that long. A live instance
+#: never leaves the server waiting on it for a lease: its calls are bounded by the store's watchdog.
+END_VANISHED = """
+SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+  AND xact_start IS NOT NULL AND wait_event = 'ClientRead'
+  AND state_change < now() - make_interval(secs => %(lease)s)
+  AND EXISTS (SELECT 1 FROM leader_lease WHERE name = 'leader' AND expires_at < now())
+"""
 RELEASE = """
 UPDATE leader_lease SET holder = NULL, expires_at = '-infinity'
 WHERE name = 'leader' AND holder = %(me)s AND epoch = %(epoch)s
@@ -188,6 +201,8 @@ class LeaseLeadership:
             row = await self._call(ACQUIRE, {"me": self._instance, "lease": self.times.lease}, self.times.call_timeout)
         except (psycopg.Error, TimeoutError, OSError) as exc:
             log.warning("lease: could not ask for the lease: %s", exc)
+            if isinstance(exc, psycopg.errors.QueryCanceled | psycopg.errors.LockNotAvailable):
+                await self._end_vanished_sessions()
             return False
         if row is None:
             return False
@@ -196,6 +211,17 @@ class LeaseLeadership:
         self._leading.set()
         log.info("lease: %s leads with epoch %d", self._instance, self._fence.epoch)
         return True
+
+    async def _end_vanished_sessions(self) -> None:
+        """The lease row stayed locked past the statement timeout: end the sessions that hold a transaction open
+        although the lease they could be under has expired (END_VANISHED), so the next attempt can take it."""
+        try:
+            row = await self._call(END_VANISHED, {"lease": self.times.lease}, self.times.call_timeout)
+        except (psycopg.Error, TimeoutError, OSError) as exc:
+            log.warning("lease: could not end the sessions of a vanished instance: %s", exc)
+            return
+        if row is not None and row[0]:
+            log.warning("lease: ended %d session(s) left in a transaction by a vanished instance", row[0])
 
     async def _renew(self) -> None:
         """Extend the lease; retried until the local deadline. A renew that is refused (another holder, another
