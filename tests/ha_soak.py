@@ -215,7 +215,10 @@ async def soak(
             leader = new_leader
         await standbys_ready(cluster, leader, restarts, report)
         await db.wait_until_drained(timeout=60)
-        await converged(recorder, feed, prefix, leader, timeout=30)
+        try:
+            await converged(recorder, feed, prefix, leader, timeout=30)
+        except AssertionError as exc:  # reported with the rest of the audit, not instead of it
+            report.retained_wrong.append(str(exc))
         report.unexpected_exits = cluster.unexpected_exits()
         messages = (await recorder.settle(quiet=1.0, timeout=30))
         first_publishes(report, messages, f"{prefix}/v1/broadcaster/status")
@@ -223,7 +226,7 @@ async def soak(
         retained = await collect_retained(broker.url, f"{prefix}/v1/#", timeout=30)
         report.retained_topics = len(retained)
         roles = {name: role or "offline" for name, role in (await cluster.roles()).items()}
-        report.retained_wrong = retained_problems(retained, messages, feed, prefix, roles)
+        report.retained_wrong += retained_problems(retained, messages, feed, prefix, roles)
     report.seconds = time.monotonic() - started
     return report
 
