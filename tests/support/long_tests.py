@@ -29,6 +29,9 @@ LONG_TESTS: tuple[str, ...] = (
     "test_broker_nats_cluster.py::test_a_display_on_a_killed_nats_node_shows_the_latest_state_elsewhere_within_30_s",
     "test_broker_nats_cluster.py::test_a_sigkilled_broadcaster_reads_offline_on_every_nats_node_from_its_will",  # 7
     "test_crash_points.py::test_killed_mid_request_with_the_answer_held",  # 11
+    # 7 to 10 s: real instances on PostgreSQL starting up.
+    "test_ha_startup.py::test_three_instances_started_at_the_same_instant_on_an_empty_database_make_one_leader",
+    "test_ha_startup.py::test_a_standby_started_against_a_database_a_newer_release_migrated_refuses_with_exit_2",
     "test_secrets_hygiene.py::test_planted_secrets_appear_in_no_output",  # 10
     "test_cli_validation.py::test_the_command_line_and_the_api_decide_alike",  # 9
     "test_pipeline_mqtt.py::test_after_the_broker_returns_every_station_shows_the_latest_state_not_the_saved_one",
