@@ -6,7 +6,7 @@ was timed.
 
 Used by tests/test_ha_failover_soak.py (20 kills in CI) and runnable for a longer soak (docs/ha.md):
 
-    python tests/ha_soak.py --kills 100 --seed 1
+    python tests/ha_soak.py --kills 100 --seed 1 [--keep DIR]
 """
 
 from __future__ import annotations
@@ -363,9 +363,9 @@ def record(report: SoakReport, name: str = "ha-soak.json") -> Path:
     return path
 
 
-async def _main(kills: int, seed: int) -> SoakReport:
+async def _main(kills: int, seed: int, keep: Path | None) -> SoakReport:
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+        work = keep or Path(tmp)  # with --keep the instances' logs and configs stay there
         broker = MosquittoBroker(work / "mosquitto")
         broker.start()
         http = LoopbackHttpServer()
@@ -387,8 +387,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--keep", type=Path, help="a new directory for the instances' logs, kept afterwards")
     args = parser.parse_args()
-    report = asyncio.run(_main(args.kills, args.seed))
+    report = asyncio.run(_main(args.kills, args.seed, args.keep))
     print(report.line())
     print(f"recorded in {record(report, f'ha-soak-{args.kills}.json')}; {'clean' if report.clean else 'NOT CLEAN'}")
     return 0 if report.clean else 1
