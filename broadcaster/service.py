@@ -239,6 +239,12 @@ class Broadcaster:
     def pending(self) -> int:
         return self.dispatcher.pending()
 
+    def ready_to_lead(self) -> bool:
+        """A standby's readiness (`/v1/health`): its broker presence session is up (always true without `[ha]`,
+        where there is no presence session; the database answered if the caller got this far)."""
+        presence = self.link.presence
+        return presence is None or presence.present.is_set()
+
     def health(self) -> Health:
         """Feeds, the broker link and the outbox now (the admin API's health and status, the metrics' gauges)."""
         return read_health(self.config.feeds, self.poller.records, [c.name for c in self.channels], self.history,

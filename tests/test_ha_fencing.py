@@ -121,6 +121,11 @@ async def test_a_standby_on_postgresql_queues_an_admin_request_for_the_leader_wh
             assert await other.try_acquire()  # west-1 leads: this instance is a standby
             running = asyncio.create_task(serve(b, stop, grace=2))
             async with _admin(port) as http:
+                # Ready to take over (its presence session is up): healthy, so a load balancer may send operators.
+                assert b.link.presence is not None
+                await asyncio.wait_for(b.link.presence.present.wait(), 15)
+                health = await http.get("/v1/health")
+                assert (health.status_code, health.json()["healthy"], health.json()["role"]) == (200, True, "standby")
                 answer = asyncio.create_task(http.post("/v1/notices", json=NOTICE,
                                                        headers={**bearer(), "Idempotency-Key": "pg-standby-1"}))
                 await _until(lambda: answer.done() or len(desk.pending(b.db)) == 1)

@@ -26,6 +26,7 @@ from broadcaster.admin.openapi import openapi_document
 from broadcaster.admin.requests import OperatorRequests
 from broadcaster.channels.atom import AtomChannel
 from broadcaster.config import AdminConfig
+from broadcaster.ha.role import Role
 from broadcaster.metrics import CONTENT_TYPE, FeedHealth, Health
 from broadcaster.service import Broadcaster
 from broadcaster.store import iso
@@ -139,7 +140,13 @@ class AdminApi:
 
     async def health(self, request: Request, token_id: str | None) -> Response:
         health = self.b.health()
-        return JSONResponse(self._with_role(_health_body(health, detail=False)), 200 if health.healthy else 503)
+        body = self._with_role(_health_body(health, detail=False))
+        if self.b.leadership.role is Role.STANDBY:
+            # A standby is healthy when it could take over: the database answered (read_health read the outbox
+            # from it) and its broker presence session is up. Its feeds and `mqtt` are the leader's business, so a
+            # load balancer can send operators to any ready instance (their requests are queued for the leader).
+            body["healthy"] = self.b.ready_to_lead()
+        return JSONResponse(body, 200 if body["healthy"] else 503)
 
     def _with_role(self, body: dict[str, Any]) -> dict[str, Any]:
         """`role` (leader or standby, broadcaster/ha) and `instance`: which instance a load balancer reached."""
