@@ -216,3 +216,8 @@ def test_check_warns_when_topics_would_carry_a_dot_that_nats_refuses(
     assert main(["check", "--offline", "-c", str(dotted)]) == 0
     out = capsys.readouterr().out
     assert "warning: MQTT topics will carry a '.' (topic_prefix): NATS before 2.10 refuses" in out
+    # With [ha] the instance id is a topic level too (the presence topic), and a host name often has a '.'.
+    ha = write_config(tmp_path, FEED + '\n[storage]\nurl = "postgresql://b@db.example/broadcaster"\n'
+                      '\n[ha]\ninstance = "east-1.metro"\n')
+    assert main(["check", "--offline", "-c", str(ha)]) == 0
+    assert "warning: MQTT topics will carry a '.' (ha.instance): NATS" in capsys.readouterr().out

@@ -121,8 +121,11 @@ def _dotted_topic_ids(config: Config, network: Network) -> list[str]:
     """A warning when a topic would carry a '.': NATS before 2.10 (Debian's 2.9 among them) closes the connection
     of a client publishing one, and as every session republishes everything, no session would last
     (docs/mqtt.md, "NATS cluster"). Other brokers take it; the contract keeps the '.' as the id has it. Alert
-    ids come from the feeds while running, so only the prefix and the network's ids are checked here."""
+    ids come from the feeds while running, so only the prefix, the `[ha]` instance id and the network's ids are
+    checked here."""
     where = [("topic_prefix", config.mqtt.topic_prefix)] if "." in config.mqtt.topic_prefix else []
+    # The presence topic names the instance; its default, the host name, often has a '.'.
+    where += [("ha.instance", config.ha.instance)] if config.ha is not None and "." in config.ha.instance else []
     where += [(f"line {line_id!r}", line_id) for line_id in network.lines if "." in line_id]
     where += [(f"station {station_id!r}", station_id) for station_id in network.stations if "." in station_id]
     if not where:
