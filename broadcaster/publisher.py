@@ -134,6 +134,11 @@ class RetainedPublisher:
             log.warning("not publishing %d retained topic(s): this instance no longer holds the lease",
                         len(publications))
             return 0
+        # A topic's first publication is recorded before it leaves (a placeholder), so a kill before the record
+        # below still leaves the database knowing that the broker may hold it (broadcaster/retained.py).
+        publications = self.planner.reserve(publications, self.db)
+        if not publications:
+            return 0
         acked = await self.link.publish_many(publications)
         for publication in acked:
             if publication.topic in self.canary_topics and publication.payload:
@@ -141,7 +146,8 @@ class RetainedPublisher:
                 self._canary_expected[publication.topic] = (seq, self._canary_round)
         self.metrics.retained(len(acked), len(publications) - len(acked))
         try:
-            # Not durable: a lost record only means a republish, and every new session republishes in full.
+            # Not durable: a lost record only means a republish (a new topic has its placeholder row already),
+            # and every new session republishes in full.
             with self.db.transaction(durable=False) as conn:
                 self.planner.confirm(acked, now, conn)
         except StoreError as exc:

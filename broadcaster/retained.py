@@ -8,6 +8,12 @@ an MQTT 5 message expiry, so a display never shows yesterday's crowding). Entrie
 A cleared topic (a resolved alert) is remembered for one TTL after the clear and cleared again with every full
 publish: a broker killed after acknowledging the clear comes back with what it last saved, which may be the
 alert itself. After one TTL the broker's copy has expired anyway, so the memory is bounded.
+
+A topic is recorded (with a placeholder digest, durably) before its first publication leaves, and its digest
+after the broker acknowledged it: an instance killed between the two, or whose record fails, leaves a message
+on the broker that the database still knows of, so the next instance clears it when its entry goes. A
+placeholder means "maybe on the broker, content unknown": it matches no payload, so the next round (and every
+full publish) publishes the topic's current payload or clears it. Topics already recorded cost nothing more.
 """
 
 from __future__ import annotations
@@ -21,10 +27,14 @@ from datetime import datetime, timedelta
 
 import orjson
 
+from broadcaster.errors import StoreError
 from broadcaster.payloads import Body, RetainedItem
-from broadcaster.store import Connection, Store, iso, load_retained, save_retained
+from broadcaster.store import Connection, Store, iso, load_retained, reserve_retained, save_retained
 
 log = logging.getLogger(__name__)
+
+#: The digest of a topic recorded before its first publication was acknowledged: it equals no content's digest.
+PLACEHOLDER_DIGEST = ""
 
 
 class SequenceClock:
@@ -91,6 +101,24 @@ class RetainedPlanner:
         """Take up what the broker holds, as the database remembers it."""
         published, self.cleared = load_retained(db)
         self.published = {t: _Published(d, None) for t, d in published.items()}
+
+    def reserve(self, publications: list[Publication], db: Store) -> list[Publication]:
+        """Record, in one durable transaction, the topics of `publications` that may not be on the broker yet,
+        before they are published; returns the publications that may go: all of them, or, when that record
+        fails, all but the new topics (planned again next round)."""
+        new = [(p.topic, PLACEHOLDER_DIGEST) for p in publications if p.payload and p.topic not in self.published]
+        if not new:
+            return publications
+        try:
+            with db.transaction() as conn:
+                reserve_retained(conn, new)
+        except StoreError as exc:
+            log.error("not publishing %d new retained topic(s): cannot record them first: %s", len(new), exc)
+            unrecorded = {topic for topic, _ in new}
+            return [p for p in publications if p.topic not in unrecorded]
+        for topic, digest in new:  # only once committed: the memory never knows more than the database
+            self.published[topic] = _Published(digest, None)
+        return publications
 
     def plan(
         self, items: Iterable[RetainedItem], now: datetime, *, fresh_sources: set[str], full: bool,

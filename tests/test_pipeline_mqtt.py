@@ -382,3 +382,40 @@ async def test_an_identical_body_without_etag_is_not_parsed_again(
         await b.poll(b.config.feeds[0])
         assert parsed == ["ops", "ops"]
         assert b.state.alerts["A-L2"].alert.header.get("en") == "Line 2 suspended until 11:00"
+
+
+async def test_an_alert_acknowledged_but_never_recorded_is_cleared_by_the_next_instance(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The instance dies between the broker's PUBACK of a new alert topic and the record of it (the record is
+    made to fail at that point, taking nothing with it, as a SIGKILL there would). The next instance on the same
+    state resolves the alert before its broker session starts (the late session of an HA takeover): its full
+    publish must still clear the topic, which only the database can tell it holds a message."""
+    rig.serve_rt(line2_alert())
+    config = rig.config()
+    alert_topic = rig.topic("lines/2/alerts/A-L2")
+
+    def killed_before_the_record(*_: object) -> None:
+        raise StoreError(config.database_path, "killed between the PUBACK and the record")
+
+    async with running(config) as b:
+        monkeypatch.setattr(b.planner, "confirm", killed_before_the_record)
+        await poll_all(b)
+    assert alert_topic in await collect_retained(rig.mqtt_url, rig.topic("lines/2/alerts/+"))
+
+    rig.serve_rt()
+    async with (
+        MessageRecorder(rig.mqtt_url, alert_topic) as seen,
+        open_broadcaster(config) as b,
+    ):
+        await poll_all(b)
+        await poll_all(b)  # resolved (resolve_after_missing = 2), nothing published: no broker session yet
+        stop = asyncio.Event()
+        link = asyncio.create_task(b.link.run(stop))
+        try:
+            await seen.wait_for(lambda messages: any(not m.payload for m in messages), timeout=10)
+        finally:
+            stop.set()
+            async with asyncio.timeout(10):
+                await link
+    assert alert_topic not in await collect_retained(rig.mqtt_url, rig.topic("lines/2/alerts/+"))

@@ -154,3 +154,33 @@ def test_a_topic_published_again_is_no_longer_cleared_on_reconnect(db: Store) ->
     assert clears(full) == set()
     assert ALERT in topics(full)
     assert db.conn.execute("SELECT count(*) FROM retained_cleared").fetchone() == (0,)
+
+
+def test_a_topic_recorded_before_its_publish_is_published_again_or_cleared_by_the_next_instance(db: Store) -> None:
+    """A first publication's topic is recorded before it leaves; its acknowledgement never recorded (the
+    instance killed in between), the next instance takes the placeholder as "maybe on the broker, content
+    unknown": a full publish sends its current payload, or clears it once its entry is gone, and so does an
+    ordinary round; a steady round records nothing more."""
+    first = RetainedPlanner(TTL, 10_000, SequenceClock())
+    planned = first.plan(items(), T0, fresh_sources={"gtfs-rt", "passenger-flow"}, full=False)
+    assert first.reserve(planned, db) == planned  # then killed: never confirmed
+
+    def next_instance() -> RetainedPlanner:
+        planner = RetainedPlanner(TTL, 10_000, SequenceClock())
+        planner.load(db)
+        return planner
+
+    later = T0 + timedelta(seconds=5)
+    assert topics(next_instance().plan(items(), later, fresh_sources=set(), full=True)) == topics(planned)
+    assert topics(next_instance().plan(items(), later, fresh_sources=set(), full=False)) == topics(planned)
+    clears = next_instance().plan(items(alert=False), later, fresh_sources=set(), full=True)
+    assert ("m/v1/lines/1/alerts/A", b"") in {(p.topic, p.payload) for p in clears}
+    # Recorded once acknowledged, the topics are not reserved again: nothing to write on a steady round.
+    second = next_instance()
+    publish(second, db, items(), later)
+    steady = second.plan(items(level="EMPTY"), later, fresh_sources={"passenger-flow"}, full=False)
+    assert second.reserve(steady, db) == steady
+    with db.transaction() as conn:
+        conn.execute("DELETE FROM retained")
+    assert second.reserve(steady, db) == steady
+    assert next_instance().published == {}

@@ -28,7 +28,7 @@ from broadcaster.store.feeds import (
     save_snapshot,
 )
 from broadcaster.store.meta import KeyValueStore
-from broadcaster.store.retained import load_retained, save_retained
+from broadcaster.store.retained import load_retained, reserve_retained, save_retained
 from broadcaster.store.state import StateStore, alert_stored
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "load_snapshot",
     "load_snapshot_digests",
     "refuse_newer_database",
+    "reserve_retained",
     "save_feed",
     "save_retained",
     "save_snapshot",

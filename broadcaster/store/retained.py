@@ -16,6 +16,12 @@ def load_retained(db: Store) -> tuple[dict[str, str], dict[str, datetime]]:
     return published, cleared
 
 
+def reserve_retained(conn: Connection, topics: Iterable[tuple[str, str]]) -> None:
+    """Record (topic, placeholder digest) for topics about to be published for the first time, inside the
+    caller's transaction; a topic already recorded keeps its row."""
+    conn.executemany("INSERT INTO retained (topic, digest) VALUES (?, ?) ON CONFLICT (topic) DO NOTHING", topics)
+
+
 def save_retained(
     conn: Connection,
     *,
