@@ -69,11 +69,25 @@ def serialise(body: Body) -> bytes:
     return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
 
 
+class Envelope:
+    """The envelope of payloads issued at one instant and valid until another, its two timestamps encoded once:
+    a plan wraps every topic it publishes (about 1,000 in a full refresh at k = 1) in the same two."""
+
+    __slots__ = ("_head", "_until")
+
+    def __init__(self, issued_at: datetime, valid_until: datetime | None) -> None:
+        self._head = b'{"issued_at":' + orjson.dumps(iso(issued_at)) + b',"seq":'
+        self._until = b',"valid_until":' + (orjson.dumps(iso(valid_until)) if valid_until else b"null")
+
+    def wrap(self, body_bytes: bytes, seq: int) -> bytes:
+        """Prefix the envelope to an already serialised body, so each body is serialised once."""
+        return (self._head + str(seq).encode() + self._until
+                + (b"," + body_bytes[1:] if body_bytes != b"{}" else b"}"))
+
+
 def with_envelope(body_bytes: bytes, seq: int, issued_at: datetime, valid_until: datetime | None) -> bytes:
     """Prefix the envelope to an already serialised body, so each body is serialised once."""
-    until = orjson.dumps(iso(valid_until)) if valid_until else b"null"
-    head = b'{"issued_at":' + orjson.dumps(iso(issued_at)) + b',"seq":' + str(seq).encode() + b',"valid_until":'
-    return head + until + (b"," + body_bytes[1:] if body_bytes != b"{}" else b"}")
+    return Envelope(issued_at, valid_until).wrap(body_bytes, seq)
 
 
 @dataclass(slots=True)
@@ -128,7 +142,7 @@ class RetainedPlanner:
         only some of the topics (an emergency's, ahead of the round): nothing is cleared for being absent."""
         out: list[Publication] = []
         seen: set[str] = set()
-        valid_until = now + self.ttl
+        envelope = Envelope(now, now + self.ttl)
         expiry = int(self.ttl.total_seconds())
         serialised = self._serialised
         for item in items:
@@ -153,7 +167,7 @@ class RetainedPlanner:
                 payload = with_envelope(body, self.seq.next(), prev.at, prev.at + self.ttl)
                 out.append(Publication(item.topic, payload, True, remaining, digest, prev.at))
                 continue
-            payload = with_envelope(body, self.seq.next(), now, valid_until)
+            payload = envelope.wrap(body, self.seq.next())
             if len(payload) > self.max_payload_bytes:
                 log.error("not publishing %s: %d bytes exceeds max_payload_bytes %d",
                           item.topic, len(payload), self.max_payload_bytes)
