@@ -55,6 +55,7 @@ async def open_broadcaster(
     require_known_places(config, network)  # a channel filter naming no line of the network would post nothing
     require_known_overrides(config, network)  # before the state directory is locked or anything logs in
     renderer = Renderer(config.templates.directory)
+    renderer.compile_all(config.network.languages)  # not at the first notice, which may be an emergency's
     lock = InstanceLock(config.state.directory)
     lock.acquire()
     try:

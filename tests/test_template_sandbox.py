@@ -387,3 +387,22 @@ def test_a_normal_post_still_renders_in_microseconds() -> None:
         renderer.render("alert_new", "en", values)
     per_render = (time.perf_counter() - started) / runs
     assert per_render < 500e-6, f"{per_render * 1e6:.0f} us per render"
+
+
+def test_compiling_every_template_up_front_leaves_a_refused_one_to_the_fallback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`open_broadcaster` compiles the templates before the first notice (so an emergency's does not wait for
+    it): every built-in one in every language compiles, a refused operator template is skipped there without
+    raising, and rendering it still falls back to the built-in one with the error logged."""
+    builtin = Renderer()
+    kinds = builtin.known_kinds()
+    assert builtin.compile_all(("zh", "en")) == 2 * len(kinds)
+    assert len(builtin.env.cache or {}) == 2 * len(kinds)  # compiled now, not at their first render
+
+    renderer = Renderer(operator_template(tmp_path, ESCAPES[next(iter(ESCAPES))]))
+    assert renderer.compile_all(("zh", "en")) == 2 * len(kinds) - 1  # all but the operator's refused alert_new.en
+    with caplog.at_level(logging.ERROR, logger="broadcaster.render.engine"):
+        text = renderer.render("alert_new", "en", context())
+    assert text == builtin.render("alert_new", "en", context())
+    assert "alert_new.en.j2:3: refused" in caplog.text
