@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 import tracemalloc
 from typing import TYPE_CHECKING
@@ -320,3 +322,25 @@ async def test_file_url_over_the_cap(fetcher: FeedFetcher, tmp_path: Path) -> No
 async def test_file_url_with_a_remote_host_is_refused(fetcher: FeedFetcher) -> None:
     with pytest.raises(FetchError, match="remote host"):
         await fetch(fetcher, "file://server/share/feed.pb")
+
+
+_FIRST_FETCH_PROBE = """
+import asyncio, sys
+from broadcaster.feeds.fetch import FeedFetcher
+
+async def main() -> None:
+    before = "anyio._backends._asyncio" in sys.modules
+    async with FeedFetcher(user_agent="probe"):
+        print(before, "anyio._backends._asyncio" in sys.modules)
+
+asyncio.run(main())
+"""
+
+
+def test_opening_the_fetcher_loads_what_the_first_request_would() -> None:
+    """httpx's first request imports anyio's asyncio backend (20-40 ms on the event loop): the fetcher does it when
+    it opens, so the first poll of a fresh process (a new leader's, perhaps in an emergency) does not wait for it.
+    A process of its own: this one has long imported it."""
+    probe = subprocess.run([sys.executable, "-c", _FIRST_FETCH_PROBE], capture_output=True, text=True, timeout=60,
+                           check=True)
+    assert probe.stdout.split() == ["False", "True"]
