@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Self
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 from urllib.request import url2pathname
 
-import anyio
+import anyio.lowlevel
 import httpx
 
 from broadcaster.errors import FetchError
@@ -73,7 +73,7 @@ class FeedFetcher:
         )
         # httpx's first request loads anyio's asyncio backend, 20-40 ms of imports on the event loop; done here, at
         # start-up, it does not delay the first poll, which may be a new leader's in the middle of an emergency.
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         return self
 
     async def __aexit__(
