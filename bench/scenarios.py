@@ -335,13 +335,21 @@ async def tick(args: Args) -> dict[str, Any]:
     async with running(config) as b:
         first = await measured_tick(b)
         await drained(b)
+        timelines: list[tuple[float, list[str]]] = []
         for n in range(1, args.ticks + 1):
             install_variant(args, f"tick{n}")
+            STAGE_CLOCK.trace = []
+            started = time.perf_counter()
             with _STEADY.profiling():
                 ticks.append(await measured_tick(b))
+            timelines.append((ticks[-1].e2e_s, _timeline(STAGE_CLOCK.trace, started, {
+                "poll round returned": started + ticks[-1].e2e_s})))
+            STAGE_CLOCK.trace = None
             await drained(b)
         topics = len(b.planner.published)
-    return {**summary(ticks), "retained_topics": topics, "first_tick_ms": first.e2e_s * 1000}
+    timelines.sort(key=lambda t: t[0])
+    return {**summary(ticks), "retained_topics": topics, "first_tick_ms": first.e2e_s * 1000,
+            "timeline_median_tick": timelines[(len(timelines) - 1) // 2][1]}
 
 
 class SteadyProfile:
