@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import random
 import sqlite3
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from broadcaster.errors import StoreError
 from broadcaster.model import ActivePeriod, Alert, CrowdingReading, InformedEntity, LocalizedText, Occupancy, Severity
@@ -283,3 +287,62 @@ def test_a_platform_error_text_with_a_nul_character_is_recorded_on_every_engine(
     errors = dict(db.conn.execute("SELECT notice_id, error FROM outbox").fetchall())
     assert errors == {"a": "HTTP 500: bad\ufffdanswer", "b": "HTTP 422: bad\ufffdanswer"}
     assert outbox.due("mastodon", T0 + timedelta(hours=1))[0].uncertain
+
+
+_FAMILY_STEPS = st.lists(
+    st.tuples(
+        st.sampled_from(["same", "changed", "dropped", "plain dict"]),  # what happens to the crowding family
+        st.booleans(),  # whether the lines family changes too
+        st.booleans(),  # whether the transaction fails (nothing committed)
+    ),
+    min_size=1, max_size=12,
+)
+
+
+@given(steps=_FAMILY_STEPS, seed=st.integers(0, 2**16))
+@settings(max_examples=60, deadline=None)
+def test_the_database_always_holds_the_state_last_committed(tmp_path_factory: pytest.TempPathFactory,
+                                                            steps: list[tuple[str, bool, bool]], seed: int) -> None:
+    """The state store skips whole families that are the very read-only mapping committed last time, and
+    records that are the very objects encoded last time. Whatever the sequence of saves, unchanged or changed
+    families, plain dicts changed in place and failed transactions, the rows on disk are exactly the encoding
+    of the state last committed: a restart loads that state."""
+    rng = random.Random(seed)
+    db = Database(tmp_path_factory.mktemp("state") / "broadcaster.db")
+    store = StateStore(db)
+    base = sample_state()
+    template = base.crowding["S04"]
+
+    def crowding_family() -> dict[str, CrowdingRecord]:
+        return {f"S{n:02d}": replace(template, station_id=f"S{n:02d}", percentage=rng.randint(0, 120))
+                for n in rng.sample(range(20), rng.randint(0, 8))}
+
+    plain: dict[str, CrowdingRecord] = crowding_family()
+    state = replace(base, crowding=MappingProxyType(crowding_family()))
+    committed = replace(base, crowding=MappingProxyType({}), lines=MappingProxyType({}), alerts={}, as_of=None)
+    for crowding_step, lines_change, fails in steps:
+        if crowding_step == "changed":
+            state = replace(state, crowding=MappingProxyType(crowding_family()))
+        elif crowding_step == "dropped":
+            state = replace(state, crowding=MappingProxyType({}))
+        elif crowding_step == "plain dict":
+            plain.clear()
+            plain.update(crowding_family())  # the same dict object, changed in place
+            state = replace(state, crowding=plain)
+        if lines_change:
+            kind = rng.choice(list(LineStatusKind))
+            state = replace(state, lines=MappingProxyType({"1": LineStatus(kind, (), rng.randint(0, 900))}))
+        try:
+            with db.transaction() as conn:
+                store.save(conn, state)
+                if fails:
+                    raise StoreError(db.path, "the disk said no")
+        except StoreError:
+            continue
+        store.committed()
+        committed = replace(state, crowding=dict(state.crowding))  # a copy: `plain` may change later
+        loaded = StateStore(db).load()
+        assert dict(loaded.crowding) == dict(committed.crowding)
+        assert dict(loaded.lines) == dict(committed.lines)
+        assert dict(loaded.alerts) == dict(committed.alerts)
+    db.close()
