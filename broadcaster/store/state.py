@@ -29,7 +29,6 @@ from broadcaster.store.codec import (
 )
 from broadcaster.store.engine import Connection, Store
 
-
 #: One family of state rows: the read-only mapping it was encoded from (None: read from the database, or a
 #: plain dict, which could change in place) and its rows.
 _Family = tuple[object, dict[tuple[str, str], bytes]]
