@@ -406,3 +406,28 @@ def test_compiling_every_template_up_front_leaves_a_refused_one_to_the_fallback(
         text = renderer.render("alert_new", "en", context())
     assert text == builtin.render("alert_new", "en", context())
     assert "alert_new.en.j2:3: refused" in caplog.text
+
+
+def test_a_template_file_that_cannot_be_read_is_a_template_problem_not_a_crash(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator template saved in another encoding (GBK, say) cannot be decoded. Unused, it must not stop the
+    broadcaster from starting (compile_all skips it); used, the notice falls back to the built-in template with
+    the file named in the log, and `check` reports it as a template problem rather than a traceback."""
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    (folder / "alert_new_old.zh.j2").write_bytes("旧的模板 {{ line }}".encode("gbk"))  # unused
+    (folder / "alert_new.en.j2").write_bytes("Line \xa3{{ line }}".encode("latin-1"))  # used, not UTF-8
+    renderer = Renderer(folder)
+    kinds = renderer.known_kinds()
+    assert "alert_new_old" in kinds
+    # Skipped without raising: the unused kind in both languages (zh unreadable, en absent) and alert_new.en.
+    assert renderer.compile_all(("zh", "en")) == 2 * len(kinds) - 3
+    with caplog.at_level(logging.ERROR, logger="broadcaster.render.engine"):
+        text = renderer.render("alert_new", "en", context())
+    assert text == Renderer().render("alert_new", "en", context())
+    assert "alert_new.en.j2" in caplog.text
+    with pytest.raises(TemplateProblem) as caught:
+        renderer.check("alert_new", "en", context())
+    assert "alert_new.en.j2" in str(caught.value)
+    assert "UTF-8" in str(caught.value)

@@ -86,6 +86,13 @@ class Renderer:
             raise TemplateProblem(exc.filename or name, exc.message or "syntax error", exc.lineno) from exc
         except jinja2.TemplateNotFound:
             raise TemplateProblem(name, "no such template (neither the operator's nor built-in)") from None
+        except UnicodeDecodeError as exc:
+            # Saved in another encoding (GBK, say): the file is the operator's to fix, and a notice falls back.
+            raise TemplateProblem(name, f"not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8") from None
+        except OSError as exc:
+            raise TemplateProblem(name, f"cannot be read: {exc.strerror or exc}") from None
+        except RecursionError:
+            raise TemplateProblem(name, "nested too deeply to compile") from None
 
     def compile_all(self, languages: Sequence[str]) -> int:
         """Compile every template of every kind in `languages` now; returns how many compiled.
