@@ -382,7 +382,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def _timeline(trace: list[tuple[str, float, float]], t0: float, marks: dict[str, float]) -> list[str]:
-    """One round, in order: each stage's start and length in ms from the feed response, and the marks."""
+    """One round, in order: each stage's start and length in ms from `t0` (the feed response in an emergency, the
+    start of the poll round in a cold start or a steady tick), and the marks."""
     events = [(start, f"{(start - t0) * 1000:8.2f} ms  {stage} ({seconds * 1000:.2f} ms)")
               for stage, start, seconds in trace]
     events += [(at, f"{(at - t0) * 1000:8.2f} ms  ** {name}") for name, at in marks.items()]

@@ -3,6 +3,7 @@ for every expiry a config can give (MQTT 5 Four Byte Integer), or displays get a
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
@@ -19,3 +20,11 @@ def test_the_packed_once_expiry_is_what_paho_packs(seconds: int) -> None:
     assert shared.pack() == fresh.pack()  # type: ignore[no-untyped-call]
     assert shared.pack() == fresh.pack()  # type: ignore[no-untyped-call]  # and again, from the cache
     assert shared.MessageExpiryInterval == max(1, seconds)  # type: ignore[attr-defined]
+
+
+def test_the_shared_expiry_property_cannot_be_changed() -> None:
+    """Every publish with this expiry shares the object and its packed bytes: a change would not reach the wire."""
+    shared = _expiry(600)
+    with pytest.raises(AttributeError, match="read-only"):
+        shared.MessageExpiryInterval = 5  # type: ignore[attr-defined]
+    assert shared.pack() == _expiry(600).pack()

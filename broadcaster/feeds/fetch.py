@@ -65,15 +65,16 @@ class FeedFetcher:
     async def __aenter__(self) -> Self:
         if self._client is not None:
             raise RuntimeError("FeedFetcher is already open")
+        # httpx's first request loads anyio's asyncio backend, 20-40 ms of imports on the event loop; done here, at
+        # start-up, it does not delay the first poll, which may be a new leader's in the middle of an emergency.
+        # (Before the client exists: a cancellation here leaves nothing open.)
+        await anyio.lowlevel.checkpoint()
         self._client = httpx.AsyncClient(
             headers={"User-Agent": self._user_agent},
             limits=self._limits,
             follow_redirects=True,
             max_redirects=_MAX_REDIRECTS,
         )
-        # httpx's first request loads anyio's asyncio backend, 20-40 ms of imports on the event loop; done here, at
-        # start-up, it does not delay the first poll, which may be a new leader's in the middle of an emergency.
-        await anyio.lowlevel.checkpoint()
         return self
 
     async def __aexit__(

@@ -36,6 +36,11 @@ class _PackedExpiry(Properties):
         # paho's __setattr__ admits only property names: the cache is set past it.
         object.__setattr__(self, "_packed", super().pack())  # type: ignore[no-untyped-call]
 
+    def __setattr__(self, name: str, value: object) -> None:
+        if "_packed" in self.__dict__:  # built: a change would never reach the wire
+            raise AttributeError(f"the shared message expiry property is read-only (setting {name})")
+        super().__setattr__(name, value)
+
     def pack(self) -> bytes:
         packed: bytes = object.__getattribute__(self, "_packed")
         return packed
