@@ -39,7 +39,7 @@ class _PackedExpiry(Properties):
     def __setattr__(self, name: str, value: object) -> None:
         if "_packed" in self.__dict__:  # built: a change would never reach the wire
             raise AttributeError(f"the shared message expiry property is read-only (setting {name})")
-        super().__setattr__(name, value)
+        super().__setattr__(name, value)  # type: ignore[no-untyped-call]
 
     def pack(self) -> bytes:
         packed: bytes = object.__getattribute__(self, "_packed")
