@@ -89,6 +89,7 @@ class PayloadBuilder:
         self.policy = policy
         # Station -> lines is asked for every display on every tick; the network never changes while running.
         self._lines_at = {station_id: network.lines_at(station_id) for station_id in network.stations}
+        self._serving_lines = frozenset(line_id for line_ids in self._lines_at.values() for line_id in line_ids)
         self._line_topics = {line_id: topics.line_status(line_id) for line_id in network.lines}
         self._crowding_topics = {station_id: topics.station_crowding(station_id) for station_id in network.stations}
         self._display_topics = {station_id: topics.station_display(station_id) for station_id in network.stations}
@@ -154,12 +155,15 @@ class PayloadBuilder:
 
     def _display_items(self, state: NetworkState, now: datetime, station_ids: Iterable[str]) -> Iterator[RetainedItem]:
         station_alerts = self._alerts_by_station(state)
+        # Each line's status kind, looked up once per round rather than once per station serving it.
+        kinds = {line_id: state.line_status(line_id).kind for line_id in self._serving_lines}
+        crowding = state.crowding
         for station_id in station_ids:
             alerts = station_alerts.get(station_id, [])
-            reading = state.crowding.get(station_id)
+            reading = crowding.get(station_id)
             key = (
-                tuple(state.line_status(line_id).kind for line_id in self._lines_at.get(station_id, ())),
-                tuple(r.alert for r in alerts),
+                tuple([kinds[line_id] for line_id in self._lines_at.get(station_id, ())]),
+                tuple([r.alert for r in alerts]) if alerts else (),
                 (reading.level, reading.percentage, crowding_trend(reading, now, self.policy)) if reading else None,
             )
             body = self._cached(("display", station_id), key, self.display, state, self.network.stations[station_id],

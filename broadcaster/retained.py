@@ -145,6 +145,8 @@ class RetainedPlanner:
         envelope = Envelope(now, now + self.ttl)
         expiry = int(self.ttl.total_seconds())
         serialised = self._serialised
+        published = self.published
+        refresh_from = now - self.refresh_after  # published at or before it: a refresh is due
         for item in items:
             seen.add(item.topic)
             cached = serialised.get(item.topic)
@@ -154,10 +156,12 @@ class RetainedPlanner:
                 body = serialise(item.body)
                 digest = hashlib.blake2b(body, digest_size=12).hexdigest()
                 serialised[item.topic] = (item.body, body, digest)
-            prev = self.published.get(item.topic)
+            prev = published.get(item.topic)
             fresh = item.source == "any" or item.source in fresh_sources
-            due = prev is not None and (prev.at is None or now - prev.at >= self.refresh_after)
-            if not (full or prev is None or prev.digest != digest or (due and fresh)):
+            unchanged = not full and prev is not None and prev.digest == digest
+            # What the broker holds already (most topics of a steady tick): only a refresh of a fresh source is
+            # due, half a TTL after it was issued (or when that is unknown: loaded from disk).
+            if unchanged and (not fresh or (prev is not None and prev.at is not None and prev.at > refresh_from)):
                 continue
             if full and not fresh and prev is not None and prev.digest == digest and prev.at is not None:
                 # After a reconnect a stale entry is re-sent only until its original expiry: never extend it.

@@ -76,6 +76,18 @@ def test_refresh_at_half_ttl_only_for_fresh_sources(db: Store) -> None:
     assert topics(refreshed) == {"m/v1/lines/1/status", "m/v1/lines/1/alerts/A", "m/v1/stations/S1/display"}
 
 
+def test_a_topic_known_only_from_disk_is_refreshed_at_the_next_round_if_its_source_is_fresh(db: Store) -> None:
+    """A new process knows what the broker holds (the digests on disk) but not when each message was issued, so
+    it cannot tell how close to its expiry the broker's copy is: the first round refreshes every unchanged topic
+    of a fresh source, and lets a stale source's expire."""
+    publish(RetainedPlanner(TTL, 10_000, SequenceClock()), db, items(), T0)
+    restarted = RetainedPlanner(TTL, 10_000, SequenceClock())
+    restarted.load(db)
+    refreshed = publish(restarted, db, items(), T0 + timedelta(seconds=5), fresh={"gtfs-rt"})
+    assert topics(refreshed) == {"m/v1/lines/1/status", "m/v1/lines/1/alerts/A", "m/v1/stations/S1/display"}
+    assert publish(restarted, db, items(), T0 + timedelta(seconds=10), fresh={"gtfs-rt"}) == []
+
+
 def test_full_republish_after_reconnect_never_extends_stale_entries(db: Store) -> None:
     planner = RetainedPlanner(TTL, 10_000, SequenceClock())
     publish(planner, db, items(), T0)
