@@ -12,12 +12,16 @@ import gc
 
 from rig import Rig
 
-from broadcaster.runner import open_broadcaster
+from broadcaster.runner import YOUNG_COLLECTION_EVERY, open_broadcaster
 
 
 async def test_start_up_objects_are_frozen_while_running_and_released_after(rig: Rig) -> None:
     before = gc.get_freeze_count()
+    thresholds = gc.get_threshold()
     async with open_broadcaster(rig.config()):
         # the network and everything else built at start-up, not a handful of objects
         assert gc.get_freeze_count() > before + 1000
+        # young objects collected every YOUNG_COLLECTION_EVERY allocations, not CPython's 700
+        assert gc.get_threshold() == (YOUNG_COLLECTION_EVERY, *thresholds[1:])
     assert gc.get_freeze_count() == before
+    assert gc.get_threshold() == thresholds
