@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from datetime import time
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import SplitResult
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -67,6 +68,17 @@ class KeyedValueError(ValueError):
     def __init__(self, at: tuple[str | int, ...], message: str) -> None:
         super().__init__(message)
         self.at = at
+
+
+def require_host_and_port(parts: SplitResult) -> None:
+    """A server URL's host is named and its port, if any, is a number from 0 to 65535 (the broker's, the
+    database's)."""
+    if not parts.hostname:
+        raise ValueError("names no host")
+    try:
+        parts.port  # noqa: B018  # raises on a port that is no number or out of range
+    except ValueError:
+        raise ValueError("has a port that is no number from 0 to 65535") from None
 
 
 def require_unique(values: Sequence[str], field: str, section: str) -> None:

@@ -21,6 +21,7 @@ from broadcaster.config.base import (
     PositiveSeconds,
     SecretRef,
     Section,
+    require_host_and_port,
     require_unique,
     within,
 )
@@ -105,12 +106,7 @@ def _mqtt_url(url: str) -> str:
                          ' { env = "VAR" } or { file = "/run/secrets/..." }')
     if parts.scheme not in ("mqtt", "mqtts"):
         raise ValueError("must start with mqtt:// or mqtts://")
-    if not parts.hostname:
-        raise ValueError("names no host")
-    try:
-        parts.port  # noqa: B018  # raises on a port that is no number or out of range
-    except ValueError:
-        raise ValueError("has a port that is no number from 0 to 65535") from None
+    require_host_and_port(parts)
     return url
 
 

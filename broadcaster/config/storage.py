@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field
 
-from broadcaster.config.base import SecretRef, Section
+from broadcaster.config.base import SecretRef, Section, require_host_and_port
 
 
 def _postgres_url(url: str) -> str:
@@ -21,12 +21,7 @@ def _postgres_url(url: str) -> str:
     if ":" in user_info or "password" in parts.query.lower():
         raise ValueError('must not carry a password; give it as storage.password, { env = "VAR" } or'
                          ' { file = "/run/secrets/..." }')
-    if not parts.hostname:
-        raise ValueError("names no host")
-    try:
-        parts.port  # noqa: B018  # raises on a port that is no number or out of range
-    except ValueError:
-        raise ValueError("has a port that is no number from 0 to 65535") from None
+    require_host_and_port(parts)
     if parts.path.strip("/") == "":
         raise ValueError("names no database: postgresql://user@host:5432/broadcaster")
     return url
