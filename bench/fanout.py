@@ -333,12 +333,16 @@ def _stamp(b: Broadcaster, clock: dict[str, float]) -> None:
         clock["feed"] = time.monotonic()
         return result
 
-    async def publish_timed(pub: Publication) -> None:
+    async def publish_timed(pub: Publication) -> None:  # one at a time: the MQTT notices
         await publish(pub)
+        clock["acked"] = time.monotonic()
+
+    def acknowledged(pub: Publication) -> None:  # the retained topics, through `publish_many`
         clock["acked"] = time.monotonic()
 
     setattr(b.poller.fetcher, "fetch", fetch_timed)  # noqa: B010 (wrapping a bound method)
     setattr(b.link, "publish", publish_timed)  # noqa: B010
+    setattr(b.link, "acknowledged", acknowledged)  # noqa: B010 (the link's seam for measurements)
 
 
 def _figures(values: list[float]) -> dict[str, float]:

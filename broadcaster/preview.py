@@ -19,6 +19,7 @@ from broadcaster import __version__
 from broadcaster.channels.base import ThreadRefs
 from broadcaster.channels.factory import default_profile
 from broadcaster.channels.mqtt import MqttLink, MqttNoticeChannel
+from broadcaster.channels.mqtt.link import Delivery
 from broadcaster.compose.routing import require_known_places
 from broadcaster.config import ChannelConfig, Config
 from broadcaster.feeds.fetch import FeedFetcher
@@ -101,6 +102,10 @@ class RecordingLink(MqttLink):
 
     async def publish(self, pub: Publication) -> None:
         self.recorded.append(pub)
+
+    async def publish_many(self, publications: Sequence[Publication]) -> Delivery:
+        self.recorded.extend(publications)
+        return Delivery(list(publications), [])
 
 
 class RecordingChannel:

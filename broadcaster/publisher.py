@@ -72,6 +72,8 @@ class RetainedPublisher:
         self._canary_expected: dict[str, tuple[int, int]] = {}  # topic -> (seq published, in which round)
         self._canary_round = 0
         self.mqtt_delivering = True
+        #: topic -> the reason code of the broker's refusal of its latest publication (MQTT 5), until one is acked
+        self._refused: dict[str, str] = {}
         self._publish_lock = asyncio.Lock()
 
     def fresh_sources(self, now: datetime) -> set[str]:
@@ -88,18 +90,27 @@ class RetainedPublisher:
     def _check_canary(self) -> None:
         """Each canary topic published two rounds ago or more must have come back through our subscription.
 
-        aiomqtt 2.x does not surface PUBACK reason codes, and a broker denying a topic by ACL acknowledges the
-        publish and drops it: this is how such a silent loss shows, within two ticks, in health and metrics.
+        A broker denying a topic by ACL refuses the publish with a reason code under MQTT 5 (`_refused`), but under
+        MQTT 3.1.1 acknowledges it and drops it: this is how such a silent loss shows, within two ticks, in health
+        and metrics.
         """
         self._canary_round += 1
         missing = [topic for topic, (seq, published_round) in self._canary_expected.items()
                    if self._canary_round - published_round >= 2 and self.link.observed_seq.get(topic, 0) < seq]
+        self._judge_delivery(missing)
+
+    def _judge_delivery(self, missing: list[str]) -> None:
+        delivering = not missing and not self._refused
         if missing and self.mqtt_delivering:
             log.error("MQTT publishes are acknowledged but do not arrive (%s): check the broker's ACL for this"
                       " account", ", ".join(missing))
-        elif not missing and not self.mqtt_delivering:
+        elif self._refused and self.mqtt_delivering:
+            topic, reason = next(iter(self._refused.items()))
+            log.error("the broker refuses our publications on %d topic(s) (%s: %s): check its ACL for this account",
+                      len(self._refused), topic, reason)
+        elif delivering and not self.mqtt_delivering:
             log.info("MQTT publishes arrive again")
-        self.mqtt_delivering = not missing
+        self.mqtt_delivering = delivering
 
     async def publish_retained(self, *, full: bool = False) -> int:
         """Publish the retained topics that changed (all of them when `full`); returns how many were acked."""
@@ -139,7 +150,14 @@ class RetainedPublisher:
         publications = self.planner.reserve(publications, self.db)
         if not publications:
             return 0
-        acked = await self.link.publish_many(publications)
+        delivery = await self.link.publish_many(publications)
+        acked = delivery.acked
+        for publication in acked:
+            self._refused.pop(publication.topic, None)
+        for publication, reason in delivery.refused:
+            self._refused[publication.topic] = reason
+        if delivery.refused and self.mqtt_delivering:
+            self._judge_delivery([])  # a refusal is known at once: no need to wait for the canary
         for publication in acked:
             if publication.topic in self.canary_topics and publication.payload:
                 seq = int(orjson.loads(publication.payload)["seq"])

@@ -19,6 +19,7 @@ from support.gtfs_rt_builders import alert_entity, selector
 from support.mosquitto_passwd import write_password_file
 
 from broadcaster.config import Config
+from broadcaster.contract import Topics
 from broadcaster.errors import IdentityConflict
 from broadcaster.runner import open_broadcaster, serve
 from broadcaster.service import Broadcaster
@@ -107,12 +108,13 @@ async def test_a_lost_puback_is_sent_again_with_the_same_identity(rig: Rig) -> N
 
 
 @both_protocols
-async def test_a_broker_that_drops_acknowledged_publishes_is_noticed_within_two_ticks(
+async def test_a_broker_that_refuses_or_drops_publishes_is_noticed(
     tmp_path: Path, http_server: LoopbackHttpServer, mosquitto_factory: MosquittoFactory, topic_prefix: str,
-    monkeypatch: pytest.MonkeyPatch, speak_protocol: str,
+    monkeypatch: pytest.MonkeyPatch, speak_protocol: str, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # An ACL mistake: the broadcaster account may read its line topics but not write them. Mosquitto still
-    # acknowledges every publish (aiomqtt 2.x shows no PUBACK reason code) and drops it.
+    # An ACL mistake: the broadcaster account may read its line topics but not write them. Under MQTT 5 Mosquitto
+    # refuses each publish there (PUBACK reason code 0x87, "not authorized"); under MQTT 3.1.1 it acknowledges
+    # it and drops it, and only the canary notices, within two ticks.
     acl = tmp_path / "acl"
     acl.write_text(f"user broadcaster\ntopic readwrite {topic_prefix}/v1/broadcaster/#\n"
                    f"topic readwrite {topic_prefix}/v1/stations/#\ntopic readwrite {topic_prefix}/v1/notices\n"
@@ -125,9 +127,21 @@ async def test_a_broker_that_drops_acknowledged_publishes_is_noticed_within_two_
     rig.serve_rt()
     rig.serve_flow({"S04": "FEW_SEATS_AVAILABLE"})
     config = rig.config(mqtt={"username": {"env": "T_MQTT_USER"}, "password": {"env": "T_MQTT_PASSWORD"}})
+    line_status = Topics(topic_prefix).line_status("1")
     async with running(config) as b:
-        await poll_all(b)  # tick 1: line statuses published, acknowledged, dropped
-        assert b.publisher.mqtt_delivering
+        await poll_all(b)  # tick 1: line statuses published
+        if speak_protocol == "5":
+            # Refused at once: only its placeholder is recorded (it goes out again), and health says so now.
+            assert b.planner.published[line_status].at is None
+            stations = [t for t in b.planner.published if t.startswith(f"{topic_prefix}/v1/stations/")]
+            assert stations
+            assert all(b.planner.published[t].at is not None for t in stations)
+            assert not b.publisher.mqtt_delivering
+            assert "refuses our publications" in caplog.text
+            assert "Not authorized" in caplog.text
+        else:
+            assert b.planner.published[line_status].at is not None  # acknowledged, and dropped
+            assert b.publisher.mqtt_delivering
         for _ in range(2):  # ticks 2 and 3
             await b.poll(b.config.feeds[0])
         assert not b.publisher.mqtt_delivering

@@ -63,6 +63,7 @@ class FaultProxy:
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self.forwarded: list[Forwarded] = []
+        self._forwarding = asyncio.Condition()
 
     @property
     def url(self) -> str:
@@ -93,6 +94,12 @@ class FaultProxy:
         for writer in list(self._writers):
             writer.close()
         self._healed.set()
+
+    async def wait_forwarded(self, publishes: int) -> None:
+        """Wait until the proxy has passed on `publishes` PUBLISH packets from the client in all."""
+        async with self._forwarding:
+            await self._forwarding.wait_for(
+                lambda: sum(1 for f in self.forwarded if f.publish_topic is not None) >= publishes)
 
     async def wait_for_held_attempts(self, count: int) -> None:
         """Wait until `count` connections have been attempted (and held) during outages."""
@@ -138,6 +145,8 @@ class FaultProxy:
                 await writer.drain()
                 if upstream:
                     self.forwarded.append(Forwarded(time.monotonic(), packet))
+                    async with self._forwarding:
+                        self._forwarding.notify_all()
 
 
 async def _read_packet(reader: asyncio.StreamReader) -> bytes:

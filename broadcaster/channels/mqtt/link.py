@@ -7,8 +7,9 @@ session announces `online` (retained) on the status topic, with `offline` as its
 whatever it saved since its last autosave). Before its first session it reads that status topic under a
 throwaway client id: if another installation is online with our client id, `run` raises `IdentityConflict`
 rather than take that one's session over. Publishing is QoS 1: `publish` returns after the PUBACK.
-Many messages go through `publish_many`, a bounded window of concurrent publishes: awaiting each one in turn
-is slow, and gathering thousands at once is quadratic in aiomqtt (docs/design.md, "Measured facts").
+Many messages go through `publish_many`, a window of publishes awaiting their PUBACK kept full from paho's PUBACK
+callback (pipelined.py): awaiting each one in turn is slow, a coroutine per message costs more CPU than the
+message, and gathering thousands at once is quadratic in aiomqtt (docs/design.md, "Measured facts").
 
 With several instances sharing one database (high availability, `ha_instance` set), the link of each instance
 keeps its presence topic (presence.py) from the start, and opens the session above, under
@@ -25,12 +26,15 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 import aiomqtt
 import orjson
+from paho.mqtt.properties import Properties
 
 from broadcaster.channels.mqtt.clients import expiry, new_client, session_client
 from broadcaster.channels.mqtt.identity import conflict_in, presence_conflict_in, read_retained
+from broadcaster.channels.mqtt.pipelined import publish_pipelined
 from broadcaster.channels.mqtt.presence import PresenceSession
 from broadcaster.config import MqttConfig
 from broadcaster.contract import Topics
@@ -42,6 +46,14 @@ from broadcaster.retained import Publication, serialise
 log = logging.getLogger(__name__)
 
 CHANNEL_NAME = "mqtt"
+
+
+class Delivery(NamedTuple):
+    """What `publish_many` got through: the publications acknowledged, in order, and those the broker refused,
+    each with its reason code's name."""
+
+    acked: list[Publication]
+    refused: list[tuple[Publication, str]]
 
 
 class MqttLink:
@@ -491,26 +503,33 @@ class MqttLink:
         except aiomqtt.MqttError as exc:
             raise TransientDeliveryError(CHANNEL_NAME, f"publish to {pub.topic} failed: {exc}") from exc
 
-    async def publish_many(self, publications: Sequence[Publication]) -> list[Publication]:
-        """Publish through a bounded window of concurrent publishes; returns those acknowledged, in order."""
-        acked = [False] * len(publications)
-        pending = iter(range(len(publications)))
-        failures: list[TransientDeliveryError] = []
+    async def publish_many(self, publications: Sequence[Publication]) -> Delivery:
+        """Publish through a window of `mqtt.publish_window` publications awaiting their PUBACK (pipelined.py);
+        returns those the broker acknowledged, in order, and those it refused (an MQTT 5 reason code of 0x80 or
+        above). One refused or not acknowledged in time is not among the acknowledged: its topic stays unpublished
+        and goes out again."""
+        client = self._client
+        if client is None or not self.connected.is_set():
+            if publications:
+                log.warning("%d retained publications not sent: not connected to the broker", len(publications))
+            return Delivery([], [])
+        outcome = await publish_pipelined(
+            client, publications, window=self.config.publish_window,
+            stall_seconds=self.config.publish_timeout_seconds,
+            may_publish=self._may_publish, properties_for=self._properties_for, acknowledged=self.acknowledged,
+        )
+        if outcome.refused:
+            pub, reason = outcome.refused[0]
+            log.warning("the broker refused %d of %d retained publications (%s: %s)", len(outcome.refused),
+                        len(publications), pub.topic, reason)
+        missing = outcome.acked.count(False) - len(outcome.refused)
+        if outcome.stopped is not None and missing:
+            log.warning("%d of %d retained publications not acknowledged: %s", missing, len(publications),
+                        outcome.stopped)
+        return Delivery([p for p, ok in zip(publications, outcome.acked, strict=True) if ok], outcome.refused)
 
-        async def worker() -> None:
-            for i in pending:  # one shared iterator: each index is taken by exactly one worker
-                if failures:
-                    return  # the link is down; the next session republishes everything anyway
-                try:
-                    await self.publish(publications[i])
-                    acked[i] = True
-                except TransientDeliveryError as exc:
-                    failures.append(exc)
+    def _properties_for(self, pub: Publication) -> Properties | None:
+        return expiry(self.config, pub.expiry_s)
 
-        async with asyncio.TaskGroup() as tg:
-            for _ in range(min(self.config.publish_window, len(publications))):
-                tg.create_task(worker())
-        if failures:
-            log.warning("%d of %d retained publications not acknowledged: %s",
-                        acked.count(False), len(publications), failures[0].reason)
-        return [p for p, ok in zip(publications, acked, strict=True) if ok]
+    def acknowledged(self, pub: Publication) -> None:
+        """Called as the broker acknowledges each publication of `publish_many` (a seam for bench/)."""
