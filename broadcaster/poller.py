@@ -23,7 +23,7 @@ from broadcaster.errors import FeedError, StoreError
 from broadcaster.feeds.fetch import FeedFetcher
 from broadcaster.feeds.freshness import check_freshness
 from broadcaster.feeds.gtfs_rt import EntityCache, parse_gtfs_rt
-from broadcaster.feeds.passenger_flow import parse_passenger_flow
+from broadcaster.feeds.passenger_flow import ReadingCache, parse_passenger_flow
 from broadcaster.metrics import Metrics, reason_label
 from broadcaster.model import FeedSnapshot, Network
 from broadcaster.pipeline import Pipeline
@@ -64,13 +64,15 @@ def parse_keys(config: Config, network: Network) -> dict[str, bytes]:
 
 
 def parse_feed(feed: FeedConfig, body: bytes, network: Network, default_language: str,
-               cache: EntityCache | None = None) -> FeedSnapshot:
+               cache: EntityCache | ReadingCache | None = None) -> FeedSnapshot:
     """A feed's body as a snapshot, by the feed's kind (raises FeedError when it is unusable as a whole).
-    `cache` is the feed's own: a GTFS-RT body's unchanged entities are not decoded again."""
+    `cache` is the feed's own: a GTFS-RT body's unchanged entities are not decoded again, a passenger-flow
+    document's unchanged records not read again."""
     if feed.kind == "gtfs-rt":
         return parse_gtfs_rt(feed.name, body, network, carries=frozenset(feed.contains),
-                             default_language=default_language, cache=cache)
-    return parse_passenger_flow(feed.name, body, network)
+                             default_language=default_language,
+                             cache=cache if isinstance(cache, EntityCache) else None)
+    return parse_passenger_flow(feed.name, body, network, cache if isinstance(cache, ReadingCache) else None)
 
 
 class FeedPoller:
@@ -104,8 +106,10 @@ class FeedPoller:
         self._parse_keys = parse_keys(config, network)
         self._body_digests: dict[str, bytes] = load_snapshot_digests(db, self._parse_keys)
         self._snapshots: dict[str, FeedSnapshot] = {}  # feed -> what that body said
-        # feed -> the entities of its last good GTFS-RT body, reused by the next parse (used only inside the lock)
-        self._entity_caches = {f.name: EntityCache() for f in config.feeds if f.kind == "gtfs-rt"}
+        # feed -> the entities of its last good GTFS-RT body, or the readings of its last good passenger-flow
+        # document, reused by the next parse (used only inside the feed's lock)
+        self._parse_caches: dict[str, EntityCache | ReadingCache] = {
+            f.name: EntityCache() if f.kind == "gtfs-rt" else ReadingCache() for f in config.feeds}
 
     def load(self) -> None:
         """Read the feed records and the committed bodies' digests again (a standby taking over, broadcaster/ha):
@@ -114,7 +118,7 @@ class FeedPoller:
         self.records.update(load_feeds(self._db))
         self._body_digests = load_snapshot_digests(self._db, self._parse_keys)
         self._snapshots.clear()
-        self._entity_caches = {name: EntityCache() for name in self._entity_caches}
+        self._parse_caches = {name: type(cache)() for name, cache in self._parse_caches.items()}
 
     async def poll_round(self, feeds: Sequence[FeedConfig] | None = None) -> list[PollOutcome]:
         """Poll several feeds at once and publish the retained state they changed once, not once per feed
@@ -179,7 +183,7 @@ class FeedPoller:
                 snapshot = self._last_snapshot(feed.name)
             else:
                 snapshot = parse_feed(feed, result.body, self.network, self.config.network.default_language,
-                                      self._entity_caches.get(feed.name))
+                                      self._parse_caches.get(feed.name))
                 check_freshness(
                     feed.name, snapshot.timestamp, now=now, max_age_s=feed.max_age_seconds,
                     previous=record.feed_timestamp,

@@ -264,7 +264,8 @@ async def test_the_poller_decodes_only_what_changed_in_a_feed_between_polls(rig:
     rig.serve_rt(alert, *trips, timestamp=now_s() - 5)
     async with running(rig.config()) as b:
         ops = next(feed for feed in b.config.feeds if feed.name == "ops")
-        cache = b.poller._entity_caches["ops"]
+        cache = b.poller._parse_caches["ops"]
+        assert isinstance(cache, EntityCache)
         assert (await b.poll(ops)).ok
         assert cache.decoded == 11
         trips[3] = trip_update_entity("T3", route_id="1", delay=999)

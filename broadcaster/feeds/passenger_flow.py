@@ -161,13 +161,15 @@ def passenger_flow_json_schema() -> dict[str, object]:
     }
 
 
-def parse_passenger_flow(feed: str, body: bytes, network: Network) -> FeedSnapshot:
+def parse_passenger_flow(feed: str, body: bytes, network: Network, cache: ReadingCache | None = None) -> FeedSnapshot:
     """Read one passenger-flow document into crowding readings.
 
     Args:
         feed: the feed's name in the config, carried into errors and the snapshot.
         body: the JSON bytes as fetched.
         network: station and platform ids are mapped onto its stations; line ids must be its lines.
+        cache: the feed's own `ReadingCache`, if it keeps one: a record the previous good document had too gives
+            the very same reading object (the snapshot is equal to one parsed without it).
 
     Returns:
         A snapshot with `crowding` filled. Records that are invalid or name unknown stations or lines are
@@ -195,7 +197,25 @@ def parse_passenger_flow(feed: str, body: bytes, network: Network) -> FeedSnapsh
     readings: list[CrowdingReading] = []
     problems: list[str] = []
     times: dict[str | int, datetime] = {}
+    known = cache.readings_for(network) if cache is not None else {}
+    kept: dict[_RecordKey, CrowdingReading] = {}
     for index, record in enumerate(records):
+        key: _RecordKey | None = None
+        if type(record) is dict:  # `_record_key`, inlined: this loop runs for every record of every document
+            get = record.get
+            percentage, observed, direction = get("percentage"), get("observed_at"), get("direction_id")
+            key = (get("station_id"), get("level"), percentage, observed, get("line_id"), direction,
+                   type(percentage), type(observed), type(direction))
+        if key is not None:
+            try:
+                hit = known.get(key)
+            except TypeError:  # a list or an object among the fields: unusual, read it the long way
+                key = None
+            else:
+                if hit is not None:
+                    readings.append(hit)
+                    kept[key] = hit
+                    continue
         reading = _plain_reading(record, times)
         if reading is None:
             try:
@@ -213,10 +233,46 @@ def parse_passenger_flow(feed: str, body: bytes, network: Network) -> FeedSnapsh
         if line_id is not None and line_id not in network.lines:
             problems.append(f"stations[{index}].line_id: {line_id!r} is not a line of the network{_naming(record)}")
             continue
-        readings.append(
-            CrowdingReading(station_id, level, observed_at or document.timestamp, percentage, line_id, direction_id)
-        )
+        crowding = CrowdingReading(station_id, level, observed_at or document.timestamp, percentage, line_id,
+                                   direction_id)
+        readings.append(crowding)
+        if key is not None and observed_at is not None:  # one stamped by the document's time is not kept
+            kept[key] = crowding
+    if cache is not None:
+        cache.keep(kept)
     return FeedSnapshot(feed=feed, timestamp=document.timestamp, crowding=tuple(readings), problems=tuple(problems))
+
+
+#: A record's six fields as given, with the types of the three that may be numbers: JSON's `true` equals `1` and
+#: `1.0` does too in Python, and those are not the same reading (a boolean or a float percentage is refused).
+#: Built in `parse_passenger_flow`'s loop.
+_RecordKey = tuple[object, ...]
+
+
+class ReadingCache:
+    """One passenger-flow feed's readings of its previous good document, by their records' fields.
+
+    A city's document repeats most records from one fetch to the next (an aggregator republishes each station's
+    last measurement with the time it was made): read again, such a record gives the very same `CrowdingReading`
+    object, without being checked or built again, and the crowding state recognises an unchanged station by
+    that identity (state/crowding.py). A reading is a pure function of its record's fields and the network, so
+    the snapshot is the one a parse without the cache gives (tests/test_passenger_flow.py holds it to that).
+    Bounded by one document; held by whoever parses that feed (the poller, one per feed), never shared.
+    """
+
+    def __init__(self) -> None:
+        self._network: Network | None = None
+        self._readings: dict[_RecordKey, CrowdingReading] = {}
+
+    def readings_for(self, network: Network) -> dict[_RecordKey, CrowdingReading]:
+        if network is not self._network:
+            self._network = network
+            self._readings = {}
+        return self._readings
+
+    def keep(self, readings: dict[_RecordKey, CrowdingReading]) -> None:
+        """The document just parsed was readable: its readings are the next parse's."""
+        self._readings = readings
 
 
 def _naming(record: object) -> str:
