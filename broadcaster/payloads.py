@@ -6,7 +6,7 @@ that the retained-state planner can tell a real change from a mere refresh by ha
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -97,6 +97,8 @@ class PayloadBuilder:
         # most bodies are made of the same inputs as last time: comparing the inputs costs a few microseconds,
         # building (and then serialising and hashing) a body tens of them (bench/: a whole tick at k = 1).
         self._memo: dict[tuple[str, str], tuple[object, Body]] = {}
+        # station -> (its crowding record of the last round, whether its trend had run out, the trend, its item)
+        self._crowding_items: dict[str, tuple[CrowdingRecord, bool, str, RetainedItem]] = {}
         # Parts shared by many bodies, built once (bodies are never modified, so sharing them is safe).
         self._line_refs = {line_id: line_ref(line, languages) for line_id, line in network.lines.items()}
         self._station_refs = {sid: station_ref(station, sid, languages) for sid, station in network.stations.items()}
@@ -113,13 +115,28 @@ class PayloadBuilder:
         yield from self._line_items(state, self.network.lines)
         yield from self._alert_items(now, state.alerts.values())
         cached = self._cached
+        window = self.policy.crowding_trend_window
+        last = self._crowding_items
+        trends: dict[str, str] = {}
         for station_id, crowding in state.crowding.items():
-            if station_id in self.network.stations:
-                trend = crowding_trend(crowding, now, self.policy)
-                key = (crowding.level, crowding.percentage, trend, crowding.observed_at, crowding.platforms)
-                body = cached(("crowding", station_id), key, self.crowding, crowding, now)
-                yield RetainedItem(self._crowding_topics[station_id], body, "passenger-flow")
-        yield from self._display_items(state, now, self.network.stations)
+            if station_id not in self.network.stations:
+                continue
+            # The very record of last round (the state keeps an unchanged station's record): its item stands
+            # unless its trend has run out since (`crowding_trend`, by the time alone).
+            flip_at = crowding.changed_at + window if crowding.trend else None
+            expired = flip_at is not None and now > flip_at
+            seen = last.get(station_id)
+            if seen is not None and seen[0] is crowding and seen[1] == expired:
+                trends[station_id] = seen[2]
+                yield seen[3]
+                continue
+            trend = trends[station_id] = crowding_trend(crowding, now, self.policy)
+            key = (crowding.level, crowding.percentage, trend, crowding.observed_at, crowding.platforms)
+            body = cached(("crowding", station_id), key, self.crowding, crowding, now)
+            item = RetainedItem(self._crowding_topics[station_id], body, "passenger-flow")
+            last[station_id] = (crowding, expired, trend, item)
+            yield item
+        yield from self._display_items(state, now, self.network.stations, trends)
         for slot in [slot for slot in self._memo if slot[0] == "alert" and slot[1] not in state.alerts]:
             del self._memo[slot]
 
@@ -153,18 +170,32 @@ class PayloadBuilder:
             for line_id in body["lines"]:
                 yield RetainedItem(self.topics.line_alert(line_id, a.id), body, "gtfs-rt")
 
-    def _display_items(self, state: NetworkState, now: datetime, station_ids: Iterable[str]) -> Iterator[RetainedItem]:
+    def _display_items(
+        self, state: NetworkState, now: datetime, station_ids: Iterable[str], trends: Mapping[str, str] | None = None,
+    ) -> Iterator[RetainedItem]:
+        """`trends`: each station's crowding trend at `now`, when the caller has worked them out already."""
         station_alerts = self._alerts_by_station(state)
-        # Each line's status kind, looked up once per round rather than once per station serving it.
+        # Each line's status kind, looked up once per round rather than once per station serving it, and the kinds
+        # of each set of lines once per round rather than once per station (most stations share their line's).
         kinds = {line_id: state.line_status(line_id).kind for line_id in self._serving_lines}
+        kinds_of: dict[tuple[str, ...], tuple[LineStatusKind, ...]] = {}
         crowding = state.crowding
+        lines_at = self._lines_at
         for station_id in station_ids:
             alerts = station_alerts.get(station_id, [])
             reading = crowding.get(station_id)
+            lines = lines_at.get(station_id, ())
+            line_kinds = kinds_of.get(lines)
+            if line_kinds is None:
+                line_kinds = kinds_of[lines] = tuple([kinds[line_id] for line_id in lines])
+            if reading is None:
+                trend = None
+            elif trends is None or (trend := trends.get(station_id)) is None:
+                trend = crowding_trend(reading, now, self.policy)
             key = (
-                tuple([kinds[line_id] for line_id in self._lines_at.get(station_id, ())]),
+                line_kinds,
                 tuple([r.alert for r in alerts]) if alerts else (),
-                (reading.level, reading.percentage, crowding_trend(reading, now, self.policy)) if reading else None,
+                (reading.level, reading.percentage, trend) if reading else None,
             )
             body = self._cached(("display", station_id), key, self.display, state, self.network.stations[station_id],
                                 alerts, now)

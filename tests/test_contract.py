@@ -26,7 +26,7 @@ from broadcaster.contract import (
 )
 from broadcaster.feeds.network import load_network
 from broadcaster.model import ActivePeriod, CrowdingReading, FeedSnapshot, LineDelay, LineOccupancy, Occupancy
-from broadcaster.payloads import PayloadBuilder, status_body
+from broadcaster.payloads import PayloadBuilder, RetainedItem, status_body
 from broadcaster.resources import data_dir
 from broadcaster.retained import serialise, with_envelope
 from broadcaster.state import AlertChange, NetworkState, StatePolicy, apply_snapshot
@@ -135,3 +135,33 @@ def test_envelope_splices_onto_an_empty_body() -> None:
     assert orjson.loads(with_envelope(b"{}", 7, T0, None)) == {
         "seq": 7, "issued_at": "2026-11-25T00:15:00+00:00", "valid_until": None,
     }
+
+
+def test_a_crowding_trend_runs_out_on_its_topic_and_display_while_the_record_stays() -> None:
+    """A station's record does not change while nothing is read, but its trend is a matter of time: `rising` within
+    the trend window of its change, `steady` after, on the crowding topic and the display alike. An unchanged
+    record's item is the very same object round after round (nothing rebuilt), until its trend runs out."""
+    policy = StatePolicy(crowding_min_dwell=timedelta(0))
+
+    def flow(level: Occupancy, at: datetime) -> FeedSnapshot:
+        return FeedSnapshot("flow", at, crowding=(CrowdingReading("S04", level, at, 50),))
+
+    state = apply_snapshot(NetworkState(), flow(Occupancy.EMPTY, T0), network=NETWORK, now=T0, policy=policy).state
+    rose = T0 + timedelta(minutes=1)
+    state = apply_snapshot(state, flow(Occupancy.FULL, rose), network=NETWORK, now=rose, policy=policy).state
+    builder = PayloadBuilder(NETWORK, Topics("metro"), ("zh", "en"), policy)
+
+    def items(now: datetime) -> dict[str, RetainedItem]:
+        return {item.topic: item for item in builder.retained(state, now)}
+
+    def trends(found: dict[str, RetainedItem]) -> tuple[object, object]:
+        display = found["metro/v1/stations/S04/display"].body["crowding"]
+        assert isinstance(display, dict)
+        return found["metro/v1/stations/S04/crowding"].body["trend"], display["trend"]
+
+    within = items(rose + policy.crowding_trend_window)
+    assert trends(within) == ("rising", "rising")
+    again = items(rose + policy.crowding_trend_window)
+    assert again["metro/v1/stations/S04/crowding"] is within["metro/v1/stations/S04/crowding"]
+    after = items(rose + policy.crowding_trend_window + timedelta(microseconds=1))
+    assert trends(after) == ("steady", "steady")
