@@ -150,6 +150,8 @@ class EntityCache:
         self._pending: dict[bytes, EntityFacts] = {}
         self._payloads: list[bytes] = []  # the previous good body's entity records, in order
         self._pending_payloads: list[bytes] = []
+        self._entities: list[EntityFacts] = []  # their facts, in the same order
+        self._pending_entities: list[EntityFacts] = []
         self._aggregate: Aggregate | None = None  # what they said together
         #: How many entities were decoded through this cache (a seam for tests: reuse shows as fewer).
         self.decoded = 0
@@ -166,9 +168,15 @@ class EntityCache:
             return None
         known = self._facts
         payloads = split.entities
+        # The previous good body's very entity records, in the same order (a feed that restamped its header):
+        # nothing to decode, look up or aggregate again.
+        same = self._aggregate is not None and payloads == self._payloads
         message = pb.FeedMessage()
         try:
-            if known:
+            if same:
+                unseen = []
+                message.ParseFromString(b"".join([_record(_HEADER_TAG, header) for header in split.headers]))
+            elif known:
                 unseen = [payload for payload in dict.fromkeys(payloads) if payload not in known]
                 records = [_record(_HEADER_TAG, header) for header in split.headers]
                 records += [_record(_ENTITY_TAG, payload) for payload in unseen]
@@ -182,6 +190,9 @@ class EntityCache:
             return None
         if not message.HasField("header") or len(message.entity) != len(unseen):
             return None
+        if same:
+            self._pending, self._pending_payloads, self._pending_entities = known, self._payloads, self._entities
+            return Parsed(message.header, self._entities, self._aggregate)
         self.decoded += len(unseen)
         decoded = entity_facts(message.entity, network, wants)
         if known:
@@ -192,16 +203,18 @@ class EntityCache:
         # Only this body's entities are kept for the next parse: the cache never grows past one body.
         self._pending = dict(zip(payloads, entities, strict=True))
         self._pending_payloads = payloads
-        same = self._aggregate is not None and payloads == self._payloads
-        return Parsed(message.header, entities, self._aggregate if same else None)
+        self._pending_entities = entities
+        return Parsed(message.header, entities)
 
     def keep(self, aggregate: Aggregate) -> None:
         """The body last given to `parse` was good and its entities said `aggregate`: the next parse reuses both."""
         self._facts = self._pending
         self._payloads = self._pending_payloads
+        self._entities = self._pending_entities
         self._aggregate = aggregate
         self._pending = {}
         self._pending_payloads = []
+        self._pending_entities = []
 
     def forget(self) -> None:
         """A body went through the full parse: nothing of the previous one is kept (the bound stays one body)."""
@@ -209,4 +222,6 @@ class EntityCache:
         self._pending = {}
         self._payloads = []
         self._pending_payloads = []
+        self._entities = []
+        self._pending_entities = []
         self._aggregate = None
