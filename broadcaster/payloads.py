@@ -99,6 +99,8 @@ class PayloadBuilder:
         self._memo: dict[tuple[str, str], tuple[object, Body]] = {}
         # station -> (its crowding record of the last round, whether its trend had run out, the trend, its item)
         self._crowding_items: dict[str, tuple[CrowdingRecord, bool, str, RetainedItem]] = {}
+        # line -> (the status its display parts were made for, its `lines` entry, its screen row per language)
+        self._line_parts: dict[str, tuple[LineStatus, Body, dict[str, str]]] = {}
         # Parts shared by many bodies, built once (bodies are never modified, so sharing them is safe).
         self._line_refs = {line_id: line_ref(line, languages) for line_id, line in network.lines.items()}
         self._station_refs = {sid: station_ref(station, sid, languages) for sid, station in network.stations.items()}
@@ -312,14 +314,10 @@ class PayloadBuilder:
         lines: list[Body] = []
         status_rows: dict[str, list[str]] = {lang: [] for lang in langs}
         for line_id in self._lines_at.get(station.id, ()):
-            line = self.network.lines[line_id]
-            status = state.line_status(line_id)
-            status_text = self._words_for(status.kind.value)
-            lines.append({"line": self._line_refs[line_id], "status": published_status(status.kind),
-                          "level": service_level(status), "status_text": status_text})
+            entry, row = self._line_part(line_id, state.line_status(line_id))
+            lines.append(entry)
             for lang in langs:
-                colon = "：" if lang == "zh" else ": "
-                status_rows[lang].append(f"{line.names.get(lang, 'en') or line.short_name}{colon}{status_text[lang]}")
+                status_rows[lang].append(row[lang])
         crowding: Body | None = None
         record = state.crowding.get(station.id)
         if record is not None:
@@ -354,6 +352,22 @@ class PayloadBuilder:
             "text": screen,
             "tts": tts,
         }
+
+    def _line_part(self, line_id: str, status: LineStatus) -> tuple[Body, dict[str, str]]:
+        """A line's entry in a display's `lines` and its row of each language's screen text: the same for every
+        station the line serves, so built once per status of the line, not once per display (a cold start
+        builds 500 displays at k = 1)."""
+        hit = self._line_parts.get(line_id)
+        if hit is not None and (hit[0] is status or hit[0] == status):
+            return hit[1], hit[2]
+        line = self.network.lines[line_id]
+        status_text = self._words_for(status.kind.value)
+        entry: Body = {"line": self._line_refs[line_id], "status": published_status(status.kind),
+                       "level": service_level(status), "status_text": status_text}
+        rows = {lang: f"{line.names.get(lang, 'en') or line.short_name}{'：' if lang == 'zh' else ': '}"
+                      f"{status_text[lang]}" for lang in self.languages}
+        self._line_parts[line_id] = (status, entry, rows)
+        return entry, rows
 
     # -- notices ---------------------------------------------------------------------------------------------
 

@@ -165,3 +165,17 @@ def test_a_crowding_trend_runs_out_on_its_topic_and_display_while_the_record_sta
     assert again["metro/v1/stations/S04/crowding"] is within["metro/v1/stations/S04/crowding"]
     after = items(rose + policy.crowding_trend_window + timedelta(microseconds=1))
     assert trends(after) == ("steady", "steady")
+
+
+def test_a_display_shows_its_lines_status_as_it_changes_and_as_a_fresh_builder_does() -> None:
+    """A line's part of the displays is built once per status of the line: when the status changes, every display
+    on the line shows the new one, as a builder that never saw the old one would."""
+    builder = PayloadBuilder(NETWORK, Topics("metro"), ("zh", "en"), StatePolicy())
+    before = {item.topic: item.body for item in builder.retained(NetworkState(), T0)}
+    after = {item.topic: item.body for item in builder.retained(busy_state(), T0)}
+    fresh = {item.topic: item.body for item in
+             PayloadBuilder(NETWORK, Topics("metro"), ("zh", "en"), StatePolicy()).retained(busy_state(), T0)}
+    assert after == fresh
+    changed = [topic for topic in after
+               if topic.endswith("/display") and after[topic]["lines"] != before[topic]["lines"]]
+    assert changed  # line 2's delay and the alert's line show on their stations' displays
