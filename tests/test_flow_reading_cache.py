@@ -1,10 +1,12 @@
-"""A passenger-flow feed's `ReadingCache` and the crowding state's identity test (`_made_from`): parsing a sequence
-of documents through the cache, and folding each into the state, gives exactly what parsing and folding without
-it gives: the same snapshots, the same records, the same changes, step after step."""
+"""A passenger-flow feed's `ReadingCache` and the crowding state's shortcut (`_made_from`): parsing a sequence of
+documents through the cache, and folding each into the state, gives exactly what parsing without the cache and
+folding without the shortcut give (the code before them): the same snapshots, the same records, the same changes,
+step after step."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from unittest.mock import patch
 
 import orjson
 from hypothesis import given, settings
@@ -13,7 +15,8 @@ from support.tiny_network import tiny_network
 
 from broadcaster.feeds.passenger_flow import ReadingCache, parse_passenger_flow
 from broadcaster.model import FeedSnapshot
-from broadcaster.state.model import CrowdingChange, NetworkState, StatePolicy
+from broadcaster.state import crowding
+from broadcaster.state.model import CrowdingChange, NetworkState, StatePolicy, Transition
 from broadcaster.state.transition import apply_snapshot
 
 NETWORK = tiny_network()
@@ -27,12 +30,19 @@ _RECORD = st.fixed_dictionaries(
     {"station_id": st.sampled_from(["S01", "S02", "S02-P1", "nowhere"]),
      "level": st.sampled_from(["EMPTY", "FEW_SEATS_AVAILABLE", "STANDING_ROOM_ONLY", "FULL", "BUSY"])},
     optional={
-        "percentage": st.sampled_from([10, 12, 40, 90, 1, True, 1.0, None]),
+        "percentage": st.sampled_from([0, 10, 12, 40, 90, 1, True, 1.0, None]),
         "observed_at": st.sampled_from([*STAMPS, True, None, [1]]),
         "line_id": st.sampled_from(["L1", "L2", "L9", None]),
         "direction_id": st.sampled_from([0, 1, True, 0.0, None]),
     },
 )
+
+
+def folded_without_shortcut(state: NetworkState, snapshot: FeedSnapshot, now: datetime,
+                            policy: StatePolicy) -> Transition:
+    """`apply_snapshot` as it was before `_made_from`: every station through `_next_crowding`."""
+    with patch.object(crowding, "_made_from", lambda *args: False):
+        return apply_snapshot(state, snapshot, network=NETWORK, now=now, policy=policy)
 
 
 #: Values equal in Python but not the same in JSON: a twin record must never be taken for the original.
@@ -65,6 +75,9 @@ def test_parsing_and_folding_through_the_cache_changes_nothing(
             # The next document: mostly the same records again, as a feed republishes them, in another order,
             # with a few twins and a few new ones.
             records = list(data.draw(st.permutations(records)))
+            for i in sorted(data.draw(st.sets(st.integers(0, max(len(records) - 1, 0)), max_size=2)), reverse=True):
+                if i < len(records):
+                    del records[i]  # a record the feed no longer sends (a whole-station reading, say)
             for i in data.draw(st.lists(st.integers(0, max(len(records) - 1, 0)), max_size=2)):
                 if records:
                     records[i] = _twin(records[i], data.draw(st.sampled_from(["percentage", "direction_id"])), data)
@@ -76,7 +89,7 @@ def test_parsing_and_folding_through_the_cache_changes_nothing(
         assert through_cache == plain
         now = START + timedelta(seconds=60 * step)
         cached = apply_snapshot(cached_state, through_cache, network=NETWORK, now=now, policy=policy)
-        fresh = apply_snapshot(plain_state, plain, network=NETWORK, now=now, policy=policy)
+        fresh = folded_without_shortcut(plain_state, plain, now, policy)
         assert cached.changes == fresh.changes
         assert dict(cached.state.crowding) == dict(fresh.state.crowding)
         cached_state, plain_state = cached.state, fresh.state
@@ -119,7 +132,25 @@ def test_two_platforms_under_one_line_and_direction_keep_the_order_a_fresh_parse
         body = orjson.dumps({"schema": "broadcaster.passenger-flow/1", "timestamp": 1796314346 + step,
                              "stations": records})
         now = START + timedelta(minutes=step)
-        for i, snapshot in enumerate([parse_passenger_flow("flow", body, NETWORK, cache),
-                                      parse_passenger_flow("flow", body, NETWORK)]):
-            states[i] = apply_snapshot(states[i], snapshot, network=NETWORK, now=now, policy=policy).state
+        states[0] = apply_snapshot(states[0], parse_passenger_flow("flow", body, NETWORK, cache), network=NETWORK,
+                                   now=now, policy=policy).state
+        states[1] = folded_without_shortcut(states[1], parse_passenger_flow("flow", body, NETWORK), now, policy).state
         assert dict(states[0].crowding) == dict(states[1].crowding)
+
+
+def test_a_station_whose_whole_reading_goes_takes_its_most_crowded_platform() -> None:
+    """The whole-station reading set the station's level; when the feed drops it and the platforms repeat, the
+    station takes its most crowded platform's level, as before the shortcut (the record keeps no whole reading,
+    so its platforms alone do not tell)."""
+    at = 1796314346
+    whole = {"station_id": "S01", "level": "EMPTY", "percentage": 10, "observed_at": at}
+    platform = {"station_id": "S01", "level": "FULL", "percentage": 95, "observed_at": at, "line_id": "L1",
+                "direction_id": 0}
+    policy = StatePolicy(crowding_min_dwell=timedelta(0))
+    cache = ReadingCache()
+    state = NetworkState()
+    for step, records in enumerate([[whole, platform], [platform], [platform]]):
+        body = orjson.dumps({"schema": "broadcaster.passenger-flow/1", "timestamp": at + step, "stations": records})
+        state = apply_snapshot(state, parse_passenger_flow("flow", body, NETWORK, cache), network=NETWORK,
+                               now=START + timedelta(minutes=step), policy=policy).state
+        assert state.crowding["S01"].level.name == ("EMPTY" if step == 0 else "FULL")

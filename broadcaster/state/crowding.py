@@ -12,11 +12,15 @@ from broadcaster.model import CrowdingReading, FeedSnapshot
 from broadcaster.state.model import CrowdingChange, CrowdingRecord, StatePolicy
 
 
+def _station_key(r: CrowdingReading) -> tuple[int, int, datetime]:
+    return (r.level.rank, r.percentage or 0, r.observed_at)
+
+
 def _station_reading(readings: list[CrowdingReading]) -> CrowdingReading:
     """A station's own reading if the feed gives one, else its most crowded platform's."""
     whole = [r for r in readings if r.line_id is None and r.direction_id is None]
     pool = whole or readings
-    return max(pool, key=lambda r: (r.level.rank, r.percentage or 0, r.observed_at))
+    return max(pool, key=_station_key)
 
 
 def _next_crowding(
@@ -58,32 +62,35 @@ def _next_crowding(
 
 
 def _made_from(old: CrowdingRecord, readings: list[CrowdingReading], feed: str) -> bool:
-    """Whether `readings` are what `old` was made from, by the same feed: `_next_crowding` then returns a record
-    equal to `old` (it is a function of the record and the readings alone: a candidate level's dwell counts in the
-    readings' time, not the clock's), so the station needs nothing more.
+    """Whether `_next_crowding` would give `old` back as it is, "the same reading again", for `readings` from
+    `feed`: the readings are `old`'s platforms, and the station's own reading they make is the one `old` holds.
 
     A passenger-flow feed's `ReadingCache` hands back the same reading object for a record repeated from the last
     document, so most stations of a tick are settled here by identity instead of a sort and a comparison of every
-    field (bench/: 500 stations per tick at k = 1, a twentieth of them changing).
+    field (bench/: 500 stations per tick at k = 1, a twentieth of them changing). Anything else (a candidate
+    level, a whole-station reading now or before, a station reading chosen among ties in another order) takes
+    `_next_crowding` as before.
     """
     platforms = old.platforms
-    if len(readings) != len(platforms) or old.feed != feed:
+    if old.candidate is not None or len(readings) != len(platforms) or old.feed != feed:
         return False
     # In the platforms' order (the document's, as a producer usually writes it): the sort leaves them as they are.
     # Equal readings that are not the same objects compare field by field, and are as good.
-    if tuple(readings) == platforms:
-        return True
-    # In another order, only the very same objects, counted with repeats, and no two under one line and direction
-    # (those are sorted by their order in the document, which changed).
-    if sorted(map(id, readings)) != sorted(map(id, platforms)):
-        return False
-    previous: tuple[str, int] | None = None
-    for r in platforms:
-        key = (r.line_id or "", r.direction_id if r.direction_id is not None else -1)
-        if key == previous:
+    if tuple(readings) != platforms:
+        # In another order, only the very same objects, counted with repeats, and no two under one line and
+        # direction (those are sorted by their order in the document, which changed).
+        if sorted(map(id, readings)) != sorted(map(id, platforms)):
             return False
-        previous = key
-    return True
+        previous: tuple[str, int] | None = None
+        for r in platforms:
+            key = (r.line_id or "", r.direction_id if r.direction_id is not None else -1)
+            if key == previous:
+                return False
+            previous = key
+    # All platform readings (as `old.platforms` are): the station's own is the most crowded of them, as in
+    # `_station_reading`. `old` may have been made from a whole-station reading the document no longer has.
+    own = max(readings, key=_station_key)
+    return own.observed_at == old.observed_at and own.level == old.level and own.percentage == old.percentage
 
 
 def apply_crowding(
