@@ -74,6 +74,7 @@ class RetainedPublisher:
         self.mqtt_delivering = True
         #: topic -> the reason code of the broker's refusal of its latest publication (MQTT 5), until one is acked
         self._refused: dict[str, str] = {}
+        self._missing: list[str] = []  # the canary topics found missing by the last round's check
         self._publish_lock = asyncio.Lock()
 
     def fresh_sources(self, now: datetime) -> set[str]:
@@ -95,9 +96,9 @@ class RetainedPublisher:
         and metrics.
         """
         self._canary_round += 1
-        missing = [topic for topic, (seq, published_round) in self._canary_expected.items()
-                   if self._canary_round - published_round >= 2 and self.link.observed_seq.get(topic, 0) < seq]
-        self._judge_delivery(missing)
+        self._missing = [topic for topic, (seq, published_round) in self._canary_expected.items()
+                         if self._canary_round - published_round >= 2 and self.link.observed_seq.get(topic, 0) < seq]
+        self._judge_delivery(self._missing)
 
     def _judge_delivery(self, missing: list[str]) -> None:
         delivering = not missing and not self._refused
@@ -152,12 +153,16 @@ class RetainedPublisher:
             return 0
         delivery = await self.link.publish_many(publications)
         acked = delivery.acked
+        refusing = bool(self._refused)
         for publication in acked:
             self._refused.pop(publication.topic, None)
         for publication, reason in delivery.refused:
             self._refused[publication.topic] = reason
-        if delivery.refused and self.mqtt_delivering:
-            self._judge_delivery([])  # a refusal is known at once: no need to wait for the canary
+        # Planned again next round, whatever its content then: only an acknowledgement clears a refusal.
+        self.planner.unsettle(p for p, _ in delivery.refused)
+        if delivery.refused or refusing != bool(self._refused):
+            # A refusal, or the last refused topic accepted, is known at once: no need to wait for the canary.
+            self._judge_delivery(self._missing)
         for publication in acked:
             if publication.topic in self.canary_topics and publication.payload:
                 seq = int(orjson.loads(publication.payload)["seq"])

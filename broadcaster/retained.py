@@ -188,6 +188,14 @@ class RetainedPlanner:
             del serialised[topic]
         return out
 
+    def unsettle(self, publications: Iterable[Publication]) -> None:
+        """The broker refused these (an MQTT 5 reason code): what it holds on their topics is not known any more,
+        so the next round publishes them again even if their content goes back to what was last acknowledged
+        (in memory only: after a restart every topic is published anyway). A refused clear stays to be cleared."""
+        for pub in publications:
+            if pub.payload or pub.topic in self.published:
+                self.published[pub.topic] = _Published(PLACEHOLDER_DIGEST, None)
+
     def confirm(self, publications: Iterable[Publication], now: datetime, conn: Connection) -> None:
         """Record publications the broker acknowledged (inside the caller's transaction)."""
         upserts: list[tuple[str, str]] = []

@@ -6,21 +6,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiomqtt
 import orjson
 import pytest
 from conftest import MosquittoFactory
 from rig import Rig, both_protocols, payloads, poll_all, running
-from support import LoopbackHttpServer, MessageRecorder, collect_retained
+from support import LoopbackHttpServer, MessageRecorder, MosquittoBroker, collect_retained
 from support.fault_proxy import FaultProxy
 from support.gtfs_rt_builders import alert_entity, selector
 from support.mosquitto_passwd import write_password_file
 
+from broadcaster.channels.mqtt.pipelined import publish_pipelined
 from broadcaster.config import Config
 from broadcaster.contract import Topics
 from broadcaster.errors import IdentityConflict
+from broadcaster.retained import Publication
 from broadcaster.runner import open_broadcaster, serve
 from broadcaster.service import Broadcaster
 
@@ -147,6 +151,32 @@ async def test_a_broker_that_refuses_or_drops_publishes_is_noticed(
         assert not b.publisher.mqtt_delivering
         assert not b.health().healthy
         assert "broadcaster_mqtt_canary_ok 0.0" in b.metrics.render().decode()
+        if speak_protocol == "5":
+            # The operator fixes the ACL: the refused topics go out again, are accepted, and health recovers
+            # with that round (the canary's own topics arrived all along).
+            acl.write_text(f"user broadcaster\ntopic readwrite {topic_prefix}/v1/#\n", encoding="utf-8")
+            broker.reload()
+            await accepted_again(broker, f"{topic_prefix}/v1/lines/probe/status")
+            await b.poll(b.config.feeds[0])
+            assert b.planner.published[line_status].at is not None
+            assert b.publisher.mqtt_delivering
+            assert b.health().healthy
+
+
+async def accepted_again(broker: MosquittoBroker, topic: str) -> None:
+    """Wait (10 s at most) until the broker, having reloaded its ACL, accepts the broadcaster account's publish
+    on `topic` (Mosquitto gives no sign of a reload but its answers)."""
+    async with asyncio.timeout(10), aiomqtt.Client(
+        broker.host, broker.port, identifier=f"probe-{uuid.uuid4().hex[:8]}", protocol=aiomqtt.ProtocolVersion.V5,
+        username="broadcaster", password="canary-test-password",
+    ) as client:
+        probe = [Publication(topic, b"{}", retain=False)]
+        while True:
+            outcome = await publish_pipelined(client, probe, window=1, stall_seconds=5, may_publish=lambda: True,
+                                              properties_for=lambda pub: None)
+            if not outcome.refused:
+                return
+            await asyncio.sleep(0.05)  # the reload has no event to wait on: ask again, briefly
 
 
 @both_protocols

@@ -196,3 +196,19 @@ def test_a_topic_recorded_before_its_publish_is_published_again_or_cleared_by_th
         conn.execute("DELETE FROM retained")
     assert second.reserve(steady, db) == steady
     assert next_instance().published == {}
+
+
+def test_a_refused_topic_goes_out_again_even_when_its_content_returns_to_what_the_broker_holds(db: Store) -> None:
+    """The broker refused a change (an MQTT 5 reason code: a quota, an ACL); then the content went back to what
+    the broker acknowledged before. Only an acknowledgement clears a refusal, so the topic must be published again
+    (else health would stay unhealthy until the next refresh while nothing is wrong)."""
+    planner = RetainedPlanner(TTL, 10_000, SequenceClock())
+    publish(planner, db, items(level="FEW"), T0)
+    refused = planner.plan(items(level="FULL"), T0 + timedelta(seconds=30), fresh_sources={"passenger-flow"},
+                           full=False)
+    assert topics(refused) == {"m/v1/stations/S1/crowding"}
+    planner.unsettle(refused)  # not confirmed: refused
+    again = publish(planner, db, items(level="FEW"), T0 + timedelta(seconds=60))
+    assert topics(again) == {"m/v1/stations/S1/crowding"}
+    assert orjson.loads(again[0].payload)["level"] == "FEW"
+    assert publish(planner, db, items(level="FEW"), T0 + timedelta(seconds=90)) == []

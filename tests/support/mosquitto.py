@@ -181,6 +181,11 @@ class MosquittoBroker:
         self._process = None
         self._close_stderr()
 
+    def reload(self) -> None:
+        """SIGHUP: Mosquitto reads its password and ACL files again (and keeps every connection)."""
+        assert self._process is not None, "the broker is not running"
+        self._process.send_signal(signal.SIGHUP)
+
     def restart(self, *, kill: bool = False) -> None:
         """Stop (or kill) and start again on the same port."""
         if kill:
