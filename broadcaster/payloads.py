@@ -30,6 +30,7 @@ from broadcaster.state import (
     LineStatus,
     LineStatusKind,
     NetworkState,
+    ServiceLevel,
     StatePolicy,
     crowding_trend,
 )
@@ -177,10 +178,12 @@ class PayloadBuilder:
     ) -> Iterator[RetainedItem]:
         """`trends`: each station's crowding trend at `now`, when the caller has worked them out already."""
         station_alerts = self._alerts_by_station(state)
-        # Each line's status kind, looked up once per round rather than once per station serving it, and the kinds
-        # of each set of lines once per round rather than once per station (most stations share their line's).
-        kinds = {line_id: state.line_status(line_id).kind for line_id in self._serving_lines}
-        kinds_of: dict[tuple[str, ...], tuple[LineStatusKind, ...]] = {}
+        # What a display shows of each line's status (its kind and its level: a delayed line's level moves with the
+        # delay's severity alone), looked up once per round rather than once per station serving it, and that of
+        # each set of lines once per round rather than once per station (most stations share their line's).
+        kinds = {line_id: (status.kind, status.level)
+                 for line_id in self._serving_lines for status in (state.line_status(line_id),)}
+        kinds_of: dict[tuple[str, ...], tuple[tuple[LineStatusKind, ServiceLevel], ...]] = {}
         crowding = state.crowding
         lines_at = self._lines_at
         for station_id in station_ids:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import MappingProxyType
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -29,7 +31,7 @@ from broadcaster.model import ActivePeriod, CrowdingReading, FeedSnapshot, LineD
 from broadcaster.payloads import PayloadBuilder, RetainedItem, status_body
 from broadcaster.resources import data_dir
 from broadcaster.retained import serialise, with_envelope
-from broadcaster.state import AlertChange, NetworkState, StatePolicy, apply_snapshot
+from broadcaster.state import AlertChange, LineStatus, LineStatusKind, NetworkState, StatePolicy, apply_snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 11, 25, 0, 15, tzinfo=UTC)
@@ -179,3 +181,21 @@ def test_a_display_shows_its_lines_status_as_it_changes_and_as_a_fresh_builder_d
     changed = [topic for topic in after
                if topic.endswith("/display") and after[topic]["lines"] != before[topic]["lines"]]
     assert changed  # line 2's delay and the alert's line show on their stations' displays
+
+
+def test_a_display_follows_a_delayed_lines_level_as_the_delay_turns_severe() -> None:
+    """A delayed line's level moves from `changes` to `disrupted` when its delay crosses the severe threshold, its
+    status kind staying `delays`: the displays on it follow, as the line's own topic does."""
+    builder = PayloadBuilder(NETWORK, Topics("metro"), ("zh", "en"), StatePolicy())
+    line_id = next(iter(NETWORK.lines))
+    station_topic = f"metro/v1/stations/{NETWORK.stations_of(line_id)[0]}/display"
+    levels = []
+    for moderate in (True, False):
+        status = LineStatus(LineStatusKind.DELAYED, max_delay_s=600, moderate=moderate)
+        state = dataclasses.replace(NetworkState(), lines=MappingProxyType({line_id: status}))
+        found = {item.topic: item.body for item in builder.retained(state, T0)}
+        line_level = found[f"metro/v1/lines/{line_id}/status"]["level"]
+        shown = next(entry["level"] for entry in found[station_topic]["lines"]
+                     if entry["line"]["id"] == line_id)
+        levels.append((line_level, shown))
+    assert levels == [("changes", "changes"), ("disrupted", "disrupted")]
