@@ -27,8 +27,9 @@ from broadcaster.retained import Publication
 @asynccontextmanager
 async def connected(host: str, port: int, *, username: str | None = None, password: str | None = None,
                     window: int = 8) -> AsyncIterator[aiomqtt.Client]:
-    """A client as the link makes one: paho's in-flight limit is the window's (at least paho's 20), so a refill
-    from the PUBACK callback may find paho's window full and wait in paho's queue."""
+    """A client with paho's in-flight limit at the window (at least paho's 20), the link's own before it turned
+    the limit off: a refill from the PUBACK callback then waits in paho's queue, which must work too. The link's
+    own client (no limit) is what the broker-fault and pipeline tests publish through."""
     client = aiomqtt.Client(host, port, identifier=f"pipelined-{uuid.uuid4().hex[:8]}",
                             protocol=aiomqtt.ProtocolVersion.V5, username=username, password=password,
                             max_inflight_messages=max(20, window), timeout=10)

@@ -96,8 +96,12 @@ def new_client(
         keepalive=config.keepalive_seconds,
         timeout=config.publish_timeout_seconds,
         tls_context=tls_context,
-        # paho's message ids wrap at 65,535 in-flight QoS 1 messages; we never come near with the window.
-        max_inflight_messages=max(20, config.publish_window),
+        # paho's own in-flight limit is off: the link bounds what awaits a PUBACK itself (`publish_window` for a
+        # retained batch, one notice at a time per drain, the status), far below paho's 65,535 message ids. With a
+        # limit, paho frees a message's slot only after its PUBACK callback, so the batch's refill from that
+        # callback always waited in paho's queue, and paho scanned every in-flight message on each PUBACK to find
+        # it: ~10 % of the publishing CPU (docs/design.md, "Measured facts").
+        max_inflight_messages=0,
         # Neither paho nor aiomqtt disables Nagle's algorithm: a publish written while an earlier one is still
         # unacknowledged by TCP then waits for the broker's delayed ACK, 40 ms on Linux. An emergency's display
         # updates queued behind its alert topic took 40 ms more for it (bench/, issue 16).
