@@ -2,7 +2,7 @@
 
 from .http_server import LoopbackHttpServer, RecordedRequest
 from .mosquitto import MosquittoBroker, MosquittoNotFound, find_mosquitto, free_port
-from .mqtt_client import MessageRecorder, ReceivedMessage, collect_retained, publish
+from .mqtt_client import MessageRecorder, ReceivedMessage, collect_retained, collect_retained_until, publish
 
 __all__ = [
     "LoopbackHttpServer",
@@ -12,6 +12,7 @@ __all__ = [
     "ReceivedMessage",
     "RecordedRequest",
     "collect_retained",
+    "collect_retained_until",
     "find_mosquitto",
     "free_port",
     "publish",

@@ -113,6 +113,31 @@ async def collect_retained(
             retained[message.topic.value] = _convert(message).payload
 
 
+async def collect_retained_until(
+    url: str,
+    topic_filter: str,
+    done: Callable[[dict[str, bytes]], bool],
+    *,
+    settle: float = 0.3,
+    timeout: float = 15.0,  # noqa: ASYNC109
+) -> dict[str, bytes]:
+    """Read the retained state (`collect_retained`) again until `done` holds of it or `timeout` runs out; returns
+    the last read either way, for the caller's assertion to show what was missing.
+
+    A single read races a publisher that is still republishing: a message published after the subscription
+    arrives live, without its retain flag, and one read ignores it. Each read here starts after the last settled.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            retained = await collect_retained(url, topic_filter, settle=settle, timeout=max(left, settle + 1.0))
+        except (TimeoutError, aiomqtt.MqttError):
+            retained = {}  # the broker still replaying or not yet listening: look again while time is left
+        if done(retained) or time.monotonic() >= deadline:
+            return retained
+
+
 class MessageRecorder:
     """Records everything published under one topic filter while the context is open.
 
