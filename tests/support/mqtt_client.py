@@ -91,8 +91,10 @@ async def collect_retained(
     settle: float = 0.5,
     timeout: float = 5.0,  # noqa: ASYNC109
     protocol: str | None = None,
+    qos: int = 1,
 ) -> dict[str, bytes]:
-    """Subscribe to `topic_filter` and return the retained messages the broker replays, by topic.
+    """Subscribe to `topic_filter` (at `qos`: 0 on NATS, where a QoS 1 subscription is a JetStream consumer that
+    stalls while a node is lost) and return the retained messages the broker replays, by topic.
 
     Collection ends once no retained message has arrived for `settle` seconds; `TimeoutError` if that quiet
     window is not reached within `timeout` seconds overall. Live (non-retained) messages are ignored.
@@ -100,7 +102,7 @@ async def collect_retained(
     retained: dict[str, bytes] = {}
     client = _client(url, prefix="test-retained", timeout_s=timeout, protocol=protocol)
     async with asyncio.timeout(timeout), client:
-        await client.subscribe(topic_filter, qos=1)
+        await client.subscribe(topic_filter, qos=qos)
         messages = aiter(client.messages)
         while True:
             try:
