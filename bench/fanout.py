@@ -326,22 +326,16 @@ async def _round(b: Broadcaster, workers: list[Worker], change: Change, target: 
 def _stamp(b: Broadcaster, clock: dict[str, float]) -> None:
     """Stamp the alerts fetch's return (t0) and each PUBACK, on the machine-wide monotonic clock."""
     fetch = b.poller.fetcher.fetch
-    publish = b.link.publish
 
     async def fetch_timed(*a: Any, **kw: Any) -> Any:
         result = await fetch(*a, **kw)
         clock["feed"] = time.monotonic()
         return result
 
-    async def publish_timed(pub: Publication) -> None:  # one at a time: the MQTT notices
-        await publish(pub)
-        clock["acked"] = time.monotonic()
-
-    def acknowledged(pub: Publication) -> None:  # the retained topics, through `publish_many`
+    def acknowledged(pub: Publication) -> None:  # retained topics and notices alike go through `publish_many`
         clock["acked"] = time.monotonic()
 
     setattr(b.poller.fetcher, "fetch", fetch_timed)  # noqa: B010 (wrapping a bound method)
-    setattr(b.link, "publish", publish_timed)  # noqa: B010
     setattr(b.link, "acknowledged", acknowledged)  # noqa: B010 (the link's seam for measurements)
 
 

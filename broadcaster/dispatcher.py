@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 
 from broadcaster.budget import allowance, budget_for, mergeable, merged_notice_id, should_merge
 from broadcaster.channels.base import (
+    BatchingChannel,
     DeletingChannel,
     DeletionNotifyingChannel,
     NoticeChannel,
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 REQUESTS_PER_ATTEMPT = {"mastodon": 2, "bluesky": 6}
 #: The longest a drain loop waits after its own failure (it doubles from half a second).
 DRAIN_RETRY_MAX_S = 60.0
+#: How many due entries a drain takes from the outbox at once (a batching channel sends them together).
+NOTICE_BATCH = 50
 
 
 class DeliveryPolicy:
@@ -194,10 +197,12 @@ class Dispatcher:
         self._hold_behind_doubt(channel)
         self._apply_quiet(channel)
         self._apply_budget(channel)
+        if isinstance(channel, BatchingChannel) and not self._carries_posts(channel):
+            return await self._drain_batches(channel)
         sent = 0
         while channel.ready:
             progress = False
-            for entry in self.outbox.due(channel.name, self.now(), limit=50):
+            for entry in self.outbox.due(channel.name, self.now(), limit=NOTICE_BATCH):
                 try:
                     thread = self.thread_of(channel, entry)
                 except (ValueError, KeyError, TypeError) as exc:
@@ -231,19 +236,7 @@ class Dispatcher:
                 try:
                     remote_id = await self._attempt(channel, entry, thread, deadline_s)
                 except TransientDeliveryError as exc:
-                    self.metrics.post(channel.name, "retry")
-                    now = self.now()
-                    at = self.outbox.retry_later(entry, now, exc.reason, exc.retry_after,
-                                                 uncertain=exc.maybe_delivered)
-                    # The channel is struggling, not this entry: everything it owes waits until then, so when the
-                    # platform is back the queue goes out in priority order (an emergency backing off must not
-                    # be overtaken by a routine post whose own retry happened to come due first). Emergencies wait
-                    # for a routine post's failure at most EMERGENCY_MAX_WAIT_S.
-                    self.outbox.hold(channel.name, at)
-                    emergency_cap = now + timedelta(seconds=EMERGENCY_MAX_WAIT_S)
-                    self.outbox.hold(channel.name, at if entry.priority == 0 else min(at, emergency_cap),
-                                     below_priority=-1)
-                    log.warning("%s: %s; retrying at %s", channel.name, exc.reason, at.isoformat(timespec="seconds"))
+                    self._back_off(channel, [(entry, exc.reason, exc.maybe_delivered)], exc.retry_after)
                     return sent
                 except PermanentDeliveryError as exc:
                     self.metrics.post(channel.name, "parked")
@@ -258,6 +251,62 @@ class Dispatcher:
             if not progress:
                 break
         return sent
+
+    async def _drain_batches(self, channel: NoticeChannel) -> int:
+        """`_drain_due` for a channel that takes the queue in batches (the MQTT notice stream): the due entries go
+        out together, in order, and what the channel acknowledged is recorded in one transaction. An entry refused
+        or left without an answer stays queued, backs off as a failed `send` would, and holds the rest behind it."""
+        assert isinstance(channel, BatchingChannel)
+        sent = 0
+        while channel.ready:
+            due = self.outbox.due(channel.name, self.now(), limit=NOTICE_BATCH)
+            if not due:
+                break
+            if not self.may_act():
+                log.warning("%s: not sending: this instance no longer holds the lease", channel.name)
+                break
+            outcome = await channel.send_batch(due)
+            if outcome.acked:
+                acked_at = self.now()
+                # Not durable: MQTT consumers deduplicate on notice_id and version (see `Outbox.mark_sent`).
+                self.outbox.mark_sent_many([entry.key for entry in outcome.acked], acked_at, durable=False)
+                for entry in outcome.acked:
+                    self.metrics.sent(channel.name, entry, acked_at)
+                sent += len(outcome.acked)
+            answered = {entry.key for entry in outcome.acked} | {entry.key for entry, _ in outcome.refused}
+            unanswered = [entry for entry in due if entry.key not in answered]
+            # A refusal is certain: the broker did not take it. The first entry without an answer may have reached
+            # the broker (its PUBACK lost with the connection); the others wait behind it, as behind a failed `send`.
+            failed = [(entry, reason, False) for entry, reason in outcome.refused]
+            if unanswered:
+                failed.append((unanswered[0], outcome.stopped or "not acknowledged", True))
+            if failed:
+                self._back_off(channel, failed, None)
+                break
+        return sent
+
+    def _back_off(
+        self, channel: NoticeChannel, failed: Sequence[tuple[OutboxEntry, str, bool]], retry_after: float | None,
+    ) -> None:
+        """Entries whose delivery failed for now retry later, and the channel's whole queue waits for the first of
+        them: the channel is struggling, not the entry, so when the platform is back the queue goes out in priority
+        order (an emergency backing off must not be overtaken by a routine post whose own retry happened to come due
+        first). Emergencies wait for a routine post's failure at most EMERGENCY_MAX_WAIT_S."""
+        now = self.now()
+        first: tuple[datetime, OutboxEntry, str] | None = None
+        for entry, reason, uncertain in failed:
+            self.metrics.post(channel.name, "retry")
+            at = self.outbox.retry_later(entry, now, reason, retry_after, uncertain=uncertain)
+            if first is None or at < first[0]:
+                first = (at, entry, reason)
+        if first is None:
+            return
+        at, entry, reason = first
+        self.outbox.hold(channel.name, at)
+        emergency_cap = now + timedelta(seconds=EMERGENCY_MAX_WAIT_S)
+        self.outbox.hold(channel.name, at if entry.priority == 0 else min(at, emergency_cap), below_priority=-1)
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        log.warning("%s: %s%s; retrying at %s", channel.name, reason, more, at.isoformat(timespec="seconds"))
 
     def _attempt_deadline_s(self, channel: NoticeChannel) -> float | None:
         """How long one attempt at a post on `channel` may take, all its requests together (None: MQTT, which

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -223,6 +223,15 @@ class Outbox:
                 "UPDATE outbox SET status = ?, sent_at = ?, remote_id = ?, attempts = attempts + 1, error = NULL"
                 " WHERE key = ?",
                 (SENT, iso(now), remote_id, key),
+            )
+
+    def mark_sent_many(self, keys: Sequence[str], now: datetime, *, durable: bool = True) -> None:
+        """`mark_sent` for many entries acknowledged together (a batching channel's), in one transaction."""
+        with self.db.transaction(durable=durable) as conn:
+            conn.executemany(
+                "UPDATE outbox SET status = ?, sent_at = ?, remote_id = NULL, attempts = attempts + 1, error = NULL"
+                " WHERE key = ?",
+                [(SENT, iso(now), key) for key in keys],
             )
 
     def retry_later(

@@ -163,6 +163,55 @@ async def test_a_broker_that_refuses_or_drops_publishes_is_noticed(
             assert b.health().healthy
 
 
+async def test_a_notice_the_broker_refuses_stays_queued_and_goes_out_once_it_is_accepted(
+    tmp_path: Path, http_server: LoopbackHttpServer, mosquitto_factory: MosquittoFactory, topic_prefix: str,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An ACL that lets the account publish its retained topics but not its notices: under MQTT 5 Mosquitto refuses
+    each notice (0x87). aiomqtt's `publish` drops the reason code, so a notice was marked sent and lost; now it
+    stays queued, backs off, and goes out once the operator fixes the ACL."""
+    acl = tmp_path / "acl"
+    # Before any `user` line: what an anonymous client (the test's subscriber, as a commuter's app) may do.
+    reader = f"topic read {topic_prefix}/v1/#\n"
+    acl.write_text(f"{reader}user broadcaster\ntopic readwrite {topic_prefix}/v1/broadcaster/#\n"
+                   f"topic readwrite {topic_prefix}/v1/stations/#\ntopic readwrite {topic_prefix}/v1/lines/#\n"
+                   f"topic read {topic_prefix}/v1/notices\n", encoding="utf-8")
+    passwd = write_password_file(tmp_path / "passwd", {"broadcaster": "canary-test-password"})
+    broker = mosquitto_factory(extra_config=f"password_file {passwd}\nacl_file {acl}\n")
+    monkeypatch.setenv("T_MQTT_USER", "broadcaster")
+    monkeypatch.setenv("T_MQTT_PASSWORD", "canary-test-password")
+    rig = Rig(tmp_path, http_server, broker.url, topic_prefix, protocol="5")
+    rig.serve_rt(alert_entity("A-1", header={"en": "Line 1 suspended"}, informed=[selector(route_id="1")],
+                              effect="NO_SERVICE"))
+    rig.serve_flow({})
+    config = rig.config(mqtt={"username": {"env": "T_MQTT_USER"}, "password": {"env": "T_MQTT_PASSWORD"}})
+
+    def notice_rows(b: Broadcaster) -> list[tuple[str, int, str | None]]:
+        return [(status, attempts, error) for status, attempts, error in b.db.conn.execute(
+            "SELECT status, attempts, error FROM outbox WHERE channel = 'mqtt' ORDER BY created_at, part")]
+
+    async with running(config) as b, MessageRecorder(broker.url, rig.topic("notices")) as notices:
+        channel = next(c for c in b.channels if c.name == "mqtt")
+        await poll_all(b)
+        await b.drain_due(channel)  # after the drain loop's own attempt, if it came first (one drain at a time)
+        rows = notice_rows(b)
+        assert rows
+        assert all(status == "pending" and attempts >= 1 for status, attempts, _ in rows), rows
+        assert all(error is not None and "Not authorized" in error for _, _, error in rows), rows
+        assert "broker refused" in caplog.text
+
+        acl.write_text(f"{reader}user broadcaster\ntopic readwrite {topic_prefix}/v1/#\n", encoding="utf-8")
+        broker.reload()
+        await accepted_again(broker, rig.topic("notices"))
+        b.outbox.make_due(channel.name, b.clock.now())  # its backoff would otherwise wait seconds
+        assert await b.drain_due(channel) == len(rows)
+        assert [status for status, _, _ in notice_rows(b)] == ["sent"] * len(rows)
+        # The probe's own `{}` came first: the notices are what follows it.
+        received = await notices.wait_for(lambda ms: len([m for m in ms if m.payload != b"{}"]) >= len(rows))
+        got = payloads([m for m in received if m.payload != b"{}"])
+        assert [n["kind"] for n in got][:1] == ["alert_new"]
+
+
 async def accepted_again(broker: MosquittoBroker, topic: str) -> None:
     """Wait (10 s at most) until the broker, having reloaded its ACL, accepts the broadcaster account's publish
     on `topic` (Mosquitto gives no sign of a reload but its answers)."""

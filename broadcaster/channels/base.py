@@ -5,7 +5,8 @@ The post payload the outbox stores for a posting channel is `broadcaster.posts.P
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from broadcaster.outbox import OutboxEntry
@@ -14,8 +15,8 @@ if TYPE_CHECKING:
     from broadcaster.render.length import PlatformProfile
 
 __all__ = [
-    "DeletingChannel", "DeletionNotifyingChannel", "NoticeChannel", "PostingChannel", "ThreadRefs",
-    "VerifyingChannel",
+    "BatchOutcome", "BatchingChannel", "DeletingChannel", "DeletionNotifyingChannel", "NoticeChannel",
+    "PostingChannel", "ThreadRefs", "VerifyingChannel",
 ]
 
 
@@ -55,6 +56,27 @@ class PostingChannel(NoticeChannel, Protocol):
     def profile(self) -> PlatformProfile | None: ...
 
     async def start(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """What became of a batch of outbox entries (`BatchingChannel.send_batch`): those the destination acknowledged,
+    in order; those it refused, each with its reason; and why the rest had no answer, if any had none."""
+
+    acked: list[OutboxEntry] = field(default_factory=list)
+    refused: list[tuple[OutboxEntry, str]] = field(default_factory=list)
+    stopped: str | None = None
+
+
+@runtime_checkable
+class BatchingChannel(Protocol):
+    """A channel that delivers many entries at once, in order, with nothing to thread (the MQTT notice stream):
+    the dispatcher hands it the due queue and records the whole answer in one transaction, where one entry at a
+    time would pay a round trip and a commit per notice."""
+
+    async def send_batch(self, entries: Sequence[OutboxEntry]) -> BatchOutcome:
+        """Deliver `entries` in order; never raises for a delivery failure, which the outcome reports."""
+        ...
 
 
 @runtime_checkable

@@ -49,11 +49,12 @@ CHANNEL_NAME = "mqtt"
 
 
 class Delivery(NamedTuple):
-    """What `publish_many` got through: the publications acknowledged, in order, and those the broker refused,
-    each with its reason code's name."""
+    """What `publish_many` got through: the publications acknowledged, in order, those the broker refused, each
+    with its reason code's name, and why the rest were not acknowledged, if any were not (None: all answered)."""
 
     acked: list[Publication]
     refused: list[tuple[Publication, str]]
+    stopped: str | None = None
 
 
 class MqttLink:
@@ -511,8 +512,8 @@ class MqttLink:
         client = self._client
         if client is None or not self.connected.is_set():
             if publications:
-                log.warning("%d retained publications not sent: not connected to the broker", len(publications))
-            return Delivery([], [])
+                log.warning("%d publications not sent: not connected to the broker", len(publications))
+            return Delivery([], [], "not connected to the broker")
         outcome = await publish_pipelined(
             client, publications, window=self.config.publish_window,
             stall_seconds=self.config.publish_timeout_seconds,
@@ -520,13 +521,13 @@ class MqttLink:
         )
         if outcome.refused:
             pub, reason = outcome.refused[0]
-            log.warning("the broker refused %d of %d retained publications (%s: %s)", len(outcome.refused),
+            log.warning("the broker refused %d of %d publications (%s: %s)", len(outcome.refused),
                         len(publications), pub.topic, reason)
         missing = outcome.acked.count(False) - len(outcome.refused)
         if outcome.stopped is not None and missing:
-            log.warning("%d of %d retained publications not acknowledged: %s", missing, len(publications),
-                        outcome.stopped)
-        return Delivery([p for p, ok in zip(publications, outcome.acked, strict=True) if ok], outcome.refused)
+            log.warning("%d of %d publications not acknowledged: %s", missing, len(publications), outcome.stopped)
+        return Delivery([p for p, ok in zip(publications, outcome.acked, strict=True) if ok], outcome.refused,
+                        outcome.stopped if missing else None)
 
     def _properties_for(self, pub: Publication) -> Properties | None:
         return expiry(self.config, pub.expiry_s)
