@@ -99,6 +99,10 @@ def table(document: dict[str, Any]) -> str:
     lines.append("Times in ms (median run); `render` = compose + notice templates + retained payloads "
                  f"({', '.join(STAGES[3:6])}); `other` = end to end minus the stages; "
                  "`CPU` = the broadcaster process's CPU time during the tick (median).")
+    for name, s in document["scenarios"].items():
+        if s.get("delivered_ms") is not None:
+            lines.append(f"`{name}`: until its notices are delivered too (the drain loops'), "
+                         f"{_fmt(s['delivered_ms'])} ms end to end, {_fmt(s['delivered_cpu_ms'])} ms of CPU (median).")
     b = document["baselines"]
     if b:
         lines += [
