@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
@@ -87,8 +88,9 @@ async def test_a_second_instance_takes_over_only_after_the_first_lease_expired_i
     assert first.may_act()
     assert first_fence is not None
     async with _running(second):
-        # The first keeps renewing: the second, polling every renew interval, never gets it.
-        await asyncio.sleep(FAST.lease * 2)
+        # The first keeps renewing: the second, asking every renew interval for longer than a lease, never gets it.
+        async with asyncio.timeout(10):
+            await second.wait_for_answers(math.ceil(2 * FAST.lease / FAST.renew))
         assert second.role is Role.STANDBY
         assert not second.may_act()
         assert second.fence() is None
@@ -169,7 +171,8 @@ async def test_a_leader_cut_off_from_the_database_stops_acting_before_another_ca
         async with _running(cut):
             async with asyncio.timeout(10):
                 await cut.wait_until_leading()
-            await asyncio.sleep(FAST.renew * 3)  # a few renews went through
+            async with asyncio.timeout(10):
+                await cut.wait_for_answers(cut.answers + 3)  # a few renews went through
             assert cut.may_act()
             proxy.blackhole()  # the renews now get nowhere
             async with asyncio.timeout(FAST.lease + 1):

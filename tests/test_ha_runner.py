@@ -263,7 +263,8 @@ async def test_run_waits_as_a_standby_for_the_lease_leads_once_it_is_free_and_re
     lease = LeaseLeadership("east-1", connect, times)
     config = _config(rig, server, free_port())
     task = asyncio.create_task(run_forever(config, leadership=lease, grace=2))
-    await asyncio.sleep(4 * times.renew)  # several attempts at the lease, all refused
+    async with asyncio.timeout(10 * times.renew + 5):
+        await lease.wait_for_answers(4)  # several attempts at the lease, answered, all refused
     assert lease.role is Role.STANDBY
     assert rig.server.requests_for("/rt.pb") == []
     await other.release()  # a clean handover: taken at the next attempt, not after the lease's 2 s

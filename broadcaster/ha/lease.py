@@ -141,6 +141,10 @@ class LeaseLeadership:
         self._deadline = float("-inf")  # the local monotonic time until which this instance may act
         self._leading = asyncio.Event()
         self._lost = asyncio.Event()
+        #: How many of this instance's lease statements (an attempt to take it, a renew) the database has answered,
+        #: granted or refused: the evidence that the keeper goes on asking (`wait_for_answers`).
+        self.answers = 0
+        self._answered = asyncio.Event()  # set at each answer; waiters clear it and look again
 
     # -- Leadership ------------------------------------------------------------------------------------------
 
@@ -164,6 +168,17 @@ class LeaseLeadership:
     @property
     def lost(self) -> asyncio.Event:
         return self._lost
+
+    async def wait_for_answers(self, count: int) -> None:
+        """Wait until the database has answered `count` lease statements of this instance since it started."""
+        while self.answers < count:
+            self._answered.clear()
+            await self._answered.wait()
+
+    def _count_answer(self) -> None:
+        """Synchronous: counting adds no suspension point between a statement's answer and acting on it."""
+        self.answers += 1
+        self._answered.set()
 
     @property
     def deadline(self) -> float:
@@ -204,6 +219,7 @@ class LeaseLeadership:
             if isinstance(exc, psycopg.errors.QueryCanceled | psycopg.errors.LockNotAvailable):
                 await self._end_vanished_sessions()
             return False
+        self._count_answer()
         if row is None:
             return False
         self._fence = Fence(self._instance, int(row[0]))
@@ -242,6 +258,7 @@ class LeaseLeadership:
                 log.warning("lease: renew failed: %s", exc)
                 await asyncio.sleep(min(0.2, max(0.0, self._deadline - self._monotonic())))
                 continue
+            self._count_answer()
             if self._fence is not fence:
                 return  # released while the renew was under way
             if row is None:
