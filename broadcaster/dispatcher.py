@@ -85,7 +85,8 @@ class Dispatcher:
         may_act: Callable[[], bool] = lambda: True,
     ) -> None:
         self.outbox = outbox
-        #: Whether this instance may send now (broadcaster/ha): asked right before every attempt.
+        #: Whether this instance may send now (broadcaster/ha): asked right before every attempt (before every
+        #: batch on a batching channel, whose link asks again before each publication).
         self.may_act = may_act
         self.history = history
         # The caller's list, not a copy: the demo swaps its entries for recording channels of the same names.
@@ -136,7 +137,8 @@ class Dispatcher:
         return ThreadRefs(root or parent, parent)
 
     async def drain_due(self, channel: NoticeChannel) -> int:
-        """Send every entry of `channel` that is due now, one at a time; returns how many were acknowledged.
+        """Send every entry of `channel` that is due now, one at a time (a batching channel's in batches); returns
+        how many were acknowledged.
 
         Callers may overlap (the drain loop, `once`, a reconnect): the channel's lock keeps one attempt in
         flight per channel, so no key is ever sent twice at the same time.
@@ -255,7 +257,9 @@ class Dispatcher:
     async def _drain_batches(self, channel: NoticeChannel) -> int:
         """`_drain_due` for a channel that takes the queue in batches (the MQTT notice stream): the due entries go
         out together, in order, and what the channel acknowledged is recorded in one transaction. An entry refused
-        or left without an answer stays queued, backs off as a failed `send` would, and holds the rest behind it."""
+        or left without an answer stays queued and backs off as a failed `send` would, and the queue waits for its
+        retry; entries after it in the same batch that the channel acknowledged are not held back (they were
+        published in the same window)."""
         assert isinstance(channel, BatchingChannel)
         sent = 0
         while channel.ready:
@@ -288,23 +292,23 @@ class Dispatcher:
     def _back_off(
         self, channel: NoticeChannel, failed: Sequence[tuple[OutboxEntry, str, bool]], retry_after: float | None,
     ) -> None:
-        """Entries whose delivery failed for now retry later, and the channel's whole queue waits for the first of
-        them: the channel is struggling, not the entry, so when the platform is back the queue goes out in priority
-        order (an emergency backing off must not be overtaken by a routine post whose own retry happened to come due
-        first). Emergencies wait for a routine post's failure at most EMERGENCY_MAX_WAIT_S."""
+        """Entries whose delivery failed for now retry later, all at one time (the soonest any of them would), and
+        the channel's whole queue waits until then: the channel is struggling, not the entry, so when the platform
+        is back the queue goes out in priority order (an emergency backing off must not be overtaken by a routine
+        post whose own retry happened to come due first; nor by one that failed beside it with fewer attempts).
+        Emergencies wait for a routine post's failure at most EMERGENCY_MAX_WAIT_S."""
+        if not failed:
+            return
         now = self.now()
-        first: tuple[datetime, OutboxEntry, str] | None = None
+        at = min(self.outbox.retry_time(entry, now, retry_after) for entry, _, _ in failed)
         for entry, reason, uncertain in failed:
             self.metrics.post(channel.name, "retry")
-            at = self.outbox.retry_later(entry, now, reason, retry_after, uncertain=uncertain)
-            if first is None or at < first[0]:
-                first = (at, entry, reason)
-        if first is None:
-            return
-        at, entry, reason = first
+            self.outbox.retry_later(entry, now, reason, retry_after, uncertain=uncertain, at=at)
         self.outbox.hold(channel.name, at)
         emergency_cap = now + timedelta(seconds=EMERGENCY_MAX_WAIT_S)
-        self.outbox.hold(channel.name, at if entry.priority == 0 else min(at, emergency_cap), below_priority=-1)
+        emergency_failed = any(entry.priority == 0 for entry, _, _ in failed)
+        self.outbox.hold(channel.name, at if emergency_failed else min(at, emergency_cap), below_priority=-1)
+        reason = failed[0][1]
         more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
         log.warning("%s: %s%s; retrying at %s", channel.name, reason, more, at.isoformat(timespec="seconds"))
 

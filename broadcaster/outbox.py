@@ -234,16 +234,21 @@ class Outbox:
                 [(SENT, iso(now), key) for key in keys],
             )
 
+    def retry_time(self, entry: OutboxEntry, now: datetime, retry_after: float | None) -> datetime:
+        """When `entry` would come due again after a failure now (its backoff, or the platform's `Retry-After`)."""
+        delay = self.backoff.delay(entry.attempts, retry_after, self.rng, emergency=entry.priority == 0)
+        return now + timedelta(seconds=delay)
+
     def retry_later(
-        self, entry: OutboxEntry, now: datetime, error: str, retry_after: float | None, *, uncertain: bool = False
+        self, entry: OutboxEntry, now: datetime, error: str, retry_after: float | None, *, uncertain: bool = False,
+        at: datetime | None = None,
     ) -> datetime:
-        """Record a transient failure; returns when the entry becomes due again.
+        """Record a transient failure; returns when the entry becomes due again (`at`, when the caller decided it).
 
         `uncertain`: the attempt may have reached the platform (it timed out, or the connection broke after the
         request was sent), which the channel must keep in mind before sending again.
         """
-        delay = self.backoff.delay(entry.attempts, retry_after, self.rng, emergency=entry.priority == 0)
-        at = now + timedelta(seconds=delay)
+        at = at or self.retry_time(entry, now, retry_after)
         with self.db.transaction() as conn:
             conn.execute(
                 "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, error = ?, uncertain = ?"

@@ -8,6 +8,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiomqtt
@@ -163,28 +164,54 @@ async def test_a_broker_that_refuses_or_drops_publishes_is_noticed(
             assert b.health().healthy
 
 
-async def test_a_notice_the_broker_refuses_stays_queued_and_goes_out_once_it_is_accepted(
-    tmp_path: Path, http_server: LoopbackHttpServer, mosquitto_factory: MosquittoFactory, topic_prefix: str,
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
-) -> None:
-    """An ACL that lets the account publish its retained topics but not its notices: under MQTT 5 Mosquitto refuses
-    each notice (0x87). aiomqtt's `publish` drops the reason code, so a notice was marked sent and lost; now it
-    stays queued, backs off, and goes out once the operator fixes the ACL."""
+@dataclass
+class NoticeAcl:
+    """A broker whose ACL lets the broadcaster account publish its retained topics but not its notices (read only):
+    under MQTT 5 Mosquitto refuses each notice with 0x87. Anonymous clients (the test's subscribers, as commuters'
+    apps) may read everything."""
+
+    acl: Path
+    broker: MosquittoBroker
+    rig: Rig
+    config: Config
+
+    @property
+    def reader(self) -> str:
+        return f"topic read {self.rig.prefix}/v1/#\n"  # before any `user` line: what anonymous clients may do
+
+    def allow_notices(self) -> None:
+        self.acl.write_text(f"{self.reader}user broadcaster\ntopic readwrite {self.rig.prefix}/v1/#\n",
+                            encoding="utf-8")
+        self.broker.reload()
+
+
+@pytest.fixture
+def notice_acl(tmp_path: Path, http_server: LoopbackHttpServer, mosquitto_factory: MosquittoFactory,
+               topic_prefix: str, monkeypatch: pytest.MonkeyPatch) -> NoticeAcl:
     acl = tmp_path / "acl"
-    # Before any `user` line: what an anonymous client (the test's subscriber, as a commuter's app) may do.
-    reader = f"topic read {topic_prefix}/v1/#\n"
-    acl.write_text(f"{reader}user broadcaster\ntopic readwrite {topic_prefix}/v1/broadcaster/#\n"
-                   f"topic readwrite {topic_prefix}/v1/stations/#\ntopic readwrite {topic_prefix}/v1/lines/#\n"
-                   f"topic read {topic_prefix}/v1/notices\n", encoding="utf-8")
+    acl.write_text(f"topic read {topic_prefix}/v1/#\nuser broadcaster\n"
+                   f"topic readwrite {topic_prefix}/v1/broadcaster/#\ntopic readwrite {topic_prefix}/v1/stations/#\n"
+                   f"topic readwrite {topic_prefix}/v1/lines/#\ntopic read {topic_prefix}/v1/notices\n",
+                   encoding="utf-8")
     passwd = write_password_file(tmp_path / "passwd", {"broadcaster": "canary-test-password"})
     broker = mosquitto_factory(extra_config=f"password_file {passwd}\nacl_file {acl}\n")
     monkeypatch.setenv("T_MQTT_USER", "broadcaster")
     monkeypatch.setenv("T_MQTT_PASSWORD", "canary-test-password")
     rig = Rig(tmp_path, http_server, broker.url, topic_prefix, protocol="5")
+    config = rig.config(mqtt={"username": {"env": "T_MQTT_USER"}, "password": {"env": "T_MQTT_PASSWORD"}})
+    return NoticeAcl(acl, broker, rig, config)
+
+
+async def test_a_notice_the_broker_refuses_stays_queued_and_goes_out_once_it_is_accepted(
+    notice_acl: NoticeAcl, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """aiomqtt's `publish` drops the reason code, so a refused notice was marked sent and lost; now it stays
+    queued, backs off, and goes out once the operator fixes the ACL."""
+    rig, broker = notice_acl.rig, notice_acl.broker
     rig.serve_rt(alert_entity("A-1", header={"en": "Line 1 suspended"}, informed=[selector(route_id="1")],
                               effect="NO_SERVICE"))
     rig.serve_flow({})
-    config = rig.config(mqtt={"username": {"env": "T_MQTT_USER"}, "password": {"env": "T_MQTT_PASSWORD"}})
+    config = notice_acl.config
 
     def notice_rows(b: Broadcaster) -> list[tuple[str, int, str | None]]:
         return [(status, attempts, error) for status, attempts, error in b.db.conn.execute(
@@ -200,8 +227,7 @@ async def test_a_notice_the_broker_refuses_stays_queued_and_goes_out_once_it_is_
         assert all(error is not None and "Not authorized" in error for _, _, error in rows), rows
         assert "broker refused" in caplog.text
 
-        acl.write_text(f"{reader}user broadcaster\ntopic readwrite {topic_prefix}/v1/#\n", encoding="utf-8")
-        broker.reload()
+        notice_acl.allow_notices()
         await accepted_again(broker, rig.topic("notices"))
         b.outbox.make_due(channel.name, b.clock.now())  # its backoff would otherwise wait seconds
         assert await b.drain_due(channel) == len(rows)
@@ -210,6 +236,34 @@ async def test_a_notice_the_broker_refuses_stays_queued_and_goes_out_once_it_is_
         received = await notices.wait_for(lambda ms: len([m for m in ms if m.payload != b"{}"]) >= len(rows))
         got = payloads([m for m in received if m.payload != b"{}"])
         assert [n["kind"] for n in got][:1] == ["alert_new"]
+
+
+async def test_notices_refused_together_come_due_together_so_an_emergency_is_not_overtaken(
+    notice_acl: NoticeAcl,
+) -> None:
+    """Notices the broker refuses in one batch retry at one time, the soonest any of them would, and the queue
+    waits until then. Each used to take its own backoff: an emergency refused a few times already came due after
+    fresh routine notices refused beside it, which then went out first."""
+    rig = notice_acl.rig
+    rig.serve_rt(*[alert_entity(f"A-{i}", header={"en": f"Line {i} suspended"}, informed=[selector(route_id=str(i))],
+                                effect="NO_SERVICE") for i in (1, 2, 3)])
+    rig.serve_flow({})
+    async with running(notice_acl.config) as b:
+        channel = next(c for c in b.channels if c.name == "mqtt")
+        await poll_all(b)
+        await b.drain_due(channel)  # all refused (after the drain loop's own attempt, if it came first)
+        rows = b.db.conn.execute("SELECT key FROM outbox WHERE channel = 'mqtt' ORDER BY created_at, part").fetchall()
+        assert len(rows) >= 3
+        emergency = rows[0][0]
+        with b.db.transaction() as conn:  # one that has failed more often (its backoff is longer), and the rest routine
+            conn.execute("UPDATE outbox SET priority = 0, attempts = 6 WHERE key = ?", (emergency,))
+            conn.execute("UPDATE outbox SET priority = 2 WHERE channel = 'mqtt' AND key != ?", (emergency,))
+        b.outbox.make_due(channel.name, b.clock.now())
+        await b.drain_due(channel)  # refused again, together
+        due = dict(b.db.conn.execute(
+            "SELECT key, next_attempt_at FROM outbox WHERE channel = 'mqtt' AND status = 'pending'").fetchall())
+        assert len(due) == len(rows)
+        assert len(set(due.values())) == 1, due  # one retry time for the whole batch: the emergency's is no later
 
 
 async def accepted_again(broker: MosquittoBroker, topic: str) -> None:

@@ -79,7 +79,10 @@ class RecordingChannel:
         return self.inner.ready
 
     def __getattr__(self, name: str) -> Any:
-        # Anything else the pipeline asks of a channel (a posting channel's `profile`, `start`) is the inner one's.
+        # Anything else the pipeline asks of a channel (a posting channel's `profile`, `start`) is the inner one's,
+        # except a batch: the dispatcher would deliver through it and bypass `send`, which records.
+        if name == "send_batch":
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     async def send(self, entry: OutboxEntry, thread: ThreadRefs) -> str | None:
