@@ -150,6 +150,22 @@ async def running(
                 await asyncio.gather(link_task, *drains)
 
 
+@contextlib.asynccontextmanager
+async def linked_only(config: Config) -> AsyncIterator[Broadcaster]:
+    """A broadcaster with its broker link but no drain loops: the test drains by hand, step by step."""
+    async with open_broadcaster(config) as b:
+        stop = asyncio.Event()
+        link = asyncio.create_task(b.link.run(stop))
+        try:
+            async with asyncio.timeout(10):
+                await b.link.connected.wait()
+            yield b
+        finally:
+            stop.set()
+            async with asyncio.timeout(10):
+                await link
+
+
 def shorten_busy_wait(b: Broadcaster, milliseconds: int = 200) -> None:
     """Cut SQLite's busy wait on `b`'s database from its 5 s to `milliseconds`, for a test that holds the database
     with another writer: what the broadcaster does once the wait runs out is the same, only sooner."""

@@ -4,10 +4,8 @@ two reconnection attempts, a lost PUBACK."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import aiomqtt
 import orjson
 import pytest
 from conftest import MosquittoFactory
-from rig import Rig, both_protocols, payloads, poll_all, running
+from rig import Rig, both_protocols, linked_only, payloads, poll_all, running
 from support import LoopbackHttpServer, MessageRecorder, MosquittoBroker, collect_retained
 from support.fault_proxy import FaultProxy
 from support.gtfs_rt_builders import alert_entity, selector
@@ -32,22 +30,6 @@ from broadcaster.service import Broadcaster
 
 def proxied(rig: Rig, proxy: FaultProxy) -> Config:
     return rig.config(mqtt={"url": proxy.url, "keepalive_seconds": 5, "publish_timeout_seconds": 3})
-
-
-@contextlib.asynccontextmanager
-async def linked_only(config: Config) -> AsyncIterator[Broadcaster]:
-    """A broadcaster with its broker link but no drain loops: the test drains by hand, step by step."""
-    async with open_broadcaster(config) as b:
-        stop = asyncio.Event()
-        link = asyncio.create_task(b.link.run(stop))
-        try:
-            async with asyncio.timeout(10):
-                await b.link.connected.wait()
-            yield b
-        finally:
-            stop.set()
-            async with asyncio.timeout(10):
-                await link
 
 
 @pytest.mark.timeout(90)

@@ -3,34 +3,10 @@ wraps every channel of the running pipeline, MQTT's notice stream too."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
-
-from rig import Rig, poll_all
+from rig import Rig, linked_only, poll_all
 from support.gtfs_rt_builders import alert_entity, selector
 
-from broadcaster.config import Config
 from broadcaster.demo.recorder import PostLog, RecordingChannel
-from broadcaster.runner import open_broadcaster
-from broadcaster.service import Broadcaster
-
-
-@contextlib.asynccontextmanager
-async def linked(config: Config) -> AsyncIterator[Broadcaster]:
-    """A broadcaster connected to the broker, its drain loops not running: the test drains, as the demo's wrapped
-    channels would be drained."""
-    async with open_broadcaster(config) as b:
-        stop = asyncio.Event()
-        link = asyncio.create_task(b.link.run(stop))
-        try:
-            async with asyncio.timeout(10):
-                await b.link.connected.wait()
-            yield b
-        finally:
-            stop.set()
-            async with asyncio.timeout(10):
-                await link
 
 
 async def test_the_recording_channel_records_the_mqtt_notices_it_delivers(rig: Rig) -> None:
@@ -39,7 +15,7 @@ async def test_the_recording_channel_records_the_mqtt_notices_it_delivers(rig: R
     rig.serve_rt(*[alert_entity(f"A-{i}", header={"en": f"Line {i} suspended"}, informed=[selector(route_id=str(i))],
                                 effect="NO_SERVICE") for i in (1, 2, 3)])
     rig.serve_flow({})
-    async with linked(rig.config()) as b:
+    async with linked_only(rig.config()) as b:
         posts = PostLog()
         b.channels[:] = [RecordingChannel(channel, posts) for channel in b.channels]
         mqtt = next(channel for channel in b.channels if channel.name == "mqtt")
