@@ -8,7 +8,6 @@ runs at a time: a poll reads the feed's record before its fetch and writes it af
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -16,6 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 import orjson
+import xxhash
 
 from broadcaster import __version__
 from broadcaster.config import Config, FeedConfig
@@ -51,7 +51,11 @@ class PollOutcome:
 
 
 def body_digest(body: bytes) -> bytes:
-    return hashlib.blake2b(body, digest_size=16).digest()
+    """A fetched body's fingerprint: an unchanged body is neither parsed nor applied again. XXH3 (128 bits), not a
+    cryptographic hash: it tells a republished body from a new one, and the feed's server, who could forge a
+    collision, can send any content anyway. It reads a 1.3 MB trip-update body in ~0.02 ms, BLAKE2b in ~1.7 ms
+    (docs/design.md, "Measured facts")."""
+    return xxhash.xxh3_128_digest(body)
 
 
 def parse_keys(config: Config, network: Network) -> dict[str, bytes]:

@@ -18,7 +18,6 @@ full publish) publishes the topic's current payload or clears it. Topics already
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Iterable
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import orjson
+import xxhash
 
 from broadcaster.errors import StoreError
 from broadcaster.payloads import Body, RetainedItem
@@ -67,6 +67,12 @@ class Publication:
 
 def serialise(body: Body) -> bytes:
     return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+
+def payload_digest(body_bytes: bytes) -> str:
+    """A serialised body's content hash, recorded per topic (the `retained` table): equal digests, nothing to
+    publish. XXH3, 128 bits: a collision would need a payload built for it, and we build the payloads."""
+    return xxhash.xxh3_128_hexdigest(body_bytes)
 
 
 class Envelope:
@@ -154,7 +160,7 @@ class RetainedPlanner:
                 body, digest = cached[1], cached[2]
             else:
                 body = serialise(item.body)
-                digest = hashlib.blake2b(body, digest_size=12).hexdigest()
+                digest = payload_digest(body)
                 serialised[item.topic] = (item.body, body, digest)
             prev = published.get(item.topic)
             fresh = item.source == "any" or item.source in fresh_sources
