@@ -97,8 +97,9 @@ async def open_broadcaster(
         lock.release()
 
 
-#: Allocations between two young-generation collections while a broadcaster runs (CPython's default: 700).
-YOUNG_COLLECTION_EVERY = 10_000
+#: Allocations (net of what was freed) between two young-generation collections while a broadcaster runs
+#: (CPython's default: 700). docs/design.md, "Measured facts", has why 100,000 and not 10,000.
+YOUNG_COLLECTION_EVERY = 100_000
 
 
 @contextlib.contextmanager
@@ -109,7 +110,7 @@ def _start_up_frozen() -> Iterator[None]:
     scenario's p99; docs/design.md). Objects made later are collected as usual, but less often: a poll makes
     tens of thousands of short-lived objects (parsed entities, payloads), nearly all freed by reference counting,
     and with CPython's default of a young collection every 700 allocations the collector ran ~60 ms of a 250 ms
-    steady tick at k = 10 (~20 ms with this setting; at k = 1, 1.5 ms -> ~0). Almost nothing here makes cycles,
+    steady tick at k = 10 (~5-10 ms with this setting; at k = 1, 1.5 ms -> 0). Almost nothing here makes cycles,
     so collecting them later costs little memory."""
     thresholds = gc.get_threshold()
     gc.collect()
