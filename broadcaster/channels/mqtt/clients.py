@@ -1,6 +1,6 @@
 """Building the aiomqtt clients the link connects with: TLS, MQTT 5 or 3.1.1, the Last Will (with its delay on
-MQTT 5), and the message expiry property shared by publishes (MQTT 5 only). The package's only paho import is
-here."""
+MQTT 5), the message expiry property shared by publishes (MQTT 5 only), and successful PUBACKs read without
+paho's decoder (acks.py). Besides these, only pipelined.py and acks.py reach paho."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from broadcaster.channels.mqtt.acks import read_acks_quickly
 from broadcaster.config import MqttConfig
 
 # aiomqtt warns on every publish past ten pending; a bounded window of 32 is by design, so only errors show.
@@ -81,7 +82,7 @@ def new_client(
             cafile=str(config.tls_ca_file) if config.tls_ca_file else None
         )
     v5 = config.v5
-    return aiomqtt.Client(
+    client = aiomqtt.Client(
         parts.hostname or "127.0.0.1",
         parts.port or (8883 if parts.scheme == "mqtts" else 1883),
         identifier=identifier,
@@ -107,6 +108,8 @@ def new_client(
         # updates queued behind its alert topic took 40 ms more for it (bench/, issue 16).
         socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
     )
+    read_acks_quickly(client._client)
+    return client
 
 
 def session_client(
