@@ -6,7 +6,7 @@ that the retained-state planner can tell a real change from a mere refresh by ha
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -122,12 +122,24 @@ class PayloadBuilder:
 
     # -- retained state -------------------------------------------------------------------------------------
 
-    def retained(self, state: NetworkState, now: datetime) -> Iterator[RetainedItem]:
+    def retained(self, state: NetworkState, now: datetime) -> Generator[RetainedItem, None, None]:
         """Every retained topic the state implies, with its content.
 
         A body whose inputs are unchanged since the last call is the very same object as then (callers must
         not modify bodies), so the planner can also skip serialising it again.
         """
+        finished = False
+        try:
+            yield from self._round(state, now)
+            finished = True
+        finally:
+            if not finished:
+                # Left partway (an error in the caller, or a caller that stopped reading): the crowding items may
+                # be this round's and the displays' record last round's, which would hide the change from the
+                # next round. Forgetting the displays makes it build them all.
+                self._display_last.clear()
+
+    def _round(self, state: NetworkState, now: datetime) -> Iterator[RetainedItem]:
         yield from self._line_items(state, self.network.lines)
         yield from self._alert_items(now, state.alerts.values())
         cached = self._cached
@@ -198,14 +210,13 @@ class PayloadBuilder:
         for line_id, kind in kinds.items():
             if before.get(line_id) != kind:
                 dirty.update(self._stations_by_line.get(line_id, ()))
-        alerts_before = self._display_alerts
-        if state.alerts is not alerts_before:
-            for alert_id in alerts_before.keys() | state.alerts.keys():
-                old, new = alerts_before.get(alert_id), state.alerts.get(alert_id)
-                if old is not new:
-                    for record in (old, new):
-                        if record is not None:
-                            dirty.update(self._stations_touched(record))
+        alerts_before = self._display_alerts  # a copy: the state's mapping may be a plain dict changed in place
+        for alert_id in alerts_before.keys() | state.alerts.keys():
+            old, new = alerts_before.get(alert_id), state.alerts.get(alert_id)
+            if old is not new:
+                for record in (old, new):
+                    if record is not None:
+                        dirty.update(self._stations_touched(record))
         return dirty
 
     def retained_around(

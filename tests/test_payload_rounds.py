@@ -41,14 +41,16 @@ def builder() -> PayloadBuilder:
 
 @st.composite
 def alerts(draw: st.DrawFn) -> tuple[Alert, ...]:
-    """A few alerts from a small pool of ids, each on a whole line or on some stations, in some wording."""
+    """A few alerts from a small pool of ids, each naming whole lines, stations, stations of a line (an entity
+    with both), or a mix of these, in some wording."""
+    entities = st.one_of(
+        st.builds(InformedEntity, line_id=st.sampled_from(LINES)),
+        st.builds(InformedEntity, station_id=st.sampled_from(STATIONS)),
+        st.builds(InformedEntity, line_id=st.sampled_from(LINES), station_id=st.sampled_from(STATIONS)),
+    )
     out = []
     for alert_id in draw(st.sets(st.sampled_from(["a1", "a2", "a3", "a4"]), max_size=3)):
-        if draw(st.booleans()):
-            informed: tuple[InformedEntity, ...] = (InformedEntity(line_id=draw(st.sampled_from(LINES))),)
-        else:
-            informed = tuple(InformedEntity(station_id=s) for s in
-                             draw(st.sets(st.sampled_from(STATIONS), min_size=1, max_size=3)))
+        informed = tuple(draw(st.lists(entities, min_size=1, max_size=3)))
         wording = draw(st.integers(0, 2))
         out.append(Alert(
             alert_id, "TECHNICAL_PROBLEM", draw(st.sampled_from(["SIGNIFICANT_DELAYS", "NO_SERVICE"])),
@@ -62,8 +64,10 @@ def alerts(draw: st.DrawFn) -> tuple[Alert, ...]:
 def snapshots(draw: st.DrawFn, at: datetime) -> FeedSnapshot:
     """One feed's news: the alerts and delays of the operations feed, or the passenger-flow feed's readings."""
     if draw(st.booleans()):
-        delays = tuple(LineDelay(line_id, 0, 5, draw(st.integers(0, 900)), draw(st.integers(0, 1500)))
-                       for line_id in draw(st.sets(st.sampled_from(LINES))))
+        # Medians on both sides of the delay thresholds (300 s delayed, 900 s severe): kind and level both move.
+        delays = tuple(LineDelay(line_id, 0, 5, median, median)
+                       for line_id in draw(st.sets(st.sampled_from(LINES)))
+                       for median in (draw(st.sampled_from([0, 200, 400, 600, 1000, 1500])),))
         return FeedSnapshot("ops", at, alerts=draw(alerts()), delays=delays)
     readings = tuple(
         CrowdingReading(station_id, draw(st.sampled_from(list(Occupancy))), at, draw(st.integers(0, 120)))
@@ -76,8 +80,8 @@ def snapshots(draw: st.DrawFn, at: datetime) -> FeedSnapshot:
 @given(st.data())
 def test_every_round_gives_what_a_fresh_builder_gives(data: st.DataObject) -> None:
     """Rounds of random feed news, minutes apart (trends run out between some), some with stations' crowding
-    records gone, some with an emergency's partial round in between: each full round's items equal a fresh
-    builder's, topic by topic and in order."""
+    records gone, some with an emergency's partial round in between, some left unfinished: each finished round's
+    items equal a fresh builder's, topic by topic and in order."""
     seasoned = builder()
     state = NetworkState()
     now = T0
@@ -91,9 +95,17 @@ def test_every_round_gives_what_a_fresh_builder_gives(data: st.DataObject) -> No
             state = dataclasses.replace(state, crowding=MappingProxyType(
                 {k: v for k, v in state.crowding.items() if k not in dropped}))
         if data.draw(st.booleans(), label="emergency first"):
-            list(seasoned.retained_around(state, now, [data.draw(st.sampled_from(LINES))], []))
-        got = [(i.topic, i.source, i.body) for i in seasoned.retained(state, now)]
+            list(seasoned.retained_around(state, now, data.draw(st.lists(st.sampled_from(LINES), max_size=2)),
+                                          data.draw(st.lists(st.sampled_from(STATIONS), max_size=2))))
         want = [(i.topic, i.source, i.body) for i in builder().retained(state, now)]
+        stop_after = data.draw(st.none() | st.integers(0, len(want)), label="caller stops after")
+        if stop_after is not None:  # a caller that stops reading (or fails) partway through a round
+            rounds = seasoned.retained(state, now)
+            for _ in zip(range(stop_after), rounds, strict=False):
+                pass
+            rounds.close()
+            continue
+        got = [(i.topic, i.source, i.body) for i in seasoned.retained(state, now)]
         assert got == want
 
 
@@ -107,3 +119,39 @@ def test_a_round_that_changes_nothing_hands_back_the_very_same_bodies() -> None:
     again = list(b.retained(state, T0))
     assert len(again) == len(first) > len(STATIONS)
     assert all(x.body is y.body for x, y in zip(first, again, strict=True))
+
+
+def test_a_display_follows_its_lines_level_when_the_kind_stays() -> None:
+    """A delay crossing the severe threshold keeps the line `delayed` and moves its level: every display on the
+    line follows, round after round, as a fresh builder's does."""
+    b = builder()
+    state = NetworkState()
+    now = T0
+    for median in (400, 1000, 400):  # delayed and moderate, delayed and severe, moderate again
+        now += timedelta(minutes=1)
+        delays = (LineDelay(LINES[0], 0, 5, median, median),)
+        state = apply_snapshot(state, FeedSnapshot("ops", now, alerts=(), delays=delays), network=NETWORK, now=now,
+                               policy=POLICY).state
+        assert [(i.topic, i.body) for i in b.retained(state, now)] == \
+            [(i.topic, i.body) for i in builder().retained(state, now)]
+
+
+def test_a_round_left_unfinished_does_not_hide_a_change_from_the_next() -> None:
+    """A round stopped after its crowding items, before its displays: the next round still shows the station's
+    new level on its display (found in review: the crowding items were this round's, the displays' record last
+    round's)."""
+    def flow(level: Occupancy, at: datetime) -> NetworkState:
+        return apply_snapshot(NetworkState(), FeedSnapshot("flow", at, crowding=(CrowdingReading("S04", level, at, 50),)),
+                              network=NETWORK, now=at, policy=POLICY).state
+
+    b = builder()
+    later = T0 + timedelta(minutes=1)
+    calm, full = flow(Occupancy.EMPTY, T0), flow(Occupancy.FULL, later)
+    list(b.retained(calm, T0))
+    rounds = b.retained(full, later)
+    for item in rounds:
+        if item.topic.endswith("/crowding"):
+            break
+    rounds.close()
+    shown = {i.topic: i.body for i in b.retained(full, later)}["metro/v1/stations/S04/display"]
+    assert shown["crowding"]["level"] == "FULL"

@@ -6,9 +6,9 @@ when it is built: ~18 us of pure Python per acknowledged message, about a tenth 
 PUBACK says only "accepted": its message id and nothing else (MQTT 3.1.1 always; MQTT 5 when the reason code is
 0 and there are no properties, which MQTT 5 lets a broker leave out), or, under MQTT 5, "Success" or "No matching
 subscribers" with no or empty properties. Those are read here and handed to paho's own `_do_on_publish` with a
-shared reason code and one shared empty property set, which the callbacks only read. Any other PUBACK (a refusal, a reason string, a
-malformed packet) and every PUBCOMP goes through paho's decoder as before; only paho's debug line "Received
-PUBACK" is not logged for the quick ones (the link logs paho at error level only).
+shared reason code and one shared empty property set, which the callbacks only read. Any other PUBACK (a
+refusal, a reason string, a malformed packet) and every PUBCOMP goes through paho's decoder as before; only
+paho's debug line "Received PUBACK" is not logged for the quick ones (the link logs paho at error level only).
 
 It replaces one method on each client the link makes (`_handle_pubackcomp`, on the instance), and reads paho's
 private state as that method does: the packet being read, the out-message lock and table, the protocol, and
