@@ -205,7 +205,10 @@ class Occupancy(enum.IntEnum):
     @property
     def rank(self) -> int:
         """Crowding rank: 0 (empty) .. 6 (not accepting passengers); -1 when the level says nothing."""
-        return int(self) if self <= Occupancy.NOT_ACCEPTING_PASSENGERS else -1
+        return _OCCUPANCY_RANKS[self]  # a table: this is read for every reading of every station on every tick
+
+
+_OCCUPANCY_RANKS = {level: int(level) if level <= Occupancy.NOT_ACCEPTING_PASSENGERS else -1 for level in Occupancy}
 
 
 @dataclass(frozen=True, slots=True)
