@@ -29,9 +29,10 @@ from broadcaster.store.codec import (
 )
 from broadcaster.store.engine import Connection, Store
 
-#: One family of state rows: the read-only mapping it was encoded from (None: read from the database, or a
-#: plain dict, which could change in place) and its rows.
-_Family = tuple[object, dict[tuple[str, str], bytes]]
+#: One family of state rows as committed (or about to be): the read-only mapping it was encoded from (None: read
+#: from the database, or a plain dict, which could change in place) and, by key, each record with its bytes (the
+#: record None when read from the database).
+_Family = tuple[object, dict[str, tuple[object, bytes]]]
 
 
 class StateStore:
@@ -42,9 +43,6 @@ class StateStore:
         # kind -> the family as committed, and as saved by the transaction not yet known to have committed.
         self._persisted: dict[str, _Family] = {}
         self._pending: dict[str, _Family] = {}
-        # kind -> the record objects encoded last, with their bytes (identity, not equality: see `_entries`).
-        self._encoded: dict[str, dict[tuple[str, str], tuple[object, bytes]]] = {}
-        self._families: dict[str, _Family] = {}  # kind -> the family encoded last
 
     def load(self) -> NetworkState:
         alerts: dict[str, AlertRecord] = {}
@@ -53,9 +51,9 @@ class StateStore:
         occupancy: dict[str, tuple[LineOccupancy, ...]] = {}
         lines: dict[str, LineStatus] = {}
         as_of: datetime | None = None
-        persisted: dict[str, dict[tuple[str, str], bytes]] = {}
+        persisted: dict[str, dict[str, tuple[object, bytes]]] = {}
         for kind, key, body in self.db.conn.execute("SELECT kind, key, body FROM state"):
-            persisted.setdefault(kind, {})[(kind, key)] = bytes(body)
+            persisted.setdefault(kind, {})[key] = (None, bytes(body))
             d = orjson.loads(body)
             if kind == "alert":
                 alerts[key] = decode_alert_record(d)
@@ -75,62 +73,57 @@ class StateStore:
             MappingProxyType(occupancy), MappingProxyType(lines), as_of,
         )
 
-    def _entries(self, state: NetworkState) -> dict[str, _Family]:
-        """Every record's encoding, by family. A record object that is the very one encoded last time is not
-        encoded again, and a family that is the very mapping encoded last time is not even walked: the state is
-        immutable and `apply_snapshot` carries unchanged records, and the families a snapshot does not touch, over
-        as the same objects. So a tick encodes only what changed (a 500-station city re-encoded everything in ~20 ms
-        per tick), and a feed that carries no crowding does not walk the stations' records at all."""
-        families: dict[str, _Family] = {}
+    def save(self, conn: Connection, state: NetworkState) -> None:
+        """Write the difference to the last committed state, inside the caller's transaction.
+
+        A family that is the very read-only mapping committed last time is not even walked, and a record that is
+        the very object committed last time is not encoded again: the state is immutable, and `apply_snapshot`
+        carries unchanged records, and the families a snapshot does not touch, over as the same objects. So a
+        tick encodes only what changed (a 500-station city re-encoded everything in ~20 ms per tick), and a feed
+        that carries no crowding does not walk the stations' records at all. What is on disk is known from
+        `committed()`, after the commit succeeded: a failed transaction leaves it as it was.
+        """
+        pending: dict[str, _Family] = {}
+        upserts: list[tuple[str, str, bytes]] = []
+        deletes: list[tuple[str, str]] = []
 
         def family(kind: str, records: Mapping[str, Any], encode: Callable[[Any], object]) -> None:
             # Only a read-only view is known by its identity: a plain dict (tests build states from them) could
             # have changed in place since, so it is walked every time.
             source = records if isinstance(records, MappingProxyType) else None
-            last = self._families.get(kind)
-            if source is not None and last is not None and last[0] is source:
-                families[kind] = last
+            before_source, before = self._persisted.get(kind, (None, {}))
+            if source is not None and source is before_source:
+                pending[kind] = (source, before)
                 return
-            cache = self._encoded.get(kind, {})
-            encoded: dict[tuple[str, str], tuple[object, bytes]] = {}
-            rows: dict[tuple[str, str], bytes] = {}
-            for k, record in records.items():
-                key = (kind, k)
-                hit = cache.get(key)
-                body = hit[1] if hit is not None and hit[0] is record else dumps_sorted(encode(record))
-                rows[key] = body
-                encoded[key] = (record, body)
-            self._encoded[kind] = encoded
-            families[kind] = (source, rows)
+            rows: dict[str, tuple[object, bytes]] = {}
+            kept = 0  # keys of `before` still present: when all are, nothing is deleted
+            for key, record in records.items():
+                hit = before.get(key)
+                if hit is not None:
+                    kept += 1
+                    if hit[0] is record:
+                        rows[key] = hit
+                        continue
+                body = dumps_sorted(encode(record))
+                rows[key] = (record, body)
+                if hit is None or hit[1] != body:
+                    upserts.append((kind, key, body))
+            if kept < len(before):
+                deletes.extend((kind, key) for key in before if key not in rows)
+            pending[kind] = (source, rows)
 
         family("alert", state.alerts, encode_alert_record)
         family("crowding", state.crowding, encode_crowding_record)
         family("delays", state.delays, encode_delays)
         family("occupancy", state.occupancy, encode_occupancy)
         family("line", state.lines, encode_line)
-        families["meta"] = (None, {("meta", "as_of"): dumps_sorted(iso(state.as_of))} if state.as_of else {})
-        self._families = families
-        return families
-
-    def save(self, conn: Connection, state: NetworkState) -> None:
-        """Write the difference to the last saved state, inside the caller's transaction.
-
-        The in-memory copy of what is on disk is updated only by `committed()`, after the commit succeeded.
-        """
-        families = self._entries(state)
-        upserts: list[tuple[str, str, bytes]] = []
-        deletes: list[tuple[str, str]] = []
-        for kind in families.keys() | self._persisted.keys():
-            source, rows = families.get(kind, (None, {}))
-            before_source, before = self._persisted.get(kind, (None, {}))
-            if source is not None and source is before_source:
-                continue  # the very read-only family committed last time: nothing in it changed
-            upserts += [(k[0], k[1], v) for k, v in rows.items() if before.get(k) != v]
-            deletes += [k for k in before if k not in rows]
+        family("meta", {"as_of": state.as_of} if state.as_of else {}, lambda as_of: iso(as_of))
+        for kind in self._persisted.keys() - pending.keys():  # a family this release no longer writes
+            deletes.extend((kind, key) for key in self._persisted[kind][1])
         conn.executemany("INSERT INTO state (kind, key, body) VALUES (?, ?, ?)"
                          " ON CONFLICT (kind, key) DO UPDATE SET body = excluded.body", upserts)
         conn.executemany("DELETE FROM state WHERE kind = ? AND key = ?", deletes)
-        self._pending = families
+        self._pending = pending
 
     def committed(self) -> None:
         self._persisted = self._pending
