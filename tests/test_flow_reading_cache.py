@@ -19,6 +19,7 @@ from broadcaster.model import FeedSnapshot
 from broadcaster.state import crowding
 from broadcaster.state.model import CrowdingChange, NetworkState, StatePolicy, Transition
 from broadcaster.state.transition import apply_snapshot
+from broadcaster.store import decode_snapshot, encode_snapshot
 
 NETWORK = tiny_network()
 START = datetime(2026, 11, 25, 0, 0, tzinfo=UTC)
@@ -269,3 +270,19 @@ def test_a_record_without_its_own_time_takes_each_documents_time() -> None:
         assert snapshot.crowding is not None
         times.append(snapshot.crowding[0].observed_at)
     assert times == [datetime.fromtimestamp(1796314346, UTC), datetime.fromtimestamp(1796314406, UTC)]
+
+
+def test_a_stored_flow_snapshot_keeps_its_bytes_and_reads_back() -> None:
+    """The stored snapshot (what a restart answered 304 reads back) of a passenger-flow feed: each reading an
+    array of six in a fixed order, the level its number, the time RFC 3339. A database written by an earlier
+    release holds these bytes, so they are pinned, and they decode to the snapshot."""
+    body = (b'{"schema":"broadcaster.passenger-flow/1","timestamp":1796314346,"stations":['
+            b'{"station_id":"S01","level":"FULL","percentage":95,"observed_at":1796314346},'
+            b'{"station_id":"S02-P1","level":"EMPTY","line_id":"L1","direction_id":1}]}')
+    snapshot = parse_passenger_flow("flow", body, NETWORK, ReadingCache())
+    encoded = encode_snapshot(snapshot)
+    assert orjson.loads(encoded)["crowding"] == [
+        ["S01", 5, "2026-12-03T16:12:26+00:00", 95, None, None],
+        ["S02", 0, "2026-12-03T16:12:26+00:00", None, "L1", 1],
+    ]
+    assert decode_snapshot(encoded) == snapshot

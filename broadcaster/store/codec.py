@@ -3,6 +3,7 @@ the classes, and times as ISO 8601 in UTC."""
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -140,6 +141,9 @@ def _encode_optional(items: tuple[Any, ...] | None, encode: Callable[[Any], Any]
     return None if items is None else encode(items)
 
 
+_reading_fields = operator.attrgetter("station_id", "level", "observed_at", "percentage", "line_id", "direction_id")
+
+
 def encode_snapshot(s: FeedSnapshot) -> bytes:
     """A feed snapshot as JSON: None (a kind the feed does not carry) stays apart from empty (nothing now)."""
     return orjson.dumps({
@@ -147,10 +151,9 @@ def encode_snapshot(s: FeedSnapshot) -> bytes:
         "alerts": _encode_optional(s.alerts, lambda alerts: [encode_alert(a) for a in alerts]),
         "delays": _encode_optional(s.delays, encode_delays),
         "occupancy": _encode_optional(s.occupancy, encode_occupancy),
-        # orjson writes the datetimes itself (RFC 3339), several times faster than `iso` for a city's readings
-        "crowding": _encode_optional(s.crowding, lambda readings: [
-            [r.station_id, int(r.level), r.observed_at, r.percentage, r.line_id, r.direction_id] for r in readings
-        ]),
+        # orjson writes the datetimes (RFC 3339), the levels (IntEnum: their numbers) and the tuples (arrays)
+        # itself: several times faster than `iso` and a list per reading for a city's 1,400 readings a tick.
+        "crowding": _encode_optional(s.crowding, lambda readings: list(map(_reading_fields, readings))),
         "skipped_alert_ids": sorted(s.skipped_alert_ids), "problems": list(s.problems),
     })
 
