@@ -19,7 +19,7 @@ import xxhash
 
 from broadcaster import __version__
 from broadcaster.config import Config, FeedConfig
-from broadcaster.errors import FeedError, StoreError
+from broadcaster.errors import FeedError, FeedFormatError, StoreError
 from broadcaster.feeds.fetch import FeedFetcher
 from broadcaster.feeds.freshness import check_freshness
 from broadcaster.feeds.gtfs_rt import EntityCache, parse_gtfs_rt
@@ -72,11 +72,20 @@ def parse_feed(feed: FeedConfig, body: bytes, network: Network, default_language
     """A feed's body as a snapshot, by the feed's kind (raises FeedError when it is unusable as a whole).
     `cache` is the feed's own: a GTFS-RT body's unchanged entities are not decoded again, a passenger-flow
     document's unchanged records not read again."""
-    if feed.kind == "gtfs-rt":
-        return parse_gtfs_rt(feed.name, body, network, carries=frozenset(feed.contains),
-                             default_language=default_language,
-                             cache=cache if isinstance(cache, EntityCache) else None)
-    return parse_passenger_flow(feed.name, body, network, cache if isinstance(cache, ReadingCache) else None)
+    try:
+        if feed.kind == "gtfs-rt":
+            return parse_gtfs_rt(feed.name, body, network, carries=frozenset(feed.contains),
+                                 default_language=default_language,
+                                 cache=cache if isinstance(cache, EntityCache) else None)
+        return parse_passenger_flow(feed.name, body, network, cache if isinstance(cache, ReadingCache) else None)
+    except FeedError:
+        raise
+    except Exception as exc:
+        # What a body makes a parser do that it did not foresee (a value nested past the interpreter's recursion
+        # limit, a bug of ours): the feed fails like any unreadable body (logged, counted, its last good state
+        # kept, fetched again next time) instead of ending the poll round for every feed.
+        log.exception("feed %r: the body could not be read", feed.name)
+        raise FeedFormatError(feed.name, f"the body could not be read ({type(exc).__name__}; see the log)") from exc
 
 
 class FeedPoller:

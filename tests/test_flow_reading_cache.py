@@ -5,14 +5,20 @@ step after step."""
 
 from __future__ import annotations
 
+import sys
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 from unittest.mock import patch
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.tiny_network import tiny_network
 
+from broadcaster import poller
+from broadcaster.config.sections import FeedConfig
 from broadcaster.errors import FeedFormatError
 from broadcaster.feeds.passenger_flow import ReadingCache, parse_passenger_flow
 from broadcaster.model import FeedSnapshot
@@ -286,3 +292,68 @@ def test_a_stored_flow_snapshot_keeps_its_bytes_and_reads_back() -> None:
         ["S02", 0, "2026-12-03T16:12:26+00:00", None, "L1", 1],
     ]
     assert decode_snapshot(encoded) == snapshot
+
+
+def _nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+@pytest.mark.parametrize("limit", [None, 20_000])
+@pytest.mark.parametrize("depth", [990, 1000, 1021, 1022, 1030, 5000])
+@pytest.mark.parametrize("where", ["top", "record", "field"])
+def test_deep_nesting_reads_the_same_through_the_cache(depth: int, where: str, limit: int | None) -> None:
+    """msgspec counts nesting against Python's recursion limit (1,000 by default), orjson against its own 1,024
+    levels: whatever the depth and whichever the limit, the cache gives what a read without it gives, and
+    nothing but a FeedFormatError leaves the parse. A record's depth in the document is 3 levels in: 1,021
+    more fits orjson's limit, 1,022 does not, so the records the cache decodes must sit that deep too."""
+    deep = _nested(depth)
+    record = b'{"station_id":"S01","level":"FULL","observed_at":1796314346}'
+    if where == "record":
+        record = record[:-1] + b',"x":' + deep + b"}"
+    elif where == "field":
+        record = record.replace(b'"FULL"', deep)
+    top = b',"x":' + deep if where == "top" else b""
+    body = (b'{"schema":"broadcaster.passenger-flow/1","timestamp":1796314346' + top + b',"stations":[' + record
+            + b"]}")
+    before = sys.getrecursionlimit()
+    if limit is not None:
+        sys.setrecursionlimit(limit)
+    try:
+        cache = ReadingCache()
+        for _ in range(2):  # the second time, the record is known by its bytes
+            assert _outcome(body, cache) == _outcome(body, None)
+    finally:
+        sys.setrecursionlimit(before)
+
+
+def test_a_reading_is_known_by_its_bytes_only_within_one_network() -> None:
+    """A new network (a new static GTFS) may put a stop under another station, or drop it: the cache forgets."""
+    record = b'{"station_id":"S04-P1","level":"FULL","observed_at":1796314346}'
+    body = b'{"schema":"broadcaster.passenger-flow/1","timestamp":1796314346,"stations":[' + record + b"]}"
+    moved = replace(NETWORK, stop_to_station=MappingProxyType({**NETWORK.stop_to_station, "S04-P1": "S02"}))
+    cache = ReadingCache()
+    first = parse_passenger_flow("flow", body, NETWORK, cache)
+    after = parse_passenger_flow("flow", body, moved, cache)
+    assert first.crowding is not None
+    assert after.crowding is not None
+    assert [r.station_id for r in first.crowding] == ["S04"]
+    assert after == parse_passenger_flow("flow", body, moved)
+    assert [r.station_id for r in after.crowding] == ["S02"]
+
+
+def test_what_a_parser_did_not_foresee_fails_the_feed_not_the_round(caplog: pytest.LogCaptureFixture) -> None:
+    """The one seam faked here: a parser raising what it should not (a bug, a recursion limit). The poller gets
+    a FeedFormatError (the feed fails like any unreadable body: counted, its last good state kept) and the log
+    has the traceback."""
+    feed = FeedConfig(name="flow", kind="passenger-flow", url="http://127.0.0.1:9/flow.json")
+
+    def broken(*args: object) -> FeedSnapshot:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    with patch.object(poller, "parse_passenger_flow", broken), pytest.raises(FeedFormatError) as raised:
+        poller.parse_feed(feed, b"{}", NETWORK, "zh", ReadingCache())
+    assert "could not be read (RecursionError; see the log)" in str(raised.value)
+    assert "Traceback" not in str(raised.value)
+    assert any(r.exc_info and r.exc_info[0] is RecursionError for r in caplog.records)
+    good = b'{"schema":"broadcaster.passenger-flow/1","timestamp":1796314346,"stations":[]}'
+    assert poller.parse_feed(feed, good, NETWORK, "zh", ReadingCache()).crowding == ()

@@ -264,7 +264,9 @@ def _cut(body: bytes, known: dict[bytes, CrowdingReading]) -> _Cut | None:
         # a record known by its bytes was decoded this way before.
         unknown = [key for key in keys if key not in known]
         records = orjson.loads(b'{"stations":[' + b",".join(unknown) + b"]}")["stations"] if unknown else []
-    except (msgspec.DecodeError, orjson.JSONDecodeError):
+    except (msgspec.DecodeError, orjson.JSONDecodeError, RecursionError):
+        # msgspec counts nesting against Python's recursion limit, where orjson has its own (1,024 levels): a
+        # document nested deeply enough for the one but not the other is read whole, as orjson reads it.
         return None
     return top, keys, records
 
@@ -424,6 +426,9 @@ def _show(value: object) -> str:
     else:
         try:
             text = orjson.dumps(value).decode()
-        except TypeError:
-            text = repr(value)
+        except TypeError:  # past orjson's depth for writing (254), or a number past 64 bits
+            try:
+                text = repr(value)
+            except RecursionError:
+                text = f"a {type(value).__name__} nested too deep to show"
     return text if len(text) <= 40 else text[:37] + "..."
