@@ -207,6 +207,10 @@ def _document_text(draw: st.DrawFn, pool: list[bytes], step: int) -> bytes:
         top.append(b'"stations":' + draw(_SPACE) + stations)
     if shape == 2:  # a repeated key: orjson keeps the last
         top.append(b'"stations":' + draw(st.sampled_from([b"[]", stations, b"null"])))
+    if shape == 3:  # the array's very text elsewhere, as a value or inside a string
+        before, after = draw(st.sampled_from([(b'"copy":', b""), (b'"copy":{"stations":', b"}"),
+                                              (b'"copy":"x', b'"')]))
+        top.append(before + stations + after)
     for _ in range(draw(st.integers(0, 2))):
         top.append(orjson.dumps(draw(st.sampled_from(["extra", "stations2", "\x00", "timestamp"]))) + b":"
                    + draw(_ODD_VALUES))
@@ -357,3 +361,28 @@ def test_what_a_parser_did_not_foresee_fails_the_feed_not_the_round(caplog: pyte
     assert any(r.exc_info and r.exc_info[0] is RecursionError for r in caplog.records)
     good = b'{"schema":"broadcaster.passenger-flow/1","timestamp":1796314346,"stations":[]}'
     assert poller.parse_feed(feed, good, NETWORK, "zh", ReadingCache()).crowding == ()
+
+
+_RECORDS_TEXT = b'[{"station_id":"S01","level":"BUSY"},{"station_id":"S02","level":"FULL"}]'
+
+
+@pytest.mark.parametrize(("stations", "copy"), [
+    (_RECORDS_TEXT, b'"copy":' + _RECORDS_TEXT),
+    (_RECORDS_TEXT, b'"copy":{"stations":' + _RECORDS_TEXT + b"}"),
+    (b"[1,2]", b'"copy":"x[1,2]"'),  # only a text without quotes can sit inside a string
+])
+@pytest.mark.parametrize("copy_first", [False, True])
+def test_the_records_array_repeated_elsewhere_is_not_taken_for_it(stations: bytes, copy: bytes,
+                                                                   copy_first: bool) -> None:
+    """The cut empties the records' array where it finds its text: the same text under another key (or in a
+    string) must not be emptied instead, or the envelope's model would read the records and refuse the
+    document for one bad record, where a read without the cache skips that record."""
+    members = [b'"schema":"broadcaster.passenger-flow/1"', b'"timestamp":1796314346', b'"stations":' + stations,
+               copy]
+    if copy_first:
+        members.reverse()
+    body = b"{" + b",".join(members) + b"}"
+    plain = _outcome(body, None)
+    assert isinstance(plain, FeedSnapshot)
+    assert plain.problems
+    assert _outcome(body, ReadingCache()) == plain

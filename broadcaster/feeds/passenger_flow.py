@@ -254,12 +254,18 @@ def _cut(body: bytes, known: dict[bytes, CrowdingReading]) -> _Cut | None:
         keys = [bytes(record) for record in _RECORDS.decode(span)]
         # Everything but the records is read by orjson, in the document itself with the records' array emptied,
         # so that what msgspec passes over unread but orjson refuses (a byte that is not UTF-8, a number past a
-        # double's range, the value of a key given twice) fails as it fails in the whole document. The array's
-        # bytes are the value's only if they occur once: the value is one occurrence.
-        at = body.find(span)
-        if body.find(span, at + 1) >= 0:
+        # double's range, the value of a key given twice) fails as it fails in the whole document. The array is
+        # looked for where it usually ends, before the closing brace (`find` of a 170 KB text costs ~0.2 ms),
+        # else anywhere; emptying the same text elsewhere instead leaves `stations` what it was, not [] (or
+        # changes nothing: an empty array for an empty array), so it is noticed.
+        end = body.rfind(b"]") + 1
+        at = end - len(span)
+        if at < 0 or not body.startswith(span, at):
+            at = body.find(span)
+            end = at + len(span)
+        top = orjson.loads(body[:at] + b"[]" + body[end:])
+        if top.get("stations") != []:
             return None
-        top = orjson.loads(body[:at] + b"[]" + body[at + len(span):])
         # The records not known, decoded at the depth they have in the document (orjson's limit counts levels);
         # a record known by its bytes was decoded this way before.
         unknown = [key for key in keys if key not in known]
