@@ -141,8 +141,8 @@ def test_a_round_left_unfinished_does_not_hide_a_change_from_the_next() -> None:
     new level on its display (found in review: the crowding items were this round's, the displays' record last
     round's)."""
     def flow(level: Occupancy, at: datetime) -> NetworkState:
-        return apply_snapshot(NetworkState(), FeedSnapshot("flow", at, crowding=(CrowdingReading("S04", level, at, 50),)),
-                              network=NETWORK, now=at, policy=POLICY).state
+        snapshot = FeedSnapshot("flow", at, crowding=(CrowdingReading("S04", level, at, 50),))
+        return apply_snapshot(NetworkState(), snapshot, network=NETWORK, now=at, policy=POLICY).state
 
     b = builder()
     later = T0 + timedelta(minutes=1)
