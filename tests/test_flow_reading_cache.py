@@ -386,3 +386,17 @@ def test_the_records_array_repeated_elsewhere_is_not_taken_for_it(stations: byte
     assert isinstance(plain, FeedSnapshot)
     assert plain.problems
     assert _outcome(body, ReadingCache()) == plain
+
+
+@pytest.mark.parametrize("body", [
+    b'{"timestamp":"2026-01-01T00:00:00Z","stations":[ ],"schema":"bad[ ]"}',  # the string ends at the last ]
+    b'{"schema":"bad[ ]","timestamp":"2026-01-01T00:00:00Z","stations":[ ],"z":"]"}',  # found first, in a string
+    b'{"schema":"bad[  ]","stations":[  ],"timestamp":"2026-01-01T00:00:00Z","z":"]"}',
+])
+def test_an_empty_records_array_is_not_looked_for_in_a_string(body: bytes) -> None:
+    """An empty array written with a space inside is text a string can hold: emptying the string instead would
+    pass for the array (both read as []), and the error would quote the schema changed. Found by review."""
+    plain = _outcome(body, None)
+    assert isinstance(plain, str)
+    assert "got 'bad[" in plain
+    assert _outcome(body, ReadingCache()) == plain

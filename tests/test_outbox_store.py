@@ -245,6 +245,21 @@ def test_save_writes_only_what_changed(sqlite_db: Database) -> None:
     assert db.conn.execute("SELECT COUNT(*) FROM state WHERE kind = 'alert'").fetchone()[0] == 0
 
 
+def test_rows_this_release_does_not_write_are_removed_at_the_first_save(sqlite_db: Database) -> None:
+    """A kind an older release wrote (or a meta key it kept) is not part of any state this release loads: the
+    first save after the load removes it, so the table holds exactly the state committed."""
+    db = sqlite_db
+    with db.transaction() as conn:
+        conn.execute("INSERT INTO state (kind, key, body) VALUES ('retired', 'x', X'7B7D'), ('meta', 'old', X'31')")
+    store = StateStore(db)
+    store.load()
+    with db.transaction() as conn:
+        store.save(conn, sample_state())
+    store.committed()
+    kinds = {tuple(row) for row in db.conn.execute("SELECT kind, key FROM state WHERE kind IN ('retired', 'meta')")}
+    assert kinds == {("meta", "as_of")}
+
+
 def test_make_due_brings_backed_off_entries_forward(db: Store) -> None:
     outbox = Outbox(db)
     with db.transaction() as conn:

@@ -252,6 +252,10 @@ def _cut(body: bytes, known: dict[bytes, CrowdingReading]) -> _Cut | None:
             return None
         span = bytes(stations)
         keys = [bytes(record) for record in _RECORDS.decode(span)]
+        if not keys:
+            # Nothing to reuse, and an empty array written with a space inside (`[ ]`) is text a string can hold
+            # too: emptying that string instead would pass the check below.
+            return None
         # Everything but the records is read by orjson, in the document itself with the records' array emptied,
         # so that what msgspec passes over unread but orjson refuses (a byte that is not UTF-8, a number past a
         # double's range, the value of a key given twice) fails as it fails in the whole document. The array is
