@@ -24,6 +24,7 @@ from broadcaster.feeds.fetch import FeedFetcher
 from broadcaster.feeds.freshness import check_freshness
 from broadcaster.feeds.gtfs_rt import EntityCache, parse_gtfs_rt
 from broadcaster.feeds.passenger_flow import ReadingCache, parse_passenger_flow
+from broadcaster.feeds.stored_snapshots import StoredSnapshots
 from broadcaster.metrics import Metrics, reason_label
 from broadcaster.model import FeedSnapshot, Network
 from broadcaster.pipeline import Pipeline
@@ -119,6 +120,9 @@ class FeedPoller:
         self._parse_keys = parse_keys(config, network)
         self._body_digests: dict[str, bytes] = load_snapshot_digests(db, self._parse_keys)
         self._snapshots: dict[str, FeedSnapshot] = {}  # feed -> what that body said
+        # What the database holds of them (written at most every few minutes; see StoredSnapshots)
+        self._stored = StoredSnapshots()
+        self._stored.load(self._body_digests, self.records)
         # feed -> the entities of its last good GTFS-RT body, or the readings of its last good passenger-flow
         # document, reused by the next parse (used only inside the feed's lock)
         self._parse_caches: dict[str, EntityCache | ReadingCache] = {
@@ -130,6 +134,7 @@ class FeedPoller:
         self.records.clear()
         self.records.update(load_feeds(self._db))
         self._body_digests = load_snapshot_digests(self._db, self._parse_keys)
+        self._stored.load(self._body_digests, self.records)
         self._snapshots.clear()
         self._parse_caches = {name: type(cache)() for name, cache in self._parse_caches.items()}
 
@@ -159,7 +164,7 @@ class FeedPoller:
         )
         try:
             with self._db.transaction(durable=False) as conn:  # bookkeeping: see Database.transaction
-                save_feed(conn, failed)
+                save_feed(conn, self._stored.as_stored(failed))
         except StoreError as exc:
             log.error("could not record the failure of feed %r: %s", feed.name, exc)
         return PollOutcome(feed.name, False, error=reason)
@@ -226,14 +231,15 @@ class FeedPoller:
             log.warning("feed %r: skipped %d record(s): %s", feed.name, len(snapshot.problems),
                         "; ".join(snapshot.problems))
         good = replace(good, feed_timestamp=snapshot.timestamp, problems=snapshot.problems)
-        # Only a server that gave a validator can answer the next fetch with a 304; without one, a new process
-        # fetches the body and parses it, so storing the snapshot would cost every tick for nothing.
-        keep_snapshot = digest is not None and (result.etag is not None or result.last_modified is not None)
+        # The snapshot a new process would apply on a 304, stored with the validators of its body
+        # (StoredSnapshots): this body's, or after a 304 the same one's again.
+        write = self._stored.plan(good, digest if digest is not None else self._body_digests.get(feed.name),
+                                  snapshot, now)
 
         def record_fetch(conn: Connection) -> None:
-            save_feed(conn, good)
-            if keep_snapshot and digest is not None:
-                save_snapshot(conn, digest, self._parse_keys[feed.name], snapshot)
+            save_feed(conn, write.record)
+            if write.snapshot is not None and write.digest is not None:
+                save_snapshot(conn, write.digest, self._parse_keys[feed.name], write.snapshot)
 
         try:
             transition, notices = await self._pipeline.advance(
@@ -244,6 +250,7 @@ class FeedPoller:
             log.error("feed %r: could not commit this tick: %s", feed.name, exc)
             return PollOutcome(feed.name, False, error=str(exc))
         self.records[feed.name] = good
+        self._stored.committed(write)
         if digest is not None:
             self._body_digests[feed.name] = digest
             self._snapshots[feed.name] = snapshot
@@ -263,6 +270,7 @@ class FeedPoller:
             if snapshot is None:
                 log.warning("feed %r: the stored snapshot cannot be read; fetching the feed in full", feed)
                 del self._body_digests[feed]
+                self._stored.forget(feed)
             else:
                 self._snapshots[feed] = snapshot
         return snapshot
