@@ -278,7 +278,9 @@ class PayloadBuilder:
                 trend = crowding_trend(reading, now, self.policy)
             key = (
                 line_kinds,
-                tuple([r.alert for r in alerts]) if alerts else (),
+                # What a display shows of each alert (`display`), not the whole alert: a new description or active
+                # period (a steady tick's usual alert change) then finds the display as it was, unbuilt.
+                tuple([(a.id, a.severity, a.effect, a.header) for r in alerts for a in (r.alert,)]) if alerts else (),
                 (reading.level, reading.percentage, trend) if reading else None,
             )
             body = self._cached(("display", station_id), key, self.display, state, self.network.stations[station_id],

@@ -55,7 +55,7 @@ def alerts(draw: st.DrawFn) -> tuple[Alert, ...]:
         out.append(Alert(
             alert_id, "TECHNICAL_PROBLEM", draw(st.sampled_from(["SIGNIFICANT_DELAYS", "NO_SERVICE"])),
             draw(st.sampled_from(list(Severity))), LocalizedText.of(zh=f"故障{wording}", en=f"Fault {wording}"),
-            LocalizedText.of(en="details"), LocalizedText(), informed, (),
+            LocalizedText.of(en=f"details {draw(st.integers(0, 2))}"), LocalizedText(), informed, (),
         ))
     return tuple(sorted(out, key=lambda a: a.id))
 
@@ -155,3 +155,31 @@ def test_a_round_left_unfinished_does_not_hide_a_change_from_the_next() -> None:
     rounds.close()
     shown = {i.topic: i.body for i in b.retained(full, later)}["metro/v1/stations/S04/display"]
     assert shown["crowding"]["level"] == "FULL"
+
+
+def test_a_display_shows_each_change_of_an_alerts_visible_parts_and_is_not_rebuilt_for_the_rest() -> None:
+    """A display shows of each alert its id, severity, effect and header, and nothing else: a change of any of
+    those reaches every display the alert touches, as a fresh builder's; a new description (a steady tick's
+    usual change) leaves each display the very body it was."""
+    b = builder()
+    state = NetworkState()
+    now = T0
+    base = Alert("a1", "TECHNICAL_PROBLEM", "SIGNIFICANT_DELAYS", Severity.WARNING,
+                 LocalizedText.of(zh="故障", en="Fault"), LocalizedText.of(en="details"), LocalizedText(),
+                 (InformedEntity(line_id=LINES[0]),), ())
+    displays: dict[str, object] = {}
+    changes: list[dict[str, object]] = [
+        {}, {"header": LocalizedText.of(zh="故障二", en="Fault two")}, {"effect": "REDUCED_SERVICE"},
+        {"severity": Severity.SEVERE}, {"description": LocalizedText.of(en="more details")}]
+    alert = base
+    for change in changes:
+        alert = dataclasses.replace(alert, **change)  # type: ignore[arg-type]
+        now += timedelta(minutes=1)
+        state = apply_snapshot(state, FeedSnapshot("ops", now, alerts=(alert,), delays=()), network=NETWORK, now=now,
+                               policy=POLICY).state
+        got = [(i.topic, i.body) for i in b.retained(state, now)]
+        assert got == [(i.topic, i.body) for i in builder().retained(state, now)]
+        shown = {topic: body for topic, body in got if topic.endswith("/display")}
+        if "description" in change:
+            assert all(shown[t] is displays[t] for t in shown)
+        displays = shown
