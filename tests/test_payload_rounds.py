@@ -5,6 +5,7 @@ builder that sees the state for the first time."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 
@@ -167,7 +168,7 @@ def test_a_display_shows_each_change_of_an_alerts_visible_parts_and_is_not_rebui
     base = Alert("a1", "TECHNICAL_PROBLEM", "SIGNIFICANT_DELAYS", Severity.WARNING,
                  LocalizedText.of(zh="故障", en="Fault"), LocalizedText.of(en="details"), LocalizedText(),
                  (InformedEntity(line_id=LINES[0]),), ())
-    displays: dict[str, object] = {}
+    displays: Mapping[str, object] = {}
     changes: list[dict[str, object]] = [
         {}, {"header": LocalizedText.of(zh="故障二", en="Fault two")}, {"effect": "REDUCED_SERVICE"},
         {"severity": Severity.SEVERE}, {"description": LocalizedText.of(en="more details")}]
