@@ -2,7 +2,7 @@
 in processes of their own, print the table and write bench/results/latest.json.
 
 Options: `--scales 1,4,10` (scale factors; the first is the reference for the ratios), `--reps 3` (cold starts
-per scale), `--ticks 3` (steady ticks), `--rounds 40` (emergencies), `--out PATH`, `--keep` (keep the work folder).
+per scale), `--ticks 10` (steady ticks; the median counts), `--rounds 40` (emergencies), `--out PATH`, `--keep` (keep the work folder).
 `--compare` runs the quick k = 1 set twice and prints each headline figure beside the committed one. `--fanout` adds the
 fan-out scenario (bench/fanout.py: a display swarm on one broker, a NATS cluster and a bridge tree; minutes more).
 """
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--scales", default="1,4,10", type=lambda s: [_scale(x) for x in s.split(",")])
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--ticks", type=int, default=3)
+    parser.add_argument("--ticks", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--out", type=Path, default=paths.RESULTS / "latest.json")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (cities, databases, logs)")

@@ -23,9 +23,9 @@ HEADLINES: tuple[str, ...] = (
 )
 #: A figure worse than the committed one by more than this in every quick run is flagged.
 WORSE_BY = 0.15
-#: The quick set: k = 1 only, three cold starts (a single one swings most), a few ticks and twenty emergencies
-#: (about 13 s on 2 cores).
-QUICK_ARGS = ["--scales", "1", "--reps", "3", "--ticks", "2", "--rounds", "20"]
+#: The quick set: k = 1 only, three cold starts (a single one swings most), ten ticks (the median of two or three
+#: swung as much as a slow phase: 23-39 ms) and twenty emergencies (about 14 s on 2 cores).
+QUICK_ARGS = ["--scales", "1", "--reps", "3", "--ticks", "10", "--rounds", "20"]
 #: Quick runs per comparison. A shared machine's phases move one run's figures by 20-50 % (the floor alone from
 #: 78 to 159 ms within minutes): a figure is judged by its best run, so a flag needs every run worse, which a
 #: real regression makes and a slow phase seldom does. Two runs stay under 30 s.
