@@ -199,6 +199,12 @@ class FeedPoller:
                     check_freshness(feed.name, record.feed_timestamp, now=now, max_age_s=feed.max_age_seconds,
                                     previous=None)
                 snapshot = self._last_snapshot(feed.name)
+                if snapshot is not None and record.feed_timestamp is not None:
+                    # A new process's stored snapshot may be older than the state it committed (it is written at
+                    # most every few minutes): a stale server node still holding that body, answering its 304,
+                    # must not take the state back, as a 200 of that body would not (going backwards).
+                    check_freshness(feed.name, snapshot.timestamp, now=now, max_age_s=feed.max_age_seconds,
+                                    previous=record.feed_timestamp)
             else:
                 snapshot = parse_feed(feed, result.body, self.network, self.config.network.default_language,
                                       self._parse_caches.get(feed.name))

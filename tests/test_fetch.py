@@ -80,6 +80,26 @@ async def test_changed_etag_returns_the_new_body(fetcher: FeedFetcher, http_serv
     assert (result.body, result.etag) == (b"new", '"v2"')
 
 
+async def test_a_new_body_without_validators_has_none(fetcher: FeedFetcher, http_server: LoopbackHttpServer) -> None:
+    """The validators sent belong to the body before: kept for a new body, a new process sending them could be
+    answered 304 for that older body (tests/test_stored_snapshots.py)."""
+    http_server.set_route("/a", b"new")
+
+    result = await fetch(fetcher, http_server.url("/a"), etag='"v1"', last_modified=LAST_MODIFIED)
+
+    assert (result.body, result.status, result.etag, result.last_modified) == (b"new", 200, None, None)
+
+
+async def test_a_304_without_validators_keeps_the_ones_sent(
+    fetcher: FeedFetcher, http_server: LoopbackHttpServer
+) -> None:
+    http_server.push_response("/a", status=304)
+
+    result = await fetch(fetcher, http_server.url("/a"), etag='"v1"', last_modified=LAST_MODIFIED)
+
+    assert (result.body, result.status, result.etag, result.last_modified) == (None, 304, '"v1"', LAST_MODIFIED)
+
+
 async def test_304_by_last_modified(fetcher: FeedFetcher, http_server: LoopbackHttpServer) -> None:
     http_server.set_route("/a", b"body", last_modified=LAST_MODIFIED)
 

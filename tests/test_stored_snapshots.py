@@ -18,15 +18,16 @@ from rig import Rig, SteppedClock, now_s, running
 from support.gtfs_rt_builders import alert_entity, feed_bytes, selector
 
 from broadcaster.config import Config
+from broadcaster.feeds.gtfs_rt import parse_gtfs_rt
 from broadcaster.feeds.stored_snapshots import SNAPSHOT_EVERY, StoredSnapshots
 from broadcaster.model import FeedSnapshot
-from broadcaster.poller import body_digest
-from broadcaster.store import FeedRecord
+from broadcaster.poller import body_digest, parse_keys
+from broadcaster.store import FeedRecord, save_snapshot
 
 
-def _body(text: str) -> bytes:
+def _body(text: str, timestamp: int | None = None) -> bytes:
     return feed_bytes(alert_entity("A-1", header={"en": text}, informed=[selector(route_id="1")]),
-                      timestamp=now_s())
+                      timestamp=timestamp or now_s())
 
 
 def _serve(rig: Rig, body: bytes, etag: str) -> None:
@@ -111,6 +112,54 @@ async def test_a_failed_poll_is_recorded_with_the_stored_validators(rig: Rig) ->
         assert (await b.poll(b.config.feeds[0])).ok
         assert _last_validator(rig) == '"v1"'
         assert b.state.alerts["A-1"].alert.header.get("en") == "two"
+
+
+async def test_a_new_process_never_steps_back_to_an_older_stored_snapshot(rig: Rig) -> None:
+    """The stored snapshot may be older than the committed state. A stale server node (a cache, a second server
+    behind a load balancer) still holding that older body answers the new process's validators with a 304: the
+    snapshot is refused as going backwards, as a 200 of that body is (found by review: it was applied)."""
+    one, two = _body("one", now_s() - 60), _body("two", now_s())
+    _serve(rig, one, '"v1"')
+    async with running(_config(rig)) as b:
+        assert (await b.poll(b.config.feeds[0])).ok
+        _serve(rig, two, '"v2"')
+        assert (await b.poll(b.config.feeds[0])).ok
+        rig.server.push_response("/rt.pb", one, headers={"etag": '"v1"'})  # the stale node, to this process
+        outcome = await b.poll(b.config.feeds[0])
+        assert not outcome.ok
+        assert "older than the previous one" in (outcome.error or "")
+    _serve(rig, one, '"v1"')  # the stale node answers the next process
+    async with running(_config(rig)) as b:
+        outcome = await b.poll(b.config.feeds[0])
+        assert _last_validator(rig) == '"v1"'  # answered 304
+        assert not outcome.ok
+        assert "older than the previous one" in (outcome.error or "")
+        assert b.state.alerts["A-1"].alert.header.get("en") == "two"
+        _serve(rig, two, '"v2"')  # a current node
+        assert (await b.poll(b.config.feeds[0])).ok
+        assert b.state.alerts["A-1"].alert.header.get("en") == "two"
+        assert b.pending() == 0  # nothing announced again
+
+
+async def test_a_standby_taking_over_takes_up_the_stored_snapshot_as_the_database_holds_it(rig: Rig) -> None:
+    """`FeedPoller.load` (broadcaster/ha): another instance stored a newer snapshot meanwhile. The next poll sends
+    that snapshot's validator, and what it stores pairs a snapshot with its own body's validator."""
+    one, two, three = _body("one"), _body("two"), _body("three")
+    _serve(rig, one, '"v1"')
+    async with running(_config(rig)) as b:
+        assert (await b.poll(b.config.feeds[0])).ok
+        # What another instance, leader meanwhile, would have left: body two's snapshot, with its validator.
+        with b.db.transaction() as conn:
+            save_snapshot(conn, body_digest(two), parse_keys(b.config, b.network)["ops"],
+                          parse_gtfs_rt("ops", two, b.network, carries=frozenset(), default_language="zh"))
+            conn.execute("UPDATE feeds SET etag = ? WHERE name = 'ops'", ('"v2"',))
+        b.poller.load()
+        _serve(rig, three, '"v3"')
+        assert (await b.poll(b.config.feeds[0])).ok
+        assert _last_validator(rig) == '"v2"'
+        # When that snapshot was written is not known here: this one is written at once, with its validator
+        # (forgetting the database's would record v1, this instance's own earlier validator, beside two's snapshot).
+        assert _stored(rig) == ('"v3"', body_digest(three))
 
 
 # -- the rule, over any sequence of polls, failures and restarts ---------------------------------------------------

@@ -33,7 +33,7 @@ class FetchResult:
 
     Attributes:
         body: The complete body, or None when the source is unchanged since the validators passed in.
-        etag: The validator to send next time (the server's, or the one passed in when it sent none).
+        etag: The validator to send next time: the server's; on a 304 without one, the one passed in.
         last_modified: Likewise for ``Last-Modified``.
         status: The HTTP status (200 or 304 for files too).
         elapsed_s: Wall time of the whole fetch, connection and body included.
@@ -155,10 +155,15 @@ class FeedFetcher:
         try:
             async with client.stream("GET", url, headers=headers, timeout=timeout_s) as response:
                 status = response.status_code
-                new_etag = response.headers.get("etag", etag)
-                new_last_modified = response.headers.get("last-modified", last_modified)
                 if status == 304:
-                    return FetchResult(None, new_etag, new_last_modified, status, time.monotonic() - started)
+                    # A 304 may leave its validators out (RFC 9110, 15.4.5): they are still the ones sent.
+                    return FetchResult(None, response.headers.get("etag", etag),
+                                       response.headers.get("last-modified", last_modified), status,
+                                       time.monotonic() - started)
+                # A new body's validators are its own: one sent without any has none, and the ones sent belong to
+                # the body before it (a new process sending them could be answered 304 for that older body).
+                new_etag = response.headers.get("etag")
+                new_last_modified = response.headers.get("last-modified")
                 if not response.is_success:
                     raise FetchError(feed, f"HTTP {status} from {shown}", status=status)
                 declared = response.headers.get("content-length", "")

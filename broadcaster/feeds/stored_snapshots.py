@@ -9,8 +9,9 @@ first time a process has one to write.
 What keeps this correct is one rule: **the validators in the stored feed record are those of the body whose
 snapshot is stored**. A new process sends them, so the server answers `304` only when its body is still the one
 that snapshot was parsed from; otherwise it sends the body, which is parsed like any new one. A snapshot written
-late costs at most one parse after a restart, never a wrong state. The process itself keeps the newest
-validators in memory and goes on fetching with them.
+late costs at most one parse after a restart. That snapshot may be older than the state committed since: the
+poller refuses it when it is (a stale server node answering 304 for its body), as it refuses a 200 of an older
+body. The process itself keeps the newest validators in memory and goes on fetching with them.
 """
 
 from __future__ import annotations
