@@ -2,7 +2,8 @@
 in processes of their own, print the table and write bench/results/latest.json.
 
 Options: `--scales 1,4,10` (scale factors; the first is the reference for the ratios), `--reps 3` (cold starts
-per scale), `--ticks 10` (steady ticks; the median counts), `--rounds 40` (emergencies), `--out PATH`, `--keep` (keep the work folder).
+per scale), `--ticks 10` (steady ticks; the median counts), `--rounds 40` (emergencies), `--out PATH`, `--keep`
+(keep the work folder).
 `--compare` runs the quick k = 1 set twice and prints each headline figure beside the committed one. `--fanout` adds the
 fan-out scenario (bench/fanout.py: a display swarm on one broker, a NATS cluster and a bridge tree; minutes more).
 """
