@@ -24,7 +24,6 @@ from broadcaster.feeds.fetch import FeedFetcher
 from broadcaster.feeds.freshness import check_freshness
 from broadcaster.feeds.gtfs_rt import EntityCache, parse_gtfs_rt
 from broadcaster.feeds.passenger_flow import ReadingCache, parse_passenger_flow
-from broadcaster.feeds.stored_snapshots import StoredSnapshots
 from broadcaster.metrics import Metrics, reason_label
 from broadcaster.model import FeedSnapshot, Network
 from broadcaster.pipeline import Pipeline
@@ -38,6 +37,7 @@ from broadcaster.store import (
     save_feed,
     save_snapshot,
 )
+from broadcaster.store.stored_snapshots import StoredSnapshots
 
 log = logging.getLogger(__name__)
 

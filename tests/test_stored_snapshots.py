@@ -1,5 +1,5 @@
 """A feed's parsed snapshot is stored at most every few minutes, and the stored feed record always carries the
-validators of the body whose snapshot is stored (broadcaster/feeds/stored_snapshots.py).
+validators of the body whose snapshot is stored (broadcaster/store/stored_snapshots.py).
 
 So a new process, sending those validators, is answered 304 only while the server still holds that body, and
 otherwise gets the newest body to parse: a snapshot written late costs a parse, never an older state. Real
@@ -19,10 +19,10 @@ from support.gtfs_rt_builders import alert_entity, feed_bytes, selector
 
 from broadcaster.config import Config
 from broadcaster.feeds.gtfs_rt import parse_gtfs_rt
-from broadcaster.feeds.stored_snapshots import SNAPSHOT_EVERY, StoredSnapshots
 from broadcaster.model import FeedSnapshot
 from broadcaster.poller import body_digest, parse_keys
 from broadcaster.store import FeedRecord, save_snapshot
+from broadcaster.store.stored_snapshots import SNAPSHOT_EVERY, StoredSnapshots
 
 
 def _body(text: str, timestamp: int | None = None) -> bytes:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from broadcaster.model import FeedSnapshot
-from broadcaster.store import FeedRecord
+from broadcaster.store.feeds import FeedRecord
 
 #: How often, at most, a feed's changed snapshot is written.
 SNAPSHOT_EVERY = timedelta(minutes=5)
