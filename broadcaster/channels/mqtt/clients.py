@@ -16,6 +16,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from broadcaster.channels.mqtt.acks import read_acks_quickly
+from broadcaster.channels.mqtt.reads import read_buffered
 from broadcaster.config import MqttConfig
 
 # aiomqtt warns on every publish past ten pending; a bounded window of 32 is by design, so only errors show.
@@ -109,6 +110,7 @@ def new_client(
         socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
     )
     read_acks_quickly(client._client)
+    read_buffered(client._client)
     return client
 
 
