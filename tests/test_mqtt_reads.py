@@ -5,6 +5,7 @@ calls than three per packet; a paho without the internals keeps its own reads.""
 
 from __future__ import annotations
 
+import asyncio
 import select
 import socket
 import struct
@@ -24,10 +25,11 @@ from broadcaster.channels.mqtt.clients import new_client
 from broadcaster.config import MqttConfig
 
 
-def reading_client(v5: bool, awaited: list[int], *, buffered: bool) -> tuple[paho.Client, socket.socket,
-                                                                             list[tuple[Any, ...]]]:
-    """A paho client whose socket is one end of a socket pair (the other end, returned, plays the broker),
-    awaiting the PUBACKs of `awaited`, its acknowledgements recorded."""
+def reading_client(
+    v5: bool, awaited: list[int], *, buffered: bool
+) -> tuple[paho.Client, socket.socket, socket.socket, list[tuple[Any, ...]]]:
+    """A paho client whose socket is one end of a socket pair (returned, then the other end, which plays the
+    broker), awaiting the PUBACKs of `awaited`, its acknowledgements recorded."""
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id="reads-test",
                          protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311)
     seen: list[tuple[Any, ...]] = []
@@ -46,7 +48,7 @@ def reading_client(v5: bool, awaited: list[int], *, buffered: bool) -> tuple[pah
     mine, broker = socket.socketpair()
     mine.setblocking(False)
     client._sock = mine
-    return client, broker, seen
+    return client, mine, broker, seen
 
 
 def readable(sock: socket.socket) -> bool:
@@ -82,17 +84,17 @@ def test_any_cut_of_the_brokers_bytes_reads_as_paho_reads_it(
     segments = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True)]
     outcomes = []
     for buffered in (False, True):
-        client, broker, seen = reading_client(v5, sorted(awaited), buffered=buffered)
+        client, mine, broker, seen = reading_client(v5, sorted(awaited), buffered=buffered)
         try:
             after_each: list[tuple[int, ...]] = []
             for segment in segments:
                 broker.sendall(segment)
-                while readable(client._sock):
+                while readable(mine):
                     client.loop_read()
                 after_each.append(tuple(sorted(client._out_messages)))
             outcomes.append((seen, after_each, client._in_packet["command"]))
         finally:
-            client._sock.close()
+            mine.close()
             broker.close()
     assert outcomes[1] == outcomes[0]
 
@@ -100,21 +102,20 @@ def test_any_cut_of_the_brokers_bytes_reads_as_paho_reads_it(
 def test_packets_beyond_pahos_count_are_read_before_the_socket_is_empty() -> None:
     """One message in flight: paho's `loop_read` reads one packet per call. A late PUBACK and the awaited one
     arrive in one segment: the awaited one must not wait in the buffer for the broker's next bytes."""
-    client, broker, seen = reading_client(True, [7], buffered=True)
+    client, mine, broker, seen = reading_client(True, [7], buffered=True)
     try:
         broker.sendall(puback(3, "accepted") + puback(7, "accepted"))
-        while readable(client._sock):
+        while readable(mine):
             client.loop_read()
         assert [mid for mid, *_ in seen] == [7]
         assert 7 not in client._out_messages
     finally:
-        client._sock.close()
+        mine.close()
         broker.close()
 
 
 def test_bytes_of_a_socket_that_is_gone_are_never_read_as_the_new_ones() -> None:
-    client, broker, seen = reading_client(True, [1, 2], buffered=True)
-    mine = client._sock
+    client, mine, broker, seen = reading_client(True, [1, 2], buffered=True)
     other, other_broker = socket.socketpair()
     other.setblocking(False)
     try:
@@ -123,7 +124,7 @@ def test_bytes_of_a_socket_that_is_gone_are_never_read_as_the_new_ones() -> None
         client._in_packet["command"] = 0  # the connection is lost, and paho starts afresh on a new one
         client._sock = other
         other_broker.sendall(puback(2, "accepted"))
-        while readable(client._sock):
+        while readable(other):
             client.loop_read()
         assert [mid for mid, *_ in seen] == [2]  # not 1, which the old connection carried
     finally:
@@ -147,16 +148,15 @@ async def test_the_links_clients_read_mosquittos_acknowledgements_in_fewer_calls
 ) -> None:
     """100 publishes at once: paho alone makes three `recv` calls per PUBACK (300); buffered, at most two per
     PUBACK even when each arrives alone (its bytes, then an empty socket), fewer when they arrive together."""
-    import asyncio
-
     config = MqttConfig(url=mosquitto.url, protocol=protocol)  # type: ignore[arg-type]
     client = new_client(config, mosquitto.url, f"reads-{uuid.uuid4().hex[:8]}", username=None, password=None)
     inner = client._client
     assert getattr(inner.loop_read, "buffered", False)
     calls: list[int] = []
     async with client:
-        sock = inner._sock
-        assert sock is not None
+        found = inner._sock
+        assert isinstance(found, socket.socket)
+        sock: socket.socket = found
 
         class Counting:
             def __getattr__(self, name: str) -> Any:
@@ -166,7 +166,7 @@ async def test_the_links_clients_read_mosquittos_acknowledgements_in_fewer_calls
                 calls.append(size)
                 return bytes(sock.recv(size))
 
-        inner._sock = Counting()  # type: ignore[assignment]
+        inner._sock = Counting()
         try:
             async with asyncio.timeout(20):
                 await asyncio.gather(*(client.publish(f"{topic_prefix}/reads/{i}", b"x", qos=1) for i in range(100)))
