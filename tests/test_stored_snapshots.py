@@ -141,6 +141,24 @@ async def test_a_new_process_never_steps_back_to_an_older_stored_snapshot(rig: R
         assert b.pending() == 0  # nothing announced again
 
 
+async def test_a_new_process_refuses_the_stored_older_bodys_same_bytes(rig: Rig) -> None:
+    """The same stale node, ignoring If-None-Match: it sends the stored (older) body's very bytes with a 200. The
+    same-bytes path applies the stored snapshot without parsing, and refuses it as the 304 path does (a review's
+    mutant that checked only on a 304 passed every other test)."""
+    one, two = _body("one", now_s() - 60), _body("two", now_s())
+    _serve(rig, one, '"v1"')
+    async with running(_config(rig)) as b:
+        assert (await b.poll(b.config.feeds[0])).ok
+        _serve(rig, two, '"v2"')
+        assert (await b.poll(b.config.feeds[0])).ok
+    rig.server.push_response("/rt.pb", one, headers={"etag": '"v1"'})
+    async with running(_config(rig)) as b:
+        outcome = await b.poll(b.config.feeds[0])
+        assert not outcome.ok
+        assert "older than the previous one" in (outcome.error or "")
+        assert b.state.alerts["A-1"].alert.header.get("en") == "two"
+
+
 async def test_a_standby_taking_over_takes_up_the_stored_snapshot_as_the_database_holds_it(rig: Rig) -> None:
     """`FeedPoller.load` (broadcaster/ha): another instance stored a newer snapshot meanwhile. The next poll sends
     that snapshot's validator, and what it stores pairs a snapshot with its own body's validator."""
