@@ -17,6 +17,7 @@ from paho.mqtt.properties import Properties
 
 from broadcaster.channels.mqtt.acks import read_acks_quickly
 from broadcaster.channels.mqtt.reads import read_buffered
+from broadcaster.channels.mqtt.writes import write_joined
 from broadcaster.config import MqttConfig
 
 # aiomqtt warns on every publish past ten pending; a bounded window of 32 is by design, so only errors show.
@@ -111,6 +112,7 @@ def new_client(
     )
     read_acks_quickly(client._client)
     read_buffered(client._client)
+    write_joined(client._client)
     return client
 
 
