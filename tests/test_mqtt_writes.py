@@ -93,6 +93,8 @@ def test_the_broker_receives_pahos_bytes_and_pahos_callbacks_fire(
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id="writes-test")
         published: list[int] = []
         client.on_publish = lambda _c, _u, mid, _r, _p, seen=published: seen.append(mid)
+        disconnected: list[str] = []
+        client.on_disconnect = lambda *_, seen=disconnected: seen.append("disconnected")
         client.on_socket_register_write = lambda *_: None  # as under aiomqtt: queue, and write when writable
         if joined:
             assert writes.write_joined(client)
@@ -103,12 +105,65 @@ def test_the_broker_receives_pahos_bytes_and_pahos_callbacks_fire(
         try:
             queue_on(client, items, disconnect)
             wire = drain(client, mine, broker, reads)
-            outcomes.append((wire, published, client.want_write()))
+            outcomes.append((wire, published, client.want_write(), client._sock is None, disconnected))
         finally:
             mine.close()
             broker.close()
     assert outcomes[1] == outcomes[0]
     assert not outcomes[1][2]
+    assert outcomes[1][3] == disconnect  # a DISCONNECT, once written, closes the socket (paho's part)
+
+
+def joined_client(*, joined: bool) -> tuple[paho.Client, socket.socket, socket.socket, list[str]]:
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="writes-test")
+    client.on_socket_register_write = lambda *_: None
+    seen: list[str] = []
+    client.on_disconnect = lambda *_: seen.append("disconnected")
+    if joined:
+        assert writes.write_joined(client)
+    mine, broker = socket.socketpair()
+    mine.setblocking(False)
+    client._sock = mine
+    return client, mine, broker, seen
+
+
+@pytest.mark.parametrize("joined", [False, True])
+def test_a_socket_the_broker_closed_is_a_lost_connection_and_said_so(
+    joined: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    client, mine, broker, seen = joined_client(joined=joined)
+    client.enable_logger()
+    broker.close()
+    queue_on(client, [("publish", 1, 10), ("publish", 1, 10)], disconnect=False)
+    try:
+        assert client.loop_write() == MQTTErrorCode.MQTT_ERR_CONN_LOST
+        assert client._sock is None
+        assert seen == ["disconnected"]
+        assert "failed to receive on socket" in caplog.text  # paho's words, through paho's logger
+    finally:
+        mine.close()
+
+
+def test_a_batch_stays_near_its_bound() -> None:
+    """Sends of at most `BATCH_BYTES` plus the one packet that crossed it."""
+    client, mine, broker, _ = joined_client(joined=True)
+    sends: list[int] = []
+    real = client._sock_send
+
+    def counting(data: bytes | bytearray) -> int:
+        sends.append(len(data))
+        return real(data)
+
+    setattr(client, "_sock_send", counting)  # noqa: B010 (mypy: a method cannot be assigned)
+    try:
+        queue_on(client, [("publish", 1, 3000)] * 60, disconnect=False)
+        received = drain(client, mine, broker, [1 << 20])
+        assert len(received) == 60 * 3008
+        assert len(sends) > 1
+        assert max(sends) <= writes.BATCH_BYTES + 3008
+    finally:
+        mine.close()
+        broker.close()
 
 
 def test_a_batch_ends_at_a_packet_paho_must_see_written() -> None:
@@ -133,9 +188,7 @@ def test_a_batch_ends_at_a_packet_paho_must_see_written() -> None:
     try:
         queue_on(client, [("publish", 1, 10), ("publish", 1, 10), ("publish", 0, 10), ("publish", 1, 10),
                           ("publish", 1, 10)], disconnect=False)
-        client._last_msg_out = 0.0  # what keepalive reads: the last time anything was written
         assert client.loop_write() == MQTTErrorCode.MQTT_ERR_SUCCESS
-        assert client._last_msg_out > 0
         assert not client.want_write()
         assert published == [3]
         assert sends == [34, 15, 17, 17]

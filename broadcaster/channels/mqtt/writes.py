@@ -9,9 +9,10 @@ is taken off the queue as paho would. From the first packet paho must see writte
 callback fires then, and a DISCONNECT, which closes the socket) paho writes the queue itself, one packet per
 `send` as before: the link publishes nothing at QoS 0.
 
-It replaces one method on each client the link makes (`_packet_write`, on the instance, as acks.py does) and
-reads paho's private queue and keepalive clock as that method does. tests/test_mqtt_writes.py holds it to the paho
-the project pins: the bytes on the wire and the callbacks are paho's own, whatever the socket accepts at a time.
+It replaces one method on each client the link makes (`_packet_write`, on the instance, as acks.py does) and reads
+paho's private queue as that method does; it logs a failed write through paho's logger, in paho's words.
+tests/test_mqtt_writes.py holds it to the paho the project pins: the bytes on the wire and the callbacks are paho's
+own, whatever the socket accepts at a time.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from paho.mqtt.enums import MessageType, MQTTErrorCode
 
 log = logging.getLogger(__name__)
 
-#: Bytes joined into one `send` at most (a socket's send buffer takes a few hundred KB on loopback).
+#: Bytes joined into one `send`: packets are added while the batch is smaller (a socket's send buffer takes a few
+#: hundred KB on loopback).
 BATCH_BYTES = 65536
 #: What the joined write reads of a paho client, besides the method it replaces.
-_INTERNALS = ("_out_packet", "_sock_send", "_msgtime_mutex", "_last_msg_out")
+_INTERNALS = ("_out_packet", "_sock_send", "_easy_log")
 
 
 def _plain(packet: Any) -> bool:
@@ -65,12 +67,11 @@ def write_joined(client: paho.Client) -> bool:
             except BlockingIOError:
                 return MQTTErrorCode.MQTT_ERR_AGAIN
             except OSError as err:
-                log.debug("failed to send on the socket: %s", err)
+                client._easy_log(paho.MQTT_LOG_ERR, "failed to receive on socket: %s", err)  # paho's words
                 return MQTTErrorCode.MQTT_ERR_CONN_LOST
             if written <= 0:
                 return MQTTErrorCode.MQTT_ERR_SUCCESS
-            with client._msgtime_mutex:
-                client._last_msg_out = paho.time_func()
+            # paho's keepalive clock (`_last_msg_out`) is not moved: paho's own write does not move it either.
             for packet in batch:
                 taken = min(written, packet["to_process"])
                 packet["to_process"] -= taken
