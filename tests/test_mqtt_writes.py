@@ -36,6 +36,19 @@ def packet_bytes(command: int, body: bytes) -> bytes:
             return bytes([command]) + bytes(encoded) + body
 
 
+def count_sends(client: paho.Client) -> list[int]:
+    """The size of every `send` paho's socket wrapper makes from now on (the wrapper itself still sends)."""
+    sends: list[int] = []
+    real = client._sock_send
+
+    def counting(data: bytes | bytearray) -> int:
+        sends.append(len(data))
+        return real(data)
+
+    setattr(client, "_sock_send", counting)  # noqa: B010 (mypy: a method cannot be assigned)
+    return sends
+
+
 #: What paho may queue: a PUBLISH at QoS 0 or 1 (payloads up to a few KB, so a batch spans a full send buffer),
 #: a PUBACK, a PINGREQ; a DISCONNECT may end the queue.
 queued = st.lists(st.one_of(
@@ -147,14 +160,7 @@ def test_a_socket_the_broker_closed_is_a_lost_connection_and_said_so(
 def test_a_batch_stays_near_its_bound() -> None:
     """Sends of at most `BATCH_BYTES` plus the one packet that crossed it."""
     client, mine, broker, _ = joined_client(joined=True)
-    sends: list[int] = []
-    real = client._sock_send
-
-    def counting(data: bytes | bytearray) -> int:
-        sends.append(len(data))
-        return real(data)
-
-    setattr(client, "_sock_send", counting)  # noqa: B010 (mypy: a method cannot be assigned)
+    sends = count_sends(client)
     try:
         queue_on(client, [("publish", 1, 3000)] * 60, disconnect=False)
         received = drain(client, mine, broker, [1 << 20])
@@ -177,14 +183,7 @@ def test_a_batch_ends_at_a_packet_paho_must_see_written() -> None:
     mine, broker = socket.socketpair()
     mine.setblocking(False)
     client._sock = mine
-    sends: list[int] = []
-    real = client._sock_send
-
-    def counting(data: bytes | bytearray) -> int:
-        sends.append(len(data))
-        return real(data)
-
-    setattr(client, "_sock_send", counting)  # noqa: B010 (mypy: a method cannot be assigned)
+    sends = count_sends(client)
     try:
         queue_on(client, [("publish", 1, 10), ("publish", 1, 10), ("publish", 0, 10), ("publish", 1, 10),
                           ("publish", 1, 10)], disconnect=False)
@@ -217,15 +216,8 @@ async def test_the_links_clients_write_a_burst_of_publishes_in_fewer_sends(
     client = new_client(config, mosquitto.url, f"writes-{uuid.uuid4().hex[:8]}", username=None, password=None)
     inner = client._client
     assert getattr(inner._packet_write, "joined", False)
-    sends: list[int] = []
-    real = inner._sock_send
-
-    def counting(data: bytes | bytearray) -> int:
-        sends.append(len(data))
-        return real(data)
-
     async with client:
-        setattr(inner, "_sock_send", counting)  # noqa: B010 (mypy: a method cannot be assigned)
+        sends = count_sends(inner)
         try:
             async with asyncio.timeout(20):
                 await asyncio.gather(*(client.publish(f"{topic_prefix}/writes/{i}", b"x", qos=1) for i in range(100)))
