@@ -21,6 +21,7 @@ from broadcaster.config import Config
 from broadcaster.feeds.gtfs_rt import parse_gtfs_rt
 from broadcaster.model import FeedSnapshot
 from broadcaster.poller import body_digest, parse_keys
+from broadcaster.service import Broadcaster
 from broadcaster.store import FeedRecord, save_snapshot
 from broadcaster.store.stored_snapshots import SNAPSHOT_EVERY, StoredSnapshots
 
@@ -55,6 +56,14 @@ def _last_validator(rig: Rig) -> str | None:
     return rig.server.requests_for("/rt.pb")[-1].header("if-none-match")
 
 
+async def _poll_one_then_two(rig: Rig, b: Broadcaster, one: bytes, two: bytes) -> None:
+    """`b` polls body one (ETag v1), then body two (v2): one's snapshot is stored, two's not yet due."""
+    _serve(rig, one, '"v1"')
+    assert (await b.poll(b.config.feeds[0])).ok
+    _serve(rig, two, '"v2"')
+    assert (await b.poll(b.config.feeds[0])).ok
+
+
 async def test_a_changed_snapshot_is_stored_at_most_every_few_minutes_with_its_own_validators(rig: Rig) -> None:
     one, two, three = _body("one"), _body("two"), _body("three")
     clock = SteppedClock()
@@ -80,11 +89,8 @@ async def test_a_changed_snapshot_is_stored_at_most_every_few_minutes_with_its_o
 
 async def test_a_new_process_sends_the_stored_validators_and_gets_the_newest_body(rig: Rig) -> None:
     one, two = _body("one"), _body("two")
-    _serve(rig, one, '"v1"')
     async with running(_config(rig)) as b:
-        assert (await b.poll(b.config.feeds[0])).ok
-        _serve(rig, two, '"v2"')
-        assert (await b.poll(b.config.feeds[0])).ok
+        await _poll_one_then_two(rig, b, one, two)
         assert b.pending() == 1  # the alert's new text
     assert _stored(rig) == ('"v1"', body_digest(one))
     async with running(_config(rig)) as b:
@@ -100,11 +106,8 @@ async def test_a_new_process_sends_the_stored_validators_and_gets_the_newest_bod
 
 async def test_a_failed_poll_is_recorded_with_the_stored_validators(rig: Rig) -> None:
     one, two = _body("one"), _body("two")
-    _serve(rig, one, '"v1"')
     async with running(_config(rig)) as b:
-        assert (await b.poll(b.config.feeds[0])).ok
-        _serve(rig, two, '"v2"')
-        assert (await b.poll(b.config.feeds[0])).ok
+        await _poll_one_then_two(rig, b, one, two)
         rig.server.push_response("/rt.pb", b"busy", status=503)
         assert not (await b.poll(b.config.feeds[0])).ok
         assert _stored(rig) == ('"v1"', body_digest(one))
@@ -119,11 +122,8 @@ async def test_a_new_process_never_steps_back_to_an_older_stored_snapshot(rig: R
     behind a load balancer) still holding that older body answers the new process's validators with a 304: the
     snapshot is refused as going backwards, as a 200 of that body is (found by review: it was applied)."""
     one, two = _body("one", now_s() - 60), _body("two", now_s())
-    _serve(rig, one, '"v1"')
     async with running(_config(rig)) as b:
-        assert (await b.poll(b.config.feeds[0])).ok
-        _serve(rig, two, '"v2"')
-        assert (await b.poll(b.config.feeds[0])).ok
+        await _poll_one_then_two(rig, b, one, two)
         rig.server.push_response("/rt.pb", one, headers={"etag": '"v1"'})  # the stale node, to this process
         outcome = await b.poll(b.config.feeds[0])
         assert not outcome.ok
@@ -146,11 +146,8 @@ async def test_a_new_process_refuses_the_stored_older_bodys_same_bytes(rig: Rig)
     same-bytes path applies the stored snapshot without parsing, and refuses it as the 304 path does (a review's
     mutant that checked only on a 304 passed every other test)."""
     one, two = _body("one", now_s() - 60), _body("two", now_s())
-    _serve(rig, one, '"v1"')
     async with running(_config(rig)) as b:
-        assert (await b.poll(b.config.feeds[0])).ok
-        _serve(rig, two, '"v2"')
-        assert (await b.poll(b.config.feeds[0])).ok
+        await _poll_one_then_two(rig, b, one, two)
     rig.server.push_response("/rt.pb", one, headers={"etag": '"v1"'})
     async with running(_config(rig)) as b:
         outcome = await b.poll(b.config.feeds[0])
