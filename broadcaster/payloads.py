@@ -6,7 +6,7 @@ that the retained-state planner can tell a real change from a mere refresh by ha
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -98,8 +98,9 @@ class PayloadBuilder:
         # most bodies are made of the same inputs as last time: comparing the inputs costs a few microseconds,
         # building (and then serialising and hashing) a body tens of them (bench/: a whole tick at k = 1).
         self._memo: dict[tuple[str, str], tuple[object, Body]] = {}
-        # station -> (its crowding record of the last round, whether its trend had run out, the trend, its item)
-        self._crowding_items: dict[str, tuple[CrowdingRecord, bool, str, RetainedItem]] = {}
+        # station -> (its crowding record of the last round, whether its trend had run out, the trend, its item,
+        # when its trend runs out: None for no trend)
+        self._crowding_items: dict[str, tuple[CrowdingRecord, bool, str, RetainedItem, datetime | None]] = {}
         # line -> (the status its display parts were made for, its `lines` entry, its screen row per language)
         self._line_parts: dict[str, tuple[LineStatus, Body, dict[str, str]]] = {}
         # Parts shared by many bodies, built once (bodies are never modified, so sharing them is safe).
@@ -115,6 +116,9 @@ class PayloadBuilder:
         self._display_kinds: dict[str, tuple[LineStatusKind, ServiceLevel]] = {}
         self._display_alerts: dict[str, AlertRecord] = {}
         self._display_crowded: set[str] = set()
+        # alert id -> (the alert, the stations whose display shows it): worked out again only for a new alert
+        # object (a new wording, a new informed entity), not on every round for every alert.
+        self._touched_of: dict[str, tuple[Alert, tuple[str, ...]]] = {}
         self._stations_by_line: dict[str, tuple[str, ...]] = {}
         for station_id, line_ids in self._lines_at.items():
             for line_id in line_ids:
@@ -152,25 +156,31 @@ class PayloadBuilder:
                 continue
             # The very record of last round (the state keeps an unchanged station's record): its item stands
             # unless its trend has run out since (`crowding_trend`, by the time alone).
-            flip_at = crowding.changed_at + window if crowding.trend else None
-            expired = flip_at is not None and now > flip_at
             seen = last.get(station_id)
-            if seen is not None and seen[0] is crowding and seen[1] == expired:
-                trends[station_id] = seen[2]
-                yield seen[3]
-                continue
+            if seen is not None and seen[0] is crowding:
+                flip_at = seen[4]
+                if seen[1] == (flip_at is not None and now > flip_at):
+                    trends[station_id] = seen[2]
+                    yield seen[3]
+                    continue
+            else:
+                flip_at = crowding.changed_at + window if crowding.trend else None
+            expired = flip_at is not None and now > flip_at
             rebuilt.add(station_id)
             trend = trends[station_id] = crowding_trend(crowding, now, self.policy)
             key = (crowding.level, crowding.percentage, trend, crowding.observed_at, crowding.platforms)
             body = cached(("crowding", station_id), key, self.crowding, crowding, now)
             item = RetainedItem(self._crowding_topics[station_id], body, "passenger-flow")
-            last[station_id] = (crowding, expired, trend, item)
+            last[station_id] = (crowding, expired, trend, item, flip_at)
             yield item
         yield from self._display_round(state, now, trends, rebuilt)
-        for slot in [slot for slot in self._memo if slot[0] == "alert" and slot[1] not in state.alerts]:
-            del self._memo[slot]
+        # An alert's body slot and its items are made together (`_alert_items`), so the alerts gone are found
+        # among the items' few dozen ids rather than the whole memo's thousand slots.
         for alert_id in [alert_id for alert_id in self._alert_items_of if alert_id not in state.alerts]:
             del self._alert_items_of[alert_id]
+            self._memo.pop(("alert", alert_id), None)
+        for alert_id in [alert_id for alert_id in self._touched_of if alert_id not in state.alerts]:
+            del self._touched_of[alert_id]
 
     def _display_round(
         self, state: NetworkState, now: datetime, trends: Mapping[str, str], crowding_rebuilt: set[str],
@@ -256,7 +266,9 @@ class PayloadBuilder:
         self, state: NetworkState, now: datetime, station_ids: Iterable[str], trends: Mapping[str, str] | None = None,
     ) -> Iterator[RetainedItem]:
         """`trends`: each station's crowding trend at `now`, when the caller has worked them out already."""
-        station_alerts = self._alerts_by_station(state)
+        if not isinstance(station_ids, Mapping | list):
+            station_ids = list(station_ids)
+        station_alerts = self._alerts_by_station(state, None if station_ids is self.network.stations else station_ids)
         # What a display shows of each line's status (its kind and its level: a delayed line's level moves with the
         # delay's severity alone), looked up once per round rather than once per station serving it, and that of
         # each set of lines once per round rather than once per station (most stations share their line's).
@@ -308,20 +320,32 @@ class PayloadBuilder:
             return alert.line_ids
         return tuple(dict.fromkeys(line for s in alert.station_ids for line in self._lines_at.get(s, ())))
 
-    def _stations_touched(self, record: AlertRecord) -> dict[str, None]:
+    def _stations_touched(self, record: AlertRecord) -> tuple[str, ...]:
         """The stations whose display shows the alert: those it names, and those of a whole line it names."""
-        touched: dict[str, None] = dict.fromkeys(record.alert.station_ids)
-        for e in record.alert.informed:
+        alert = record.alert
+        hit = self._touched_of.get(alert.id)
+        if hit is not None and hit[0] is alert:
+            return hit[1]
+        touched: dict[str, None] = dict.fromkeys(alert.station_ids)
+        for e in alert.informed:
             if e.line_id and e.station_id is None:
                 touched.update(dict.fromkeys(self.network.stations_of(e.line_id)))
-        return touched
+        self._touched_of[alert.id] = (alert, found := tuple(touched))
+        return found
 
-    def _alerts_by_station(self, state: NetworkState) -> dict[str, list[AlertRecord]]:
-        """Alerts touching each station: naming it, or naming a whole line that serves it."""
+    def _alerts_by_station(
+        self, state: NetworkState, wanted: Collection[str] | None = None,
+    ) -> dict[str, list[AlertRecord]]:
+        """Alerts touching each station (of `wanted`, when given): naming it, or naming a whole line that serves
+        it. A steady tick asks for the few dozen displays it rebuilds, not for every station an alert touches
+        (sorting those lists cost ~0.3 ms a tick at k = 1)."""
         out: dict[str, list[AlertRecord]] = {}
+        if wanted is not None and not isinstance(wanted, Mapping | set | frozenset):
+            wanted = set(wanted)
         for record in state.alerts.values():
             for station_id in self._stations_touched(record):
-                out.setdefault(station_id, []).append(record)
+                if wanted is None or station_id in wanted:
+                    out.setdefault(station_id, []).append(record)
         for records in out.values():
             records.sort(key=lambda r: (not is_emergency(r, self.emergency), -int(r.alert.severity), r.alert.id))
         return out
