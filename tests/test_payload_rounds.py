@@ -26,7 +26,7 @@ from broadcaster.model import (
 )
 from broadcaster.payloads import PayloadBuilder
 from broadcaster.resources import data_dir
-from broadcaster.state import NetworkState, StatePolicy, apply_snapshot
+from broadcaster.state import AlertRecord, CrowdingRecord, NetworkState, StatePolicy, apply_snapshot
 
 NETWORK = load_network(data_dir("config") / "network")
 LINES = sorted(NETWORK.lines)
@@ -184,3 +184,43 @@ def test_a_display_shows_each_change_of_an_alerts_visible_parts_and_is_not_rebui
         if "description" in change:
             assert all(shown[t] is displays[t] for t in shown)
         displays = shown
+
+
+def test_a_trend_ending_exactly_at_one_round_runs_out_on_the_next() -> None:
+    """The same crowding record, rising, seen exactly at the end of its trend window (still rising), then past it
+    (steady): each round equals a fresh builder's. The builder keeps when a record's trend runs out; the random
+    rounds above reach that exact instant only by chance (found in review: a `>=` for `>` there survived them)."""
+    record = CrowdingRecord("S04", Occupancy.FULL, 90, T0, changed_at=T0, trend=1)
+    state = NetworkState(crowding=MappingProxyType({"S04": record}))
+    b = builder()
+    trends = []
+    for now in (T0 + POLICY.crowding_trend_window, T0 + POLICY.crowding_trend_window + timedelta(minutes=1)):
+        got = [(i.topic, i.body) for i in b.retained(state, now)]
+        assert got == [(i.topic, i.body) for i in builder().retained(state, now)]
+        trends.append(dict(got)["metro/v1/stations/S04/crowding"]["trend"])
+    assert trends == ["rising", "steady"]
+
+
+def test_the_builder_forgets_the_alerts_gone_from_the_state() -> None:
+    """A broadcaster runs for years and sees thousands of alerts come and go: what the builder keeps per alert
+    (its body, its topics, the stations it touches) is dropped once the alert has left the state."""
+    b = builder()
+    for n in range(50):
+        alert = Alert(f"inc-{n}", "TECHNICAL_PROBLEM", "NO_SERVICE", Severity.WARNING, LocalizedText.of(en="Fault"),
+                      LocalizedText(), LocalizedText(), (InformedEntity(line_id=LINES[n % len(LINES)]),), ())
+        state = NetworkState(alerts=MappingProxyType({alert.id: AlertRecord(alert, "v1", "ops", T0, T0)}))
+        list(b.retained(state, T0))
+    assert set(b._touched_of) == set(b._alert_items_of) == {"inc-49"}
+    assert [slot for slot in b._memo if slot[0] == "alert"] == [("alert", "inc-49")]
+
+
+def test_an_unchanged_alert_keeps_its_body_object_round_after_round() -> None:
+    """The planner skips a topic whose body is the very object it serialised last round: an alert that did not
+    change hands back the same bodies, its own and every display's."""
+    alert = Alert("a1", "TECHNICAL_PROBLEM", "NO_SERVICE", Severity.WARNING, LocalizedText.of(en="Fault"),
+                  LocalizedText(), LocalizedText(), (InformedEntity(line_id=LINES[0]),), ())
+    state = NetworkState(alerts=MappingProxyType({"a1": AlertRecord(alert, "v1", "ops", T0, T0)}))
+    b = builder()
+    first, again = list(b.retained(state, T0)), list(b.retained(state, T0))
+    assert any("/alerts/" in item.topic for item in first)
+    assert all(x.body is y.body for x, y in zip(first, again, strict=True))
