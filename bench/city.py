@@ -401,12 +401,15 @@ class CityFiles:
 def write_city(root: Path, k: float, *, ticks: int, emergencies: int, seed: int = 7) -> CityFiles:
     """Generate the city at scale `k` under `root`: static GTFS, the base feeds, `ticks` steady ticks
     (`tick1`...) and `emergencies` rounds of a NO_SERVICE alert appearing (`emergency{i}-on`) and clearing
-    (`emergency{i}-off`). Timestamps start half an hour ago and only ever increase."""
+    (`emergency{i}-off`). Timestamps start half an hour ago (earlier for more than 40 ticks) and only ever
+    increase."""
     city = City(Shape.at(k), seed)
     files = CityFiles(root, city.shape)
     city.write_gtfs(files.gtfs)
     files.www.mkdir(parents=True, exist_ok=True)
-    base = int(time.time()) - 1800
+    # The last tick (30 s apart, from ten minutes after the base) must not be in the future: the broadcaster
+    # refuses a feed more than five minutes ahead of its clock, and `--ticks 150` failed at the 51st.
+    base = int(time.time()) - max(1800, 600 + 30 * ticks)
     city.alerts_since = base - 3600
     trips = city.trip_updates(base)
     vehicles = city.vehicle_positions(base)
