@@ -4,6 +4,9 @@ One drain loop per channel sends what is due, one attempt in flight per channel 
 priority order, threaded where the platform threads, within the channel's quiet windows and posting budget.
 It owns the per-channel locks and wake events; the outbox rows are its only other state, and every change
 to them is one synchronous outbox call, so no state it reads before an await is written after it.
+
+It reads what is due only right after `Outbox.on_disk`, with no await in between: a row the pipeline committed
+without waiting for the disk (store/wal_sync.py) is never sent before it is there.
 """
 
 from __future__ import annotations
@@ -196,6 +199,7 @@ class Dispatcher:
             self.outbox.hold(channel.name, until)
 
     async def _drain_due(self, channel: NoticeChannel) -> int:
+        await self.outbox.on_disk()  # what `_apply_budget` reads and merges, too
         self._hold_behind_doubt(channel)
         self._apply_quiet(channel)
         self._apply_budget(channel)
@@ -204,6 +208,7 @@ class Dispatcher:
         sent = 0
         while channel.ready:
             progress = False
+            await self.outbox.on_disk()  # rows committed while the last batch was being sent
             for entry in self.outbox.due(channel.name, self.now(), limit=NOTICE_BATCH):
                 try:
                     thread = self.thread_of(channel, entry)
@@ -263,6 +268,7 @@ class Dispatcher:
         assert isinstance(channel, BatchingChannel)
         sent = 0
         while channel.ready:
+            await self.outbox.on_disk()
             due = self.outbox.due(channel.name, self.now(), limit=NOTICE_BATCH)
             if not due:
                 break

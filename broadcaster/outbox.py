@@ -146,6 +146,16 @@ class Outbox:
             rows,
         ).rowcount
 
+    async def on_disk(self) -> None:
+        """Return once every row committed so far is on the disk (`Store.synced`). A pipeline commit may leave its
+        sync to a worker thread; the dispatcher awaits this right before it reads what is due, with no await in
+        between, so it never sends a row that a power cut could still take back.
+
+        Raises:
+            StoreError: the sync failed; nothing committed since the last good one may be sent.
+        """
+        await self.db.synced()
+
     def due(self, channel: str, now: datetime, limit: int = 100) -> list[OutboxEntry]:
         """Pending entries whose retry time has come: one whose earlier attempt may have landed first (its doubt is
         settled before anything else goes: Weibo recognises a repeat only of the account's latest status), then

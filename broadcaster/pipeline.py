@@ -164,10 +164,15 @@ class Pipeline:
             # commit that queues a notice is durable, and carries every earlier commit to the disk with it.
             durable = bool(messages) or planned.record is not None or (
                 operator_alerts is not self.operator_alerts or corrections is not self.corrections)
+            # A commit that only queues notices (a feed's tick) does not hold the event loop while the disk syncs:
+            # a worker thread syncs it, and the dispatcher sends none of its rows before that (`Outbox.on_disk`).
+            # One that answers a request or changes the operator's state waits for the disk: someone is told.
+            sync_later = durable and planned.record is None and (
+                operator_alerts is self.operator_alerts and corrections is self.corrections)
             # A step that changes nothing (a digest slot due on no channel) opens no transaction: it would take the
             # database's write lock for nothing, and wait behind another writer for it.
             if durable or snapshot is not None or on_commit is not None:
-                with self._db.transaction(durable=durable) as conn:
+                with self._db.transaction(durable=durable, sync_later=sync_later) as conn:
                     if snapshot is not None:
                         self.store.save(conn, transition.state)
                     Outbox.enqueue(conn, messages, now)

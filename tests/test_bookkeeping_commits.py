@@ -15,6 +15,7 @@ from rig import Rig, poll_all, running
 from support.microblog_server import MicroblogServer
 from test_channels import SIGNAL, alert, channels, until
 
+from broadcaster.operator import ManualNotice
 from broadcaster.outbox import Outbox, OutgoingMessage
 from broadcaster.store import Database, KeyValueStore
 
@@ -85,8 +86,10 @@ async def test_a_bookkeeping_commit_survives_the_process_being_killed(tmp_path: 
 async def test_the_pipeline_and_the_dispatcher_wait_for_the_disk_where_it_matters(
     rig: Rig, server: MicroblogServer
 ) -> None:
-    """Through the real parts, not the flag by hand: every commit that queues a notice, and every mark of a
-    post sent, waits for the disk; the MQTT notice's mark and a steady tick that queues nothing do not."""
+    """Through the real parts, not the flag by hand: an operator's notice and every mark of a post sent wait for
+    the disk; a feed's commit that queues notices leaves its sync to a worker thread, which the channels wait for
+    before they send (tests/test_deferred_sync_delivery.py); the MQTT notice's mark and a steady tick that queues
+    nothing skip the sync."""
     config = rig.config(channels=[c for c in channels(server) if c["name"] == "mastodon"])
     rig.serve_rt(alert(SIGNAL))
     async with running(config) as b:
@@ -108,6 +111,8 @@ async def test_the_pipeline_and_the_dispatcher_wait_for_the_disk_where_it_matter
             await poll_all(b)  # a new alert: notices for MQTT and Mastodon
             await until(lambda: b.pending() == 0, b)
             await poll_all(b)  # the same bodies again: nothing to queue
+            await b.announce(ManualNotice({"en": "Exit B closed"}, station_ids=("S04",)))
+            await until(lambda: b.pending() == 0, b)
         finally:
             db.conn.set_trace_callback(None)
         channel_of = dict(b.db.conn.execute("SELECT key, channel FROM outbox").fetchall())
@@ -117,8 +122,10 @@ async def test_the_pipeline_and_the_dispatcher_wait_for_the_disk_where_it_matter
                 for key in channel_of if f"'{key}'" in s]
 
     queuing = [level for level, sql in commits if any(s.startswith("INSERT INTO outbox") for s in sql)]
-    assert queuing
-    assert set(queuing) == {FULL}
+    assert queuing[:-1]
+    assert set(queuing[:-1]) == {NORMAL}  # the feed's tick
+    assert queuing[-1] == FULL  # the operator's notice: the caller is told it is committed
+    assert not db.wal.pending  # the tick's sync ran before its posts went
     marks = [(channel, level) for level, sql in commits for channel in marked_sent(sql)]
     assert ("mastodon", FULL) in marks
     assert ("mqtt", NORMAL) in marks

@@ -4,7 +4,8 @@ One file, so that a tick commits its new state and the notices it produced in on
 either both are there or neither is, and a restart neither forgets nor re-announces anything.
 
 The database runs in WAL mode with `synchronous=FULL`; start-up refuses to run otherwise, because a committed
-notice must survive a power cut.
+notice must survive a power cut. A commit may leave its sync to a worker thread (`sync_later`, store/wal_sync.py):
+it counts as committed for the world only once `synced()` returned.
 
 Opening it brings its schema up to this release's `SCHEMA_VERSION`, step by numbered step (store/migrations.py,
 store/sqlite_steps.py), under the state directory's lock, keeping a copy of an older database beside it first; a
@@ -27,6 +28,7 @@ from broadcaster.errors import StoreError
 from broadcaster.ha.role import Fence
 from broadcaster.lock import InstanceLock
 from broadcaster.store import migrations, sqlite_steps
+from broadcaster.store.wal_sync import SyncFile, WalSync, sync_file
 
 #: The schema version this release brings every database to (the newest numbered step, store/sqlite_steps.py).
 SCHEMA_VERSION = migrations.newest(sqlite_steps.STEPS)
@@ -41,12 +43,15 @@ class Database:
     engine = "sqlite"
     fence: Callable[[], Fence | None] | None = None
 
-    def __init__(self, path: Path, *, holding_lock: bool = False, keep_copy: bool = True) -> None:
+    def __init__(
+        self, path: Path, *, holding_lock: bool = False, keep_copy: bool = True, sync: SyncFile = sync_file,
+    ) -> None:
         """Open the database at `path` and bring its schema up to `SCHEMA_VERSION` (store/migrations.py).
 
         A migration runs only under the state directory's `InstanceLock` (`path`'s folder): `holding_lock` says
         the caller holds it; otherwise it is taken for the migration and released. `keep_copy=False` migrates
-        without keeping a copy of the database as it was (`preview`, on a throw-away copy).
+        without keeping a copy of the database as it was (`preview`, on a throw-away copy). `sync` makes the
+        write-ahead log durable after a `sync_later` commit (a test's seam).
 
         Raises:
             DatabaseTooNew: the database is at a version above this release's.
@@ -54,6 +59,7 @@ class Database:
                 state directory.
         """
         self.path = path
+        self.wal = WalSync(path, sync)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # Owner-only: the database holds post texts before they are public, and platform sessions.
@@ -112,7 +118,9 @@ class Database:
             lock.release()
 
     @contextmanager
-    def transaction(self, *, durable: bool = True, leader_only: bool = True) -> Iterator[sqlite3.Connection]:
+    def transaction(
+        self, *, durable: bool = True, sync_later: bool = False, leader_only: bool = True,
+    ) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception.
 
         `leader_only` is for PostgreSQL's fencing (store/postgres.py); SQLite's one instance always leads.
@@ -125,12 +133,30 @@ class Database:
         Only bookkeeping whose loss repeats idempotent work may ask for it (an MQTT notice marked sent, the record
         of retained publications, a feed's fetch record): each FULL commit blocks the event loop for an fsync,
         2-4 ms on this project's machines, in the middle of an emergency's publishes.
+
+        `sync_later` (with `durable`) commits the same way, and `synced()` makes it durable in a worker thread:
+        whoever acts on its rows outside this process awaits `synced()` first (store/wal_sync.py). A commit that
+        someone is told about at once (an operator's request answered) waits for the disk here instead.
+
+        Raises:
+            StoreError: as above; also, from every transaction, once a sync of the WAL failed (`WalSync.failed`).
         """
+        self.wal.check()
         # FULL is set again before the next durable commit, not after this one: a failure to set it must not
         # turn a transaction that committed into an error (callers take StoreError as "nothing committed").
-        self._set_synchronous("FULL" if durable else "NORMAL")
+        self._set_synchronous("FULL" if durable and not sync_later else "NORMAL")
         with self._transaction() as conn:
             yield conn
+        if durable and sync_later:
+            self.wal.written()
+
+    async def synced(self) -> None:
+        """Return once every commit made so far is on the disk (`WalSync.synced`).
+
+        Raises:
+            StoreError: a sync of the WAL failed, now or earlier.
+        """
+        await self.wal.synced()
 
     def _set_synchronous(self, level: str) -> None:
         """Raises StoreError before the transaction begins when the level cannot be set (nothing is written)."""
@@ -160,6 +186,9 @@ class Database:
             self.conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
+            if self.wal.pending and _io_error(exc):
+                # A FULL commit's sync of the WAL failed, or its write: the commits left to a sync are in doubt.
+                self.wal.failed(f"a commit could not write or sync its write-ahead log: {exc}")
             raise StoreError(self.path, f"commit failed: {exc}") from exc
 
     def _rollback(self) -> None:
@@ -169,7 +198,13 @@ class Database:
             self.conn.execute("ROLLBACK")
 
     def close(self) -> None:
+        self.wal.sync_now()
         self.conn.close()
+
+
+def _io_error(exc: sqlite3.Error) -> bool:
+    """Whether SQLite reports a failure of the disk (SQLITE_IOERR and its extended codes)."""
+    return (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF == sqlite3.SQLITE_IOERR
 
 
 def copy_database(source: Path, target: Path) -> None:

@@ -62,7 +62,13 @@ class Store(Protocol):
     def where(self) -> str:
         """The file, or the server and database (never a password), for messages."""
 
-    def transaction(self, *, durable: bool = True, leader_only: bool = True) -> AbstractContextManager[Connection]:
-        ...
+    def transaction(
+        self, *, durable: bool = True, sync_later: bool = False, leader_only: bool = True,
+    ) -> AbstractContextManager[Connection]:
+        """`sync_later`: a durable commit that may reach the disk after it returns; it counts for the world only
+        once `synced()` returned (SQLite: store/wal_sync.py; PostgreSQL commits it durably at once)."""
+
+    async def synced(self) -> None:
+        """Return once every transaction committed so far is on the disk; raises StoreError when that failed."""
 
     def close(self) -> None: ...

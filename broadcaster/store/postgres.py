@@ -370,7 +370,9 @@ class PostgresDatabase:
         return self._where
 
     @contextmanager
-    def transaction(self, *, durable: bool = True, leader_only: bool = True) -> Iterator[PostgresConnection]:
+    def transaction(
+        self, *, durable: bool = True, sync_later: bool = False, leader_only: bool = True,
+    ) -> Iterator[PostgresConnection]:
         """BEGIN ... COMMIT, or ROLLBACK on any exception; a database error inside becomes a StoreError.
 
         Under the write lock (one writer at a time, like SQLite's BEGIN IMMEDIATE). With `leader_only` and a
@@ -378,6 +380,8 @@ class PostgresDatabase:
         instance's holder and epoch and has not expired by the database's clock: a takeover (an UPDATE of that
         row) waits for this transaction, so no commit of a former leader lands after it. `durable=False` commits
         without waiting for the WAL flush (synchronous_commit off): only a server crash can lose it, as SQLite's NORMAL.
+        `sync_later` changes nothing here: the commit is durable when it returns (it waits on the server, not on
+        this process's disk), so `synced()` has nothing left to wait for.
         """
         fence = self.fence if leader_only else None
         with self._transaction(WRITE_LOCK, durable=durable, then=_READ_FENCE if fence else "") as (conn, opened):
@@ -411,6 +415,9 @@ class PostgresDatabase:
                 raise StoreError(self._where, f"commit failed: {exc}") from exc
         finally:
             conn.transaction_open = False
+
+    async def synced(self) -> None:
+        """Every commit is durable when it returns (see `transaction`)."""
 
     def restart_identities(self, conn: PostgresConnection) -> None:
         """After rows were copied in with their ids (`storage move`), new ones continue after the highest."""

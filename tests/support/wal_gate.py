@@ -1,0 +1,42 @@
+"""The one seam of the deferred WAL sync (broadcaster/store/wal_sync.py): a sync the test holds open, then lets
+through or fails, as a disk would."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import queue
+import threading
+from pathlib import Path
+
+from broadcaster.store.wal_sync import sync_file
+
+
+class WalGate:
+    """`WalSync.sync_file` for tests. Open, it syncs the file for real. Shut, each call records itself, then waits
+    for the test's word: `let_through()` syncs for real, `fail()` raises EIO as a failing disk does."""
+
+    def __init__(self, *, shut: bool = False) -> None:
+        self.shut = shut
+        self.calls: list[tuple[Path, int]] = []  # (path, thread ident)
+        self._entered = threading.Semaphore(0)
+        self._words: queue.Queue[str] = queue.Queue()
+
+    def __call__(self, path: Path) -> None:
+        self.calls.append((path, threading.get_ident()))
+        if self.shut:
+            self._entered.release()
+            word = self._words.get(timeout=30)
+            if word == "fail":
+                raise OSError(errno.EIO, "Input/output error")
+        sync_file(path)
+
+    async def entered(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109 (a thread's semaphore, not a task)
+        """Wait until a sync is being held (each call is waited for once)."""
+        assert await asyncio.to_thread(self._entered.acquire, True, timeout), "no WAL sync was attempted"
+
+    def let_through(self) -> None:
+        self._words.put("sync")
+
+    def fail(self) -> None:
+        self._words.put("fail")

@@ -1,0 +1,74 @@
+"""A feed's notice is committed without waiting for the disk (broadcaster/store/wal_sync.py), and no channel sends
+it before the worker thread's sync of the WAL returned: not a drain woken by the commit, not a drain already in the
+middle of a send. When that sync fails, nothing committed since the last good one is ever sent. Through the real
+parts (a running broadcaster, Mosquitto, a Mastodon server on loopback); the sync itself is the one seam."""
+
+from __future__ import annotations
+
+import time
+
+from rig import Rig, poll_all, running
+from support.microblog_server import LoggedRequest, MicroblogServer
+from support.wal_gate import WalGate
+from test_channels import SIGNAL, alert, channels
+from test_loop_survival import eventually, loop_errors
+
+from broadcaster.service import Broadcaster
+from broadcaster.store import Database
+
+UPDATE = {"zh": "信号故障，预计晚点15分钟", "en": "Signal fault, 15 min delays"}
+
+
+def posts(server: MicroblogServer) -> list[LoggedRequest]:
+    return [r for r in server.requests("mastodon") if r.method == "POST" and r.path == "/api/v1/statuses"]
+
+
+def gated(b: Broadcaster, gate: WalGate) -> None:
+    assert isinstance(b.db, Database)  # the SQLite engine: PostgreSQL's commits are durable when they return
+    b.db.wal.sync_file = gate
+
+
+async def test_no_channel_sends_a_notice_before_its_commit_is_on_the_disk(rig: Rig, server: MicroblogServer) -> None:
+    rig.serve_rt(alert(SIGNAL))
+    config = rig.config(channels=[c for c in channels(server) if c["name"] == "mastodon"])
+    async with running(config) as b:
+        gate = WalGate(shut=True)
+        gated(b, gate)
+        await poll_all(b)
+        # Committed (the round returned), not yet on the disk: the drains the commit woke wait for the sync.
+        assert b.outbox.pending_count("mastodon") == 1
+        assert b.outbox.pending_count("mqtt") >= 1
+        await gate.entered()
+        released_at = time.monotonic()
+        gate.let_through()
+        await eventually(lambda: b.pending() == 0)
+    [post] = posts(server)
+    assert post.monotonic > released_at
+    assert {path for path, _ in gate.calls} == {config.database_path.with_name(config.database_path.name + "-wal")}
+
+
+async def test_a_drain_in_the_middle_of_a_send_never_sends_what_was_committed_meanwhile_if_its_sync_fails(
+    rig: Rig, server: MicroblogServer
+) -> None:
+    rig.serve_rt(alert(SIGNAL))
+    async with running(rig.config(channels=[c for c in channels(server) if c["name"] == "mastodon"])) as b:
+        gate = WalGate()
+        gated(b, gate)
+        # The first post's answer is held (within the channel's 2 s timeout): its drain is mid-send meanwhile.
+        server.hang("mastodon", 1.5, commit=True)
+        await poll_all(b)
+        await eventually(lambda: len(posts(server)) == 1)
+        gate.shut = True
+        rig.serve_rt(alert(UPDATE))
+        await poll_all(b)  # the update's notice commits while the first post is in flight
+        assert posts(server)[0].status is None, "the first post was answered before the update committed"
+        await gate.entered()  # the MQTT drain's sync of the update's commit, held
+        # The first post is answered and marked sent (a durable commit of its own, taken before the failure);
+        # its drain goes back for what is due and meets the held sync: that sync fails, as a dying disk's would.
+        await eventually(lambda: ("mastodon", "sent") in b.history.depth())
+        gate.fail()
+        await eventually(lambda: loop_errors(b, "drain:mastodon") >= 1 and loop_errors(b, "drain:mqtt") >= 1)
+        assert len(posts(server)) == 1  # the update never left
+        assert b.outbox.pending_count("mastodon") == 1
+        assert b.outbox.pending_count("mqtt") >= 1
+    assert len(server.mastodon_statuses()) == 1
