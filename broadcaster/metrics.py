@@ -104,12 +104,16 @@ class Health:
     #: The configured brokers as scheme://host:port, and the one the link's session is with (None: none).
     mqtt_brokers: tuple[str, ...] = ()
     mqtt_broker: str | None = None
+    #: Why the state database takes no more writes (a sync of its log failed: store/wal_sync.py), or None.
+    database_doubt: str | None = None
 
     @property
     def healthy(self) -> bool:
-        """Every feed healthy and the broker connected and delivering. A backlog alone is not unhealthy: a
-        platform that is down must not get the broadcaster restarted by its supervisor."""
-        return self.mqtt_connected and self.mqtt_delivering and all(f.healthy for f in self.feeds)
+        """Every feed healthy, the broker connected and delivering, and the database writable. A backlog alone is
+        not unhealthy: a platform that is down must not get the broadcaster restarted by its supervisor. A database
+        in doubt is: only a restart makes it usable again."""
+        return (self.mqtt_connected and self.mqtt_delivering and self.database_doubt is None
+                and all(f.healthy for f in self.feeds))
 
 
 def feed_health(feed: FeedConfig, record: FeedRecord | None, now: datetime) -> FeedHealth:
@@ -149,6 +153,7 @@ def read_health(
     mqtt_delivering: bool = True,
     mqtt_brokers: tuple[str, ...] = (),
     mqtt_broker: str | None = None,
+    database_doubt: str | None = None,
 ) -> Health:
     """The broadcaster's health now, from its feed records, its broker link and its outbox."""
     return Health(
@@ -158,6 +163,7 @@ def read_health(
         mqtt_delivering,
         mqtt_brokers,
         mqtt_broker,
+        database_doubt,
     )
 
 
@@ -198,6 +204,9 @@ class _HealthCollector(Collector):
         oldest = GaugeMetricFamily("broadcaster_outbox_oldest_pending_seconds",
                                    "Seconds since the oldest pending entry of the channel was committed.",
                                    labels=["channel"])
+        database = GaugeMetricFamily("broadcaster_database_ok",
+                                     "0 once a sync of the state database's log failed: it takes no more writes and"
+                                     " nothing more is sent until a restart.")
         if health is not None:
             info.add_metric([__version__], 1)
             for feed in health.feeds:
@@ -215,7 +224,8 @@ class _HealthCollector(Collector):
                 depth.add_metric([channel, PENDING], d.pending)
                 depth.add_metric([channel, PARKED], d.parked)
                 oldest.add_metric([channel], d.oldest_pending_seconds or 0.0)
-        yield from (info, up, age, last_ok, failures, mqtt, canary, broker, depth, oldest)
+            database.add_metric([], 1 if health.database_doubt is None else 0)
+        yield from (info, up, age, last_ok, failures, mqtt, canary, broker, depth, oldest, database)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -251,4 +251,5 @@ class Broadcaster:
                            self.link.connected.is_set(), self.clock.now(),
                            mqtt_delivering=self.publisher.mqtt_delivering,
                            mqtt_brokers=tuple(broker_label(url) for url in self.config.mqtt.brokers),
-                           mqtt_broker=broker_label(self.link.broker) if self.link.broker else None)
+                           mqtt_broker=broker_label(self.link.broker) if self.link.broker else None,
+                           database_doubt=self.db.doubt())

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from rig import Rig, poll_all, running
 from support.microblog_server import LoggedRequest, MicroblogServer
 from support.wal_gate import WalGate
+from test_admin import admin_config, api, bearer, parse_metrics
 from test_channels import SIGNAL, alert, channels
 from test_loop_survival import eventually, loop_errors
 
@@ -72,3 +74,32 @@ async def test_a_drain_in_the_middle_of_a_send_never_sends_what_was_committed_me
         assert b.outbox.pending_count("mastodon") == 1
         assert b.outbox.pending_count("mqtt") >= 1
     assert len(server.mastodon_statuses()) == 1
+
+
+@pytest.mark.usefixtures("admin_tokens")
+async def test_a_failed_sync_makes_the_broadcaster_unhealthy_says_why_and_keeps_the_state_it_had(rig: Rig) -> None:
+    """A supervisor restarting on `/v1/health` brings the database back (a restart reads what the disk holds);
+    the operator reads why in `/v1/status` and the metric; the state stays where its last commit left it."""
+    rig.serve_rt()
+    async with api(admin_config(rig)) as (b, http):
+        await poll_all(b)
+        assert (await http.get("/v1/health")).status_code == 200
+        gate = WalGate(shut=True)
+        gated(b, gate)
+        rig.serve_rt(alert(SIGNAL))
+        await poll_all(b)  # committed, its sync held
+        await gate.entered()
+        gate.fail()
+        await eventually(lambda: b.db.doubt() is not None)
+        health = await http.get("/v1/health")
+        assert health.status_code == 503
+        assert health.json()["database"] == {"ok": False}  # the reason names a path: only for the authenticated
+        status = (await http.get("/v1/status", headers=bearer())).json()
+        assert status["database"]["ok"] is False
+        assert "Input/output error" in status["database"]["error"]
+        assert parse_metrics((await http.get("/metrics")).text)["broadcaster_database_ok"] == 0
+        alerts_before = dict(b.state.alerts)
+        rig.serve_rt()  # the alert ends: the broadcaster cannot commit it, so it does not take it on either
+        outcomes = await poll_all(b)
+        assert not outcomes[0]
+        assert b.state.alerts == alerts_before

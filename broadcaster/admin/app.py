@@ -60,6 +60,9 @@ def _health_body(health: Health, *, detail: bool) -> dict[str, Any]:
             channel: {"pending": d.pending, "parked": d.parked, "oldest_pending_seconds": d.oldest_pending_seconds}
             for channel, d in health.outbox.items()
         },
+        # The reason names the database's path: only for authenticated callers.
+        "database": {"ok": health.database_doubt is None}
+        | ({"error": health.database_doubt} if detail else {}),
     }
 
 

@@ -41,8 +41,8 @@ def openapi_document(public: frozenset[str]) -> dict[str, Any]:
             return {"summary": summary, "security": [], **more, "responses": responses}
         return {"summary": summary, "security": [{"bearer": []}], **more, "responses": {**responses, **refused}}
 
-    health = {"type": "object", "description": "healthy, mqtt.connected, feeds[], outbox{channel: depth}, role"
-                                               " (leader or standby), instance"}
+    health = {"type": "object", "description": "healthy, mqtt.connected, feeds[], outbox{channel: depth},"
+                                               " database.ok, role (leader or standby), instance"}
     key = {"name": IDEMPOTENCY_HEADER, "in": "header", "required": False,
            "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
            "description": "a retry with the same key and body gets the first answer for 24 h (Idempotent-Replayed:"
@@ -51,7 +51,8 @@ def openapi_document(public: frozenset[str]) -> dict[str, Any]:
         "/v1/health": {"get": operation(
             "/v1/health", "Health: every feed fresh and the broker connected",
             {"200": {"description": "healthy", **_json_content(health)},
-             "503": {"description": "a feed is failing or stale, or the broker is unreachable",
+             "503": {"description": "a feed is failing or stale, the broker is unreachable, or the database is"
+                                    " in doubt",
                      **_json_content(health)}})},
         "/metrics": {"get": operation(
             "/metrics", "Prometheus metrics (text exposition format)",

@@ -158,6 +158,10 @@ class Database:
         """
         await self.wal.synced()
 
+    def doubt(self) -> str | None:
+        """Why the database takes no more writes until a restart (`WalSync.failed`), or None."""
+        return self.wal.failure
+
     def _set_synchronous(self, level: str) -> None:
         """Raises StoreError before the transaction begins when the level cannot be set (nothing is written)."""
         if self._synchronous == level:

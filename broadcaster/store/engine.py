@@ -71,4 +71,7 @@ class Store(Protocol):
     async def synced(self) -> None:
         """Return once every transaction committed so far is on the disk; raises StoreError when that failed."""
 
+    def doubt(self) -> str | None:
+        """Why the database takes no more writes until a restart (a sync of its log failed), or None."""
+
     def close(self) -> None: ...

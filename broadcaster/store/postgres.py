@@ -419,6 +419,10 @@ class PostgresDatabase:
     async def synced(self) -> None:
         """Every commit is durable when it returns (see `transaction`)."""
 
+    def doubt(self) -> str | None:
+        """None: a failed commit is the server's to recover from (see `synced`)."""
+        return None
+
     def restart_identities(self, conn: PostgresConnection) -> None:
         """After rows were copied in with their ids (`storage move`), new ones continue after the highest."""
         for table, column in (("outbox", "rowid"), ("requests", "id")):
