@@ -5,8 +5,8 @@ priority order, threaded where the platform threads, within the channel's quiet 
 It owns the per-channel locks and wake events; the outbox rows are its only other state, and every change
 to them is one synchronous outbox call, so no state it reads before an await is written after it.
 
-It reads what is due only right after `Outbox.on_disk`, with no await in between: a row the pipeline committed
-without waiting for the disk (store/wal_sync.py) is never sent before it is there.
+It reads what is due only right after `Outbox.on_disk` (`_due`), with no await in between: a row the pipeline
+committed without waiting for the disk (store/wal_sync.py) is never sent before it is there.
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ class Dispatcher:
             self.outbox.hold(channel.name, until)
 
     async def _drain_due(self, channel: NoticeChannel) -> int:
-        await self.outbox.on_disk()  # what `_apply_budget` reads and merges, too
+        await self.outbox.on_disk()  # what `_apply_budget` reads and merges (no await until it is done)
         self._hold_behind_doubt(channel)
         self._apply_quiet(channel)
         self._apply_budget(channel)
@@ -208,8 +208,7 @@ class Dispatcher:
         sent = 0
         while channel.ready:
             progress = False
-            await self.outbox.on_disk()  # rows committed while the last batch was being sent
-            for entry in self.outbox.due(channel.name, self.now(), limit=NOTICE_BATCH):
+            for entry in await self._due(channel):
                 try:
                     thread = self.thread_of(channel, entry)
                 except (ValueError, KeyError, TypeError) as exc:
@@ -268,8 +267,7 @@ class Dispatcher:
         assert isinstance(channel, BatchingChannel)
         sent = 0
         while channel.ready:
-            await self.outbox.on_disk()
-            due = self.outbox.due(channel.name, self.now(), limit=NOTICE_BATCH)
+            due = await self._due(channel)
             if not due:
                 break
             if not self.may_act():
@@ -294,6 +292,12 @@ class Dispatcher:
                 self._back_off(channel, failed, None)
                 break
         return sent
+
+    async def _due(self, channel: NoticeChannel) -> list[OutboxEntry]:
+        """What is due on `channel` now, read right after every commit there is reached the disk, with no await in
+        between: rows committed while the last batch was being sent included."""
+        await self.outbox.on_disk()
+        return self.outbox.due(channel.name, self.now(), limit=NOTICE_BATCH)
 
     def _back_off(
         self, channel: NoticeChannel, failed: Sequence[tuple[OutboxEntry, str, bool]], retry_after: float | None,

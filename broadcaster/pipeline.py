@@ -129,12 +129,18 @@ class Pipeline:
         *,
         on_commit: Callable[[Connection], None] | None = None,
         publish: bool = True,
+        sync_later: bool = False,
     ) -> tuple[Transition, list[Notice]]:
         """Diff, compose, render, then commit the new state, the operator's state, the notices and whatever
         `on_commit` and the step's `record` write, in one transaction; then wake the channels and publish state.
 
         `on_commit` is bookkeeping (the poller's feed record): it is committed durably only when the step is
         (see `durable` below). Whatever must survive a power cut, such as a request's result, is a `Step.record`.
+
+        `sync_later`: the caller tells no one that this step is committed (a feed's poll), so a durable commit
+        need not hold the event loop for the disk: a worker thread syncs it, and the dispatcher sends none of
+        its rows before that (`Store.synced`, `Outbox.on_disk`). A caller that answers someone (an operator's
+        request, the admin API) leaves it False: the commit waits for the disk before it returns.
 
         A `step` that depends on the current state (the operator's alerts, the corrections, the digest marks)
         is given as a function: it is called under the state lock, so what it reads is still true when its
@@ -164,11 +170,6 @@ class Pipeline:
             # commit that queues a notice is durable, and carries every earlier commit to the disk with it.
             durable = bool(messages) or planned.record is not None or (
                 operator_alerts is not self.operator_alerts or corrections is not self.corrections)
-            # A commit that only queues notices (a feed's tick) does not hold the event loop while the disk syncs:
-            # a worker thread syncs it, and the dispatcher sends none of its rows before that (`Outbox.on_disk`).
-            # One that answers a request or changes the operator's state waits for the disk: someone is told.
-            sync_later = durable and planned.record is None and (
-                operator_alerts is self.operator_alerts and corrections is self.corrections)
             # A step that changes nothing (a digest slot due on no channel) opens no transaction: it would take the
             # database's write lock for nothing, and wait behind another writer for it.
             if durable or snapshot is not None or on_commit is not None:

@@ -248,8 +248,11 @@ class FeedPoller:
                 save_snapshot(conn, write.digest, self._parse_keys[feed.name], write.snapshot)
 
         try:
+            # sync_later: a poll answers no one, so its commit need not hold the loop for the disk; the channels
+            # wait for that sync before they send its notices (Pipeline.advance).
             transition, notices = await self._pipeline.advance(
                 lambda: self._pipeline.feed_step(snapshot), now, on_commit=record_fetch, publish=publish,
+                sync_later=True,
             )
         except StoreError as exc:
             # Nothing was committed: the state stays as it was and the next poll tries again.

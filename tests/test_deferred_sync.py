@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import subprocess
+import sys
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,7 +45,7 @@ async def test_a_sync_later_commit_skips_the_fsync_and_a_worker_thread_makes_it_
     assert db.wal.pending
     await db.synced()
     assert not db.wal.pending
-    assert [path for path, _ in gate.calls] == [tmp_path / "state.db-wal"]
+    assert [path for path, _ in gate.calls] == [(tmp_path / "state.db-wal").resolve()]
     assert gate.calls[0][1] != threading.get_ident()  # not on the event loop's thread
     await db.synced()  # nothing new: no second sync
     with db.transaction() as conn:  # FULL, as before
@@ -64,7 +66,10 @@ def test_with_nothing_to_sync_synced_returns_without_yielding_to_the_loop(tmp_pa
         coroutine.send(None)
 
 
-async def test_waiters_share_one_sync_and_a_commit_made_during_it_waits_for_the_next(tmp_path: Path) -> None:
+async def test_waiters_share_one_sync_and_one_made_during_it_keeps_every_waiter_for_the_next(tmp_path: Path) -> None:
+    """A waiter reads the outbox right after `synced()` returns: a commit that landed while it waited is visible
+    then, so it must be on the disk too (the review of the first version found the dispatcher reading such a
+    row unsynced)."""
     gate = WalGate(shut=True)
     db = Database(tmp_path / "state.db", sync=gate)
     queue_one(db, "n1")
@@ -73,16 +78,35 @@ async def test_waiters_share_one_sync_and_a_commit_made_during_it_waits_for_the_
     queue_one(db, "n2")  # lands while the first sync runs: that sync may not carry it
     third = asyncio.create_task(db.synced())
     gate.let_through()
-    async with asyncio.timeout(10):
-        await asyncio.gather(first, second)
-    assert not third.done()
+    await gate.entered()  # a second sync, for n2, which every waiter waits for
+    assert not (first.done() or second.done() or third.done())
     assert db.wal.pending
-    await gate.entered()  # a second sync, for n2
     gate.let_through()
     async with asyncio.timeout(10):
-        await third
+        await asyncio.gather(first, second, third)
     assert len(gate.calls) == 2
     assert not db.wal.pending
+
+
+async def test_the_outbox_read_right_after_on_disk_holds_only_synced_rows(tmp_path: Path) -> None:
+    """The dispatcher's pattern, `await on_disk()` then `due()`, with commits landing during the wait."""
+    gate = WalGate(shut=True)
+    db = Database(tmp_path / "state.db", sync=gate)
+    outbox = Outbox(db)
+    queue_one(db, "n1")
+    reader = asyncio.create_task(outbox.on_disk())
+    await gate.entered()
+    queue_one(db, "n2")
+    queue_one(db, "n3")
+    synced_calls: list[int] = []
+    gate.let_through()
+    await gate.entered()
+    synced_calls.append(len(gate.calls))
+    gate.fail()  # the sync that should carry n2 and n3 fails: the reader must not read them as sent-able
+    with pytest.raises(StoreError):
+        async with asyncio.timeout(10):
+            await reader
+    assert synced_calls == [2]
 
 
 async def test_a_waiter_cancelled_does_not_cancel_the_sync_the_others_wait_for(tmp_path: Path) -> None:
@@ -137,7 +161,91 @@ def test_closing_syncs_what_is_left_on_the_closing_thread(tmp_path: Path) -> Non
     db = Database(tmp_path / "state.db", sync=gate)
     queue_one(db, "n1")
     db.close()
-    assert gate.calls == [(tmp_path / "state.db-wal", threading.get_ident())]
+    assert gate.calls == [((tmp_path / "state.db-wal").resolve(), threading.get_ident())]
+
+
+def test_a_sync_that_fails_as_the_database_closes_is_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    gate = WalGate(shut=True)
+    db = Database(tmp_path / "state.db", sync=gate)
+    queue_one(db, "n1")
+    gate.fail()  # the word is waiting: the sync on this thread takes it at once
+    db.close()
+    assert db.doubt() is not None
+    assert [r for r in caplog.records if r.levelno == logging.CRITICAL]
+
+
+async def test_a_database_behind_a_symbolic_link_has_the_wal_beside_its_target_synced(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "state.db").symlink_to(tmp_path / "data" / "real.db")
+    gate = WalGate()
+    db = Database(tmp_path / "state.db", sync=gate)
+    queue_one(db, "n1")
+    await db.synced()
+    assert [path for path, _ in gate.calls] == [(tmp_path / "data" / "real.db-wal").resolve()]
+    assert (tmp_path / "data" / "real.db-wal").exists()
+    assert not (tmp_path / "state.db-wal").exists()
+
+
+async def test_the_broadcaster_s_start_checkpoints_what_a_failed_sync_left_into_the_database_file(
+    tmp_path: Path,
+) -> None:
+    """After a failed sync the WAL may be whole only in the page cache, never to be written: the restarted
+    process that sends (it holds the state directory) writes it into the database file afresh, and syncs it,
+    before anything is sent."""
+    path = tmp_path / "state.db"
+    gate = WalGate(shut=True)
+    db = Database(path, sync=gate)
+    queue_one(db, "n1")
+    waiting = asyncio.create_task(db.synced())
+    await gate.entered()
+    gate.fail()
+    with pytest.raises(StoreError):
+        async with asyncio.timeout(10):
+            await waiting
+    # Another connection open (a tool reading), so that closing does not checkpoint the WAL as the last one would.
+    other = sqlite3.connect(path)
+    other.execute("SELECT 1 FROM outbox").fetchall()
+    db.close()
+    wal = Path(str(path) + "-wal")
+    assert wal.stat().st_size > 0
+    reader = Database(path)  # a command that does not send (`status`): it checkpoints nothing
+    assert wal.stat().st_size > 0
+    again = Database(path, holding_lock=True)
+    assert wal.stat().st_size == 0  # checkpointed into the database file (TRUNCATE), which SQLite synced
+    assert [e.notice_id for e in Outbox(again).due("mqtt", datetime.now(UTC))] == ["n1"]
+    for db in (reader, again):
+        db.close()
+    other.close()
+
+
+def test_a_full_commit_that_fails_to_write_the_wal_puts_the_commits_owed_a_sync_in_doubt(tmp_path: Path) -> None:
+    """A real SQLITE_IOERR: the process's file size limit stops the WAL's write (EFBIG, SIGXFSZ ignored)."""
+    script = (
+        "import os, resource, signal, sys\n"
+        "from pathlib import Path\n"
+        "from broadcaster.errors import StoreError\n"
+        "from broadcaster.store import Database, KeyValueStore\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "path = Path(sys.argv[1])\n"
+        "db = Database(path)\n"
+        "meta = KeyValueStore(db, 't')\n"
+        "with db.transaction(sync_later=True) as conn:\n"
+        "    meta.save(conn, 'owed', 'a sync')\n"
+        "size = os.path.getsize(str(path) + '-wal')\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (size + 8192, resource.RLIM_INFINITY))\n"
+        "try:\n"
+        "    with db.transaction() as conn:\n"
+        "        meta.save(conn, 'big', 'y' * 200_000)\n"
+        "except StoreError as exc:\n"
+        "    print('refused:', exc)\n"
+        "print('doubt:', db.doubt())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "state.db")], capture_output=True,
+                          text=True, timeout=60, check=True)
+    assert "refused:" in done.stdout
+    assert "doubt: a commit could not write or sync its write-ahead log: disk I/O error" in done.stdout
 
 
 def test_only_a_disk_failure_of_a_commit_puts_the_database_in_doubt() -> None:

@@ -5,15 +5,18 @@ parts (a running broadcaster, Mosquitto, a Mastodon server on loopback); the syn
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
 from rig import Rig, poll_all, running
+from support import MessageRecorder
 from support.microblog_server import LoggedRequest, MicroblogServer
 from support.wal_gate import WalGate
 from test_admin import admin_config, api, bearer, parse_metrics
 from test_channels import SIGNAL, alert, channels
 from test_loop_survival import eventually, loop_errors
+from test_public_feeds import line2_alert, running_site
 
 from broadcaster.service import Broadcaster
 from broadcaster.store import Database
@@ -33,7 +36,7 @@ def gated(b: Broadcaster, gate: WalGate) -> None:
 async def test_no_channel_sends_a_notice_before_its_commit_is_on_the_disk(rig: Rig, server: MicroblogServer) -> None:
     rig.serve_rt(alert(SIGNAL))
     config = rig.config(channels=[c for c in channels(server) if c["name"] == "mastodon"])
-    async with running(config) as b:
+    async with running(config) as b, MessageRecorder(rig.mqtt_url, rig.topic("notices")) as stream:
         gate = WalGate(shut=True)
         gated(b, gate)
         await poll_all(b)
@@ -41,9 +44,11 @@ async def test_no_channel_sends_a_notice_before_its_commit_is_on_the_disk(rig: R
         assert b.outbox.pending_count("mastodon") == 1
         assert b.outbox.pending_count("mqtt") >= 1
         await gate.entered()
+        assert stream.messages == []
         released_at = time.monotonic()
         gate.let_through()
         await eventually(lambda: b.pending() == 0)
+        await stream.wait_for_count(1)
     [post] = posts(server)
     assert post.monotonic > released_at
     assert {path for path, _ in gate.calls} == {config.database_path.with_name(config.database_path.name + "-wal")}
@@ -103,3 +108,20 @@ async def test_a_failed_sync_makes_the_broadcaster_unhealthy_says_why_and_keeps_
         outcomes = await poll_all(b)
         assert not outcomes[0]
         assert b.state.alerts == alerts_before
+
+
+async def test_the_public_feeds_list_no_notice_whose_sync_failed_and_answer_503_while_in_doubt(rig: Rig) -> None:
+    """The Atom feeds list the notice stream's outbox rows: they are read after the same sync as a channel's."""
+    async with running_site(rig) as site:
+        gate = WalGate(shut=True)
+        gated(site.b, gate)
+        rig.serve_rt(line2_alert())
+        await site.b.poll_round()  # the alert's notices committed, their sync held
+        reading = asyncio.create_task(site.feed("/feeds/lines/2.atom"))
+        await gate.entered()
+        gate.fail()
+        async with asyncio.timeout(10):
+            answer = await reading
+        assert answer.status_code == 503
+        assert "line 2" not in answer.text.lower()
+        assert (await site.http.get("/feeds/")).status_code == 200  # the index lists feeds, not notices

@@ -36,6 +36,7 @@ from broadcaster.channels.atom import ATOM_NS, XML_LANG, headline, rfc3339, urn_
 from broadcaster.channels.mqtt import MqttNoticeChannel
 from broadcaster.compose import alert_lines, is_emergency
 from broadcaster.config import PublicConfig
+from broadcaster.errors import StoreError
 from broadcaster.model import LocalizedText
 from broadcaster.public.conditional import http_date, is_fresh, strong_etag
 from broadcaster.public.feed_items import NETWORK, RecentNotice, Scope, ScopeKind, Touches, parse_notice
@@ -296,7 +297,14 @@ class AtomFeeds:
         if lang is None:
             return _not_found(f"There is no feed in the language {_quoted(request.query_params['lang'])}; "
                               f"this site has {', '.join(self.languages)}.")
-        document = self.document(scope, lang, self.base(request))
+        # The notices it lists are outbox rows: like the dispatcher, show none a power cut could still take back,
+        # and none at all once the database is in doubt (store/wal_sync.py).
+        try:
+            await self.b.outbox.on_disk()
+        except StoreError:
+            return PlainTextResponse("The feed is unavailable for now.\n", status_code=503,
+                                     headers={"X-Content-Type-Options": "nosniff", "Retry-After": "60"})
+        document = self.document(scope, lang, self.base(request))  # synchronous: read right after on_disk
         headers = {
             "ETag": document.etag,
             "Last-Modified": http_date(document.last_modified),

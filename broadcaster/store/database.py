@@ -76,10 +76,15 @@ class Database:
             self._synchronous = "FULL"  # what the connection runs with now (see `transaction`)
             #: The schema version the database is at (always `SCHEMA_VERSION` once open).
             self.schema_version = self._up_to_date(holding_lock=holding_lock, keep_copy=keep_copy)
+            if holding_lock:
+                self._settle_log()
+            self.wal.open()
         except (sqlite3.Error, OSError) as exc:
+            self.wal.close()
             self.conn.close()
             raise StoreError(path, f"cannot open the state database: {exc}") from exc
         except BaseException:
+            self.wal.close()
             self.conn.close()
             raise
 
@@ -92,6 +97,19 @@ class Database:
         sync = self.conn.execute("PRAGMA synchronous").fetchone()[0]
         if str(mode).lower() != "wal" or int(sync) != 2:
             raise StoreError(self.path, f"needs journal_mode=WAL and synchronous=FULL, got {mode}/{sync}")
+
+    def _settle_log(self) -> None:
+        """Checkpoint the WAL into the database file, and sync it, before the process that sends starts.
+
+        After a failed sync (store/wal_sync.py) the WAL may be whole only in the page cache, its pages marked clean
+        and never to be written: a restarted process would read them back and send what they hold while the disk
+        lacks them. A checkpoint writes their content into the database file afresh and syncs it; when it cannot,
+        the broadcaster does not start.
+        """
+        busy, _, _ = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            raise StoreError(self.path, "cannot checkpoint its write-ahead log at start-up: another process kept"
+                                        " reading the database for 5 s; stop it and start again")
 
     def _up_to_date(self, *, holding_lock: bool, keep_copy: bool) -> int:
         """Migrate the database to `SCHEMA_VERSION` if it is older, under the state directory's lock."""
@@ -189,10 +207,10 @@ class Database:
         try:
             self.conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            self._rollback()
             if self.wal.pending and _io_error(exc):
                 # A FULL commit's sync of the WAL failed, or its write: the commits left to a sync are in doubt.
                 self.wal.failed(f"a commit could not write or sync its write-ahead log: {exc}")
+            self._rollback()
             raise StoreError(self.path, f"commit failed: {exc}") from exc
 
     def _rollback(self) -> None:
@@ -202,7 +220,7 @@ class Database:
             self.conn.execute("ROLLBACK")
 
     def close(self) -> None:
-        self.wal.sync_now()
+        self.wal.close()
         self.conn.close()
 
 

@@ -5,15 +5,19 @@ A notice's commit must reach the disk before any channel acts on it (docs/design
 machines, twice in a steady tick, while the other feeds and the broker link wait. A transaction committed with
 `sync_later` (`Database.transaction`) is written with `synchronous=NORMAL` instead: the WAL is written, not synced,
 so it survives the process being killed but not yet a power cut. `WalSync` then makes it durable: `synced()` syncs
-the WAL file in a worker thread (the sync FULL would have made) and returns once every such commit made before the
-call is on the disk. Whoever acts on those rows outside the process, the dispatcher before it reads what is due,
-awaits it first; until then, for the world, they are not committed.
+the WAL file in a worker thread (the `fdatasync` FULL would have made) and returns only when no commit is left
+waiting for a sync, so whatever the caller reads right after it, with no await in between, is on the disk. The
+dispatcher does exactly that before it reads what is due; until then, for the world, such a commit is not made.
 
-A sync that fails leaves those commits in doubt. Linux may drop the pages it could not write and mark them clean, so
-a second sync would succeed without writing them, and SQLite's recovery stops at the first damaged frame of the
-WAL, taking every later commit with it. So the database then takes no more transactions and `synced()` raises,
-until the process restarts and SQLite reads from the disk what is really there (PostgreSQL stops for the same
-reason). Nothing committed in doubt is ever sent.
+The WAL is synced through one descriptor opened with the database and kept: Linux reports a failed write-back to
+every descriptor open when it failed, once, so an error that SQLite's own descriptor met (an auto-checkpoint's
+sync, whose error SQLite does not pass on) is still reported here; a descriptor opened later might never hear of it.
+
+A sync that fails leaves those commits in doubt. Linux may drop the pages it could not write, or keep them marked
+clean, so a second sync would succeed without writing them, and SQLite's recovery stops at the first damaged frame
+of the WAL, taking every later commit with it. So the database then takes no more transactions and `synced()`
+raises, until the process restarts; the broadcaster's start-up then checkpoints the WAL into the database file
+(`Database(holding_lock=True)`), which writes whatever it holds afresh and syncs it, before anything is sent.
 """
 
 from __future__ import annotations
@@ -28,40 +32,64 @@ from broadcaster.errors import StoreError
 
 log = logging.getLogger(__name__)
 
-#: Makes one file's written data durable. The seam where tests hold a sync open, or fail it.
-SyncFile = Callable[[Path], None]
+#: Makes the written data of an open file durable, given its descriptor: `os.fdatasync` (what SQLite uses on
+#: Linux). The seam where tests hold a sync open, or fail it.
+SyncFile = Callable[[int], None]
 
-
-def sync_file(path: Path) -> None:
-    """`fdatasync` (what SQLite uses on Linux; `fsync` where there is none) of the file at `path`."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if hasattr(os, "fdatasync"):
-            os.fdatasync(fd)
-        else:  # pragma: no cover (macOS, Windows)
-            os.fsync(fd)
-    finally:
-        os.close(fd)
+sync_file: SyncFile = os.fdatasync if hasattr(os, "fdatasync") else os.fsync
 
 
 class WalSync:
     """The commits of one SQLite database written with `sync_later`, and the syncs that make them durable.
 
     Used from the event loop's thread only; the sync itself runs in a worker thread, one at a time: callers that
-    arrive while one runs wait for it, then start another if commits landed after it began.
+    arrive while one runs wait for it, then for another if commits landed after it began.
     """
 
     def __init__(self, database: Path, sync: SyncFile = sync_file) -> None:
         self._database = database
-        self._wal = database.with_name(database.name + "-wal")
+        #: Where SQLite keeps the WAL: beside the file a symbolic link points to, not beside the link.
+        self.path = Path(os.path.realpath(database) + "-wal")
         #: The seam (`SyncFile`): tests replace it on a running broadcaster's database.
         self.sync_file = sync
+        self._fd: int | None = None
         self._written = 0  # commits made with sync_later so far
         self._synced = 0  # how many of them are known to be on the disk
         self._running: asyncio.Task[None] | None = None
-        self._folder_synced = False
         #: Why the database is in doubt (a sync failed), or None.
         self.failure: str | None = None
+
+    def open(self) -> None:
+        """Open the WAL that SQLite opened (its connection must have read the database), and make its name in the
+        folder durable, as SQLite does at a new WAL's first sync.
+
+        Raises:
+            StoreError: there is no WAL file where SQLite keeps it.
+        """
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY)
+            folder = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+        except OSError as exc:
+            raise StoreError(self._database, f"cannot open its write-ahead log {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        """Sync on this thread what is owed (closing the database), then let the WAL go."""
+        if self._fd is None:
+            return
+        if self.pending and self.failure is None:
+            written = self._written
+            try:
+                self._sync_wal()
+            except Exception as exc:
+                self.failed(f"syncing its write-ahead log failed: {type(exc).__name__}: {exc}")
+            else:
+                self._synced = max(self._synced, written)
+        os.close(self._fd)
+        self._fd = None
 
     @property
     def pending(self) -> bool:
@@ -85,16 +113,19 @@ class WalSync:
             raise StoreError(self._database, f"in doubt since {self.failure}: restart the broadcaster")
 
     async def synced(self) -> None:
-        """Return once every commit made with `sync_later` before this call is on the disk; at once (without
-        yielding to the event loop) when there is none.
+        """Return once no commit made with `sync_later` is waiting for a sync: every commit there is when it returns
+        is on the disk. At once, without yielding to the event loop, when none is waiting.
+
+        It waits for commits that land while it waits, too: a caller reads the database right after it returns
+        and must not see one of those unsynced. Commits come in bursts (a poll round's feeds), a sync covers a
+        burst, so this ends.
 
         Raises:
             StoreError: a sync failed, now or earlier.
         """
-        wanted = self._written  # not later commits: a steady stream of them must not keep this caller waiting
         while True:
             self.check()
-            if self._synced >= wanted:
+            if not self.pending:
                 return
             running = self._running
             if running is None:
@@ -104,7 +135,7 @@ class WalSync:
 
     async def _sync_up_to(self, written: int) -> None:
         try:
-            await asyncio.to_thread(self._sync_files)
+            await asyncio.to_thread(self._sync_wal)
         except Exception as exc:  # an OSError from the disk, or whatever the seam raises: in doubt either way
             self.failed(f"syncing its write-ahead log failed: {type(exc).__name__}: {exc}")
         else:
@@ -112,30 +143,7 @@ class WalSync:
         finally:
             self._running = None
 
-    def sync_now(self) -> None:
-        """Sync on this thread (closing the database): nothing committed is left to a later sync."""
-        if not self.pending or self.failure is not None:
-            return
-        written = self._written
-        try:
-            self._sync_files()
-        except Exception as exc:
-            self.failed(f"syncing its write-ahead log failed: {type(exc).__name__}: {exc}")
-            return
-        self._synced = max(self._synced, written)
-
-    def _sync_files(self) -> None:
-        try:
-            self.sync_file(self._wal)
-        except FileNotFoundError:
-            # No WAL: the last connection to close checkpointed it into the database, which SQLite syncs, and
-            # removed it. (Ours is open, so this happens only as this process closes its own.)
-            return
-        if not self._folder_synced:
-            # The WAL's name in its folder must be durable too: SQLite syncs the folder at the WAL's first sync.
-            fd = os.open(self._wal.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            self._folder_synced = True
+    def _sync_wal(self) -> None:
+        if self._fd is None:
+            raise StoreError(self._database, "its write-ahead log is not open")
+        self.sync_file(self._fd)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import queue
 import threading
 from pathlib import Path
@@ -18,18 +19,18 @@ class WalGate:
 
     def __init__(self, *, shut: bool = False) -> None:
         self.shut = shut
-        self.calls: list[tuple[Path, int]] = []  # (path, thread ident)
+        self.calls: list[tuple[Path, int]] = []  # (the file synced, the thread ident)
         self._entered = threading.Semaphore(0)
         self._words: queue.Queue[str] = queue.Queue()
 
-    def __call__(self, path: Path) -> None:
-        self.calls.append((path, threading.get_ident()))
+    def __call__(self, fd: int) -> None:
+        self.calls.append((Path(os.readlink(f"/proc/self/fd/{fd}")), threading.get_ident()))
         if self.shut:
             self._entered.release()
             word = self._words.get(timeout=30)
             if word == "fail":
                 raise OSError(errno.EIO, "Input/output error")
-        sync_file(path)
+        sync_file(fd)
 
     async def entered(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109 (a thread's semaphore, not a task)
         """Wait until a sync is being held (each call is waited for once)."""
