@@ -30,6 +30,13 @@ def iso(at: datetime) -> str:
     return at.astimezone(UTC).isoformat()
 
 
+def _utc(at: datetime) -> datetime:
+    """`at` in UTC, for orjson to write itself: the same text `iso` gives (RFC 3339, `+00:00`, microseconds when
+    there are any) at a fifth of the cost. A steady tick encodes every station's crowding record again, with four
+    or five times each (~1,000 times in all for 500 stations)."""
+    return at if at.tzinfo is UTC else at.astimezone(UTC)
+
+
 def from_iso(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
@@ -84,7 +91,7 @@ def decode_alert_record(d: Mapping[str, Any]) -> AlertRecord:
 
 
 def _encode_reading(r: CrowdingReading) -> list[Any]:
-    return [r.station_id, int(r.level), iso(r.observed_at), r.percentage, r.line_id, r.direction_id]
+    return [r.station_id, int(r.level), _utc(r.observed_at), r.percentage, r.line_id, r.direction_id]
 
 
 def _decode_reading(v: list[Any]) -> CrowdingReading:
@@ -92,12 +99,13 @@ def _decode_reading(v: list[Any]) -> CrowdingReading:
 
 
 def encode_crowding_record(r: CrowdingRecord) -> dict[str, Any]:
+    """For `dumps_sorted` only: its times are datetimes, which orjson writes as `iso` would (`_utc`)."""
     return {
         "station_id": r.station_id, "level": int(r.level), "percentage": r.percentage,
-        "observed_at": iso(r.observed_at), "changed_at": iso(r.changed_at), "trend": r.trend,
+        "observed_at": _utc(r.observed_at), "changed_at": _utc(r.changed_at), "trend": r.trend,
         "change_percentage": r.change_percentage,
         "candidate": int(r.candidate) if r.candidate is not None else None,
-        "candidate_since": _opt_iso(r.candidate_since),
+        "candidate_since": _utc(r.candidate_since) if r.candidate_since else None,
         "platforms": [_encode_reading(p) for p in r.platforms], "feed": r.feed,
     }
 
