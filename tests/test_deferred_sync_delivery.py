@@ -16,7 +16,7 @@ from support.wal_gate import WalGate
 from test_admin import admin_config, api, bearer, parse_metrics
 from test_channels import SIGNAL, alert, channels
 from test_loop_survival import eventually, loop_errors
-from test_public_feeds import line2_alert, running_site
+from test_public_feeds import entries, line2_alert, running_site, terms
 
 from broadcaster.service import Broadcaster
 from broadcaster.store import Database
@@ -46,7 +46,7 @@ async def test_no_channel_sends_a_notice_before_its_commit_is_on_the_disk(rig: R
         await gate.entered()
         assert stream.messages == []
         released_at = time.monotonic()
-        gate.let_through()
+        gate.open_up()
         await eventually(lambda: b.pending() == 0)
         await stream.wait_for_count(1)
     [post] = posts(server)
@@ -119,9 +119,19 @@ async def test_the_public_feeds_list_no_notice_whose_sync_failed_and_answer_503_
         await site.b.poll_round()  # the alert's notices committed, their sync held
         reading = asyncio.create_task(site.feed("/feeds/lines/2.atom"))
         await gate.entered()
+        gate.open_up()
+        async with asyncio.timeout(10):
+            answer = await reading
+        assert answer.status_code == 200
+        assert any("alert_new" in terms(e) for e in entries(answer.content))  # the notice, once synced
+        gate.shut = True
+        rig.serve_rt(line2_alert({"zh": "2号线恢复运营", "en": "Line 2 service resumed"}))
+        await site.b.poll_round()  # the update's notice committed, its sync held
+        reading = asyncio.create_task(site.feed("/feeds/lines/2.atom"))
+        await gate.entered()
         gate.fail()
         async with asyncio.timeout(10):
             answer = await reading
         assert answer.status_code == 503
-        assert "line 2" not in answer.text.lower()
+        assert "resumed" not in answer.text
         assert (await site.http.get("/feeds/")).status_code == 200  # the index lists feeds, not notices

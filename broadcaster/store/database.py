@@ -18,6 +18,7 @@ out, passed back to them.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -29,6 +30,8 @@ from broadcaster.ha.role import Fence
 from broadcaster.lock import InstanceLock
 from broadcaster.store import migrations, sqlite_steps
 from broadcaster.store.wal_sync import SyncFile, WalSync, sync_file
+
+log = logging.getLogger(__name__)
 
 #: The schema version this release brings every database to (the newest numbered step, store/sqlite_steps.py).
 SCHEMA_VERSION = migrations.newest(sqlite_steps.STEPS)
@@ -103,13 +106,22 @@ class Database:
 
         After a failed sync (store/wal_sync.py) the WAL may be whole only in the page cache, its pages marked clean
         and never to be written: a restarted process would read them back and send what they hold while the disk
-        lacks them. A checkpoint writes their content into the database file afresh and syncs it; when it cannot,
-        the broadcaster does not start.
+        lacks them. A checkpoint writes their content into the database file afresh and syncs it.
+
+        PASSIVE first: it waits for no one, and a writer (a tool holding the write lock) does not stop it. Only a
+        reader of an older snapshot can hold frames back; then FULL waits for it (up to the busy timeout). If that
+        reader still holds on, the broadcaster starts all the same and says so: what is at stake is a failed sync
+        earlier in this boot and a power cut before the next checkpoint, and refusing to start would stop every
+        notice instead.
         """
-        busy, _, _ = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        if busy:
-            raise StoreError(self.path, "cannot checkpoint its write-ahead log at start-up: another process kept"
-                                        " reading the database for 5 s; stop it and start again")
+        _, frames, copied = self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if copied >= frames:
+            return
+        busy, frames, copied = self.conn.execute("PRAGMA wal_checkpoint(FULL)").fetchone()
+        if busy or copied < frames:
+            log.warning("%s: could not checkpoint the write-ahead log at start-up (%d of %d frames; another process"
+                        " is reading an older snapshot): whatever a failed sync of an earlier run left there is not"
+                        " yet known to be on the disk", self.path, copied, frames)
 
     def _up_to_date(self, *, holding_lock: bool, keep_copy: bool) -> int:
         """Migrate the database to `SCHEMA_VERSION` if it is older, under the state directory's lock."""
@@ -165,7 +177,10 @@ class Database:
         self._set_synchronous("FULL" if durable and not sync_later else "NORMAL")
         with self._transaction() as conn:
             yield conn
-        if durable and sync_later:
+        if durable:
+            # A FULL commit is owed a sync of our own descriptor too: SQLite's descriptor may have met, and SQLite
+            # swallowed, a write-back error of earlier frames (an auto-checkpoint's), which only ours still reports.
+            # It costs a worker thread's fdatasync with little or nothing left to write.
             self.wal.written()
 
     async def synced(self) -> None:
@@ -207,8 +222,9 @@ class Database:
         try:
             self.conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            if self.wal.pending and _io_error(exc):
-                # A FULL commit's sync of the WAL failed, or its write: the commits left to a sync are in doubt.
+            if _io_error(exc):
+                # The WAL's write or sync failed: every commit not yet known on the disk, this process's bookkeeping
+                # included, is in doubt, and SQLite's recovery stops at the first damaged frame (store/wal_sync.py).
                 self.wal.failed(f"a commit could not write or sync its write-ahead log: {exc}")
             self._rollback()
             raise StoreError(self.path, f"commit failed: {exc}") from exc

@@ -23,8 +23,11 @@ raises, until the process restarts; the broadcaster's start-up then checkpoints 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,6 +56,9 @@ class WalSync:
         #: The seam (`SyncFile`): tests replace it on a running broadcaster's database.
         self.sync_file = sync
         self._fd: int | None = None
+        # Held while the descriptor is used or closed: a worker's sync may still run as the database closes.
+        self._fd_lock = threading.Lock()
+        self._release: weakref.finalize[..., WalSync] | None = None
         self._written = 0  # commits made with sync_later so far
         self._synced = 0  # how many of them are known to be on the disk
         self._running: asyncio.Task[None] | None = None
@@ -68,13 +74,17 @@ class WalSync:
         """
         try:
             self._fd = os.open(self.path, os.O_RDONLY)
+        except OSError as exc:
+            raise StoreError(self._database, f"cannot open its write-ahead log {self.path}: {exc}") from exc
+        # A database dropped without close() (a test's) must not keep the descriptor for the process's life.
+        self._release = weakref.finalize(self, os.close, self._fd)
+        # Errors ignored, as SQLite ignores them: many file systems cannot sync a folder.
+        with contextlib.suppress(OSError):
             folder = os.open(self.path.parent, os.O_RDONLY)
             try:
                 os.fsync(folder)
             finally:
                 os.close(folder)
-        except OSError as exc:
-            raise StoreError(self._database, f"cannot open its write-ahead log {self.path}: {exc}") from exc
 
     def close(self) -> None:
         """Sync on this thread what is owed (closing the database), then let the WAL go."""
@@ -88,8 +98,10 @@ class WalSync:
                 self.failed(f"syncing its write-ahead log failed: {type(exc).__name__}: {exc}")
             else:
                 self._synced = max(self._synced, written)
-        os.close(self._fd)
-        self._fd = None
+        with self._fd_lock:
+            if self._release is not None:
+                self._release()  # closes the descriptor, once
+            self._fd = None
 
     @property
     def pending(self) -> bool:
@@ -144,6 +156,7 @@ class WalSync:
             self._running = None
 
     def _sync_wal(self) -> None:
-        if self._fd is None:
-            raise StoreError(self._database, "its write-ahead log is not open")
-        self.sync_file(self._fd)
+        with self._fd_lock:
+            if self._fd is None:
+                return  # closed meanwhile: closing synced what was owed (or recorded that it could not)
+            self.sync_file(self._fd)

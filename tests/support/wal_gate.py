@@ -39,5 +39,10 @@ class WalGate:
     def let_through(self) -> None:
         self._words.put("sync")
 
+    def open_up(self) -> None:
+        """Let the held sync through, and every later one (a durable commit owes one too)."""
+        self.shut = False
+        self.let_through()
+
     def fail(self) -> None:
         self._words.put("fail")
