@@ -3,7 +3,7 @@ limits on calls, operators, loops and output (the package docstring describes bo
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, MutableMapping
 from itertools import islice
 from typing import Any
 
@@ -60,6 +60,13 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         self.filters[ITER_FILTER] = self.bounded_iter
         self.filters[CONCAT_FILTER] = self.bounded_concat
         self.concat = self._bounded_output  # type: ignore[method-assign]
+
+    def make_globals(self, d: MutableMapping[str, Any] | None) -> MutableMapping[str, Any]:
+        """A template's globals as one plain dict, not Jinja's ChainMap over the environment's: every render copies
+        them into its context, and copying a ChainMap walks both maps in Python (~10 us a render, ~2 % of a steady
+        tick's CPU). The environment's globals are all set in `__init__`, before any template loads (Jinja asks not
+        to change them after that anyway)."""
+        return {**self.globals, **(d or {})}
 
     # -- compile time ------------------------------------------------------------------------------------------
 
