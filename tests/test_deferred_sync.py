@@ -35,6 +35,20 @@ def size_of(path: str) -> int:
     return os.path.getsize(path)
 
 
+async def in_doubt(path: Path) -> tuple[Database, WalGate, StoreError]:
+    """A database at `path` with the notice n1 committed and its sync failed; and what `synced()` raised."""
+    gate = WalGate(shut=True)
+    db = Database(path, sync=gate)
+    queue_one(db, "n1")
+    waiting = asyncio.create_task(db.synced())
+    await gate.entered()
+    gate.fail()
+    with pytest.raises(StoreError) as failed:
+        async with asyncio.timeout(10):
+            await waiting
+    return db, gate, failed.value
+
+
 def levels_at_commit(db: Database) -> list[int]:
     seen: list[int] = []
     db.conn.set_trace_callback(
@@ -158,17 +172,9 @@ async def test_a_failed_sync_refuses_every_later_write_and_sync_until_a_restart(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "state.db"
-    gate = WalGate(shut=True)
-    db = Database(path, sync=gate)
-    queue_one(db, "n1")
-    waiting = asyncio.create_task(db.synced())
-    await gate.entered()
-    gate.fail()
-    with pytest.raises(StoreError) as failed:
-        async with asyncio.timeout(10):
-            await waiting
-    assert str(path) in str(failed.value)
-    assert "Input/output error" in str(failed.value)
+    db, gate, failed = await in_doubt(path)
+    assert str(path) in str(failed)
+    assert "Input/output error" in str(failed)
     assert [r for r in caplog.records if r.levelno == logging.CRITICAL and "restart" in r.getMessage()]
     # Linux may have dropped the pages it could not write and marked them clean: a second sync would "succeed".
     with pytest.raises(StoreError):
@@ -225,15 +231,7 @@ async def test_the_broadcaster_s_start_checkpoints_what_a_failed_sync_left_into_
     process that sends (it holds the state directory) writes it into the database file afresh, and syncs it,
     before anything is sent."""
     path = tmp_path / "state.db"
-    gate = WalGate(shut=True)
-    db = Database(path, sync=gate)
-    queue_one(db, "n1")
-    waiting = asyncio.create_task(db.synced())
-    await gate.entered()
-    gate.fail()
-    with pytest.raises(StoreError):
-        async with asyncio.timeout(10):
-            await waiting
+    db, _, _ = await in_doubt(path)
     # Another connection open, writing (a tool holding the write lock), so that closing does not checkpoint the WAL
     # as the last connection would; a writer does not stop the start-up's checkpoint either.
     other = sqlite3.connect(path, isolation_level=None)

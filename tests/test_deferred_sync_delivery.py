@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
+import httpx
 import pytest
 from rig import Rig, poll_all, running
 from support import MessageRecorder
@@ -16,7 +18,7 @@ from support.wal_gate import WalGate
 from test_admin import admin_config, api, bearer, parse_metrics
 from test_channels import SIGNAL, alert, channels
 from test_loop_survival import eventually, loop_errors
-from test_public_feeds import entries, line2_alert, running_site, terms
+from test_public_feeds import Site, entries, line2_alert, running_site, terms
 
 from broadcaster.service import Broadcaster
 from broadcaster.store import Database
@@ -117,21 +119,23 @@ async def test_the_public_feeds_list_no_notice_whose_sync_failed_and_answer_503_
         gated(site.b, gate)
         rig.serve_rt(line2_alert())
         await site.b.poll_round()  # the alert's notices committed, their sync held
-        reading = asyncio.create_task(site.feed("/feeds/lines/2.atom"))
-        await gate.entered()
-        gate.open_up()
-        async with asyncio.timeout(10):
-            answer = await reading
+        answer = await line_2_feed_once(site, gate, gate.open_up)
         assert answer.status_code == 200
         assert any("alert_new" in terms(e) for e in entries(answer.content))  # the notice, once synced
         gate.shut = True
         rig.serve_rt(line2_alert({"zh": "2号线恢复运营", "en": "Line 2 service resumed"}))
         await site.b.poll_round()  # the update's notice committed, its sync held
-        reading = asyncio.create_task(site.feed("/feeds/lines/2.atom"))
-        await gate.entered()
-        gate.fail()
-        async with asyncio.timeout(10):
-            answer = await reading
+        answer = await line_2_feed_once(site, gate, gate.fail)
         assert answer.status_code == 503
         assert "resumed" not in answer.text
         assert (await site.http.get("/feeds/")).status_code == 200  # the index lists feeds, not notices
+
+
+async def line_2_feed_once(site: Site, gate: WalGate, then: Callable[[], None]) -> httpx.Response:
+    """Line 2's Atom feed, asked for while a sync is held, answered once the held sync is let through or failed
+    (`then`)."""
+    reading = asyncio.create_task(site.feed("/feeds/lines/2.atom"))
+    await gate.entered()
+    then()
+    async with asyncio.timeout(10):
+        return await reading
