@@ -149,12 +149,13 @@ class Dispatcher:
         async with self._drain_locks[channel.name]:
             return await self._drain_due(channel)
 
-    def _apply_budget(self, channel: NoticeChannel) -> None:
+    def _apply_budget(self, channel: NoticeChannel) -> bool:
         """Keep `channel` within its account's posting budget: merge a backlog that would overrun it, and hold
-        non-emergency posts while the budget is spent. Emergencies are never merged or held."""
+        non-emergency posts while the budget is spent. Emergencies are never merged or held. Returns whether it
+        merged (committed new rows)."""
         limits = self.budgets.get(channel.name)
         if not limits:
-            return
+            return False
         now = self.now()
         longest = max(timedelta(seconds=limit.seconds) for limit in limits)
         room = allowance(limits, self.history.sent_times(channel.name, now - longest), now)
@@ -162,7 +163,8 @@ class Dispatcher:
         emergencies = sum(1 for e in due if e.priority == 0)
         merging = _mergeable(due)
         candidates = [e for e, _ in merging]
-        if should_merge(len(due), emergencies, len(candidates), room):
+        merging_now = should_merge(len(due), emergencies, len(candidates), room)
+        if merging_now:
             posting = next((c for c, _ in self.posting if c.name == channel.name), None)
             posts = merged_posts([p for _, p in merging], posting.profile if posting else None,
                                  merged_notice_id([e.key for e in candidates]))
@@ -181,6 +183,7 @@ class Dispatcher:
             if held:
                 log.warning("%s: posting budget spent; %d post(s) wait until %s (emergencies still go)",
                             channel.name, held, room.next_slot_at.isoformat(timespec="seconds"))
+        return merging_now
 
     def _apply_quiet(self, channel: NoticeChannel) -> None:
         """In a quiet window, routine and normal posts wait for its end; emergencies go."""
@@ -298,11 +301,14 @@ class Dispatcher:
         it belongs under. (A routine post that slipped past the hold behind a doubtful Weibo post made the doubtful
         one's retry a duplicate: the crash loop found it.)
         """
-        await self.outbox.on_disk()
-        self._hold_behind_doubt(channel)
-        self._apply_quiet(channel)
-        self._apply_budget(channel)
-        return self.outbox.due(channel.name, self.now(), limit=NOTICE_BATCH)
+        while True:
+            await self.outbox.on_disk()
+            self._hold_behind_doubt(channel)
+            self._apply_quiet(channel)
+            if not self._apply_budget(channel):
+                return self.outbox.due(channel.name, self.now(), limit=NOTICE_BATCH)
+            # A merge committed new rows: they wait for the disk like any other. This ends: a merged post is never
+            # merged again, so another round takes two new rows arriving meanwhile.
 
     def _back_off(
         self, channel: NoticeChannel, failed: Sequence[tuple[OutboxEntry, str, bool]], retry_after: float | None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,6 +14,7 @@ from rig import Rig, SteppedClock, poll_all, running
 from support import LoopbackHttpServer, MosquittoBroker
 from support.gtfs_rt_builders import alert_entity, selector
 from support.microblog_server import MicroblogServer, mastodon_length
+from support.wal_gate import WalGate
 from test_channels import until
 from test_no_doubled_words import alert_notice, render
 
@@ -22,6 +24,7 @@ from broadcaster.config import BudgetLimit, WeiboChannelConfig
 from broadcaster.posts import MERGED_KIND, Post
 from broadcaster.render.length import weibo
 from broadcaster.render.posts import HEADLINE, merged_posts, posts_for
+from broadcaster.store import Database
 
 T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 
@@ -184,3 +187,23 @@ async def test_a_merged_post_says_what_the_templates_brief_form_says(
         assert f"简报：第{i}号：电梯维修" in statuses[0].text
     assert "敬请谅解" not in statuses[0].text  # the full texts (four long paragraphs) did not fit together
     assert mastodon_length(statuses[0].text) <= 500
+
+
+async def test_a_merged_post_is_sent_only_after_a_sync_made_after_its_merge(
+    rig: Rig, microblog: MicroblogServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A merge commits new rows, which wait for the disk like any other (Dispatcher._due goes back to the barrier
+    after it): a review found the merged post read, and sent, right after the merge's own commit."""
+    channel = {"name": "mastodon", "kind": "mastodon", "url": microblog.url, "token": {"env": "T_MASTODON"},
+               "languages": ["zh"], "budget": [{"posts": 1, "seconds": 10800}]}
+    rig.serve_rt(*alerts(4))
+    async with running(rig.config(channels=[channel])) as b:
+        assert isinstance(b.db, Database)
+        gate = WalGate()
+        b.db.wal.sync_file = gate
+        with caplog.at_level(logging.WARNING, logger="broadcaster.dispatcher"):
+            await poll_all(b)
+            await until(lambda: b.outbox.pending_count("mastodon") == 0, b)
+    [merged_at] = [r.created for r in caplog.records if "merged into" in r.getMessage()]
+    [post] = [r for r in microblog.requests("mastodon") if r.method == "POST" and r.path == "/api/v1/statuses"]
+    assert any(merged_at < started < post.at.timestamp() for started in gate.started)

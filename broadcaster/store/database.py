@@ -175,12 +175,14 @@ class Database:
         # FULL is set again before the next durable commit, not after this one: a failure to set it must not
         # turn a transaction that committed into an error (callers take StoreError as "nothing committed").
         self._set_synchronous("FULL" if durable and not sync_later else "NORMAL")
+        changes = self.conn.total_changes
         with self._transaction() as conn:
             yield conn
-        if durable:
+        if durable and self.conn.total_changes != changes:
             # A FULL commit is owed a sync of our own descriptor too: SQLite's descriptor may have met, and SQLite
             # swallowed, a write-back error of earlier frames (an auto-checkpoint's), which only ours still reports.
-            # It costs a worker thread's fdatasync with little or nothing left to write.
+            # It costs a worker thread's fdatasync with little or nothing left to write. A commit that changed no
+            # row (a hold with nothing to hold) wrote nothing, and is owed nothing.
             self.wal.written()
 
     async def synced(self) -> None:

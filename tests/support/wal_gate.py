@@ -8,6 +8,7 @@ import errno
 import os
 import queue
 import threading
+import time
 from pathlib import Path
 
 from broadcaster.store.wal_sync import sync_file
@@ -20,10 +21,12 @@ class WalGate:
     def __init__(self, *, shut: bool = False) -> None:
         self.shut = shut
         self.calls: list[tuple[Path, int]] = []  # (the file synced, the thread ident)
+        self.started: list[float] = []  # time.time() as each call began
         self._entered = threading.Semaphore(0)
         self._words: queue.Queue[str] = queue.Queue()
 
     def __call__(self, fd: int) -> None:
+        self.started.append(time.time())
         self.calls.append((Path(os.readlink(f"/proc/self/fd/{fd}")), threading.get_ident()))
         if self.shut:
             self._entered.release()
