@@ -17,7 +17,7 @@ import pytest
 from rig import Rig
 from support.gtfs_rt_builders import alert_entity, selector
 from support.microblog_server import MicroblogServer
-from support.mosquitto import free_port
+from support.ports import free_port
 from support.postgres import PASSWORD, PostgresServer
 from test_admin import NOTICE, bearer
 from test_channels import channels

@@ -18,7 +18,7 @@ import pytest
 from rig import Rig
 from support import MessageRecorder
 from support.microblog_server import MicroblogServer
-from support.mosquitto import free_port
+from support.ports import free_port
 from support.postgres import PostgresServer
 from test_admin import NOTICE, admin_config, bearer
 from test_channels import channels

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from support import MosquittoBroker
-from support.mosquitto import free_port
+from support.ports import free_port
 
 from broadcaster.channels.mqtt.clients import new_client
 from broadcaster.config import MqttConfig

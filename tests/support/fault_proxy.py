@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Self
 
-from .mosquitto import free_port
+from .ports import free_port
 
 PUBACK = 0x40
 PUBLISH = 0x30

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import psycopg
 
-from .mosquitto import free_port
+from .ports import free_port
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence

@@ -11,6 +11,7 @@ import time
 from typing import IO, TYPE_CHECKING, Self
 
 from .binaries import find_binary
+from .ports import free_port
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -26,14 +27,6 @@ class MosquittoNotFound(RuntimeError):
 def find_mosquitto() -> str:
     """Return the path of the mosquitto binary: $MOSQUITTO, then PATH, then the usual sbin directories."""
     return find_binary("mosquitto", "MOSQUITTO", _KNOWN_LOCATIONS, "mosquitto", MosquittoNotFound)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that nothing listens on right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class MosquittoBroker:

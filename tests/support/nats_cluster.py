@@ -24,7 +24,7 @@ import urllib.request
 from typing import IO, TYPE_CHECKING, Self
 
 from .binaries import find_binary
-from .mosquitto import free_port
+from .ports import free_port
 
 if TYPE_CHECKING:
     from pathlib import Path

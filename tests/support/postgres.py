@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Self
 
 from .binaries import find_binary
-from .mosquitto import free_port
+from .ports import free_port
 
 #: The superuser the tests connect as, and its password (given to the broadcaster through the environment).
 USER = "broadcaster"
