@@ -13,6 +13,7 @@ import httpx
 import pytest
 from rig import Rig, poll_all, running
 from support import MessageRecorder
+from support.fault_proxy import FaultProxy
 from support.microblog_server import LoggedRequest, MicroblogServer
 from support.wal_gate import WalGate
 from test_admin import admin_config, api, bearer, parse_metrics
@@ -20,10 +21,12 @@ from test_channels import SIGNAL, alert, channels
 from test_loop_survival import eventually, loop_errors
 from test_public_feeds import Site, entries, line2_alert, running_site, terms
 
+from broadcaster.operator import ManualNotice
 from broadcaster.service import Broadcaster
 from broadcaster.store import Database
 
 UPDATE = {"zh": "信号故障，预计晚点15分钟", "en": "Signal fault, 15 min delays"}
+CLOSED = {"zh": "B口关闭", "en": "Exit B closed"}
 
 
 def posts(server: MicroblogServer) -> list[LoggedRequest]:
@@ -81,6 +84,38 @@ async def test_a_drain_in_the_middle_of_a_send_never_sends_what_was_committed_me
         assert b.outbox.pending_count("mastodon") == 1
         assert b.outbox.pending_count("mqtt") >= 1
     assert len(server.mastodon_statuses()) == 1
+
+
+async def test_a_notice_batch_s_next_read_waits_for_the_disk_for_what_was_committed_while_it_was_in_flight(
+    rig: Rig,
+) -> None:
+    """The MQTT notice stream sends its queue in batches (`Dispatcher._drain_batches`): after one batch is
+    acknowledged it reads again, and that read, too, comes after the sync of every commit made meanwhile. The
+    broker's acknowledgement of the first notice is held (a proxy), so the second commits while it is in flight."""
+    notices = rig.topic("notices")
+    async with (FaultProxy("127.0.0.1", int(rig.mqtt_url.rsplit(":", 1)[1])) as proxy,
+                running(rig.config(mqtt={"url": proxy.url})) as b):
+        gate = WalGate()
+        gated(b, gate)
+        proxy.hold_ack_of(notices)
+        first = asyncio.create_task(b.announce(ManualNotice(CLOSED, station_ids=("S04",))))
+        async with asyncio.timeout(10):
+            await proxy.wait_published_on(notices, 1)  # in flight: its PUBACK held
+        queued = b.outbox.pending_count("mqtt")
+        gate.shut = True
+        second = asyncio.create_task(b.announce(ManualNotice(UPDATE, station_ids=("S05",))))
+        # Committed (a durable commit owes a sync of the WAL all the same), its sync not yet attempted.
+        await eventually(lambda: b.outbox.pending_count("mqtt") > queued)
+        proxy.release_acks()
+        await gate.entered()  # the batch was acknowledged, and its next read waits for the second's sync
+        assert len(proxy.published_on(notices)) == 1
+        released_at = time.monotonic()
+        gate.open_up()
+        async with asyncio.timeout(10):
+            sent = await proxy.wait_published_on(notices, 2)
+            await asyncio.gather(first, second)
+        assert sent.at > released_at
+        await eventually(lambda: b.pending() == 0)
 
 
 @pytest.mark.usefixtures("admin_tokens")

@@ -5,7 +5,9 @@ It runs in the test's event loop on a free loopback port. Black-holing keeps eve
 forwards nothing in either direction (and accepts new connections that get nowhere), as a dead route or a
 firewall dropping packets does; healing forwards again and closes the held connections, as a route that
 comes back after the TCP sessions timed out. Dropping a PUBACK parses the broker-to-client MQTT stream
-packet by packet and swallows the next PUBACK, so the client never learns its QoS 1 message arrived.
+packet by packet and swallows the next PUBACK, so the client never learns its QoS 1 message arrived. Holding an
+acknowledgement keeps the broker's PUBACK of the next PUBLISH on a topic, and everything the broker sends after it
+(PUBACKs go back in order), until the test releases it: that message stays in flight as long as the test needs.
 
 Everything the client sends that reaches the target is logged with its `time.monotonic()` (`forwarded`): whole
 packets in MQTT mode, chunks as read otherwise. The clock is the machine's, so other processes' times compare.
@@ -43,6 +45,17 @@ class Forwarded:
         length = int.from_bytes(self.data[at + 1:at + 3], "big")
         return self.data[at + 3:at + 3 + length].decode()
 
+    @property
+    def packet_id(self) -> int | None:
+        """The packet identifier of a QoS 1 or 2 PUBLISH packet, None for any other packet."""
+        if not self.data or self.data[0] & 0xF0 != PUBLISH or not self.data[0] & 0x06:
+            return None
+        at = 1
+        while self.data[at] & 0x80:
+            at += 1
+        start = at + 3 + int.from_bytes(self.data[at + 1:at + 3], "big")
+        return int.from_bytes(self.data[start:start + 2], "big")
+
 
 class FaultProxy:
     host = "127.0.0.1"
@@ -58,6 +71,10 @@ class FaultProxy:
         self._healed.set()
         self.drop_pubacks = 0  # how many PUBACKs still to swallow
         self.dropped_pubacks = 0
+        self._hold_topic: str | None = None  # the topic whose next PUBLISH's PUBACK is held (`hold_ack_of`)
+        self._held_ids: set[int] = set()
+        self._acks_released = asyncio.Event()
+        self._acks_released.set()
         self.held_attempts = 0  # connections accepted during an outage: the client is trying to reconnect
         self._attempted = asyncio.Condition()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -94,6 +111,27 @@ class FaultProxy:
         for writer in list(self._writers):
             writer.close()
         self._healed.set()
+
+    def hold_ack_of(self, topic: str) -> None:
+        """Hold the broker's PUBACK of the next message the client publishes on `topic`, and whatever the broker
+        sends after it, until `release_acks()`."""
+        self._hold_topic = topic
+        self._acks_released.clear()
+
+    def release_acks(self) -> None:
+        self._hold_topic = None
+        self._held_ids.clear()
+        self._acks_released.set()
+
+    def published_on(self, topic: str) -> list[Forwarded]:
+        """The PUBLISH packets on `topic` passed on so far, in order."""
+        return [f for f in self.forwarded if f.publish_topic == topic]
+
+    async def wait_published_on(self, topic: str, count: int) -> Forwarded:
+        """Wait until `count` messages on `topic` have been passed on; returns the last of them."""
+        async with self._forwarding:
+            await self._forwarding.wait_for(lambda: len(self.published_on(topic)) >= count)
+        return self.published_on(topic)[count - 1]
 
     async def wait_forwarded(self, publishes: int) -> None:
         """Wait until the proxy has passed on `publishes` PUBLISH packets from the client in all."""
@@ -141,12 +179,26 @@ class FaultProxy:
                     self.drop_pubacks -= 1
                     self.dropped_pubacks += 1
                     continue
+                if upstream and self._hold_topic is not None and not self._held_ids:
+                    forwarded = Forwarded(0.0, packet)
+                    if forwarded.publish_topic == self._hold_topic and forwarded.packet_id is not None:
+                        self._held_ids.add(forwarded.packet_id)
+                if (not upstream and parse and packet[0] & 0xF0 == PUBACK and self._held_ids
+                        and _puback_id(packet) in self._held_ids):
+                    await self._acks_released.wait()  # this PUBACK and everything after it wait
                 writer.write(packet)
                 await writer.drain()
                 if upstream:
                     self.forwarded.append(Forwarded(time.monotonic(), packet))
                     async with self._forwarding:
                         self._forwarding.notify_all()
+
+
+def _puback_id(packet: bytes) -> int:
+    at = 1
+    while packet[at] & 0x80:
+        at += 1
+    return int.from_bytes(packet[at + 1:at + 3], "big")
 
 
 async def _read_packet(reader: asyncio.StreamReader) -> bytes:
