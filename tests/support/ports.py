@@ -7,21 +7,27 @@ test worker opens meanwhile may be given it: the restart then fails with "addres
 once, a NATS node's client port taken in the nine seconds the node was down).
 
 So the tests' ports come from below the ephemeral range, where the kernel never picks a local port on its own,
-and each xdist worker draws from its own slice of that range, so two workers never pick the same port either.
-Each candidate is still bound once to check that nothing holds it now.
+and each process draws from a slice of that range it holds a lock on (`flock`, released when the process ends),
+so no two processes pick the same port either: not two xdist workers, not a worker xdist started in place of a
+crashed one, not a subprocess that imports these helpers. Each candidate is still bound once to check that
+nothing holds it now.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import socket
+import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 # Below 10000 sit many well-known services' ports (databases, brokers, dev servers on a developer's machine).
 _LOWEST = 10_000
 _DEFAULT_EPHEMERAL = (32_768, 60_999)  # Linux's default, used when /proc does not say
+_SLICE_SIZE = 1_000  # ports per process: a worker starts a few hundred servers at most
 
 
 def _ephemeral_range() -> tuple[int, int]:
@@ -35,21 +41,37 @@ def _ephemeral_range() -> tuple[int, int]:
 def _pool() -> range:
     """Ports the kernel does not hand out on its own: below the ephemeral range, or above it if below is too small."""
     low, high = _ephemeral_range()
-    if low - _LOWEST >= 2_000:
+    if low - _LOWEST >= 2 * _SLICE_SIZE:
         return range(_LOWEST, low)
-    if 65_535 - high >= 2_000:
+    if 65_535 - high >= 2 * _SLICE_SIZE:
         return range(high + 1, 65_536)
-    return range(_LOWEST, 65_536)  # an unusual machine: fall back to the bind check alone
+    warnings.warn(f"the ephemeral port range {low}-{high} leaves no room for the tests' servers: a server restarted"
+                  " on its port may find it taken by an outgoing connection", stacklevel=2)
+    return range(_LOWEST, 65_536)
 
 
-def _worker_slice(pool: range) -> range:
-    """This xdist worker's share of `pool` (the whole pool outside xdist)."""
+def _worker_index() -> int:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
-    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
-    size = len(pool) // max(count, 1)
-    start = pool.start + (index % max(count, 1)) * size
-    return range(start, start + size)
+    return int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+
+
+def _claim_slice(pool: range) -> range:
+    """A slice of `pool` no other live process holds, locked for as long as this one lives. The search starts at
+    the xdist worker's own slice, so workers rarely meet on a lock."""
+    slices = len(pool) // _SLICE_SIZE
+    folder = Path(tempfile.gettempdir()) / f"broadcaster-test-ports-{os.getuid()}"
+    folder.mkdir(exist_ok=True)
+    for step in range(slices):
+        start = pool.start + (_worker_index() + step) % slices * _SLICE_SIZE
+        fd = os.open(folder / f"{start}.lock", os.O_RDWR | os.O_CREAT, 0o600)  # not inherited by subprocesses
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        _held.append(fd)  # kept open: closing it would release the lock
+        return range(start, start + _SLICE_SIZE)
+    raise RuntimeError(f"all {slices} slices of ports {pool.start}-{pool.stop - 1} are held by other processes")
 
 
 def _nothing_holds(host: str, port: int) -> bool:
@@ -62,20 +84,25 @@ def _nothing_holds(host: str, port: int) -> bool:
     return True
 
 
-_SLICE = _worker_slice(_pool())
+_held: list[int] = []
 _lock = threading.Lock()
-# A random start, so that separate processes in one worker (a harness, a subprocess) rarely walk the same ports;
-# then each call moves on, so a port just handed out is not handed out again while its server starts.
-_next = random.randrange(len(_SLICE))
+_slice: range | None = None  # claimed on the first call
+_next = 0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that nothing listens on right now and that no outgoing connection will be given later."""
-    global _next
+    """A port that nothing listens on right now, that no outgoing connection will be given later, and that no
+    other process of the test run will pick."""
+    global _slice, _next
     with _lock:
-        for _ in range(len(_SLICE)):
-            port = _SLICE.start + _next % len(_SLICE)
+        if _slice is None:
+            _slice = _claim_slice(_pool())
+            # Anywhere in the slice: a process that ends and a new one that claims its slice do not walk the same
+            # ports in the same order. Then each call moves on, so a port handed out is not handed out again.
+            _next = random.randrange(len(_slice))
+        for _ in range(len(_slice)):
+            port = _slice.start + _next % len(_slice)
             _next += 1
             if _nothing_holds(host, port):
                 return port
-    raise RuntimeError(f"no free port in {_SLICE.start}-{_SLICE.stop - 1} on {host}")
+    raise RuntimeError(f"no free port in {_slice.start}-{_slice.stop - 1} on {host}")
