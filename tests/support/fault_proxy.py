@@ -115,6 +115,8 @@ class FaultProxy:
     def hold_ack_of(self, topic: str) -> None:
         """Hold the broker's PUBACK of the next message the client publishes on `topic`, and whatever the broker
         sends after it, until `release_acks()`."""
+        assert self.mqtt, "only an MQTT proxy reads packets"
+        assert self._acks_released.is_set(), "one hold at a time: release_acks() first"
         self._hold_topic = topic
         self._acks_released.clear()
 
