@@ -106,6 +106,9 @@ class Health:
     mqtt_broker: str | None = None
     #: Why the state database takes no more writes (a sync of its log failed: store/wal_sync.py), or None.
     database_doubt: str | None = None
+    #: How long the running sync of the database's log has taken so far (0 when none runs): every channel waits
+    #: for it. Not unhealthy however long: a restart does not make a slow disk faster.
+    database_sync_seconds: float = 0.0
 
     @property
     def healthy(self) -> bool:
@@ -154,6 +157,7 @@ def read_health(
     mqtt_brokers: tuple[str, ...] = (),
     mqtt_broker: str | None = None,
     database_doubt: str | None = None,
+    database_sync_seconds: float = 0.0,
 ) -> Health:
     """The broadcaster's health now, from its feed records, its broker link and its outbox."""
     return Health(
@@ -164,6 +168,7 @@ def read_health(
         mqtt_brokers,
         mqtt_broker,
         database_doubt,
+        database_sync_seconds,
     )
 
 
@@ -207,6 +212,9 @@ class _HealthCollector(Collector):
         database = GaugeMetricFamily("broadcaster_database_ok",
                                      "0 once a sync of the state database's log failed: it takes no more writes and"
                                      " nothing more is sent until a restart.")
+        syncing = GaugeMetricFamily("broadcaster_database_sync_running_seconds",
+                                    "Seconds the running sync of the state database's log has taken so far (0 when"
+                                    " none runs); every channel waits for it.")
         if health is not None:
             info.add_metric([__version__], 1)
             for feed in health.feeds:
@@ -225,7 +233,8 @@ class _HealthCollector(Collector):
                 depth.add_metric([channel, PARKED], d.parked)
                 oldest.add_metric([channel], d.oldest_pending_seconds or 0.0)
             database.add_metric([], 1 if health.database_doubt is None else 0)
-        yield from (info, up, age, last_ok, failures, mqtt, canary, broker, depth, oldest, database)
+            syncing.add_metric([], health.database_sync_seconds)
+        yield from (info, up, age, last_ok, failures, mqtt, canary, broker, depth, oldest, database, syncing)
 
 
 # ------------------------------------------------------------------------------------------------------------

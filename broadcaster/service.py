@@ -252,4 +252,4 @@ class Broadcaster:
                            mqtt_delivering=self.publisher.mqtt_delivering,
                            mqtt_brokers=tuple(broker_label(url) for url in self.config.mqtt.brokers),
                            mqtt_broker=broker_label(self.link.broker) if self.link.broker else None,
-                           database_doubt=self.db.doubt())
+                           database_doubt=self.db.doubt(), database_sync_seconds=self.db.sync_running_seconds())

@@ -153,6 +153,24 @@ async def test_the_outbox_read_right_after_on_disk_holds_only_synced_rows(tmp_pa
     assert synced_calls == [2]
 
 
+async def test_a_sync_the_disk_holds_shows_how_long_it_has_run(tmp_path: Path) -> None:
+    """What `/v1/status` and `broadcaster_database_sync_running_seconds` show: a disk that hangs holds every
+    channel, and the outbox's age alone would not tell it from a platform that is down."""
+    gate = WalGate(shut=True)
+    db = Database(tmp_path / "state.db", sync=gate)
+    assert db.sync_running_seconds() == 0.0
+    queue_one(db, "n1")
+    assert db.sync_running_seconds() == 0.0  # owed, but nobody waits for it yet: no sync runs
+    waiting = asyncio.create_task(db.synced())
+    await gate.entered()
+    first = db.sync_running_seconds()
+    assert 0 < first <= db.sync_running_seconds()
+    gate.let_through()
+    async with asyncio.timeout(10):
+        await waiting
+    assert db.sync_running_seconds() == 0.0
+
+
 async def test_a_waiter_cancelled_does_not_cancel_the_sync_the_others_wait_for(tmp_path: Path) -> None:
     gate = WalGate(shut=True)
     db = Database(tmp_path / "state.db", sync=gate)

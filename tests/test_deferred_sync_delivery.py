@@ -140,11 +140,18 @@ async def test_a_failed_sync_makes_the_broadcaster_unhealthy_says_why_and_keeps_
             rig.serve_rt(alert(SIGNAL))
             await poll_all(b)  # committed, its sync held
             await gate.entered()
+            # A sync that the disk holds is shown (every channel waits for it), and is not unhealthy: a restart
+            # would not make the disk any faster.
+            status = (await http.get("/v1/status", headers=bearer())).json()
+            assert status["healthy"] is True
+            assert status["database"]["sync_running_seconds"] > 0
+            assert parse_metrics((await http.get("/metrics")).text)["broadcaster_database_sync_running_seconds"] > 0
             gate.fail()
             await eventually(lambda: b.db.doubt() is not None)
             health = await http.get("/v1/health")
             assert health.status_code == 503
-            assert health.json()["database"] == {"ok": False}  # the reason names a path: only for the authenticated
+            # The reason names a path: only for the authenticated.
+            assert health.json()["database"] == {"ok": False, "sync_running_seconds": 0}
             status = (await http.get("/v1/status", headers=bearer())).json()
             assert status["database"]["ok"] is False
             assert "Input/output error" in status["database"]["error"]

@@ -61,7 +61,8 @@ def _health_body(health: Health, *, detail: bool) -> dict[str, Any]:
             for channel, d in health.outbox.items()
         },
         # The reason names the database's path: only for authenticated callers.
-        "database": {"ok": health.database_doubt is None}
+        "database": {"ok": health.database_doubt is None,
+                     "sync_running_seconds": round(health.database_sync_seconds, 3)}
         | ({"error": health.database_doubt} if detail else {}),
     }
 

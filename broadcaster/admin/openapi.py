@@ -42,7 +42,8 @@ def openapi_document(public: frozenset[str]) -> dict[str, Any]:
         return {"summary": summary, "security": [{"bearer": []}], **more, "responses": {**responses, **refused}}
 
     health = {"type": "object", "description": "healthy, mqtt.connected, feeds[], outbox{channel: depth},"
-                                               " database.ok, role (leader or standby), instance"}
+                                               " database.ok, database.sync_running_seconds, role (leader or standby),"
+                                               " instance"}
     key = {"name": IDEMPOTENCY_HEADER, "in": "header", "required": False,
            "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
            "description": "a retry with the same key and body gets the first answer for 24 h (Idempotent-Replayed:"

@@ -197,6 +197,10 @@ class Database:
         """Why the database takes no more writes until a restart (`WalSync.failed`), or None."""
         return self.wal.failure
 
+    def sync_running_seconds(self) -> float:
+        """How long the running sync of the write-ahead log has taken so far (0 when none runs)."""
+        return self.wal.sync_running_seconds()
+
     def _set_synchronous(self, level: str) -> None:
         """Raises StoreError before the transaction begins when the level cannot be set (nothing is written)."""
         if self._synchronous == level:

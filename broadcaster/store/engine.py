@@ -74,4 +74,7 @@ class Store(Protocol):
     def doubt(self) -> str | None:
         """Why the database takes no more writes until a restart (a sync of its log failed), or None."""
 
+    def sync_running_seconds(self) -> float:
+        """How long a sync of the log that the channels wait for has been running (0 when none runs)."""
+
     def close(self) -> None: ...

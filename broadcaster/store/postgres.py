@@ -423,6 +423,10 @@ class PostgresDatabase:
         """None: a failed commit is the server's to recover from (see `synced`)."""
         return None
 
+    def sync_running_seconds(self) -> float:
+        """0: a commit is durable when COMMIT returns; nothing syncs afterwards."""
+        return 0.0
+
     def restart_identities(self, conn: PostgresConnection) -> None:
         """After rows were copied in with their ids (`storage move`), new ones continue after the highest."""
         for table, column in (("outbox", "rowid"), ("requests", "id")):

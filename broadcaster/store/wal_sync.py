@@ -27,6 +27,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -62,6 +63,7 @@ class WalSync:
         self._written = 0  # commits made with sync_later so far
         self._synced = 0  # how many of them are known to be on the disk
         self._running: asyncio.Task[None] | None = None
+        self._sync_started: float | None = None  # time.monotonic() as the running sync began
         #: Why the database is in doubt (a sync failed), or None.
         self.failure: str | None = None
 
@@ -145,7 +147,14 @@ class WalSync:
             # Shielded: a caller cancelled while it waits (a drain at shutdown) does not cancel the others' sync.
             await asyncio.shield(running)
 
+    def sync_running_seconds(self) -> float:
+        """How long the sync running now has taken so far; 0 when none runs. Every drain waits for it, so a disk
+        that hangs shows here (the outbox's age alone would not tell it from a platform that is down)."""
+        started = self._sync_started
+        return 0.0 if started is None else time.monotonic() - started
+
     async def _sync_up_to(self, written: int) -> None:
+        self._sync_started = time.monotonic()
         try:
             await asyncio.to_thread(self._sync_wal)
         except Exception as exc:  # an OSError from the disk, or whatever the seam raises: in doubt either way
@@ -154,6 +163,7 @@ class WalSync:
             self._synced = max(self._synced, written)
         finally:
             self._running = None
+            self._sync_started = None
 
     def _sync_wal(self) -> None:
         with self._fd_lock:
