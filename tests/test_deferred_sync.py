@@ -162,10 +162,12 @@ async def test_a_sync_the_disk_holds_shows_how_long_it_has_run(tmp_path: Path) -
     queue_one(db, "n1")
     assert db.sync_running_seconds() == 0.0  # owed, but nobody waits for it yet: no sync runs
     waiting = asyncio.create_task(db.synced())
-    await gate.entered()
-    first = db.sync_running_seconds()
-    assert 0 < first <= db.sync_running_seconds()
-    gate.let_through()
+    try:
+        await gate.entered()
+        first = db.sync_running_seconds()
+        assert 0 < first <= db.sync_running_seconds()
+    finally:
+        gate.open_up()  # a failed assertion must not leave the worker waiting out the gate
     async with asyncio.timeout(10):
         await waiting
     assert db.sync_running_seconds() == 0.0
