@@ -15,6 +15,7 @@ stands in.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,7 +28,7 @@ from prometheus_client.registry import Collector
 from broadcaster import __version__
 from broadcaster.compose import Notice, NoticeKind
 from broadcaster.config import FeedConfig
-from broadcaster.errors import FeedError, FeedFormatError, FetchError, StaleFeedError
+from broadcaster.errors import FeedError, FeedFormatError, FetchError, StaleFeedError, StoreError
 from broadcaster.outbox import PARKED, PENDING, OutboxEntry
 from broadcaster.outbox_history import OutboxHistory
 from broadcaster.state import AlertChange, Change, CrowdingChange, LineStatusChange
@@ -109,13 +110,21 @@ class Health:
     #: How long the running sync of the database's log has taken so far (0 when none runs): every channel waits
     #: for it. Not unhealthy however long: a restart does not make a slow disk faster.
     database_sync_seconds: float = 0.0
+    #: Why the database did not answer the read of the outbox this health was made with (then `outbox` is empty:
+    #: unknown), or None.
+    database_error: str | None = None
+
+    @property
+    def database_ok(self) -> bool:
+        """The database answered, and is not in doubt."""
+        return self.database_doubt is None and self.database_error is None
 
     @property
     def healthy(self) -> bool:
-        """Every feed healthy, the broker connected and delivering, and the database writable. A backlog alone is
-        not unhealthy: a platform that is down must not get the broadcaster restarted by its supervisor. A database
-        in doubt is: only a restart makes it usable again."""
-        return (self.mqtt_connected and self.mqtt_delivering and self.database_doubt is None
+        """Every feed healthy, the broker connected and delivering, and the database writable and answering. A
+        backlog alone is not unhealthy: a platform that is down must not get the broadcaster restarted by its
+        supervisor. A database in doubt is: only a restart makes it usable again."""
+        return (self.mqtt_connected and self.mqtt_delivering and self.database_ok
                 and all(f.healthy for f in self.feeds))
 
 
@@ -159,16 +168,24 @@ def read_health(
     database_doubt: str | None = None,
     database_sync_seconds: float = 0.0,
 ) -> Health:
-    """The broadcaster's health now, from its feed records, its broker link and its outbox."""
+    """The broadcaster's health now, from its feed records, its broker link and its outbox. A database that does
+    not answer the outbox's read (PostgreSQL past the statement timeout, a lost connection) is part of the answer,
+    not an error: a health check must answer most of all then."""
+    database_error: str | None = None
+    try:
+        depth = outbox_depth(outbox, channels, now)
+    except (StoreError, sqlite3.Error) as exc:
+        depth, database_error = {}, f"the outbox could not be read: {exc}"
     return Health(
         tuple(feed_health(f, records.get(f.name), now) for f in feeds),
         mqtt_connected,
-        outbox_depth(outbox, channels, now),
+        depth,
         mqtt_delivering,
         mqtt_brokers,
         mqtt_broker,
         database_doubt,
         database_sync_seconds,
+        database_error,
     )
 
 
@@ -232,7 +249,7 @@ class _HealthCollector(Collector):
                 depth.add_metric([channel, PENDING], d.pending)
                 depth.add_metric([channel, PARKED], d.parked)
                 oldest.add_metric([channel], d.oldest_pending_seconds or 0.0)
-            database.add_metric([], 1 if health.database_doubt is None else 0)
+            database.add_metric([], 1 if health.database_ok else 0)
             syncing.add_metric([], health.database_sync_seconds)
         yield from (info, up, age, last_ok, failures, mqtt, canary, broker, depth, oldest, database, syncing)
 

@@ -240,8 +240,8 @@ class Broadcaster:
         return self.dispatcher.pending()
 
     def ready_to_lead(self) -> bool:
-        """A standby's readiness (`/v1/health`): its broker presence session is up (always true without `[ha]`,
-        where there is no presence session; the database answered if the caller got this far)."""
+        """A standby's readiness (`/v1/health`, which also asks that the database answered its read): its broker
+        presence session is up (always true without `[ha]`, where there is no presence session)."""
         presence = self.link.presence
         return presence is None or presence.present.is_set()
 

@@ -35,14 +35,16 @@ OTHER = OTHER_ADMIN_TOKEN
 pytestmark = pytest.mark.usefixtures("admin_tokens")
 
 
-def admin_config(rig: Rig, *, channels: Sequence[Mapping[str, Any]] = (), **admin: Any) -> Config:
-    """The rig's config with `channels` and an [admin] section (two tokens, a free port unless `listen` says
-    otherwise)."""
+def admin_config(
+    rig: Rig, *, channels: Sequence[Mapping[str, Any]] = (), storage: Mapping[str, Any] | None = None, **admin: Any,
+) -> Config:
+    """The rig's config with `channels`, a [storage] section if given, and an [admin] section (two tokens, a free
+    port unless `listen` says otherwise)."""
     section = {"listen": "127.0.0.1:0",
                "tokens": [{"id": "duty-desk", "token": {"env": "T_ADMIN"}},
                           {"id": "night-desk", "token": {"env": "T_ADMIN_OTHER"}}]}
     section.update(admin)
-    path = rig.write_config(channels=list(channels))
+    path = rig.write_config(channels=list(channels), **({"storage": dict(storage)} if storage is not None else {}))
     text = path.read_text(encoding="utf-8") + "\n[admin]\n" + "".join(
         f"{k} = {toml_value(v)}\n" for k, v in section.items())
     path.write_text(text, encoding="utf-8")

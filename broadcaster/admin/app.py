@@ -7,6 +7,7 @@ Every handler is a coroutine, so it runs on the loop's thread and may use the br
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from broadcaster.admin.openapi import openapi_document
 from broadcaster.admin.requests import OperatorRequests
 from broadcaster.channels.atom import AtomChannel
 from broadcaster.config import AdminConfig
+from broadcaster.errors import StoreError
 from broadcaster.ha.role import Role
 from broadcaster.metrics import CONTENT_TYPE, FeedHealth, Health
 from broadcaster.service import Broadcaster
@@ -61,9 +63,8 @@ def _health_body(health: Health, *, detail: bool) -> dict[str, Any]:
             for channel, d in health.outbox.items()
         },
         # The reason names the database's path: only for authenticated callers.
-        "database": {"ok": health.database_doubt is None,
-                     "sync_running_seconds": round(health.database_sync_seconds, 3)}
-        | ({"error": health.database_doubt} if detail else {}),
+        "database": {"ok": health.database_ok, "sync_running_seconds": round(health.database_sync_seconds, 3)}
+        | ({"error": health.database_doubt or health.database_error} if detail else {}),
     }
 
 
@@ -149,7 +150,7 @@ class AdminApi:
             # A standby is healthy when it could take over: the database answered (read_health read the outbox
             # from it) and its broker presence session is up. Its feeds and `mqtt` are the leader's business, so a
             # load balancer can send operators to any ready instance (their requests are queued for the leader).
-            body["healthy"] = self.b.ready_to_lead()
+            body["healthy"] = health.database_error is None and self.b.ready_to_lead()
         return JSONResponse(body, 200 if body["healthy"] else 503)
 
     def _with_role(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -172,14 +173,20 @@ class AdminApi:
         body["mqtt"].update(url=mqtt.brokers[0], sessions=self.b.link.sessions, last_error=self.b.link.last_error,
                             broker=health.mqtt_broker, brokers=list(health.mqtt_brokers), protocol=mqtt.protocol)
         by_channel: dict[str, dict[str, int]] = {}
-        for (channel, status), count in self.b.history.depth().items():
-            by_channel.setdefault(channel, {})[status] = count
+        parked: list[dict[str, Any]] = []
+        if health.database_error is None:  # else `database.error` says why the outbox is not shown
+            try:
+                for (channel, status), count in self.b.history.depth().items():
+                    by_channel.setdefault(channel, {})[status] = count
+                parked = [
+                    {"key": r.key, "channel": r.channel, "notice_id": r.notice_id, "version": r.version,
+                     "part": r.part, "attempts": r.attempts, "created_at": iso(r.created_at), "error": r.error}
+                    for r in self.b.history.parked(limit=50)
+                ]
+            except (StoreError, sqlite3.Error) as exc:
+                body["database"].update(ok=False, error=f"the outbox could not be read: {exc}")
         body["outbox_by_status"] = by_channel
-        body["parked"] = [
-            {"key": r.key, "channel": r.channel, "notice_id": r.notice_id, "version": r.version, "part": r.part,
-             "attempts": r.attempts, "created_at": iso(r.created_at), "error": r.error}
-            for r in self.b.history.parked(limit=50)
-        ]
+        body["parked"] = parked
         body["atom_set_aside"] = {a.name: [str(p) for p in a.set_aside] for a in atom_channels(self.b)}
         body["version"] = __version__
         body["schema_version"] = self.b.db.schema_version
