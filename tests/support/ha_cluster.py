@@ -158,7 +158,9 @@ class HaCluster:
             with instance.config.open("a", encoding="utf-8") as config:
                 config.write(self._sections(instance, url))
             self.instances[name] = instance
-        self._http = httpx.AsyncClient(timeout=1.0)
+        # An instance on a loaded machine (a CI run's first minute, beside the crash loop and the soak) may take
+        # over a second to answer; one that has not answered in 5 s is a finding, not load.
+        self._http = httpx.AsyncClient(timeout=5.0)
 
     def _sections(self, instance: Instance, url: str) -> str:
         return (
