@@ -227,8 +227,9 @@ class _HealthCollector(Collector):
                                    "Seconds since the oldest pending entry of the channel was committed.",
                                    labels=["channel"])
         database = GaugeMetricFamily("broadcaster_database_ok",
-                                     "0 once a sync of the state database's log failed: it takes no more writes and"
-                                     " nothing more is sent until a restart.")
+                                     "0 when the state database is in doubt (a sync of its log failed: no more writes"
+                                     " and nothing more sent until a restart) or did not answer the health check's"
+                                     " read (see database.error in /v1/status).")
         syncing = GaugeMetricFamily("broadcaster_database_sync_running_seconds",
                                     "Seconds the running sync of the state database's log has taken so far (0 when"
                                     " none runs); every channel waits for it.")

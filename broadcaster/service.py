@@ -113,6 +113,7 @@ class Broadcaster:
         seq = SequenceClock()
         self.outbox = Outbox(db)
         self.history = OutboxHistory(db)
+        self._health_read_error: str | None = None  # the last health check's failed read, logged once
         self.planner = RetainedPlanner(timedelta(seconds=config.mqtt.retained_ttl_seconds),
                                        config.mqtt.max_payload_bytes, seq)
         self.planner.load(db)
@@ -246,10 +247,18 @@ class Broadcaster:
         return presence is None or presence.present.is_set()
 
     def health(self) -> Health:
-        """Feeds, the broker link and the outbox now (the admin API's health and status, the metrics' gauges)."""
-        return read_health(self.config.feeds, self.poller.records, [c.name for c in self.channels], self.history,
-                           self.link.connected.is_set(), self.clock.now(),
-                           mqtt_delivering=self.publisher.mqtt_delivering,
-                           mqtt_brokers=tuple(broker_label(url) for url in self.config.mqtt.brokers),
-                           mqtt_broker=broker_label(self.link.broker) if self.link.broker else None,
-                           database_doubt=self.db.doubt(), database_sync_seconds=self.db.sync_running_seconds())
+        """Feeds, the broker link and the outbox now (the admin API's health and status, the metrics' gauges). A
+        database that stops answering its read is logged when it stops and when it answers again, not on every
+        probe."""
+        health = read_health(self.config.feeds, self.poller.records, [c.name for c in self.channels], self.history,
+                             self.link.connected.is_set(), self.clock.now(),
+                             mqtt_delivering=self.publisher.mqtt_delivering,
+                             mqtt_brokers=tuple(broker_label(url) for url in self.config.mqtt.brokers),
+                             mqtt_broker=broker_label(self.link.broker) if self.link.broker else None,
+                             database_doubt=self.db.doubt(), database_sync_seconds=self.db.sync_running_seconds())
+        if health.database_error is not None and self._health_read_error is None:
+            log.warning("health check: %s; the health answers 503 until it can read it again", health.database_error)
+        elif health.database_error is None and self._health_read_error is not None:
+            log.info("health check: the outbox can be read again")
+        self._health_read_error = health.database_error
+        return health

@@ -184,7 +184,8 @@ class AdminApi:
                     for r in self.b.history.parked(limit=50)
                 ]
             except (StoreError, sqlite3.Error) as exc:
-                body["database"].update(ok=False, error=f"the outbox could not be read: {exc}")
+                body["healthy"] = False
+                body["database"].update(ok=False, error=health.database_doubt or f"the outbox could not be read: {exc}")
         body["outbox_by_status"] = by_channel
         body["parked"] = parked
         body["atom_set_aside"] = {a.name: [str(p) for p in a.set_aside] for a in atom_channels(self.b)}

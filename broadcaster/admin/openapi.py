@@ -53,7 +53,7 @@ def openapi_document(public: frozenset[str]) -> dict[str, Any]:
             "/v1/health", "Health: every feed fresh and the broker connected",
             {"200": {"description": "healthy", **_json_content(health)},
              "503": {"description": "a feed is failing or stale, the broker is unreachable, or the database is"
-                                    " in doubt",
+                                    " in doubt or did not answer",
                      **_json_content(health)}})},
         "/metrics": {"get": operation(
             "/metrics", "Prometheus metrics (text exposition format)",
